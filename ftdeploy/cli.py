@@ -1,0 +1,193 @@
+"""The ``ftdeploy`` command line. One typer app; :func:`main` is the error boundary that turns
+any :class:`~ftdeploy.errors.FtdeployError` into one line on stderr and its exit code
+(2: bad input, 1: sign-off failed), without a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import ConfigError, FtdeployError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
+profile_app = typer.Typer(no_args_is_help=True, help="List, show and validate deployment profiles.")
+app.add_typer(profile_app, name="profile")
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option("--data", help="embedded (default), cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE."),
+]
+ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"ftdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    pass
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+@profile_app.command("list")
+def profile_list():
+    """List the built-in profiles and targets."""
+    from .profiles import builtin_profiles, builtin_targets, load_profile, load_target
+
+    _echo("profiles:")
+    for path in builtin_profiles():
+        r = load_profile(path)
+        _echo(f"  {r.profile.name:<12} target {r.target.name:<15} P_sa {r.profile.faults.total:g}  {r.profile.description}")
+    _echo("targets:")
+    for path in builtin_targets():
+        t, _ = load_target(path)
+        _echo(f"  {t.name:<15} {t.mapping:<12} {t.bits_per_cell}-bit cells, {t.weight_bits}-bit weights  {t.description}")
+
+
+@profile_app.command("show")
+def profile_show(name: Annotated[str, typer.Argument(help="Profile name or path.")]):
+    """Print a profile with its target resolved, every default filled in."""
+    import yaml
+
+    from .profiles import load_profile
+
+    _echo(yaml.safe_dump(load_profile(name).to_dict(), sort_keys=False).rstrip())
+
+
+@profile_app.command("validate")
+def profile_validate(files: Annotated[list[Path], typer.Argument(help="Profile YAML files.")]):
+    """Validate profile files (and their targets). Exit 2 with one line per error."""
+    from .profiles import load_profile
+
+    errors = []
+    for f in files:
+        try:
+            r = load_profile(f)
+            _echo(f"ok {f}: profile {r.profile.name}, target {r.target.name}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+@app.command("models")
+def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry names.")] = "*"):
+    """List registered models (also: tv:NAME for torchvision, package.module:factory)."""
+    from .models import list_models
+
+    for name, desc in list_models(pattern):
+        _echo(f"{name:<10} {desc}")
+    _echo("tv:NAME    any torchvision classification model, e.g. tv:resnet18")
+    _echo("pkg.mod:fn your own factory fn(num_classes=...) -> nn.Module")
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    profile: ProfileOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name; default: the profile's.")] = None,
+    data: DataOpt = None,
+    val_split: ValSplitOpt = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="pretrain | one-shot | progressive.")] = None,
+    target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T; default: the profile's.")] = None,
+    rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")] = "frozen",
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
+
+    Without --from and with a fault-tolerant method, pretrains first (out/pretrain) and then
+    retrains (out)."""
+    from .data import load_data
+    from .profiles import load_profile
+    from .train import TrainConfig, load_checkpoint, quiet_progress, train
+
+    resolved = load_profile(profile)
+    d = resolved.profile.training
+    method = method or d.method.value
+    if method not in ("pretrain", "one-shot", "progressive"):
+        raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
+    target_rate = d.target_rate if target_rate is None else target_rate
+    prog_rates = _parse_rates(rates) if rates else list(d.progressive_rates)
+    if method == "progressive" and prog_rates[-1] != target_rate:
+        prog_rates = [r for r in prog_rates if r < target_rate] + [target_rate]
+    common = dict(model=model or d.model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
+                  seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
+    bundle = load_data(data, val_split)
+    _echo(f"data: {bundle.description}")
+    with quiet_progress(True) as progress:
+        init = load_checkpoint(from_ckpt) if from_ckpt else None
+        if init is None and method != "pretrain":
+            pre_cfg = TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
+            init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name, progress=progress)
+        cfg = TrainConfig(
+            method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn,
+            epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
+            lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
+        )  # fmt: skip
+        ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress)
+    _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.2f} %"
+
+
+def _parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise ConfigError(f"--rates: expected comma-separated numbers, found {text!r}") from None
+    if not rates or rates != sorted(rates) or not all(0 <= r <= 1 for r in rates):
+        raise ConfigError(f"--rates: expected ascending rates in [0, 1], found {text!r}")
+    return rates
+
+
+def main() -> None:
+    """Console-script entry point: the one place FtdeployError becomes a message and exit code."""
+    try:
+        app(standalone_mode=False)
+    except FtdeployError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: completed epochs are saved in the run folder", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

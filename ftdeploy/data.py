@@ -1,0 +1,226 @@
+"""Datasets: parsed from a spec string, held in memory as uint8 tensors, split reproducibly.
+
+Specs:
+  (none) / ``embedded``   the CIFAR-10 subset shipped inside the package (see EMBEDDED_PROVENANCE)
+  ``cifar10:DIR``         torchvision's CIFAR10 files (DIR/cifar-10-batches-py), never downloaded
+  ``cifar100:DIR``        torchvision's CIFAR100 files (DIR/cifar-100-python), never downloaded
+  ``imagefolder:DIR``     DIR/<class>/<image>, e.g. ../shared/data/cifar10/train
+  ``npz:FILE``            packed JPEGs (arrays jpeg, offsets, labels, classes), e.g.
+                          ../shared/data/cifar10-train-jpeg.npz
+
+Small image datasets fit in memory many times over, so they are decoded once into one uint8
+tensor; augmentation (random crop with 4-pixel padding, horizontal flip) runs on whole batches
+on the training device. That keeps a 2-core CPU or a GPU busy with the model, not the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+EMBEDDED_NAME = "cifar10-demo.npz"
+EMBEDDED_PROVENANCE = (
+    "6,000 CIFAR-10 training images (Krizhevsky 2009, JPEG re-encoded), 600 per class: 5,000 for "
+    "training drawn from the training part and 1,000 for validation drawn from the validation "
+    "part of ftdeploy's default 5,000-image stratified split (seed 0) of the 50,000-image "
+    "training split, so models trained on the full split never saw the embedded validation images."
+)
+
+#: Default validation split of the full 50,000-image training split (stratified, seed 0).
+FULL_VAL_SPLIT = 5000
+SPLIT_SEED = 0
+
+
+@dataclass
+class DataBundle:
+    """Images (uint8, N×C×H×W) and labels of the training and validation parts."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    classes: list[str]
+    spec: str
+    description: str
+    mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
+    std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
+    val_split: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_record(self) -> dict:
+        """What a checkpoint or ONNX file records so evaluation uses the same images."""
+        return {"data": self.spec, "val_split": self.val_split, "split_seed": SPLIT_SEED,
+                "train_images": len(self.train_y), "val_images": len(self.val_y)}  # fmt: skip
+
+
+def stratified_split(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices): ``n_val`` images, as equal per class as possible, chosen
+    by a seeded permutation within each class; deterministic for given labels and seed."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if not 0 < n_val < len(labels):
+        raise DataError(f"--val-split: expected between 1 and {len(labels) - 1} images, found {n_val}")
+    rng = np.random.default_rng(seed)
+    per_class = [np.flatnonzero(labels == c) for c in classes]
+    quota = np.full(len(classes), n_val // len(classes))
+    quota[: n_val % len(classes)] += 1
+    val = []
+    for idx, q in zip(per_class, quota):
+        val.append(rng.permutation(idx)[: min(q, len(idx))])
+    val_idx = np.sort(np.concatenate(val))
+    train_mask = np.ones(len(labels), bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx
+
+
+def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Tensor:
+    """Decode encoded images to one uint8 N×3×H×W tensor (torchvision's C++ decoder)."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for blob in blobs:
+        img = decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
+            img = TF.center_crop(TF.resize(img, image_size, antialias=True), image_size)
+        out.append(img)
+    return torch.stack(out)
+
+
+def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarray | None]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected packed arrays jpeg, offsets, labels, classes)")
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"jpeg", "offsets", "labels", "classes"} - set(z.files)
+        if missing:
+            raise DataError(f"{path}: missing arrays {sorted(missing)} (expected jpeg, offsets, labels, classes)")
+        jpeg, offsets = z["jpeg"], z["offsets"]
+        blobs = [jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+        split = z["split"] if "split" in z.files else None
+        return decode_jpegs(blobs, 32), z["labels"].astype(np.int64), [str(c) for c in z["classes"]], split
+
+
+def _load_cifar(kind: str, root: Path) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    from torchvision import datasets
+
+    cls, folder = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py"), "cifar100": (datasets.CIFAR100, "cifar-100-python")}[kind]
+    if not (root / folder).is_dir():
+        raise DataError(f"{kind}:{root}: expected torchvision's {folder}/ folder inside {root} (no download at run time)")
+    try:
+        ds = cls(root=str(root), train=True, download=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise DataError(f"{kind}:{root}: {exc}") from None
+    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def _load_imagefolder(root: Path, image_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise DataError(f"imagefolder:{root}: folder not found (expected DIR/<class>/<image files>)")
+    try:
+        ds = ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"imagefolder:{root}: {exc}") from None
+    blobs = [Path(p).read_bytes() for p, _ in ds.samples]
+    return decode_jpegs(blobs, image_size), np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def embedded_path() -> Path:
+    return Path(str(resources.files("ftdeploy") / "data" / EMBEDDED_NAME))
+
+
+def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
+    """Load a dataset spec into memory and split it (see module docstring)."""
+    spec = spec or "embedded"
+    kind, _, arg = spec.partition(":")
+    fixed_split = None
+    if kind == "embedded":
+        x, y, classes, fixed_split = _load_npz(embedded_path())
+        description = EMBEDDED_PROVENANCE
+    elif kind == "npz" and arg:
+        x, y, classes, fixed_split = _load_npz(Path(arg))
+        description = f"packed images from {arg}"
+    elif kind in ("cifar10", "cifar100") and arg:
+        x, y, classes = _load_cifar(kind, Path(arg))
+        description = f"torchvision {kind.upper()} training split from {arg}"
+    elif kind == "imagefolder" and arg:
+        x, y, classes = _load_imagefolder(Path(arg), image_size)
+        description = f"ImageFolder {arg}"
+    else:
+        raise DataError(f"--data: expected embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE, found {spec!r}")
+    if fixed_split is not None and val_split is None:
+        train_idx, val_idx = np.flatnonzero(fixed_split == 0), np.flatnonzero(fixed_split == 1)
+        description += " (validation: the file's own held-out part)"
+    else:
+        n_val = val_split if val_split is not None else max(1, len(y) // 10)
+        train_idx, val_idx = stratified_split(y, n_val)
+        description += f" (validation: {len(val_idx)} images held out, stratified, seed {SPLIT_SEED})"
+    train_x = x[torch.from_numpy(train_idx)]
+    mean, std = channel_stats(train_x)
+    return DataBundle(
+        train_x=train_x,
+        train_y=torch.from_numpy(y[train_idx]),
+        val_x=x[torch.from_numpy(val_idx)],
+        val_y=torch.from_numpy(y[val_idx]),
+        classes=classes,
+        spec=spec,
+        description=description,
+        mean=mean,
+        std=std,
+        val_split=len(val_idx),
+    )
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    f = x.to(torch.float64).div_(255.0)
+    return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
+
+
+def normalize(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
+    return (x_uint8.to(torch.float32) / 255.0 - m) / s
+
+
+def normalize_numpy(x_uint8: np.ndarray, mean, std) -> np.ndarray:
+    """The verifier's preprocessing: identical arithmetic to :func:`normalize`, in float32."""
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return (x_uint8.astype(np.float32) / np.float32(255.0) - m) / s
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch: random crop after zero padding, random flip.
+    Per-image offsets, done with one gather per axis instead of a Python loop."""
+    n, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None]).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = torch.arange(w, device=dev)[None].expand(n, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
+    """Yield (x, y) batches; the last partial batch is kept."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator, device="cpu").to(x.device) if shuffle else torch.arange(n, device=x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]

@@ -1,0 +1,204 @@
+"""Model registry, CIFAR ResNets, and the graph helpers that find what lands on crossbars.
+
+Names resolve in order: a registered name (``resnet20``), ``tv:NAME`` for a torchvision model,
+or ``package.module:factory`` for a user's own model. Every Conv2d and Linear layer is a
+*deployed layer*: its weights live in crossbar cells. A BatchNorm that directly follows a conv
+is folded into it for deployment, as the chip computes with fixed statistics.
+"""
+
+from __future__ import annotations
+
+import importlib
+from fnmatch import fnmatch
+from typing import Callable
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``fn`` creatable by its name."""
+    _REGISTRY[fn.__name__] = fn
+    _DESCRIPTIONS[fn.__name__] = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[tuple[str, str]]:
+    return [(n, _DESCRIPTIONS[n]) for n in sorted(_REGISTRY) if fnmatch(n, pattern)]
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a model by registry name, ``tv:NAME`` or ``package.module:factory``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes=num_classes, **kwargs)
+    if name.startswith("tv:"):
+        import torchvision.models as tvm
+
+        tv_name = name[3:]
+        if tv_name not in tvm.list_models():
+            raise ModelError(f"model {name!r}: torchvision has no model {tv_name!r} (see torchvision.models.list_models())")
+        return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"model {name!r}: cannot import factory {attr!r} from {module_name!r}: {exc}") from None
+        model = factory(num_classes=num_classes, **kwargs)
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
+        return model
+    known = ", ".join(sorted(_REGISTRY))
+    raise ModelError(f"model {name!r}: unknown; use one of {known}, tv:NAME (torchvision) or package.module:factory")
+
+
+# --- CIFAR ResNets (He et al. 2016, option A shortcuts: 16-32-64 channels, 6n+2 layers) -----
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        # Option A: parameter-free shortcut (subsample + zero-pad channels), as in the paper
+        # that defined ResNet-20..56; no extra crossbar cells.
+        self.pad = planes - in_planes
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x
+        if self.stride != 1 or self.pad:
+            shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ModelError(f"CIFAR ResNet depth must be 6n+2, found {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        for stage, planes in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(_BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+@register_model
+def resnet20(num_classes: int = 10, **kw) -> nn.Module:
+    """CIFAR ResNet-20 (0.27 M weights), the paper's CIFAR-10 model."""
+    return CifarResNet(20, num_classes, **kw)
+
+
+@register_model
+def resnet32(num_classes: int = 10, **kw) -> nn.Module:
+    """CIFAR ResNet-32 (0.46 M weights), the paper's CIFAR-100 model."""
+    return CifarResNet(32, num_classes, **kw)
+
+
+@register_model
+def resnet44(num_classes: int = 10, **kw) -> nn.Module:
+    """CIFAR ResNet-44 (0.66 M weights)."""
+    return CifarResNet(44, num_classes, **kw)
+
+
+@register_model
+def resnet56(num_classes: int = 10, **kw) -> nn.Module:
+    """CIFAR ResNet-56 (0.85 M weights)."""
+    return CifarResNet(56, num_classes, **kw)
+
+
+@register_model
+def democnn(num_classes: int = 10, width: int = 16) -> nn.Module:
+    """Small 4-conv CNN for the 2-CPU-core demo (≈0.1 M weights)."""
+    w = width
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *block(3, w), nn.MaxPool2d(2),
+        *block(w, 2 * w), nn.MaxPool2d(2),
+        *block(2 * w, 4 * w), nn.MaxPool2d(2),
+        *block(4 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+    )  # fmt: skip
+
+
+# --- what lands on the crossbars ------------------------------------------------------------
+
+DEPLOYED_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def deployed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Conv2d and Linear, in module order: the canonical order of layers in the chip,
+    the ONNX metadata and the random stream of each simulated chip."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, DEPLOYED_TYPES)]
+
+
+def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """conv name -> name of the BatchNorm that consumes its output and nothing else.
+
+    Found on the traced graph (torch.fx) rather than by naming convention, so a user's model
+    works as long as it traces."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # fx raises many types; the user needs to know tracing failed
+        raise ModelError(f"cannot trace model to find conv→BatchNorm pairs: {exc}") from None
+    modules = dict(model.named_modules())
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Conv2d):
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+            pairs[node.target] = users[0].target
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every conv→BN pair folded into the conv (BN removed): exactly
+    the network a chip computes. Leaves ``model`` untouched."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    was_training = model.training
+    model.eval()
+    try:
+        folded = fuse(copy.deepcopy(model))
+    finally:
+        model.train(was_training)
+    return folded.eval()
+
+
+def count_weights(model: nn.Module) -> int:
+    return sum(m.weight.numel() for _, m in deployed_layers(model))

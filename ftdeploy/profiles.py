@@ -1,0 +1,322 @@
+"""Targets (chip families) and profiles (deployments): YAML files validated by pydantic.
+
+A *target* describes the silicon: conductance range, bits per cell, weight quantisation, how a
+weight is spread over cells (the mapping) and the crossbar tile size. A *profile* describes one
+deployment of one target: the stuck-at rates expected on the shipped chips, the rates and chip
+count of sign-off, the acceptance limits a production line enforces, and training defaults.
+
+Built-in files live in the repository's top-level ``targets/`` and ``profiles/`` folders; a
+name (``chen2015``) resolves there, anything with a slash or a ``.yaml`` suffix is a path.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGETS_DIR = REPO_ROOT / "targets"
+PROFILES_DIR = REPO_ROOT / "profiles"
+
+#: Stuck-off : stuck-on ratio measured by C.-Y. Chen et al., IEEE Trans. Computers 2015.
+CHEN2015_SPLIT = (1.75, 9.04)
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt limit must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScaleGranularity(str, Enum):
+    """Which weights share one conductance-to-weight scale factor (one DAC/ADC gain)."""
+
+    layer = "layer"  # one scale per layer, as the paper's fault model assumes
+    channel = "channel"  # one scale per output channel (column group), a finer periphery
+
+
+class Target(_Strict):
+    """A chip family: what one cell can hold and how weights are laid onto cells."""
+
+    name: str = Field(description="Identifier of the chip family.")
+    description: str = Field("", description="Free text.")
+    g_off_uS: float = Field(gt=0, description="Conductance of the lowest level (stuck-off cell), µS.")
+    g_on_uS: float = Field(gt=0, description="Conductance of the highest level (stuck-on cell), µS.")
+    bits_per_cell: int = Field(ge=1, le=8, description="Bits one cell stores: 2**bits levels.")
+    weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight.")
+    mapping: str = Field(description="How a weight is spread over cells: differential | offset | bitsliced.")
+    scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor.")
+    tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile).")
+    tile_cols: int = Field(ge=1, description="Crossbar tile columns (cells per row per tile).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Target":
+        from .mapping import MAPPINGS  # late import: mapping depends on this module's types
+
+        if self.g_on_uS <= self.g_off_uS:
+            raise ValueError(f"g_on_uS ({self.g_on_uS}) must exceed g_off_uS ({self.g_off_uS})")
+        if self.mapping not in MAPPINGS:
+            raise ValueError(f"mapping must be one of {sorted(MAPPINGS)}, found {self.mapping!r}")
+        MAPPINGS[self.mapping].check_target(self)  # raises ValueError with the reason
+        return self
+
+    @property
+    def levels_per_cell(self) -> int:
+        return 2**self.bits_per_cell
+
+    @property
+    def max_code(self) -> int:
+        """Largest magnitude of the signed integer weight code."""
+        return 2 ** (self.weight_bits - 1) - 1
+
+    def conductance_uS(self, level):
+        """Conductance of a cell level (linear levels between g_off and g_on)."""
+        return self.g_off_uS + (self.g_on_uS - self.g_off_uS) * level / (self.levels_per_cell - 1)
+
+
+class FaultRates(_Strict):
+    """Stuck-at rates per cell. Give ``stuck_off`` and ``stuck_on``, or a total ``p_sa`` that is
+    split by ``split`` (stuck-off : stuck-on, default Chen 2015: 1.75 : 9.04)."""
+
+    p_sa: Rate | None = Field(None, description="Total stuck-at probability per cell.")
+    stuck_off: Rate | None = Field(None, description="Stuck-off (reads g_off) probability per cell.")
+    stuck_on: Rate | None = Field(None, description="Stuck-on (reads g_on) probability per cell.")
+    split: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = Field(
+        CHEN2015_SPLIT, description="Stuck-off : stuck-on ratio used to split a total rate."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "FaultRates":
+        pair_given = self.stuck_off is not None or self.stuck_on is not None
+        if self.p_sa is None and not pair_given:
+            raise ValueError("give p_sa, or stuck_off and stuck_on")
+        if self.p_sa is not None and pair_given:
+            raise ValueError("give either p_sa or stuck_off/stuck_on, not both")
+        if pair_given and (self.stuck_off is None or self.stuck_on is None):
+            raise ValueError("stuck_off and stuck_on must be given together")
+        if sum(self.split) <= 0:
+            raise ValueError("split must have a positive sum")
+        if self.total > 1.0:
+            raise ValueError(f"stuck_off + stuck_on must be at most 1, found {self.total}")
+        return self
+
+    @property
+    def total(self) -> float:
+        if self.p_sa is not None:
+            return self.p_sa
+        return float(self.stuck_off + self.stuck_on)
+
+    def at(self, p_sa: float) -> tuple[float, float]:
+        """(stuck_off, stuck_on) for a total rate, with this profile's split."""
+        off, on = self.split
+        return p_sa * off / (off + on), p_sa * on / (off + on)
+
+    @property
+    def pair(self) -> tuple[float, float]:
+        if self.p_sa is not None:
+            return self.at(self.p_sa)
+        return float(self.stuck_off), float(self.stuck_on)
+
+
+class AcceptanceLimit(_Strict):
+    """One criterion of sign-off, at one failure rate. At least one limit must be set."""
+
+    rate: Rate = Field(description="Total stuck-at rate this limit applies to; must be a sign-off rate.")
+    min_acc_defect_pct: float | None = Field(None, ge=0, le=100, description="Minimum mean Acc_defect, %.")
+    min_acc_defect_lower_ci_pct: float | None = Field(
+        None, ge=0, le=100, description="Minimum lower bound of the 95 % CI of Acc_defect, %."
+    )
+    max_acc_drop_pct: float | None = Field(
+        None, ge=0, le=100, description="Maximum Acc_pretrain − mean Acc_defect, percentage points."
+    )
+    min_stability: float | None = Field(None, ge=0, description="Minimum Stability Score.")
+
+    def limits(self) -> dict[str, float]:
+        """The limits set on this rate, by field name."""
+        names = ("min_acc_defect_pct", "min_acc_defect_lower_ci_pct", "max_acc_drop_pct", "min_stability")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @model_validator(mode="after")
+    def _check(self) -> "AcceptanceLimit":
+        if not self.limits():
+            raise ValueError(
+                "set at least one of min_acc_defect_pct, min_acc_defect_lower_ci_pct, max_acc_drop_pct, min_stability"
+            )
+        return self
+
+
+class SignOff(_Strict):
+    """How a model is verified before shipping."""
+
+    rates: list[Rate] = Field(min_length=1, description="Total stuck-at rates to test, each split like the profile's faults.")
+    chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate.")
+    seed: int = Field(0, ge=0, description="Seed of the chip population; same seed, same report.")
+    max_images: int | None = Field(None, ge=1, description="Evaluate on at most this many images (None: all).")
+    min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy, %.")
+    acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SignOff":
+        missing = [lim.rate for lim in self.acceptance if lim.rate not in self.rates]
+        if missing:
+            raise ValueError(f"acceptance rates {missing} are not in rates {self.rates}")
+        return self
+
+
+class Method(str, Enum):
+    one_shot = "one-shot"
+    progressive = "progressive"
+
+
+class TrainingDefaults(_Strict):
+    """Defaults of ``ftdeploy train``; every one can be overridden on the command line."""
+
+    model: str = Field("resnet20", description="Model registry name or package.module:factory.")
+    method: Method = Field(Method.progressive, description="one-shot: fixed rate; progressive: ascending rates.")
+    target_rate: Rate = Field(0.05, description="P_sa^T, the (last) training stuck-at rate.")
+    progressive_rates: list[Rate] = Field(
+        default_factory=lambda: [0.01, 0.02, 0.05],
+        description="Ascending candidate rates of progressive training; the last must equal target_rate.",
+    )
+    pretrain_epochs: int = Field(30, ge=0, description="Epochs of fault-free pretraining.")
+    epochs: int = Field(20, ge=1, description="Epochs of fault-tolerant retraining (all blocks together).")
+    lr: float = Field(0.1, gt=0, description="Peak learning rate of pretraining (cosine schedule).")
+    retrain_lr: float = Field(0.02, gt=0, description="Peak learning rate of fault-tolerant retraining.")
+    batch_size: int = Field(128, ge=1, description="Images per step.")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingDefaults":
+        rates = self.progressive_rates
+        if rates != sorted(rates):
+            raise ValueError(f"progressive_rates must ascend, found {rates}")
+        if self.method is Method.progressive and rates and rates[-1] != self.target_rate:
+            raise ValueError(f"progressive_rates must end at target_rate {self.target_rate}, found {rates}")
+        return self
+
+
+class Profile(_Strict):
+    """A deployment: one target, its fault population, sign-off and training defaults."""
+
+    name: str = Field(description="Identifier of the deployment.")
+    description: str = Field("", description="Free text.")
+    target: str = Field(description="Target name (targets/NAME.yaml) or a path relative to this file.")
+    faults: FaultRates = Field(description="Stuck-at rates expected on shipped chips.")
+    signoff: SignOff = Field(description="How the model is verified before shipping.")
+    training: TrainingDefaults = Field(default_factory=TrainingDefaults, description="Training defaults.")
+
+
+class ResolvedProfile(BaseModel):
+    """A profile with its target loaded, and where both came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: Profile
+    target: Target
+    profile_path: Path
+    target_path: Path
+
+    def to_dict(self) -> dict:
+        return {"profile": self.profile.model_dump(mode="json"), "target": self.target.model_dump(mode="json")}
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _validation_lines(path: Path, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        found = e.get("input")
+        found_txt = "" if e["type"] in ("missing",) or isinstance(found, dict) else f" (found {found!r})"
+        lines.append(f"{path}: {_format_loc(e['loc'])}: {msg}{found_txt}")
+    return lines
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields, found {type(data).__name__}")
+    return data
+
+
+def _parse(model: type[BaseModel], path: Path):
+    try:
+        return model.model_validate(_read_yaml(path))
+    except ValidationError as err:
+        raise ConfigError("\n".join(_validation_lines(path, err))) from None
+
+
+def _resolve(ref: str | Path, folder: Path, relative_to: Path | None = None) -> Path:
+    ref_s = str(ref)
+    if "/" in ref_s or ref_s.endswith((".yaml", ".yml")):
+        path = Path(ref_s)
+        if not path.is_absolute() and relative_to is not None and not path.exists():
+            path = relative_to / path
+        return path
+    return folder / f"{ref_s}.yaml"
+
+
+def load_target(ref: str | Path, relative_to: Path | None = None) -> tuple[Target, Path]:
+    path = _resolve(ref, TARGETS_DIR, relative_to)
+    return _parse(Target, path), path
+
+
+def load_profile(ref: str | Path) -> ResolvedProfile:
+    """Load and validate a profile and its target; raise ConfigError naming file and field."""
+    path = _resolve(ref, PROFILES_DIR)
+    profile: Profile = _parse(Profile, path)
+    try:
+        target, target_path = load_target(profile.target, relative_to=path.parent)
+    except ConfigError as exc:
+        if "file not found" in str(exc):
+            raise ConfigError(
+                f"{path}: target: no target file {exc.args[0].split(':')[0]} (expected a name in {TARGETS_DIR} or a path)"
+            ) from None
+        raise
+    return ResolvedProfile(profile=profile, target=target, profile_path=path, target_path=target_path)
+
+
+def builtin_profiles() -> list[Path]:
+    return sorted(PROFILES_DIR.glob("*.yaml"))
+
+
+def builtin_targets() -> list[Path]:
+    return sorted(TARGETS_DIR.glob("*.yaml"))
+
+
+__all__ = [
+    "AcceptanceLimit",
+    "CHEN2015_SPLIT",
+    "FaultRates",
+    "Method",
+    "Profile",
+    "ResolvedProfile",
+    "ScaleGranularity",
+    "SignOff",
+    "Target",
+    "TrainingDefaults",
+    "builtin_profiles",
+    "builtin_targets",
+    "load_profile",
+    "load_target",
+]

@@ -1,0 +1,371 @@
+"""Pretraining and stochastic fault-tolerant retraining (one-shot and progressive).
+
+The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
+
+* **BatchNorm is frozen at its pretrained statistics during retraining, and faults are drawn on
+  the folded weights** ``W·γ/σ``, exactly what the chip holds. In training mode BN renormalises
+  every batch, silently absorbing the shift a stuck-on cell causes; the deployed chip has BN
+  folded with fixed statistics and absorbs nothing, so the model learnt the wrong lesson and
+  its running statistics (averaged over random chips) no longer fit the clean chip (our notes:
+  70 % clean where the paper keeps 92 %). γ and β stay trainable.
+* **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
+  from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
+  largest weights and training learns to flatten the weight distribution (a learnt clipping)
+  instead of only routing around the faults.
+* **Stuck cells get no gradient** (``stuck_grad: block``): on that chip they ignore
+  programming, so their gradient is noise. Healthy weights train through a straight-through
+  quantiser (quantisation-aware training at the target's weight bits).
+* **Gentle optimisation**: a retraining learning rate well below pretraining's, a linear
+  warm-up, cosine decay, and gradient-norm clipping. Frozen-BN retraining at high rates diverged
+  at lr 0.05 without them (PAPER-NOTES.md).
+* **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
+  so the model reaches high rates through lower ones (paper, Algorithm 1).
+
+Faults are redrawn at every step; master weights stay clean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.nn.utils.parametrize as parametrize
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .chip import DeployedNetwork
+from .data import DataBundle, augment, batches, normalize
+from .errors import ModelError
+from .faults import StuckAt, faulty_weight
+from .mapping import Mapping, make_mapping
+from .models import conv_bn_pairs, create_model, deployed_layers
+from .profiles import CHEN2015_SPLIT, Target
+
+CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run; saved as config.yaml next to the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("resnet20", description="Model registry name, tv:NAME or package.module:factory.")
+    method: Literal["pretrain", "one-shot", "progressive"] = Field(
+        "progressive", description="pretrain: no faults; one-shot: fixed rate; progressive: ascending rates."
+    )
+    target_rate: float = Field(0.05, ge=0, le=1, description="P_sa^T: the (last) training stuck-at rate per cell.")
+    progressive_rates: list[float] = Field(
+        default_factory=lambda: [0.01, 0.02, 0.05], description="Ascending rates of progressive blocks."
+    )
+    split: tuple[float, float] = Field(CHEN2015_SPLIT, description="Stuck-off : stuck-on ratio of training faults.")
+    epochs: int = Field(20, ge=1, description="Epochs of this run (all progressive blocks together).")
+    lr: float = Field(0.02, gt=0, description="Peak learning rate (linear warm-up, then cosine to 0).")
+    warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear learning-rate warm-up.")
+    batch_size: int = Field(128, ge=1, description="Images per step.")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum.")
+    grad_clip: float | None = Field(5.0, gt=0, description="Gradient-norm clipping of retraining (None: off).")
+    bn: Literal["frozen", "train"] = Field(
+        "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
+    )
+    stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
+    eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
+    device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
+
+    def rate_at(self, epoch: int) -> float:
+        """Training stuck-at rate of an epoch (0-based)."""
+        if self.method == "pretrain":
+            return 0.0
+        if self.method == "one-shot":
+            return self.target_rate
+        block = min(epoch * len(self.progressive_rates) // self.epochs, len(self.progressive_rates) - 1)
+        return self.progressive_rates[block]
+
+    def schedule(self) -> list[float]:
+        return [self.rate_at(e) for e in range(self.epochs)]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- fault injection ------------------------------------------------------------------------
+
+
+class _FaultyWeight(nn.Module):
+    """Parametrisation of a deployed layer's weight: the weight a random faulty chip uses."""
+
+    def __init__(self, injector: "FaultInjector", bn: nn.BatchNorm2d | None):
+        super().__init__()
+        self.injector = injector
+        self._bn = [bn]  # a list, so the BN is not registered twice in the state dict
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        inj, bn = self.injector, self._bn[0]
+        if bn is None or inj.bn_mode == "train":
+            return faulty_weight(w, inj.mapping, inj.nonideality, generator=inj.generator, block_stuck_grad=inj.block)
+        # Fold BN (fixed statistics, trainable γ) so faults hit the weight the chip stores,
+        # then unfold, as the frozen BN that follows multiplies by the same factor.
+        k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        k = torch.where(k.abs() < 1e-12, torch.full_like(k, 1e-12), k).view(-1, *([1] * (w.dim() - 1)))
+        return faulty_weight(w * k, inj.mapping, inj.nonideality, generator=inj.generator, block_stuck_grad=inj.block) / k
+
+
+class FaultInjector:
+    """Attach to a model: every forward then runs on a freshly drawn random faulty chip."""
+
+    def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
+                 seed: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
+        self.model = model
+        self.mapping: Mapping = make_mapping(target)
+        self.bn_mode = bn_mode
+        self.block = block_stuck_grad
+        self.nonideality = StuckAt(0.0, 0.0)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        pairs = conv_bn_pairs(model)
+        modules = dict(model.named_modules())
+        self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in deployed_layers(model)]
+
+    def set_rate(self, p_sa: float, split: tuple[float, float]) -> None:
+        self.nonideality = StuckAt.from_total(p_sa, split)
+
+    def attach(self) -> None:
+        for module, bn in self._layers:
+            parametrize.register_parametrization(module, "weight", _FaultyWeight(self, bn), unsafe=True)
+
+    def detach(self) -> None:
+        for module, _ in self._layers:
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
+def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with parametrised weights under their plain names (the master weights)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        out[key.replace("parametrizations.weight.original", "weight")] = value.detach().clone().cpu()
+    return out
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BN layers to eval mode: statistics fixed as on the chip, γ/β still trainable."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def save_atomic(obj, path: Path) -> None:
+    """Write via a temporary file and rename: an interrupted save never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
+        raise ModelError(f"{path}: not a loadable checkpoint: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path}: format: expected {CHECKPOINT_FORMAT!r}, found {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    model = create_model(ckpt["model"], num_classes=ckpt["num_classes"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"checkpoint does not fit model {ckpt['model']!r}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device, chips: int = 0,
+                      rate: float = 0.0, split=CHEN2015_SPLIT, seed: int = 0) -> tuple[float, float | None]:  # fmt: skip
+    """(fault-free deployed accuracy, mean accuracy of ``chips`` chips at ``rate``) on the val split."""
+    net = DeployedNetwork(model, target, device)
+    clean = net.accuracy(data.val_x, data.val_y, data.mean, data.std)
+    if not chips or rate <= 0:
+        return clean, None
+    accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, chips, seed, data.val_x, data.val_y, data.mean, data.std)
+    return clean, sum(accs) / len(accs)
+
+
+def _masks_of_pruned(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: (m.weight.detach() != 0) for name, m in deployed_layers(model)}
+
+
+def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, *, init: dict | None = None,
+          profile_name: str = "", progress=None) -> dict:  # fmt: skip
+    """Run one training; write out_dir/model.pt (after every epoch), log.jsonl, summary.csv and
+    config.yaml. ``init``: a loaded checkpoint to start from (required for retraining).
+    Returns the final checkpoint dict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    retraining = config.method != "pretrain"
+    if init is not None:
+        model = model_from_checkpoint(init)
+    else:
+        if retraining:
+            raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
+        model = create_model(config.model, num_classes=data.num_classes)
+    model.to(device)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
+    injector = None
+    if retraining:
+        injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed, device)
+        injector.attach()
+
+    params_decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    params_other = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    opt = torch.optim.SGD(
+        [{"params": params_decay, "weight_decay": config.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum, nesterov=True,
+    )  # fmt: skip
+    steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch)))
+    use_amp = device.type == "cuda"
+    gen = torch.Generator().manual_seed(config.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+
+    acc_pretrain = init.get("acc_pretrain") if init else None
+    log_path = out_dir / "log.jsonl"
+    log_path.write_text("")
+    summary_rows = ["epoch,rate,lr,train_loss,train_acc,val_acc,val_acc_faulty,seconds"]
+    task = progress.add_task(f"{config.method}", total=total) if progress else None
+    ckpt: dict = {}
+    try:
+        for epoch in range(config.epochs):
+            rate = config.rate_at(epoch)
+            if injector:
+                injector.set_rate(rate, config.split)
+            model.train()
+            if retraining and config.bn == "frozen":
+                freeze_batchnorm(model)
+            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+            for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
+                x = normalize(augment(xb, aug_gen), data.mean, data.std)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if not torch.isfinite(loss):
+                    raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+                if retraining and config.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                sched.step()
+                if prune_masks:
+                    _apply_masks(model, prune_masks)
+                loss_sum += loss.item() * len(yb)
+                correct += (logits.argmax(1) == yb).sum().item()
+                seen += len(yb)
+                if progress:
+                    progress.advance(task)
+            state = clean_state_dict(model)
+            eval_model = create_model(config.model, num_classes=data.num_classes)
+            eval_model.load_state_dict(state)
+            val_clean, val_faulty = deployed_accuracy(
+                eval_model, target, data, device, config.eval_chips if retraining else 0, config.target_rate, config.split, config.seed
+            )  # fmt: skip
+            row = {"epoch": epoch + 1, "rate": rate, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / seen,
+                   "train_acc": 100.0 * correct / seen, "val_acc": val_clean, "val_acc_faulty": val_faulty,
+                   "seconds": time.perf_counter() - t0}  # fmt: skip
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            summary_rows.append(",".join("" if row[k] is None else f"{row[k]:.6g}" for k in row))
+            (out_dir / "summary.csv").write_text("\n".join(summary_rows) + "\n")
+            if progress is None:
+                faulty_txt = f", {val_faulty:.2f} % at rate {config.target_rate}" if val_faulty is not None else ""
+                print(f"[{config.method}] epoch {epoch + 1}/{config.epochs} rate {rate:g} loss {row['train_loss']:.3f} "
+                      f"val {val_clean:.2f} %{faulty_txt} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
+            ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
+            save_atomic(ckpt, out_dir / "model.pt")
+    finally:
+        if injector:
+            injector.detach()
+    return ckpt
+
+
+def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, m in deployed_layers(model):
+            w = parametrize.is_parametrized(m, "weight") and m.parametrizations.weight.original or m.weight
+            w.mul_(masks[name])
+
+
+def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epochs_done) -> dict:
+    pretrain = config.method == "pretrain"
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": config.model,
+        "num_classes": data.num_classes,
+        "classes": list(data.classes),
+        "state_dict": state,
+        "profile": profile_name,
+        "target": target.model_dump(mode="json"),
+        "method": config.method,
+        "schedule": config.schedule(),
+        "split": list(config.split),
+        "epochs": config.epochs,
+        "epochs_done": epochs_done,
+        "seed": config.seed,
+        "config": config.model_dump(mode="json"),
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
+        "data": data.split_record(),
+        "acc_pretrain": val_clean if pretrain else acc_pretrain,
+        "acc_retrain": None if pretrain else val_clean,
+        "sparsity": (init or {}).get("sparsity"),
+        "parent": (init or {}).get("config"),
+    }
+
+
+@contextmanager
+def quiet_progress(enabled: bool):
+    """A rich progress bar on a terminal, nothing (plain per-epoch lines) when piped."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as p:
+        yield p
