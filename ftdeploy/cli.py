@@ -169,6 +169,15 @@ def _parse_rates(text: str) -> list[float]:
     return rates
 
 
+# --- export / verify ------------------------------------------------------------------------
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+
+# --- sweep / demo ---------------------------------------------------------------------------
+
+
 def main() -> None:
     """Console-script entry point: the one place FtdeployError becomes a message and exit code."""
     try:
