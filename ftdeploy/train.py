@@ -230,9 +230,11 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
           profile_name: str = "", progress=None) -> dict:  # fmt: skip
     """Run one training; write out_dir/model.pt (after every epoch), log.jsonl, summary.csv and
     config.yaml. ``init``: a loaded checkpoint to start from (required for retraining).
-    Returns the final checkpoint dict."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
+    Under torchrun (WORLD_SIZE > 1) each process takes its share of every batch and simulates
+    its own random chips; gradients are averaged by DistributedDataParallel and only rank 0
+    evaluates and writes. Returns the final checkpoint dict."""
+    dist = _Distributed.from_env(config.device)
+    device = dist.device
     torch.manual_seed(config.seed)
     retraining = config.method != "pretrain"
     if init is not None:
@@ -242,13 +244,16 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
             raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
         model = create_model(config.model, num_classes=data.num_classes)
     model.to(device)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     injector = None
-    if retraining:
-        injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed, device)
+    if retraining:  # every rank its own chips: seed offset by rank
+        injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank, device)
         injector.attach()
+    net = dist.wrap(model)
 
     params_decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     params_other = [p for n, p in model.named_parameters() if p.dim() <= 1]
@@ -260,15 +265,12 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch)))
     use_amp = device.type == "cuda"
-    gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
 
     acc_pretrain = init.get("acc_pretrain") if init else None
-    log_path = out_dir / "log.jsonl"
-    log_path.write_text("")
-    summary_rows = ["epoch,rate,lr,train_loss,train_acc,val_acc,val_acc_faulty,seconds"]
-    task = progress.add_task(f"{config.method}", total=total) if progress else None
+    logger = _RunLog(out_dir, config, progress, total) if dist.is_main else None
     ckpt: dict = {}
     try:
         for epoch in range(config.epochs):
@@ -278,56 +280,133 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
             model.train()
             if retraining and config.bn == "frozen":
                 freeze_batchnorm(model)
-            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+            t0 = time.perf_counter()
+            # Sums stay on the device: one synchronisation per epoch, not per step.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
             for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
+                xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
                 x = normalize(augment(xb, aug_gen), data.mean, data.std)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
+                    logits = net(x)
                     loss = F.cross_entropy(logits.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
                 if retraining and config.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
                 sched.step()
                 if prune_masks:
                     _apply_masks(model, prune_masks)
-                loss_sum += loss.item() * len(yb)
-                correct += (logits.argmax(1) == yb).sum().item()
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
                 seen += len(yb)
-                if progress:
-                    progress.advance(task)
-            state = clean_state_dict(model)
-            eval_model = create_model(config.model, num_classes=data.num_classes)
-            eval_model.load_state_dict(state)
-            val_clean, val_faulty = deployed_accuracy(
-                eval_model, target, data, device, config.eval_chips if retraining else 0, config.target_rate, config.split, config.seed
-            )  # fmt: skip
-            row = {"epoch": epoch + 1, "rate": rate, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-                   "train_acc": 100.0 * correct / seen, "val_acc": val_clean, "val_acc_faulty": val_faulty,
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            summary_rows.append(",".join("" if row[k] is None else f"{row[k]:.6g}" for k in row))
-            (out_dir / "summary.csv").write_text("\n".join(summary_rows) + "\n")
-            if progress is None:
-                faulty_txt = f", {val_faulty:.2f} % at rate {config.target_rate}" if val_faulty is not None else ""
-                print(f"[{config.method}] epoch {epoch + 1}/{config.epochs} rate {rate:g} loss {row['train_loss']:.3f} "
-                      f"val {val_clean:.2f} %{faulty_txt} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
-            ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
-            save_atomic(ckpt, out_dir / "model.pt")
+                if logger:
+                    logger.step()
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise ModelError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
+            if dist.is_main:
+                state = clean_state_dict(model)
+                eval_model = create_model(config.model, num_classes=data.num_classes)
+                eval_model.load_state_dict(state)
+                val_clean, val_faulty = deployed_accuracy(
+                    eval_model, target, data, device, config.eval_chips if retraining else 0, config.target_rate, config.split, config.seed
+                )  # fmt: skip
+                logger.epoch(epoch, rate, opt.param_groups[0]["lr"], train_loss, 100.0 * correct.item() / seen,
+                             val_clean, val_faulty, time.perf_counter() - t0)  # fmt: skip
+                ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
+                save_atomic(ckpt, out_dir / "model.pt")
+            dist.barrier()
     finally:
         if injector:
             injector.detach()
     return ckpt
 
 
+class _RunLog:
+    """Per-epoch log.jsonl and summary.csv (rewritten whole, so always complete), and either a
+    rich progress bar or one plain line per epoch."""
+
+    COLUMNS = ("epoch", "rate", "lr", "train_loss", "train_acc", "val_acc", "val_acc_faulty", "seconds")
+
+    def __init__(self, out_dir: Path, config: TrainConfig, progress, total_steps: int):
+        self.out_dir, self.config, self.progress = out_dir, config, progress
+        self.task = progress.add_task(config.method, total=total_steps) if progress else None
+        self.rows: list[dict] = []
+        (out_dir / "log.jsonl").write_text("")
+
+    def step(self) -> None:
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def epoch(self, epoch, rate, lr, train_loss, train_acc, val_clean, val_faulty, seconds) -> None:
+        row = dict(zip(self.COLUMNS, (epoch + 1, rate, lr, train_loss, train_acc, val_clean, val_faulty, seconds)))
+        self.rows.append(row)
+        with (self.out_dir / "log.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        lines = [",".join(self.COLUMNS)]
+        lines += [",".join("" if r[k] is None else f"{r[k]:.6g}" for k in self.COLUMNS) for r in self.rows]
+        (self.out_dir / "summary.csv").write_text("\n".join(lines) + "\n")
+        faulty = f", {val_faulty:.2f} % at rate {self.config.target_rate:g}" if val_faulty is not None else ""
+        line = (f"[{self.config.method}] epoch {epoch + 1}/{self.config.epochs} rate {rate:g} "
+                f"loss {train_loss:.3f} val {val_clean:.2f} %{faulty} ({seconds:.1f} s)")  # fmt: skip
+        if self.progress:
+            self.progress.console.print(line)
+        else:
+            print(line, flush=True)
+
+
+class _Distributed:
+    """torchrun integration: rank/world from the environment, DDP wrapping, barriers.
+    A plain single-process run has rank 0, world 1 and does nothing extra."""
+
+    def __init__(self, rank: int, world: int, device: torch.device):
+        self.rank, self.world, self.device = rank, world, device
+
+    @classmethod
+    def from_env(cls, device_name: str) -> "_Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(0, 1, pick_device(device_name))
+        import torch.distributed as tdist
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = pick_device(device_name)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(tdist.get_rank(), tdist.get_world_size(), device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        # BN buffers stay per rank (frozen during retraining anyway); pretraining syncs nothing
+        # extra, as in torchvision's reference scripts without --sync-bn.
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       broadcast_buffers=False)  # fmt: skip
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+
 def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Re-zero pruned weights after an optimiser step (the master weight when parametrised)."""
     with torch.no_grad():
         for name, m in deployed_layers(model):
-            w = parametrize.is_parametrized(m, "weight") and m.parametrizations.weight.original or m.weight
+            w = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
             w.mul_(masks[name])
 
 

@@ -1,0 +1,5 @@
+"""``python -m ftdeploy`` runs the command line (used where no console script is installed)."""
+
+from .cli import main
+
+main()
