@@ -1,0 +1,62 @@
+"""Shared fixtures: two CPU threads (the CI box has two cores), tiny targets, a tiny net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ftdeploy.profiles import Target, builtin_targets, load_target
+
+torch.set_num_threads(2)
+
+#: The shipped targets, loaded once; parametrize over ``SHIPPED_TARGET_NAMES``.
+SHIPPED_TARGET_NAMES = [p.stem for p in builtin_targets()]
+
+
+def make_target(mapping: str = "differential", bits_per_cell: int = 7, weight_bits: int = 8, scale: str = "layer",
+                tile_rows: int = 128, tile_cols: int = 128, **kw) -> Target:  # fmt: skip
+    """A valid Target built in code (validated exactly like a YAML file)."""
+    return Target(
+        name=kw.pop("name", f"t-{mapping}-{bits_per_cell}-{weight_bits}-{scale}"),
+        g_off_uS=kw.pop("g_off_uS", 1.0),
+        g_on_uS=kw.pop("g_on_uS", 100.0),
+        bits_per_cell=bits_per_cell,
+        weight_bits=weight_bits,
+        mapping=mapping,
+        scale=scale,
+        tile_rows=tile_rows,
+        tile_cols=tile_cols,
+        **kw,
+    )
+
+
+@pytest.fixture
+def target_factory():
+    """``target_factory(mapping=..., bits_per_cell=..., weight_bits=..., scale=...)``."""
+    return make_target
+
+
+@pytest.fixture(params=SHIPPED_TARGET_NAMES)
+def shipped_target(request) -> Target:
+    return load_target(request.param)[0]
+
+
+class TinyNet(nn.Module):
+    """Conv + Linear without BatchNorm: folding leaves the weights bit-identical, so a
+    DeployedNetwork's layers can be compared with faulty_weight on the original weights."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=True)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet()
