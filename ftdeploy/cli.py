@@ -175,6 +175,42 @@ def _parse_rates(text: str) -> list[float]:
 # --- prune ----------------------------------------------------------------------------------
 
 
+@app.command("prune")
+def prune_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint to prune (ftdeploy model.pt, usually a pretrained one).")],
+    profile: ProfileOpt,
+    method: Annotated[str, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) | admm (Zhang et al. 2018).")],
+    sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of weights zeroed in each pruned layer, in (0, 1).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).")],
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs; default: the profile's retraining epochs.")] = None,
+    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning; default: as --epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
+    data: DataOpt = None,
+    val_split: ValSplitOpt = None,
+    device: DeviceOpt = "auto",
+):
+    """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
+    weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
+    from .profiles import load_profile
+    from .prune import PruneConfig, data_for, prune
+    from .train import load_checkpoint, quiet_progress
+
+    resolved = load_profile(profile)
+    d = resolved.profile.training
+    epochs = d.epochs if epochs is None else epochs
+    config = PruneConfig(method=method, sparsity=sparsity, epochs=epochs, admm_epochs=epochs if admm_epochs is None else admm_epochs,
+                         lr=lr or d.retrain_lr, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
+                         device=device)  # fmt: skip
+    bundle = data_for(load_checkpoint(ckpt), data, val_split)
+    _echo(f"data: {bundle.description}")
+    with quiet_progress(True) as progress:
+        log = progress.console.print if progress else _echo
+        result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress, log=log)
+    before = result["pruning"]["acc_before_finetune"]
+    _echo(f"wrote {out / 'model.pt'}: {method}, sparsity {result['sparsity']:.1%} (target {sparsity:.1%}), "
+          f"Acc_pretrain {_pct(result['acc_pretrain'])} ({_pct(before)} before fine-tuning)")  # fmt: skip
+
+
 # --- sweep / demo ---------------------------------------------------------------------------
 
 
