@@ -1,0 +1,167 @@
+"""Sign-off reports. ``report.json`` is the one source of truth (built by
+:func:`ftdeploy.verify.verify_onnx`); ``report.md`` and the greppable verdict lines are rendered
+from that dict by pure functions here, so they can never disagree with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import VerifyError
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def to_json(report: dict) -> str:
+    """Canonical JSON text of a report. ``allow_nan=False``: an undefined figure must be null
+    with a note, never a NaN or Infinity that strict JSON readers reject."""
+    return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --- verdict lines --------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.2f}"
+
+
+def check_line(check: dict) -> str:
+    """``PASSED rate=0.005 max_acc_drop_pct: 1.20 <= 3.00`` or ``FAILED ...: 4.10 > 3.00``."""
+    status = "PASSED" if check["passed"] else "FAILED"
+    where = f"rate={check['rate']:g} " if check["rate"] is not None else ""
+    relation = check["comparison"] if check["passed"] else {">=": "<", "<=": ">"}[check["comparison"]]
+    value, limit = _num(check["value"]), _num(check["limit"])
+    if value == limit and not check["passed"]:  # 3.004 > 3.00 must not print as "3.00 > 3.00"
+        value = f"{check['value']:.6g}"
+    note = f" ({check['note']})" if check.get("note") else ""
+    return f"{status} {where}{check['name']}: {value} {relation} {limit}{note}"
+
+
+def overall_line(report: dict) -> str:
+    """The last line of a sign-off: ``PASSED sign-off: 2 of 2 limits met`` or ``FAILED ...``."""
+    verdict = report["verdict"]
+    return f"{'PASSED' if verdict['passed'] else 'FAILED'} sign-off: {verdict['summary']}"
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """One line per check, then the overall verdict."""
+    return [check_line(c) for c in report["verdict"]["checks"]] + [overall_line(report)]
+
+
+# --- markdown -------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "n/a (1 chip)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _ss(rate: dict) -> str:
+    return "+inf ¹" if rate["stability"] is None else f"{rate['stability']:.2f}"
+
+
+def render_markdown(report: dict) -> str:
+    """report.md from report.json's dict: a pure function, no I/O, no clock."""
+    model, profile, data, signoff, fig = report["model"], report["profile"], report["data"], report["signoff"], report["figures"]
+    verdict = report["verdict"]
+    lines = [
+        f"# Sign-off: {Path(model['file']).name} — {'PASSED' if verdict['passed'] else 'FAILED'}",
+        "",
+        f"**{overall_line(report)}**",
+        "",
+        "## Inputs",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
+        f"| content hash | `{model['content_sha256']}` |",
+        f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
+        f"trained {model['method']} (schedule {_schedule(model['schedule'])}) |",
+        f"| mapping | {model['mapping']} |",
+        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`) |",
+        f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
+        f"| data | {data['spec']}: {data['images']} of {data['val_images']} validation images"
+        f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''} |",
+        f"| chips | {signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
+        f"{signoff['split'][0]:g} : {signoff['split'][1]:g} |",
+        f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
+        "",
+        "## Figures (accuracy, %)",
+        "",
+        f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
+        f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — fault-free ONNX model on the evaluation images",
+        "",
+        "| P_sa | stuck-off | stuck-on | Acc_defect | std | 95 % CI | drop (pts) | SS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in fig["rates"]:
+        lines.append(f"| {r['rate']:g} | {r['stuck_off']:.3g} | {r['stuck_on']:.3g} | {_pct(r['acc_defect_mean'])} | "
+                     f"{_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {r['acc_drop']:.2f} | {_ss(r)} |")  # fmt: skip
+    lines += [
+        "",
+        "SS = Acc_retrain / (Acc_pretrain − Acc_defect). "
+        "¹ When Acc_defect ≥ Acc_pretrain the score is undefined; it is reported as +inf "
+        "(null in report.json) and any min_stability limit counts as met.",
+        f"CI: {signoff['ci']}.",
+        "",
+        "## Verdict",
+        "",
+        "```",
+        *verdict_lines(report),
+        "```",
+        "",
+    ]
+    if verdict["checks"]:
+        lines += ["| limit | P_sa | measured | limit | result | reason |", "|---|---|---|---|---|---|"]
+        for c in verdict["checks"]:
+            rate = "—" if c["rate"] is None else f"{c['rate']:g}"
+            lines.append(f"| {c['name']} | {rate} | {_num(c['value'])} | {c['comparison']} {_num(c['limit'])} | "
+                         f"{'PASSED' if c['passed'] else 'FAILED'} | {c['reason']} |")  # fmt: skip
+        lines.append("")
+    if report["notes"]:
+        lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
+    lines += ["## Per-chip accuracy (%)", ""]
+    for r in fig["rates"]:
+        lines.append(f"- P_sa {r['rate']:g}: " + ", ".join(f"{a:.2f}" for a in r["chip_accuracies"]))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _schedule(schedule: list[float] | None) -> str:
+    if not schedule:
+        return "n/a"
+    rates = list(dict.fromkeys(schedule))  # distinct, in order
+    return f"{len(schedule)} epochs at " + " → ".join(f"{r:g}" for r in rates)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write out_dir/report.json and out_dir/report.md, each via a temporary file and a rename,
+    so a reader never sees a torn file. Returns both paths."""
+    out_dir = Path(out_dir)
+    texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: render_markdown(report)}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VerifyError(f"{out_dir}: cannot create report folder: {exc.strerror}") from None
+    tmps = {}
+    try:
+        for path, text in texts.items():  # render and write both before renaming either
+            tmps[path] = tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise VerifyError(f"{out_dir}: cannot write report: {exc.strerror}") from None
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+    return out_dir / REPORT_JSON, out_dir / REPORT_MD
