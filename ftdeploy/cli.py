@@ -172,6 +172,66 @@ def _parse_rates(text: str) -> list[float]:
 # --- export / verify ------------------------------------------------------------------------
 
 
+@app.command("export")
+def export_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint to export (ftdeploy model.pt).")],
+    profile: ProfileOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).")],
+):
+    """Export a checkpoint to ONNX: BatchNorm folded, each weight as the uint8 levels of its
+    cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything else in metadata."""
+    from .export import export_onnx
+    from .profiles import load_profile
+    from .train import load_checkpoint
+
+    resolved = load_profile(profile)
+    ckpt_data = load_checkpoint(ckpt)
+    trained_for = (ckpt_data.get("target") or {}).get("name")
+    if trained_for and trained_for != resolved.target.name:
+        _err(f"warning: {ckpt} was trained for target {trained_for}, exporting for {resolved.target.name}")
+    summary = export_onnx(ckpt_data, resolved, out)
+    _echo(f"wrote {out}: {len(summary['layers'])} crossbar layers, {summary['cells']:,} cells on {summary['tiles']} tiles "
+          f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}")  # fmt: skip
+
+
+@app.command("verify")
+def verify_cmd(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX file written by ftdeploy export.")],
+    profile: ProfileOpt,
+    data: DataOpt = None,
+    val_split: ValSplitOpt = None,
+    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per rate; default: the profile's.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N images.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth) and report.md.")] = None,
+):
+    """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
+    PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input."""
+    from .errors import SignOffFailed
+    from .profiles import load_profile
+    from .report import verdict_lines, write_report
+    from .train import quiet_progress
+    from .verify import verify_onnx
+
+    resolved = load_profile(profile)
+    with quiet_progress(True) as progress:
+        log = None if progress else _err
+        report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
+                             progress=progress, log=log)  # fmt: skip
+    for line in verdict_lines(report):
+        _echo(line)
+    if out is not None:
+        json_path, md_path = write_report(report, out)
+        _echo(f"wrote {json_path}, {md_path}")
+    if not report["verdict"]["passed"]:
+        where = f"; see {out / 'report.md'}" if out is not None else ""
+        raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+
+
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
 # --- prune ----------------------------------------------------------------------------------
 
 
