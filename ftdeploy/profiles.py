@@ -199,7 +199,7 @@ class TrainingDefaults(_Strict):
         rates = self.progressive_rates
         if rates != sorted(rates):
             raise ValueError(f"progressive_rates must ascend, found {rates}")
-        if self.method is Method.progressive and rates and rates[-1] != self.target_rate:
+        if self.method is Method.progressive and (not rates or rates[-1] != self.target_rate):
             raise ValueError(f"progressive_rates must end at target_rate {self.target_rate}, found {rates}")
         return self
 
@@ -270,8 +270,10 @@ def _resolve(ref: str | Path, folder: Path, relative_to: Path | None = None) -> 
     ref_s = str(ref)
     if "/" in ref_s or ref_s.endswith((".yaml", ".yml")):
         path = Path(ref_s)
-        if not path.is_absolute() and relative_to is not None and not path.exists():
-            path = relative_to / path
+        if not path.is_absolute() and relative_to is not None:
+            beside = relative_to / path  # documented meaning; the working directory is a fallback
+            if beside.exists() or not path.exists():
+                path = beside
         return path
     return folder / f"{ref_s}.yaml"
 
