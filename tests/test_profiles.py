@@ -1,0 +1,344 @@
+"""Targets and profiles: shipped files validate; every kind of bad file is one ConfigError line
+per problem naming the file and the field; the ``profile`` commands and the error boundary."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ftdeploy.cli import app, main
+from ftdeploy.errors import ConfigError
+from ftdeploy.profiles import (
+    PROFILES_DIR,
+    TARGETS_DIR,
+    FaultRates,
+    Method,
+    ResolvedProfile,
+    Target,
+    builtin_profiles,
+    builtin_targets,
+    load_profile,
+    load_target,
+)
+
+PROFILE_NAMES = [p.stem for p in builtin_profiles()]
+TARGET_NAMES = [p.stem for p in builtin_targets()]
+DEMO = yaml.safe_load((PROFILES_DIR / "demo.yaml").read_text())
+TARGET = yaml.safe_load((TARGETS_DIR / "paper-diff8.yaml").read_text())
+
+
+def test_the_shipped_files_are_there():
+    assert {"chen2015", "demo", "strict"} <= set(PROFILE_NAMES)
+    assert {"paper-diff8", "offset-8", "mlc2-bitsliced"} <= set(TARGET_NAMES)
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_shipped_profile_validates(name):
+    r = load_profile(name)
+    assert isinstance(r, ResolvedProfile)
+    assert r.profile.name == name and r.profile_path == PROFILES_DIR / f"{name}.yaml"
+    assert r.target_path == TARGETS_DIR / f"{r.profile.target}.yaml" and r.target.name == r.profile.target
+    so = r.profile.signoff
+    assert all(lim.rate in so.rates for lim in so.acceptance) and so.acceptance
+    tr = r.profile.training
+    if tr.method is Method.progressive:
+        assert tr.progressive_rates[-1] == tr.target_rate
+    off, on = r.profile.faults.pair
+    assert off + on == pytest.approx(r.profile.faults.total)
+    # round trip: the resolved dict validates again to the same objects
+    d = r.to_dict()
+    assert Target.model_validate(d["target"]) == r.target
+    assert type(r.profile).model_validate(d["profile"]) == r.profile
+    # by path as well as by name
+    assert load_profile(str(r.profile_path)).profile == r.profile
+
+
+@pytest.mark.parametrize("name", TARGET_NAMES)
+def test_shipped_target_validates(name):
+    target, path = load_target(name)
+    assert path == TARGETS_DIR / f"{name}.yaml" and target.name == name
+    assert target.g_on_uS > target.g_off_uS
+    assert target.conductance_uS(0) == target.g_off_uS
+    assert target.conductance_uS(target.levels_per_cell - 1) == pytest.approx(target.g_on_uS)
+
+
+def test_paper_target_tracks_the_paper():
+    """paper-diff8's cells hold exactly the code range, so a stuck-on cell reads max|W|."""
+    t, _ = load_target("paper-diff8")
+    assert (t.mapping, t.levels_per_cell - 1, t.max_code, t.scale.value) == ("differential", 127, 127, "layer")
+    chen = load_profile("chen2015").profile
+    assert chen.faults.split == (1.75, 9.04) and chen.faults.p_sa == 0.005
+
+
+# --- bad files ------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, data, name="bad.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _profile(**changes) -> dict:
+    d = copy.deepcopy(DEMO)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = d
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        node[leaf] = value
+    return d
+
+
+def _error_lines(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load_profile(path)
+    lines = str(exc.value).splitlines()
+    assert lines, "empty error"
+    for line in lines:
+        assert line.startswith(f"{path}"), line
+    return lines
+
+
+BAD_PROFILES = {
+    # name: (changes, expected field, fragment of the message)
+    "unknown key": ({"signoff__chipz": 3}, "signoff.chipz", "Extra inputs are not permitted"),
+    "unknown top-level key": ({"fautls": {}}, "fautls", "Extra inputs are not permitted"),
+    "wrong type": ({"signoff__chips": "many"}, "signoff.chips", "valid integer"),
+    "wrong type of section": ({"faults": [0.01]}, "faults", "dictionary"),
+    "rate above 1": ({"faults__p_sa": 1.5}, "faults.p_sa", "less than or equal to 1"),
+    "negative rate": ({"signoff__rates": [0.01, -0.1]}, "signoff.rates.1", "greater than or equal to 0"),
+    "p_sa and stuck_off": ({"faults__stuck_off": 0.001}, "faults", "give either p_sa or stuck_off/stuck_on, not both"),
+    "stuck_off alone": ({"faults": {"stuck_off": 0.01}}, "faults", "stuck_off and stuck_on must be given together"),
+    "no rate at all": ({"faults": {"split": [1, 1]}}, "faults", "give p_sa, or stuck_off and stuck_on"),
+    "rates sum above 1": ({"faults": {"stuck_off": 0.6, "stuck_on": 0.6}}, "faults", "at most 1"),
+    "acceptance rate not signed off": ({"signoff__acceptance__0__rate": 0.03}, "signoff", "acceptance rates [0.03] are not in rates"),
+    "acceptance without limit": ({"signoff__acceptance": [{"rate": 0.01}]}, "signoff.acceptance.0", "set at least one of"),
+    "progressive not ending at target": ({"training__progressive_rates": [0.01, 0.02]}, "training", "must end at target_rate 0.05"),
+    "progressive not ascending": ({"training__progressive_rates": [0.02, 0.01, 0.05]}, "training", "must ascend"),
+    "progressive without rates": ({"training__progressive_rates": []}, "training", "progressive_rates"),
+    "unknown method": ({"training__method": "two-shot"}, "training.method", "one-shot"),
+    "empty sign-off rates": ({"signoff__rates": []}, "signoff.rates", "at least 1 item"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_PROFILES), ids=list(BAD_PROFILES))
+def test_bad_profile_names_file_and_field(case, tmp_path):
+    changes, field, fragment = BAD_PROFILES[case]
+    path = _write(tmp_path, _profile(**changes))
+    lines = _error_lines(path)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}: {field}: "), lines[0]
+    assert fragment in lines[0]
+
+
+def test_missing_field(tmp_path):
+    d = _profile()
+    del d["signoff"]
+    path = _write(tmp_path, d)
+    assert _error_lines(path) == [f"{path}: signoff: Field required"]
+
+
+def test_one_line_per_error(tmp_path):
+    path = _write(tmp_path, _profile(signoff__chips=0, faults__p_sa=-1, training__lr="fast"))
+    lines = _error_lines(path)
+    assert len(lines) == 3
+    assert {line.split(": ")[1] for line in lines} == {"signoff.chips", "faults.p_sa", "training.lr"}
+    assert any("(found -1)" in line for line in lines)
+
+
+def test_one_shot_does_not_need_rates_ending_at_target(tmp_path):
+    path = _write(tmp_path, _profile(training__method="one-shot", training__progressive_rates=[0.01]))
+    assert load_profile(path).profile.training.method is Method.one_shot
+
+
+def test_stuck_pair_is_accepted(tmp_path):
+    path = _write(tmp_path, _profile(faults={"stuck_off": 0.001, "stuck_on": 0.004}))
+    faults = load_profile(path).profile.faults
+    assert faults.pair == (0.001, 0.004) and faults.total == pytest.approx(0.005)
+
+
+def test_missing_target_file(tmp_path):
+    path = _write(tmp_path, _profile(target="nosuch"))
+    lines = _error_lines(path)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: target: no target file {TARGETS_DIR / 'nosuch.yaml'}")
+    path = _write(tmp_path, _profile(target="sub/nosuch.yaml"), "bad2.yaml")
+    assert _error_lines(path)[0].startswith(f"{path}: target: no target file {tmp_path / 'sub/nosuch.yaml'}")
+
+
+def test_invalid_target_names_the_target_file(tmp_path):
+    _write(tmp_path, dict(TARGET, bits_per_cell=6), "cells.yaml")
+    path = _write(tmp_path, _profile(target="cells.yaml"))
+    with pytest.raises(ConfigError) as exc:
+        load_profile(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'cells.yaml'}: (top level): differential needs bits_per_cell")
+    assert len(msg.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "change,field,fragment",
+    [
+        ({"bits_per_cell": 9}, "bits_per_cell", "less than or equal to 8"),
+        ({"mapping": "ternary"}, "(top level)", "mapping must be one of ['bitsliced', 'differential', 'offset']"),
+        ({"g_on_uS": 0.5}, "(top level)", "must exceed g_off_uS"),
+        ({"scale": "tile"}, "scale", "'layer' or 'channel'"),
+        ({"tile_rows": 0}, "tile_rows", "greater than or equal to 1"),
+        ({"colour": "red"}, "colour", "Extra inputs"),
+    ],
+)
+def test_bad_target_names_file_and_field(tmp_path, change, field, fragment):
+    path = _write(tmp_path, dict(TARGET, **change))
+    with pytest.raises(ConfigError) as exc:
+        load_target(path)
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: {field}: "), lines
+    assert fragment in lines[0]
+
+
+def test_target_relative_to_the_profile_not_the_working_directory(tmp_path, monkeypatch):
+    """profile.target is 'a path relative to this file': a same-named file in the working
+    directory must not win over the one beside the profile."""
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    _write(tmp_path / "deploy", dict(TARGET, name="beside-profile"), "chip.yaml")
+    _write(tmp_path / "elsewhere", dict(TARGET, name="in-cwd"), "chip.yaml")
+    profile = _write(tmp_path / "deploy", _profile(target="chip.yaml"), "p.yaml")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = load_profile(profile)
+    assert r.target.name == "beside-profile" and r.target_path == tmp_path / "deploy" / "chip.yaml"
+    monkeypatch.chdir(tmp_path)  # nothing named chip.yaml here
+    assert load_profile(profile).target.name == "beside-profile"
+
+
+@pytest.mark.parametrize(
+    "text,where,fragment",
+    [
+        ("name: x\nfaults: [1, 2\n", ":3:1: ", "not valid YAML"),
+        ("name: x\n  bad: indent\n", ":2:6: ", "not valid YAML"),
+        ("- 1\n- 2\n", ": (top level): ", "expected a mapping of fields, found list"),
+        ("just a string\n", ": (top level): ", "found str"),
+        ("", ": (top level): ", "expected a mapping of fields"),
+    ],
+)
+def test_unreadable_files(tmp_path, text, where, fragment):
+    path = _write(tmp_path, text)
+    for load in (load_profile, load_target):
+        with pytest.raises(ConfigError) as exc:
+            load(path)
+        msg = str(exc.value)
+        assert msg.startswith(f"{path}{where}") and fragment in msg and "\n" not in msg, msg
+
+
+def test_missing_and_undecodable_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found$"):
+        load_profile(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"profiles/nope\.yaml: file not found$"):
+        load_profile("nope")
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"^{path}: cannot read"):
+        load_profile(path)
+
+
+def test_fault_rates_split():
+    f = FaultRates(p_sa=0.02, split=(1, 3))
+    assert f.pair == pytest.approx((0.005, 0.015)) and f.at(0.04) == pytest.approx((0.01, 0.03))
+    with pytest.raises(ValueError, match="positive sum"):
+        FaultRates(p_sa=0.02, split=(0, 0))
+
+
+# --- command line ---------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def test_profile_list():
+    result = runner.invoke(app, ["profile", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "profiles:" and "targets:" in lines
+    for name in PROFILE_NAMES + TARGET_NAMES:
+        assert any(line.split()[:1] == [name] for line in lines), name
+    chen = next(line for line in lines if line.split()[:1] == ["chen2015"])
+    assert "paper-diff8" in chen and "P_sa 0.005" in chen
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_profile_show(name):
+    result = runner.invoke(app, ["profile", "show", name])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown == load_profile(name).to_dict()
+    assert shown["profile"]["training"]["weight_decay"] == 5e-4 or name != "strict"  # defaults filled in
+
+
+def test_models_command():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert {"resnet20", "resnet32", "resnet44", "resnet56", "democnn"} <= set(names)
+    assert "tv:NAME" in names
+    result = runner.invoke(app, ["models", "resnet*"])
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert "democnn" not in names and "resnet56" in names
+
+
+def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
+    """main() as the console script runs it: returning normally is exit status 0."""
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", *argv])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
+    bad = _write(tmp_path, _profile(signoff__chips=0, faults__p_sa=2))
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", str(bad), str(PROFILES_DIR / "demo.yaml"))
+    assert code == 2
+    assert f"ok {PROFILES_DIR / 'demo.yaml'}: profile demo, target paper-diff8" in out
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert {line.split(": ")[2] for line in lines} == {"faults.p_sa", "signoff.chips"}
+    assert all(line.startswith(f"error: {bad}: ") for line in lines)
+    assert "Traceback" not in err
+
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", "demo", "chen2015")
+    assert code == 0 and err == "" and out.count("\nok ") + out.startswith("ok ") == 2
+
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "show", "nosuch")
+    assert code == 2 and err == f"error: {PROFILES_DIR / 'nosuch.yaml'}: file not found\n"
+
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate")  # click usage error
+    assert code == 2 and "Missing argument" in err and "Traceback" not in err
+
+
+def test_console_script_validate(tmp_path):
+    """The installed ``ftdeploy`` entry point, as a user runs it."""
+    bad = _write(tmp_path, _profile(fautls=1, signoff__acceptance__0__rate=0.3))
+    missing = tmp_path / "missing.yaml"
+    exe = Path(sys.executable).with_name("ftdeploy")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from ftdeploy.cli import main; main()"]
+    proc = subprocess.run([*cmd, "profile", "validate", str(bad), str(missing)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert sorted(lines[:2]) == [
+        f"error: {bad}: fautls: Extra inputs are not permitted (found 1)",
+        f"error: {bad}: signoff: acceptance rates [0.3] are not in rates [0.005, 0.01, 0.02]",
+    ], proc.stderr
+    assert lines[2:] == [f"error: {missing}: file not found"], proc.stderr
+    assert proc.stdout == ""
