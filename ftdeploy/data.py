@@ -15,6 +15,7 @@ on the training device. That keeps a 2-core CPU or a GPU busy with the model, no
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -71,8 +72,7 @@ def stratified_split(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> 
         raise DataError(f"--val-split: expected between 1 and {len(labels) - 1} images, found {n_val}")
     rng = np.random.default_rng(seed)
     per_class = [np.flatnonzero(labels == c) for c in classes]
-    quota = np.full(len(classes), n_val // len(classes))
-    quota[: n_val % len(classes)] += 1
+    quota = _fair_quota(np.array([len(idx) for idx in per_class]), n_val)
     val = []
     for idx, q in zip(per_class, quota):
         val.append(rng.permutation(idx)[: min(q, len(idx))])
@@ -80,6 +80,22 @@ def stratified_split(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> 
     train_mask = np.ones(len(labels), bool)
     train_mask[val_idx] = False
     return np.flatnonzero(train_mask), val_idx
+
+
+def _fair_quota(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Per-class counts summing to ``n`` (< sizes.sum()), as equal as possible, none above its
+    class size: a small class's shortfall goes to the others. With every class large enough
+    this is n // k each, the first n % k classes one more."""
+    quota = np.zeros(len(sizes), dtype=np.int64)
+    remaining = n
+    while remaining > 0:
+        open_ = np.flatnonzero(quota < sizes)
+        add = np.full(len(open_), remaining // len(open_))
+        add[: remaining % len(open_)] += 1
+        add = np.minimum(add, sizes[open_] - quota[open_])
+        quota[open_] += add
+        remaining -= int(add.sum())
+    return quota
 
 
 def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Tensor:
@@ -99,7 +115,13 @@ def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Ten
 def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected packed arrays jpeg, offsets, labels, classes)")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        archive = None
+    if not hasattr(archive, "files"):  # unreadable, or a single .npy array
+        raise DataError(f"{path}: not an .npz archive (expected packed arrays jpeg, offsets, labels, classes)")
+    with archive as z:
         missing = {"jpeg", "offsets", "labels", "classes"} - set(z.files)
         if missing:
             raise DataError(f"{path}: missing arrays {sorted(missing)} (expected jpeg, offsets, labels, classes)")
