@@ -138,7 +138,7 @@ def resnet56(num_classes: int = 10, **kw) -> nn.Module:
 
 @register_model
 def democnn(num_classes: int = 10, width: int = 16) -> nn.Module:
-    """Small 4-conv CNN for the 2-CPU-core demo (≈0.1 M weights)."""
+    """Small 4-conv CNN for the 2-CPU-core demo (≈0.06 M weights)."""
     w = width
 
     def block(cin, cout):
