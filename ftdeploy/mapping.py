@@ -88,7 +88,9 @@ def _positive_part(code):
 
 class DifferentialPair(Mapping):
     """Two cells per weight on two columns: W = s·(g+ − g−). Each cell is its own device and
-    fails on its own: a stuck-on cell adds (or subtracts) the full scale."""
+    fails on its own: a stuck-on cell reads level L, adding (or subtracting) the full scale
+    L·s minus its programmed level; that is the layer's max|W| when L == Q (bits_per_cell ==
+    weight_bits − 1, as on paper-diff8), more when the cells have spare levels."""
 
     name = "differential"
 
@@ -110,7 +112,8 @@ class DifferentialPair(Mapping):
 
 class OffsetColumn(Mapping):
     """One cell per weight holding q + Q; a shared, fault-free reference column supplies the
-    −Q offset. A stuck-off cell reads −Q·s, a stuck-on cell +Q·s (with L = 2Q)."""
+    −Q offset. A stuck-off cell reads −Q·s, a stuck-on cell (L − Q)·s: (Q + 1)·s when
+    bits_per_cell == weight_bits (L = 2Q + 1), one step beyond any programmed code."""
 
     name = "offset"
 
@@ -173,7 +176,8 @@ def make_mapping(target: "Target") -> Mapping:
 def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
     """Weight per code step: max|W|/Q over the layer, or per output channel. Shaped to
     broadcast against ``weight``. Differentiable, so training can shrink the full-scale value
-    a stuck-on cell produces. A zero layer gets scale 1 (all codes 0) instead of dividing by 0."""
+    a stuck-on cell produces. A zero layer (or channel) gets scale 1/Q (all codes 0) instead of
+    dividing by 0."""
     from .profiles import ScaleGranularity
 
     if target.scale is ScaleGranularity.channel:
