@@ -84,9 +84,9 @@ def test_cifar_resnet_sizes(depth, millions):
 def test_resnet20_is_the_paper_size_and_runs():
     model = create_model("resnet20", num_classes=100)
     assert _params(model) == 275_572  # 269,722 with 10 classes; ~0.27 M
-    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 100)
     wide = create_model("resnet20", width=8)
-    assert wide(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and _params(wide) < _params(model)
+    assert wide(torch.zeros(1, 3, 16, 16)).shape == (1, 10) and _params(wide) < _params(model)
 
 
 def test_democnn():
