@@ -261,7 +261,7 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     """The validation part of ``spec`` (default: the embedded dataset), preprocessed with the
     file's normalisation; at most ``max_images``, a class-stratified subset (seed 0) in the
     dataset's order, because validation parts may be sorted by class."""
-    from .data import SPLIT_SEED, load_data, normalize_numpy, stratified_split
+    from .data import SPLIT_SEED, load_data, normalize_numpy
 
     _, height, width = export.image_shape
     if height != width:
@@ -272,14 +272,24 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
         raise VerifyError(f"data {bundle.spec}: classes {_short(bundle.classes)} differ from the model's {_short(classes)}")
     x, y = bundle.val_x.numpy(), bundle.val_y.numpy().astype(np.int64)
     available = len(y)
-    if max_images is not None and max_images < available:
-        keep = stratified_split(y, max_images)[1]
+    keep = subset_indices(y, max_images)
+    if keep is not None:
         x, y = x[keep], y[keep]
     norm = export.meta["normalization"]
     record = {"spec": bundle.spec, "val_split": bundle.val_split, "split_seed": SPLIT_SEED, "images": int(len(y)),
               "val_images": int(available), "max_images": max_images, "description": bundle.description,
               "training_record": export.meta.get("data")}  # fmt: skip
     return EvalData(normalize_numpy(x, norm["mean"], norm["std"]), y, record)
+
+
+def subset_indices(labels: np.ndarray, max_images: int | None) -> np.ndarray | None:
+    """Indices of the evaluation subset: at most ``max_images``, as equal per class as possible
+    (data.stratified_split, seed 0), in the dataset's order; None when every image is used."""
+    from .data import stratified_split
+
+    if max_images is None or max_images >= len(labels):
+        return None
+    return stratified_split(labels, max_images)[1]
 
 
 def _short(names: list[str]) -> str:

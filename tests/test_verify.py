@@ -1,0 +1,376 @@
+"""ftdeploy verify: ONNX Runtime sign-off on simulated chips. The chips are the PyTorch fast
+path's chips, the figures follow their definitions, the report is reproducible to the byte,
+and the exit code follows the verdict (0 pass, 1 a limit failed, 2 bad input)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from ftdeploy.chip import DeployedNetwork
+from ftdeploy.cli import main
+from ftdeploy.data import load_data
+from ftdeploy.errors import ConfigError, DataError, VerifyError
+from ftdeploy.export import HASH_KEY, content_hash, export_onnx
+from ftdeploy.faults import StuckAt
+from ftdeploy.profiles import load_profile
+from ftdeploy.report import check_line, render_markdown, to_json, verdict_lines, write_report
+from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.verify import (
+    NO_DEGRADATION,
+    judge,
+    load_export,
+    stability_score,
+    subset_indices,
+    summarize_chips,
+    t_quantile_975,
+    verify_onnx,
+)
+
+from _quick_model import quick_checkpoint
+
+IMAGES = 200
+CHIPS = 3
+RATES = [0.0, 0.01, 0.05]
+
+PASSING = f"""\
+name: vtest
+target: paper-diff8
+faults:
+  p_sa: 0.01
+signoff:
+  rates: {RATES}
+  chips: {CHIPS}
+  seed: 0
+  max_images: {IMAGES}
+  acceptance:
+    - rate: 0.01
+      max_acc_drop_pct: 100.0
+      min_acc_defect_lower_ci_pct: 0.0
+    - rate: 0.05
+      min_stability: 0.0
+"""
+#: Same chips, one impossible limit.
+FAILING = PASSING.replace("name: vtest", "name: vtest-fail").replace(
+    "      max_acc_drop_pct: 100.0\n", "      max_acc_drop_pct: 100.0\n      min_acc_defect_pct: 99.0\n"
+)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("verify")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_data(None)
+
+
+@pytest.fixture(scope="module")
+def profiles(folder) -> dict[str, Path]:
+    paths = {"pass": folder / "vtest.yaml", "fail": folder / "vtest-fail.yaml"}
+    paths["pass"].write_text(PASSING)
+    paths["fail"].write_text(FAILING)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def resolved(profiles):
+    return load_profile(profiles["pass"])
+
+
+@pytest.fixture(scope="module")
+def ckpt(bundle, resolved, folder) -> dict:
+    return load_checkpoint(quick_checkpoint(bundle, resolved.target, folder))
+
+
+@pytest.fixture(scope="module")
+def onnx_path(ckpt, resolved, folder) -> Path:
+    out = folder / "model.onnx"
+    export_onnx(ckpt, resolved, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(onnx_path, resolved) -> dict:
+    return verify_onnx(onnx_path, resolved)
+
+
+@pytest.fixture(scope="module")
+def torch_eval(ckpt, resolved, bundle):
+    """The PyTorch fast path on the verifier's images: (DeployedNetwork, x uint8, y, mean, std)."""
+    keep = torch.from_numpy(subset_indices(bundle.val_y.numpy(), IMAGES))
+    norm = ckpt["normalization"]
+    net = DeployedNetwork(model_from_checkpoint(ckpt), resolved.target)
+    return net, bundle.val_x[keep], bundle.val_y[keep], norm["mean"], norm["std"]
+
+
+# --- the chips are the PyTorch fast path's chips ------------------------------------------------
+
+
+def test_acc_retrain_is_the_fault_free_deployed_accuracy(report, torch_eval):
+    net, x, y, mean, std = torch_eval
+    assert report["figures"]["acc_retrain"] == net.accuracy(x, y, mean, std)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_onnx_runtime_chips_equal_torch_fast_path_chips(report, torch_eval, resolved, rate):
+    """Same chip_rng streams, same layer order, bit-identical decoded weights: the per-chip
+    accuracies agree exactly. Allowed slack (one image per chip) only because the two runtimes
+    accumulate convolutions in different orders, which could flip an argmax on a near-exact tie."""
+    net, x, y, mean, std = torch_eval
+    nonideality = StuckAt.from_total(rate, resolved.profile.faults.split)
+    expected = net.chip_accuracies(nonideality, rate, CHIPS, 0, x, y, mean, std)
+    got = next(r for r in report["figures"]["rates"] if r["rate"] == rate)["chip_accuracies"]
+    one_image = 100.0 / len(y)
+    assert len(got) == CHIPS
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= one_image + 1e-9, (got, expected)
+
+
+def test_rate_zero_chips_are_the_clean_chip_exactly(report):
+    zero = report["figures"]["rates"][0]
+    assert zero["rate"] == 0.0
+    assert zero["chip_accuracies"] == [report["figures"]["acc_retrain"]] * CHIPS
+    assert zero["acc_defect_std"] == 0.0
+
+
+def test_seed_selects_other_chips(onnx_path, resolved, report):
+    other = verify_onnx(onnx_path, resolved, seed=1)
+    rate = lambda rep: rep["figures"]["rates"][-1]["chip_accuracies"]  # noqa: E731
+    assert rate(other) != rate(report)
+    assert other["signoff"]["seed"] == 1
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def test_figures_follow_their_definitions(report):
+    fig = report["figures"]
+    for r in fig["rates"]:
+        accs = r["chip_accuracies"]
+        assert r["acc_defect_mean"] == pytest.approx(statistics.fmean(accs))
+        assert r["acc_defect_std"] == pytest.approx(statistics.stdev(accs))
+        half = t_quantile_975(len(accs) - 1) * r["acc_defect_std"] / math.sqrt(len(accs))
+        assert r["acc_defect_ci95"] == pytest.approx([r["acc_defect_mean"] - half, r["acc_defect_mean"] + half])
+        assert r["acc_drop"] == pytest.approx(fig["acc_pretrain"] - r["acc_defect_mean"])
+        if r["stability"] is None:
+            assert r["acc_defect_mean"] >= fig["acc_pretrain"] and r["stability_note"] == NO_DEGRADATION
+        else:
+            assert r["stability"] == pytest.approx(fig["acc_retrain"] / r["acc_drop"])
+
+
+def test_acc_pretrain_comes_from_the_file(report, ckpt):
+    assert report["figures"]["acc_pretrain"] == pytest.approx(ckpt["acc_pretrain"])
+    assert "metadata" in report["figures"]["acc_pretrain_source"]
+
+
+def test_stability_score_is_inf_without_degradation():
+    assert stability_score(80.0, 90.0, 85.0) == pytest.approx(16.0)
+    assert stability_score(80.0, 90.0, 90.0) == math.inf
+    assert stability_score(80.0, 90.0, 91.0) == math.inf
+
+
+def test_undefined_stability_meets_any_minimum(resolved):
+    figures = {"acc_pretrain": 50.0, "acc_retrain": 52.0, "rates": [
+        {"rate": r, "acc_defect_mean": 51.0, "acc_defect_ci95": [50.0, 52.0], "acc_drop": -1.0,
+         "stability": None, "stability_note": NO_DEGRADATION} for r in RATES]}  # fmt: skip
+    verdict = judge(figures, resolved).to_dict()
+    ss = next(c for c in verdict["checks"] if c["name"] == "min_stability")
+    assert ss["passed"] and ss["value"] is None and ss["note"] == NO_DEGRADATION
+    assert check_line(ss) == f"PASSED rate=0.05 min_stability: inf >= 0.00 ({NO_DEGRADATION})"
+
+
+def test_summary_of_one_chip_has_no_spread():
+    assert summarize_chips([42.0]) == {"mean": 42.0, "std": None, "ci95": None}
+
+
+def test_t_quantiles():
+    assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile_975(29) == pytest.approx(2.0452, abs=1e-4)
+    assert t_quantile_975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    stats = pytest.importorskip("scipy.stats")
+    for df in (2, 9, 35, 99, 150, 999, 5000):
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4)
+
+
+def test_missing_acc_pretrain_falls_back_to_acc_retrain(onnx_path, resolved, tmp_path):
+    """Odd checkpoints record no Acc_pretrain; the report says what it used instead."""
+    model = onnx.load(onnx_path)
+    props = {p.key: p.value for p in model.metadata_props}
+    props["ftdeploy.acc_pretrain"] = "null"
+    del props[HASH_KEY]
+    onnx.helper.set_model_props(model, props)
+    onnx.helper.set_model_props(model, {**props, HASH_KEY: content_hash(model)})
+    odd = tmp_path / "odd.onnx"
+    onnx.save(model, odd)
+    rep = verify_onnx(odd, resolved, chips=2, max_images=50)
+    assert rep["figures"]["acc_pretrain"] == rep["figures"]["acc_retrain"]
+    assert "no Acc_pretrain" in rep["figures"]["acc_pretrain_source"]
+    assert any("no Acc_pretrain" in n for n in rep["notes"])
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def test_report_records_what_was_verified(report, onnx_path, resolved):
+    assert report["schema"] == "ftdeploy-report/1"
+    assert report["model"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert report["profile"]["sha256"] == hashlib.sha256(resolved.profile_path.read_bytes()).hexdigest()
+    assert report["profile"]["target_sha256"] == hashlib.sha256(resolved.target_path.read_bytes()).hexdigest()
+    assert report["data"]["images"] == IMAGES and report["data"]["spec"] == "embedded"
+    assert report["signoff"] == {**report["signoff"], "seed": 0, "chips": CHIPS, "rates": RATES}
+    assert [r["rate"] for r in report["figures"]["rates"]] == RATES
+    assert report["verdict"]["passed"] is True
+
+
+def test_evaluation_subset_is_stratified(bundle):
+    keep = subset_indices(bundle.val_y.numpy(), IMAGES)
+    counts = np.bincount(bundle.val_y.numpy()[keep], minlength=10)
+    assert counts.min() == counts.max() == IMAGES // 10
+
+
+def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolved, tmp_path):
+    again = verify_onnx(onnx_path, resolved)
+    a, _ = write_report(report, tmp_path / "a")
+    b, _ = write_report(again, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json", "report.md"], "no temporary files left"
+
+
+def test_markdown_is_rendered_from_the_json(report, tmp_path):
+    _, md = write_report(report, tmp_path)
+    from_json = json.loads((tmp_path / "report.json").read_text())
+    assert md.read_text() == render_markdown(from_json)
+    text = md.read_text()
+    for line in verdict_lines(report):
+        assert line in text
+    assert "+inf" in text and "min_stability limit counts as met" in text  # the SS rule is stated
+    for r in report["figures"]["rates"]:
+        assert ", ".join(f"{a:.2f}" for a in r["chip_accuracies"]) in text
+
+
+def test_undefined_stability_is_null_in_json_and_inf_in_markdown(report):
+    odd = copy.deepcopy(report)
+    odd["figures"]["rates"][1].update(stability=None, stability_note=NO_DEGRADATION)
+    assert json.loads(to_json(odd))["figures"]["rates"][1]["stability"] is None
+    assert "+inf" in render_markdown(odd)
+    with pytest.raises(ValueError):  # an infinity must never leak into the JSON
+        odd["figures"]["rates"][1]["stability"] = math.inf
+        to_json(odd)
+
+
+def test_verdict_lines_are_greppable(report):
+    lines = verdict_lines(report)
+    pattern = re.compile(r"^(PASSED|FAILED) rate=[0-9.]+ [a-z_]+: (\d+\.\d\d|inf) (<=|>=|<|>) \d+\.\d\d( \(.*\))?$")
+    assert all(pattern.match(line) for line in lines[:-1]), lines
+    assert lines[-1] == "PASSED sign-off: 3 of 3 limits met"
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_plain_onnx_file_is_not_an_ftdeploy_export(tmp_path):
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])  # fmt: skip
+    plain = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph), plain)
+    with pytest.raises(VerifyError, match="not an ftdeploy export"):
+        load_export(plain)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a protobuf\xff" * 10)
+    with pytest.raises(VerifyError):
+        load_export(garbage)
+
+
+def test_edited_file_is_refused(onnx_path, tmp_path):
+    model = onnx.load(onnx_path)
+    cells = next(i for i in model.graph.initializer if ".cells." in i.name)
+    cells.raw_data = bytes([255]) + cells.raw_data[1:]
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, edited)
+    with pytest.raises(VerifyError, match="content hash mismatch"):
+        load_export(edited)
+
+
+def test_profile_for_another_target_is_refused(onnx_path):
+    with pytest.raises(VerifyError, match="exported for target 'paper-diff8'"):
+        verify_onnx(onnx_path, load_profile("strict"))
+
+
+def test_ci_limit_needs_two_chips(onnx_path, resolved):
+    with pytest.raises(ConfigError, match="--chips 2 or more"):
+        verify_onnx(onnx_path, resolved, chips=1)
+
+
+def test_bad_data_spec_is_a_data_error(onnx_path, resolved):
+    with pytest.raises(DataError):
+        verify_onnx(onnx_path, resolved, data_spec="npz:/no/such/file.npz")
+
+
+# --- CLI exit codes -----------------------------------------------------------------------------
+
+
+def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+        raise SystemExit(0)  # main returns normally on success
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+#: Fewer images than the profile, same 3 chips: with 2 chips t(0.975, 1) = 12.7 stretches the CI
+#: of a 100-image accuracy below 0 %, and the passing profile's CI limit is 0 %.
+CLI_FAST = ("--max-images", 100)
+
+
+def test_cli_exit_0_when_all_limits_pass(onnx_path, profiles, tmp_path, monkeypatch, capsys):
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["pass"], *CLI_FAST, "--out", tmp_path / "r")
+    assert code == 0, out + err
+    assert "PASSED sign-off" in out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]["passed"] is True
+    assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, profiles, tmp_path, monkeypatch, capsys):
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST, "--out", tmp_path / "r")
+    assert code == 1, err
+    assert re.search(r"^FAILED rate=0.01 min_acc_defect_pct: \d+\.\d\d < 99\.00$", out, re.M), out
+    assert "FAILED sign-off: 1 of 4 limits failed" in out
+    assert "sign-off failed" in err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["verdict"]["passed"] is False
+    failed = [c for c in report["verdict"]["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["min_acc_defect_pct"] and failed[0]["limit"] == 99.0 and failed[0]["reason"]
+
+
+@pytest.mark.parametrize("bad", [
+    ("--profile", "strict"),  # the file was exported for another target
+    ("--profile", "PROFILE", "--data", "bogus:spec"),
+    ("--profile", "PROFILE", "--chips", 0),
+    ("--profile", "no-such-profile"),
+])  # fmt: skip
+def test_cli_exit_2_on_bad_input_leaves_no_report(onnx_path, profiles, tmp_path, monkeypatch, capsys, bad):
+    args = [profiles["pass"] if a == "PROFILE" else a for a in bad]
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, *args, "--out", tmp_path / "r")
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_exit_2_for_a_missing_file(tmp_path, profiles, monkeypatch, capsys):
+    code, _, err = _run_cli(monkeypatch, capsys, "verify", tmp_path / "missing.onnx", "--profile", profiles["pass"], "--out", tmp_path / "r")
+    assert code == 2 and "file not found" in err
+    assert not (tmp_path / "r").exists()
