@@ -116,6 +116,7 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")] = "frozen",
+    stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")] = "block",
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
@@ -126,7 +127,7 @@ def train_cmd(
     retrains (out)."""
     from .data import load_data
     from .profiles import load_profile
-    from .train import TrainConfig, load_checkpoint, quiet_progress, train
+    from .train import default_progressive_rates, load_checkpoint, make_train_config, quiet_progress, train
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -134,9 +135,14 @@ def train_cmd(
     if method not in ("pretrain", "one-shot", "progressive"):
         raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
     target_rate = d.target_rate if target_rate is None else target_rate
-    prog_rates = _parse_rates(rates) if rates else list(d.progressive_rates)
+    if rates:
+        prog_rates = _parse_rates(rates)
+    elif target_rate == d.target_rate:
+        prog_rates = list(d.progressive_rates)
+    else:
+        prog_rates = default_progressive_rates(target_rate)
     if method == "progressive" and prog_rates[-1] != target_rate:
-        prog_rates = [r for r in prog_rates if r < target_rate] + [target_rate]
+        raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     common = dict(model=model or d.model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     bundle = load_data(data, val_split)
@@ -144,10 +150,10 @@ def train_cmd(
     with quiet_progress(True) as progress:
         init = load_checkpoint(from_ckpt) if from_ckpt else None
         if init is None and method != "pretrain":
-            pre_cfg = TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
+            pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name, progress=progress)
-        cfg = TrainConfig(
-            method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn,
+        cfg = make_train_config(
+            method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
             epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
             lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
         )  # fmt: skip
@@ -272,6 +278,57 @@ def prune_cmd(
 
 
 # --- sweep / demo ---------------------------------------------------------------------------
+
+
+@app.command("sweep")
+def sweep_cmd(
+    from_ckpt: Annotated[Path, typer.Option("--from", help="Pretrained checkpoint: the baseline row and every retraining's start.")],
+    profile: ProfileOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).")],
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: one-shot, progressive.")] = "one-shot,progressive",
+    train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
+    test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
+    ss_rates: Annotated[str, typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated.")] = "0.01,0.02",
+    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen or train.")] = "frozen",
+    stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="block or pass.")] = "block",
+    jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
+    data: DataOpt = None,
+    val_split: ValSplitOpt = None,
+    device: DeviceOpt = "auto",
+):
+    """Retrain a grid (methods × training rates) from one pretrained model and write a Table
+    I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
+    from .data import load_data
+    from .profiles import load_profile
+    from .sweep import SweepSettings, run_sweep
+
+    resolved = load_profile(profile)
+    d = resolved.profile.training
+    for name, value in (("--bn", bn), ("--stuck-grad", stuck_grad)):
+        allowed = ("frozen", "train") if name == "--bn" else ("block", "pass")
+        if value not in allowed:
+            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
+    if not from_ckpt.is_file():
+        raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
+    settings = SweepSettings(
+        pretrained=from_ckpt, profile=resolved, test_rates=_parse_rates(test_rates),
+        chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,
+        epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
+        data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
+        ss_rates=tuple(_parse_rates(ss_rates)),
+    )  # fmt: skip
+    bundle = load_data(data, val_split)
+    table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)
+    from .sweep import render_markdown
+
+    _echo(f"Acc_pretrain {table['acc_pretrain']:.2f} % on {table['val_images']} held-out images, {settings.chips} chips per rate")
+    _echo(render_markdown(table).rstrip())
+    _echo(f"wrote {out / 'table.md'}, table.csv, table.json")
 
 
 def main() -> None:

@@ -113,6 +113,7 @@ def faulty_weight(
     state: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     block_stuck_grad: bool = True,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Differentiable weight as a faulty chip computes with it (training and fast evaluation).
 
@@ -124,10 +125,12 @@ def faulty_weight(
         a stuck-on cell injects, instead of only working around it;
       - a weight with a stuck cell gets no gradient when ``block_stuck_grad`` (its cell does
         not respond to programming on this chip, so a gradient there is noise).
-    ``state`` gives the chip (cells, *weight.shape); without it one is drawn.
+    ``state`` gives the chip (cells, *weight.shape); without it one is drawn. ``scale``
+    (broadcastable to ``weight``) replaces ``scale_of(weight)``: the trainer passes it when it
+    faults all layers at once as one flat vector.
     """
     target = mapping.target
-    s = scale_of(weight, target)
+    s = scale_of(weight, target) if scale is None else scale
     u = weight / s
     codes = quantize_codes(weight.detach(), s.detach(), target)
     q = u + (codes.to(u.dtype) - u).detach()  # value: integer codes; gradient: identity

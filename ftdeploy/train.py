@@ -94,6 +94,30 @@ class TrainConfig(BaseModel):
         return [self.rate_at(e) for e in range(self.epochs)]
 
 
+#: Ladder from which progressive training picks its ascending rates.
+PROGRESSIVE_LADDER = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def default_progressive_rates(target_rate: float, steps: int = 3) -> list[float]:
+    """The last ``steps`` ladder rates below ``target_rate``, then the target itself:
+    0.05 -> [0.01, 0.02, 0.05], 0.1 -> [0.02, 0.05, 0.1]."""
+    below = [r for r in PROGRESSIVE_LADDER if r < target_rate]
+    return below[-(steps - 1):] + [target_rate] if steps > 1 else [target_rate]
+
+
+def make_train_config(**fields) -> TrainConfig:
+    """TrainConfig from command-line values; a bad value becomes one ConfigError line per field."""
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as err:
+        lines = [f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} (found {e.get('input')!r})" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,50 +128,102 @@ def pick_device(name: str) -> torch.device:
 
 
 class _FaultyWeight(nn.Module):
-    """Parametrisation of a deployed layer's weight: the weight a random faulty chip uses."""
+    """Parametrisation of one deployed layer's weight: its slice of the injector's faulty chip."""
 
-    def __init__(self, injector: "FaultInjector", bn: nn.BatchNorm2d | None):
+    def __init__(self, injector: "FaultInjector", index: int):
         super().__init__()
         self.injector = injector
-        self._bn = [bn]  # a list, so the BN is not registered twice in the state dict
+        self.index = index
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        inj, bn = self.injector, self._bn[0]
-        if bn is None or inj.bn_mode == "train":
-            return faulty_weight(w, inj.mapping, inj.nonideality, generator=inj.generator, block_stuck_grad=inj.block)
-        # Fold BN (fixed statistics, trainable γ) so faults hit the weight the chip stores,
-        # then unfold, as the frozen BN that follows multiplies by the same factor.
-        k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        k = torch.where(k.abs() < 1e-12, torch.full_like(k, 1e-12), k).view(-1, *([1] * (w.dim() - 1)))
-        return faulty_weight(w * k, inj.mapping, inj.nonideality, generator=inj.generator, block_stuck_grad=inj.block) / k
+        return self.injector.faulty(self.index)
 
 
 class FaultInjector:
-    """Attach to a model: every forward then runs on a freshly drawn random faulty chip."""
+    """Attach to a model: every forward then runs on a freshly drawn random faulty chip.
+
+    All deployed layers are faulted at once, as one flat vector: a handful of kernels per step
+    instead of dozens per layer, which is what keeps a fault-injected epoch close to a plain one
+    (bench/bench_train_overhead.py). Per layer this computes exactly
+    ``faults.faulty_weight(W·k) / k``: with frozen BN, ``k = γ/σ`` folds BatchNorm so faults hit
+    the weight the chip stores, and dividing by ``k`` again lets the frozen BN that follows
+    restore it; layers without BN (or with ``bn_mode="train"``) use ``k = 1``."""
 
     def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
                  seed: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
+        from .profiles import ScaleGranularity
+
         self.model = model
         self.mapping: Mapping = make_mapping(target)
         self.bn_mode = bn_mode
         self.block = block_stuck_grad
         self.nonideality = StuckAt(0.0, 0.0)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        pairs = conv_bn_pairs(model)
+        pairs = conv_bn_pairs(model) if bn_mode == "frozen" else {}
         modules = dict(model.named_modules())
         self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in deployed_layers(model)]
+        self._shapes = [tuple(m.weight.shape) for m, _ in self._layers]
+        self._numels = [m.weight.numel() for m, _ in self._layers]
+        outs = [shape[0] for shape in self._shapes]
+        dev = torch.device(device)
+        # Which output channel (over all layers) and which scale group each flat element is in.
+        self._channel_of = torch.cat([torch.arange(o, device=dev).repeat_interleave(n // o) + sum(outs[:i])
+                                      for i, (o, n) in enumerate(zip(outs, self._numels))])  # fmt: skip
+        layer_of = torch.cat([torch.full((n,), i, device=dev) for i, n in enumerate(self._numels)])
+        per_channel = target.scale is ScaleGranularity.channel
+        self._group_of = self._channel_of if per_channel else layer_of
+        self._groups = sum(outs) if per_channel else len(self._layers)
+        self._hook = None
+        self._cache: list[torch.Tensor] | None = None
 
     def set_rate(self, p_sa: float, split: tuple[float, float]) -> None:
         self.nonideality = StuckAt.from_total(p_sa, split)
 
     def attach(self) -> None:
-        for module, bn in self._layers:
-            parametrize.register_parametrization(module, "weight", _FaultyWeight(self, bn), unsafe=True)
+        for i, (module, _) in enumerate(self._layers):
+            parametrize.register_parametrization(module, "weight", _FaultyWeight(self, i), unsafe=True)
+        # A new chip for every forward pass of the whole model.
+        self._hook = self.model.register_forward_pre_hook(lambda *_: self._invalidate())
 
     def detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
         for module, _ in self._layers:
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+    def _invalidate(self) -> None:
+        self._cache = None
+
+    def faulty(self, index: int) -> torch.Tensor:
+        if self._cache is None:
+            self._cache = self._draw_chip()
+        return self._cache[index]
+
+    def _fold_factors(self, device) -> torch.Tensor:
+        """Per output channel k = γ/sqrt(var+eps) of the following frozen BN, 1 without one."""
+        parts = []
+        for (module, bn), shape in zip(self._layers, self._shapes):
+            if bn is None:
+                parts.append(torch.ones(shape[0], device=device))
+            else:
+                parts.append(bn.weight * torch.rsqrt(bn.running_var + bn.eps))
+        k = torch.cat(parts)
+        return torch.where(k.abs() < 1e-12, torch.full_like(k, 1e-12), k)  # keep the unfold finite
+
+    def _draw_chip(self) -> list[torch.Tensor]:
+        originals = [m.parametrizations.weight.original for m, _ in self._layers]
+        flat = torch.cat([w.reshape(-1) for w in originals])
+        k = self._fold_factors(flat.device).index_select(0, self._channel_of)  # backward: index_add, not index_put
+        folded = flat * k
+        peak = torch.zeros(self._groups, device=flat.device, dtype=flat.dtype).scatter_reduce(
+            0, self._group_of, folded.abs(), reduce="amax", include_self=False
+        )
+        peak = torch.where(peak > 0, peak, torch.ones_like(peak))  # as mapping.scale_of
+        scale = (peak / self.mapping.max_code).index_select(0, self._group_of)
+        faulty = faulty_weight(folded, self.mapping, self.nonideality, generator=self.generator,
+                               block_stuck_grad=self.block, scale=scale) / k  # fmt: skip
+        return [part.view(shape) for part, shape in zip(faulty.split(self._numels), self._shapes)]
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

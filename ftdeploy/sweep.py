@@ -1,0 +1,258 @@
+"""A Table I-style sweep: from one pretrained model, retrain a grid of (method × training rate),
+then test every model, the baseline included, on the same simulated chips at every test rate.
+
+Resumable: a cell whose run folder holds a finished checkpoint is not retrained, and a cell
+whose results file exists is not re-evaluated, so an interrupted sweep picks up where it
+stopped (a cell interrupted mid-training restarts from its pretrained model). Evaluation uses
+the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
+chips are the chips ``ftdeploy verify`` simulates for the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chip import DeployedNetwork
+from .data import DataBundle
+from .errors import ConfigError, ModelError
+from .faults import StuckAt
+from .profiles import ResolvedProfile
+from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the table: the baseline (no retraining) or one retrained model."""
+
+    method: str  # "baseline", "one-shot" or "progressive"
+    train_rate: float | None
+
+    @property
+    def key(self) -> str:
+        return "baseline" if self.method == "baseline" else f"{self.method}-{self.train_rate:g}"
+
+    @property
+    def label(self) -> str:
+        return "baseline" if self.method == "baseline" else f"{self.method} P^T={self.train_rate:g}"
+
+
+def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
+    for m in methods:
+        if m not in ("one-shot", "progressive"):
+            raise ConfigError(f"--methods: expected one-shot and/or progressive, found {m!r}")
+    return [Cell("baseline", None)] + [Cell(m, r) for r in train_rates for m in methods]
+
+
+@dataclass
+class SweepSettings:
+    """Everything the grid shares."""
+
+    pretrained: Path
+    profile: ResolvedProfile
+    test_rates: list[float]
+    chips: int
+    seed: int
+    epochs: int
+    lr: float
+    batch_size: int
+    data_spec: str | None
+    val_split: int | None
+    bn: str = "frozen"
+    stuck_grad: str = "block"
+    device: str = "auto"
+    ss_rates: tuple[float, ...] = (0.01, 0.02)
+
+    def train_config(self, cell: Cell, model: str) -> TrainConfig:
+        return TrainConfig(
+            model=model, method=cell.method, target_rate=cell.train_rate,
+            progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
+            seed=self.seed, device=self.device, eval_chips=0,
+        )  # fmt: skip
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    path = run_dir / "model.pt"
+    if not path.is_file():
+        return False
+    try:
+        return load_checkpoint(path).get("epochs_done") == epochs
+    except ModelError:
+        return False
+
+
+def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path),
+           "--from", str(s.pretrained), "--method", cell.method, "--target-rate", repr(cell.train_rate),
+           "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
+           "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
+           "--stuck-grad", s.stuck_grad, "--seed", str(s.seed), "--device", s.device, "--out", str(run_dir)]  # fmt: skip
+    if s.data_spec:
+        cmd += ["--data", s.data_spec]
+    if s.val_split is not None:
+        cmd += ["--val-split", str(s.val_split)]
+    return cmd
+
+
+def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, jobs: int, log=print) -> None:
+    """Train every unfinished cell; ``jobs`` > 1 runs that many ``ftdeploy train`` processes at
+    once (a small CIFAR model leaves a GPU mostly idle, so several share it well)."""
+    pre = load_checkpoint(s.pretrained)
+    todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.epochs)]
+    for c in cells:
+        if c.method != "baseline" and c not in todo:
+            log(f"[sweep] {c.label}: finished checkpoint found, not retrained")
+    if jobs <= 1:
+        for c in todo:
+            log(f"[sweep] training {c.label}")
+            train(s.train_config(c, pre["model"]), data, s.profile.target, out / "runs" / c.key, init=pre,
+                  profile_name=s.profile.profile.name)  # fmt: skip
+        return
+    running: list[tuple[Cell, subprocess.Popen, object]] = []
+    queue = list(todo)
+    failed = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            c = queue.pop(0)
+            run_dir = out / "runs" / c.key
+            run_dir.mkdir(parents=True, exist_ok=True)
+            logf = open(run_dir / "train.log", "w")
+            log(f"[sweep] training {c.label} (log: {run_dir / 'train.log'})")
+            running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT), logf))
+        time.sleep(1.0)
+        for item in list(running):
+            c, proc, logf = item
+            if proc.poll() is not None:
+                logf.close()
+                running.remove(item)
+                (failed if proc.returncode else []).append(c)
+                log(f"[sweep] {c.label}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}")
+    if failed:
+        raise ModelError(f"sweep: training failed for {', '.join(c.label for c in failed)}; see runs/*/train.log")
+
+
+def summarize(accs: list[float]) -> dict:
+    """Mean, sample standard deviation and normal-approximation 95 % CI of chip accuracies."""
+    n = len(accs)
+    mean = sum(accs) / n
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * std / math.sqrt(n) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "chips": accs}
+
+
+def stability_score(acc_retrain: float, acc_pretrain: float, acc_defect: float) -> float:
+    """SS = Acc_retrain / (Acc_pretrain − Acc_defect); +inf when there is no degradation."""
+    gap = acc_pretrain - acc_defect
+    return math.inf if gap <= 0 else acc_retrain / gap
+
+
+def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
+    device = pick_device(s.device)
+    results = {}
+    split = s.profile.profile.faults.split
+    for c in cells:
+        path = out / "results" / f"{c.key}.json"
+        if path.is_file():
+            results[c.key] = json.loads(path.read_text())
+            continue
+        ckpt = load_checkpoint(s.pretrained if c.method == "baseline" else out / "runs" / c.key / "model.pt")
+        net = DeployedNetwork(model_from_checkpoint(ckpt), s.profile.target, device)
+        t0 = time.perf_counter()
+        clean = net.accuracy(data.val_x, data.val_y, data.mean, data.std)
+        tests = {}
+        for rate in s.test_rates:
+            accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
+                                       data.val_x, data.val_y, data.mean, data.std)  # fmt: skip
+            tests[f"{rate:g}"] = summarize(accs)
+        res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
+               "epochs": None if c.method == "baseline" else ckpt.get("epochs"), "schedule": ckpt.get("schedule"),
+               "tests": tests}  # fmt: skip
+        _write_atomic(path, json.dumps(res, indent=1))
+        log(f"[sweep] evaluated {c.label}: clean {clean:.2f} % ({time.perf_counter() - t0:.0f} s)")
+        results[c.key] = res
+    return results
+
+
+def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:
+    acc_pretrain = results["baseline"]["acc_clean"]
+    rows = []
+    for c in cells:
+        r = results[c.key]
+        defect = {k: v["mean"] for k, v in r["tests"].items()}
+        ss = {f"{p:g}": stability_score(r["acc_clean"], acc_pretrain, defect[f"{p:g}"]) for p in s.ss_rates if f"{p:g}" in defect}
+        rows.append({"model": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": r["acc_clean"],
+                     "acc_defect": defect, "ci95": {k: v["ci95"] for k, v in r["tests"].items()}, "ss": ss})  # fmt: skip
+    return {
+        "schema": "ftdeploy-sweep/1",
+        "acc_pretrain": acc_pretrain,
+        "pretrained": str(s.pretrained),
+        "profile": s.profile.profile.name,
+        "target": s.profile.target.name,
+        "data": s.data_spec or "embedded",
+        "val_images": None,
+        "chips": s.chips,
+        "seed": s.seed,
+        "epochs": s.epochs,
+        "lr": s.lr,
+        "bn": s.bn,
+        "stuck_grad": s.stuck_grad,
+        "test_rates": [f"{r:g}" for r in s.test_rates],
+        "ss_rates": [f"{r:g}" for r in s.ss_rates],
+        "rows": rows,
+    }
+
+
+def _fmt_ss(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:.2f}"
+
+
+def render_markdown(table: dict) -> str:
+    rates, ss_rates = table["test_rates"], table["ss_rates"]
+    head = ["model", *rates, *[f"SS@{r}" for r in ss_rates]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"]:
+        cells = [row["model"]] + [f"{row['acc_defect'][r]:.2f}" for r in rates] + [_fmt_ss(row["ss"][r]) for r in ss_rates if r in row["ss"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "acc_clean", *[f"acc_defect@{r}" for r in table["test_rates"]], *[f"ss@{r}" for r in table["ss_rates"]]])
+    for row in table["rows"]:
+        w.writerow([row["model"], f"{row['acc_clean']:.4f}", *[f"{row['acc_defect'][r]:.4f}" for r in table["test_rates"]],
+                    *[_fmt_ss(row["ss"][r]) for r in table["ss_rates"] if r in row["ss"]]])  # fmt: skip
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], out: Path, data: DataBundle,
+              jobs: int = 1, log=print) -> dict:  # fmt: skip
+    """Train, evaluate and tabulate; returns the table dict (also written as table.{md,csv,json})."""
+    cells = plan(methods, train_rates)
+    out.mkdir(parents=True, exist_ok=True)
+    train_cells(s, cells, out, data, jobs, log)
+    results = evaluate_cells(s, cells, out, data, log)
+    table = build_table(s, cells, results)
+    table["val_images"] = len(data.val_y)
+    table["data_description"] = data.description
+    _write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
+    _write_atomic(out / "table.csv", render_csv(table))
+    _write_atomic(out / "table.md", render_markdown(table))
+    return table
