@@ -23,10 +23,13 @@ Choices, and why:
   weights after every step — here and in any later fault-tolerant retraining.
 * **ADMM**: minimise ``loss + ρ/2·Σ‖W − Z + U‖²`` over W by SGD for one epoch, then
   ``Z = Π(W + U)`` (keep the largest ``1 − S`` of each layer) and ``U += W − Z``; repeat. ρ grows
-  geometrically from ``rho_start`` (1e-3, too weak to disturb a trained model) to ``rho_end``
-  (1e-1, strong enough that W sits near its sparse Z when it is hard-pruned), following the
-  increasing-ρ schedules of Zhang et al. and their ADMM-NN code. BatchNorm trains normally: no
-  faults are injected here. Finally W is hard-pruned to the support of Z.
+  geometrically from ``rho_start`` = 1e-2 to ``rho_end`` = 1 (Zhang et al. also raise ρ, by
+  10x per stage up to about 1), and the scaled dual U is rescaled whenever ρ changes (Boyd et
+  al. 2011, §3.4.1). Measured on the embedded data (democnn, 70 %, 4 ADMM epochs of 40 steps):
+  1e-3 -> 1e-1 left 33 % of the weight norm outside Z's support and hard pruning cost 15
+  points; 1e-2 -> 1 left 8 % and cost 1 point; without the rescaling Z oscillated and hard
+  pruning cost more than magnitude pruning. BatchNorm trains normally: no faults are injected
+  here. Finally W is hard-pruned to the support of Z.
 
 Pruned weights still own cells on the chip; those cells fail like any other (a stuck-on cell of
 a pruned weight reads as a full-scale weight). The fault model already covers them.
@@ -75,8 +78,8 @@ class PruneConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
-    rho_start: float = 1e-3  # ADMM penalty of the first epoch
-    rho_end: float = 1e-1  # ADMM penalty of the last epoch (geometric in between)
+    rho_start: float = 1e-2  # ADMM penalty of the first epoch
+    rho_end: float = 1.0  # ADMM penalty of the last epoch (geometric in between)
     keep_dense_ends: bool = True  # first and last deployed layer stay dense
 
     def __post_init__(self):
@@ -159,7 +162,12 @@ def admm_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Data
     gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    for epoch, rho in enumerate(config.rho_schedule()):
+    rhos = config.rho_schedule()
+    for epoch, rho in enumerate(rhos):
+        if epoch:
+            # U is the scaled dual Y/ρ: when ρ changes, U must follow (Boyd et al. 2011, §3.4.1),
+            # else the old dual is suddenly worth ρ_new/ρ_old times more and Z oscillates.
+            u = [ui * (rhos[epoch - 1] / rho) for ui in u]
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
         model.train()
         for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
@@ -181,15 +189,16 @@ def admm_masks(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Data
                 z[i] = (w + u[i]) * masks[i]
                 u[i] += w - z[i]
         log(f"[admm] epoch {epoch + 1}/{config.admm_epochs} rho {rho:.3g} loss {loss_sum / seen:.3f} "
-            f"|W-Z|/|W| {_relative_residual(weights, z):.3f} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+            f"cut {_share_outside(weights, masks):.3f} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     return {name: m for (name, _), m in zip(layers, masks)}
 
 
-def _relative_residual(weights: list[torch.Tensor], z: list[torch.Tensor]) -> float:
-    """‖W − Z‖ / ‖W‖ over all pruned layers: how far W still is from being sparse."""
-    num = sum(float(((w.detach() - zi) ** 2).sum()) for w, zi in zip(weights, z))
-    den = sum(float((w.detach() ** 2).sum()) for w in weights)
-    return math.sqrt(num / max(den, 1e-30))
+def _share_outside(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> float:
+    """‖W outside the support of Z‖ / ‖W‖: the share of the weights hard pruning would cut now.
+    ADMM works when this falls towards 0 as ρ grows."""
+    cut = sum(float((w.detach()[~m] ** 2).sum()) for w, m in zip(weights, masks))
+    total = sum(float((w.detach() ** 2).sum()) for w in weights)
+    return math.sqrt(cut / max(total, 1e-30))
 
 
 def _sgd(model: nn.Module, config: PruneConfig) -> torch.optim.Optimizer:

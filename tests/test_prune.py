@@ -17,7 +17,7 @@ from ftdeploy.data import embedded_path, load_data
 from ftdeploy.faults import STUCK_ON, StuckAt
 from ftdeploy.models import democnn, deployed_layers
 from ftdeploy.profiles import load_profile
-from ftdeploy.prune import PruneConfig, prune
+from ftdeploy.prune import PruneConfig, keep_largest, prune
 from ftdeploy.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 
@@ -65,6 +65,18 @@ def _quiet(line: str) -> None:
 def _zero_sets(ckpt: dict) -> dict[str, torch.Tensor]:
     model = model_from_checkpoint(ckpt)
     return {name: m.weight.detach() == 0 for name, m in deployed_layers(model)}
+
+
+def test_keep_largest_drops_exactly_round_s_n_even_with_ties():
+    x = torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0, -2.0, 1.0])
+    keep = keep_largest(x, 0.5)  # round(3.5) = 4 dropped: the four zeros, whatever their order
+    assert keep.tolist() == [False, False, False, False, True, True, True]
+    assert int((~keep_largest(torch.zeros(10), 0.3)).sum()) == 3
+
+
+def test_rho_grows_geometrically_from_start_to_end():
+    rhos = PruneConfig("admm", 0.5, epochs=1, admm_epochs=3, rho_start=1e-2, rho_end=1.0).rho_schedule()
+    assert rhos == pytest.approx([1e-2, 1e-1, 1.0])
 
 
 @pytest.mark.parametrize("method, sparsity", [("magnitude", 0.5), ("admm", 0.7)])
