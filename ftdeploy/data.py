@@ -99,17 +99,39 @@ def _fair_quota(sizes: np.ndarray, n: int) -> np.ndarray:
 
 
 def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Tensor:
-    """Decode encoded images to one uint8 N×3×H×W tensor (torchvision's C++ decoder)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as TF
+    """Decode encoded images (JPEG, PNG, ...) to one uint8 N×3×H×W tensor with Pillow.
+    (torchvision's own decoders are deprecated since 0.29.) Images of another size are
+    resized (shorter side) and centre-cropped to ``image_size``."""
+    import io
 
-    out = []
-    for blob in blobs:
-        img = decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
-            img = TF.center_crop(TF.resize(img, image_size, antialias=True), image_size)
-        out.append(img)
-    return torch.stack(out)
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(blobs), 3, image_size or 0, image_size or 0), np.uint8) if image_size else None
+    arrays = []
+    for i, blob in enumerate(blobs):
+        try:
+            img = Image.open(io.BytesIO(blob)).convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"image {i}: cannot decode: {exc}") from None
+        if image_size is not None and img.size != (image_size, image_size):
+            img = _resize_center_crop(img, image_size)
+        arr = np.asarray(img).transpose(2, 0, 1)
+        if out is not None:
+            out[i] = arr
+        else:
+            arrays.append(arr)
+    return torch.from_numpy(out if out is not None else np.stack(arrays))
+
+
+def _resize_center_crop(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarray | None]:

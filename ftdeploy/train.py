@@ -398,6 +398,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     finally:
         if injector:
             injector.detach()
+    if not dist.is_main:  # every rank returns what rank 0 saved (e.g. to retrain from it next)
+        ckpt = load_checkpoint(out_dir / "model.pt")
     return ckpt
 
 

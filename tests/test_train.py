@@ -1,0 +1,155 @@
+"""The trainer: batched fault injection equals the per-layer fault model, checkpoints, logs,
+schedules, frozen BatchNorm, and torchrun/DDP with the gloo backend on CPU."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ftdeploy.data import load_data
+from ftdeploy.faults import StuckAt, faulty_weight
+from ftdeploy.mapping import make_mapping
+from ftdeploy.models import conv_bn_pairs, create_model, deployed_layers
+from ftdeploy.profiles import load_target
+from ftdeploy.train import (
+    FaultInjector,
+    TrainConfig,
+    default_progressive_rates,
+    freeze_batchnorm,
+    load_checkpoint,
+    train,
+)
+
+SPLIT = (1.75, 9.04)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    """600 training and 200 validation images of the embedded set: enough to exercise every path."""
+    full = load_data()
+    return dataclasses.replace(full, train_x=full.train_x[:600], train_y=full.train_y[:600],
+                               val_x=full.val_x[:200], val_y=full.val_y[:200])  # fmt: skip
+
+
+def _randomise_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("target_name", ["paper-diff8", "mlc2-bitsliced", "offset-8"])
+def test_batched_injection_equals_per_layer_fault_model(target_name):
+    """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
+    faults.faulty_weight on the BN-folded weight, unfolded again, for the same drawn states."""
+    target, _ = load_target(target_name)
+    model = create_model("democnn", width=8)
+    _randomise_bn(model)
+    freeze_batchnorm(model)
+    inj = FaultInjector(model, target, bn_mode="frozen", seed=3)
+    inj.set_rate(0.05, SPLIT)
+    inj.attach()
+    try:
+        faulty = inj._draw_chip()
+    finally:
+        inj.detach()
+
+    mapping = make_mapping(target)
+    total = sum(m.weight.numel() for _, m in deployed_layers(model))
+    states = StuckAt.from_total(0.05, SPLIT).sample_torch((mapping.cells_per_weight, total), "cpu",
+                                                            torch.Generator().manual_seed(3))  # fmt: skip
+    pairs, modules, start = conv_bn_pairs(model), dict(model.named_modules()), 0
+    for (name, module), got in zip(deployed_layers(model), faulty):
+        n = module.weight.numel()
+        state = states[:, start : start + n].reshape(mapping.cells_per_weight, *module.weight.shape)
+        start += n
+        k = torch.ones(module.weight.shape[0])
+        if name in pairs:
+            bn = modules[pairs[name]]
+            k = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        k = k.view(-1, *([1] * (module.weight.dim() - 1)))
+        expected = faulty_weight(module.weight * k, mapping, StuckAt.from_total(0.05, SPLIT), state=state) / k
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
+
+
+def test_injection_draws_a_new_chip_every_forward_and_detaches_cleanly():
+    target, _ = load_target("paper-diff8")
+    model = create_model("democnn", width=8).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32)
+    inj = FaultInjector(model, target)
+    inj.set_rate(0.1, SPLIT)
+    inj.attach()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    inj.detach()
+    assert not torch.equal(a, b), "two forwards must see two different random chips"
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "master weights must stay clean"
+
+
+def test_progressive_schedule_blocks_and_default_ladder():
+    cfg = TrainConfig(method="progressive", target_rate=0.05, progressive_rates=[0.01, 0.02, 0.05], epochs=7)
+    assert cfg.schedule() == [0.01, 0.01, 0.01, 0.02, 0.02, 0.05, 0.05]
+    assert TrainConfig(method="one-shot", target_rate=0.05, epochs=3).schedule() == [0.05] * 3
+    assert TrainConfig(method="pretrain", epochs=2).schedule() == [0.0, 0.0]
+    assert default_progressive_rates(0.05) == [0.01, 0.02, 0.05]
+    assert default_progressive_rates(0.1) == [0.02, 0.05, 0.1]
+    assert default_progressive_rates(0.01) == [0.002, 0.005, 0.01]
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory):
+    target, _ = load_target("paper-diff8")
+    out = tmp_path_factory.mktemp("pre")
+    cfg = TrainConfig(model="democnn", method="pretrain", epochs=2, lr=0.05, batch_size=64, device="cpu")
+    train(cfg, small_data, target, out)
+    return out
+
+
+def test_pretraining_writes_checkpoint_logs_and_config(pretrained):
+    ckpt = load_checkpoint(pretrained / "model.pt")  # weights_only=True inside
+    assert ckpt["model"] == "democnn" and ckpt["method"] == "pretrain" and ckpt["epochs_done"] == 2
+    assert 0 <= ckpt["acc_pretrain"] <= 100 and ckpt["acc_retrain"] is None
+    assert len(ckpt["normalization"]["mean"]) == 3 and ckpt["data"]["val_images"] == 200
+    rows = [json.loads(line) for line in (pretrained / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (pretrained / "summary.csv").read_text().count("\n") == 3
+    assert "method: pretrain" in (pretrained / "config.yaml").read_text()
+
+
+def test_fault_tolerant_retraining_keeps_bn_statistics_and_records_lineage(pretrained, small_data, tmp_path):
+    target, _ = load_target("paper-diff8")
+    pre = load_checkpoint(pretrained / "model.pt")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
+                      eval_chips=2, device="cpu")  # fmt: skip
+    ckpt = train(cfg, small_data, target, tmp_path, init=pre)
+    bn_keys = [k for k in pre["state_dict"] if "running_" in k]
+    assert bn_keys and all(torch.equal(pre["state_dict"][k], ckpt["state_dict"][k]) for k in bn_keys), (
+        "frozen BN: running statistics must stay those of the pretrained model"
+    )
+    assert ckpt["acc_pretrain"] == pre["acc_pretrain"] and ckpt["acc_retrain"] is not None
+    assert ckpt["schedule"] == [0.05] and ckpt["method"] == "one-shot"
+    row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert row["val_acc_faulty"] is not None
+    assert not any("parametrizations" in k for k in ckpt["state_dict"])
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    """DistributedDataParallel on CPU with the gloo backend and two processes."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "ftdeploy", "train", "--profile", "demo", "--method", "pretrain", "--epochs", "1",
+           "--batch-size", "256", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["epochs_done"] == 1 and ckpt["acc_pretrain"] > 10.0  # above chance after one epoch
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1, "only rank 0 logs"
