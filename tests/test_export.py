@@ -193,14 +193,6 @@ def test_content_hash_covers_the_model_without_itself(exported):
     assert content_hash(model) != summary["content_sha256"]
 
 
-def test_export_is_deterministic(ckpt, tmp_path):
-    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    resolved = load_profile("demo")
-    export_onnx(ckpt, resolved, a, check_parity=False)
-    export_onnx(ckpt, resolved, b, check_parity=False)
-    assert a.read_bytes() == b.read_bytes()
-
-
 # --- bad input, atomic writes, CLI --------------------------------------------------------------
 
 
@@ -233,11 +225,14 @@ def test_output_path_that_is_a_folder_is_refused(ckpt, tmp_path):
         export_onnx(ckpt, load_profile("demo"), tmp_path)
 
 
-def test_cli_export(ckpt_path, tmp_path):
-    out = tmp_path / "cli.onnx"
-    result = CliRunner().invoke(app, ["export", str(ckpt_path), "--profile", "demo", "-o", str(out)])
+def test_cli_export_writes_the_same_bytes_as_the_api(ckpt_path, ckpt, tmp_path):
+    """Export is deterministic (same checkpoint and profile, same file), CLI or API."""
+    api, cli = tmp_path / "api.onnx", tmp_path / "cli.onnx"
+    export_onnx(ckpt, load_profile("demo"), api, check_parity=False)
+    result = CliRunner().invoke(app, ["export", str(ckpt_path), "--profile", "demo", "-o", str(cli)])
     assert result.exit_code == 0, result.output
-    assert out.is_file() and "crossbar layers" in result.output
+    assert "crossbar layers" in result.output
+    assert cli.read_bytes() == api.read_bytes()
 
 
 def test_cli_export_missing_checkpoint_exits_2(tmp_path, monkeypatch, capsys):
