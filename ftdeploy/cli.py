@@ -221,7 +221,7 @@ def verify_cmd(
 
     resolved = load_profile(profile)
     with quiet_progress(True) as progress:
-        log = None if progress else _err
+        log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
                              progress=progress, log=log)  # fmt: skip
     for line in verdict_lines(report):
