@@ -69,8 +69,10 @@ TEXT_KEYS = frozenset(PREFIX + k for k in ("format", "version", "model", "method
 #: The weights are bit-identical (see module docstring); only the float32 accumulation order of
 #: convolutions differs (ONNX Runtime's MLAS vs PyTorch's kernels), a few ulp per dot product
 #: compounding over the layers: measured <= 3e-7 of max|logit| on democnn for all three shipped
-#: targets. 1e-4 leaves a >300x margin for other CPUs and deeper nets, while a wrongly decoded
-#: weight (one code step is 1/127 of a layer's full scale at 8 bits) shifts logits far more.
+#: targets. 1e-4 leaves a >300x margin for other CPUs and deeper nets and still catches any
+#: systematic decoding error (wrong scale, sign, offset or cell order). It would NOT catch a
+#: single weight off by one code step (measured 0 to 1e-3 of max|logit|), so the tests also
+#: compare the decoded weights with codes × scale bit for bit.
 LOGITS_RTOL = 1e-4
 LOGITS_ATOL = 1e-5
 
