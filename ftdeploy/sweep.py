@@ -26,6 +26,7 @@ from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .faults import StuckAt
 from .profiles import ResolvedProfile
+from .verify import stability_score, summarize_chips
 from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
 
 
@@ -103,19 +104,23 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
     return cmd
 
 
-def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, jobs: int, log=print) -> None:
+def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, jobs: int, log=print,
+                on_done=lambda cell: None) -> None:  # fmt: skip
     """Train every unfinished cell; ``jobs`` > 1 runs that many ``ftdeploy train`` processes at
-    once (a small CIFAR model leaves a GPU mostly idle, so several share it well)."""
+    once (a small CIFAR model leaves a GPU mostly idle, so several share it well).
+    ``on_done(cell)`` runs as each cell finishes (the sweep evaluates it then)."""
     pre = load_checkpoint(s.pretrained)
     todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.epochs)]
     for c in cells:
         if c.method != "baseline" and c not in todo:
             log(f"[sweep] {c.label}: finished checkpoint found, not retrained")
+            on_done(c)
     if jobs <= 1:
         for c in todo:
             log(f"[sweep] training {c.label}")
             train(s.train_config(c, pre["model"]), data, s.profile.target, out / "runs" / c.key, init=pre,
                   profile_name=s.profile.profile.name)  # fmt: skip
+            on_done(c)
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
     queue = list(todo)
@@ -134,25 +139,13 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
             if proc.poll() is not None:
                 logf.close()
                 running.remove(item)
-                (failed if proc.returncode else []).append(c)
                 log(f"[sweep] {c.label}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}")
+                if proc.returncode:
+                    failed.append(c)
+                else:
+                    on_done(c)
     if failed:
         raise ModelError(f"sweep: training failed for {', '.join(c.label for c in failed)}; see runs/*/train.log")
-
-
-def summarize(accs: list[float]) -> dict:
-    """Mean, sample standard deviation and normal-approximation 95 % CI of chip accuracies."""
-    n = len(accs)
-    mean = sum(accs) / n
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "chips": accs}
-
-
-def stability_score(acc_retrain: float, acc_pretrain: float, acc_defect: float) -> float:
-    """SS = Acc_retrain / (Acc_pretrain − Acc_defect); +inf when there is no degradation."""
-    gap = acc_pretrain - acc_defect
-    return math.inf if gap <= 0 else acc_retrain / gap
 
 
 def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
@@ -172,7 +165,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         for rate in s.test_rates:
             accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
                                        data.val_x, data.val_y, data.mean, data.std)  # fmt: skip
-            tests[f"{rate:g}"] = summarize(accs)
+            tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"), "schedule": ckpt.get("schedule"),
                "tests": tests}  # fmt: skip
@@ -244,11 +237,25 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], out: Path, data: DataBundle,
               jobs: int = 1, log=print) -> dict:  # fmt: skip
-    """Train, evaluate and tabulate; returns the table dict (also written as table.{md,csv,json})."""
+    """Train, evaluate and tabulate; returns the table dict (also written as table.{md,csv,json}).
+    Each model is evaluated as soon as it is trained and the table rewritten with the rows done
+    so far, so an interrupted sweep still leaves every finished row on disk."""
     cells = plan(methods, train_rates)
     out.mkdir(parents=True, exist_ok=True)
-    train_cells(s, cells, out, data, jobs, log)
-    results = evaluate_cells(s, cells, out, data, log)
+    results = evaluate_cells(s, cells[:1], out, data, log)  # the baseline first: every SS needs it
+
+    def finished(cell: Cell) -> None:
+        results.update(evaluate_cells(s, [cell], out, data, log))
+        _write_tables(s, [c for c in cells if c.key in results], results, out, data)
+
+    for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
+        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.epochs):
+            finished(cell)
+    train_cells(s, cells, out, data, jobs, log, on_done=lambda c: None if c.key in results else finished(c))
+    return _write_tables(s, cells, results, out, data)
+
+
+def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path, data: DataBundle) -> dict:
     table = build_table(s, cells, results)
     table["val_images"] = len(data.val_y)
     table["data_description"] = data.description

@@ -1,0 +1,77 @@
+"""``ftdeploy demo``: the whole product in a few minutes on two CPU cores, on the embedded data.
+
+Pretrain a small CNN, retrain it fault-tolerantly (one-shot and progressive), export all three
+models to conductance-mapped ONNX, sign each off with ONNX Runtime on simulated chips, and
+print them side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from .data import load_data
+from .export import export_onnx
+from .profiles import ResolvedProfile
+from .report import write_report
+from .train import TrainConfig, default_progressive_rates, train
+from .verify import verify_onnx
+
+MODELS = ("baseline", "one-shot", "progressive")
+
+
+def run_demo(resolved: ResolvedProfile, out: Path, device: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """Run every stage; return {model: report} (the ONNX Runtime sign-off reports)."""
+    d = resolved.profile.training
+    data = load_data(None)
+    log(f"data: {data.description}")
+    common = dict(model=d.model, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed, device=device,
+                  split=resolved.profile.faults.split)  # fmt: skip
+    runs = {}
+    log(f"[1/4] pretraining {d.model} for {d.pretrain_epochs} epochs")
+    pre = train(TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=d.lr, **common), data, resolved.target,
+                out / "baseline", profile_name=resolved.profile.name)  # fmt: skip
+    runs["baseline"] = pre
+    prog_rates = list(d.progressive_rates) or default_progressive_rates(d.target_rate)
+    for i, method in enumerate(("one-shot", "progressive"), start=2):
+        log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {d.target_rate:g} for {d.epochs} epochs")
+        cfg = TrainConfig(method=method, target_rate=d.target_rate, progressive_rates=prog_rates, epochs=d.epochs,
+                          lr=d.retrain_lr, eval_chips=0, **common)  # fmt: skip
+        runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name)
+    log(f"[4/4] export to ONNX and sign-off on {resolved.profile.signoff.chips} chips per rate with ONNX Runtime")
+    reports = {}
+    for name in MODELS:
+        onnx_path = out / f"{name}.onnx"
+        export_onnx(runs[name], resolved, onnx_path)
+        reports[name] = verify_onnx(onnx_path, resolved, None)
+        write_report(reports[name], out / "reports" / name)
+    return reports
+
+
+def _fmt(v: float | None) -> str:
+    return "inf" if v is None or math.isinf(v) else f"{v:.2f}"
+
+
+def comparison_rows(reports: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table: clean accuracy, then Acc_defect and SS per rate."""
+    rates = [r["rate"] for r in reports["baseline"]["figures"]["rates"]]
+    header = ["model", "clean %"] + [f"Acc_defect@{r:g} %" for r in rates] + [f"SS@{r:g}" for r in rates] + ["sign-off"]
+    rows = []
+    for name, rep in reports.items():
+        fig = rep["figures"]
+        rows.append([name, _fmt(fig["acc_retrain"])]
+                    + [_fmt(r["acc_defect_mean"]) for r in fig["rates"]]
+                    + [_fmt(r["stability"]) for r in fig["rates"]]
+                    + ["PASS" if rep["verdict"]["passed"] else "FAIL"])  # fmt: skip
+    return header, rows
+
+
+def ft_beats_baseline(reports: dict) -> dict[str, bool]:
+    """For each retrained model: is its mean Acc_defect above the baseline's at every sign-off rate?"""
+    base = [r["acc_defect_mean"] for r in reports["baseline"]["figures"]["rates"]]
+    return {
+        name: all(r["acc_defect_mean"] > b for r, b in zip(rep["figures"]["rates"], base))
+        for name, rep in reports.items()
+        if name != "baseline"
+    }

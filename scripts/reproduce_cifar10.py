@@ -1,0 +1,147 @@
+"""Reproduce the paper's CIFAR-10 / ResNet-20 study with ftdeploy's own commands, then render
+docs/RESULTS.md. Every step is an `ftdeploy` command line, recorded in OUT/manifest.json with
+its wall time, so each figure in RESULTS.md names the command that made it.
+
+    python scripts/reproduce_cifar10.py --data npz:../shared/data/cifar10-train-jpeg.npz --out runs/cifar10
+
+Steps (each resumable: rerunning skips finished work):
+  1. pretrain ResNet-20 (no faults) on the training part of the split;
+  2. at once, as separate processes sharing the accelerator:
+     a. dense sweep: one-shot and progressive retraining at P_sa^T in {0.01, 0.05, 0.1};
+     b. 70 % magnitude pruning + masked fine-tuning, then progressive retraining of the pruned
+        model at P_sa^T in {0.05, 0.1};
+     c. recipe ablations at one-shot P_sa^T = 0.05: BatchNorm in training mode; gradient passed
+        straight through stuck cells;
+  3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
+  4. scripts/render_results.py writes docs/RESULTS.md from the tables.
+Test accuracies are on the held-out validation part (5,000 images, stratified, seed 0) of the
+CIFAR-10 training split; the official test split is not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
+    ap.add_argument("--out", type=Path, default=Path("runs/cifar10"))
+    ap.add_argument("--profile", default="chen2015")
+    ap.add_argument("--pretrain-epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=20, help="retraining epochs of every fault-tolerant model")
+    ap.add_argument("--prune-epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1, help="pretraining peak learning rate")
+    ap.add_argument("--retrain-lr", type=float, default=0.02)
+    ap.add_argument("--chips", type=int, default=50, help="simulated chips per test rate")
+    ap.add_argument("--jobs", type=int, default=6, help="dense-sweep retrainings at once")
+    ap.add_argument("--signoff-chips", type=int, default=30)
+    ap.add_argument("--deadline-s", type=float, default=None, help="skip the ONNX sign-off step past this many seconds")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
+    args = ap.parse_args()
+    run = Runner(args.out)
+    t_start = time.perf_counter()
+    base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
+    common = base + ["--batch-size", str(args.batch_size)]
+    sweep_common = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(args.epochs),
+                             "--lr", str(args.retrain_lr)]  # fmt: skip
+    pre = args.out / "pretrain" / "model.pt"
+    run("pretrain", ["train", *common, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
+                     "--lr", str(args.lr), "--out", str(pre.parent)], done=pre)  # fmt: skip
+
+    pruned = args.out / "pruned70" / "model.pt"
+    branches = {
+        "dense": [("sweep-dense", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",
+                                   "--train-rates", "0.01,0.05,0.1", "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
+        "pruned": [
+            ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
+                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent)]),
+            ("sweep-pruned", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
+                              "--train-rates", "0.05,0.1", "--jobs", "2", "--out", str(args.out / "pruned")]),
+        ],
+        "ablation-bn": [("ablation-bn-train", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot",
+                                               "--train-rates", "0.05", "--bn", "train", "--out", str(args.out / "ablation-bn-train")])],
+        "ablation-grad": [("ablation-stuck-pass", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot",
+                                                   "--train-rates", "0.05", "--stuck-grad", "pass", "--out", str(args.out / "ablation-stuck-pass")])],
+    }  # fmt: skip
+    with ThreadPoolExecutor(len(branches)) as pool:
+        failures = [f for f in pool.map(lambda steps: run.chain(steps), branches.values()) if f]
+
+    model = args.out / "dense" / "runs" / "progressive-0.05" / "model.pt"
+    onnx_path = args.out / "signoff" / "progressive-0.05.onnx"
+    if args.deadline_s is not None and time.perf_counter() - t_start > args.deadline_s:
+        print(f"[reproduce] past the {args.deadline_s:.0f} s deadline: ONNX sign-off skipped", flush=True)
+    elif model.is_file():
+        run("export", ["export", str(model), "--profile", args.profile, "-o", str(onnx_path)], done=onnx_path)
+        run("verify", ["verify", str(onnx_path), "--profile", args.profile, "--data", args.data,
+                       "--chips", str(args.signoff_chips), "--out", str(args.out / "signoff" / "report")], ok_codes=(0, 1))  # fmt: skip
+    run.save()
+    subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
+    print(f"[reproduce] total {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
+    return 1 if failures else 0
+
+
+class Runner:
+    """Runs `python -m ftdeploy ...` steps, logs each to OUT/logs/NAME.log, records the manifest."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        self.manifest_path = out / "manifest.json"
+        self.steps = json.loads(self.manifest_path.read_text())["steps"] if self.manifest_path.is_file() else {}
+        self.steps["_environment"] = _environment()
+
+    def __call__(self, name: str, argv: list[str], done: Path | None = None, ok_codes=(0,)) -> bool:
+        command = "ftdeploy " + " ".join(argv)
+        if done is not None and done.is_file() and name in self.steps and self.steps[name].get("returncode") == 0:
+            print(f"[reproduce] {name}: already done", flush=True)
+            return True
+        print(f"[reproduce] {name}: {command}", flush=True)
+        t0 = time.perf_counter()
+        with open(self.out / "logs" / f"{name}.log", "w") as log:
+            rc = subprocess.run([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - t0
+        self.steps[name] = {"command": command, "returncode": rc, "seconds": round(seconds, 1)}
+        self.save()
+        print(f"[reproduce] {name}: exit {rc} after {seconds:.0f} s", flush=True)
+        if rc not in ok_codes:
+            print((self.out / "logs" / f"{name}.log").read_text()[-3000:], flush=True)
+        return rc in ok_codes
+
+    def chain(self, steps) -> str | None:
+        for name, argv in steps:
+            if not self(name, argv):
+                return name
+        return None
+
+    def save(self) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"steps": self.steps}, indent=1))
+        tmp.replace(self.manifest_path)
+
+
+def _environment() -> dict:
+    import platform
+
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": __import__("os").cpu_count()}
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name(0)
+    else:
+        env["device"] = f"CPU ({platform.processor() or platform.machine()})"
+    return env
+
+
+if __name__ == "__main__":
+    sys.exit(main())
