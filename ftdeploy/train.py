@@ -311,6 +311,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     evaluates and writes. Returns the final checkpoint dict."""
     dist = _Distributed.from_env(config.device)
     device = dist.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     torch.manual_seed(config.seed)
     retraining = config.method != "pretrain"
     if init is not None:
@@ -522,7 +524,9 @@ def quiet_progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as p:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as p:  # stdout stays clean for results
         yield p
