@@ -87,8 +87,11 @@ class TrainConfig(BaseModel):
             return 0.0
         if self.method == "one-shot":
             return self.target_rate
-        block = min(epoch * len(self.progressive_rates) // self.epochs, len(self.progressive_rates) - 1)
-        return self.progressive_rates[block]
+        # Equal blocks, any remainder going to the later (higher) rates, and the last epoch
+        # always at the target, even when there are fewer epochs than rates.
+        n = len(self.progressive_rates)
+        block = -(-(epoch + 1) * n // self.epochs) - 1  # ceil((epoch + 1) · n / epochs) − 1
+        return self.progressive_rates[max(0, min(block, n - 1))]
 
     def schedule(self) -> list[float]:
         return [self.rate_at(e) for e in range(self.epochs)]

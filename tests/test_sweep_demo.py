@@ -1,0 +1,103 @@
+"""The sweep (Table I grid: train, evaluate, tabulate, resume) and the demo command."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ftdeploy.cli import app
+from ftdeploy.data import load_data
+from ftdeploy.profiles import load_profile
+from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep
+from ftdeploy.train import TrainConfig, load_checkpoint, train
+
+TEST_RATES = [0.0, 0.02, 0.05]
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    full = load_data()
+    # strided: the embedded set is sorted by class
+    return dataclasses.replace(full, train_x=full.train_x[::6], train_y=full.train_y[::6],
+                               val_x=full.val_x[::3], val_y=full.val_y[::3])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre")
+    resolved = load_profile("demo")
+    train(TrainConfig(model="democnn", method="pretrain", epochs=2, lr=0.05, batch_size=64, device="cpu"),
+          small_data, resolved.target, out)  # fmt: skip
+    return out / "model.pt"
+
+
+def _settings(pretrained, epochs=1):
+    return SweepSettings(pretrained=pretrained, profile=load_profile("demo"), test_rates=TEST_RATES, chips=3, seed=0,
+                         epochs=epochs, lr=0.01, batch_size=64, data_spec=None, val_split=None, device="cpu",
+                         ss_rates=(0.02,))  # fmt: skip
+
+
+def test_plan_rejects_unknown_methods():
+    assert [c.key for c in plan(["one-shot", "progressive"], [0.05])] == ["baseline", "one-shot-0.05", "progressive-0.05"]
+    with pytest.raises(Exception, match="--methods"):
+        plan(["annealed"], [0.05])
+
+
+def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tmp_path):
+    logs = []
+    table = run_sweep(_settings(pretrained), ["one-shot", "progressive"], [0.05], tmp_path, small_data, log=logs.append)
+    assert [r["model"] for r in table["rows"]] == ["baseline", "one-shot P^T=0.05", "progressive P^T=0.05"]
+    base = table["rows"][0]
+    assert base["acc_defect"]["0"] == pytest.approx(table["acc_pretrain"])
+    assert base["acc_defect"]["0.05"] < base["acc_defect"]["0"], "faults must hurt the baseline"
+    for row in table["rows"]:
+        ss = row["ss"]["0.02"]
+        expected = row["acc_clean"] / (table["acc_pretrain"] - row["acc_defect"]["0.02"])
+        assert math.isinf(ss) or ss == pytest.approx(expected)
+    for name in ("table.json", "table.csv", "table.md"):
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "table.json").read_text())["rows"][1]["model"] == "one-shot P^T=0.05"
+    assert "| progressive P^T=0.05 |" in render_markdown(table)
+    assert load_checkpoint(tmp_path / "runs" / "progressive-0.05" / "model.pt")["schedule"] == [0.05]  # 1 epoch: the target
+
+    # An interruption after training, before evaluating one row: the rerun evaluates it, retrains nothing.
+    (tmp_path / "results" / "one-shot-0.05.json").unlink()
+    (tmp_path / "table.json").unlink()
+    mtime = (tmp_path / "runs" / "one-shot-0.05" / "model.pt").stat().st_mtime_ns
+    logs.clear()
+    again = run_sweep(_settings(pretrained), ["one-shot", "progressive"], [0.05], tmp_path, small_data, log=logs.append)
+    assert (tmp_path / "runs" / "one-shot-0.05" / "model.pt").stat().st_mtime_ns == mtime
+    assert not any(line.startswith("[sweep] training") for line in logs), logs
+    assert again["rows"] == table["rows"], "same chips, same models: same table"
+
+
+def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])
+    assert result.exit_code != 0
+    assert not (tmp_path / "s").exists(), "bad input must not leave an output folder"
+    result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", "--bn", "sometimes",
+                                 "--out", str(tmp_path / "s")])  # fmt: skip
+    assert result.exit_code != 0 and not (tmp_path / "s").exists()
+
+
+def test_demo_command_end_to_end(tmp_path):
+    """The demo path (train x3, export x3, ONNX Runtime sign-off x3, table) on a 1-epoch profile."""
+    demo = yaml.safe_load(load_profile("demo").profile_path.read_text())
+    demo["target"] = str(load_profile("demo").target_path)
+    demo["training"].update(pretrain_epochs=1, epochs=1)
+    demo["signoff"].update(chips=2, max_images=200)
+    profile = tmp_path / "tiny-demo.yaml"
+    profile.write_text(yaml.safe_dump(demo))
+    result = CliRunner().invoke(app, ["demo", "--profile", str(profile), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("baseline", "one-shot", "progressive"):
+        assert (tmp_path / "out" / f"{name}.onnx").is_file()
+        report = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())
+        assert report["signoff"]["chips"] == 2
+    lines = result.output.splitlines()
+    assert any(line.startswith("progressive") and "PASS" in line or "FAIL" in line for line in lines)
+    assert sum("the baseline under faults" in line for line in lines) == 2
