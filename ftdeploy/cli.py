@@ -251,8 +251,8 @@ def prune_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs; default: the profile's retraining epochs.")] = None,
     admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning; default: as --epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
-    data: DataOpt = None,
-    val_split: ValSplitOpt = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec (as train); default: the one the checkpoint was trained on.")] = None,
+    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
     device: DeviceOpt = "auto",
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned

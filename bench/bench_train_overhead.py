@@ -1,0 +1,231 @@
+"""How much slower is a fault-injected training epoch than a plain one? (requirement: <= 1.25x)
+
+All epochs run in this one process on the same model, the same images and the same number of
+steps at the same batch size, and do what ``ftdeploy.train.train`` does per step. Three kinds:
+
+* ``plain``: retraining without faults: BatchNorm frozen, gradient-norm clipping;
+* ``faulty``: the same with ``train.FaultInjector`` attached at ``--rate`` (a new random chip
+  every step);
+* ``pretrain``: pretraining: BatchNorm in training mode, no clipping.
+
+The headline RATIO is faulty / plain: the two differ only by fault injection, so the ratio is
+its cost and nothing else. faulty / pretrain (what a user sees between the two phases of a
+run) is reported too; on a CPU frozen BatchNorm is much cheaper than training-mode BatchNorm
+and hides part of the fault path's cost.
+
+After warm-up the kinds run in a rotating order (every order of the three in turn), and each
+ratio is the median over repetitions, so drift and a noisy neighbour cancel out. Wall-clock
+and process CPU time are both recorded; ``--profile-steps`` prints where a fault-injected step
+spends its time.
+
+    python bench/bench_train_overhead.py --model resnet20 --json bench-resnet20.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ftdeploy.data import augment, normalize
+from ftdeploy.models import create_model
+from ftdeploy.profiles import CHEN2015_SPLIT, load_profile
+from ftdeploy.train import FaultInjector, freeze_batchnorm, pick_device
+
+REQUIREMENT = 1.25  # product requirement on fault-injected / plain epoch time
+KINDS = ("plain", "faulty", "pretrain")
+CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # values do not matter for timing
+
+
+@dataclass
+class Result:
+    model: str
+    device: str
+    device_name: str
+    torch: str
+    threads: int
+    batch_size: int
+    steps: int
+    rate: float
+    profile: str
+    repeats: int
+    wall_s: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})  # per epoch
+    cpu_s: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})  # this process
+
+    def ratio(self, times: dict[str, list[float]], over: str) -> float:
+        """Median over repetitions of faulty / ``over`` (both epochs of the same repetition)."""
+        return statistics.median(f / o for f, o in zip(times["faulty"], times[over]))
+
+    def summary(self) -> dict:
+        ratio = self.ratio(self.wall_s, "plain")
+        return {
+            **asdict(self),
+            "ratio": ratio,
+            "ratio_vs_pretrain": self.ratio(self.wall_s, "pretrain"),
+            "cpu_ratio": self.ratio(self.cpu_s, "plain"),
+            "cpu_ratio_vs_pretrain": self.ratio(self.cpu_s, "pretrain"),
+            "ms_per_step": {k: 1000 * statistics.median(v) / self.steps for k, v in self.wall_s.items()},
+            "requirement": REQUIREMENT,
+            "meets_requirement": ratio <= REQUIREMENT,
+        }
+
+
+class Epochs:
+    """One model, one optimiser, one image pool; runs timed epochs of each kind."""
+
+    def __init__(self, args, device: torch.device):
+        self.device, self.steps, self.batch_size = device, args.steps, args.batch_size
+        torch.manual_seed(0)
+        self.model = create_model(args.model).to(device)
+        target = load_profile(args.profile).target
+        self.injector = FaultInjector(self.model, target, bn_mode="frozen", seed=0, device=device)
+        self.injector.set_rate(args.rate, CHEN2015_SPLIT)
+        # Lower learning rate than training: thousands of benchmark steps must not diverge.
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        gen = torch.Generator(device=device).manual_seed(0)
+        pool = min(args.steps, 8) * args.batch_size  # a few batches, cycled: the data is not timed
+        self.images = torch.randint(0, 256, (pool, 3, 32, 32), dtype=torch.uint8, device=device, generator=gen)
+        self.labels = torch.randint(0, 10, (pool,), device=device, generator=gen)
+        self.aug_gen = torch.Generator(device=device).manual_seed(1)
+
+    def run(self, kind: str, steps: int | None = None) -> tuple[float, float]:
+        """(wall-clock, process CPU) seconds of one epoch of ``steps`` steps (default: --steps).
+        CPU time is the steadier figure on a shared CPU box (other processes' time is not
+        counted); on a GPU it only measures the host, so read the wall-clock figure there."""
+        retraining = kind != "pretrain"
+        self.model.train()
+        if kind == "faulty":
+            self.injector.attach()
+        if retraining:
+            freeze_batchnorm(self.model)
+        try:
+            self._sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for step in range(steps or self.steps):
+                self._step(step, clip=retraining)
+            self._sync()
+            return time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            if kind == "faulty":
+                self.injector.detach()
+
+    def _step(self, step: int, clip: bool) -> None:
+        start = (step * self.batch_size) % len(self.labels)
+        xb, yb = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+        x = normalize(augment(xb, self.aug_gen), CIFAR_MEAN, CIFAR_STD)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = F.cross_entropy(self.model(x).float(), yb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def profile(self, steps: int, rows: int = 25) -> str:
+        """torch.profiler table of fault-injected steps, by self CPU (or CUDA) time."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        self.injector.attach()
+        freeze_batchnorm(self.model)
+        try:
+            with profile(activities=activities) as prof:
+                for step in range(steps):
+                    self._step(step, clip=True)
+                self._sync()
+        finally:
+            self.injector.detach()
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine architecture."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def measure(args) -> Result:
+    device = pick_device(args.device)
+    epochs = Epochs(args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    result = Result(args.model, str(device), name, torch.__version__, torch.get_num_threads(), args.batch_size,
+                    args.steps, args.rate, args.profile, args.repeats)  # fmt: skip
+    for kind in KINDS:  # warm-up: allocator, kernels, autotuning, first-call overheads
+        epochs.run(kind, args.warmup_steps)
+    orders = itertools.cycle(itertools.permutations(KINDS))  # each kind in each position in turn
+    for rep in range(args.repeats):
+        for kind in next(orders):
+            wall, cpu = epochs.run(kind)
+            result.wall_s[kind].append(wall)
+            result.cpu_s[kind].append(cpu)
+        w = {k: v[-1] for k, v in result.wall_s.items()}
+        print(f"rep {rep + 1}/{args.repeats}: plain {w['plain']:.3f} s, faulty {w['faulty']:.3f} s, pretrain "
+              f"{w['pretrain']:.3f} s; faulty/plain {w['faulty'] / w['plain']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    if args.profile_steps:
+        print(epochs.profile(args.profile_steps), file=sys.stderr)
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20", help="Model registry name (default resnet20).")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="Steps per timed epoch.")
+    p.add_argument("--repeats", type=int, default=6, help="Repetitions (each runs every kind once); medians are reported.")
+    p.add_argument("--warmup-steps", type=int, default=3, help="Untimed steps of each kind first.")
+    p.add_argument("--rate", type=float, default=0.05, help="Stuck-at rate of the fault-injected epochs.")
+    p.add_argument("--profile", default="chen2015", help="Deployment profile whose target is simulated.")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N].")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    p.add_argument("--json", default=None, metavar="PATH", help="Also write the result as JSON.")
+    p.add_argument("--profile-steps", type=int, default=0, help="Then profile this many fault-injected steps.")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected at least 1, found {getattr(args, name)}")
+    if not 0 < args.rate <= 1:
+        p.error(f"--rate: expected a stuck-at rate in (0, 1], found {args.rate}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = measure(args).summary()
+    verdict = "meets" if s["meets_requirement"] else "EXCEEDS"
+    ms = s["ms_per_step"]
+    print(f"{s['model']} on {s['device']} ({s['device_name']}, {s['threads']} threads), batch {s['batch_size']}, "
+          f"{s['steps']} steps x {s['repeats']}, rate {s['rate']:g}: ms/step plain {ms['plain']:.1f}, "
+          f"faulty {ms['faulty']:.1f}, pretrain {ms['pretrain']:.1f}")  # fmt: skip
+    print(f"RATIO faulty/plain {s['ratio']:.3f} ({verdict} the {REQUIREMENT} requirement); "
+          f"faulty/pretrain {s['ratio_vs_pretrain']:.3f}; CPU-time ratios {s['cpu_ratio']:.3f} / "
+          f"{s['cpu_ratio_vs_pretrain']:.3f}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(s, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

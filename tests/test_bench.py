@@ -1,0 +1,31 @@
+"""The overhead benchmark still runs and writes its JSON. No timing is asserted: a unit test on a
+shared box cannot tell a slow fault path from a busy neighbour (bench/README.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_train_overhead.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_train_overhead", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_runs_every_kind_and_writes_json(tmp_path, capsys):
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    args = ["--model", "democnn", "--batch-size", "8", "--steps", "1", "--repeats", "2", "--warmup-steps", "1",
+            "--device", "cpu", "--json", str(out)]  # fmt: skip
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert all(len(result["wall_s"][kind]) == 2 for kind in bench.KINDS)
+    assert result["ratio"] > 0 and isinstance(result["meets_requirement"], bool)
+    assert "RATIO faulty/plain" in capsys.readouterr().out
