@@ -143,12 +143,13 @@ def train_cmd(
         prog_rates = default_progressive_rates(target_rate)
     if method == "progressive" and prog_rates[-1] != target_rate:
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
-    common = dict(model=model or d.model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
+    init = load_checkpoint(from_ckpt) if from_ckpt else None
+    model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
+    common = dict(model=model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     with quiet_progress(True) as progress:
-        init = load_checkpoint(from_ckpt) if from_ckpt else None
         if init is None and method != "pretrain":
             pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name, progress=progress)

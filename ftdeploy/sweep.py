@@ -177,6 +177,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
 
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:
     acc_pretrain = results["baseline"]["acc_clean"]
+    pre = load_checkpoint(s.pretrained)
     rows = []
     for c in cells:
         r = results[c.key]
@@ -188,6 +189,8 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "schema": "ftdeploy-sweep/1",
         "acc_pretrain": acc_pretrain,
         "pretrained": str(s.pretrained),
+        "model": pre["model"],
+        "sparsity": pre.get("sparsity"),
         "profile": s.profile.profile.name,
         "target": s.profile.target.name,
         "data": s.data_spec or "embedded",

@@ -319,6 +319,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     torch.manual_seed(config.seed)
     retraining = config.method != "pretrain"
     if init is not None:
+        if init["model"] != config.model:
+            raise ModelError(f"--model {config.model!r} does not match the checkpoint's model {init['model']!r}")
         model = model_from_checkpoint(init)
     else:
         if retraining:
@@ -515,6 +517,7 @@ def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, v
         "acc_pretrain": val_clean if pretrain else acc_pretrain,
         "acc_retrain": None if pretrain else val_clean,
         "sparsity": (init or {}).get("sparsity"),
+        "pruning": (init or {}).get("pruning"),  # a pruned model's record survives its retraining
         "parent": (init or {}).get("config"),
     }
 

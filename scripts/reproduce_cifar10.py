@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
     ap.add_argument("--out", type=Path, default=Path("runs/cifar10"))
     ap.add_argument("--profile", default="chen2015")
+    ap.add_argument("--model", default=None, help="model to pretrain; default: the profile's (resnet20)")
     ap.add_argument("--pretrain-epochs", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=20, help="retraining epochs of every fault-tolerant model")
     ap.add_argument("--prune-epochs", type=int, default=15)
@@ -50,13 +51,15 @@ def main() -> int:
     ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
     args = ap.parse_args()
     run = Runner(args.out)
+    run.steps["_invocation"] = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
     sweep_common = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(args.epochs),
                              "--lr", str(args.retrain_lr)]  # fmt: skip
     pre = args.out / "pretrain" / "model.pt"
-    run("pretrain", ["train", *common, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
+    model_opt = ["--model", args.model] if args.model else []
+    run("pretrain", ["train", *common, *model_opt, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
                      "--lr", str(args.lr), "--out", str(pre.parent)], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
