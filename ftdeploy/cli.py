@@ -117,6 +117,7 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")] = "frozen",
     stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")] = "block",
+    rate_warmup: Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")] = 2.0,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
@@ -155,6 +156,7 @@ def train_cmd(
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name, progress=progress)
         cfg = make_train_config(
             method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
+            rate_warmup_epochs=rate_warmup,
             epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
             lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
         )  # fmt: skip
@@ -297,6 +299,8 @@ def sweep_cmd(
     bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen or train.")] = "frozen",
     stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="block or pass.")] = "block",
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -321,7 +325,7 @@ def sweep_cmd(
         chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
-        ss_rates=tuple(_parse_rates(ss_rates)),
+        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

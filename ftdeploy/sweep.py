@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .chip import DeployedNetwork
 from .data import DataBundle
 from .errors import ConfigError, ModelError
@@ -71,6 +73,8 @@ class SweepSettings:
     stuck_grad: str = "block"
     device: str = "auto"
     ss_rates: tuple[float, ...] = (0.01, 0.02)
+    max_images: int | None = None  # evaluate on a stratified subset of the validation images
+    train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
         return TrainConfig(
@@ -148,8 +152,22 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         raise ModelError(f"sweep: training failed for {', '.join(c.label for c in failed)}; see runs/*/train.log")
 
 
+def evaluation_subset(s: SweepSettings, data: DataBundle) -> DataBundle:
+    """The validation images the table is measured on: all, or a stratified subset (--max-images)."""
+    import dataclasses
+
+    from .verify import subset_indices
+
+    idx = subset_indices(data.val_y.numpy(), s.max_images)
+    if idx is None:
+        return data
+    idx_t = torch.from_numpy(idx)
+    return dataclasses.replace(data, val_x=data.val_x[idx_t], val_y=data.val_y[idx_t])
+
+
 def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
     device = pick_device(s.device)
+    data = evaluation_subset(s, data)
     results = {}
     split = s.profile.profile.faults.split
     for c in cells:
@@ -167,7 +185,8 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
                                        data.val_x, data.val_y, data.mean, data.std)  # fmt: skip
             tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
-               "epochs": None if c.method == "baseline" else ckpt.get("epochs"), "schedule": ckpt.get("schedule"),
+               "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
+               "epochs_done": None if c.method == "baseline" else ckpt.get("epochs_done"), "schedule": ckpt.get("schedule"),
                "tests": tests}  # fmt: skip
         _write_atomic(path, json.dumps(res, indent=1))
         log(f"[sweep] evaluated {c.label}: clean {clean:.2f} % ({time.perf_counter() - t0:.0f} s)")
@@ -184,6 +203,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         defect = {k: v["mean"] for k, v in r["tests"].items()}
         ss = {f"{p:g}": stability_score(r["acc_clean"], acc_pretrain, defect[f"{p:g}"]) for p in s.ss_rates if f"{p:g}" in defect}
         rows.append({"model": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": r["acc_clean"],
+                     "epochs": r.get("epochs"), "epochs_done": r.get("epochs_done"),
                      "acc_defect": defect, "ci95": {k: v["ci95"] for k, v in r["tests"].items()}, "ss": ss})  # fmt: skip
     return {
         "schema": "ftdeploy-sweep/1",
@@ -254,13 +274,18 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
         if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.epochs):
             finished(cell)
-    train_cells(s, cells, out, data, jobs, log, on_done=lambda c: None if c.key in results else finished(c))
-    return _write_tables(s, cells, results, out, data)
+    if s.train:
+        train_cells(s, cells, out, data, jobs, log, on_done=lambda c: None if c.key in results else finished(c))
+    else:  # an interrupted sweep, tabulated as far as it got: every checkpoint, however many epochs it had
+        for cell in cells[1:]:
+            if cell.key not in results and (out / "runs" / cell.key / "model.pt").is_file():
+                finished(cell)
+    return _write_tables(s, [c for c in cells if c.key in results], results, out, data)
 
 
 def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path, data: DataBundle) -> dict:
     table = build_table(s, cells, results)
-    table["val_images"] = len(data.val_y)
+    table["val_images"] = len(evaluation_subset(s, data).val_y)
     table["data_description"] = data.description
     _write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
     _write_atomic(out / "table.csv", render_csv(table))

@@ -18,6 +18,9 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
 * **Gentle optimisation**: a retraining learning rate well below pretraining's, a linear
   warm-up, cosine decay, and gradient-norm clipping. Frozen-BN retraining at high rates diverged
   at lr 0.05 without them (PAPER-NOTES.md).
+* **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
+  included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
+  to chance in its first epoch (docs/RESULTS.md); ramped in, it does not.
 * **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
   so the model reaches high rates through lower ones (paper, Algorithm 1).
 
@@ -26,6 +29,7 @@ Faults are redrawn at every step; master weights stay clean.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -69,6 +73,9 @@ class TrainConfig(BaseModel):
     epochs: int = Field(20, ge=1, description="Epochs of this run (all progressive blocks together).")
     lr: float = Field(0.02, gt=0, description="Peak learning rate (linear warm-up, then cosine to 0).")
     warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear learning-rate warm-up.")
+    rate_warmup_epochs: float = Field(
+        2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
+    )
     batch_size: int = Field(128, ge=1, description="Images per step.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum.")
@@ -319,6 +326,10 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     torch.manual_seed(config.seed)
     retraining = config.method != "pretrain"
     if init is not None:
+        # Keep the parent's input normalisation: the weights were trained for it.
+        norm = init.get("normalization") or {}
+        if norm:
+            data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
         if init["model"] != config.model:
             raise ModelError(f"--model {config.model!r} does not match the checkpoint's model {init['model']!r}")
         model = model_from_checkpoint(init)
@@ -352,6 +363,11 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
 
+    # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at full
+    # P_sa^T = 0.05 from the first step, ResNet-20 diverged in its first epoch (loss 12.9, then
+    # chance; docs/RESULTS.md). Ramping the rate in over the first epochs lets it adapt.
+    rate_warmup_steps = int(config.rate_warmup_epochs * steps_per_epoch)
+    step = 0
     acc_pretrain = init.get("acc_pretrain") if init else None
     logger = _RunLog(out_dir, config, progress, total) if dist.is_main else None
     ckpt: dict = {}
@@ -369,6 +385,9 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
+                if injector and step < rate_warmup_steps:
+                    injector.set_rate(rate * (step + 1) / rate_warmup_steps, config.split)
+                step += 1
                 xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
                 x = normalize(augment(xb, aug_gen), data.mean, data.std)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

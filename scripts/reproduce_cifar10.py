@@ -49,16 +49,26 @@ def main() -> int:
     ap.add_argument("--deadline-s", type=float, default=None, help="skip the ONNX sign-off step past this many seconds")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
+    ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
     args = ap.parse_args()
     run = Runner(args.out)
-    run.steps["_invocation"] = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+    # Every invocation that worked on this folder, in order (a resumed or evaluate-only run adds one).
+    run.steps.setdefault("_invocations", []).append("python " + " ".join([sys.argv[0], *sys.argv[1:]]))
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
     sweep_common = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(args.epochs),
                              "--lr", str(args.retrain_lr)]  # fmt: skip
+    if args.max_images:
+        sweep_common += ["--max-images", str(args.max_images)]
+    if args.evaluate_only:
+        sweep_common += ["--no-train"]
     pre = args.out / "pretrain" / "model.pt"
     model_opt = ["--model", args.model] if args.model else []
+    if args.evaluate_only:
+        return evaluate_only(run, args, sweep_common, pre, t_start)
     run("pretrain", ["train", *common, *model_opt, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
                      "--lr", str(args.lr), "--out", str(pre.parent)], done=pre)  # fmt: skip
 
@@ -94,6 +104,28 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_start: float) -> int:
+    """Tabulate what an interrupted run left (e.g. when the accelerator window closed), in the
+    same folders, under the `eval-` step names, with the chips and images given now."""
+    sweeps = {"dense": ("one-shot,progressive", "0.01,0.05,0.1", []), "bn-train": ("one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
+              "ablation-stuck-pass": ("one-shot", "0.05", ["--stuck-grad", "pass"])}  # fmt: skip
+    failures = []
+    for name, (methods, rates, extra) in sweeps.items():
+        if (args.out / name / "runs").is_dir():
+            argv = ["sweep", *sweep_common, *extra, "--from", str(pre), "--methods", methods, "--train-rates", rates,
+                    "--out", str(args.out / name)]  # fmt: skip
+            failures += [] if run(f"eval-{name}", argv) else [name]
+    pruned = args.out / "pruned70" / "model.pt"
+    if pruned.is_file():
+        argv = ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive", "--train-rates", "0.05,0.1",
+                "--out", str(args.out / "pruned")]  # fmt: skip
+        failures += [] if run("eval-pruned", argv) else ["pruned"]
+    run.save()
+    subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
+    print(f"[reproduce] evaluate-only: {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
+    return 1 if failures else 0
+
+
 class Runner:
     """Runs `python -m ftdeploy ...` steps, logs each to OUT/logs/NAME.log, records the manifest."""
 
@@ -110,6 +142,8 @@ class Runner:
             print(f"[reproduce] {name}: already done", flush=True)
             return True
         print(f"[reproduce] {name}: {command}", flush=True)
+        self.steps[name] = {"command": command, "returncode": None, "seconds": None}  # a killed step stays visible
+        self.save()
         t0 = time.perf_counter()
         with open(self.out / "logs" / f"{name}.log", "w") as log:
             rc = subprocess.run([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT).returncode

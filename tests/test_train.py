@@ -156,3 +156,19 @@ def test_torchrun_two_processes_gloo(tmp_path):
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt["epochs_done"] == 1 and ckpt["acc_pretrain"] > 10.0  # above chance after one epoch
     assert len((out / "log.jsonl").read_text().splitlines()) == 1, "only rank 0 logs"
+
+
+def test_fault_rate_ramps_in_over_the_warmup_then_holds(pretrained, small_data, tmp_path, monkeypatch):
+    """Frozen BN cannot absorb a whole rate of stuck cells at once (ResNet-20 diverged at 0.05):
+    the rate ramps linearly from 0 over rate_warmup_epochs, then stays at the schedule's rate."""
+    seen = []
+    original = FaultInjector.set_rate
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (seen.append(p), original(self, p, split)))
+    target, _ = load_target("paper-diff8")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=2, lr=0.01, batch_size=64,
+                      rate_warmup_epochs=1, eval_chips=0, device="cpu")  # fmt: skip
+    train(cfg, small_data, target, tmp_path, init=load_checkpoint(pretrained / "model.pt"))
+    steps = -(-len(small_data.train_y) // 64)
+    ramp = [p for p in seen if p < 0.05]
+    assert len(ramp) == steps - 1 and ramp == sorted(ramp) and ramp[0] == pytest.approx(0.05 / steps)
+    assert seen[-1] == 0.05 and seen.count(0.05) >= 2, "after the ramp the rate holds at P_sa^T"
