@@ -11,6 +11,7 @@ chips are the chips ``ftdeploy verify`` simulates for the same seed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -28,8 +29,8 @@ from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .faults import StuckAt
 from .profiles import ResolvedProfile
-from .verify import stability_score, summarize_chips
 from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
+from .verify import stability_score, subset_indices, summarize_chips
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,6 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
 
 def evaluation_subset(s: SweepSettings, data: DataBundle) -> DataBundle:
     """The validation images the table is measured on: all, or a stratified subset (--max-images)."""
-    import dataclasses
-
-    from .verify import subset_indices
-
     idx = subset_indices(data.val_y.numpy(), s.max_images)
     if idx is None:
         return data
@@ -177,12 +174,13 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
             continue
         ckpt = load_checkpoint(s.pretrained if c.method == "baseline" else out / "runs" / c.key / "model.pt")
         net = DeployedNetwork(model_from_checkpoint(ckpt), s.profile.target, device)
+        norm = ckpt["normalization"]  # preprocess exactly as the model was trained
         t0 = time.perf_counter()
-        clean = net.accuracy(data.val_x, data.val_y, data.mean, data.std)
+        clean = net.accuracy(data.val_x, data.val_y, norm["mean"], norm["std"])
         tests = {}
         for rate in s.test_rates:
             accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
-                                       data.val_x, data.val_y, data.mean, data.std)  # fmt: skip
+                                       data.val_x, data.val_y, norm["mean"], norm["std"])  # fmt: skip
             tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
