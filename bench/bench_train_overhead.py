@@ -36,7 +36,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftdeploy.data import augment, normalize
+if __package__ in (None, ""):  # run as a script from a checkout that was not pip-installed
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ftdeploy.data import augment, normalize  # noqa: E402
 from ftdeploy.models import create_model
 from ftdeploy.profiles import CHEN2015_SPLIT, load_profile
 from ftdeploy.train import FaultInjector, freeze_batchnorm, pick_device
