@@ -134,7 +134,8 @@ class Runner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.manifest_path = out / "manifest.json"
         self.steps = json.loads(self.manifest_path.read_text())["steps"] if self.manifest_path.is_file() else {}
-        self.steps["_environment"] = _environment()
+        # Where each invocation ran (training on an accelerator, a later evaluation elsewhere).
+        self.steps.setdefault("_environments", []).append(_environment())
 
     def __call__(self, name: str, argv: list[str], done: Path | None = None, ok_codes=(0,)) -> bool:
         command = "ftdeploy " + " ".join(argv)

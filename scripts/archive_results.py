@@ -1,0 +1,31 @@
+"""Copy the small text artefacts of a reproduce_cifar10.py run folder (manifest, step logs,
+sweep tables and per-model results with every chip's accuracy, per-epoch training logs and
+configs) into the repository, without checkpoints or ONNX files, so docs/RESULTS.md can be
+re-rendered and audited from a checkout:
+
+    python scripts/archive_results.py runs/c10 docs/results/c10
+    python scripts/render_results.py docs/results/c10 -o docs/RESULTS.md
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
+            "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml")  # fmt: skip
+
+
+def main(src: str, dst: str) -> None:
+    src_p, dst_p = Path(src), Path(dst)
+    copied = 0
+    for pattern in PATTERNS:
+        for path in src_p.glob(pattern):
+            target = dst_p / path.relative_to(src_p)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied += 1
+    print(f"copied {copied} files to {dst_p}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
