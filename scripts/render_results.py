@@ -168,7 +168,8 @@ def render(out: Path) -> str:
                f"trains 160 epochs per model; ours are fewer to fit a 10-minute accelerator window.", ""]  # fmt: skip
         md += ["## Table I (ours): accuracy % at each test failure rate P", "", *table_md(dense, with_ci=True), "",
                "± is the half-width of the 95 % confidence interval over chips.", "",
-               "Commands:", "", *command_lines(manifest, ["pretrain", "sweep-dense"]), "",
+               "Commands (steps stopped with the accelerator's window appear in its console log below):", "",
+               *command_lines(manifest, ["pretrain", "sweep-dense", "eval-dense"]), "",
                "## Table I (paper, CIFAR-10 test split, 92.53 % pretrained)", "", *paper_md(), "",
                "## What the issue asked for", "", *criteria(dense), ""]  # fmt: skip
     if pruned:
@@ -176,7 +177,8 @@ def render(out: Path) -> str:
                f"Acc_pretrain of the pruned model = {fmt(pruned['acc_pretrain'])} %; SS is relative to it. "
                "The first row repeats the dense baseline for comparison: a larger drop from its own clean accuracy "
                "means a more fragile model.", "",
-               *table_md(_with_dense_baseline(pruned, dense)), "", "Commands:", "", *command_lines(manifest, ["prune", "sweep-pruned"]), "",
+               *table_md(_with_dense_baseline(pruned, dense)), "", "Commands:", "",
+               *command_lines(manifest, ["prune", "sweep-pruned", "eval-pruned"]), "",
                "Paper (CIFAR-100, ResNet-32, ADMM 70 %): SS@0.01 / SS@0.02 = 1.01 / 1.01 baseline, "
                "7.85 / 3.26 progressive P^T=0.1; dense progressive P^T=0.1: 38.87 / 16.62.", ""]  # fmt: skip
     if abl_bn or abl_grad or abl_lr:
@@ -194,7 +196,9 @@ def render(out: Path) -> str:
         rates = (dense or abl_bn or abl_grad or abl_lr)["test_rates"]
         md += ["| variant | " + " | ".join(f"P={r}" for r in rates) + " |", "|" + "---|" * (len(rates) + 1)]
         md += [f"| {name} | " + " | ".join(fmt(r["acc_defect"][x]) for x in rates) + " |" for name, r in rows]
-        md += ["", "Commands:", "", *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "ablation-lr"]), ""]
+        md += ["", "A row at 10 % (chance) is a run that diverged: see the training curves below.", "", "Commands:", "",
+               *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "ablation-lr", "eval-bn-train",
+                                         "eval-ablation-stuck-pass"]), ""]  # fmt: skip
     if abl_bn:
         md += ["## The grid with BatchNorm in training mode (`--bn train`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; only the BatchNorm treatment "
@@ -216,9 +220,8 @@ def render(out: Path) -> str:
     if gpu:
         md += ["## Baseline on the accelerator", "", "The same pretrained model measured during the accelerator run, "
                "on all 5,000 validation images with 50 chips per rate:", "", *gpu, ""]  # fmt: skip
-    device_log = out / "logs" / "device-run.log"
-    if device_log.is_file():
-        md += ["## Log of the accelerator run", "", "```", device_log.read_text().rstrip(), "```", ""]
+    for device_log in sorted((out / "logs").glob("device-run*.log")):
+        md += [f"## Accelerator console: {device_log.name}", "", "```", device_log.read_text().rstrip(), "```", ""]
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"
