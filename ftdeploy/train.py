@@ -7,7 +7,9 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   every batch, silently absorbing the shift a stuck-on cell causes; the deployed chip has BN
   folded with fixed statistics and absorbs nothing, so the model learnt the wrong lesson and
   its running statistics (averaged over random chips) no longer fit the clean chip (our notes:
-  70 % clean where the paper keeps 92 %). γ and β stay trainable.
+  70 % clean where the paper keeps 92 %). γ and β stay trainable. On ResNet-20 / CIFAR-10 the
+  frozen-BN models are far more robust than the same grid retrained with ``bn="train"``
+  (docs/RESULTS.md, both grids on the same chips).
 * **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
   from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
   largest weights and training learns to flatten the weight distribution (a learnt clipping)
@@ -20,7 +22,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   at lr 0.05 without them (PAPER-NOTES.md).
 * **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
   included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
-  to chance in its first epoch (docs/RESULTS.md); ramped in, it does not.
+  to chance in its first epoch (docs/RESULTS.md, training curves). The ramp is the fix; it has
+  not yet been run at that scale.
 * **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
   so the model reaches high rates through lower ones (paper, Algorithm 1).
 
