@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .chip import DeployedLayer, DeployedNetwork
 from .errors import ExportError, FtdeployError
+from .files import write_atomic
 from .mapping import Mapping, crossbar_tiles
 from .profiles import ResolvedProfile, Target
 
@@ -343,16 +343,4 @@ def _check_parity(proto: onnx.ModelProto, model: torch.nn.Module, image_size: in
 
 def save_atomic(proto: onnx.ModelProto, out: Path) -> None:
     """Write via a temporary file in the same folder and rename: never a half-written file."""
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"{out.parent}: cannot create folder: {exc.strerror}") from None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(proto.SerializeToString())
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise ExportError(f"{out}: cannot write: {exc.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, proto.SerializeToString(), ExportError)

@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from .chip import DeployedNetwork
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .faults import StuckAt
+from .files import write_atomic
 from .profiles import ResolvedProfile
 from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
 from .verify import stability_score, subset_indices, summarize_chips
@@ -186,7 +186,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
                "epochs_done": None if c.method == "baseline" else ckpt.get("epochs_done"), "schedule": ckpt.get("schedule"),
                "tests": tests}  # fmt: skip
-        _write_atomic(path, json.dumps(res, indent=1))
+        write_atomic(path, json.dumps(res, indent=1))
         log(f"[sweep] evaluated {c.label}: clean {clean:.2f} % ({time.perf_counter() - t0:.0f} s)")
         results[c.key] = res
     return results
@@ -249,13 +249,6 @@ def render_csv(table: dict) -> str:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], out: Path, data: DataBundle,
               jobs: int = 1, log=print) -> dict:  # fmt: skip
     """Train, evaluate and tabulate; returns the table dict (also written as table.{md,csv,json}).
@@ -285,7 +278,7 @@ def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path,
     table = build_table(s, cells, results)
     table["val_images"] = len(evaluation_subset(s, data).val_y)
     table["data_description"] = data.description
-    _write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
-    _write_atomic(out / "table.csv", render_csv(table))
-    _write_atomic(out / "table.md", render_markdown(table))
+    write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
+    write_atomic(out / "table.csv", render_csv(table))
+    write_atomic(out / "table.md", render_markdown(table))
     return table

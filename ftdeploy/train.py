@@ -33,6 +33,7 @@ Faults are redrawn at every step; master weights stay clean.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from .chip import DeployedNetwork
 from .data import DataBundle, augment, batches, normalize
 from .errors import ModelError
 from .faults import StuckAt, faulty_weight
+from .files import write_atomic
 from .mapping import Mapping, make_mapping
 from .models import conv_bn_pairs, create_model, deployed_layers
 from .profiles import CHEN2015_SPLIT, Target
@@ -258,11 +260,11 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """Write via a temporary file and rename: an interrupted save never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Save a checkpoint via a temporary file and a rename: an interrupted save never leaves a
+    torn file, and the previous epoch's checkpoint stays until the new one is complete."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue(), ModelError)
 
 
 def load_checkpoint(path: str | Path) -> dict:

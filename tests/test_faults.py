@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TinyNet, make_target
+from conftest import make_target
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.faults import (
     HEALTHY,

@@ -1,0 +1,32 @@
+"""Writing files so that nothing a user made is lost or torn: every output is written to a
+temporary file beside its destination and renamed over it (atomic on POSIX), so an interrupted
+run leaves either the previous file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import FtdeployError
+
+
+def write_atomic(path: str | Path, data: bytes | str, error: type[FtdeployError] = FtdeployError) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and a rename; on failure raise ``error``
+    with one line naming the file, and leave no temporary file behind."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{path.parent}: cannot create folder: {exc.strerror}") from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise error(f"{path}: cannot write: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
