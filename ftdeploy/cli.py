@@ -301,6 +301,7 @@ def sweep_cmd(
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
+    rate_warmup: Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")] = 2.0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -325,7 +326,7 @@ def sweep_cmd(
         chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
-        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train,
+        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

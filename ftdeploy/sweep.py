@@ -76,13 +76,14 @@ class SweepSettings:
     ss_rates: tuple[float, ...] = (0.01, 0.02)
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
+    rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
         return TrainConfig(
             model=model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
-            seed=self.seed, device=self.device, eval_chips=0,
+            rate_warmup_epochs=self.rate_warmup, seed=self.seed, device=self.device, eval_chips=0,
         )  # fmt: skip
 
 
@@ -101,7 +102,8 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--from", str(s.pretrained), "--method", cell.method, "--target-rate", repr(cell.train_rate),
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
-           "--stuck-grad", s.stuck_grad, "--seed", str(s.seed), "--device", s.device, "--out", str(run_dir)]  # fmt: skip
+           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--seed", str(s.seed),
+           "--device", s.device, "--out", str(run_dir)]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -219,6 +221,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "lr": s.lr,
         "bn": s.bn,
         "stuck_grad": s.stuck_grad,
+        "rate_warmup": s.rate_warmup,
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
         "rows": rows,

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
-            "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml")  # fmt: skip
+            "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml",
+            "warmup-check/*/table.*", "warmup-check/*/results/*.json", "warmup-check/*/runs/*/log.jsonl")  # fmt: skip
 
 
 def main(src: str, dst: str) -> None:

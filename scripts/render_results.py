@@ -118,6 +118,27 @@ def curves_md(out: Path, folders: list[str]) -> list[str]:
     return lines
 
 
+def warmup_md(out: Path) -> list[str]:
+    """The CPU-sized check of the fault-rate warm-up (scripts/check_rate_warmup.sh), if run."""
+    tables = {ramp: load(out / "warmup-check" / f"ramp{ramp}" / "table.json") for ramp in ("0", "2")}
+    if not all(tables.values()):
+        return []
+    md = ["## Fault-rate warm-up check (CPU-sized)", "",
+          "`bash scripts/check_rate_warmup.sh`: one-shot P^T=0.05 retraining of the pretrained model above on "
+          "the embedded data (5,000 training images from the training part of its split; accuracy on the "
+          f"{tables['0']['val_images']} embedded validation images, from the held-out part; "
+          f"{tables['0']['chips']} chips per rate), {tables['0']['epochs']} epochs at batch 32, lr {tables['0']['lr']}, "
+          "without and with a 2-epoch ramp of the fault rate.", ""]  # fmt: skip
+    rates = tables["0"]["test_rates"]
+    md += ["| rate warm-up | " + " | ".join(f"P={r}" for r in rates) + " |", "|" + "---|" * (len(rates) + 1)]
+    base = tables["0"]["rows"][0]
+    md.append("| baseline (no retraining) | " + " | ".join(fmt(base["acc_defect"][r]) for r in rates) + " |")
+    for ramp, table in tables.items():
+        row = next(r for r in table["rows"] if r["method"] == "one-shot")
+        md.append(f"| {ramp} epochs | " + " | ".join(fmt(row["acc_defect"][r]) for r in rates) + " |")
+    return md + [""]
+
+
 def gpu_baseline_md(out: Path) -> list[str]:
     base = load(out / "gpu-baseline-50chips-5000images.json")
     if not base:
@@ -211,6 +232,7 @@ def render(out: Path) -> str:
         report_md = out / "signoff" / "report" / "report.md"
         if report_md.is_file():
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
+    md += warmup_md(out)
     curves = curves_md(out, ["dense", "bn-train", "ablation-stuck-pass", "pruned"])
     if len(curves) > 2:
         md += ["## Training curves", "",
