@@ -22,8 +22,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   at lr 0.05 without them (PAPER-NOTES.md).
 * **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
   included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
-  to chance in its first epoch (docs/RESULTS.md, training curves). The ramp is the fix; it has
-  not yet been run at that scale.
+  to chance in its first epoch (docs/RESULTS.md, training curves). With a 2-epoch ramp the same
+  retraining trains (scripts/check_rate_warmup.sh, CPU-sized); the full grid is yet to be rerun.
 * **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
   so the model reaches high rates through lower ones (paper, Algorithm 1).
 
