@@ -78,7 +78,7 @@ def main() -> int:
                                    "--train-rates", "0.01,0.05,0.1", "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
-                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent)]),
+                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent)], pruned),
             ("sweep-pruned", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
                               "--train-rates", "0.05,0.1", "--jobs", "2", "--out", str(args.out / "pruned")]),
         ],
@@ -157,8 +157,9 @@ class Runner:
         return rc in ok_codes
 
     def chain(self, steps) -> str | None:
-        for name, argv in steps:
-            if not self(name, argv):
+        """Run steps in order; a (name, argv, done) step is skipped when its output exists."""
+        for name, argv, *done in steps:
+            if not self(name, argv, done=done[0] if done else None):
                 return name
         return None
 
