@@ -24,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -133,6 +134,7 @@ class Runner:
         self.out = out
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.manifest_path = out / "manifest.json"
+        self._lock = threading.Lock()
         self.steps = json.loads(self.manifest_path.read_text())["steps"] if self.manifest_path.is_file() else {}
         # Where each invocation ran (training on an accelerator, a later evaluation elsewhere).
         self.steps.setdefault("_environments", []).append(_environment())
@@ -164,9 +166,10 @@ class Runner:
         return None
 
     def save(self) -> None:
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"steps": self.steps}, indent=1))
-        tmp.replace(self.manifest_path)
+        with self._lock:  # branches run in threads and record their steps concurrently
+            tmp = self.manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"steps": self.steps}, indent=1))
+            tmp.replace(self.manifest_path)
 
 
 def _environment() -> dict:
