@@ -185,8 +185,12 @@ def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
         peak = peak.reshape(-1, *([1] * (weight.dim() - 1)))
     else:
         peak = weight.abs().amax()
-    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    return peak / target.max_code
+    return scale_from_peak(peak, target)
+
+
+def scale_from_peak(peak: torch.Tensor, target: "Target") -> torch.Tensor:
+    """Scale of a group of weights from its largest magnitude; a zero group gets 1/Q."""
+    return torch.where(peak > 0, peak, torch.ones_like(peak)) / target.max_code
 
 
 def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: "Target") -> torch.Tensor:

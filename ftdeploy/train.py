@@ -54,7 +54,7 @@ from .data import DataBundle, augment, batches, normalize
 from .errors import ModelError
 from .faults import StuckAt, faulty_weight
 from .files import write_atomic
-from .mapping import Mapping, make_mapping
+from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
 from .profiles import CHEN2015_SPLIT, Target
 
@@ -234,8 +234,7 @@ class FaultInjector:
         peak = torch.zeros(self._groups, device=flat.device, dtype=flat.dtype).scatter_reduce(
             0, self._group_of, folded.abs(), reduce="amax", include_self=False
         )
-        peak = torch.where(peak > 0, peak, torch.ones_like(peak))  # as mapping.scale_of
-        scale = (peak / self.mapping.max_code).index_select(0, self._group_of)
+        scale = scale_from_peak(peak, self.mapping.target).index_select(0, self._group_of)
         faulty = faulty_weight(folded, self.mapping, self.nonideality, generator=self.generator,
                                block_stuck_grad=self.block, scale=scale) / k  # fmt: skip
         return [part.view(shape) for part, shape in zip(faulty.split(self._numels), self._shapes)]
