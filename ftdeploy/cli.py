@@ -25,6 +25,16 @@ DataOpt = Annotated[
 ]
 ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
+BnOpt = Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
+StuckGradOpt = Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
+RateWarmupOpt = Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
+
+
+def _train_default(field: str):
+    """A retraining option's default is TrainConfig's, written once there."""
+    from .train import TrainConfig
+
+    return TrainConfig.model_fields[field].default
 
 
 def _version(value: bool):
@@ -115,9 +125,9 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs; default: the profile's.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")] = "frozen",
-    stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")] = "block",
-    rate_warmup: Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")] = 2.0,
+    bn: BnOpt = _train_default("bn"),
+    stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
+    rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
@@ -296,12 +306,12 @@ def sweep_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model; default: the profile's.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    bn: Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen or train.")] = "frozen",
-    stuck_grad: Annotated[str, typer.Option("--stuck-grad", help="block or pass.")] = "block",
+    bn: BnOpt = _train_default("bn"),
+    stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
-    rate_warmup: Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")] = 2.0,
+    rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
