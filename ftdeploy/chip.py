@@ -6,6 +6,7 @@ so chip k at seed S is the same chip in a sweep and in the ONNX Runtime sign-off
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from .data import normalize
 from .faults import NonIdeality, chip_rng, draw_chip_states, faulty_codes
 from .mapping import Mapping, make_mapping, quantize_codes, scale_of
 from .models import deployed_layers, fold_batchnorm
-from .profiles import Target
+from .profiles import BatchNormPlacement, Target
 
 
 @dataclass
@@ -33,12 +34,14 @@ class DeployedLayer:
 
 
 class DeployedNetwork:
-    """The folded, quantised network of one model on one target."""
+    """The quantised network of one model on one target, BatchNorm folded into the cells or left
+    to the digital periphery as the target says (``Target.batchnorm``)."""
 
     def __init__(self, model: nn.Module, target: Target, device: str | torch.device = "cpu"):
         self.target = target
         self.mapping: Mapping = make_mapping(target)
-        self.model = fold_batchnorm(model).to(device)
+        folds = target.batchnorm == BatchNormPlacement.fold
+        self.model = (fold_batchnorm(model) if folds else copy.deepcopy(model).eval()).to(device)
         self.device = torch.device(device)
         self.layers: list[DeployedLayer] = []
         with torch.no_grad():

@@ -55,7 +55,7 @@ from .chip import DeployedLayer, DeployedNetwork
 from .errors import ExportError, FtdeployError
 from .files import write_atomic
 from .mapping import Mapping, crossbar_tiles
-from .profiles import ResolvedProfile, Target
+from .profiles import BatchNormPlacement, ResolvedProfile, Target
 
 FORMAT = "ftdeploy-onnx/1"
 INPUT_NAME = "input"
@@ -94,7 +94,9 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
     net = DeployedNetwork(model_from_checkpoint(ckpt), resolved.target)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    proto = _trace(net.model, example)
+    # With BatchNorm in the periphery the exporter's optimiser would fuse it into the conv
+    # weights, which the cells must hold unfused: trace without that pass.
+    proto = _trace(net.model, example, optimize=resolved.target.batchnorm == BatchNormPlacement.fold)
     layer_records, decoders = [], []
     for layer in net.layers:
         record, nodes = _replace_weight(proto.graph, layer, net.mapping, resolved.target)
@@ -124,7 +126,7 @@ def _check_checkpoint(ckpt: dict) -> None:
         raise ExportError(f"checkpoint: missing {', '.join(missing)} (was it written by ftdeploy train?)")
 
 
-def _trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+def _trace(model: torch.nn.Module, example: torch.Tensor, optimize: bool = True) -> onnx.ModelProto:
     """ONNX of ``model`` with input ``input`` [N,3,H,W] (dynamic N) and output ``logits``."""
     batch = torch.export.Dim("N")
     chatter = io.StringIO()  # the exporter prints progress lines even with verbose=False on some versions
@@ -132,7 +134,7 @@ def _trace(model: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
         with torch.no_grad(), contextlib.redirect_stdout(chatter):
             program = torch.onnx.export(
                 model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+                dynamo=True, dynamic_shapes=({0: batch},), verbose=False, optimize=optimize,
             )  # fmt: skip
     except FtdeployError:
         raise

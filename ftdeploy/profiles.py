@@ -43,6 +43,13 @@ class ScaleGranularity(str, Enum):
     channel = "channel"  # one scale per output channel (column group), a finer periphery
 
 
+class BatchNormPlacement(str, Enum):
+    """Where a chip applies the BatchNorm that follows a conv layer (fixed statistics either way)."""
+
+    fold = "fold"  # folded into the weights: the cells hold W·γ/σ, the bias absorbs β
+    periphery = "periphery"  # per-channel digital scale and shift after the ADC: the cells hold W
+
+
 class Target(_Strict):
     """A chip family: what one cell can hold and how weights are laid onto cells."""
 
@@ -54,6 +61,10 @@ class Target(_Strict):
     weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight.")
     mapping: str = Field(description="How a weight is spread over cells: differential | offset | bitsliced.")
     scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor.")
+    batchnorm: BatchNormPlacement = Field(
+        BatchNormPlacement.fold,
+        description="fold: BatchNorm folded into the cells' weights; periphery: applied digitally after the crossbar.",
+    )
     tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile).")
     tile_cols: int = Field(ge=1, description="Crossbar tile columns (cells per row per tile).")
 

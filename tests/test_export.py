@@ -28,7 +28,7 @@ from ftdeploy.train import load_checkpoint, model_from_checkpoint
 from _quick_model import quick_checkpoint
 
 #: Profiles per shipped target: built-ins where one exists, a tmp profile for offset-8.
-TARGET_PROFILES = {"paper-diff8": "chen2015", "mlc2-bitsliced": "strict", "offset-8": None}
+TARGET_PROFILES = {"paper-diff8": "chen2015", "diff8-folded": "chen2015-folded", "mlc2-bitsliced": "strict", "offset-8": None}
 
 OFFSET_PROFILE = """\
 name: offset-test

@@ -396,3 +396,33 @@ def test_scale_gradient_matches_the_hand_derivation():
     per_weight[2, 3] = codes[2, 3] + delta[2, 3]  # blocked: only its value scales with s
     expected = upstream[0, 0].double() + (upstream.double() * per_weight).sum() / 127
     assert g[0, 0].item() == pytest.approx(expected.item(), rel=SCALE_GRAD_RTOL)
+
+
+@pytest.mark.parametrize("placement", ["fold", "periphery"])
+def test_cells_hold_the_weights_the_target_places_batchnorm_for(placement):
+    """fold: the chip's cells hold W·γ/σ (BatchNorm folded away); periphery: the cells hold the
+    conv weight W and BatchNorm stays, as a fixed per-channel scale and shift after the crossbar.
+    Both compute the same function of the input up to quantisation."""
+    from ftdeploy.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("democnn", width=8).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) * 3 + 0.2
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.1
+    target = load_target("paper-diff8")[0].model_copy(update={"batchnorm": placement})
+    net = DeployedNetwork(model, target)
+    conv = dict(model.named_modules())["0"]
+    bn = dict(model.named_modules())["1"]
+    layer = next(layer for layer in net.layers if layer.name == "0")
+    if placement == "fold":
+        held = conv.weight * (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(-1, 1, 1, 1)
+    else:
+        held = conv.weight
+    half_step = layer.scale / 2 + 1e-7
+    assert torch.all((layer.codes * layer.scale - held).abs() <= half_step)
+    x = _normalized(_images(16))
+    with torch.no_grad():
+        torch.testing.assert_close(net.model(x), model(x), atol=0.15, rtol=0.05)
