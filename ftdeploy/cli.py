@@ -131,11 +131,13 @@ def train_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
 
     Without --from and with a fault-tolerant method, pretrains first (out/pretrain) and then
-    retrains (out)."""
+    retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
+    finished one is kept as it is)."""
     from .data import load_data
     from .profiles import load_profile
     from .train import default_progressive_rates, load_checkpoint, make_train_config, quiet_progress, train
@@ -163,14 +165,16 @@ def train_cmd(
     with quiet_progress(True) as progress:
         if init is None and method != "pretrain":
             pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
-            init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name, progress=progress)
+            init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
+                         progress=progress, resume=resume)  # fmt: skip
         cfg = make_train_config(
             method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
             rate_warmup_epochs=rate_warmup,
             epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
             lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
         )  # fmt: skip
-        ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress)
+        ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
+                     resume=resume)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
 
 
@@ -267,6 +271,7 @@ def prune_cmd(
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec (as train); default: the one the checkpoint was trained on.")] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
     device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
     weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
@@ -284,7 +289,8 @@ def prune_cmd(
     _echo(f"data: {bundle.description}")
     with quiet_progress(True) as progress:
         log = progress.console.print if progress else _echo
-        result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress, log=log)
+        result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
+                       log=log, resume=resume)  # fmt: skip
     before = result["pruning"]["acc_before_finetune"]
     _echo(f"wrote {out / 'model.pt'}: {method}, sparsity {result['sparsity']:.1%} (target {sparsity:.1%}), "
           f"Acc_pretrain {_pct(result['acc_pretrain'])} ({_pct(before)} before fine-tuning)")  # fmt: skip

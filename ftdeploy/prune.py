@@ -225,9 +225,11 @@ def data_for(parent: dict, spec: str | None, val_split: int | None) -> DataBundl
 
 
 def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Target, out_dir: Path, *,
-          profile_name: str = "", progress=None, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+          profile_name: str = "", progress=None, log: Callable[[str], None] = print, resume: bool = False) -> dict:  # fmt: skip
     """Prune a checkpoint, fine-tune with the masks held, write out_dir/model.pt (and the
-    trainer's log.jsonl, summary.csv, config.yaml). Returns the checkpoint dict."""
+    trainer's log.jsonl, summary.csv, config.yaml). Returns the checkpoint dict.
+    ``resume``: continue an interrupted fine-tuning; the pruning is redone first, which gives the
+    same masks for magnitude pruning (deterministic) and, seeded, for ADMM on the CPU."""
     parent = load_checkpoint(parent_path)
     if data.num_classes != parent["num_classes"]:
         raise DataError(f"--data: checkpoint has {parent['num_classes']} classes, {data.spec!r} has {data.num_classes}")
@@ -249,7 +251,7 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
     finetune = TrainConfig(method="pretrain", model=parent["model"], epochs=config.epochs, lr=config.lr,
                            batch_size=config.batch_size, weight_decay=config.weight_decay, seed=config.seed,
                            eval_chips=0, device=config.device)  # fmt: skip
-    ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress)
+    ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress, resume=resume)
     names = [name for name, _ in layers]
     _check_masks_held(ckpt["state_dict"], names, masks)
     ckpt["sparsity"] = zero_fraction([ckpt["state_dict"][f"{n}.weight"] for n in names])

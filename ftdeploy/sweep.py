@@ -3,7 +3,8 @@ then test every model, the baseline included, on the same simulated chips at eve
 
 Resumable: a cell whose run folder holds a finished checkpoint is not retrained, and a cell
 whose results file exists is not re-evaluated, so an interrupted sweep picks up where it
-stopped (a cell interrupted mid-training restarts from its pretrained model). Evaluation uses
+stopped (a cell interrupted mid-training continues from its last finished epoch, see
+``train.train(resume=True)``). Evaluation uses
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
 """
@@ -103,7 +104,7 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
            "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--seed", str(s.seed),
-           "--device", s.device, "--out", str(run_dir)]  # fmt: skip
+           "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -126,7 +127,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         for c in todo:
             log(f"[sweep] training {c.label}")
             train(s.train_config(c, pre["model"]), data, s.profile.target, out / "runs" / c.key, init=pre,
-                  profile_name=s.profile.profile.name)  # fmt: skip
+                  profile_name=s.profile.profile.name, resume=True)  # fmt: skip
             on_done(c)
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
@@ -137,7 +138,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
             c = queue.pop(0)
             run_dir = out / "runs" / c.key
             run_dir.mkdir(parents=True, exist_ok=True)
-            logf = open(run_dir / "train.log", "w")
+            logf = open(run_dir / "train.log", "a")  # a resumed run adds to its log
             log(f"[sweep] training {c.label} (log: {run_dir / 'train.log'})")
             running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT), logf))
         time.sleep(1.0)

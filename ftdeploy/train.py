@@ -51,14 +51,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .chip import DeployedNetwork
 from .data import DataBundle, augment, batches, normalize
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .faults import StuckAt, faulty_weight
 from .files import write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
-from .profiles import CHEN2015_SPLIT, Target
+from .profiles import CHEN2015_SPLIT, BatchNormPlacement, Target
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
+RESUME_FORMAT = "ftdeploy-resume/1"
+#: Config fields a resumed run may change: where it runs and how closely each epoch is checked.
+RESUME_MAY_DIFFER = frozenset({"device", "eval_chips"})
 
 
 class TrainConfig(BaseModel):
@@ -124,8 +127,6 @@ def make_train_config(**fields) -> TrainConfig:
     """TrainConfig from command-line values; a bad value becomes one ConfigError line per field."""
     from pydantic import ValidationError
 
-    from .errors import ConfigError
-
     try:
         return TrainConfig(**fields)
     except ValidationError as err:
@@ -160,9 +161,10 @@ class FaultInjector:
     All deployed layers are faulted at once, as one flat vector: a handful of kernels per step
     instead of dozens per layer, which is what keeps a fault-injected epoch close to a plain one
     (bench/bench_train_overhead.py). Per layer this computes exactly
-    ``faults.faulty_weight(W·k) / k``: with frozen BN, ``k = γ/σ`` folds BatchNorm so faults hit
-    the weight the chip stores, and dividing by ``k`` again lets the frozen BN that follows
-    restore it; layers without BN (or with ``bn_mode="train"``) use ``k = 1``."""
+    ``faults.faulty_weight(W·k) / k``: with frozen BN on a target that folds it, ``k = γ/σ``
+    folds BatchNorm so faults hit the weight the chip stores, and dividing by ``k`` again lets
+    the frozen BN that follows restore it; layers without BN, targets that apply BN in the
+    periphery, and ``bn_mode="train"`` use ``k = 1``."""
 
     def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
                  seed: int = 0, device: torch.device | str = "cpu"):  # fmt: skip
@@ -174,7 +176,10 @@ class FaultInjector:
         self.block = block_stuck_grad
         self.nonideality = StuckAt(0.0, 0.0)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        pairs = conv_bn_pairs(model) if bn_mode == "frozen" else {}
+        # Faults hit what the cells hold: the BN-folded weight on a folding target (frozen BN
+        # only: a training-mode BN has no fixed fold), the conv weight itself otherwise.
+        folds = bn_mode == "frozen" and target.batchnorm == BatchNormPlacement.fold
+        pairs = conv_bn_pairs(model) if folds else {}
         modules = dict(model.named_modules())
         self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in deployed_layers(model)]
         self._shapes = [tuple(m.weight.shape) for m, _ in self._layers]
@@ -317,9 +322,11 @@ def _masks_of_pruned(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, *, init: dict | None = None,
-          profile_name: str = "", progress=None) -> dict:  # fmt: skip
+          profile_name: str = "", progress=None, resume: bool = False) -> dict:  # fmt: skip
     """Run one training; write out_dir/model.pt (after every epoch), log.jsonl, summary.csv and
     config.yaml. ``init``: a loaded checkpoint to start from (required for retraining).
+    ``resume``: continue the run already in out_dir from its last finished epoch (see
+    ``_ResumePoint``); a finished run is returned as it is, an empty folder starts afresh.
     Under torchrun (WORLD_SIZE > 1) each process takes its share of every batch and simulates
     its own random chips; gradients are averaged by DistributedDataParallel and only rank 0
     evaluates and writes. Returns the final checkpoint dict."""
@@ -341,12 +348,17 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
         if retraining:
             raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
         model = create_model(config.model, num_classes=data.num_classes)
+    prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
+    point = _ResumePoint.find(out_dir, config, target) if resume else None
+    if point and point.epochs_done >= config.epochs:
+        return point.checkpoint
+    if point:
+        model.load_state_dict(point.state_dict)
     model.to(device)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
-    prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     injector = None
     if retraining:  # every rank its own chips: seed offset by rank
         injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank, device)
@@ -371,12 +383,14 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     # P_sa^T = 0.05 from the first step, ResNet-20 diverged in its first epoch (loss 12.9, then
     # chance; docs/RESULTS.md). Ramping the rate in over the first epochs lets it adapt.
     rate_warmup_steps = int(config.rate_warmup_epochs * steps_per_epoch)
-    step = 0
+    step, start_epoch = 0, 0
+    if point:
+        step, start_epoch = point.restore(opt, sched, gen, aug_gen, injector, steps_per_epoch)
     acc_pretrain = init.get("acc_pretrain") if init else None
-    logger = _RunLog(out_dir, config, progress, total) if dist.is_main else None
+    logger = _RunLog(out_dir, config, progress, total, point.log_rows if point else [], step) if dist.is_main else None
     ckpt: dict = {}
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
             rate = config.rate_at(epoch)
             if injector:
                 injector.set_rate(rate, config.split)
@@ -423,6 +437,10 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
                 logger.epoch(epoch, rate, opt.param_groups[0]["lr"], train_loss, 100.0 * correct.item() / seen,
                              val_clean, val_faulty, time.perf_counter() - t0)  # fmt: skip
                 ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
+                # resume.pt first: whichever file an interruption leaves older, resuming restarts
+                # from a complete epoch (resume.pt carries its own copy of the weights).
+                save_atomic(_resume_state(config, ckpt, step, opt, sched, gen, aug_gen, injector, logger.rows),
+                            out_dir / "resume.pt")  # fmt: skip
                 save_atomic(ckpt, out_dir / "model.pt")
             dist.barrier()
     finally:
@@ -435,15 +453,17 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
 
 class _RunLog:
     """Per-epoch log.jsonl and summary.csv (rewritten whole, so always complete), and either a
-    rich progress bar or one plain line per epoch."""
+    rich progress bar or one plain line per epoch. A resumed run starts from the rows of the
+    epochs it keeps, so an epoch cut short by the interruption leaves no row behind."""
 
     COLUMNS = ("epoch", "rate", "lr", "train_loss", "train_acc", "val_acc", "val_acc_faulty", "seconds")
 
-    def __init__(self, out_dir: Path, config: TrainConfig, progress, total_steps: int):
+    def __init__(self, out_dir: Path, config: TrainConfig, progress, total_steps: int, rows: list[dict] = (),
+                 steps_done: int = 0):  # fmt: skip
         self.out_dir, self.config, self.progress = out_dir, config, progress
-        self.task = progress.add_task(config.method, total=total_steps) if progress else None
-        self.rows: list[dict] = []
-        (out_dir / "log.jsonl").write_text("")
+        self.task = progress.add_task(config.method, total=total_steps, completed=steps_done) if progress else None
+        self.rows: list[dict] = [dict(r) for r in rows]
+        (out_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def step(self) -> None:
         if self.progress:
@@ -516,6 +536,142 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         for name, m in deployed_layers(model):
             w = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
             w.mul_(masks[name])
+
+
+# --- resuming an interrupted run --------------------------------------------------------------
+
+
+def _resume_state(config, ckpt, step, opt, sched, gen, aug_gen, injector, rows) -> dict:
+    """Everything beyond the weights that the next epoch depends on, so that a resumed run
+    continues exactly where the interrupted one stopped (tests/test_train.py checks bit-equality
+    with an uninterrupted run)."""
+    return {
+        "format": RESUME_FORMAT,
+        "config": config.model_dump(mode="json"),
+        "checkpoint": ckpt,
+        "step": step,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng_device": str(aug_gen.device.type),
+        "rng_data": gen.get_state(),
+        "rng_augment": aug_gen.get_state(),
+        "rng_faults": injector.generator.get_state() if injector else None,
+        "log": rows,
+    }
+
+
+@dataclasses.dataclass
+class _ResumePoint:
+    """Where an interrupted run in ``out_dir`` stopped.
+
+    From ``resume.pt`` the run continues exactly: weights, optimiser momentum, learning-rate
+    schedule, fault rate and every random stream. A run folder with only ``model.pt`` (written
+    by an older ftdeploy, or copied without resume.pt) continues from its weights with the
+    schedule advanced to the same step, but with fresh momentum and fresh random streams; the
+    run says so."""
+
+    checkpoint: dict
+    epochs_done: int
+    log_rows: list[dict]
+    saved: dict | None  # the resume.pt contents, None for a model.pt-only resume
+
+    @property
+    def state_dict(self) -> dict:
+        return self.checkpoint["state_dict"]
+
+    @classmethod
+    def find(cls, out_dir: Path, config: TrainConfig, target: Target) -> "_ResumePoint | None":
+        saved = _load_resume_file(out_dir / "resume.pt")
+        if saved is not None:
+            ckpt = saved["checkpoint"]
+            _check_same_run(out_dir / "resume.pt", saved["config"], config)
+            _check_same_chip(out_dir / "resume.pt", ckpt.get("target"), target)
+            return cls(ckpt, ckpt["epochs_done"], list(saved["log"]), saved)
+        if not (out_dir / "model.pt").is_file():
+            return None
+        ckpt = load_checkpoint(out_dir / "model.pt")
+        _check_same_run(out_dir / "model.pt", ckpt.get("config") or {}, config)
+        _check_same_chip(out_dir / "model.pt", ckpt.get("target"), target)
+        done = int(ckpt.get("epochs_done") or 0)
+        rows = _read_log_rows(out_dir / "log.jsonl")[:done]
+        return cls(ckpt, done, rows, None)
+
+    def restore(self, opt, sched, gen, aug_gen, injector, steps_per_epoch: int) -> tuple[int, int]:
+        """Put optimiser, schedule and random streams where the run stopped; (step, epoch)."""
+        if self.saved is None:
+            step = self.epochs_done * steps_per_epoch
+            _advance_schedule(sched, step)
+            print(f"resuming after epoch {self.epochs_done} from model.pt alone (no resume.pt): optimiser momentum "
+                  "and random streams restart; learning rate and fault rate continue on schedule", flush=True)  # fmt: skip
+            return step, self.epochs_done
+        opt.load_state_dict(self.saved["optimizer"])
+        sched.load_state_dict(self.saved["scheduler"])
+        gen.set_state(self.saved["rng_data"])
+        if self.saved["rng_device"] == aug_gen.device.type:  # a CUDA stream cannot continue on the CPU
+            aug_gen.set_state(self.saved["rng_augment"])
+            if injector is not None and self.saved["rng_faults"] is not None:
+                injector.generator.set_state(self.saved["rng_faults"])
+        print(f"resuming after epoch {self.epochs_done} (from resume.pt: optimiser, schedule and random streams restored)", flush=True)
+        return int(self.saved["step"]), self.epochs_done
+
+
+def _load_resume_file(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
+        raise ModelError(f"{path}: not a loadable resume file: {exc}; delete it to resume from model.pt") from None
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+        raise ModelError(f"{path}: format: expected {RESUME_FORMAT!r}; delete it to resume from model.pt")
+    return saved
+
+
+def _check_same_run(path: Path, saved: dict, config: TrainConfig) -> None:
+    """A resumed run must be the run that was interrupted; only where and how closely it is
+    checked may change. Fields an older run did not record are not compared."""
+    now = config.model_dump(mode="json")
+    differ = [k for k in saved if k not in RESUME_MAY_DIFFER and k in now and _plain(saved[k]) != _plain(now[k])]
+    if differ:
+        found = ", ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in differ)
+        raise ConfigError(f"{path}: cannot resume a different run ({found}); use a new --out or the same settings")
+
+
+def _check_same_chip(path: Path, saved: dict | None, target: Target) -> None:
+    """The resumed run must fault the same chip family: every field but the names must agree.
+    A field an older checkpoint lacks takes its default (``batchnorm: fold``, the only
+    behaviour before the field existed)."""
+    if not saved:
+        return
+    before = Target.model_validate(saved).model_dump(mode="json", exclude={"name", "description"})
+    now = target.model_dump(mode="json", exclude={"name", "description"})
+    differ = [k for k in now if before.get(k) != now[k]]
+    if differ:
+        found = ", ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in differ)
+        raise ConfigError(f"{path}: cannot resume on a different target ({found}); use the run's profile")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _read_log_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by the interruption, and nothing after it
+    return rows
+
+
+def _advance_schedule(sched, step: int) -> None:
+    """Move a LambdaLR to ``step`` without optimiser steps (as if it had been stepped)."""
+    sched.last_epoch = step
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(step)
 
 
 def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epochs_done) -> dict:

@@ -4,7 +4,8 @@ its wall time, so each figure in RESULTS.md names the command that made it.
 
     python scripts/reproduce_cifar10.py --data npz:../shared/data/cifar10-train-jpeg.npz --out runs/cifar10
 
-Steps (each resumable: rerunning skips finished work):
+Steps (each resumable: rerunning skips finished work, and a training cut short by the end of an
+accelerator window continues from its last finished epoch):
   1. pretrain ResNet-20 (no faults) on the training part of the split;
   2. at once, as separate processes sharing the accelerator:
      a. dense sweep: one-shot and progressive retraining at P_sa^T in {0.01, 0.05, 0.1};
@@ -71,7 +72,7 @@ def main() -> int:
     if args.evaluate_only:
         return evaluate_only(run, args, sweep_common, pre, t_start)
     run("pretrain", ["train", *common, *model_opt, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
-                     "--lr", str(args.lr), "--out", str(pre.parent)], done=pre)  # fmt: skip
+                     "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
     branches = {
@@ -79,7 +80,7 @@ def main() -> int:
                                    "--train-rates", "0.01,0.05,0.1", "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
-                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent)], pruned),
+                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),
             ("sweep-pruned", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
                               "--train-rates", "0.05,0.1", "--jobs", "2", "--out", str(args.out / "pruned")]),
         ],

@@ -74,6 +74,34 @@ def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tm
     assert again["rows"] == table["rows"], "same chips, same models: same table"
 
 
+def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, tmp_path, monkeypatch):
+    """A cell interrupted after epoch 1 of 2 (an accelerator window closing) continues from that
+    epoch when the sweep is rerun: its first epoch is kept, not trained again."""
+    import ftdeploy.train as tr
+
+    settings = _settings(pretrained, epochs=2)
+    cell = plan(["one-shot"], [0.05])[1]
+    run_dir = tmp_path / "runs" / cell.key
+    original = tr.save_atomic
+
+    def stop_after_first_epoch(obj, path):
+        original(obj, path)
+        if path.name == "model.pt":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "save_atomic", stop_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train(settings.train_config(cell, "democnn"), small_data, settings.profile.target, run_dir,
+                  init=load_checkpoint(pretrained))  # fmt: skip
+    first = json.loads((run_dir / "log.jsonl").read_text())
+    run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0] == first, "epoch 1 (its timing included) is the interrupted run's, not a retraining's"
+    assert load_checkpoint(run_dir / "model.pt")["epochs_done"] == 2
+
+
 def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])

@@ -14,7 +14,7 @@ from ftdeploy.data import load_data
 from ftdeploy.faults import StuckAt, faulty_weight
 from ftdeploy.mapping import make_mapping
 from ftdeploy.models import conv_bn_pairs, create_model, deployed_layers
-from ftdeploy.profiles import load_target
+from ftdeploy.profiles import BatchNormPlacement, load_target
 from ftdeploy.train import (
     FaultInjector,
     TrainConfig,
@@ -44,10 +44,11 @@ def _randomise_bn(model, seed=0):
             m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.1
 
 
-@pytest.mark.parametrize("target_name", ["paper-diff8", "mlc2-bitsliced", "offset-8"])
+@pytest.mark.parametrize("target_name", ["paper-diff8", "diff8-folded", "mlc2-bitsliced", "offset-8"])
 def test_batched_injection_equals_per_layer_fault_model(target_name):
     """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
-    faults.faulty_weight on the BN-folded weight, unfolded again, for the same drawn states."""
+    faults.faulty_weight on what the cells hold (the BN-folded weight, unfolded again, where the
+    target folds BatchNorm; the conv weight where BN is in the periphery), same drawn states."""
     target, _ = load_target(target_name)
     model = create_model("democnn", width=8)
     _randomise_bn(model)
@@ -70,7 +71,7 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
         state = states[:, start : start + n].reshape(mapping.cells_per_weight, *module.weight.shape)
         start += n
         k = torch.ones(module.weight.shape[0])
-        if name in pairs:
+        if name in pairs and target.batchnorm == BatchNormPlacement.fold:
             bn = modules[pairs[name]]
             k = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         k = k.view(-1, *([1] * (module.weight.dim() - 1)))
@@ -172,3 +173,86 @@ def test_fault_rate_ramps_in_over_the_warmup_then_holds(pretrained, small_data, 
     ramp = [p for p in seen if p < 0.05]
     assert len(ramp) == steps - 1 and ramp == sorted(ramp) and ramp[0] == pytest.approx(0.05 / steps)
     assert seen[-1] == 0.05 and seen.count(0.05) >= 2, "after the ramp the rate holds at P_sa^T"
+
+
+def _interrupt_after_epochs(monkeypatch, epochs: int):
+    """Make training stop (as a Ctrl-C would) right after ``epochs`` epochs were saved."""
+    import ftdeploy.train as tr
+
+    saved = []
+    original = tr.save_atomic
+
+    def save_then_maybe_stop(obj, path):
+        original(obj, path)
+        if path.name == "model.pt":
+            saved.append(path)
+            if len(saved) == epochs:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_atomic", save_then_maybe_stop)
+
+
+@pytest.mark.parametrize("method", ["progressive", "pretrain"])
+def test_an_interrupted_run_resumes_exactly_where_it_stopped(method, pretrained, small_data, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 of 3 and resumed, a run ends bit-identical to an uninterrupted
+    one: weights, momentum, learning rate, fault rate, data order and fault draws all continue.
+    Its log keeps one row per epoch."""
+    target, _ = load_target("paper-diff8")
+    init = load_checkpoint(pretrained / "model.pt") if method != "pretrain" else None
+    cfg = TrainConfig(model="democnn", method=method, target_rate=0.05, progressive_rates=[0.01, 0.05], epochs=3,
+                      lr=0.01, batch_size=64, rate_warmup_epochs=1.5, eval_chips=1, device="cpu")  # fmt: skip
+    straight = train(cfg, small_data, target, tmp_path / "straight", init=init)
+
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, small_data, target, tmp_path / "cut", init=init)
+    assert load_checkpoint(tmp_path / "cut" / "model.pt")["epochs_done"] == 1
+    resumed = train(cfg, small_data, target, tmp_path / "cut", init=init, resume=True)
+
+    assert resumed["epochs_done"] == 3
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    ref = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [(r["lr"], r["rate"], r["train_loss"]) for r in rows] == [(r["lr"], r["rate"], r["train_loss"]) for r in ref]
+
+
+def test_resuming_a_finished_run_returns_it_and_a_different_run_is_refused(pretrained, small_data, tmp_path):
+    from ftdeploy.errors import ConfigError
+
+    target, _ = load_target("paper-diff8")
+    init = load_checkpoint(pretrained / "model.pt")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.02, epochs=1, lr=0.01, batch_size=64,
+                      eval_chips=0, device="cpu")  # fmt: skip
+    done = train(cfg, small_data, target, tmp_path, init=init)
+    mtime = (tmp_path / "model.pt").stat().st_mtime_ns
+    again = train(cfg, small_data, target, tmp_path, init=init, resume=True)
+    assert again["state_dict"].keys() == done["state_dict"].keys()
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in done["state_dict"].items())
+    assert (tmp_path / "model.pt").stat().st_mtime_ns == mtime, "a finished run is not retrained"
+    with pytest.raises(ConfigError, match=r"resume\.pt: cannot resume a different run \(target_rate: 0\.02 there, 0\.05 now\)"):
+        train(cfg.model_copy(update={"target_rate": 0.05}), small_data, target, tmp_path, init=init, resume=True)
+
+
+def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tmp_path, monkeypatch):
+    """A run folder from before resume.pt existed (the H200 grid's) continues from its weights,
+    with the learning rate and fault rate of the step it stopped at."""
+    target, _ = load_target("paper-diff8")
+    init = load_checkpoint(pretrained / "model.pt")
+    cfg = TrainConfig(model="democnn", method="progressive", target_rate=0.05, progressive_rates=[0.01, 0.05],
+                      epochs=2, lr=0.01, batch_size=64, eval_chips=0, device="cpu")  # fmt: skip
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, small_data, target, tmp_path, init=init)
+    (tmp_path / "resume.pt").unlink()
+    rates = []
+    original = FaultInjector.set_rate
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (rates.append(p), original(self, p, split)))
+    resumed = train(cfg, small_data, target, tmp_path, init=init, resume=True)
+    assert resumed["epochs_done"] == 2 and rates[0] == 0.05, "epoch 2 trains at the second block's rate"
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12), "the cosine schedule ends at 0 on the last step"
