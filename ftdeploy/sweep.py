@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -172,10 +173,15 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
     split = s.profile.profile.faults.split
     for c in cells:
         path = out / "results" / f"{c.key}.json"
+        ckpt_path = s.pretrained if c.method == "baseline" else out / "runs" / c.key / "model.pt"
+        measured = _measurement(s, ckpt_path, data)
         if path.is_file():
-            results[c.key] = json.loads(path.read_text())
-            continue
-        ckpt = load_checkpoint(s.pretrained if c.method == "baseline" else out / "runs" / c.key / "model.pt")
+            earlier = json.loads(path.read_text())
+            if earlier.get("measured") == measured:
+                results[c.key] = earlier
+                continue
+            log(f"[sweep] {c.label}: model, chips or images changed since it was evaluated; evaluating again")
+        ckpt = load_checkpoint(ckpt_path)
         net = DeployedNetwork(model_from_checkpoint(ckpt), s.profile.target, device)
         norm = ckpt["normalization"]  # preprocess exactly as the model was trained
         t0 = time.perf_counter()
@@ -188,11 +194,25 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
                "epochs_done": None if c.method == "baseline" else ckpt.get("epochs_done"), "schedule": ckpt.get("schedule"),
-               "tests": tests}  # fmt: skip
+               "tests": tests, "measured": measured}  # fmt: skip
         write_atomic(path, json.dumps(res, indent=1))
         log(f"[sweep] evaluated {c.label}: clean {clean:.2f} % ({time.perf_counter() - t0:.0f} s)")
         results[c.key] = res
     return results
+
+
+def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
+    """What a row's figures depend on. A results file measured otherwise (a checkpoint trained
+    further since, another target, other chips or images) is stale and evaluated again."""
+    return {
+        "checkpoint_sha256": hashlib.sha256(Path(ckpt_path).read_bytes()).hexdigest(),
+        "target": s.profile.target.model_dump(mode="json"),
+        "split": list(s.profile.profile.faults.split),
+        "test_rates": [f"{r:g}" for r in s.test_rates],
+        "chips": s.chips,
+        "seed": s.seed,
+        "val_sha256": hashlib.sha256(data.val_x.numpy().tobytes() + data.val_y.numpy().tobytes()).hexdigest(),
+    }
 
 
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:

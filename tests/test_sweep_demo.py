@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -72,6 +73,20 @@ def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tm
     assert (tmp_path / "runs" / "one-shot-0.05" / "model.pt").stat().st_mtime_ns == mtime
     assert not any(line.startswith("[sweep] training") for line in logs), logs
     assert again["rows"] == table["rows"], "same chips, same models: same table"
+
+    # A row measured otherwise is stale: other chips, or a checkpoint trained further since.
+    logs.clear()
+    more_chips = dataclasses.replace(_settings(pretrained), chips=4)
+    run_sweep(more_chips, ["one-shot", "progressive"], [0.05], tmp_path, small_data, log=logs.append)
+    assert sum("evaluating again" in line for line in logs) == 3, logs
+    assert len(json.loads((tmp_path / "results" / "baseline.json").read_text())["tests"]["0.05"]["chips"]) == 4
+    ckpt_path = tmp_path / "runs" / "one-shot-0.05" / "model.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt["state_dict"] = {k: v * 0.5 if v.dtype.is_floating_point else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, ckpt_path)
+    logs.clear()
+    run_sweep(more_chips, ["one-shot", "progressive"], [0.05], tmp_path, small_data, log=logs.append)
+    assert [line.split(":")[0] for line in logs if "evaluating again" in line] == ["[sweep] one-shot P^T=0.05"]
 
 
 def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, tmp_path, monkeypatch):
