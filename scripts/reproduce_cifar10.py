@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
+BRANCHES = ("dense", "pruned", "bn-train", "ablation-grad")
 
 
 def main() -> int:
@@ -52,12 +54,18 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
     ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
+    ap.add_argument("--only", default=None, help="comma-separated branches to run (dense, pruned, bn-train, "
+                    "ablation-grad); default: all. E.g. a CPU session finishing the dense grid")
+    ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
     args = ap.parse_args()
+    unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
+    if unknown:  # before any step runs
+        ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
     run = Runner(args.out)
     # Every invocation that worked on this folder, in order (a resumed or evaluate-only run adds one).
-    run.steps.setdefault("_invocations", []).append("python " + " ".join([sys.argv[0], *sys.argv[1:]]))
+    run.append("_invocations", "python " + " ".join([sys.argv[0], *sys.argv[1:]]))
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
@@ -75,20 +83,23 @@ def main() -> int:
                      "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
+    pruned_rates = ",".join(r for r in args.train_rates.split(",") if float(r) >= 0.05)
     branches = {
         "dense": [("sweep-dense", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",
-                                   "--train-rates", "0.01,0.05,0.1", "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
+                                   "--train-rates", args.train_rates, "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
                        "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),
             ("sweep-pruned", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
-                              "--train-rates", "0.05,0.1", "--jobs", "2", "--out", str(args.out / "pruned")]),
+                              "--train-rates", pruned_rates, "--jobs", "2", "--out", str(args.out / "pruned")]),
         ],
         "bn-train": [("sweep-bn-train", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",
                                          "--train-rates", "0.01,0.05", "--bn", "train", "--jobs", "4", "--out", str(args.out / "bn-train")])],
         "ablation-grad": [("ablation-stuck-pass", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot",
                                                    "--train-rates", "0.05", "--stuck-grad", "pass", "--out", str(args.out / "ablation-stuck-pass")])],
     }  # fmt: skip
+    if args.only:
+        branches = {name: steps for name, steps in branches.items() if name in args.only.split(",")}
     with ThreadPoolExecutor(len(branches)) as pool:
         failures = [f for f in pool.map(lambda steps: run.chain(steps), branches.values()) if f]
 
@@ -136,9 +147,18 @@ class Runner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.manifest_path = out / "manifest.json"
         self._lock = threading.Lock()
-        self.steps = json.loads(self.manifest_path.read_text())["steps"] if self.manifest_path.is_file() else {}
+        self.steps = self._read()
+        self._mine: set[str] = set()  # steps this invocation ran: the only ones it writes back
+        self._appended: dict[str, list] = {"_invocations": [], "_environments": []}
         # Where each invocation ran (training on an accelerator, a later evaluation elsewhere).
-        self.steps.setdefault("_environments", []).append(_environment())
+        self.append("_environments", _environment())
+
+    def _read(self) -> dict:
+        return json.loads(self.manifest_path.read_text())["steps"] if self.manifest_path.is_file() else {}
+
+    def append(self, key: str, value) -> None:
+        self.steps.setdefault(key, []).append(value)
+        self._appended[key].append(value)
 
     def __call__(self, name: str, argv: list[str], done: Path | None = None, ok_codes=(0,)) -> bool:
         command = "ftdeploy " + " ".join(argv)
@@ -146,6 +166,7 @@ class Runner:
             print(f"[reproduce] {name}: already done", flush=True)
             return True
         print(f"[reproduce] {name}: {command}", flush=True)
+        self._mine.add(name)
         self.steps[name] = {"command": command, "returncode": None, "seconds": None}  # a killed step stays visible
         self.save()
         t0 = time.perf_counter()
@@ -167,9 +188,18 @@ class Runner:
         return None
 
     def save(self) -> None:
-        with self._lock:  # branches run in threads and record their steps concurrently
-            tmp = self.manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"steps": self.steps}, indent=1))
+        """Merge this invocation's steps into the manifest on disk: branches run in threads, and
+        two invocations (say, the dense grid and the pruned one) may share one output folder."""
+        import fcntl
+
+        with self._lock, open(self.manifest_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = self._read()
+            merged.update({name: self.steps[name] for name in self._mine})
+            for key, values in self._appended.items():
+                merged[key] = merged.get(key, []) + [v for v in values if v not in merged.get(key, [])]
+            tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"steps": merged}, indent=1))
             tmp.replace(self.manifest_path)
 
 
