@@ -234,6 +234,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "sparsity": pre.get("sparsity"),
         "profile": s.profile.profile.name,
         "target": s.profile.target.name,
+        "target_config": s.profile.target.model_dump(mode="json"),
         "data": s.data_spec or "embedded",
         "val_images": None,
         "chips": s.chips,

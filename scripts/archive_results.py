@@ -13,7 +13,8 @@ from pathlib import Path
 
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
             "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml",
-            "warmup-check/*/table.*", "warmup-check/*/results/*.json", "warmup-check/*/runs/*/log.jsonl")  # fmt: skip
+            "*/runs/*/train.log", "warmup-check/*/table.*", "warmup-check/*/results/*.json",
+            "warmup-check/*/runs/*/log.jsonl")  # fmt: skip
 
 
 def main(src: str, dst: str) -> None:

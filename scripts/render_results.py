@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 PAPER_TABLE_I = {  # CIFAR-10, ResNet-20, pretrained 92.53 % (paper, Table I)
@@ -107,15 +108,57 @@ def criteria(dense: dict) -> list[str]:
 
 def curves_md(out: Path, folders: list[str]) -> list[str]:
     """Per-epoch deployed validation accuracy (clean, and mean of 3 chips at the training rate)
-    from each retraining's log.jsonl: where a run stalled or diverged shows here."""
-    lines = ["| run | epoch: clean % / at P^T % (3 chips) |", "|---|---|"]
+    from each retraining's log.jsonl: where a run stalled or diverged shows here. The history
+    column comes from the run's train.log: where it was resumed, and how."""
+    lines = ["| run | history | epoch: clean % / at P^T % (3 chips) |", "|---|---|---|"]
     for folder in folders:
         for log in sorted((out / folder / "runs").glob("*/log.jsonl")):
             rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
             picks = [r for r in rows if r["epoch"] in (1, 2, 3) or r["epoch"] % 5 == 0 or r is rows[-1]]
             cells = ", ".join(f"{r['epoch']}: {fmt(r['val_acc'])} / {fmt(r.get('val_acc_faulty'))}" for r in picks)
-            lines.append(f"| {folder}/{log.parent.name} | {cells} |")
+            lines.append(f"| {folder}/{log.parent.name} | {run_history(log.parent / 'train.log')} | {cells} |")
     return lines
+
+
+RESUMED = re.compile(r"resuming after epoch (\d+) (from model\.pt alone|\(from resume\.pt)")
+
+
+def run_history(train_log: Path) -> str:
+    """'one run', or where the run was resumed: exactly (resume.pt) or from its weights alone."""
+    if not train_log.is_file():
+        return "–"
+    resumes = [(m.group(1), "weights only" if "model.pt" in m.group(2) else "exact")
+               for m in RESUMED.finditer(train_log.read_text())]  # fmt: skip
+    return "; ".join(f"resumed after epoch {e} ({how})" for e, how in resumes) or "one run"
+
+
+def target_phrase(table: dict) -> str:
+    """How the table's target places BatchNorm. Tables from before targets had a ``batchnorm``
+    field record no target_config: BatchNorm was then always folded into the cells."""
+    config = table.get("target_config") or {}
+    if config.get("batchnorm", "fold") == "fold":
+        return "BatchNorm folded into the cells"
+    return "BatchNorm applied by the digital periphery, the cells holding the conv weights"
+
+
+def baselines_md(out: Path) -> list[str]:
+    """The pretrained model's collapse on each BatchNorm placement, beside the paper's."""
+    tables = [t for t in (load(p) for p in sorted(out.glob("baseline-*/table.json"))) if t]
+    if not tables:
+        return []
+    rates = tables[0]["test_rates"]
+    md = ["## Which fault model collapses like the paper's baseline", "",
+          "The same pretrained model, no retraining, on the same chips and images; only where the chip applies "
+          "BatchNorm differs.", "",
+          "| target | " + " | ".join(f"P={r}" for r in rates) + " |", "|" + "---|" * (len(rates) + 1)]  # fmt: skip
+    for t in tables:
+        base = t["rows"][0]
+        md.append(f"| `{t['target']}`: {target_phrase(t)} ({t['chips']} chips, {t['val_images']} images) | "
+                  + " | ".join(fmt(base["acc_defect"][r]) for r in rates) + " |")  # fmt: skip
+    paper = dict(zip(PAPER_RATES, PAPER_TABLE_I["baseline"]))
+    md.append("| paper (92.53 % pretrained, CIFAR-10 test split) | " + " | ".join(fmt(paper.get(r)) for r in rates) + " |")
+    return md + ["", "Commands:", "", *command_lines(load(out / "manifest.json") or {"steps": {}},
+                                                      [f"baseline-{t['profile']}" for t in tables]), ""]  # fmt: skip
 
 
 def warmup_md(out: Path) -> list[str]:
@@ -179,14 +222,16 @@ def render(out: Path) -> str:
     if dense:
         md += [f"**Data.** {dense.get('data_description', dense['data'])}. Every accuracy is top-1 on the "
                f"{dense['val_images']} held-out validation images (a stratified subset of the held-out part when it is "
-               f"smaller than the split; the official CIFAR-10 test split is not available here). Pretrained (deployed: BatchNorm folded, 8-bit) Acc_pretrain = {fmt(dense['acc_pretrain'])} %.", "",
+               f"smaller than the split; the official CIFAR-10 test split is not available here). Pretrained (deployed: {target_phrase(dense)}, 8-bit) Acc_pretrain = {fmt(dense['acc_pretrain'])} %.", "",
                f"**Chips.** Acc_defect is the mean over {dense['chips']} simulated chips per test rate (chip seed "
                f"{dense['seed']}; the paper uses 100), faults drawn per cell on the `{dense['target']}` target "
-               f"(two-column differential pair, stuck-off : stuck-on = 1.75 : 9.04). SS = Acc_retrain / "
+               f"(two-column differential pair, {target_phrase(dense)}; stuck-off : stuck-on = 1.75 : 9.04). SS = Acc_retrain / "
                f"(Acc_pretrain − Acc_defect); `inf` where there is no degradation.", "",
                f"**Training.** Retraining: {dense['epochs']} epochs per model from the pretrained model, peak lr "
                f"{dense['lr']}, BatchNorm `{dense['bn']}`, stuck-cell gradient `{dense['stuck_grad']}`. The paper "
-               f"trains 160 epochs per model; ours are fewer to fit a 10-minute accelerator window.", ""]  # fmt: skip
+               f"trains 160 epochs per model; ours are fewer. A run cut short and resumed says after which epoch and how "
+               f"(exactly, or from its weights alone) under Training curves; the invocations above say on which "
+               f"machines.", ""]  # fmt: skip
         md += ["## Table I (ours): accuracy % at each test failure rate P", "", *table_md(dense, with_ci=True), "",
                "± is the half-width of the 95 % confidence interval over chips.", "",
                "Commands (steps stopped with the accelerator's window appear in its console log below):", "",
@@ -232,12 +277,14 @@ def render(out: Path) -> str:
         report_md = out / "signoff" / "report" / "report.md"
         if report_md.is_file():
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
+    md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "bn-train", "ablation-stuck-pass", "pruned"])
+    curves = curves_md(out, ["dense", "dense-no-rate-warmup", "bn-train", "ablation-stuck-pass", "pruned"])
     if len(curves) > 2:
         md += ["## Training curves", "",
                "Deployed validation accuracy after each epoch (5,000 images; faulty: mean of 3 chips at the "
-               "run's training rate), from each run's `log.jsonl`:", "", *curves, ""]  # fmt: skip
+               "run's training rate), from each run's `log.jsonl`. `dense-no-rate-warmup` holds the one-shot runs "
+               "of the first grid, trained before the fault-rate warm-up existed:", "", *curves, ""]  # fmt: skip
     gpu = gpu_baseline_md(out)
     if gpu:
         md += ["## Baseline on the accelerator", "", "The same pretrained model measured during the accelerator run, "

@@ -13,6 +13,8 @@ accelerator window continues from its last finished epoch):
         model at P_sa^T in {0.05, 0.1};
      c. recipe ablations: the same grid at P_sa^T in {0.01, 0.05} with BatchNorm in training
         mode; one-shot P_sa^T = 0.05 with the gradient passed straight through stuck cells;
+     d. the pretrained model's collapse on both BatchNorm placements (profiles chen2015 and
+        chen2015-folded), no training;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Test accuracies are on the held-out validation part (5,000 images, stratified, seed 0) of the
@@ -32,7 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "pruned", "bn-train", "ablation-grad")
+BRANCHES = ("dense", "pruned", "bn-train", "ablation-grad", "baselines")
+#: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
+#: model) and folded into the cells.
+BASELINE_PROFILES = ("chen2015", "chen2015-folded")
 
 
 def main() -> int:
@@ -54,8 +59,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
     ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
-    ap.add_argument("--only", default=None, help="comma-separated branches to run (dense, pruned, bn-train, "
-                    "ablation-grad); default: all. E.g. a CPU session finishing the dense grid")
+    ap.add_argument("--only", default=None, help=f"comma-separated branches to run ({', '.join(BRANCHES)}); "
+                    "default: all. E.g. a CPU session finishing the dense grid")
     ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
@@ -97,7 +102,12 @@ def main() -> int:
                                          "--train-rates", "0.01,0.05", "--bn", "train", "--jobs", "4", "--out", str(args.out / "bn-train")])],
         "ablation-grad": [("ablation-stuck-pass", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot",
                                                    "--train-rates", "0.05", "--stuck-grad", "pass", "--out", str(args.out / "ablation-stuck-pass")])],
+        # The pretrained model alone (no run folders: --no-train tabulates the baseline only).
+        "baselines": [(f"baseline-{p}", ["sweep", "--profile", p, *sweep_common[2:], "--no-train",
+                                         "--from", str(pre), "--methods", "progressive", "--train-rates", "0.05",
+                                         "--out", str(args.out / f"baseline-{p}")]) for p in BASELINE_PROFILES],
     }  # fmt: skip
+    assert tuple(branches) == BRANCHES
     if args.only:
         branches = {name: steps for name, steps in branches.items() if name in args.only.split(",")}
     with ThreadPoolExecutor(len(branches)) as pool:
