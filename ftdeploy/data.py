@@ -16,6 +16,7 @@ on the training device. That keeps a 2-core CPU or a GPU busy with the model, no
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,10 +148,17 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarr
         missing = {"jpeg", "offsets", "labels", "classes"} - set(z.files)
         if missing:
             raise DataError(f"{path}: missing arrays {sorted(missing)} (expected jpeg, offsets, labels, classes)")
-        jpeg, offsets = z["jpeg"], z["offsets"]
-        blobs = [jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
-        split = z["split"] if "split" in z.files else None
-        return decode_jpegs(blobs, 32), z["labels"].astype(np.int64), [str(c) for c in z["classes"]], split
+        try:  # members are read lazily: a damaged one fails only here
+            arrays = {name: z[name] for name in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: damaged archive member: {exc}") from None
+    jpeg, offsets, labels = arrays["jpeg"], arrays["offsets"].astype(np.int64), arrays["labels"]
+    if len(offsets) != len(labels) + 1 or np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] > len(jpeg)):
+        raise DataError(f"{path}: offsets: expected {len(labels) + 1} ascending byte offsets into jpeg "
+                        f"({len(jpeg)} bytes), found {len(offsets)}")  # fmt: skip
+    blobs = [jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(labels))]
+    classes = [str(c) for c in arrays["classes"]]
+    return decode_jpegs(blobs, 32), labels.astype(np.int64), classes, arrays.get("split")
 
 
 def _load_cifar(kind: str, root: Path) -> tuple[torch.Tensor, np.ndarray, list[str]]:

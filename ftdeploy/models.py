@@ -49,9 +49,13 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         module_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"model {name!r}: cannot import factory {attr!r} from {module_name!r}: {exc}") from None
-        model = factory(num_classes=num_classes, **kwargs)
+        except Exception as exc:  # the user's module may fail to import in any way
+            raise ModelError(f"model {name!r}: cannot import factory {attr!r} from {module_name!r}: "
+                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+        try:
+            model = factory(num_classes=num_classes, **kwargs)
+        except Exception as exc:  # nor is the factory ours
+            raise ModelError(f"model {name!r}: factory raised {type(exc).__name__}: {exc}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
         return model

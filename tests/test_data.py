@@ -170,6 +170,23 @@ def test_npz_errors(tmp_path):
     assert _data_error(f"npz:{single}").startswith(f"{single}: not an .npz archive")
 
 
+def test_npz_with_damaged_or_inconsistent_members(tmp_path):
+    """A valid zip whose member bytes are damaged fails when read, later than np.load: still
+    one DataError line, never a traceback. So do offsets that do not fit the labels."""
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, jpeg=np.arange(4000, dtype=np.uint16).astype(np.uint8), offsets=np.array([0, 4000]),
+                        labels=np.array([0]), classes=np.array(["a"]))  # fmt: skip
+    raw = bytearray(good.read_bytes())
+    start = raw.index(b"jpeg.npy") + 200  # inside the compressed jpeg member
+    raw[start : start + 64] = bytes(64)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(bytes(raw))
+    assert _data_error(f"npz:{damaged}").startswith(f"{damaged}: damaged archive member: ")
+    skewed = tmp_path / "skewed.npz"
+    np.savez(skewed, jpeg=np.zeros(10, np.uint8), offsets=np.array([0, 5, 20]), labels=np.array([0, 1]), classes=np.array(["a", "b"]))
+    assert _data_error(f"npz:{skewed}") == f"{skewed}: offsets: expected 3 ascending byte offsets into jpeg (10 bytes), found 3"
+
+
 # --- loaders on tiny generated data ---------------------------------------------------------------
 
 

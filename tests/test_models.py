@@ -118,7 +118,11 @@ def user_module(tmp_path, monkeypatch):
 
         def not_a_model(num_classes=10):
             return "a string"
+
+        def broken(num_classes=10):
+            raise RuntimeError("no weights for this size")
     '''))  # fmt: skip
+    (tmp_path / f"{name}_bad.py").write_text("raise RuntimeError('this module needs a GPU')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
 
@@ -133,6 +137,11 @@ def test_user_factory(user_module):
         create_model(f"{user_module}:not_a_model")
     with pytest.raises(ModelError, match="cannot import factory 'f' from 'no_such_package_xyz.models'"):
         create_model("no_such_package_xyz.models:f")
+    # the user's code failing in any way is still one ModelError line
+    with pytest.raises(ModelError, match=f"cannot import factory 'f' from '{user_module}_bad': RuntimeError: this module needs a GPU"):
+        create_model(f"{user_module}_bad:f")
+    with pytest.raises(ModelError, match=r"factory raised RuntimeError: no weights for this size"):
+        create_model(f"{user_module}:broken")
 
 
 @pytest.mark.parametrize("name", ["resnet21", "ResNet20", "vgg16", ""])
