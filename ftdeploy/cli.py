@@ -401,7 +401,11 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def main() -> None:
     """Console-script entry point: the one place FtdeployError becomes a message and exit code."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C (and typer.Exit) into a *returned* exit
+        # code; ignoring it made an interrupted run exit 0 and look finished to its caller.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            raise KeyboardInterrupt if code == 130 else typer.Exit(code)
     except FtdeployError as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

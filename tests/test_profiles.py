@@ -325,6 +325,21 @@ def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
     assert code == 2 and "Missing argument" in err and "Traceback" not in err
 
 
+def test_ctrl_c_exits_130_not_0(monkeypatch, capsys):
+    """An interrupted command must not look finished to whatever called it (a sweep's parent,
+    a pipeline): exit status 130 and one line saying what was kept."""
+    import ftdeploy.profiles
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ftdeploy.profiles, "load_profile", interrupted)
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "show", "chen2015")
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "interrupted: completed epochs are saved in the run folder"
+    assert "Traceback" not in err
+
+
 def test_console_script_validate(tmp_path):
     """The installed ``ftdeploy`` entry point, as a user runs it."""
     bad = _write(tmp_path, _profile(fautls=1, signoff__acceptance__0__rate=0.3))
