@@ -275,13 +275,19 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
+    return _load_tensors_file(path, CHECKPOINT_FORMAT, "checkpoint")
+
+
+def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = "") -> dict:
+    """A dict saved by torch.save, loaded safely (weights_only), with the format we wrote."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
-        raise ModelError(f"{path}: not a loadable checkpoint: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path}: format: expected {CHECKPOINT_FORMAT!r}, found {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}")
-    return ckpt
+        raise ModelError(f"{path}: not a loadable {what}: {exc}{hint}") from None
+    found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+    if found != expected_format:
+        raise ModelError(f"{path}: format: expected {expected_format!r}, found {found!r}{hint}")
+    return obj
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
@@ -618,13 +624,7 @@ class _ResumePoint:
 def _load_resume_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
-        raise ModelError(f"{path}: not a loadable resume file: {exc}; delete it to resume from model.pt") from None
-    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
-        raise ModelError(f"{path}: format: expected {RESUME_FORMAT!r}; delete it to resume from model.pt")
-    return saved
+    return _load_tensors_file(path, RESUME_FORMAT, "resume file", "; delete it to resume from model.pt")
 
 
 def _check_same_run(path: Path, saved: dict, config: TrainConfig) -> None:

@@ -256,3 +256,20 @@ def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tm
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12), "the cosine schedule ends at 0 on the last step"
+
+
+def test_bad_checkpoint_and_resume_files_are_one_clear_error(tmp_path):
+    from ftdeploy.errors import ModelError
+    from ftdeploy.train import _load_resume_file
+
+    garbage = tmp_path / "model.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match=r"model\.pt: not a loadable checkpoint: "):
+        load_checkpoint(garbage)
+    torch.save({"format": "someone-else/2"}, garbage)
+    with pytest.raises(ModelError, match=r"model\.pt: format: expected 'ftdeploy-checkpoint/1', found 'someone-else/2'$"):
+        load_checkpoint(garbage)
+    torch.save([1, 2], tmp_path / "resume.pt")
+    with pytest.raises(ModelError, match=r"resume\.pt: format: expected 'ftdeploy-resume/1', found 'list'; delete it to resume"):
+        _load_resume_file(tmp_path / "resume.pt")
+    assert _load_resume_file(tmp_path / "absent.pt") is None
