@@ -160,6 +160,7 @@ class Runner:
         self.steps = self._read()
         self._mine: set[str] = set()  # steps this invocation ran: the only ones it writes back
         self._appended: dict[str, list] = {"_invocations": [], "_environments": []}
+        self._saved_count = {key: 0 for key in self._appended}
         # Where each invocation ran (training on an accelerator, a later evaluation elsewhere).
         self.append("_environments", _environment())
 
@@ -206,8 +207,9 @@ class Runner:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = self._read()
             merged.update({name: self.steps[name] for name in self._mine})
-            for key, values in self._appended.items():
-                merged[key] = merged.get(key, []) + [v for v in values if v not in merged.get(key, [])]
+            for key, values in self._appended.items():  # each own entry added once, on the first save after it
+                merged[key] = merged.get(key, []) + values[self._saved_count[key]:]
+                self._saved_count[key] = len(values)
             tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"steps": merged}, indent=1))
             tmp.replace(self.manifest_path)

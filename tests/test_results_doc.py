@@ -16,3 +16,30 @@ def test_results_page_is_rendered_from_the_archived_artefacts(tmp_path):
     text = out.read_text()
     for section in ("## Table I (ours)", "## What the issue asked for", "## Pruned model", "## Training curves"):
         assert section in text
+
+
+def _reproduce_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_cifar10", ROOT / "scripts" / "reproduce_cifar10.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_invocations_sharing_a_run_folder_keep_each_others_steps(tmp_path):
+    """The dense grid on one machine and the pruned one beside it write one manifest: each
+    invocation merges its own steps in, so neither erases the other's command lines."""
+    import json
+
+    reproduce = _reproduce_module()
+    dense, pruned = reproduce.Runner(tmp_path), reproduce.Runner(tmp_path)
+    dense.append("_invocations", "python reproduce --only dense")
+    pruned.append("_invocations", "python reproduce --only pruned")
+    assert dense("sweep-dense", ["models"])  # a real, quick ftdeploy command
+    assert pruned("sweep-pruned", ["models"])
+    dense.save()  # the dense invocation saves last, knowing nothing of the pruned step
+    steps = json.loads((tmp_path / "manifest.json").read_text())["steps"]
+    assert steps["sweep-dense"]["returncode"] == 0 and steps["sweep-pruned"]["returncode"] == 0
+    assert steps["_invocations"] == ["python reproduce --only dense", "python reproduce --only pruned"]
+    assert len(steps["_environments"]) == 2
