@@ -23,7 +23,13 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
 * **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
   included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
   to chance in its first epoch (docs/RESULTS.md, training curves). With a 2-epoch ramp the same
-  retraining trains (scripts/check_rate_warmup.sh, CPU-sized); the full grid is yet to be rerun.
+  full-size retraining trains (docs/RESULTS.md, dense/one-shot-0.05 against
+  dense-no-rate-warmup/one-shot-0.05).
+* **Where BatchNorm sits on the chip** (``Target.batchnorm``) decides how hard faults hit before
+  any recipe: folded into the cells with a per-layer scale, each stuck-on cell adds the largest
+  *folded* weight, and the same pretrained ResNet-20 keeps 45 % at P_sa = 0.005 where BN in the
+  periphery keeps 60 %, the paper's collapse (docs/RESULTS.md). Faults are drawn on what the
+  target's cells hold.
 * **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
   so the model reaches high rates through lower ones (paper, Algorithm 1).
 
