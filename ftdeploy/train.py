@@ -597,13 +597,13 @@ class _ResumePoint:
         if saved is not None:
             ckpt = saved["checkpoint"]
             _check_same_run(out_dir / "resume.pt", saved["config"], config)
-            _check_same_chip(out_dir / "resume.pt", ckpt.get("target"), target)
+            _check_same_chip(out_dir / "resume.pt", ckpt.get("target"), target, config)
             return cls(ckpt, ckpt["epochs_done"], list(saved["log"]), saved)
         if not (out_dir / "model.pt").is_file():
             return None
         ckpt = load_checkpoint(out_dir / "model.pt")
         _check_same_run(out_dir / "model.pt", ckpt.get("config") or {}, config)
-        _check_same_chip(out_dir / "model.pt", ckpt.get("target"), target)
+        _check_same_chip(out_dir / "model.pt", ckpt.get("target"), target, config)
         done = int(ckpt.get("epochs_done") or 0)
         rows = _read_log_rows(out_dir / "log.jsonl")[:done]
         return cls(ckpt, done, rows, None)
@@ -643,11 +643,11 @@ def _check_same_run(path: Path, saved: dict, config: TrainConfig) -> None:
         raise ConfigError(f"{path}: cannot resume a different run ({found}); use a new --out or the same settings")
 
 
-def _check_same_chip(path: Path, saved: dict | None, target: Target) -> None:
+def _check_same_chip(path: Path, saved: dict | None, target: Target, config: TrainConfig) -> None:
     """The resumed run must fault the same chip family: every field but the names must agree.
     A field an older checkpoint lacks takes its default (``batchnorm: fold``, the only
-    behaviour before the field existed)."""
-    if not saved:
+    behaviour before the field existed). Pretraining injects no faults: any target will do."""
+    if not saved or config.method == "pretrain":
         return
     before = Target.model_validate(saved).model_dump(mode="json", exclude={"name", "description"})
     now = target.model_dump(mode="json", exclude={"name", "description"})

@@ -234,6 +234,17 @@ def test_resuming_a_finished_run_returns_it_and_a_different_run_is_refused(pretr
     assert (tmp_path / "model.pt").stat().st_mtime_ns == mtime, "a finished run is not retrained"
     with pytest.raises(ConfigError, match=r"resume\.pt: cannot resume a different run \(target_rate: 0\.02 there, 0\.05 now\)"):
         train(cfg.model_copy(update={"target_rate": 0.05}), small_data, target, tmp_path, init=init, resume=True)
+    folded, _ = load_target("diff8-folded")
+    with pytest.raises(ConfigError, match=r"cannot resume on a different target \(batchnorm: 'periphery' there, 'fold' now\)"):
+        train(cfg, small_data, folded, tmp_path, init=init, resume=True)
+
+
+def test_a_finished_pretraining_serves_any_target(pretrained, small_data):
+    """Pretraining injects no faults: reusing it for another chip family is no different run."""
+    folded, _ = load_target("diff8-folded")
+    cfg = TrainConfig.model_validate(load_checkpoint(pretrained / "model.pt")["config"])
+    again = train(cfg, small_data, folded, pretrained, resume=True)
+    assert again["epochs_done"] == cfg.epochs
 
 
 def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tmp_path, monkeypatch):
