@@ -397,7 +397,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     rate_warmup_steps = int(config.rate_warmup_epochs * steps_per_epoch)
     step, start_epoch = 0, 0
     if point:
-        step, start_epoch = point.restore(opt, sched, gen, aug_gen, injector, steps_per_epoch)
+        step, start_epoch = point.restore(opt, sched, gen, aug_gen, injector, steps_per_epoch, dist.rank)
     acc_pretrain = init.get("acc_pretrain") if init else None
     logger = _RunLog(out_dir, config, progress, total, point.log_rows if point else [], step) if dist.is_main else None
     ckpt: dict = {}
@@ -608,8 +608,10 @@ class _ResumePoint:
         rows = _read_log_rows(out_dir / "log.jsonl")[:done]
         return cls(ckpt, done, rows, None)
 
-    def restore(self, opt, sched, gen, aug_gen, injector, steps_per_epoch: int) -> tuple[int, int]:
-        """Put optimiser, schedule and random streams where the run stopped; (step, epoch)."""
+    def restore(self, opt, sched, gen, aug_gen, injector, steps_per_epoch: int, rank: int = 0) -> tuple[int, int]:
+        """Put optimiser, schedule and random streams where the run stopped; (step, epoch).
+        Under torchrun only rank 0's augmentation and fault streams were saved: the other ranks
+        draw fresh ones, seeded by rank and step, so their chips still differ from rank 0's."""
         if self.saved is None:
             step = self.epochs_done * steps_per_epoch
             _advance_schedule(sched, step)
@@ -619,12 +621,17 @@ class _ResumePoint:
         opt.load_state_dict(self.saved["optimizer"])
         sched.load_state_dict(self.saved["scheduler"])
         gen.set_state(self.saved["rng_data"])
-        if self.saved["rng_device"] == aug_gen.device.type:  # a CUDA stream cannot continue on the CPU
+        step = int(self.saved["step"])
+        if rank:
+            aug_gen.manual_seed(1_000_003 * step + rank)
+            if injector is not None:
+                injector.generator.manual_seed(7_919 * step + rank)
+        elif self.saved["rng_device"] == aug_gen.device.type:  # a CUDA stream cannot continue on the CPU
             aug_gen.set_state(self.saved["rng_augment"])
             if injector is not None and self.saved["rng_faults"] is not None:
                 injector.generator.set_state(self.saved["rng_faults"])
         print(f"resuming after epoch {self.epochs_done} (from resume.pt: optimiser, schedule and random streams restored)", flush=True)
-        return int(self.saved["step"]), self.epochs_done
+        return step, self.epochs_done
 
 
 def _load_resume_file(path: Path) -> dict | None:
