@@ -367,7 +367,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     if point:
         model.load_state_dict(point.state_dict)
     model.to(device)
-    if dist.is_main:
+    if dist.is_main and not point:  # a resumed run keeps the config it was started with
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
