@@ -319,7 +319,8 @@ def render(out: Path) -> str:
     gpu = gpu_baseline_md(out)
     if gpu:
         md += ["## Baseline on the accelerator", "", "The same pretrained model measured during the accelerator run, "
-               "on all 5,000 validation images with 50 chips per rate:", "", *gpu, ""]  # fmt: skip
+               "on all 5,000 validation images with 50 chips per rate, with BatchNorm folded into the cells (that run "
+               "predates the targets' `batchnorm` field, when folding was the only placement):", "", *gpu, ""]  # fmt: skip
     for device_log in sorted((out / "logs").glob("device-run*.log")):
         md += [f"## Accelerator console: {device_log.name}", "", "```", device_log.read_text().rstrip(), "```", ""]
     if not dense:
