@@ -201,8 +201,9 @@ def export_cmd(
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).")],
 ):
-    """Export a checkpoint to ONNX: BatchNorm folded, each weight as the uint8 levels of its
-    cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything else in metadata."""
+    """Export a checkpoint to ONNX: BatchNorm folded or kept as the target says, each weight as
+    the uint8 levels of its cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything
+    else in metadata."""
     from .export import export_onnx
     from .profiles import load_profile
     from .train import load_checkpoint

@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX with conductance-mapped weights: what a chip is programmed with.
 
-The folded, quantised network (:class:`chip.DeployedNetwork`) is traced with PyTorch's
+The quantised network (:class:`chip.DeployedNetwork`: BatchNorm folded into the weights, or
+kept as BatchNormalization nodes when the target applies it in the periphery) is traced with PyTorch's
 ``torch.export``-based exporter (``dynamo=True``). We use it rather than the TorchScript
 exporter because the latter is deprecated (PyTorch warns it "will be removed") and emits a
 noisier graph (Cast/ConstantOfShape/Identity around the ResNet shortcuts); the cost is ~3 s of

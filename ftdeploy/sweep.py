@@ -2,8 +2,8 @@
 then test every model, the baseline included, on the same simulated chips at every test rate.
 
 Resumable: a cell whose run folder holds a finished checkpoint is not retrained, and a cell
-whose results file exists is not re-evaluated, so an interrupted sweep picks up where it
-stopped (a cell interrupted mid-training continues from its last finished epoch, see
+whose results file measured the same checkpoint, target, chips and images is not re-evaluated,
+so an interrupted sweep picks up where it stopped (a cell interrupted mid-training continues from its last finished epoch, see
 ``train.train(resume=True)``). Evaluation uses
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
