@@ -451,7 +451,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
                 ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
                 # resume.pt first: whichever file an interruption leaves older, resuming restarts
                 # from a complete epoch (resume.pt carries its own copy of the weights).
-                save_atomic(_resume_state(config, ckpt, step, opt, sched, gen, aug_gen, injector, logger.rows),
+                save_atomic(_resume_state(ckpt, step, opt, sched, gen, aug_gen, injector, logger.rows),
                             out_dir / "resume.pt")  # fmt: skip
                 save_atomic(ckpt, out_dir / "model.pt")
             dist.barrier()
@@ -553,14 +553,13 @@ def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 # --- resuming an interrupted run --------------------------------------------------------------
 
 
-def _resume_state(config, ckpt, step, opt, sched, gen, aug_gen, injector, rows) -> dict:
+def _resume_state(ckpt, step, opt, sched, gen, aug_gen, injector, rows) -> dict:
     """Everything beyond the weights that the next epoch depends on, so that a resumed run
     continues exactly where the interrupted one stopped (tests/test_train.py checks bit-equality
     with an uninterrupted run)."""
     return {
         "format": RESUME_FORMAT,
-        "config": config.model_dump(mode="json"),
-        "checkpoint": ckpt,
+        "checkpoint": ckpt,  # with the weights and the run's config
         "step": step,
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
@@ -595,18 +594,14 @@ class _ResumePoint:
     def find(cls, out_dir: Path, config: TrainConfig, target: Target) -> "_ResumePoint | None":
         saved = _load_resume_file(out_dir / "resume.pt")
         if saved is not None:
-            ckpt = saved["checkpoint"]
-            _check_same_run(out_dir / "resume.pt", saved["config"], config)
-            _check_same_chip(out_dir / "resume.pt", ckpt.get("target"), target, config)
-            return cls(ckpt, ckpt["epochs_done"], list(saved["log"]), saved)
-        if not (out_dir / "model.pt").is_file():
+            path, ckpt, rows = out_dir / "resume.pt", saved["checkpoint"], list(saved["log"])
+        elif (out_dir / "model.pt").is_file():
+            path, ckpt = out_dir / "model.pt", load_checkpoint(out_dir / "model.pt")
+            rows = _read_log_rows(out_dir / "log.jsonl")[: int(ckpt.get("epochs_done") or 0)]
+        else:
             return None
-        ckpt = load_checkpoint(out_dir / "model.pt")
-        _check_same_run(out_dir / "model.pt", ckpt.get("config") or {}, config)
-        _check_same_chip(out_dir / "model.pt", ckpt.get("target"), target, config)
-        done = int(ckpt.get("epochs_done") or 0)
-        rows = _read_log_rows(out_dir / "log.jsonl")[:done]
-        return cls(ckpt, done, rows, None)
+        _check_resumable(path, ckpt, config, target)
+        return cls(ckpt, int(ckpt.get("epochs_done") or 0), rows, saved)
 
     def restore(self, opt, sched, gen, aug_gen, injector, steps_per_epoch: int, rank: int = 0) -> tuple[int, int]:
         """Put optimiser, schedule and random streams where the run stopped; (step, epoch).
@@ -640,28 +635,29 @@ def _load_resume_file(path: Path) -> dict | None:
     return _load_tensors_file(path, RESUME_FORMAT, "resume file", "; delete it to resume from model.pt")
 
 
-def _check_same_run(path: Path, saved: dict, config: TrainConfig) -> None:
-    """A resumed run must be the run that was interrupted; only where and how closely it is
-    checked may change. Fields an older run did not record are not compared."""
-    now = config.model_dump(mode="json")
-    differ = [k for k in saved if k not in RESUME_MAY_DIFFER and k in now and _plain(saved[k]) != _plain(now[k])]
+def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, target: Target) -> None:
+    """A resumed run must be the run that was interrupted: only where and how closely it is
+    checked may change, and it must fault the same chip family (every target field but the
+    names). Fields an older checkpoint did not record: config fields are not compared, target
+    fields take their defaults (``batchnorm: fold``, the only behaviour before the field
+    existed). Pretraining injects no faults, so any target will do."""
+    saved, now = ckpt.get("config") or {}, config.model_dump(mode="json")
+    keys = [k for k in saved if k in now and k not in RESUME_MAY_DIFFER]
+    differ = _differences(saved, now, keys)
     if differ:
-        found = ", ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in differ)
-        raise ConfigError(f"{path}: cannot resume a different run ({found}); use a new --out or the same settings")
-
-
-def _check_same_chip(path: Path, saved: dict | None, target: Target, config: TrainConfig) -> None:
-    """The resumed run must fault the same chip family: every field but the names must agree.
-    A field an older checkpoint lacks takes its default (``batchnorm: fold``, the only
-    behaviour before the field existed). Pretraining injects no faults: any target will do."""
-    if not saved or config.method == "pretrain":
+        raise ConfigError(f"{path}: cannot resume a different run ({differ}); use a new --out or the same settings")
+    if not ckpt.get("target") or config.method == "pretrain":
         return
-    before = Target.model_validate(saved).model_dump(mode="json", exclude={"name", "description"})
-    now = target.model_dump(mode="json", exclude={"name", "description"})
-    differ = [k for k in now if before.get(k) != now[k]]
+    names = {"name", "description"}
+    before = Target.model_validate(ckpt["target"]).model_dump(mode="json", exclude=names)
+    differ = _differences(before, target.model_dump(mode="json", exclude=names), list(before))
     if differ:
-        found = ", ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in differ)
-        raise ConfigError(f"{path}: cannot resume on a different target ({found}); use the run's profile")
+        raise ConfigError(f"{path}: cannot resume on a different target ({differ}); use the run's profile")
+
+
+def _differences(before: dict, now: dict, keys: list[str]) -> str:
+    """'key: old there, new now' for each of ``keys`` whose values differ ('' when none do)."""
+    return ", ".join(f"{k}: {before[k]!r} there, {now[k]!r} now" for k in keys if _plain(before[k]) != _plain(now[k]))
 
 
 def _plain(value):
