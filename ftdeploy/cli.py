@@ -27,6 +27,9 @@ ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validat
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
 BnOpt = Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
 StuckGradOpt = Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
+DistillOpt = Annotated[
+    float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
+]
 RateWarmupOpt = Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
 
 
@@ -128,6 +131,7 @@ def train_cmd(
     bn: BnOpt = _train_default("bn"),
     stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
+    distill: DistillOpt = _train_default("distill"),
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
@@ -169,7 +173,7 @@ def train_cmd(
                          progress=progress, resume=resume)  # fmt: skip
         cfg = make_train_config(
             method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-            rate_warmup_epochs=rate_warmup,
+            rate_warmup_epochs=rate_warmup, distill=distill,
             epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
             lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
         )  # fmt: skip
@@ -319,6 +323,7 @@ def sweep_cmd(
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
+    distill: DistillOpt = _train_default("distill"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -344,6 +349,7 @@ def sweep_cmd(
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
         ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
+        distill=distill,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

@@ -17,8 +17,10 @@ import hashlib
 import io
 import json
 import math
+import queue
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +81,14 @@ class SweepSettings:
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
     rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
+    distill: float = 0.0  # weight of distillation from the pretrained model (TrainConfig.distill)
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
         return TrainConfig(
             model=model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
-            rate_warmup_epochs=self.rate_warmup, seed=self.seed, device=self.device, eval_chips=0,
+            rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=0,
         )  # fmt: skip
 
 
@@ -104,7 +107,7 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--from", str(s.pretrained), "--method", cell.method, "--target-rate", repr(cell.train_rate),
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
-           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--seed", str(s.seed),
+           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--seed", str(s.seed),
            "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
@@ -244,6 +247,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "bn": s.bn,
         "stuck_grad": s.stuck_grad,
         "rate_warmup": s.rate_warmup,
+        "distill": s.distill,
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
         "rows": rows,
@@ -278,25 +282,66 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
               jobs: int = 1, log=print) -> dict:  # fmt: skip
     """Train, evaluate and tabulate; returns the table dict (also written as table.{md,csv,json}).
     Each model is evaluated as soon as it is trained and the table rewritten with the rows done
-    so far, so an interrupted sweep still leaves every finished row on disk."""
+    so far, so an interrupted sweep still leaves every finished row on disk. Evaluation runs
+    beside the trainings (:class:`_BackgroundEvaluator`): a row being measured never keeps the
+    next training waiting."""
     cells = plan(methods, train_rates)
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate_cells(s, cells[:1], out, data, log)  # the baseline first: every SS needs it
+    results: dict[str, dict] = {}
 
-    def finished(cell: Cell) -> None:
+    def evaluate(cell: Cell) -> None:
         results.update(evaluate_cells(s, [cell], out, data, log))
         _write_tables(s, [c for c in cells if c.key in results], results, out, data)
 
+    evaluator = _BackgroundEvaluator(evaluate)
+    evaluator.submit(cells[0])  # the baseline first: every row's SS needs it
     for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
         if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.epochs):
-            finished(cell)
+            evaluator.submit(cell)
     if s.train:
-        train_cells(s, cells, out, data, jobs, log, on_done=lambda c: None if c.key in results else finished(c))
+        train_cells(s, cells, out, data, jobs, log, on_done=evaluator.submit)
     else:  # an interrupted sweep, tabulated as far as it got: every checkpoint, however many epochs it had
         for cell in cells[1:]:
-            if cell.key not in results and (out / "runs" / cell.key / "model.pt").is_file():
-                finished(cell)
+            if (out / "runs" / cell.key / "model.pt").is_file():
+                evaluator.submit(cell)
+    evaluator.finish()
     return _write_tables(s, [c for c in cells if c.key in results], results, out, data)
+
+
+class _BackgroundEvaluator:
+    """Evaluates submitted rows one after another in a background thread, in submission order,
+    while the sweep goes on scheduling trainings: measuring a row takes minutes, and a training
+    slot left idle that long wastes an accelerator window. A row submitted twice is evaluated
+    once. The thread is a daemon: an interrupted sweep exits at once (each results file is written
+    atomically, so none is left half-written), and the rerun evaluates what is missing."""
+
+    def __init__(self, evaluate):
+        self._evaluate = evaluate
+        self._queue: queue.Queue = queue.Queue()
+        self._submitted: set[str] = set()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="sweep-evaluator", daemon=True)
+        self._thread.start()
+
+    def submit(self, cell: Cell) -> None:
+        if cell.key not in self._submitted:
+            self._submitted.add(cell.key)
+            self._queue.put(cell)
+
+    def finish(self) -> None:
+        """Wait for every submitted row; re-raise the first evaluation error here, in the caller."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while (cell := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, skip the rest: finish() reports it
+                try:
+                    self._evaluate(cell)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread in finish()
+                    self._error = exc
 
 
 def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path, data: DataBundle) -> dict:

@@ -98,6 +98,12 @@ class TrainConfig(BaseModel):
         "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
     )
     stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
+    distill: float = Field(
+        0.0, ge=0, le=1,
+        description="Weight of distillation from the starting checkpoint's clean outputs in the retraining loss "
+                    "(0: off; the rest is cross-entropy on the labels).",
+    )  # fmt: skip
+    distill_temperature: float = Field(4.0, gt=0, description="Softmax temperature of that distillation.")
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
     eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
@@ -329,6 +335,21 @@ def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device
     return clean, sum(accs) / len(accs)
 
 
+def _teacher(init: dict, device) -> nn.Module:
+    """The starting checkpoint, fault-free and in eval mode: the function a faulty chip should keep."""
+    teacher = model_from_checkpoint(init).to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): KL(teacher || student) of the softened distributions, times T² so its
+    gradient keeps the scale of cross-entropy whatever the temperature."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t  # fmt: skip
+
+
 def _masks_of_pruned(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: (m.weight.detach() != 0) for name, m in deployed_layers(model)}
 
@@ -371,6 +392,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
+    teacher = _teacher(init, device) if retraining and config.distill > 0 else None
     injector = None
     if retraining:  # every rank its own chips: seed offset by rank
         injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank, device)
@@ -423,6 +445,12 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = net(x)
                     loss = F.cross_entropy(logits.float(), yb)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                        loss = (1 - config.distill) * loss + config.distill * distillation_loss(
+                            logits.float(), teacher_logits.float(), config.distill_temperature
+                        )  # fmt: skip
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if retraining and config.grad_clip:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "pruned", "bn-train", "ablation-grad", "baselines")
+BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
@@ -61,6 +61,9 @@ def main() -> int:
     ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
     ap.add_argument("--only", default=None, help=f"comma-separated branches to run ({', '.join(BRANCHES)}); "
                     "default: all. E.g. a CPU session finishing the dense grid")
+    ap.add_argument("--methods", default="one-shot,progressive", help="retraining methods of the dense and distill grids")
+    ap.add_argument("--distill", type=float, default=0.9,
+                    help="distillation weight of the distill branch (the dense grid uses the profile's recipe)")
     ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
@@ -90,8 +93,11 @@ def main() -> int:
     pruned = args.out / "pruned70" / "model.pt"
     pruned_rates = ",".join(r for r in args.train_rates.split(",") if float(r) >= 0.05)
     branches = {
-        "dense": [("sweep-dense", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",
+        "dense": [("sweep-dense", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
                                    "--train-rates", args.train_rates, "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
+        "distill": [("sweep-distill", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
+                                       "--train-rates", args.train_rates, "--distill", str(args.distill),
+                                       "--jobs", str(args.jobs), "--out", str(args.out / "distill")])],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
                        "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),

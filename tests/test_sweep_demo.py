@@ -117,6 +117,46 @@ def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, t
     assert load_checkpoint(run_dir / "model.pt")["epochs_done"] == 2
 
 
+def test_trainings_do_not_wait_for_evaluations(pretrained, small_data, tmp_path, monkeypatch):
+    """The baseline's evaluation is held until a training has finished: a sweep that evaluated in
+    its scheduling loop would wait forever here (the timeout turns that into a failure)."""
+    import threading
+
+    import ftdeploy.sweep as sw
+
+    trained = threading.Event()
+    seen_trained_first = []
+    real_train, real_evaluate = sw.train, sw.evaluate_cells
+
+    def train_then_signal(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        trained.set()
+        return result
+
+    def evaluate_after_a_training(s, cells, *args, **kwargs):
+        if cells[0].method == "baseline":
+            seen_trained_first.append(trained.wait(timeout=120))
+        return real_evaluate(s, cells, *args, **kwargs)
+
+    monkeypatch.setattr(sw, "train", train_then_signal)
+    monkeypatch.setattr(sw, "evaluate_cells", evaluate_after_a_training)
+    table = run_sweep(_settings(pretrained), ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
+    assert seen_trained_first == [True]
+    assert [r["model"] for r in table["rows"]] == ["baseline", "one-shot P^T=0.05"]
+
+
+def test_an_evaluation_error_reaches_the_caller(pretrained, small_data, tmp_path, monkeypatch):
+    import ftdeploy.sweep as sw
+
+    def broken(*args, **kwargs):
+        raise sw.ModelError("checkpoint unreadable")
+
+    monkeypatch.setattr(sw, "evaluate_cells", broken)
+    settings = dataclasses.replace(_settings(pretrained), train=False)
+    with pytest.raises(sw.ModelError, match="unreadable"):
+        run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
+
+
 def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])

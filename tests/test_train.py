@@ -19,6 +19,7 @@ from ftdeploy.train import (
     FaultInjector,
     TrainConfig,
     default_progressive_rates,
+    distillation_loss,
     freeze_batchnorm,
     load_checkpoint,
     train,
@@ -284,3 +285,35 @@ def test_bad_checkpoint_and_resume_files_are_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match=r"resume\.pt: format: expected 'ftdeploy-resume/1', found 'list'; delete it to resume"):
         _load_resume_file(tmp_path / "resume.pt")
     assert _load_resume_file(tmp_path / "absent.pt") is None
+
+
+def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 10, generator=g)
+    assert distillation_loss(teacher.clone(), teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(16, 10, generator=g, requires_grad=True)
+    loss = distillation_loss(student, teacher, 4.0)
+    kl = (torch.softmax(teacher / 4, 1) * (torch.log_softmax(teacher / 4, 1) - torch.log_softmax(student / 4, 1))).sum(1).mean()
+    assert loss.item() == pytest.approx(16 * kl.item(), rel=1e-5), "KL of the softened outputs, times T²"
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+def _retrain_with_labels(pretrained, small_data, tmp_path, distill: float, labels):
+    target, _ = load_target("paper-diff8")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.02, epochs=1, lr=0.01, batch_size=64,
+                      distill=distill, eval_chips=0, device="cpu")  # fmt: skip
+    data = dataclasses.replace(small_data, train_y=labels)
+    return train(cfg, data, target, tmp_path, init=load_checkpoint(pretrained / "model.pt"))["state_dict"]
+
+
+def test_full_distillation_learns_from_the_clean_teacher_not_the_labels(pretrained, small_data, tmp_path):
+    """distill=1: the faulty student is trained on the pretrained model's clean outputs alone, so
+    scrambling the labels changes nothing; with distill=0.5 the labels count."""
+    scrambled = small_data.train_y[torch.randperm(len(small_data.train_y), generator=torch.Generator().manual_seed(1))]
+    runs = {(d, name): _retrain_with_labels(pretrained, small_data, tmp_path / f"{d}-{name}", d, labels)
+            for d in (1.0, 0.5) for name, labels in (("true", small_data.train_y), ("scrambled", scrambled))}  # fmt: skip
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(runs[1.0, "true"], runs[1.0, "scrambled"])
+    assert not same(runs[0.5, "true"], runs[0.5, "scrambled"])
+    assert not same(runs[1.0, "true"], runs[0.5, "true"])
