@@ -255,6 +255,7 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
     names = [name for name, _ in layers]
     _check_masks_held(ckpt["state_dict"], names, masks)
     ckpt["sparsity"] = zero_fraction([ckpt["state_dict"][f"{n}.weight"] for n in names])
+    ckpt["method"] = f"prune-{config.method}"  # the fine-tuning ran as "pretrain": no faults
     ckpt["pruning"] = pruning_record(config, ckpt["state_dict"], model, names, acc_pruned)
     save_atomic(ckpt, out_dir / "model.pt")
     return ckpt

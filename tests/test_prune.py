@@ -86,6 +86,7 @@ def test_pruning_reaches_target_sparsity(method, sparsity, pretrained, small_dat
     record = ckpt["pruning"]
     assert abs(ckpt["sparsity"] - sparsity) <= SPARSITY_TOLERANCE, ckpt["sparsity"]
     assert record["method"] == method and record["target_sparsity"] == sparsity
+    assert ckpt["method"] == f"prune-{method}", "the checkpoint says how it was made, not 'pretrain'"
     assert all(abs(s - sparsity) <= SPARSITY_TOLERANCE for s in record["layers"].values()), record["layers"]
     zeros = _zero_sets(ckpt)
     assert all(not zeros[name].any() for name in record["dense_layers"]), "first/last layer must stay dense"
