@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -99,10 +100,11 @@ def _fair_quota(sizes: np.ndarray, n: int) -> np.ndarray:
     return quota
 
 
-def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Tensor:
+def decode_jpegs(blobs: list[bytes], image_size: int | None = None, ids=None) -> torch.Tensor:
     """Decode encoded images (JPEG, PNG, ...) to one uint8 N×3×H×W tensor with Pillow.
     (torchvision's own decoders are deprecated since 0.29.) Images of another size are
-    resized (shorter side) and centre-cropped to ``image_size``."""
+    resized (shorter side) and centre-cropped to ``image_size``. ``ids`` name the images in
+    errors (default: their positions in ``blobs``)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -113,7 +115,7 @@ def decode_jpegs(blobs: list[bytes], image_size: int | None = None) -> torch.Ten
         try:
             img = Image.open(io.BytesIO(blob)).convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {i}: cannot decode: {exc}") from None
+            raise DataError(f"image {i if ids is None else ids[i]}: cannot decode: {exc}") from None
         if image_size is not None and img.size != (image_size, image_size):
             img = _resize_center_crop(img, image_size)
         arr = np.asarray(img).transpose(2, 0, 1)
@@ -135,7 +137,19 @@ def _resize_center_crop(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
-def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarray | None]:
+@dataclass
+class _Source:
+    """A dataset opened but not decoded: labels are known, images are decoded on demand, so a
+    caller that needs only the validation part (the verifier) decodes only that."""
+
+    take: Callable[[np.ndarray], torch.Tensor]  # indices -> uint8 N×C×H×W
+    labels: np.ndarray
+    classes: list[str]
+    description: str
+    fixed_split: np.ndarray | None = None  # 0 train, 1 validation, as the file itself says
+
+
+def _open_npz(path: Path, description: str) -> _Source:
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected packed arrays jpeg, offsets, labels, classes)")
     try:
@@ -156,12 +170,15 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, np.ndarray, list[str], np.ndarr
     if len(offsets) != len(labels) + 1 or np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] > len(jpeg)):
         raise DataError(f"{path}: offsets: expected {len(labels) + 1} ascending byte offsets into jpeg "
                         f"({len(jpeg)} bytes), found {len(offsets)}")  # fmt: skip
-    blobs = [jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(labels))]
+
+    def take(idx: np.ndarray) -> torch.Tensor:
+        return decode_jpegs([jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in idx], 32, ids=idx)
+
     classes = [str(c) for c in arrays["classes"]]
-    return decode_jpegs(blobs, 32), labels.astype(np.int64), classes, arrays.get("split")
+    return _Source(take, labels.astype(np.int64), classes, description, arrays.get("split"))
 
 
-def _load_cifar(kind: str, root: Path) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def _open_cifar(kind: str, root: Path) -> _Source:
     from torchvision import datasets
 
     cls, folder = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py"), "cifar100": (datasets.CIFAR100, "cifar-100-python")}[kind]
@@ -171,11 +188,12 @@ def _load_cifar(kind: str, root: Path) -> tuple[torch.Tensor, np.ndarray, list[s
         ds = cls(root=str(root), train=True, download=False)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise DataError(f"{kind}:{root}: {exc}") from None
-    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # stored decoded
+    return _Source(lambda idx: x[torch.from_numpy(idx)], np.asarray(ds.targets, dtype=np.int64), list(ds.classes),
+                   f"torchvision {kind.upper()} training split from {root}")  # fmt: skip
 
 
-def _load_imagefolder(root: Path, image_size: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def _open_imagefolder(root: Path, image_size: int) -> _Source:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
@@ -184,54 +202,65 @@ def _load_imagefolder(root: Path, image_size: int) -> tuple[torch.Tensor, np.nda
         ds = ImageFolder(str(root))
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"imagefolder:{root}: {exc}") from None
-    blobs = [Path(p).read_bytes() for p, _ in ds.samples]
-    return decode_jpegs(blobs, image_size), np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+    paths = [p for p, _ in ds.samples]
+
+    def take(idx: np.ndarray) -> torch.Tensor:
+        return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[paths[i] for i in idx])
+
+    return _Source(take, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), f"ImageFolder {root}")
 
 
 def embedded_path() -> Path:
     return Path(str(resources.files("ftdeploy") / "data" / EMBEDDED_NAME))
 
 
+def _open(spec: str, image_size: int) -> _Source:
+    kind, _, arg = spec.partition(":")
+    if kind == "embedded":
+        return _open_npz(embedded_path(), EMBEDDED_PROVENANCE)
+    if kind == "npz" and arg:
+        return _open_npz(Path(arg), f"packed images from {arg}")
+    if kind in ("cifar10", "cifar100") and arg:
+        return _open_cifar(kind, Path(arg))
+    if kind == "imagefolder" and arg:
+        return _open_imagefolder(Path(arg), image_size)
+    raise DataError(f"--data: expected embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE, found {spec!r}")
+
+
+def _split(source: _Source, val_split: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, validation indices, how the split was made)."""
+    if source.fixed_split is not None and val_split is None:
+        split = source.fixed_split
+        return np.flatnonzero(split == 0), np.flatnonzero(split == 1), " (validation: the file's own held-out part)"
+    n_val = val_split if val_split is not None else max(1, len(source.labels) // 10)
+    train_idx, val_idx = stratified_split(source.labels, n_val)
+    return train_idx, val_idx, f" (validation: {len(val_idx)} images held out, stratified, seed {SPLIT_SEED})"
+
+
 def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
     """Load a dataset spec into memory and split it (see module docstring)."""
     spec = spec or "embedded"
-    kind, _, arg = spec.partition(":")
-    fixed_split = None
-    if kind == "embedded":
-        x, y, classes, fixed_split = _load_npz(embedded_path())
-        description = EMBEDDED_PROVENANCE
-    elif kind == "npz" and arg:
-        x, y, classes, fixed_split = _load_npz(Path(arg))
-        description = f"packed images from {arg}"
-    elif kind in ("cifar10", "cifar100") and arg:
-        x, y, classes = _load_cifar(kind, Path(arg))
-        description = f"torchvision {kind.upper()} training split from {arg}"
-    elif kind == "imagefolder" and arg:
-        x, y, classes = _load_imagefolder(Path(arg), image_size)
-        description = f"ImageFolder {arg}"
-    else:
-        raise DataError(f"--data: expected embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE, found {spec!r}")
-    if fixed_split is not None and val_split is None:
-        train_idx, val_idx = np.flatnonzero(fixed_split == 0), np.flatnonzero(fixed_split == 1)
-        description += " (validation: the file's own held-out part)"
-    else:
-        n_val = val_split if val_split is not None else max(1, len(y) // 10)
-        train_idx, val_idx = stratified_split(y, n_val)
-        description += f" (validation: {len(val_idx)} images held out, stratified, seed {SPLIT_SEED})"
-    train_x = x[torch.from_numpy(train_idx)]
+    source = _open(spec, image_size)
+    train_idx, val_idx, how = _split(source, val_split)
+    train_x = source.take(train_idx)
     mean, std = channel_stats(train_x)
-    return DataBundle(
-        train_x=train_x,
-        train_y=torch.from_numpy(y[train_idx]),
-        val_x=x[torch.from_numpy(val_idx)],
-        val_y=torch.from_numpy(y[val_idx]),
-        classes=classes,
-        spec=spec,
-        description=description,
-        mean=mean,
-        std=std,
-        val_split=len(val_idx),
-    )
+    return DataBundle(train_x=train_x, train_y=torch.from_numpy(source.labels[train_idx]), val_x=source.take(val_idx),
+                      val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes, spec=spec,
+                      description=source.description + how, mean=mean, std=std, val_split=len(val_idx))  # fmt: skip
+
+
+def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
+    """The validation part alone, as :func:`load_data` splits it, without decoding the training
+    images (a tenth of the decoding work on a default split). The training part is empty and the
+    normalisation statistics are NaN: an evaluation takes those from the model, never from here."""
+    spec = spec or "embedded"
+    source = _open(spec, image_size)
+    _, val_idx, how = _split(source, val_split)
+    val_x = source.take(val_idx)
+    nan = (float("nan"),) * val_x.shape[1]
+    return DataBundle(train_x=val_x[:0], train_y=torch.zeros(0, dtype=torch.int64), val_x=val_x,
+                      val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes, spec=spec,
+                      description=source.description + how, mean=nan, std=nan, val_split=len(val_idx))  # fmt: skip
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -281,12 +281,12 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     """The validation part of ``spec`` (default: the embedded dataset), preprocessed with the
     file's normalisation; at most ``max_images``, a class-stratified subset (seed 0) in the
     dataset's order, because validation parts may be sorted by class."""
-    from .data import SPLIT_SEED, load_data, normalize_numpy
+    from .data import SPLIT_SEED, load_validation, normalize_numpy
 
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
         raise VerifyError(f"{export.path}: input is {height}x{width}; only square images are supported")
-    bundle = load_data(spec, val_split, image_size=height)
+    bundle = load_validation(spec, val_split, image_size=height)  # the training images stay undecoded
     classes = export.meta["classes"]
     if list(bundle.classes) != list(classes):
         raise VerifyError(f"data {bundle.spec}: classes {_short(bundle.classes)} differ from the model's {_short(classes)}")

@@ -18,6 +18,7 @@ from ftdeploy.data import (
     channel_stats,
     embedded_path,
     load_data,
+    load_validation,
     normalize,
     normalize_numpy,
     stratified_split,
@@ -219,6 +220,7 @@ def test_imagefolder(tmp_path):
     assert b.description.startswith(f"ImageFolder {tmp_path}")
     small = load_data(f"imagefolder:{tmp_path}", val_split=2, image_size=16)
     assert small.train_x.shape[1:] == (3, 16, 16)
+    _assert_validation_alone_matches(f"imagefolder:{tmp_path}", 2)
 
 
 def test_npz_roundtrip(tmp_path):
@@ -242,6 +244,27 @@ def test_npz_roundtrip(tmp_path):
     assert "the file's own held-out part" in b.description
     b2 = load_data(f"npz:{path}", val_split=2)  # an explicit split overrides the file's
     assert torch.bincount(b2.val_y).tolist() == [1, 1]
+    _assert_validation_alone_matches(f"npz:{path}", None)
+    _assert_validation_alone_matches(f"npz:{path}", 2)
+
+
+def _assert_validation_alone_matches(spec, val_split):
+    """load_validation gives load_data's validation part, decoding those images only."""
+    import ftdeploy.data as data_mod
+
+    decoded = []
+    real = data_mod.decode_jpegs
+    data_mod.decode_jpegs = lambda blobs, *a, **k: (decoded.append(len(blobs)), real(blobs, *a, **k))[1]
+    try:
+        alone = load_validation(spec, val_split)
+    finally:
+        data_mod.decode_jpegs = real
+    full = load_data(spec, val_split)
+    assert torch.equal(alone.val_x, full.val_x) and torch.equal(alone.val_y, full.val_y)
+    assert alone.classes == full.classes and alone.description == full.description
+    assert alone.val_split == full.val_split and len(alone.train_y) == 0
+    assert not decoded or sum(decoded) == len(full.val_y), "only the validation images are decoded"
+    assert all(np.isnan(alone.mean)), "no training images, so no normalisation statistics to offer"
 
 
 def _fake_cifar(root, kind, n_per_file=4):
@@ -284,6 +307,7 @@ def test_cifar_folder(tmp_path, monkeypatch, kind):
     assert b.train_y.tolist() == targets[tr].tolist()
     assert b.train_x.is_contiguous() and b.train_x.dtype == torch.uint8
     assert b.description.startswith(f"torchvision {kind.upper()} training split from {tmp_path}")
+    _assert_validation_alone_matches(f"{kind}:{tmp_path}", 2)
 
 
 # --- augmentation and batching --------------------------------------------------------------------
@@ -337,3 +361,8 @@ def test_normalize_torch_and_numpy_agree():
     x = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     np.testing.assert_array_equal(normalize(x, mean, std).numpy(), normalize_numpy(x.numpy(), mean, std))
+
+
+def test_validation_alone_of_the_embedded_set(embedded):
+    alone = load_validation()
+    assert torch.equal(alone.val_x, embedded.val_x) and torch.equal(alone.val_y, embedded.val_y)
