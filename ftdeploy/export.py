@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxscript.optimizer
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
@@ -95,9 +96,7 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
     net = DeployedNetwork(model_from_checkpoint(ckpt), resolved.target)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    # With BatchNorm in the periphery the exporter's optimiser would fuse it into the conv
-    # weights, which the cells must hold unfused: trace without that pass.
-    proto = _trace(net.model, example, optimize=resolved.target.batchnorm == BatchNormPlacement.fold)
+    proto = _trace(net.model, example, fuse_batchnorm=resolved.target.batchnorm == BatchNormPlacement.fold)
     layer_records, decoders = [], []
     for layer in net.layers:
         record, nodes = _replace_weight(proto.graph, layer, net.mapping, resolved.target)
@@ -127,22 +126,32 @@ def _check_checkpoint(ckpt: dict) -> None:
         raise ExportError(f"checkpoint: missing {', '.join(missing)} (was it written by ftdeploy train?)")
 
 
-def _trace(model: torch.nn.Module, example: torch.Tensor, optimize: bool = True) -> onnx.ModelProto:
-    """ONNX of ``model`` with input ``input`` [N,3,H,W] (dynamic N) and output ``logits``."""
+def _trace(model: torch.nn.Module, example: torch.Tensor, fuse_batchnorm: bool = True) -> onnx.ModelProto:
+    """ONNX of ``model`` with input ``input`` [N,3,H,W] (dynamic N) and output ``logits``.
+
+    The exporter's optimiser also fuses BatchNormalization into the preceding Conv/Gemm weights.
+    When BN stays in the periphery (``fuse_batchnorm=False``) the cells must hold the unfused
+    weights, so the graph is traced unoptimised and only its constants are folded (onnxscript's
+    constant folding and dead-node removal, none of its rewrite rules): that removes the
+    Shape/Expand/CastLike chains the tracer leaves and keeps every BatchNormalization node."""
     batch = torch.export.Dim("N")
     chatter = io.StringIO()  # the exporter prints progress lines even with verbose=False on some versions
     try:
         with torch.no_grad(), contextlib.redirect_stdout(chatter):
             program = torch.onnx.export(
                 model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamo=True, dynamic_shapes=({0: batch},), verbose=False, optimize=optimize,
+                dynamo=True, dynamic_shapes=({0: batch},), verbose=False, optimize=fuse_batchnorm,
             )  # fmt: skip
+            proto = program.model_proto
+            if not fuse_batchnorm:
+                onnxscript.optimizer.fold_constants(proto)
+                onnxscript.optimizer.remove_unused_nodes(proto)
     except FtdeployError:
         raise
     except Exception as exc:  # the exporter raises many types; the user needs the first line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"torch.onnx.export failed: {first}") from None
-    return program.model_proto
+    return proto
 
 
 # --- weights -> cells ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ftdeploy.data import load_data, normalize
 from ftdeploy.errors import ExportError
 from ftdeploy.export import FORMAT, HASH_KEY, LOGITS_ATOL, LOGITS_RTOL, content_hash, export_onnx, read_metadata
 from ftdeploy.mapping import make_mapping
-from ftdeploy.profiles import load_profile
+from ftdeploy.profiles import BatchNormPlacement, load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
 
 from _quick_model import quick_checkpoint
@@ -92,6 +92,17 @@ def test_file_passes_full_onnx_check_and_uses_standard_ops_only(exported):
     assert [i.name for i in model.graph.input] == ["input"]
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch dimension must be dynamic"
+
+
+def test_batchnorm_is_fused_or_kept_as_the_target_says_and_the_graph_is_clean(exported, ckpt):
+    """Folding targets: BN is in the cells, no BatchNormalization node. Periphery targets: one
+    node per BN layer, and constant folding still removes the tracer's shape plumbing."""
+    resolved, out, _, _ = exported
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    bn_layers = sum(1 for k in ckpt["state_dict"] if k.endswith("running_var"))
+    kept = bn_layers if resolved.target.batchnorm == BatchNormPlacement.periphery else 0
+    assert ops.count("BatchNormalization") == kept
+    assert not {"Expand", "CastLike", "Cast"} & set(ops), sorted(set(ops))
 
 
 def test_cells_replace_every_float_weight(exported):
