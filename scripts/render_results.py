@@ -220,7 +220,11 @@ def command_lines(manifest: dict, names: list[str], table: dict | None = None) -
         step = manifest["steps"].get(n)
         if step and table and step["command"].startswith("ftdeploy sweep") and _option(step["command"], "--profile") != table["profile"]:
             continue
-        if step:
+        if step and step.get("reused_from"):
+            made = f"{step['seconds']:.0f} s there" if step.get("seconds") is not None else "made there"
+            lines.append(f"    {step.get('command') or '(command not recorded)'}    # {made}; reused from {step['reused_from']} "
+                         f"(model.pt sha256 {step['model_sha256'][:12]}…)")  # fmt: skip
+        elif step:
             if step.get("returncode") is None:
                 lines.append(f"    {step['command']}    # did not finish (stopped with the run)")
             else:

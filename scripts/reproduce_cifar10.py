@@ -15,8 +15,12 @@ accelerator window continues from its last finished epoch):
         mode; one-shot P_sa^T = 0.05 with the gradient passed straight through stuck cells;
      d. the pretrained model's collapse on both BatchNorm placements (profiles chen2015 and
         chen2015-folded), no training;
+     e. the dense grid again with distillation from the pretrained model (--distill);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
+Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
+a study on another target from an earlier study's pretrained and pruned models (copied, and
+recorded in the manifest with the command that made them there).
 Test accuracies are on the held-out validation part (5,000 images, stratified, seed 0) of the
 CIFAR-10 training split; the official test split is not used.
 """
@@ -24,8 +28,10 @@ CIFAR-10 training split; the official test split is not used.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -65,6 +71,8 @@ def main() -> int:
     ap.add_argument("--distill", type=float, default=0.9,
                     help="distillation weight of the distill branch (the dense grid uses the profile's recipe)")
     ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
     args = ap.parse_args()
@@ -74,6 +82,8 @@ def main() -> int:
     run = Runner(args.out)
     # Every invocation that worked on this folder, in order (a resumed or evaluate-only run adds one).
     run.append("_invocations", "python " + " ".join([sys.argv[0], *sys.argv[1:]]))
+    if args.reuse:
+        reuse_fault_free_models(run, args.reuse)
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
@@ -155,6 +165,34 @@ def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_sta
     return 1 if failures else 0
 
 
+#: Fault-free steps whose run folder another study may reuse: (folder, manifest step).
+REUSABLE = (("pretrain", "pretrain"), ("pruned70", "prune"))
+
+
+def reuse_fault_free_models(run: "Runner", source: Path) -> None:
+    """Copy ``source``'s pretrained and pruned run folders into this study when it has none, and
+    record each as that study's step, with where it came from. A folder this study already has
+    is recorded only if its model is the very same file (same SHA-256)."""
+    earlier = json.loads((source / "manifest.json").read_text())["steps"] if (source / "manifest.json").is_file() else {}
+    for folder, step in REUSABLE:
+        src, dst = source / folder, run.out / folder
+        if not (src / "model.pt").is_file():
+            continue
+        if not dst.exists():
+            shutil.copytree(src, dst)
+        digest = _sha256(src / "model.pt")
+        if _sha256(dst / "model.pt") != digest:
+            print(f"[reproduce] --reuse: {dst} differs from {src}; keeping this study's own", flush=True)
+            continue
+        made = earlier.get(step) or {"command": None, "returncode": 0, "seconds": None}
+        run.record(step, {**made, "returncode": 0, "reused_from": str(source), "model_sha256": digest})
+        print(f"[reproduce] {step}: reused from {src}", flush=True)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 class Runner:
     """Runs `python -m ftdeploy ...` steps, logs each to OUT/logs/NAME.log, records the manifest."""
 
@@ -196,6 +234,12 @@ class Runner:
         if rc not in ok_codes:
             print((self.out / "logs" / f"{name}.log").read_text()[-3000:], flush=True)
         return rc in ok_codes
+
+    def record(self, name: str, entry: dict) -> None:
+        """Record a step this invocation did not run (e.g. reused from another study)."""
+        self._mine.add(name)
+        self.steps[name] = entry
+        self.save()
 
     def chain(self, steps) -> str | None:
         """Run steps in order; a (name, argv, done) step is skipped when its output exists."""

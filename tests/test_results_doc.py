@@ -43,3 +43,30 @@ def test_two_invocations_sharing_a_run_folder_keep_each_others_steps(tmp_path):
     assert steps["sweep-dense"]["returncode"] == 0 and steps["sweep-pruned"]["returncode"] == 0
     assert steps["_invocations"] == ["python reproduce --only dense", "python reproduce --only pruned"]
     assert len(steps["_environments"]) == 2
+
+
+def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path):
+    import json
+
+    reproduce = _reproduce_module()
+    earlier, study = tmp_path / "earlier", tmp_path / "study"
+    (earlier / "pretrain").mkdir(parents=True)
+    (earlier / "pretrain" / "model.pt").write_bytes(b"pretrained weights")
+    (earlier / "pretrain" / "log.jsonl").write_text("{}\n")
+    made = {"command": "ftdeploy train --method pretrain --out earlier/pretrain", "returncode": 0, "seconds": 93.0}
+    (earlier / "manifest.json").write_text(json.dumps({"steps": {"pretrain": made}}))
+    run = reproduce.Runner(study)
+    reproduce.reuse_fault_free_models(run, earlier)
+    assert (study / "pretrain" / "log.jsonl").is_file(), "the whole run folder is copied"
+    step = json.loads((study / "manifest.json").read_text())["steps"]["pretrain"]
+    assert step["command"] == made["command"] and step["reused_from"] == str(earlier)
+    assert "prune" not in json.loads((study / "manifest.json").read_text())["steps"], "no pruned model to reuse"
+    assert run("pretrain", ["models"], done=study / "pretrain" / "model.pt"), "a reused step is not run again"
+    assert json.loads((study / "manifest.json").read_text())["steps"]["pretrain"]["reused_from"] == str(earlier)
+
+    other = tmp_path / "other"
+    (other / "pretrain").mkdir(parents=True)
+    (other / "pretrain" / "model.pt").write_bytes(b"another model")
+    reproduce.reuse_fault_free_models(reproduce.Runner(other), earlier)
+    assert (other / "pretrain" / "model.pt").read_bytes() == b"another model", "a study's own model is never replaced"
+    assert not (other / "manifest.json").exists(), "nothing reused, nothing recorded"
