@@ -147,7 +147,8 @@ def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_sta
     """Tabulate what an interrupted run left (e.g. when the accelerator window closed), in the
     same folders, under the `eval-` step names, with the chips and images given now."""
     sweeps = {"dense": ("one-shot,progressive", "0.01,0.05,0.1", []), "bn-train": ("one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
-              "ablation-stuck-pass": ("one-shot", "0.05", ["--stuck-grad", "pass"])}  # fmt: skip
+              "ablation-stuck-pass": ("one-shot", "0.05", ["--stuck-grad", "pass"]),
+              "distill": ("one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)])}  # fmt: skip
     failures = []
     for name, (methods, rates, extra) in sweeps.items():
         if (args.out / name / "runs").is_dir():
