@@ -173,7 +173,8 @@ REUSABLE = (("pretrain", "pretrain"), ("pruned70", "prune"))
 def reuse_fault_free_models(run: "Runner", source: Path) -> None:
     """Copy ``source``'s pretrained and pruned run folders into this study when it has none, and
     record each as that study's step, with where it came from. A folder this study already has
-    is recorded only if its model is the very same file (same SHA-256)."""
+    is recorded only if its model is the very same file (same SHA-256). The baseline sweeps'
+    results files come along, so the baselines are not measured twice on the same chips."""
     earlier = json.loads((source / "manifest.json").read_text())["steps"] if (source / "manifest.json").is_file() else {}
     for folder, step in REUSABLE:
         src, dst = source / folder, run.out / folder
@@ -188,6 +189,13 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
         made = earlier.get(step) or {"command": None, "returncode": 0, "seconds": None}
         run.record(step, {**made, "returncode": 0, "reused_from": str(source), "model_sha256": digest})
         print(f"[reproduce] {step}: reused from {src}", flush=True)
+    # The baseline sweeps' measurements, as a cache: each results file records the checkpoint
+    # hash, target, chips, seed and images it was measured with, and the sweep measures again
+    # whatever differs here.
+    for results in sorted(source.glob("baseline-*/results")):
+        dst = run.out / results.parent.name / "results"
+        if not dst.exists():
+            shutil.copytree(results, dst)
 
 
 def _sha256(path: Path) -> str:

@@ -55,9 +55,12 @@ def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path
     (earlier / "pretrain" / "log.jsonl").write_text("{}\n")
     made = {"command": "ftdeploy train --method pretrain --out earlier/pretrain", "returncode": 0, "seconds": 93.0}
     (earlier / "manifest.json").write_text(json.dumps({"steps": {"pretrain": made}}))
+    (earlier / "baseline-chen2015" / "results").mkdir(parents=True)
+    (earlier / "baseline-chen2015" / "results" / "baseline.json").write_text("{}")
     run = reproduce.Runner(study)
     reproduce.reuse_fault_free_models(run, earlier)
     assert (study / "pretrain" / "log.jsonl").is_file(), "the whole run folder is copied"
+    assert (study / "baseline-chen2015" / "results" / "baseline.json").is_file(), "measurements come as a cache"
     step = json.loads((study / "manifest.json").read_text())["steps"]["pretrain"]
     assert step["command"] == made["command"] and step["reused_from"] == str(earlier)
     assert "prune" not in json.loads((study / "manifest.json").read_text())["steps"], "no pruned model to reuse"
