@@ -328,10 +328,11 @@ def render(out: Path) -> str:
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-no-rate-warmup", "distill", "bn-train", "ablation-stuck-pass", "pruned"])
     if len(curves) > 2:
+        unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
+                    "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")
         md += ["## Training curves", "",
                "Deployed validation accuracy after each epoch (5,000 images; faulty: mean of 3 chips at the "
-               "run's training rate), from each run's `log.jsonl`. `dense-no-rate-warmup` holds the one-shot runs "
-               "of the first grid, trained before the fault-rate warm-up existed:", "", *curves, ""]  # fmt: skip
+               f"run's training rate), from each run's `log.jsonl`.{unramped}", "", *curves, ""]  # fmt: skip
     gpu = gpu_baseline_md(out)
     if gpu:
         md += ["## Baseline on the accelerator", "", "The same pretrained model measured during the accelerator run, "
