@@ -151,6 +151,8 @@ def train_cmd(
     method = method or d.method.value
     if method not in ("pretrain", "one-shot", "progressive"):
         raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
+    if method == "pretrain" and distill:
+        raise ConfigError(f"--distill: distillation from a pretrained model applies to retraining, not --method pretrain (found {distill:g})")
     target_rate = d.target_rate if target_rate is None else target_rate
     if rates:
         prog_rates = _parse_rates(rates)
@@ -164,19 +166,20 @@ def train_cmd(
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
+    # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
+    cfg = make_train_config(
+        method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
+        rate_warmup_epochs=rate_warmup, distill=distill,
+        epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
+        lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
+    )  # fmt: skip
+    pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     with quiet_progress(True) as progress:
         if init is None and method != "pretrain":
-            pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
-        cfg = make_train_config(
-            method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-            rate_warmup_epochs=rate_warmup, distill=distill,
-            epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
-            lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
-        )  # fmt: skip
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
                      resume=resume)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")

@@ -317,3 +317,18 @@ def test_full_distillation_learns_from_the_clean_teacher_not_the_labels(pretrain
     assert same(runs[1.0, "true"], runs[1.0, "scrambled"])
     assert not same(runs[0.5, "true"], runs[0.5, "scrambled"])
     assert not same(runs[1.0, "true"], runs[0.5, "true"])
+
+
+@pytest.mark.parametrize("args, option", [(["--method", "pretrain", "--distill", "0.5"], "--distill"),
+                                          (["--method", "one-shot", "--distill", "1.5"], "--distill")])  # fmt: skip
+def test_train_cli_rejects_a_meaningless_distillation_with_one_line(args, option, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ftdeploy.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "train", "--profile", "demo", *args, "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and option in err[0], err
+    assert not (tmp_path / "run").exists()
