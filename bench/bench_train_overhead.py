@@ -6,7 +6,10 @@ steps at the same batch size, and do what ``ftdeploy.train.train`` does per step
 * ``plain``: retraining without faults: BatchNorm frozen, gradient-norm clipping;
 * ``faulty``: the same with ``train.FaultInjector`` attached at ``--rate`` (a new random chip
   every step);
-* ``pretrain``: pretraining: BatchNorm in training mode, no clipping.
+* ``pretrain``: pretraining: BatchNorm in training mode, no clipping;
+* ``distill`` (with ``--distill``): ``faulty`` plus distillation from a clean teacher
+  (``TrainConfig.distill``), i.e. one more fault-free forward per step; reported as
+  distill / faulty, what ``--distill`` adds to a retraining.
 
 The headline RATIO is faulty / plain: the two differ only by fault injection, so the ratio is
 its cost and nothing else. faulty / pretrain (what a user sees between the two phases of a
@@ -24,6 +27,7 @@ spends its time.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import platform
@@ -44,10 +48,11 @@ if __package__ in (None, ""):  # run as a script from a checkout that was not pi
 from ftdeploy.data import augment, normalize  # noqa: E402
 from ftdeploy.models import create_model
 from ftdeploy.profiles import CHEN2015_SPLIT, load_profile
-from ftdeploy.train import FaultInjector, freeze_batchnorm, pick_device
+from ftdeploy.train import FaultInjector, distillation_loss, freeze_batchnorm, pick_device
 
 REQUIREMENT = 1.25  # product requirement on fault-injected / plain epoch time
 KINDS = ("plain", "faulty", "pretrain")
+DISTILL = "distill"
 CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # values do not matter for timing
 
 
@@ -63,12 +68,17 @@ class Result:
     rate: float
     profile: str
     repeats: int
-    wall_s: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})  # per epoch
-    cpu_s: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})  # this process
+    kinds: tuple[str, ...] = KINDS
+    wall_s: dict[str, list[float]] = field(default_factory=dict)  # per epoch
+    cpu_s: dict[str, list[float]] = field(default_factory=dict)  # this process
 
-    def ratio(self, times: dict[str, list[float]], over: str) -> float:
-        """Median over repetitions of faulty / ``over`` (both epochs of the same repetition)."""
-        return statistics.median(f / o for f, o in zip(times["faulty"], times[over]))
+    def __post_init__(self):
+        for times in (self.wall_s, self.cpu_s):
+            times.update({k: [] for k in self.kinds if k not in times})
+
+    def ratio(self, times: dict[str, list[float]], over: str, kind: str = "faulty") -> float:
+        """Median over repetitions of ``kind`` / ``over`` (both epochs of the same repetition)."""
+        return statistics.median(f / o for f, o in zip(times[kind], times[over]))
 
     def summary(self) -> dict:
         ratio = self.ratio(self.wall_s, "plain")
@@ -81,6 +91,7 @@ class Result:
             "ms_per_step": {k: 1000 * statistics.median(v) / self.steps for k, v in self.wall_s.items()},
             "requirement": REQUIREMENT,
             "meets_requirement": ratio <= REQUIREMENT,
+            "distill_ratio": self.ratio(self.wall_s, "faulty", DISTILL) if DISTILL in self.kinds else None,
         }
 
 
@@ -101,14 +112,16 @@ class Epochs:
         self.images = torch.randint(0, 256, (pool, 3, 32, 32), dtype=torch.uint8, device=device, generator=gen)
         self.labels = torch.randint(0, 10, (pool,), device=device, generator=gen)
         self.aug_gen = torch.Generator(device=device).manual_seed(1)
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)  # its weights do not change the cost
 
     def run(self, kind: str, steps: int | None = None) -> tuple[float, float]:
         """(wall-clock, process CPU) seconds of one epoch of ``steps`` steps (default: --steps).
         CPU time is the steadier figure on a shared CPU box (other processes' time is not
         counted); on a GPU it only measures the host, so read the wall-clock figure there."""
         retraining = kind != "pretrain"
+        faulty = kind in ("faulty", DISTILL)
         self.model.train()
-        if kind == "faulty":
+        if faulty:
             self.injector.attach()
         if retraining:
             freeze_batchnorm(self.model)
@@ -116,19 +129,24 @@ class Epochs:
             self._sync()
             t0, c0 = time.perf_counter(), time.process_time()
             for step in range(steps or self.steps):
-                self._step(step, clip=retraining)
+                self._step(step, clip=retraining, distill=kind == DISTILL)
             self._sync()
             return time.perf_counter() - t0, time.process_time() - c0
         finally:
-            if kind == "faulty":
+            if faulty:
                 self.injector.detach()
 
-    def _step(self, step: int, clip: bool) -> None:
+    def _step(self, step: int, clip: bool, distill: bool = False) -> None:
         start = (step * self.batch_size) % len(self.labels)
         xb, yb = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
         x = normalize(augment(xb, self.aug_gen), CIFAR_MEAN, CIFAR_STD)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = F.cross_entropy(self.model(x).float(), yb)
+            logits = self.model(x).float()
+            loss = F.cross_entropy(logits, yb)
+            if distill:  # as train.train does with TrainConfig.distill
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x).float()
+                loss = 0.1 * loss + 0.9 * distillation_loss(logits, teacher_logits, 4.0)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
@@ -173,11 +191,12 @@ def measure(args) -> Result:
     device = pick_device(args.device)
     epochs = Epochs(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    kinds = KINDS + ((DISTILL,) if args.distill else ())
     result = Result(args.model, str(device), name, torch.__version__, torch.get_num_threads(), args.batch_size,
-                    args.steps, args.rate, args.profile, args.repeats)  # fmt: skip
-    for kind in KINDS:  # warm-up: allocator, kernels, autotuning, first-call overheads
+                    args.steps, args.rate, args.profile, args.repeats, kinds)  # fmt: skip
+    for kind in kinds:  # warm-up: allocator, kernels, autotuning, first-call overheads
         epochs.run(kind, args.warmup_steps)
-    orders = itertools.cycle(itertools.permutations(KINDS))  # each kind in each position in turn
+    orders = itertools.cycle(itertools.permutations(kinds))  # each kind in each position in turn
     for rep in range(args.repeats):
         for kind in next(orders):
             wall, cpu = epochs.run(kind)
@@ -204,6 +223,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--json", default=None, metavar="PATH", help="Also write the result as JSON.")
     p.add_argument("--profile-steps", type=int, default=0, help="Then profile this many fault-injected steps.")
+    p.add_argument("--distill", action="store_true", help="Also time fault-injected epochs with distillation.")
     args = p.parse_args(argv)
     for name in ("batch_size", "steps", "repeats"):
         if getattr(args, name) < 1:
@@ -226,6 +246,8 @@ def main(argv=None) -> int:
     print(f"RATIO faulty/plain {s['ratio']:.3f} ({verdict} the {REQUIREMENT} requirement); "
           f"faulty/pretrain {s['ratio_vs_pretrain']:.3f}; CPU-time ratios {s['cpu_ratio']:.3f} / "
           f"{s['cpu_ratio_vs_pretrain']:.3f}")  # fmt: skip
+    if s["distill_ratio"] is not None:
+        print(f"DISTILL ratio distill/faulty {s['distill_ratio']:.3f} (the cost --distill adds to a retraining epoch)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(s, fh, indent=2)

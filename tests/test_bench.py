@@ -28,4 +28,16 @@ def test_bench_runs_every_kind_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert all(len(result["wall_s"][kind]) == 2 for kind in bench.KINDS)
     assert result["ratio"] > 0 and isinstance(result["meets_requirement"], bool)
+    assert "distill" not in result["wall_s"] and result["distill_ratio"] is None
     assert "RATIO faulty/plain" in capsys.readouterr().out
+
+
+def test_bench_times_distillation_when_asked(tmp_path, capsys):
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    args = ["--model", "democnn", "--batch-size", "8", "--steps", "1", "--repeats", "2", "--warmup-steps", "1",
+            "--device", "cpu", "--distill", "--json", str(out)]  # fmt: skip
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert len(result["wall_s"]["distill"]) == 2 and result["distill_ratio"] > 0
+    assert "DISTILL ratio distill/faulty" in capsys.readouterr().out
