@@ -216,8 +216,11 @@ def command_lines(manifest: dict, names: list[str], table: dict | None = None) -
     """The recorded command lines of ``names``; with ``table``, without the sweeps that wrote its
     folder under another profile (an earlier evaluation its tables have since replaced)."""
     lines = []
+    steps = manifest["steps"]
+    # A step and its parts ("sweep-dense:progressive@0.1": part of a grid run on its own).
+    names = [m for n in names for m in [n, *sorted(k for k in steps if k.startswith(n + ":"))]]
     for n in names:
-        step = manifest["steps"].get(n)
+        step = steps.get(n)
         if step and table and step["command"].startswith("ftdeploy sweep") and _option(step["command"], "--profile") != table["profile"]:
             continue
         if step and step.get("reused_from"):

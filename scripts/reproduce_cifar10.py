@@ -102,16 +102,20 @@ def main() -> int:
 
     pruned = args.out / "pruned70" / "model.pt"
     pruned_rates = ",".join(r for r in args.train_rates.split(",") if float(r) >= 0.05)
+    # A part of a grid (say, one rate finished on another machine) is its own step, so the
+    # manifest keeps the command of every part that trained into the same sweep folder.
+    part = "" if (args.methods, args.train_rates) == (ap.get_default("methods"), ap.get_default("train_rates")) \
+        else f":{args.methods}@{args.train_rates}"
     branches = {
-        "dense": [("sweep-dense", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
+        "dense": [(f"sweep-dense{part}", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
                                    "--train-rates", args.train_rates, "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
-        "distill": [("sweep-distill", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
+        "distill": [(f"sweep-distill{part}", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
                                        "--train-rates", args.train_rates, "--distill", str(args.distill),
                                        "--jobs", str(args.jobs), "--out", str(args.out / "distill")])],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
                        "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),
-            ("sweep-pruned", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
+            (f"sweep-pruned{part}", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
                               "--train-rates", pruned_rates, "--jobs", "2", "--out", str(args.out / "pruned")]),
         ],
         "bn-train": [("sweep-bn-train", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",

@@ -73,3 +73,16 @@ def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path
     reproduce.reuse_fault_free_models(reproduce.Runner(other), earlier)
     assert (other / "pretrain" / "model.pt").read_bytes() == b"another model", "a study's own model is never replaced"
     assert not (other / "manifest.json").exists(), "nothing reused, nothing recorded"
+
+
+def test_the_parts_of_a_grid_each_keep_their_command_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    steps = {"sweep-dense": {"command": "ftdeploy sweep --train-rates 0.05", "returncode": 0, "seconds": 10.0},
+             "sweep-dense:progressive@0.1": {"command": "ftdeploy sweep --train-rates 0.1", "returncode": 0, "seconds": 20.0},
+             "sweep-densest": {"command": "not a part", "returncode": 0, "seconds": 1.0}}  # fmt: skip
+    lines = render.command_lines({"steps": steps}, ["sweep-dense"])
+    assert [line.split("    #")[0].strip() for line in lines] == ["ftdeploy sweep --train-rates 0.05", "ftdeploy sweep --train-rates 0.1"]
