@@ -4,6 +4,7 @@ any :class:`~ftdeploy.errors.FtdeployError` into one line on stderr and its exit
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -408,8 +409,25 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         _echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
 
 
+def _interrupt(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second TERM must not cut the clean exit short
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point: the one place FtdeployError becomes a message and exit code."""
+    """Console-script entry point: the one place FtdeployError becomes a message and exit code.
+
+    SIGTERM (a job scheduler, a deadline, ``kill``) stops a run the way Ctrl-C does: completed
+    epochs stay saved and the exit status is 130. A process started in the background by a
+    non-interactive shell ignores SIGINT, so for such runs SIGTERM is the way to stop them."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _run_app()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_app() -> None:
     try:
         # Outside standalone mode typer turns Ctrl-C (and typer.Exit) into a *returned* exit
         # code; ignoring it made an interrupted run exit 0 and look finished to its caller.

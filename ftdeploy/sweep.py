@@ -135,7 +135,21 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
             on_done(c)
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
-    queue = list(todo)
+    try:
+        _schedule(s, list(todo), running, out, jobs, log, on_done)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): stop the trainings this sweep started, each at its last
+        # saved epoch, instead of leaving them running unwatched; a rerun resumes them.
+        for _, proc, logf in running:
+            proc.terminate()
+        for _, proc, logf in running:
+            proc.wait()
+            logf.close()
+        raise
+
+
+def _schedule(s: SweepSettings, queue: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
+    """Keep ``jobs`` training processes busy until ``queue`` is empty and all have finished."""
     failed = []
     while queue or running:
         while queue and len(running) < jobs:

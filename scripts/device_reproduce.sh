@@ -32,7 +32,9 @@ group=$!
 (
     trap 'kill $sleeper 2>/dev/null; exit 0' TERM
     sleep "${DEADLINE_S:-480}" & sleeper=$!; wait $sleeper
-    kill -INT -- "-$group" 2>/dev/null; sleep 15 & sleeper=$!; wait $sleeper
+    # TERM to the script alone: it stops its steps (each at its last saved epoch), records them
+    # and renders; a background job ignores SIGINT, so TERM it is. KILL the group if that hangs.
+    kill -TERM "$group" 2>/dev/null; sleep 30 & sleeper=$!; wait $sleeper
     kill -KILL -- "-$group" 2>/dev/null
 ) &
 watchdog=$!

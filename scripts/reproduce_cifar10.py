@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -80,6 +81,9 @@ def main() -> int:
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
     run = Runner(args.out)
+    # SIGTERM (a deadline, a scheduler, kill) stops the running steps cleanly and starts no more;
+    # the manifest and RESULTS still get written.
+    signal.signal(signal.SIGTERM, lambda signum, frame: run.stop())
     # Every invocation that worked on this folder, in order (a resumed or evaluate-only run adds one).
     run.append("_invocations", "python " + " ".join([sys.argv[0], *sys.argv[1:]]))
     if args.reuse:
@@ -214,6 +218,8 @@ class Runner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.manifest_path = out / "manifest.json"
         self._lock = threading.Lock()
+        self._children: set[subprocess.Popen] = set()
+        self.stopped = False
         self.steps = self._read()
         self._mine: set[str] = set()  # steps this invocation ran: the only ones it writes back
         self._appended: dict[str, list] = {"_invocations": [], "_environments": []}
@@ -228,8 +234,19 @@ class Runner:
         self.steps.setdefault(key, []).append(value)
         self._appended[key].append(value)
 
+    def stop(self) -> None:
+        """Stop the steps running now (each ftdeploy command ends as on Ctrl-C: exit 130, its
+        finished epochs saved, recorded as such) and start no more."""
+        self.stopped = True
+        with self._lock:
+            for proc in self._children:
+                proc.terminate()
+
     def __call__(self, name: str, argv: list[str], done: Path | None = None, ok_codes=(0,)) -> bool:
         command = "ftdeploy " + " ".join(argv)
+        if self.stopped:
+            print(f"[reproduce] {name}: not started (stopped)", flush=True)
+            return False
         if done is not None and done.is_file() and name in self.steps and self.steps[name].get("returncode") == 0:
             print(f"[reproduce] {name}: already done", flush=True)
             return True
@@ -239,7 +256,12 @@ class Runner:
         self.save()
         t0 = time.perf_counter()
         with open(self.out / "logs" / f"{name}.log", "w") as log:
-            rc = subprocess.run([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+            proc = subprocess.Popen([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT)
+            with self._lock:
+                self._children.add(proc)
+            rc = proc.wait()
+            with self._lock:
+                self._children.discard(proc)
         seconds = time.perf_counter() - t0
         self.steps[name] = {"command": command, "returncode": rc, "seconds": round(seconds, 1)}
         self.save()

@@ -86,3 +86,31 @@ def test_the_parts_of_a_grid_each_keep_their_command_line():
              "sweep-densest": {"command": "not a part", "returncode": 0, "seconds": 1.0}}  # fmt: skip
     lines = render.command_lines({"steps": steps}, ["sweep-dense"])
     assert [line.split("    #")[0].strip() for line in lines] == ["ftdeploy sweep --train-rates 0.05", "ftdeploy sweep --train-rates 0.1"]
+
+
+def test_stopping_the_study_stops_its_running_step_and_records_it(tmp_path):
+    """What the accelerator deadline does (SIGTERM to reproduce_cifar10.py): the running ftdeploy
+    command ends as on Ctrl-C (exit 130, its epochs saved), the manifest says so, no step starts."""
+    import json
+    import threading
+    import time
+
+    reproduce = _reproduce_module()
+    run = reproduce.Runner(tmp_path)
+    out = tmp_path / "pre"
+    argv = ["train", "--profile", "demo", "--method", "pretrain", "--epochs", "200", "--batch-size", "256",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = []
+    worker = threading.Thread(target=lambda: result.append(run("pretrain", argv)))
+    worker.start()
+    deadline = time.monotonic() + 240
+    while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.5)
+    run.stop()
+    worker.join(timeout=120)
+    assert result == [False]
+    step = json.loads((tmp_path / "manifest.json").read_text())["steps"]["pretrain"]
+    assert step["returncode"] == 130
+    assert "interrupted: completed epochs are saved" in (tmp_path / "logs" / "pretrain.log").read_text()
+    assert run("next", ["models"]) is False and "next" not in json.loads((tmp_path / "manifest.json").read_text())["steps"]

@@ -157,6 +157,29 @@ def test_an_evaluation_error_reaches_the_caller(pretrained, small_data, tmp_path
         run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
 
 
+def test_an_interrupted_sweep_stops_the_trainings_it_started(pretrained, small_data, tmp_path, monkeypatch):
+    import subprocess
+
+    import ftdeploy.sweep as sw
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sw.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(sw.time, "sleep", interrupt)  # Ctrl-C right after both trainings started
+    settings = _settings(pretrained)
+    with pytest.raises(KeyboardInterrupt):
+        sw.train_cells(settings, plan(["one-shot", "progressive"], [0.05]), tmp_path, small_data, jobs=2, log=lambda line: None)
+    assert len(started) == 2 and all(p.poll() is not None for p in started), "no training left running unwatched"
+
+
 def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])

@@ -332,3 +332,27 @@ def test_train_cli_rejects_a_meaningless_distillation_with_one_line(args, option
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and option in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_stops_a_training_like_ctrl_c_with_its_epochs_saved(tmp_path):
+    """A scheduler's or a deadline's SIGTERM ends a run as Ctrl-C does: exit 130, one line, and
+    the finished epochs on disk (a run started in the background ignores SIGINT, so SIGTERM is
+    how such runs are stopped)."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", "demo", "--method", "pretrain", "--epochs", "200",
+           "--batch-size", "256", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted: completed epochs are saved in the run folder"
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "model.pt")["epochs_done"] >= 1
