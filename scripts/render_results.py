@@ -112,6 +112,35 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
     return ["| criterion | ours | |", "|---|---|---|", *out]
 
 
+#: What the issue asks of the P^T=0.05 models, as losses from Acc_pretrain (points): clean,
+#: at test rate 0.005, at 0.01.
+OPERATING_POINT = {"0": 1.0, "0.005": 2.0, "0.01": 3.0}
+
+
+def operating_points(table: dict) -> list[str]:
+    """Every model's loss from its Acc_pretrain at the test rates the issue's criteria name, ours
+    beside the paper's, and which models meet the limits asked of the P^T=0.05 models. The
+    training rate that reaches a given robustness depends on how hard the training faults hit,
+    so the same limits are checked on every row rather than on one P^T."""
+    rates = list(OPERATING_POINT)
+    head = "| model | " + " | ".join(f"loss at P={r} (limit {limit:g})" for r, limit in OPERATING_POINT.items()) + " | all met |"
+    lines = [head, "|" + "---|" * (len(rates) + 2)]
+
+    def row(name: str, pre: float, accs: dict) -> str:
+        losses = {r: pre - accs[r] for r in rates}
+        ok = all(losses[r] <= OPERATING_POINT[r] for r in rates)
+        return f"| {name} | " + " | ".join(f"{losses[r]:.2f}" for r in rates) + f" | {'yes' if ok else 'no'} |"
+
+    for r in table["rows"]:
+        if r["method"] != "baseline":
+            lines.append(row(f"ours: {r['model']}", table["acc_pretrain"], {**r["acc_defect"], "0": r["acc_clean"]}))
+    pre = PAPER_TABLE_I["baseline"][0]
+    for name, vals in PAPER_TABLE_I.items():
+        if name != "baseline":
+            lines.append(row(f"paper: {name}", pre, dict(zip(PAPER_RATES, vals))))
+    return lines
+
+
 def curves_md(out: Path, folders: list[str]) -> list[str]:
     """Per-epoch deployed validation accuracy (clean, and mean of 3 chips at the training rate)
     from each retraining's log.jsonl: where a run stalled or diverged shows here. The history
@@ -271,7 +300,10 @@ def render(out: Path) -> str:
                "Commands (steps stopped with the accelerator's window appear in its console log below):", "",
                *command_lines(manifest, ["pretrain", "sweep-dense", "eval-dense"], dense), "",
                "## Table I (paper, CIFAR-10 test split, 92.53 % pretrained)", "", *paper_md(), "",
-               "## What the issue asked for", "", *criteria(dense, baseline_tables(out)), ""]  # fmt: skip
+               "## What the issue asked for", "", *criteria(dense, baseline_tables(out)), "",
+               "The limits asked of the P^T=0.05 models (Acc_retrain within 1 point of Acc_pretrain, Acc_defect within "
+               "2 points at P=0.005 and 3 at P=0.01), checked on every model; losses in points from Acc_pretrain "
+               "(negative: a gain):", "", *operating_points(dense), ""]  # fmt: skip
     if pruned:
         md += ["## Pruned model (70 % magnitude pruning; paper's Table II setting, here on CIFAR-10)", "",
                f"Acc_pretrain of the pruned model = {fmt(pruned['acc_pretrain'])} %; SS is relative to it. "
