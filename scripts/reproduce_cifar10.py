@@ -16,6 +16,7 @@ accelerator window continues from its last finished epoch):
      d. the pretrained model's collapse on both BatchNorm placements (profiles chen2015 and
         chen2015-folded), no training;
      e. the dense grid again with distillation from the pretrained model (--distill);
+     f. "long": P_sa^T = 0.05 retrained for --long-epochs (the paper retrains 160 epochs);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -41,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines")
+BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
@@ -71,6 +72,8 @@ def main() -> int:
     ap.add_argument("--methods", default="one-shot,progressive", help="retraining methods of the dense and distill grids")
     ap.add_argument("--distill", type=float, default=0.9,
                     help="distillation weight of the distill branch (the dense grid uses the profile's recipe)")
+    ap.add_argument("--long-epochs", type=int, default=75,
+                    help="retraining epochs of the long branch (P_sa^T = 0.05 retrained for longer, into dense-long)")
     ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
@@ -91,12 +94,13 @@ def main() -> int:
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
-    sweep_common = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(args.epochs),
-                             "--lr", str(args.retrain_lr)]  # fmt: skip
-    if args.max_images:
-        sweep_common += ["--max-images", str(args.max_images)]
-    if args.evaluate_only:
-        sweep_common += ["--no-train"]
+    def sweep_options(epochs: int) -> list[str]:
+        options = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs),
+                            "--lr", str(args.retrain_lr)]  # fmt: skip
+        options += ["--max-images", str(args.max_images)] if args.max_images else []
+        return options + (["--no-train"] if args.evaluate_only else [])
+
+    sweep_common = sweep_options(args.epochs)
     pre = args.out / "pretrain" / "model.pt"
     model_opt = ["--model", args.model] if args.model else []
     if args.evaluate_only:
@@ -130,6 +134,10 @@ def main() -> int:
         "baselines": [(f"baseline-{p}", ["sweep", "--profile", p, *sweep_common[2:], "--no-train",
                                          "--from", str(pre), "--methods", "progressive", "--train-rates", "0.05",
                                          "--out", str(args.out / f"baseline-{p}")]) for p in BASELINE_PROFILES],
+        # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
+        # retrains 160 epochs.) Same grid, only longer.
+        "long": [("sweep-long", ["sweep", *sweep_options(args.long_epochs), "--from", str(pre), "--methods", args.methods, "--train-rates", "0.05",
+                                 "--jobs", str(args.jobs), "--out", str(args.out / "dense-long")])],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:
@@ -156,7 +164,8 @@ def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_sta
     same folders, under the `eval-` step names, with the chips and images given now."""
     sweeps = {"dense": ("one-shot,progressive", "0.01,0.05,0.1", []), "bn-train": ("one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
               "ablation-stuck-pass": ("one-shot", "0.05", ["--stuck-grad", "pass"]),
-              "distill": ("one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)])}  # fmt: skip
+              "distill": ("one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)]),
+              "dense-long": ("one-shot,progressive", "0.05", [])}  # fmt: skip
     failures = []
     for name, (methods, rates, extra) in sweeps.items():
         if (args.out / name / "runs").is_dir():
