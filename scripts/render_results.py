@@ -151,8 +151,17 @@ def curves_md(out: Path, folders: list[str]) -> list[str]:
             rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
             picks = [r for r in rows if r["epoch"] in (1, 2, 3) or r["epoch"] % 5 == 0 or r is rows[-1]]
             cells = ", ".join(f"{r['epoch']}: {fmt(r['val_acc'])} / {fmt(r.get('val_acc_faulty'))}" for r in picks)
-            lines.append(f"| {folder}/{log.parent.name} | {run_history(log.parent / 'train.log')} | {cells} |")
+            history = run_history(log.parent / "train.log")
+            planned = _planned_epochs(log.parent / "config.yaml")
+            if rows and planned and rows[-1]["epoch"] < planned:
+                history = f"stopped after epoch {rows[-1]['epoch']} of {planned}" + ("" if history in ("–", "one run") else f"; {history}")
+            lines.append(f"| {folder}/{log.parent.name} | {history} | {cells} |")
     return lines
+
+
+def _planned_epochs(config: Path) -> int | None:
+    match = re.search(r"^epochs: (\d+)$", config.read_text(), re.M) if config.is_file() else None
+    return int(match.group(1)) if match else None
 
 
 RESUMED = re.compile(r"resuming after epoch (\d+) (from model\.pt alone|\(from resume\.pt)")
