@@ -9,7 +9,7 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   its running statistics (averaged over random chips) no longer fit the clean chip (our notes:
   70 % clean where the paper keeps 92 %). γ and β stay trainable. On ResNet-20 / CIFAR-10 the
   frozen-BN models are far more robust than the same grid retrained with ``bn="train"``
-  (docs/RESULTS.md, both grids on the same chips).
+  (docs/RESULTS-diff8-folded.md, both grids on the same chips).
 * **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
   from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
   largest weights and training learns to flatten the weight distribution (a learnt clipping)
@@ -22,8 +22,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   at lr 0.05 without them (PAPER-NOTES.md).
 * **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
   included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
-  to chance in its first epoch (docs/RESULTS.md, training curves). With a 2-epoch ramp the same
-  full-size retraining trains (docs/RESULTS.md, dense/one-shot-0.05 against
+  to chance in its first epoch (docs/RESULTS-diff8-folded.md, training curves). With a 2-epoch ramp the same
+  full-size retraining trains (docs/RESULTS-diff8-folded.md, dense/one-shot-0.05 against
   dense-no-rate-warmup/one-shot-0.05).
 * **Where BatchNorm sits on the chip** (``Target.batchnorm``) decides how hard faults hit before
   any recipe: folded into the cells with a per-layer scale, each stuck-on cell adds the largest
@@ -32,6 +32,12 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   target's cells hold.
 * **Progressive**: the epochs are cut into equal blocks, one per ascending candidate rate,
   so the model reaches high rates through lower ones (paper, Algorithm 1).
+* **Distillation is optional and off** (``distill``): a weight of the loss can go to matching the
+  starting model's clean outputs (Hinton et al. 2015), the remedy noise-injection training for
+  analog hardware uses (Zhou et al. 2020), meant to keep the clean accuracy a high training rate
+  costs. On ResNet-20 / CIFAR-10 at P_sa^T = 0.05 (weight 0.9, temperature 4) it trailed the
+  plain recipe at every epoch through epoch 11 of 25 (docs/RESULTS.md, training curves), and an
+  epoch costs ~1.5x (bench/bench_train_overhead.py --distill, CPU).
 
 Faults are redrawn at every step; master weights stay clean.
 """
@@ -415,7 +421,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
 
     # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at full
     # P_sa^T = 0.05 from the first step, ResNet-20 diverged in its first epoch (loss 12.9, then
-    # chance; docs/RESULTS.md). Ramping the rate in over the first epochs lets it adapt.
+    # chance; docs/RESULTS-diff8-folded.md). Ramping the rate in over the first epochs lets it adapt.
     rate_warmup_steps = int(config.rate_warmup_epochs * steps_per_epoch)
     step, start_epoch = 0, 0
     if point:
