@@ -161,19 +161,22 @@ def main() -> int:
 
 def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_start: float) -> int:
     """Tabulate what an interrupted run left (e.g. when the accelerator window closed), in the
-    same folders, under the `eval-` step names, with the chips and images given now."""
-    sweeps = {"dense": ("one-shot,progressive", "0.01,0.05,0.1", []), "bn-train": ("one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
-              "ablation-stuck-pass": ("one-shot", "0.05", ["--stuck-grad", "pass"]),
-              "distill": ("one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)]),
-              "dense-long": ("one-shot,progressive", "0.05", [])}  # fmt: skip
+    same folders, under the `eval-` step names, with the chips and images given now; with
+    --only, just those branches' folders."""
+    sweeps = {"dense": ("dense", "one-shot,progressive", "0.01,0.05,0.1", []),
+              "bn-train": ("bn-train", "one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
+              "ablation-stuck-pass": ("ablation-grad", "one-shot", "0.05", ["--stuck-grad", "pass"]),
+              "distill": ("distill", "one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)]),
+              "dense-long": ("long", "one-shot,progressive", "0.05", [])}  # fmt: skip
+    wanted = set(args.only.split(",")) if args.only else set(BRANCHES)
     failures = []
-    for name, (methods, rates, extra) in sweeps.items():
-        if (args.out / name / "runs").is_dir():
+    for name, (branch, methods, rates, extra) in sweeps.items():
+        if branch in wanted and (args.out / name / "runs").is_dir():
             argv = ["sweep", *sweep_common, *extra, "--from", str(pre), "--methods", methods, "--train-rates", rates,
                     "--out", str(args.out / name)]  # fmt: skip
             failures += [] if run(f"eval-{name}", argv) else [name]
     pruned = args.out / "pruned70" / "model.pt"
-    if pruned.is_file():
+    if "pruned" in wanted and pruned.is_file():
         argv = ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive", "--train-rates", "0.05,0.1",
                 "--out", str(args.out / "pruned")]  # fmt: skip
         failures += [] if run("eval-pruned", argv) else ["pruned"]
