@@ -229,7 +229,8 @@ class Runner:
         self.out = out
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.manifest_path = out / "manifest.json"
-        self._lock = threading.Lock()
+        # Reentrant: the SIGTERM handler (stop) runs in the main thread, which may hold it.
+        self._lock = threading.RLock()
         self._children: set[subprocess.Popen] = set()
         self.stopped = False
         self.steps = self._read()
@@ -271,6 +272,8 @@ class Runner:
             proc = subprocess.Popen([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT)
             with self._lock:
                 self._children.add(proc)
+                if self.stopped:  # stop() came between the check above and the start
+                    proc.terminate()
             rc = proc.wait()
             with self._lock:
                 self._children.discard(proc)
