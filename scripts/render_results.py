@@ -345,7 +345,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         md += ["| variant | epochs done | " + " | ".join(f"P={r}" for r in rates) + " |", "|" + "---|" * (len(rates) + 2)]
         md += [f"| {name} | {r.get('epochs_done') or '–'} of {r.get('epochs') or '–'} | " + " | ".join(fmt(r["acc_defect"][x]) for x in rates) + " |"
                for name, r in rows]  # fmt: skip
-        if any(not _had_rate_warmup(out / folder) for folder in ("bn-train", "ablation-stuck-pass")):
+        if any(not _had_rate_warmup(out / folder) for folder in ("bn-train", "ablation-stuck-pass") if (out / folder).is_dir()):
             md += ["", "The ablation runs were trained before the fault-rate warm-up existed (their `config.yaml` has no "
                    "`rate_warmup_epochs`); without it the default one-shot P^T=0.05 diverged too "
                    "(`dense-no-rate-warmup` under Training curves), so a diverged ablation is not the ablation's doing "
