@@ -148,12 +148,12 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         raise
 
 
-def _schedule(s: SweepSettings, queue: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
-    """Keep ``jobs`` training processes busy until ``queue`` is empty and all have finished."""
+def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
+    """Keep ``jobs`` training processes busy until ``todo`` is empty and all have finished."""
     failed = []
-    while queue or running:
-        while queue and len(running) < jobs:
-            c = queue.pop(0)
+    while todo or running:
+        while todo and len(running) < jobs:
+            c = todo.pop(0)
             run_dir = out / "runs" / c.key
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "train.log", "a")  # a resumed run adds to its log

@@ -357,6 +357,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean", log_target=True) * t * t  # fmt: skip
 
 
+def with_distillation(loss: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
+                      temperature: float) -> torch.Tensor:  # fmt: skip
+    """The retraining loss with ``weight`` of it given to :func:`distillation_loss`."""
+    return (1 - weight) * loss + weight * distillation_loss(student_logits, teacher_logits, temperature)
+
+
 def _masks_of_pruned(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: (m.weight.detach() != 0) for name, m in deployed_layers(model)}
 
@@ -455,9 +461,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
                     if teacher is not None:
                         with torch.no_grad():
                             teacher_logits = teacher(x)
-                        loss = (1 - config.distill) * loss + config.distill * distillation_loss(
-                            logits.float(), teacher_logits.float(), config.distill_temperature
-                        )  # fmt: skip
+                        loss = with_distillation(loss, logits.float(), teacher_logits.float(), config.distill,
+                                                 config.distill_temperature)  # fmt: skip
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if retraining and config.grad_clip:
