@@ -71,6 +71,15 @@ def paper_md() -> list[str]:
     return lines
 
 
+#: What the issue asks of the P^T=0.05 models, as losses from Acc_pretrain (points): clean,
+#: at test rate 0.005, at 0.01.
+OPERATING_POINT = {"0": 1.0, "0.005": 2.0, "0.01": 3.0}
+
+
+def _points(limit: float) -> str:
+    return f"{limit:g} point" + ("" if limit == 1 else "s")
+
+
 def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
     """Issue 3, point 3, checked on the figures above; the baseline collapse also on every
     target of the baseline comparison."""
@@ -92,13 +101,15 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
         for rate in ("0.01", "0.05"):
             r = rows.get(f"{method} P^T={rate}")
             if r:
-                check(f"{method} P^T={rate}: Acc_retrain within 1 point of Acc_pretrain", r["acc_clean"] >= pre - 1,
-                      f"{fmt(r['acc_clean'])} vs {fmt(pre)}")
+                limit = OPERATING_POINT["0"]
+                check(f"{method} P^T={rate}: Acc_retrain within {_points(limit)} of Acc_pretrain",
+                      r["acc_clean"] >= pre - limit, f"{fmt(r['acc_clean'])} vs {fmt(pre)}")  # fmt: skip
         r = rows.get(f"{method} P^T=0.05")
         if r:
-            d5, d10 = r["acc_defect"].get("0.005"), r["acc_defect"].get("0.01")
-            check(f"{method} P^T=0.05: Acc_defect(0.005) within 2 points of Acc_pretrain", d5 >= pre - 2, f"{fmt(d5)} vs {fmt(pre)}")
-            check(f"{method} P^T=0.05: Acc_defect(0.01) within 3 points of Acc_pretrain", d10 >= pre - 3, f"{fmt(d10)} vs {fmt(pre)}")
+            for test in ("0.005", "0.01"):
+                acc, limit = r["acc_defect"].get(test), OPERATING_POINT[test]
+                check(f"{method} P^T=0.05: Acc_defect({test}) within {_points(limit)} of Acc_pretrain", acc >= pre - limit,
+                      f"{fmt(acc)} vs {fmt(pre)}")  # fmt: skip
     for rate in ("0.01", "0.05", "0.1"):
         one, prog = rows.get(f"one-shot P^T={rate}"), rows.get(f"progressive P^T={rate}")
         if one and prog:
@@ -110,11 +121,6 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
             detail += "; paper: " + ("all" if not paper_worse else "progressive behind at " + ", ".join(paper_worse))
             check(f"P^T={rate}: progressive ≥ one-shot at test rates ≥ 0.02", not worse, detail)
     return ["| criterion | ours | |", "|---|---|---|", *out]
-
-
-#: What the issue asks of the P^T=0.05 models, as losses from Acc_pretrain (points): clean,
-#: at test rate 0.005, at 0.01.
-OPERATING_POINT = {"0": 1.0, "0.005": 2.0, "0.01": 3.0}
 
 
 def operating_points(table: dict) -> list[str]:

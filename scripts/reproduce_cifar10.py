@@ -94,6 +94,7 @@ def main() -> int:
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
+
     def sweep_options(epochs: int) -> list[str]:
         options = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs),
                             "--lr", str(args.retrain_lr)]  # fmt: skip
