@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
@@ -47,8 +48,63 @@ BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baseline
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
 
+#: The dense and distill grids' methods and training rates when --methods / --train-rates are not given.
+FULL_GRID = ("one-shot,progressive", "0.01,0.05,0.1")
 
-def main() -> int:
+
+@dataclass(frozen=True)
+class SweepBranch:
+    """One sweep folder of the study. Training and --evaluate-only both read this one definition,
+    so a tabulation pass asks for exactly the grid, options and starting model the training had."""
+
+    branch: str  # the --only name
+    folder: str  # under OUT
+    step: str  # manifest step of its training
+    start: str  # the run folder under OUT whose model.pt it retrains: "pretrain" or "pruned70"
+    methods: str
+    rates: str
+    extra: tuple[str, ...] = ()  # sweep options of its own (a recipe ablation, distillation)
+    jobs: int | None = None  # retrainings at once; None: --jobs
+    epochs: int | None = None  # retraining epochs; None: --epochs
+    follows_grid: bool = False  # methods and rates come from --methods / --train-rates
+
+    def start_model(self, out: Path) -> Path:
+        return out / self.start / "model.pt"
+
+    def argv(self, args) -> list[str]:
+        return ["sweep", *sweep_options(args, self.epochs or args.epochs), *self.extra, "--from", str(self.start_model(args.out)),
+                "--methods", self.methods, "--train-rates", self.rates, "--jobs", str(self.jobs or args.jobs),
+                "--out", str(args.out / self.folder)]  # fmt: skip
+
+
+def sweep_options(args, epochs: int) -> list[str]:
+    """What every sweep of the study shares: data, device, test rates, chips, images, recipe."""
+    options = ["--profile", args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
+               "--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs), "--lr", str(args.retrain_lr)]  # fmt: skip
+    options += ["--max-images", str(args.max_images)] if args.max_images else []
+    return options + (["--no-train"] if args.evaluate_only else [])
+
+
+def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
+    """The study's sweeps for a grid of ``methods`` × ``rates`` (the pruned grid takes the rates
+    >= 0.05, the paper's Table II setting)."""
+    high = ",".join(r for r in rates.split(",") if float(r) >= 0.05)
+    return [
+        SweepBranch("dense", "dense", "sweep-dense", "pretrain", methods, rates, follows_grid=True),
+        SweepBranch("distill", "distill", "sweep-distill", "pretrain", methods, rates, ("--distill", str(args.distill)),
+                    follows_grid=True),
+        SweepBranch("pruned", "pruned", "sweep-pruned", "pruned70", "progressive", high, jobs=2, follows_grid=True),
+        SweepBranch("bn-train", "bn-train", "sweep-bn-train", "pretrain", "one-shot,progressive", "0.01,0.05",
+                    ("--bn", "train"), jobs=4),
+        SweepBranch("ablation-grad", "ablation-stuck-pass", "ablation-stuck-pass", "pretrain", "one-shot", "0.05",
+                    ("--stuck-grad", "pass"), jobs=1),
+        # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
+        # retrains 160 epochs.) Same grid, only longer.
+        SweepBranch("long", "dense-long", "sweep-long", "pretrain", methods, "0.05", epochs=args.long_epochs),
+    ]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
     ap.add_argument("--out", type=Path, default=Path("runs/cifar10"))
@@ -69,20 +125,25 @@ def main() -> int:
     ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
     ap.add_argument("--only", default=None, help=f"comma-separated branches to run ({', '.join(BRANCHES)}); "
                     "default: all. E.g. a CPU session finishing the dense grid")
-    ap.add_argument("--methods", default="one-shot,progressive", help="retraining methods of the dense and distill grids")
+    ap.add_argument("--methods", default=FULL_GRID[0], help="retraining methods of the dense and distill grids")
     ap.add_argument("--distill", type=float, default=0.9,
                     help="distillation weight of the distill branch (the dense grid uses the profile's recipe)")
     ap.add_argument("--long-epochs", type=int, default=75,
                     help="retraining epochs of the long branch (P_sa^T = 0.05 retrained for longer, into dense-long)")
-    ap.add_argument("--train-rates", default="0.01,0.05,0.1", help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
+    ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
+    return args, ap
+
+
+def main() -> int:
+    args, ap = parse_args()
     run = Runner(args.out)
     # SIGTERM (a deadline, a scheduler, kill) stops the running steps cleanly and starts no more;
     # the manifest and RESULTS still get written.
@@ -95,50 +156,40 @@ def main() -> int:
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
 
-    def sweep_options(epochs: int) -> list[str]:
-        options = common + ["--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs),
-                            "--lr", str(args.retrain_lr)]  # fmt: skip
-        options += ["--max-images", str(args.max_images)] if args.max_images else []
-        return options + (["--no-train"] if args.evaluate_only else [])
-
-    sweep_common = sweep_options(args.epochs)
+    sweep_common = sweep_options(args, args.epochs)
     pre = args.out / "pretrain" / "model.pt"
     model_opt = ["--model", args.model] if args.model else []
     if args.evaluate_only:
-        return evaluate_only(run, args, sweep_common, pre, t_start)
+        return evaluate_only(run, args, t_start)
     run("pretrain", ["train", *common, *model_opt, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
                      "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
-    pruned_rates = ",".join(r for r in args.train_rates.split(",") if float(r) >= 0.05)
     # A part of a grid (say, one rate finished on another machine) is its own step, so the
     # manifest keeps the command of every part that trained into the same sweep folder.
     part = "" if (args.methods, args.train_rates) == (ap.get_default("methods"), ap.get_default("train_rates")) \
         else f":{args.methods}@{args.train_rates}"
+    sweeps = {s.branch: s for s in sweep_branches(args, args.methods, args.train_rates)}
+
+    def sweep_step(branch: str) -> tuple[str, list[str]]:
+        s = sweeps[branch]
+        return s.step + (part if s.follows_grid else ""), s.argv(args)
+
     branches = {
-        "dense": [(f"sweep-dense{part}", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
-                                   "--train-rates", args.train_rates, "--jobs", str(args.jobs), "--out", str(args.out / "dense")])],
-        "distill": [(f"sweep-distill{part}", ["sweep", *sweep_common, "--from", str(pre), "--methods", args.methods,
-                                       "--train-rates", args.train_rates, "--distill", str(args.distill),
-                                       "--jobs", str(args.jobs), "--out", str(args.out / "distill")])],
+        "dense": [sweep_step("dense")],
+        "distill": [sweep_step("distill")],
         "pruned": [
             ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
                        "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),
-            (f"sweep-pruned{part}", ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive",
-                              "--train-rates", pruned_rates, "--jobs", "2", "--out", str(args.out / "pruned")]),
+            sweep_step("pruned"),
         ],
-        "bn-train": [("sweep-bn-train", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot,progressive",
-                                         "--train-rates", "0.01,0.05", "--bn", "train", "--jobs", "4", "--out", str(args.out / "bn-train")])],
-        "ablation-grad": [("ablation-stuck-pass", ["sweep", *sweep_common, "--from", str(pre), "--methods", "one-shot",
-                                                   "--train-rates", "0.05", "--stuck-grad", "pass", "--out", str(args.out / "ablation-stuck-pass")])],
+        "bn-train": [sweep_step("bn-train")],
+        "ablation-grad": [sweep_step("ablation-grad")],
         # The pretrained model alone (no run folders: --no-train tabulates the baseline only).
         "baselines": [(f"baseline-{p}", ["sweep", "--profile", p, *sweep_common[2:], "--no-train",
                                          "--from", str(pre), "--methods", "progressive", "--train-rates", "0.05",
                                          "--out", str(args.out / f"baseline-{p}")]) for p in BASELINE_PROFILES],
-        # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
-        # retrains 160 epochs.) Same grid, only longer.
-        "long": [("sweep-long", ["sweep", *sweep_options(args.long_epochs), "--from", str(pre), "--methods", args.methods, "--train-rates", "0.05",
-                                 "--jobs", str(args.jobs), "--out", str(args.out / "dense-long")])],
+        "long": [sweep_step("long")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:
@@ -160,31 +211,24 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def evaluate_only(run: "Runner", args, sweep_common: list[str], pre: Path, t_start: float) -> int:
+def evaluate_only(run: "Runner", args, t_start: float) -> int:
     """Tabulate what an interrupted run left (e.g. when the accelerator window closed), in the
     same folders, under the `eval-` step names, with the chips and images given now; with
     --only, just those branches' folders."""
-    sweeps = {"dense": ("dense", "one-shot,progressive", "0.01,0.05,0.1", []),
-              "bn-train": ("bn-train", "one-shot,progressive", "0.01,0.05", ["--bn", "train"]),
-              "ablation-stuck-pass": ("ablation-grad", "one-shot", "0.05", ["--stuck-grad", "pass"]),
-              "distill": ("distill", "one-shot,progressive", "0.01,0.05,0.1", ["--distill", str(args.distill)]),
-              "dense-long": ("long", "one-shot,progressive", "0.05", [])}  # fmt: skip
-    wanted = set(args.only.split(",")) if args.only else set(BRANCHES)
-    failures = []
-    for name, (branch, methods, rates, extra) in sweeps.items():
-        if branch in wanted and (args.out / name / "runs").is_dir():
-            argv = ["sweep", *sweep_common, *extra, "--from", str(pre), "--methods", methods, "--train-rates", rates,
-                    "--out", str(args.out / name)]  # fmt: skip
-            failures += [] if run(f"eval-{name}", argv) else [name]
-    pruned = args.out / "pruned70" / "model.pt"
-    if "pruned" in wanted and pruned.is_file():
-        argv = ["sweep", *sweep_common, "--from", str(pruned), "--methods", "progressive", "--train-rates", "0.05,0.1",
-                "--out", str(args.out / "pruned")]  # fmt: skip
-        failures += [] if run("eval-pruned", argv) else ["pruned"]
+    failures = [folder for name, folder, argv in evaluation_steps(args) if not run(name, argv)]
     run.save()
     subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
     print(f"[reproduce] evaluate-only: {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
     return 1 if failures else 0
+
+
+def evaluation_steps(args) -> list[tuple[str, str, list[str]]]:
+    """(step, folder, argv) of each sweep folder an earlier run trained into (of the --only
+    branches), asking for the branch's whole grid: --no-train tabulates whichever of its
+    checkpoints exist."""
+    wanted = set(args.only.split(",")) if args.only else set(BRANCHES)
+    return [(f"eval-{s.folder}", s.folder, s.argv(args)) for s in sweep_branches(args, *FULL_GRID)
+            if s.branch in wanted and (args.out / s.folder / "runs").is_dir() and s.start_model(args.out).is_file()]  # fmt: skip
 
 
 #: Fault-free steps whose run folder another study may reuse: (folder, manifest step).

@@ -30,6 +30,7 @@ def _reproduce_module():
 
     spec = importlib.util.spec_from_file_location("reproduce_cifar10", ROOT / "scripts" / "reproduce_cifar10.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -121,3 +122,38 @@ def test_stopping_the_study_stops_its_running_step_and_records_it(tmp_path):
     assert step["returncode"] == 130
     assert "interrupted: completed epochs are saved" in (tmp_path / "logs" / "pretrain.log").read_text()
     assert run("next", ["models"]) is False and "next" not in json.loads((tmp_path / "manifest.json").read_text())["steps"]
+
+
+def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with(tmp_path):
+    """--evaluate-only reads the same sweep definitions as training: the distillation weight,
+    the long branch's epochs, the pruned model and its rates all carry over, and only the folders
+    that hold runs (of the --only branches) are tabulated."""
+    reproduce = _reproduce_module()
+    for folder in ("pretrain", "pruned70"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.pt").write_bytes(b"weights")
+    for folder in ("dense", "distill", "pruned", "dense-long"):
+        (tmp_path / folder / "runs").mkdir(parents=True)
+    options = ["--out", str(tmp_path), "--epochs", "7", "--long-epochs", "30", "--distill", "0.7", "--chips", "3"]
+    trained, _ = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
+    evaluated, _ = reproduce.parse_args([*options, "--evaluate-only"])
+    steps = {folder: argv for _, folder, argv in reproduce.evaluation_steps(evaluated)}
+    assert sorted(steps) == ["dense", "dense-long", "distill", "pruned"], "no runs, no tabulation"
+
+    def option(argv, name):
+        return argv[argv.index(name) + 1]
+
+    for branch in reproduce.sweep_branches(trained, "progressive", "0.05"):
+        if branch.folder not in steps:
+            continue
+        train_argv, eval_argv = branch.argv(trained), steps[branch.folder]
+        assert "--no-train" in eval_argv and "--no-train" not in train_argv
+        for name in ("--from", "--epochs", "--chips", "--lr", "--profile"):
+            assert option(eval_argv, name) == option(train_argv, name), (branch.folder, name)
+        assert [a for a in train_argv if a.startswith("--")] == [a for a in eval_argv if a != "--no-train" and a.startswith("--")]
+    assert option(steps["distill"], "--distill") == "0.7"
+    assert option(steps["dense-long"], "--epochs") == "30" and option(steps["dense"], "--epochs") == "7"
+    assert option(steps["pruned"], "--from") == str(tmp_path / "pruned70" / "model.pt")
+    assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
+    only_dense, _ = reproduce.parse_args([*options, "--evaluate-only", "--only", "dense"])
+    assert [folder for _, folder, _ in reproduce.evaluation_steps(only_dense)] == ["dense"]
