@@ -4,7 +4,10 @@ run leaves either the previous file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FtdeployError
@@ -30,3 +33,15 @@ def write_atomic(path: str | Path, data: bytes | str, error: type[FtdeployError]
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block: processes
+    that read, merge and rewrite one shared file (a sweep folder's table, a study's manifest)
+    take turns, so none overwrites what another has just added."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield

@@ -7,6 +7,9 @@ so an interrupted sweep picks up where it stopped (a cell interrupted mid-traini
 ``train.train(resume=True)``). Evaluation uses
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
+
+The table describes the folder, not one invocation: sweeps sharing a folder (one training rate
+per machine, say) each add the rows the others measured alike (:func:`rows_from_other_sweeps`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .chip import DeployedNetwork
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .faults import StuckAt
-from .files import write_atomic
+from .files import exclusive_lock, write_atomic
 from .profiles import ResolvedProfile
 from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
 from .verify import stability_score, subset_indices, summarize_chips
@@ -53,9 +56,23 @@ class Cell:
         return "baseline" if self.method == "baseline" else f"{self.method} P^T={self.train_rate:g}"
 
 
+    @classmethod
+    def from_key(cls, key: str) -> Cell | None:
+        """The retrained cell a results file's name stands for ("one-shot-0.05"), None for any other."""
+        method, _, rate = key.rpartition("-")
+        try:
+            return cls(method, float(rate)) if method in METHODS else None
+        except ValueError:
+            return None
+
+
+#: Retraining methods, in the order the table lists them at each training rate.
+METHODS = ("one-shot", "progressive")
+
+
 def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
     for m in methods:
-        if m not in ("one-shot", "progressive"):
+        if m not in METHODS:
             raise ConfigError(f"--methods: expected one-shot and/or progressive, found {m!r}")
     return [Cell("baseline", None)] + [Cell(m, r) for r in train_rates for m in methods]
 
@@ -208,7 +225,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
             accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
                                        data.val_x, data.val_y, norm["mean"], norm["std"])  # fmt: skip
             tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
-        res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean,
+        res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean, "recipe": _recipe(s),
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
                "epochs_done": None if c.method == "baseline" else ckpt.get("epochs_done"), "schedule": ckpt.get("schedule"),
                "tests": tests, "measured": measured}  # fmt: skip
@@ -222,7 +239,7 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
     """What a row's figures depend on. A results file measured otherwise (a checkpoint trained
     further since, another target, other chips or images) is stale and evaluated again."""
     return {
-        "checkpoint_sha256": hashlib.sha256(Path(ckpt_path).read_bytes()).hexdigest(),
+        "checkpoint_sha256": _sha256(Path(ckpt_path)),
         "target": s.profile.target.model_dump(mode="json"),
         "split": list(s.profile.profile.faults.split),
         "test_rates": [f"{r:g}" for r in s.test_rates],
@@ -230,6 +247,43 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
         "seed": s.seed,
         "val_sha256": hashlib.sha256(data.val_x.numpy().tobytes() + data.val_y.numpy().tobytes()).hexdigest(),
     }
+
+
+def _recipe(s: SweepSettings) -> dict:
+    """The starting model and training options a row was tabulated under (its epochs are its own)."""
+    return {"pretrained_sha256": _sha256(Path(s.pretrained)), "lr": s.lr,
+            "batch_size": s.batch_size, "bn": s.bn, "stuck_grad": s.stuck_grad, "rate_warmup": s.rate_warmup,
+            "distill": s.distill}  # fmt: skip
+
+
+def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], results: dict[str, dict]) -> dict[str, dict]:
+    """Rows that another sweep measured in this folder (say, a second grid trained beside this one
+    into the same folder) on the same chips and images, from the same starting model with the same
+    recipe, and whose checkpoint has not changed since: the table describes the folder, so two
+    sweeps sharing one leave one table with both grids. Anything measured otherwise stays out (it
+    is not re-evaluated here; a sweep whose grid holds it does that)."""
+    if "baseline" not in results:
+        return {}
+    ours = {k: v for k, v in results["baseline"]["measured"].items() if k != "checkpoint_sha256"}
+    recipe, own = _recipe(s), {c.key for c in cells}
+    found = {}
+    for path in sorted((out / "results").glob("*.json")):
+        cell, ckpt = Cell.from_key(path.stem), out / "runs" / path.stem / "model.pt"
+        if cell is None or cell.key in own or not ckpt.is_file():
+            continue
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # not a results file this sweep can vouch for
+        measured = dict(row.get("measured") or {})
+        if measured.pop("checkpoint_sha256", None) != _sha256(ckpt) or measured != ours or row.get("recipe") != recipe:
+            continue
+        found[cell.key] = row
+    return found
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:
@@ -359,10 +413,17 @@ class _BackgroundEvaluator:
 
 
 def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path, data: DataBundle) -> dict:
-    table = build_table(s, cells, results)
-    table["val_images"] = len(evaluation_subset(s, data).val_y)
-    table["data_description"] = data.description
-    write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
-    write_atomic(out / "table.csv", render_csv(table))
-    write_atomic(out / "table.md", render_markdown(table))
+    """Write table.{json,csv,md}: this sweep's rows and those other sweeps measured alike in the
+    same folder, under a lock, so two sweeps finishing at once both end up in the table."""
+    with exclusive_lock(out / ".table.lock"):
+        others = rows_from_other_sweeps(s, out, cells, results)
+        rows = [c for c in cells if c.method == "baseline"] + sorted(
+            [c for c in cells if c.method != "baseline"] + [Cell.from_key(k) for k in others],
+            key=lambda c: (c.train_rate, METHODS.index(c.method)))  # fmt: skip
+        table = build_table(s, rows, {**results, **others})
+        table["val_images"] = len(evaluation_subset(s, data).val_y)
+        table["data_description"] = data.description
+        write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
+        write_atomic(out / "table.csv", render_csv(table))
+        write_atomic(out / "table.md", render_markdown(table))
     return table

@@ -346,10 +346,9 @@ class Runner:
     def save(self) -> None:
         """Merge this invocation's steps into the manifest on disk: branches run in threads, and
         two invocations (say, the dense grid and the pruned one) may share one output folder."""
-        import fcntl
+        from ftdeploy.files import exclusive_lock
 
-        with self._lock, open(self.manifest_path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock, exclusive_lock(self.manifest_path.with_suffix(".lock")):
             merged = self._read()
             merged.update({name: self.steps[name] for name in self._mine})
             for key, values in self._appended.items():  # each own entry added once, on the first save after it

@@ -117,6 +117,30 @@ def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, t
     assert load_checkpoint(run_dir / "model.pt")["epochs_done"] == 2
 
 
+def test_two_sweeps_sharing_a_folder_leave_one_table_with_both_grids(pretrained, small_data, tmp_path):
+    """Two grids trained into one folder (say, one training rate per CPU lane) make one table, in
+    rate order; a row measured on other chips, or whose checkpoint changed since, stays out."""
+    quiet = dict(log=lambda line: None)
+    settings = _settings(pretrained)
+    run_sweep(settings, ["progressive"], [0.05], tmp_path, small_data, **quiet)
+    table = run_sweep(settings, ["one-shot"], [0.02], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in table["rows"]] == ["baseline", "one-shot P^T=0.02", "progressive P^T=0.05"]
+    assert json.loads((tmp_path / "table.json").read_text())["rows"] == table["rows"]
+    alone = run_sweep(settings, ["progressive"], [0.05], tmp_path / "alone", small_data, **quiet)
+    assert table["rows"][2] == alone["rows"][1], "the same model on the same chips: the same row"
+
+    no_train = dataclasses.replace(settings, train=False)
+    other_recipe = run_sweep(dataclasses.replace(no_train, lr=0.02), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in other_recipe["rows"]] == ["baseline", "one-shot P^T=0.02"], "trained otherwise"
+    more_chips = run_sweep(dataclasses.replace(no_train, chips=4), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in more_chips["rows"]] == ["baseline", "one-shot P^T=0.02"], "other chips"
+    assert len(run_sweep(no_train, ["one-shot"], [0.02], tmp_path, small_data, **quiet)["rows"]) == 3, "as before"
+    changed = tmp_path / "runs" / "progressive-0.05" / "model.pt"
+    changed.write_bytes((tmp_path / "runs" / "one-shot-0.02" / "model.pt").read_bytes())
+    stale = run_sweep(no_train, ["one-shot"], [0.02], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in stale["rows"]] == ["baseline", "one-shot P^T=0.02"], "checkpoint changed since"
+
+
 def test_trainings_do_not_wait_for_evaluations(pretrained, small_data, tmp_path, monkeypatch):
     """The baseline's evaluation is held until a training has finished: a sweep that evaluated in
     its scheduling loop would wait forever here (the timeout turns that into a failure)."""
