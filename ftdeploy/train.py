@@ -434,7 +434,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     if point:
         step, start_epoch = point.restore(opt, sched, gen, aug_gen, injector, steps_per_epoch, dist.rank)
     acc_pretrain = init.get("acc_pretrain") if init else None
-    logger = _RunLog(out_dir, config, progress, total, point.log_rows if point else [], step) if dist.is_main else None
+    logger = _RunLog(out_dir, config, progress, total, point.log_rows if point else [], step,
+                     point.how if point else "fresh") if dist.is_main else None  # fmt: skip
     ckpt: dict = {}
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -506,13 +507,16 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
 class _RunLog:
     """Per-epoch log.jsonl and summary.csv (rewritten whole, so always complete), and either a
     rich progress bar or one plain line per epoch. A resumed run starts from the rows of the
-    epochs it keeps, so an epoch cut short by the interruption leaves no row behind."""
+    epochs it keeps, so an epoch cut short by the interruption leaves no row behind. The first row
+    each process writes says how that process started (``"started"``: fresh, or resumed exactly or
+    from the weights alone), so the log alone tells a run's history, however it was launched."""
 
     COLUMNS = ("epoch", "rate", "lr", "train_loss", "train_acc", "val_acc", "val_acc_faulty", "seconds")
 
     def __init__(self, out_dir: Path, config: TrainConfig, progress, total_steps: int, rows: list[dict] = (),
-                 steps_done: int = 0):  # fmt: skip
+                 steps_done: int = 0, started: str = "fresh"):  # fmt: skip
         self.out_dir, self.config, self.progress = out_dir, config, progress
+        self.started: str | None = started  # recorded on this process's first row
         self.task = progress.add_task(config.method, total=total_steps, completed=steps_done) if progress else None
         self.rows: list[dict] = [dict(r) for r in rows]
         (out_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
@@ -523,6 +527,8 @@ class _RunLog:
 
     def epoch(self, epoch, rate, lr, train_loss, train_acc, val_clean, val_faulty, seconds) -> None:
         row = dict(zip(self.COLUMNS, (epoch + 1, rate, lr, train_loss, train_acc, val_clean, val_faulty, seconds)))
+        if self.started:
+            row["started"], self.started = self.started, None
         self.rows.append(row)
         with (self.out_dir / "log.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -642,6 +648,10 @@ class _ResumePoint:
             return None
         _check_resumable(path, ckpt, config, target)
         return cls(ckpt, int(ckpt.get("epochs_done") or 0), rows, saved)
+
+    @property
+    def how(self) -> str:
+        return "resumed exactly" if self.saved is not None else "resumed from weights"
 
     def restore(self, opt, sched, gen, aug_gen, injector, steps_per_epoch: int, rank: int = 0) -> tuple[int, int]:
         """Put optimiser, schedule and random streams where the run stopped; (step, epoch).

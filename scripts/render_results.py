@@ -157,7 +157,7 @@ def curves_md(out: Path, folders: list[str]) -> list[str]:
             rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
             picks = [r for r in rows if r["epoch"] in (1, 2, 3) or r["epoch"] % 5 == 0 or r is rows[-1]]
             cells = ", ".join(f"{r['epoch']}: {fmt(r['val_acc'])} / {fmt(r.get('val_acc_faulty'))}" for r in picks)
-            history = run_history(log.parent / "train.log")
+            history = run_history(rows, log.parent / "train.log")
             planned = _planned_epochs(log.parent / "config.yaml")
             if rows and planned and rows[-1]["epoch"] < planned:
                 history = f"stopped after epoch {rows[-1]['epoch']} of {planned}" + ("" if history in ("–", "one run") else f"; {history}")
@@ -173,12 +173,18 @@ def _planned_epochs(config: Path) -> int | None:
 RESUMED = re.compile(r"resuming after epoch (\d+) (from model\.pt alone|\(from resume\.pt)")
 
 
-def run_history(train_log: Path) -> str:
-    """'one run', or where the run was resumed: exactly (resume.pt) or from its weights alone."""
-    if not train_log.is_file():
+def run_history(rows: list[dict], train_log: Path) -> str:
+    """'one run', or where the run was resumed: exactly (resume.pt) or from its weights alone.
+    The log's rows say so where each process marked its first one ("started"); runs from before
+    that are read from the train.log a sweep's training process wrote ("–" without one)."""
+    starts = [(r["epoch"] - 1, r["started"]) for r in rows if "started" in r]
+    if starts:
+        resumes = [(e, "exact" if how == "resumed exactly" else "weights only") for e, how in starts if how != "fresh"]
+    elif train_log.is_file():
+        resumes = [(m.group(1), "weights only" if "model.pt" in m.group(2) else "exact")
+                   for m in RESUMED.finditer(train_log.read_text())]  # fmt: skip
+    else:
         return "–"
-    resumes = [(m.group(1), "weights only" if "model.pt" in m.group(2) else "exact")
-               for m in RESUMED.finditer(train_log.read_text())]  # fmt: skip
     return "; ".join(f"resumed after epoch {e} ({how})" for e, how in resumes) or "one run"
 
 

@@ -157,3 +157,19 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
     only_dense, _ = reproduce.parse_args([*options, "--evaluate-only", "--only", "dense"])
     assert [folder for _, folder, _ in reproduce.evaluation_steps(only_dense)] == ["dense"]
+
+
+def test_a_runs_history_is_read_from_its_log_and_else_from_its_train_log(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    rows = [{"epoch": 1, "started": "fresh"}, {"epoch": 2}, {"epoch": 3, "started": "resumed from weights"},
+            {"epoch": 4, "started": "resumed exactly"}]  # fmt: skip
+    missing = tmp_path / "train.log"
+    assert render.run_history(rows, missing) == "resumed after epoch 2 (weights only); resumed after epoch 3 (exact)"
+    assert render.run_history(rows[:2], missing) == "one run"
+    assert render.run_history([{"epoch": 1}], missing) == "–", "an older in-process run: nothing to tell"
+    missing.write_text("epoch 1\nresuming after epoch 1 (from resume.pt: optimiser ...)\n")
+    assert render.run_history([{"epoch": 1}, {"epoch": 2}], missing) == "resumed after epoch 1 (exact)"

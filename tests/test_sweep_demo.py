@@ -114,6 +114,8 @@ def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, t
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[0] == first, "epoch 1 (its timing included) is the interrupted run's, not a retraining's"
+    # The log tells the history although this sweep trained in-process (no train.log).
+    assert [r.get("started") for r in rows] == ["fresh", "resumed exactly"]
     assert load_checkpoint(run_dir / "model.pt")["epochs_done"] == 2
 
 

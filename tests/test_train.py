@@ -268,6 +268,7 @@ def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tm
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12), "the cosine schedule ends at 0 on the last step"
+    assert [r.get("started") for r in rows] == ["fresh", "resumed from weights"], "the log tells how it went on"
 
 
 def test_bad_checkpoint_and_resume_files_are_one_clear_error(tmp_path):
