@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftdeploy.files import exclusive_lock  # the installed package (README's install command)
+
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
@@ -346,8 +348,6 @@ class Runner:
     def save(self) -> None:
         """Merge this invocation's steps into the manifest on disk: branches run in threads, and
         two invocations (say, the dense grid and the pruned one) may share one output folder."""
-        from ftdeploy.files import exclusive_lock
-
         with self._lock, exclusive_lock(self.manifest_path.with_suffix(".lock")):
             merged = self._read()
             merged.update({name: self.steps[name] for name in self._mine})
