@@ -70,6 +70,12 @@ class SweepBranch:
     epochs: int | None = None  # retraining epochs; None: --epochs
     follows_grid: bool = False  # methods and rates come from --methods / --train-rates
 
+    def step_name(self, whole_grid: bool) -> str:
+        """Its manifest step. A part of a grid (say, one rate trained on another machine) is a step
+        of its own, named for the part it trains, so the manifest keeps the command of every part
+        that trained into the same folder."""
+        return self.step if whole_grid or not self.follows_grid else f"{self.step}:{self.methods}@{self.rates}"
+
     def start_model(self, out: Path) -> Path:
         return out / self.start / "model.pt"
 
@@ -106,7 +112,7 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     ]  # fmt: skip
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
     ap.add_argument("--out", type=Path, default=Path("runs/cifar10"))
@@ -141,11 +147,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, argpa
     unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
-    return args, ap
+    return args
 
 
 def main() -> int:
-    args, ap = parse_args()
+    args = parse_args()
     run = Runner(args.out)
     # SIGTERM (a deadline, a scheduler, kill) stops the running steps cleanly and starts no more;
     # the manifest and RESULTS still get written.
@@ -167,15 +173,11 @@ def main() -> int:
                      "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
-    # A part of a grid (say, one rate finished on another machine) is its own step, so the
-    # manifest keeps the command of every part that trained into the same sweep folder.
-    part = "" if (args.methods, args.train_rates) == (ap.get_default("methods"), ap.get_default("train_rates")) \
-        else f":{args.methods}@{args.train_rates}"
+    whole_grid = (args.methods, args.train_rates) == FULL_GRID
     sweeps = {s.branch: s for s in sweep_branches(args, args.methods, args.train_rates)}
 
     def sweep_step(branch: str) -> tuple[str, list[str]]:
-        s = sweeps[branch]
-        return s.step + (part if s.follows_grid else ""), s.argv(args)
+        return sweeps[branch].step_name(whole_grid), sweeps[branch].argv(args)
 
     branches = {
         "dense": [sweep_step("dense")],

@@ -135,8 +135,8 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     for folder in ("dense", "distill", "pruned", "dense-long"):
         (tmp_path / folder / "runs").mkdir(parents=True)
     options = ["--out", str(tmp_path), "--epochs", "7", "--long-epochs", "30", "--distill", "0.7", "--chips", "3"]
-    trained, _ = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
-    evaluated, _ = reproduce.parse_args([*options, "--evaluate-only"])
+    trained = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
+    evaluated = reproduce.parse_args([*options, "--evaluate-only"])
     steps = {folder: argv for _, folder, argv in reproduce.evaluation_steps(evaluated)}
     assert sorted(steps) == ["dense", "dense-long", "distill", "pruned"], "no runs, no tabulation"
 
@@ -155,7 +155,7 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     assert option(steps["dense-long"], "--epochs") == "30" and option(steps["dense"], "--epochs") == "7"
     assert option(steps["pruned"], "--from") == str(tmp_path / "pruned70" / "model.pt")
     assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
-    only_dense, _ = reproduce.parse_args([*options, "--evaluate-only", "--only", "dense"])
+    only_dense = reproduce.parse_args([*options, "--evaluate-only", "--only", "dense"])
     assert [folder for _, folder, _ in reproduce.evaluation_steps(only_dense)] == ["dense"]
 
 
@@ -173,3 +173,13 @@ def test_a_runs_history_is_read_from_its_log_and_else_from_its_train_log(tmp_pat
     assert render.run_history([{"epoch": 1}], missing) == "–", "an older in-process run: nothing to tell"
     missing.write_text("epoch 1\nresuming after epoch 1 (from resume.pt: optimiser ...)\n")
     assert render.run_history([{"epoch": 1}, {"epoch": 2}], missing) == "resumed after epoch 1 (exact)"
+
+
+def test_a_part_of_a_grid_is_a_step_named_for_what_it_trains(tmp_path):
+    reproduce = _reproduce_module()
+    args = reproduce.parse_args(["--out", str(tmp_path), "--train-rates", "0.05,0.1"])
+    names = {b.branch: b.step_name(whole_grid=False) for b in reproduce.sweep_branches(args, args.methods, args.train_rates)}
+    assert names["dense"] == "sweep-dense:one-shot,progressive@0.05,0.1"
+    assert names["pruned"] == "sweep-pruned:progressive@0.05,0.1", "the pruned grid trains progressive only"
+    assert names["bn-train"] == "sweep-bn-train", "a fixed ablation is one step whatever the grid"
+    assert {b.step_name(whole_grid=True) for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID)} >= {"sweep-dense", "sweep-pruned"}
