@@ -64,6 +64,16 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
     return {**pruned, "rows": [base, pruned_base, *pruned["rows"][1:]]}
 
 
+def _beside_table_i(long: dict, dense: dict | None) -> dict:
+    """The longer runs followed by Table I's runs of the same method and training rate (their
+    epochs column tells them apart)."""
+    if not dense:
+        return long
+    keys = {(r["method"], r["train_rate"]) for r in long["rows"] if r["method"] != "baseline"}
+    shorter = [dict(r, model=f"{r['model']} (Table I)") for r in dense["rows"] if (r["method"], r["train_rate"]) in keys]
+    return {**long, "rows": [*long["rows"], *shorter]}
+
+
 def paper_md() -> list[str]:
     lines = ["| model (paper) | " + " | ".join(f"P={r}" for r in PAPER_RATES) + " |", "|" + "---|" * (len(PAPER_RATES) + 1)]
     for name, vals in PAPER_TABLE_I.items():
@@ -374,7 +384,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         md += [f"## Longer retraining: P^T=0.05 for {long['epochs']} epochs", "",
                f"Same pretrained model, learning rate and chips as Table I; {long['epochs']} retraining epochs instead "
                f"of {dense['epochs'] if dense else '?'} (the paper retrains 160).", "",
-               *table_md(long, with_ci=True), "", *criteria(long), "", *operating_points(long), "",
+               *table_md(_beside_table_i(long, dense), with_ci=True), "", *criteria(long), "", *operating_points(long), "",
                "Commands:", "", *command_lines(manifest, ["sweep-long", "eval-dense-long"]), ""]  # fmt: skip
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
