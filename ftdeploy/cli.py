@@ -32,6 +32,9 @@ DistillOpt = Annotated[
     float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
 ]
 RateWarmupOpt = Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
+EvalChipsOpt = Annotated[
+    int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
+]
 
 
 def _train_default(field: str):
@@ -133,6 +136,7 @@ def train_cmd(
     stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     distill: DistillOpt = _train_default("distill"),
+    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
@@ -170,7 +174,7 @@ def train_cmd(
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-        rate_warmup_epochs=rate_warmup, distill=distill,
+        rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
@@ -328,6 +332,7 @@ def sweep_cmd(
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     distill: DistillOpt = _train_default("distill"),
+    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -353,7 +358,7 @@ def sweep_cmd(
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
         ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
-        distill=distill,
+        distill=distill, eval_chips=eval_chips,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

@@ -99,13 +99,14 @@ class SweepSettings:
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
     rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
     distill: float = 0.0  # weight of distillation from the pretrained model (TrainConfig.distill)
+    eval_chips: int = 3  # chips at P_sa^T measured after each epoch (TrainConfig.eval_chips), in-process or not
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
         return TrainConfig(
             model=model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
-            rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=0,
+            rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=self.eval_chips,
         )  # fmt: skip
 
 
@@ -124,7 +125,7 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--from", str(s.pretrained), "--method", cell.method, "--target-rate", repr(cell.train_rate),
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
-           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--seed", str(s.seed),
+           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--eval-chips", str(s.eval_chips), "--seed", str(s.seed),
            "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]

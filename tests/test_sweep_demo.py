@@ -183,6 +183,26 @@ def test_an_evaluation_error_reaches_the_caller(pretrained, small_data, tmp_path
         run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
 
 
+def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pretrained, small_data, tmp_path, monkeypatch):
+    """--jobs 1 trains each cell in the sweep's process, --jobs N in `ftdeploy train` processes:
+    the command line must give the very config the in-process path uses (the per-epoch chip check
+    once differed: 3 chips in a process of its own, none in-process)."""
+    import ftdeploy.data
+    import ftdeploy.train
+    from ftdeploy.sweep import _train_command
+
+    settings = dataclasses.replace(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup=1.5)
+    cell = plan(["progressive"], [0.05])[1]
+    argv = _train_command(settings, cell, tmp_path / "run")
+    assert argv[1:3] == ["-m", "ftdeploy"]
+    seen = []
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))
+    result = CliRunner().invoke(app, argv[3:])
+    assert result.exit_code == 0, result.output
+    assert seen == [settings.train_config(cell, "democnn")]
+
+
 def test_an_interrupted_sweep_stops_the_trainings_it_started(pretrained, small_data, tmp_path, monkeypatch):
     import subprocess
 
