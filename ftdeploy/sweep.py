@@ -55,7 +55,6 @@ class Cell:
     def label(self) -> str:
         return "baseline" if self.method == "baseline" else f"{self.method} P^T={self.train_rate:g}"
 
-
     @classmethod
     def from_key(cls, key: str) -> Cell | None:
         """The retrained cell a results file's name stands for ("one-shot-0.05"), None for any other."""
