@@ -267,6 +267,21 @@ def gpu_baseline_md(out: Path) -> list[str]:
             "| baseline (50 chips, 5,000 images, on the H200) | " + " | ".join(fmt(base["tests"][r]["mean"]) for r in rates) + " |"]  # fmt: skip
 
 
+def machines_line(envs: list[dict]) -> str:
+    """Where the invocations ran, one entry per run of consecutive invocations on the same machine."""
+    groups: list[list] = []  # [machine, first invocation, last invocation]
+    for number, e in enumerate(envs, start=1):
+        machine = f"{e.get('device', '?')} (torch {e.get('torch', '?')}, Python {e.get('python', '?')})"
+        if groups and groups[-1][0] == machine:
+            groups[-1][2] = number
+        else:
+            groups.append([machine, number, number])
+    if len(groups) == 1:
+        return f"Machine, for every invocation above: {groups[0][0]}."
+    spans = [f"{first}" if first == last else f"{first}-{last}" for _, first, last in groups]
+    return "Machines, by invocation above: " + "; ".join(f"{span}: {m}" for span, (m, _, _) in zip(spans, groups)) + "."
+
+
 def _option(command: str, name: str) -> str | None:
     words = command.split()
     return words[words.index(name) + 1] if name in words[:-1] else None
@@ -314,8 +329,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
           "nothing here is typed by hand. Produced by, in order:", "", *[f"    {i}" for i in invocations], ""]  # fmt: skip
     if see_also:
         md[2:2] = [f"See also: {', '.join(f'[{Path(p).name}]({p})' for p in see_also)}.", ""]
-    machines = "; then ".join(f"{e.get('device', '?')} (torch {e.get('torch', '?')}, Python {e.get('python', '?')})" for e in envs)
-    md += [f"Machines, in the order of the invocations above: {machines}.", ""]
+    md += [machines_line(envs), ""]
     if dense:
         md += [f"**Data.** {dense.get('data_description', dense['data'])}. Every accuracy is top-1 on the "
                f"{dense['val_images']} held-out validation images (a stratified subset of the held-out part when it is "

@@ -183,3 +183,17 @@ def test_a_part_of_a_grid_is_a_step_named_for_what_it_trains(tmp_path):
     assert names["pruned"] == "sweep-pruned:progressive@0.05,0.1", "the pruned grid trains progressive only"
     assert names["bn-train"] == "sweep-bn-train", "a fixed ablation is one step whatever the grid"
     assert {b.step_name(whole_grid=True) for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID)} >= {"sweep-dense", "sweep-pruned"}
+
+
+def test_the_machines_line_names_each_run_of_invocations_once():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    gpu = {"device": "NVIDIA H200", "torch": "2.14.1", "python": "3.12.3"}
+    cpu = {"device": "CPU (x86_64)", "torch": "2.14.1", "python": "3.11.7"}
+    assert render.machines_line([cpu, cpu, cpu]) == "Machine, for every invocation above: CPU (x86_64) (torch 2.14.1, Python 3.11.7)."
+    assert render.machines_line([gpu, cpu, cpu, gpu]) == (
+        "Machines, by invocation above: 1: NVIDIA H200 (torch 2.14.1, Python 3.12.3); "
+        "2-3: CPU (x86_64) (torch 2.14.1, Python 3.11.7); 4: NVIDIA H200 (torch 2.14.1, Python 3.12.3).")
