@@ -5,6 +5,7 @@ run leaves either the previous file or the new one, never half of one."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,15 @@ def write_atomic(path: str | Path, data: bytes | str, error: type[FtdeployError]
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (a model may be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextmanager

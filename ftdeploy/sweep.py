@@ -34,7 +34,7 @@ from .chip import DeployedNetwork
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .faults import StuckAt
-from .files import exclusive_lock, write_atomic
+from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
 from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
 from .verify import stability_score, subset_indices, summarize_chips
@@ -239,7 +239,7 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
     """What a row's figures depend on. A results file measured otherwise (a checkpoint trained
     further since, another target, other chips or images) is stale and evaluated again."""
     return {
-        "checkpoint_sha256": _sha256(Path(ckpt_path)),
+        "checkpoint_sha256": sha256_file(ckpt_path),
         "target": s.profile.target.model_dump(mode="json"),
         "split": list(s.profile.profile.faults.split),
         "test_rates": [f"{r:g}" for r in s.test_rates],
@@ -251,7 +251,7 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
 
 def _recipe(s: SweepSettings) -> dict:
     """The starting model and training options a row was tabulated under (its epochs are its own)."""
-    return {"pretrained_sha256": _sha256(Path(s.pretrained)), "lr": s.lr,
+    return {"pretrained_sha256": sha256_file(s.pretrained), "lr": s.lr,
             "batch_size": s.batch_size, "bn": s.bn, "stuck_grad": s.stuck_grad, "rate_warmup": s.rate_warmup,
             "distill": s.distill}  # fmt: skip
 
@@ -276,14 +276,10 @@ def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], resul
         except (OSError, json.JSONDecodeError):
             continue  # not a results file this sweep can vouch for
         measured = dict(row.get("measured") or {})
-        if measured.pop("checkpoint_sha256", None) != _sha256(ckpt) or measured != ours or row.get("recipe") != recipe:
+        if measured.pop("checkpoint_sha256", None) != sha256_file(ckpt) or measured != ours or row.get("recipe") != recipe:
             continue
         found[cell.key] = row
     return found
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:

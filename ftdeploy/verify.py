@@ -21,7 +21,6 @@ Figures (accuracy in %):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from . import __version__
 from .errors import ConfigError, VerifyError
 from .export import FORMAT, HASH_KEY, INPUT_NAME, OUTPUT_NAME, PREFIX, TEXT_KEYS, content_hash, read_metadata
 from .faults import StuckAt, chip_rng, draw_chip_states
+from .files import sha256_file
 from .mapping import Mapping, make_mapping
 from .profiles import ResolvedProfile, Target
 
@@ -529,14 +529,6 @@ def _rate_figures(rate: float, nonideality: StuckAt, accs: list[float], acc_pret
     }
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dict:
     """The report: everything needed to reproduce and audit the sign-off, no timestamps (same
     inputs and seed give a byte-identical report.json)."""
@@ -546,14 +538,14 @@ def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dic
     return {
         "schema": REPORT_SCHEMA,
         "tool": {"name": "ftdeploy", "version": __version__, "onnxruntime": ort.__version__},
-        "model": {"file": str(export.path), "sha256": _sha256_file(export.path), "content_sha256": meta.get("content_sha256"),
+        "model": {"file": str(export.path), "sha256": sha256_file(export.path), "content_sha256": meta.get("content_sha256"),
                   "format": meta.get("format"), "exported_by": meta.get("version"), "model": meta.get("model"),
                   "method": meta.get("method"), "schedule": meta.get("schedule"), "sparsity": meta.get("sparsity"),
                   "training": meta.get("training"), "mapping": meta["mapping"]["description"],
                   "layers": len(export.layers), "cells": sum(int(np.prod(s)) for s in export.cell_shapes)},  # fmt: skip
-        "profile": {"name": resolved.profile.name, "file": str(resolved.profile_path), "sha256": _sha256_file(resolved.profile_path),
+        "profile": {"name": resolved.profile.name, "file": str(resolved.profile_path), "sha256": sha256_file(resolved.profile_path),
                     "target": resolved.target.name, "target_file": str(resolved.target_path),
-                    "target_sha256": _sha256_file(resolved.target_path), "resolved": resolved.to_dict()},  # fmt: skip
+                    "target_sha256": sha256_file(resolved.target_path), "resolved": resolved.to_dict()},  # fmt: skip
         "data": data.record,
         "signoff": {"seed": seed, "chips": chips, "rates": [r["rate"] for r in figures["rates"]],
                     "split": list(resolved.profile.faults.split),

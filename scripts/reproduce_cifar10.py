@@ -29,7 +29,6 @@ CIFAR-10 training split; the official test split is not used.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftdeploy.files import exclusive_lock  # the installed package (README's install command)
+from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long")
@@ -251,8 +250,8 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
             continue
         if not dst.exists():
             shutil.copytree(src, dst)
-        digest = _sha256(src / "model.pt")
-        if _sha256(dst / "model.pt") != digest:
+        digest = sha256_file(src / "model.pt")
+        if sha256_file(dst / "model.pt") != digest:
             print(f"[reproduce] --reuse: {dst} differs from {src}; keeping this study's own", flush=True)
             continue
         made = earlier.get(step) or {"command": None, "returncode": 0, "seconds": None}
@@ -265,10 +264,6 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
         dst = run.out / results.parent.name / "results"
         if not dst.exists():
             shutil.copytree(results, dst)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Runner:
