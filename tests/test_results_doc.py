@@ -25,10 +25,11 @@ def test_results_page_is_rendered_from_the_archived_artefacts(page, tmp_path):
         assert section in text
 
 
-def _reproduce_module():
+def _script(name: str):
+    """scripts/NAME.py loaded as a module (the scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("reproduce_cifar10", ROOT / "scripts" / "reproduce_cifar10.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -40,7 +41,7 @@ def test_two_invocations_sharing_a_run_folder_keep_each_others_steps(tmp_path):
     invocation merges its own steps in, so neither erases the other's command lines."""
     import json
 
-    reproduce = _reproduce_module()
+    reproduce = _script("reproduce_cifar10")
     dense, pruned = reproduce.Runner(tmp_path), reproduce.Runner(tmp_path)
     dense.append("_invocations", "python reproduce --only dense")
     pruned.append("_invocations", "python reproduce --only pruned")
@@ -56,7 +57,7 @@ def test_two_invocations_sharing_a_run_folder_keep_each_others_steps(tmp_path):
 def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path):
     import json
 
-    reproduce = _reproduce_module()
+    reproduce = _script("reproduce_cifar10")
     earlier, study = tmp_path / "earlier", tmp_path / "study"
     (earlier / "pretrain").mkdir(parents=True)
     (earlier / "pretrain" / "model.pt").write_bytes(b"pretrained weights")
@@ -84,11 +85,7 @@ def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path
 
 
 def test_the_parts_of_a_grid_each_keep_their_command_line():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
+    render = _script("render_results")
     steps = {"sweep-dense": {"command": "ftdeploy sweep --train-rates 0.05", "returncode": 0, "seconds": 10.0},
              "sweep-dense:progressive@0.1": {"command": "ftdeploy sweep --train-rates 0.1", "returncode": 0, "seconds": 20.0},
              "sweep-densest": {"command": "not a part", "returncode": 0, "seconds": 1.0}}  # fmt: skip
@@ -103,7 +100,7 @@ def test_stopping_the_study_stops_its_running_step_and_records_it(tmp_path):
     import threading
     import time
 
-    reproduce = _reproduce_module()
+    reproduce = _script("reproduce_cifar10")
     run = reproduce.Runner(tmp_path)
     out = tmp_path / "pre"
     argv = ["train", "--profile", "demo", "--method", "pretrain", "--epochs", "200", "--batch-size", "256",
@@ -128,7 +125,7 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     """--evaluate-only reads the same sweep definitions as training: the distillation weight,
     the long branch's epochs, the pruned model and its rates all carry over, and only the folders
     that hold runs (of the --only branches) are tabulated."""
-    reproduce = _reproduce_module()
+    reproduce = _script("reproduce_cifar10")
     for folder in ("pretrain", "pruned70"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "model.pt").write_bytes(b"weights")
@@ -160,11 +157,7 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
 
 
 def test_a_runs_history_is_read_from_its_log_and_else_from_its_train_log(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
+    render = _script("render_results")
     rows = [{"epoch": 1, "started": "fresh"}, {"epoch": 2}, {"epoch": 3, "started": "resumed from weights"},
             {"epoch": 4, "started": "resumed exactly"}]  # fmt: skip
     missing = tmp_path / "train.log"
@@ -176,7 +169,7 @@ def test_a_runs_history_is_read_from_its_log_and_else_from_its_train_log(tmp_pat
 
 
 def test_a_part_of_a_grid_is_a_step_named_for_what_it_trains(tmp_path):
-    reproduce = _reproduce_module()
+    reproduce = _script("reproduce_cifar10")
     args = reproduce.parse_args(["--out", str(tmp_path), "--train-rates", "0.05,0.1"])
     names = {b.branch: b.step_name(whole_grid=False) for b in reproduce.sweep_branches(args, args.methods, args.train_rates)}
     assert names["dense"] == "sweep-dense:one-shot,progressive@0.05,0.1"
@@ -186,11 +179,7 @@ def test_a_part_of_a_grid_is_a_step_named_for_what_it_trains(tmp_path):
 
 
 def test_the_machines_line_names_each_run_of_invocations_once():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "scripts" / "render_results.py")
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
+    render = _script("render_results")
     gpu = {"device": "NVIDIA H200", "torch": "2.14.1", "python": "3.12.3"}
     cpu = {"device": "CPU (x86_64)", "torch": "2.14.1", "python": "3.11.7"}
     assert render.machines_line([cpu, cpu, cpu]) == "Machine, for every invocation above: CPU (x86_64) (torch 2.14.1, Python 3.11.7)."
