@@ -28,6 +28,14 @@ ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validat
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
 BnOpt = Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
 StuckGradOpt = Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
+ScaleGradOpt = Annotated[
+    str, typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach.")
+]
+UnbiasOpt = Annotated[
+    bool,
+    typer.Option("--unbias-faults/--raw-faults",
+                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them."),
+]
 DistillOpt = Annotated[
     float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
 ]
@@ -134,6 +142,8 @@ def train_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     bn: BnOpt = _train_default("bn"),
     stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
+    scale_grad: ScaleGradOpt = _train_default("scale_grad"),
+    unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     distill: DistillOpt = _train_default("distill"),
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
@@ -174,7 +184,7 @@ def train_cmd(
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-        rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
+        scale_grad=scale_grad, unbias_faults=unbias_faults, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
@@ -331,6 +341,7 @@ def sweep_cmd(
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
+    unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
     distill: DistillOpt = _train_default("distill"),
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
@@ -358,7 +369,7 @@ def sweep_cmd(
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
         ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
-        distill=distill, eval_chips=eval_chips,
+        distill=distill, eval_chips=eval_chips, unbias_faults=unbias_faults,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

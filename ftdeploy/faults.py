@@ -43,6 +43,10 @@ class NonIdeality(ABC):
     def is_identity(self) -> bool:
         """True when no cell can change (rate 0): callers may skip the work."""
 
+    @abstractmethod
+    def level_expectation(self, max_level: int) -> tuple[float, float]:
+        """(keep, add): the level a cell reads, averaged over chips, is ``keep · programmed + add``."""
+
     def sample_numpy(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
         return self.state_from_uniform(rng.random(shape, dtype=np.float64))
 
@@ -75,6 +79,10 @@ class StuckAt(NonIdeality):
     def is_identity(self) -> bool:
         return self.total == 0
 
+    def level_expectation(self, max_level: int) -> tuple[float, float]:
+        # healthy: the programmed level; stuck-off: 0; stuck-on: max_level
+        return 1.0 - self.total, self.stuck_on * max_level
+
     def state_from_uniform(self, u):
         xp = array_namespace(u)
         off = u < self.stuck_off
@@ -101,6 +109,19 @@ def draw_chip_states(nonideality: NonIdeality, cell_shapes: list[tuple[int, ...]
     return [nonideality.sample_numpy(shape, rng) for shape in cell_shapes]
 
 
+def code_expectation(mapping: Mapping, nonideality: NonIdeality) -> tuple[float, float]:
+    """(a, b): a weight's code read back, averaged over chips, is ``a · programmed code + b``.
+
+    Every mapping decodes linearly (``q = Σ c_k·level_k + offset``) and a cell's expected level is
+    affine in its programmed level, so the expectation is affine in the code:
+    ``a = keep``, ``b = add·Σ c_k + offset·(1 − keep)``. For stuck-at faults on a differential
+    pair (or bit-sliced cells, Σ c_k = 0) that is ``(1 − P_sa)·q``: on average a faulty chip holds
+    the weights shrunk by ``1 − P_sa``, because a stuck-on cell on either column is as likely and
+    cancels out while a stuck-off cell only ever loses the programmed value."""
+    keep, add = nonideality.level_expectation(mapping.max_level)
+    return keep, add * sum(mapping.coefficients) + mapping.offset * (1.0 - keep)
+
+
 def faulty_codes(mapping: Mapping, levels, state, nonideality: NonIdeality):
     """Codes a chip reads back from programmed levels under a drawn state (numpy or torch)."""
     return mapping.decode(nonideality.apply(levels, state, mapping.max_level))
@@ -114,6 +135,7 @@ def faulty_weight(
     generator: torch.Generator | None = None,
     block_stuck_grad: bool = True,
     scale: torch.Tensor | None = None,
+    unbiased: bool = False,
 ) -> torch.Tensor:
     """Differentiable weight as a faulty chip computes with it (training and fast evaluation).
 
@@ -125,6 +147,9 @@ def faulty_weight(
         a stuck-on cell injects, instead of only working around it;
       - a weight with a stuck cell gets no gradient when ``block_stuck_grad`` (its cell does
         not respond to programming on this chip, so a gradient there is noise).
+    ``unbiased`` maps the chip's codes back through :func:`code_expectation`, ``(q' − b) / a``, so
+    that the weight averaged over chips is the fault-free one, as inverted dropout divides by the
+    keep probability (training only: a real chip does not do this).
     ``state`` gives the chip (cells, *weight.shape); without it one is drawn. ``scale``
     (broadcastable to ``weight``) replaces ``scale_of(weight)``: the trainer passes it when it
     faults all layers at once as one flat vector.
@@ -141,6 +166,9 @@ def faulty_weight(
     if block_stuck_grad:
         stuck = (state != HEALTHY).any(0)
         q = torch.where(stuck, q.detach(), q)
+    if unbiased:
+        a, b = code_expectation(mapping, nonideality)
+        return (q + delta - b) / a * s
     return (q + delta) * s
 
 

@@ -98,6 +98,7 @@ class SweepSettings:
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
     rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
     distill: float = 0.0  # weight of distillation from the pretrained model (TrainConfig.distill)
+    unbias_faults: bool = False  # training chips' weights divided by their expected shrink (TrainConfig.unbias_faults)
     eval_chips: int = 3  # chips at P_sa^T measured after each epoch (TrainConfig.eval_chips), in-process or not
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
@@ -106,6 +107,7 @@ class SweepSettings:
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
             rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=self.eval_chips,
+            unbias_faults=self.unbias_faults,
         )  # fmt: skip
 
 
@@ -125,7 +127,7 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
            "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--eval-chips", str(s.eval_chips), "--seed", str(s.seed),
-           "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
+           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -251,9 +253,12 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
 
 def _recipe(s: SweepSettings) -> dict:
     """The starting model and training options a row was tabulated under (its epochs are its own)."""
-    return {"pretrained_sha256": sha256_file(s.pretrained), "lr": s.lr,
-            "batch_size": s.batch_size, "bn": s.bn, "stuck_grad": s.stuck_grad, "rate_warmup": s.rate_warmup,
-            "distill": s.distill}  # fmt: skip
+    recipe = {"pretrained_sha256": sha256_file(s.pretrained), "lr": s.lr,
+              "batch_size": s.batch_size, "bn": s.bn, "stuck_grad": s.stuck_grad, "rate_warmup": s.rate_warmup,
+              "distill": s.distill}  # fmt: skip
+    # Options added later are recorded when they differ from their default, so a row measured
+    # before they existed (with the default) still matches its recipe.
+    return recipe | ({"unbias_faults": True} if s.unbias_faults else {})
 
 
 def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], results: dict[str, dict]) -> dict[str, dict]:
@@ -312,6 +317,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "stuck_grad": s.stuck_grad,
         "rate_warmup": s.rate_warmup,
         "distill": s.distill,
+        "unbias_faults": s.unbias_faults,
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
         "rows": rows,

@@ -65,8 +65,8 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
 
 
 def _beside_table_i(long: dict, dense: dict | None) -> dict:
-    """The longer runs followed by Table I's runs of the same method and training rate (their
-    epochs column tells them apart)."""
+    """Runs of another length or recipe followed by Table I's runs of the same method and training
+    rate, marked "(Table I)"."""
     if not dense:
         return long
     keys = {(r["method"], r["train_rate"]) for r in long["rows"] if r["method"] != "baseline"}
@@ -320,6 +320,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     abl_lr = load(out / "ablation-lr" / "table.json")  # not run by default
     distill = load(out / "distill" / "table.json")
     long = load(out / "dense-long" / "table.json")
+    unbiased = load(out / "unbiased" / "table.json")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -400,6 +401,19 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                f"of {dense['epochs'] if dense else '?'} (the paper retrains 160).", "",
                *table_md(_beside_table_i(long, dense), with_ci=True), "", *criteria(long), "", *operating_points(long), "",
                "Commands:", "", *command_lines(manifest, ["sweep-long", "eval-dense-long"]), ""]  # fmt: skip
+    if unbiased and any(r["method"] != "baseline" for r in unbiased["rows"]):
+        md += ["## Unbiased training chips (`--unbias-faults`)", "",
+               "On a two-column pair a chip at rate P holds, averaged over chips, the weights shrunk by 1 − P (a "
+               "stuck-on cell is as likely on either column and cancels out; a stuck-off cell only loses the "
+               "programmed value). A model retrained at P^T therefore fits weights 1 − P^T as large as the ones a "
+               "fault-free chip holds, and BatchNorm's fixed statistics pass that gain on from layer to layer. "
+               "Here each training chip's codes are mapped back through that expectation (divided by 1 − P, as "
+               "inverted dropout divides by its keep rate), so the average training chip is the fault-free one. "
+               f"Same pretrained model, epochs, learning rate and chips as Table I; the rows marked Table I are the "
+               "plain recipe.", "",
+               *table_md(_beside_table_i(unbiased, dense), with_ci=True), "", *criteria(unbiased), "",
+               *operating_points(unbiased), "",
+               "Commands:", "", *command_lines(manifest, ["sweep-unbiased", "eval-unbiased"]), ""]  # fmt: skip
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; the loss is "
@@ -415,7 +429,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "dense-no-rate-warmup", "distill", "bn-train", "ablation-stuck-pass", "pruned"])
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", "dense-no-rate-warmup", "distill", "bn-train",
+                             "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -17,6 +17,8 @@ accelerator window continues from its last finished epoch):
         chen2015-folded), no training;
      e. the dense grid again with distillation from the pretrained model (--distill);
      f. "long": P_sa^T = 0.05 retrained for --long-epochs (the paper retrains 160 epochs);
+     g. "unbiased": the dense grid with each training chip's weights divided by their expected
+        shrink under faults (--unbias-faults);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -44,7 +46,7 @@ from pathlib import Path
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long")
+BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
@@ -84,9 +86,10 @@ class SweepBranch:
                 "--out", str(args.out / self.folder)]  # fmt: skip
 
 
-def sweep_options(args, epochs: int) -> list[str]:
-    """What every sweep of the study shares: data, device, test rates, chips, images, recipe."""
-    options = ["--profile", args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
+def sweep_options(args, epochs: int, profile: str | None = None) -> list[str]:
+    """What every sweep of the study shares: data, device, test rates, chips, images, recipe;
+    on the study's profile unless another is named."""
+    options = ["--profile", profile or args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
                "--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs), "--lr", str(args.retrain_lr)]  # fmt: skip
     options += ["--max-images", str(args.max_images)] if args.max_images else []
     return options + (["--no-train"] if args.evaluate_only else [])
@@ -108,7 +111,20 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
         # retrains 160 epochs.) Same grid, only longer.
         SweepBranch("long", "dense-long", "sweep-long", "pretrain", methods, "0.05", epochs=args.long_epochs),
+        # Is it the gain? A chip at rate P holds on average (1 − P)·W: a model retrained at P_sa^T
+        # fits that gain, and the fault-free chip is (1 − P_sa^T)^-1 too loud. Same grid, each
+        # training chip divided by its expected shrink (--unbias-faults).
+        SweepBranch("unbiased", "unbiased", "sweep-unbiased", "pretrain", methods, rates, ("--unbias-faults",),
+                    follows_grid=True),
     ]  # fmt: skip
+
+
+def baseline_steps(args, pretrained: Path) -> list[tuple[str, list[str]]]:
+    """The pretrained model alone on each of BASELINE_PROFILES (no run folders: --no-train
+    tabulates the baseline only)."""
+    return [(f"baseline-{p}", ["sweep", *sweep_options(args, args.epochs, profile=p), "--no-train", "--from", str(pretrained),
+                               "--methods", "progressive", "--train-rates", "0.05", "--out", str(args.out / f"baseline-{p}")])
+            for p in BASELINE_PROFILES]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,7 +179,6 @@ def main() -> int:
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     common = base + ["--batch-size", str(args.batch_size)]
 
-    sweep_common = sweep_options(args, args.epochs)
     pre = args.out / "pretrain" / "model.pt"
     model_opt = ["--model", args.model] if args.model else []
     if args.evaluate_only:
@@ -188,11 +203,9 @@ def main() -> int:
         ],
         "bn-train": [sweep_step("bn-train")],
         "ablation-grad": [sweep_step("ablation-grad")],
-        # The pretrained model alone (no run folders: --no-train tabulates the baseline only).
-        "baselines": [(f"baseline-{p}", ["sweep", "--profile", p, *sweep_common[2:], "--no-train",
-                                         "--from", str(pre), "--methods", "progressive", "--train-rates", "0.05",
-                                         "--out", str(args.out / f"baseline-{p}")]) for p in BASELINE_PROFILES],
+        "baselines": baseline_steps(args, pre),
         "long": [sweep_step("long")],
+        "unbiased": [sweep_step("unbiased")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

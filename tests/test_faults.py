@@ -17,6 +17,7 @@ from ftdeploy.faults import (
     STUCK_ON,
     StuckAt,
     chip_rng,
+    code_expectation,
     draw_chip_states,
     faulty_codes,
     faulty_weight,
@@ -426,3 +427,49 @@ def test_cells_hold_the_weights_the_target_places_batchnorm_for(placement):
     x = _normalized(_images(16))
     with torch.no_grad():
         torch.testing.assert_close(net.model(x), model(x), atol=0.15, rtol=0.05)
+
+
+# --- the chip population's average weight ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["paper-diff8", "offset-8", "mlc2-bitsliced"])
+@pytest.mark.parametrize("rates", [(0.0, 0.0), (0.01, 0.04), (0.2, 0.1)])
+def test_code_expectation_is_the_exact_average_over_every_cell_state(name, rates):
+    """Enumerate every combination of cell states of one weight (3^cells, each with its
+    probability) and average what the chip reads: that is a·q + b, for every code."""
+    import itertools
+
+    mapping = make_mapping(_target(name, "layer"))
+    ni = StuckAt(*rates)
+    a, b = code_expectation(mapping, ni)
+    p = {HEALTHY: 1 - ni.total, STUCK_OFF: ni.stuck_off, STUCK_ON: ni.stuck_on}
+    codes = np.array([-mapping.max_code, -37, -1, 0, 1, 64, mapping.max_code])
+    levels = mapping.encode(codes)
+    expected = np.zeros(len(codes))
+    for combo in itertools.product((HEALTHY, STUCK_OFF, STUCK_ON), repeat=mapping.cells_per_weight):
+        state = np.broadcast_to(np.array(combo, dtype=np.uint8)[:, None], levels.shape)
+        expected += math.prod(p[c] for c in combo) * faulty_codes(mapping, levels, state, ni)
+    np.testing.assert_allclose(a * codes + b, expected, rtol=1e-6, atol=1e-4)  # float32 reads
+    if ni.is_identity:
+        assert (a, b) == (1.0, 0.0)
+
+
+def test_differential_pair_chips_hold_the_weights_shrunk_by_one_minus_p():
+    mapping = make_mapping(_target("paper-diff8", "layer"))
+    assert code_expectation(mapping, StuckAt.from_total(0.05, CHEN2015_SPLIT)) == pytest.approx((0.95, 0.0))
+
+
+@pytest.mark.parametrize("name", ["paper-diff8", "offset-8"])
+def test_unbiased_faulty_weight_maps_the_chip_back_through_its_expectation(name):
+    """unbiased: (q' − b)/a · s on the same chip; at rate 0 exactly the clean weight."""
+    mapping = make_mapping(_target(name, "layer"))
+    w = _weight((8, 9), seed=4)
+    ni = StuckAt(0.05, 0.1)
+    state = ni.sample_torch((mapping.cells_per_weight, *w.shape), "cpu", torch.Generator().manual_seed(5))
+    a, b = code_expectation(mapping, ni)
+    s = scale_of(w, mapping.target)
+    raw = faulty_weight(w, mapping, ni, state=state)
+    torch.testing.assert_close(faulty_weight(w, mapping, ni, state=state, unbiased=True), (raw / s - b) / a * s)
+    none = StuckAt(0.0, 0.0)
+    clean = faulty_weight(w, mapping, none, state=torch.zeros_like(state), unbiased=True)
+    assert torch.equal(clean, quantized_weight(w, mapping))

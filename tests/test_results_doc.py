@@ -129,13 +129,13 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     for folder in ("pretrain", "pruned70"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "model.pt").write_bytes(b"weights")
-    for folder in ("dense", "distill", "pruned", "dense-long"):
+    for folder in ("dense", "distill", "pruned", "dense-long", "unbiased"):
         (tmp_path / folder / "runs").mkdir(parents=True)
     options = ["--out", str(tmp_path), "--epochs", "7", "--long-epochs", "30", "--distill", "0.7", "--chips", "3"]
     trained = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
     evaluated = reproduce.parse_args([*options, "--evaluate-only"])
     steps = {folder: argv for _, folder, argv in reproduce.evaluation_steps(evaluated)}
-    assert sorted(steps) == ["dense", "dense-long", "distill", "pruned"], "no runs, no tabulation"
+    assert sorted(steps) == ["dense", "dense-long", "distill", "pruned", "unbiased"], "no runs, no tabulation"
 
     def option(argv, name):
         return argv[argv.index(name) + 1]
@@ -149,11 +149,24 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
             assert option(eval_argv, name) == option(train_argv, name), (branch.folder, name)
         assert [a for a in train_argv if a.startswith("--")] == [a for a in eval_argv if a != "--no-train" and a.startswith("--")]
     assert option(steps["distill"], "--distill") == "0.7"
+    assert "--unbias-faults" in steps["unbiased"] and "--unbias-faults" not in steps["dense"]
     assert option(steps["dense-long"], "--epochs") == "30" and option(steps["dense"], "--epochs") == "7"
     assert option(steps["pruned"], "--from") == str(tmp_path / "pruned70" / "model.pt")
     assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
     only_dense = reproduce.parse_args([*options, "--evaluate-only", "--only", "dense"])
     assert [folder for _, folder, _ in reproduce.evaluation_steps(only_dense)] == ["dense"]
+
+
+def test_each_baseline_step_measures_on_its_own_profile_with_the_studys_other_options(tmp_path):
+    reproduce = _script("reproduce_cifar10")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--profile", "strict", "--chips", "4", "--max-images", "300"])
+    dense = next(b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID) if b.branch == "dense").argv(args)
+    steps = dict(reproduce.baseline_steps(args, tmp_path / "pretrain" / "model.pt"))
+    assert sorted(steps) == [f"baseline-{p}" for p in reproduce.BASELINE_PROFILES]
+    for name, argv in steps.items():
+        assert argv.count("--profile") == 1 and argv[argv.index("--profile") + 1] == name.removeprefix("baseline-")
+        for option in ("--data", "--chips", "--max-images", "--test-rates", "--batch-size"):
+            assert argv[argv.index(option) + 1] == dense[dense.index(option) + 1], (name, option)
 
 
 def test_a_runs_history_is_read_from_its_log_and_else_from_its_train_log(tmp_path):

@@ -80,6 +80,44 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
 
 
+def test_injector_options_reach_the_fault_model():
+    """unbiased: each layer is faults.faulty_weight(..., unbiased=True) of the same chip;
+    learn_scale=False: no gradient reaches the peak through the stuck-on value, so every weight's
+    gradient is its straight-through one (1 for a healthy weight of sum(), 0 for a stuck one)."""
+    target, _ = load_target("paper-diff8")
+    mapping, ni = make_mapping(target), StuckAt.from_total(0.2, SPLIT)
+
+    def chip(**options):
+        model = create_model("democnn", width=8)
+        inj = FaultInjector(model, target, seed=3, **options)
+        inj.set_rate(0.2, SPLIT)
+        inj.attach()
+        try:
+            faulty = inj._draw_chip()
+            originals = [m.parametrizations.weight.original for _, m in deployed_layers(model)]
+            sum(f.sum() for f in faulty).backward()
+            return model, faulty, [w.grad.clone() for w in originals]
+        finally:
+            inj.detach()
+
+    model, unbiased, _ = chip(unbiased=True)
+    total = sum(m.weight.numel() for _, m in deployed_layers(model))
+    states = ni.sample_torch((2, total), "cpu", torch.Generator().manual_seed(3))
+    start = 0
+    for (name, module), got in zip(deployed_layers(model), unbiased):
+        n = module.weight.numel()
+        state = states[:, start : start + n].reshape(2, *module.weight.shape)
+        start += n
+        expected = faulty_weight(module.weight, mapping, ni, state=state, unbiased=True)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
+
+    def straight_through_only(grads):  # 1 (to float32 rounding of ×s÷s) or 0, nothing else
+        return all(bool((torch.isclose(g, torch.ones_like(g), rtol=1e-6) | (g == 0)).all()) for g in grads)
+
+    assert straight_through_only(chip(learn_scale=False)[2])
+    assert not straight_through_only(chip()[2])
+
+
 def test_injection_draws_a_new_chip_every_forward_and_detaches_cleanly():
     target, _ = load_target("paper-diff8")
     model = create_model("democnn", width=8).eval()
