@@ -237,30 +237,44 @@ def _split(source: _Source, val_split: int | None) -> tuple[np.ndarray, np.ndarr
     return train_idx, val_idx, f" (validation: {len(val_idx)} images held out, stratified, seed {SPLIT_SEED})"
 
 
-def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
-    """Load a dataset spec into memory and split it (see module docstring)."""
+def _opened_split(spec: str | None, val_split: int | None, image_size: int):
+    """(spec, source, train indices, validation indices, description): what both loaders share."""
     spec = spec or "embedded"
     source = _open(spec, image_size)
     train_idx, val_idx, how = _split(source, val_split)
+    return spec, source, train_idx, val_idx, source.description + how
+
+
+def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
+    """Load a dataset spec into memory and split it (see module docstring)."""
+    spec, source, train_idx, val_idx, description = _opened_split(spec, val_split, image_size)
     train_x = source.take(train_idx)
     mean, std = channel_stats(train_x)
     return DataBundle(train_x=train_x, train_y=torch.from_numpy(source.labels[train_idx]), val_x=source.take(val_idx),
                       val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes, spec=spec,
-                      description=source.description + how, mean=mean, std=std, val_split=len(val_idx))  # fmt: skip
+                      description=description, mean=mean, std=std, val_split=len(val_idx))  # fmt: skip
 
 
-def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
-    """The validation part alone, as :func:`load_data` splits it, without decoding the training
-    images (a tenth of the decoding work on a default split). The training part is empty and the
-    normalisation statistics are NaN: an evaluation takes those from the model, never from here."""
-    spec = spec or "embedded"
-    source = _open(spec, image_size)
-    _, val_idx, how = _split(source, val_split)
-    val_x = source.take(val_idx)
-    nan = (float("nan"),) * val_x.shape[1]
-    return DataBundle(train_x=val_x[:0], train_y=torch.zeros(0, dtype=torch.int64), val_x=val_x,
-                      val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes, spec=spec,
-                      description=source.description + how, mean=nan, std=nan, val_split=len(val_idx))  # fmt: skip
+@dataclass
+class ValidationSet:
+    """The validation part alone, as :func:`load_data` splits it: what an evaluation needs. It has
+    no normalisation statistics (they come from the training images): an evaluation takes the
+    model's own."""
+
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    classes: list[str]
+    spec: str
+    description: str
+    val_split: int
+
+
+def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> ValidationSet:
+    """The validation part alone, without decoding the training images (a tenth of the decoding
+    work on a default split)."""
+    spec, source, _, val_idx, description = _opened_split(spec, val_split, image_size)
+    return ValidationSet(val_x=source.take(val_idx), val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes,
+                         spec=spec, description=description, val_split=len(val_idx))  # fmt: skip
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -286,7 +286,7 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
         raise VerifyError(f"{export.path}: input is {height}x{width}; only square images are supported")
-    bundle = load_validation(spec, val_split, image_size=height)  # the training images stay undecoded
+    bundle = load_validation(spec, val_split, image_size=height)  # a ValidationSet: training images stay undecoded
     classes = export.meta["classes"]
     if list(bundle.classes) != list(classes):
         raise VerifyError(f"data {bundle.spec}: classes {_short(bundle.classes)} differ from the model's {_short(classes)}")
