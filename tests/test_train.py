@@ -386,7 +386,9 @@ def test_sigterm_stops_a_training_like_ctrl_c_with_its_epochs_saved(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
     deadline = time.monotonic() + 240
-    while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
+    # model.pt, not log.jsonl: an epoch's log row is written before its checkpoints, and a signal
+    # in between leaves the row without a model.pt (the flaky failure under load).
+    while not (out / "model.pt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
