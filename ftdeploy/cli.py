@@ -36,6 +36,9 @@ UnbiasOpt = Annotated[
     typer.Option("--unbias-faults/--raw-faults",
                  help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them."),
 ]
+CleanStepsOpt = Annotated[
+    float, typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none.")
+]
 DistillOpt = Annotated[
     float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
 ]
@@ -144,6 +147,7 @@ def train_cmd(
     stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
     scale_grad: ScaleGradOpt = _train_default("scale_grad"),
     unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
+    clean_steps: CleanStepsOpt = _train_default("clean_steps"),
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     distill: DistillOpt = _train_default("distill"),
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
@@ -184,7 +188,7 @@ def train_cmd(
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-        scale_grad=scale_grad, unbias_faults=unbias_faults, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
+        scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
@@ -342,6 +346,7 @@ def sweep_cmd(
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
     unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
+    clean_steps: CleanStepsOpt = _train_default("clean_steps"),
     distill: DistillOpt = _train_default("distill"),
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
@@ -369,7 +374,7 @@ def sweep_cmd(
         epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
         ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
-        distill=distill, eval_chips=eval_chips, unbias_faults=unbias_faults,
+        distill=distill, eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

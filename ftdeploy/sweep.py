@@ -99,6 +99,7 @@ class SweepSettings:
     rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
     distill: float = 0.0  # weight of distillation from the pretrained model (TrainConfig.distill)
     unbias_faults: bool = False  # training chips' weights divided by their expected shrink (TrainConfig.unbias_faults)
+    clean_steps: float = 0.0  # fraction of retraining steps on a fault-free chip (TrainConfig.clean_steps)
     eval_chips: int = 3  # chips at P_sa^T measured after each epoch (TrainConfig.eval_chips), in-process or not
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
@@ -107,7 +108,7 @@ class SweepSettings:
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
             rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=self.eval_chips,
-            unbias_faults=self.unbias_faults,
+            unbias_faults=self.unbias_faults, clean_steps=self.clean_steps,
         )  # fmt: skip
 
 
@@ -127,7 +128,7 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
            "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--eval-chips", str(s.eval_chips), "--seed", str(s.seed),
-           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
+           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--clean-steps", repr(s.clean_steps), "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -258,7 +259,7 @@ def _recipe(s: SweepSettings) -> dict:
               "distill": s.distill}  # fmt: skip
     # Options added later are recorded when they differ from their default, so a row measured
     # before they existed (with the default) still matches its recipe.
-    return recipe | ({"unbias_faults": True} if s.unbias_faults else {})
+    return recipe | ({"unbias_faults": True} if s.unbias_faults else {}) | ({"clean_steps": s.clean_steps} if s.clean_steps else {})
 
 
 def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], results: dict[str, dict]) -> dict[str, dict]:
@@ -318,6 +319,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "rate_warmup": s.rate_warmup,
         "distill": s.distill,
         "unbias_faults": s.unbias_faults,
+        "clean_steps": s.clean_steps,
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
         "rows": rows,

@@ -120,6 +120,11 @@ class TrainConfig(BaseModel):
         description="Divide each training chip's weights by their expected shrink under faults (1 - P_sa on a "
                     "differential pair), as inverted dropout does, so the fault-free chip gets the gain training fitted.",
     )  # fmt: skip
+    clean_steps: float = Field(
+        0.0, ge=0, lt=1,
+        description="Fraction of retraining steps run on a fault-free chip, spread evenly (every other step at 0.5); "
+                    "the rest at the scheduled rate. 0: every step faulty.",
+    )  # fmt: skip
     distill: float = Field(
         0.0, ge=0, le=1,
         description="Weight of distillation from the starting checkpoint's clean outputs in the retraining loss "
@@ -141,6 +146,15 @@ class TrainConfig(BaseModel):
         n = len(self.progressive_rates)
         block = -(-(epoch + 1) * n // self.epochs) - 1  # ceil((epoch + 1) · n / epochs) − 1
         return self.progressive_rates[max(0, min(block, n - 1))]
+
+    def step_rate(self, epoch_rate: float, step: int, rate_warmup_steps: int) -> float:
+        """Training stuck-at rate of a step (0-based, counted over the whole run): 0 on the
+        clean steps, else the epoch's rate, ramped in over the first ``rate_warmup_steps``."""
+        if math.floor((step + 1) * self.clean_steps) > math.floor(step * self.clean_steps):
+            return 0.0
+        if step < rate_warmup_steps:
+            return epoch_rate * (step + 1) / rate_warmup_steps
+        return epoch_rate
 
     def schedule(self) -> list[float]:
         return [self.rate_at(e) for e in range(self.epochs)]
@@ -471,8 +485,8 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
-                if injector and step < rate_warmup_steps:
-                    injector.set_rate(rate * (step + 1) / rate_warmup_steps, config.split)
+                if injector and (step < rate_warmup_steps or config.clean_steps):
+                    injector.set_rate(config.step_rate(rate, step, rate_warmup_steps), config.split)
                 step += 1
                 xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
                 x = normalize(augment(xb, aug_gen), data.mean, data.std)

@@ -19,6 +19,7 @@ accelerator window continues from its last finished epoch):
      f. "long": P_sa^T = 0.05 retrained for --long-epochs (the paper retrains 160 epochs);
      g. "unbiased": the dense grid with each training chip's weights divided by their expected
         shrink under faults (--unbias-faults);
+     h. "clean-steps": as g, with every other step on a fault-free chip (--clean-steps 0.5);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -46,7 +47,7 @@ from pathlib import Path
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased")
+BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
@@ -116,6 +117,12 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # training chip divided by its expected shrink (--unbias-faults).
         SweepBranch("unbiased", "unbiased", "sweep-unbiased", "pretrain", methods, rates, ("--unbias-faults",),
                     follows_grid=True),
+        # Does a model trained at P_sa^T keep its clean accuracy when it also trains fault-free?
+        # Every other step on a fault-free chip (the loss then averages clean and faulty, as in
+        # Stutz et al. 2021's random bit error training), on unbiased chips so both kinds of
+        # step see the same average weights.
+        SweepBranch("clean-steps", "clean-steps", "sweep-clean-steps", "pretrain", methods, rates,
+                    ("--unbias-faults", "--clean-steps", "0.5"), follows_grid=True),
     ]  # fmt: skip
 
 
@@ -206,6 +213,7 @@ def main() -> int:
         "baselines": baseline_steps(args, pre),
         "long": [sweep_step("long")],
         "unbiased": [sweep_step("unbiased")],
+        "clean-steps": [sweep_step("clean-steps")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -191,7 +191,8 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     import ftdeploy.train
     from ftdeploy.sweep import _train_command
 
-    settings = dataclasses.replace(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup=1.5, unbias_faults=True)
+    settings = dataclasses.replace(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup=1.5, unbias_faults=True,
+                                   clean_steps=0.25)
     cell = plan(["progressive"], [0.05])[1]
     argv = _train_command(settings, cell, tmp_path / "run")
     assert argv[1:3] == ["-m", "ftdeploy"]

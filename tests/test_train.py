@@ -278,6 +278,29 @@ def test_resuming_a_finished_run_returns_it_and_a_different_run_is_refused(pretr
         train(cfg, small_data, folded, tmp_path, init=init, resume=True)
 
 
+def test_clean_steps_are_spread_evenly_and_override_the_ramp():
+    cfg = TrainConfig(method="one-shot", target_rate=0.05, clean_steps=0.25, epochs=2)
+    rates = [cfg.step_rate(0.05, step, rate_warmup_steps=4) for step in range(12)]
+    assert rates == pytest.approx([0.0125, 0.025, 0.0375, 0.0, 0.05, 0.05, 0.05, 0.0, 0.05, 0.05, 0.05, 0.0], abs=1e-15)
+    half = TrainConfig(method="one-shot", clean_steps=0.5, epochs=2)
+    assert [half.step_rate(0.05, step, 0) for step in range(6)] == [0.05, 0.0] * 3
+    plain = TrainConfig(method="one-shot", epochs=2)
+    assert {plain.step_rate(0.05, step, 0) for step in range(100)} == {0.05}
+
+
+def test_a_retraining_with_clean_steps_runs_every_other_step_fault_free(pretrained, small_data, tmp_path, monkeypatch):
+    seen = []
+    original = FaultInjector.set_rate
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (seen.append(p), original(self, p, split)))
+    target, _ = load_target("paper-diff8")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
+                      rate_warmup_epochs=0, clean_steps=0.5, eval_chips=0, device="cpu")  # fmt: skip
+    train(cfg, small_data, target, tmp_path, init=load_checkpoint(pretrained / "model.pt"))
+    steps = -(-len(small_data.train_y) // 64)
+    per_step = seen[1:]  # after the epoch's own set_rate
+    assert len(per_step) == steps and per_step == [0.05, 0.0] * (steps // 2) + [0.05] * (steps % 2)
+
+
 def test_a_finished_pretraining_serves_any_target(pretrained, small_data):
     """Pretraining injects no faults: reusing it for another chip family is no different run."""
     folded, _ = load_target("diff8-folded")
