@@ -74,6 +74,17 @@ def _beside_table_i(long: dict, dense: dict | None) -> dict:
     return {**long, "rows": [*long["rows"], *shorter]}
 
 
+def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
+    """A section for a grid retrained with one recipe change: its rows beside Table I's plain
+    runs of the same method and rate, the issue's criteria, the operating-point limits, commands."""
+    if not table or all(r["method"] == "baseline" for r in table["rows"]):
+        return []
+    return [f"## {title}", "", f"{why} Same pretrained model, epochs, learning rate and chips as Table I; the rows "
+            "marked Table I are the plain recipe.", "",
+            *table_md(_beside_table_i(table, dense), with_ci=True), "", *criteria(table), "", *operating_points(table), "",
+            "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+
+
 def paper_md() -> list[str]:
     lines = ["| model (paper) | " + " | ".join(f"P={r}" for r in PAPER_RATES) + " |", "|" + "---|" * (len(PAPER_RATES) + 1)]
     for name, vals in PAPER_TABLE_I.items():
@@ -321,6 +332,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     distill = load(out / "distill" / "table.json")
     long = load(out / "dense-long" / "table.json")
     unbiased = load(out / "unbiased" / "table.json")
+    clean_steps = load(out / "clean-steps" / "table.json")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -401,19 +413,21 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                f"of {dense['epochs'] if dense else '?'} (the paper retrains 160).", "",
                *table_md(_beside_table_i(long, dense), with_ci=True), "", *criteria(long), "", *operating_points(long), "",
                "Commands:", "", *command_lines(manifest, ["sweep-long", "eval-dense-long"]), ""]  # fmt: skip
-    if unbiased and any(r["method"] != "baseline" for r in unbiased["rows"]):
-        md += ["## Unbiased training chips (`--unbias-faults`)", "",
-               "On a two-column pair a chip at rate P holds, averaged over chips, the weights shrunk by 1 − P (a "
-               "stuck-on cell is as likely on either column and cancels out; a stuck-off cell only loses the "
-               "programmed value). A model retrained at P^T therefore fits weights 1 − P^T as large as the ones a "
-               "fault-free chip holds, and BatchNorm's fixed statistics pass that gain on from layer to layer. "
-               "Here each training chip's codes are mapped back through that expectation (divided by 1 − P, as "
-               "inverted dropout divides by its keep rate), so the average training chip is the fault-free one. "
-               f"Same pretrained model, epochs, learning rate and chips as Table I; the rows marked Table I are the "
-               "plain recipe.", "",
-               *table_md(_beside_table_i(unbiased, dense), with_ci=True), "", *criteria(unbiased), "",
-               *operating_points(unbiased), "",
-               "Commands:", "", *command_lines(manifest, ["sweep-unbiased", "eval-unbiased"]), ""]  # fmt: skip
+    md += recipe_variant_md(
+        "Unbiased training chips (`--unbias-faults`)",
+        "On a two-column pair a chip at rate P holds, averaged over chips, the weights shrunk by 1 − P (a stuck-on "
+        "cell is as likely on either column and cancels out; a stuck-off cell only loses the programmed value). A "
+        "model retrained at P^T therefore fits weights 1 − P^T as large as the ones a fault-free chip holds, and "
+        "BatchNorm's fixed statistics pass that gain on from layer to layer. Here each training chip's codes are "
+        "mapped back through that expectation (divided by 1 − P, as inverted dropout divides by its keep rate), so "
+        "the average training chip is the fault-free one.",
+        unbiased, dense, manifest, "unbiased")
+    md += recipe_variant_md(
+        "Half the steps fault-free (`--clean-steps 0.5`, on unbiased chips)",
+        "Every other retraining step runs on a fault-free chip, the rest at the scheduled rate, so the loss averages "
+        "clean and faulty chips (the random bit error training of Stutz et al. 2021 averages the two losses); the "
+        "faulty steps use unbiased chips (above), so both kinds of step see the same average weights.",
+        clean_steps, dense, manifest, "clean-steps")
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; the loss is "
@@ -429,7 +443,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", "dense-no-rate-warmup", "distill", "bn-train",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", "clean-steps", "dense-no-rate-warmup", "distill", "bn-train",
                              "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "

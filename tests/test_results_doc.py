@@ -129,13 +129,13 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     for folder in ("pretrain", "pruned70"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "model.pt").write_bytes(b"weights")
-    for folder in ("dense", "distill", "pruned", "dense-long", "unbiased"):
+    for folder in ("dense", "distill", "pruned", "dense-long", "unbiased", "clean-steps"):
         (tmp_path / folder / "runs").mkdir(parents=True)
     options = ["--out", str(tmp_path), "--epochs", "7", "--long-epochs", "30", "--distill", "0.7", "--chips", "3"]
     trained = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
     evaluated = reproduce.parse_args([*options, "--evaluate-only"])
     steps = {folder: argv for _, folder, argv in reproduce.evaluation_steps(evaluated)}
-    assert sorted(steps) == ["dense", "dense-long", "distill", "pruned", "unbiased"], "no runs, no tabulation"
+    assert sorted(steps) == ["clean-steps", "dense", "dense-long", "distill", "pruned", "unbiased"], "no runs, no tabulation"
 
     def option(argv, name):
         return argv[argv.index(name) + 1]
@@ -150,6 +150,7 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
         assert [a for a in train_argv if a.startswith("--")] == [a for a in eval_argv if a != "--no-train" and a.startswith("--")]
     assert option(steps["distill"], "--distill") == "0.7"
     assert "--unbias-faults" in steps["unbiased"] and "--unbias-faults" not in steps["dense"]
+    assert option(steps["clean-steps"], "--clean-steps") == "0.5" and "--clean-steps" not in steps["unbiased"]
     assert option(steps["dense-long"], "--epochs") == "30" and option(steps["dense"], "--epochs") == "7"
     assert option(steps["pruned"], "--from") == str(tmp_path / "pruned70" / "model.pt")
     assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
