@@ -188,7 +188,8 @@ def train_cmd(
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
-        scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
+        scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup,
+        distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip

@@ -128,7 +128,8 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
            "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
            "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
            "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--eval-chips", str(s.eval_chips), "--seed", str(s.seed),
-           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--clean-steps", repr(s.clean_steps), "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
+           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--clean-steps", repr(s.clean_steps),
+           "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -259,7 +260,8 @@ def _recipe(s: SweepSettings) -> dict:
               "distill": s.distill}  # fmt: skip
     # Options added later are recorded when they differ from their default, so a row measured
     # before they existed (with the default) still matches its recipe.
-    return recipe | ({"unbias_faults": True} if s.unbias_faults else {}) | ({"clean_steps": s.clean_steps} if s.clean_steps else {})
+    later = {"unbias_faults": (s.unbias_faults, False), "clean_steps": (s.clean_steps, 0.0)}
+    return recipe | {name: value for name, (value, default) in later.items() if value != default}
 
 
 def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], results: dict[str, dict]) -> dict[str, dict]:
