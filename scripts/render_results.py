@@ -74,6 +74,13 @@ def _beside_table_i(long: dict, dense: dict | None) -> dict:
     return {**long, "rows": [*long["rows"], *shorter]}
 
 
+def _chips_phrase(table: dict) -> str:
+    """How a grid's training chips were drawn (tables from before these options: the plain recipe)."""
+    chips = "unbiased training chips" if table.get("unbias_faults") else "training chips as a chip reads them"
+    clean = table.get("clean_steps") or 0
+    return chips + (f", {clean:g} of the steps fault-free" if clean else ", every step faulty")
+
+
 def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
     """A section for a grid retrained with one recipe change: its rows beside Table I's plain
     runs of the same method and rate, the issue's criteria, the operating-point limits, commands."""
@@ -352,7 +359,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                f"(two-column differential pair, {target_phrase(dense)}; stuck-off : stuck-on = 1.75 : 9.04). SS = Acc_retrain / "
                f"(Acc_pretrain − Acc_defect); `inf` where there is no degradation.", "",
                f"**Training.** Retraining: {dense['epochs']} epochs per model from the pretrained model, peak lr "
-               f"{dense['lr']}, BatchNorm `{dense['bn']}`, stuck-cell gradient `{dense['stuck_grad']}`. The paper "
+               f"{dense['lr']}, BatchNorm `{dense['bn']}`, stuck-cell gradient `{dense['stuck_grad']}`, "
+               f"{_chips_phrase(dense)}. The paper "
                f"trains 160 epochs per model; ours are fewer. A run cut short and resumed says after which epoch and how "
                f"(exactly, or from its weights alone) under Training curves; the invocations above say on which "
                f"machines.", ""]  # fmt: skip
