@@ -369,6 +369,12 @@ def sweep_cmd(
             raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
+    from .train import make_train_config
+
+    # The shared recipe is checked before any work, as `train` does: a bad value must not surface
+    # after the data load and the baseline's evaluation.
+    make_train_config(method="one-shot", rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
+                      unbias_faults=unbias_faults, clean_steps=clean_steps)  # fmt: skip
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=_parse_rates(test_rates),
         chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ftdeploy.cli import app
+from ftdeploy.errors import ConfigError
 from ftdeploy.data import load_data
 from ftdeploy.profiles import load_profile
 from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep
@@ -235,6 +236,12 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", "--bn", "sometimes",
                                  "--out", str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code != 0 and not (tmp_path / "s").exists()
+    for option, value in (("--clean-steps", "1.5"), ("--distill", "2")):
+        result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", option, value,
+                                     "--out", str(tmp_path / "s")])  # fmt: skip
+        # the entry point (cli.main) turns a ConfigError into one line and exit code 2
+        assert isinstance(result.exception, ConfigError) and not (tmp_path / "s").exists(), result.output
+        assert str(result.exception).startswith(f"{option}: ") and "\n" not in str(result.exception)
 
 
 def test_demo_command_end_to_end(tmp_path):
