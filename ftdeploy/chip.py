@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .data import normalize
-from .faults import NonIdeality, chip_rng, draw_chip_states, faulty_codes
+from .faults import NonIdeality, StuckAt, chip_rng, draw_chip_states, faulty_codes
 from .mapping import Mapping, make_mapping, quantize_codes, scale_of
 from .models import deployed_layers, fold_batchnorm
 from .profiles import BatchNormPlacement, Target
@@ -91,3 +91,13 @@ class DeployedNetwork:
         finally:
             self.clear()
         return accs
+
+    def accuracy_line(self, rates: list[float], split: tuple[float, float], chips: int, x, y, mean, std,
+                      seed: int = 0) -> str:  # fmt: skip
+        """'clean A  P=r: B ...': fault-free accuracy and the mean over ``chips`` chips per stuck-at
+        rate, the one-line summary the probe scripts print."""
+        figures = [f"clean {self.accuracy(x, y, mean, std):.2f}"]
+        for rate in rates:
+            accs = self.chip_accuracies(StuckAt.from_total(rate, split), rate, chips, seed, x, y, mean, std)
+            figures.append(f"P={rate:g}: {sum(accs) / len(accs):.2f}")
+        return "  ".join(figures)

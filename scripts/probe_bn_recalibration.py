@@ -17,12 +17,10 @@ import argparse
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import load_data, normalize
-from ftdeploy.faults import StuckAt
 from ftdeploy.profiles import load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
 from ftdeploy.verify import subset_indices
@@ -49,12 +47,8 @@ def main() -> None:
 
     def measure(model: torch.nn.Module, name: str) -> None:
         net = DeployedNetwork(model, resolved.target, torch.device("cpu"))
-        figures = [f"clean {net.accuracy(val_x, val_y, norm['mean'], norm['std']):.2f}"]
-        for rate in rates:
-            accs = net.chip_accuracies(StuckAt.from_total(rate, resolved.profile.faults.split), rate, args.chips, 0,
-                                       val_x, val_y, norm["mean"], norm["std"])  # fmt: skip
-            figures.append(f"P={rate:g}: {np.mean(accs):.2f}")
-        print(f"{name:<34} " + "  ".join(figures), flush=True)
+        line = net.accuracy_line(rates, resolved.profile.faults.split, args.chips, val_x, val_y, norm["mean"], norm["std"])
+        print(f"{name:<34} {line}", flush=True)
 
     print(f"{args.checkpoint}: {len(val_y)} validation images, {args.chips} chips per rate, target {resolved.target.name}")
     model = model_from_checkpoint(ckpt)

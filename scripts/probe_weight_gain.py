@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import load_validation
-from ftdeploy.faults import StuckAt
 from ftdeploy.models import deployed_layers
 from ftdeploy.profiles import load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
@@ -52,12 +50,8 @@ def main() -> None:
         norm = ckpt["normalization"]
         for gain in (float(g) for g in args.gains.split(",")):
             net = DeployedNetwork(scaled(model_from_checkpoint(ckpt), gain), resolved.target, torch.device("cpu"))
-            figures = [f"clean {net.accuracy(val_x, val_y, norm['mean'], norm['std']):.2f}"]
-            for rate in rates:
-                accs = net.chip_accuracies(StuckAt.from_total(rate, resolved.profile.faults.split), rate, args.chips, 0,
-                                           val_x, val_y, norm["mean"], norm["std"])  # fmt: skip
-                figures.append(f"P={rate:g}: {np.mean(accs):.2f}")
-            print(f"{path}  gain {gain:<5g} " + "  ".join(figures), flush=True)
+            line = net.accuracy_line(rates, resolved.profile.faults.split, args.chips, val_x, val_y, norm["mean"], norm["std"])
+            print(f"{path}  gain {gain:<5g} {line}", flush=True)
 
 
 def scaled(model: torch.nn.Module, gain: float) -> torch.nn.Module:

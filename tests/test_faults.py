@@ -98,6 +98,7 @@ def test_chip_accuracies_at_rate_zero_equal_fault_free_accuracy(tiny_net):
     # a rate too small to hit any of the ~500 cells takes the full chip path and still matches
     tiny = StuckAt(1e-12, 1e-12)
     assert net.chip_accuracies(tiny, 2e-12, 3, 0, x, y, MEAN, STD) == [clean] * 3
+    assert net.accuracy_line([0.0, 0.5], CHEN2015_SPLIT, 2, x, y, MEAN, STD).startswith("clean 100.00  P=0: 100.00  P=0.5: ")
     # faults do bite at a high rate, and the fault-free weights come back afterwards
     before = [layer.module.weight.clone() for layer in net.layers]
     faulty = net.chip_accuracies(StuckAt(0.1, 0.2), 0.3, 3, 0, x, y, MEAN, STD)
