@@ -360,21 +360,16 @@ def sweep_cmd(
     from .data import load_data
     from .profiles import load_profile
     from .sweep import SweepSettings, run_sweep
+    from .train import make_train_config
 
     resolved = load_profile(profile)
     d = resolved.profile.training
-    for name, value in (("--bn", bn), ("--stuck-grad", stuck_grad)):
-        allowed = ("frozen", "train") if name == "--bn" else ("block", "pass")
-        if value not in allowed:
-            raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, found {value!r}")
+    # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
+    # a bad value must not surface after the data load and the baseline's evaluation.
+    make_train_config(method="one-shot", bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
+                      eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps)  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
-    from .train import make_train_config
-
-    # The shared recipe is checked before any work, as `train` does: a bad value must not surface
-    # after the data load and the baseline's evaluation.
-    make_train_config(method="one-shot", rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips,
-                      unbias_faults=unbias_faults, clean_steps=clean_steps)  # fmt: skip
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=_parse_rates(test_rates),
         chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,

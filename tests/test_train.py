@@ -45,6 +45,19 @@ def _randomise_bn(model, seed=0):
             m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.1
 
 
+def _injector_states(model, mapping, nonideality, seed):
+    """(name, layer, cell states) per deployed layer: the chip a FaultInjector seeded ``seed``
+    draws first, one flat draw over all layers, cut back into layers."""
+    layers = deployed_layers(model)
+    total = sum(m.weight.numel() for _, m in layers)
+    states = nonideality.sample_torch((mapping.cells_per_weight, total), "cpu", torch.Generator().manual_seed(seed))
+    start = 0
+    for name, module in layers:
+        n = module.weight.numel()
+        yield name, module, states[:, start : start + n].reshape(mapping.cells_per_weight, *module.weight.shape)
+        start += n
+
+
 @pytest.mark.parametrize("target_name", ["paper-diff8", "diff8-folded", "mlc2-bitsliced", "offset-8"])
 def test_batched_injection_equals_per_layer_fault_model(target_name):
     """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
@@ -63,14 +76,8 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
         inj.detach()
 
     mapping = make_mapping(target)
-    total = sum(m.weight.numel() for _, m in deployed_layers(model))
-    states = StuckAt.from_total(0.05, SPLIT).sample_torch((mapping.cells_per_weight, total), "cpu",
-                                                            torch.Generator().manual_seed(3))  # fmt: skip
-    pairs, modules, start = conv_bn_pairs(model), dict(model.named_modules()), 0
-    for (name, module), got in zip(deployed_layers(model), faulty):
-        n = module.weight.numel()
-        state = states[:, start : start + n].reshape(mapping.cells_per_weight, *module.weight.shape)
-        start += n
+    pairs, modules = conv_bn_pairs(model), dict(model.named_modules())
+    for (name, module, state), got in zip(_injector_states(model, mapping, StuckAt.from_total(0.05, SPLIT), 3), faulty):
         k = torch.ones(module.weight.shape[0])
         if name in pairs and target.batchnorm == BatchNormPlacement.fold:
             bn = modules[pairs[name]]
@@ -101,13 +108,7 @@ def test_injector_options_reach_the_fault_model():
             inj.detach()
 
     model, unbiased, _ = chip(unbiased=True)
-    total = sum(m.weight.numel() for _, m in deployed_layers(model))
-    states = ni.sample_torch((2, total), "cpu", torch.Generator().manual_seed(3))
-    start = 0
-    for (name, module), got in zip(deployed_layers(model), unbiased):
-        n = module.weight.numel()
-        state = states[:, start : start + n].reshape(2, *module.weight.shape)
-        start += n
+    for (name, module, state), got in zip(_injector_states(model, mapping, ni, 3), unbiased):
         expected = faulty_weight(module.weight, mapping, ni, state=state, unbiased=True)
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
 
