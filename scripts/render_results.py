@@ -81,15 +81,22 @@ def _chips_phrase(table: dict) -> str:
     return chips + (f", {clean:g} of the steps fault-free" if clean else ", every step faulty")
 
 
-def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
-    """A section for a grid retrained with one recipe change: its rows beside Table I's plain
-    runs of the same method and rate, the issue's criteria, the operating-point limits, commands."""
+def beside_table_i_md(title: str, intro: str, table: dict | None, dense: dict | None, manifest: dict,
+                      steps: list[str]) -> list[str]:  # fmt: skip
+    """A section for a grid retrained another way (longer, or with one recipe change): its rows
+    beside Table I's runs of the same method and rate, the issue's criteria, the operating-point
+    limits and the commands of ``steps``."""
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
-    return [f"## {title}", "", f"{why} Same pretrained model, epochs, learning rate and chips as Table I; the rows "
-            "marked Table I are the plain recipe.", "",
-            *table_md(_beside_table_i(table, dense), with_ci=True), "", *criteria(table), "", *operating_points(table), "",
-            "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+    return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense), with_ci=True), "", *criteria(table), "",
+            *operating_points(table), "", "Commands:", "", *command_lines(manifest, steps), ""]  # fmt: skip
+
+
+def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
+    """:func:`beside_table_i_md` for a grid that changes one recipe step, in ``folder``."""
+    intro = f"{why} Same pretrained model, epochs, learning rate and chips as Table I; the rows marked Table I are the " \
+            "plain recipe."
+    return beside_table_i_md(title, intro, table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
 def paper_md() -> list[str]:
@@ -415,12 +422,12 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                "Same pretrained model, epochs, learning rate and chips as Table I; only the BatchNorm treatment "
                "during retraining differs (faults on the unfolded conv weights, batch statistics).", "",
                *table_md(abl_bn, with_ci=True), "", *criteria(abl_bn), ""]  # fmt: skip
-    if long and any(r["method"] != "baseline" for r in long["rows"]):
-        md += [f"## Longer retraining: P^T=0.05 for {long['epochs']} epochs", "",
-               f"Same pretrained model, learning rate and chips as Table I; {long['epochs']} retraining epochs instead "
-               f"of {dense['epochs'] if dense else '?'} (the paper retrains 160).", "",
-               *table_md(_beside_table_i(long, dense), with_ci=True), "", *criteria(long), "", *operating_points(long), "",
-               "Commands:", "", *command_lines(manifest, ["sweep-long", "eval-dense-long"]), ""]  # fmt: skip
+    if long:
+        md += beside_table_i_md(
+            f"Longer retraining: P^T=0.05 for {long['epochs']} epochs",
+            f"Same pretrained model, learning rate and chips as Table I; {long['epochs']} retraining epochs instead "
+            f"of {dense['epochs'] if dense else '?'} (the paper retrains 160).",
+            long, dense, manifest, ["sweep-long", "eval-dense-long"])
     md += recipe_variant_md(
         "Unbiased training chips (`--unbias-faults`)",
         "On a two-column pair a chip at rate P holds, averaged over chips, the weights shrunk by 1 − P (a stuck-on "
