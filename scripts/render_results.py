@@ -99,6 +99,25 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
     return beside_table_i_md(title, intro, table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
+def clean_steps_folders(out: Path) -> list[str]:
+    """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
+    by ascending fraction of fault-free steps."""
+    folders = [p.name for p in out.glob("clean-steps*") if (p / "table.json").is_file()]
+    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get("clean_steps") or 0))
+
+
+def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
+    """The section of one clean-steps grid, titled with its fraction of fault-free steps."""
+    fraction = (table or {}).get("clean_steps") or 0
+    share = "Every other retraining step runs" if fraction == 0.5 else f"A fraction {fraction:g} of the retraining steps, spread evenly, run"
+    return recipe_variant_md(
+        f"{'Half the' if fraction == 0.5 else f'{fraction:g} of the'} steps fault-free (`--clean-steps {fraction:g}`, on unbiased chips)",
+        f"{share} on a fault-free chip, the rest at the scheduled rate, so the loss averages "
+        "clean and faulty chips (the random bit error training of Stutz et al. 2021 averages the two losses); the "
+        "faulty steps use unbiased chips (above), so both kinds of step see the same average weights.",
+        table, dense, manifest, folder)
+
+
 def paper_md() -> list[str]:
     lines = ["| model (paper) | " + " | ".join(f"P={r}" for r in PAPER_RATES) + " |", "|" + "---|" * (len(PAPER_RATES) + 1)]
     for name, vals in PAPER_TABLE_I.items():
@@ -346,7 +365,6 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     distill = load(out / "distill" / "table.json")
     long = load(out / "dense-long" / "table.json")
     unbiased = load(out / "unbiased" / "table.json")
-    clean_steps = load(out / "clean-steps" / "table.json")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -437,12 +455,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         "mapped back through that expectation (divided by 1 − P, as inverted dropout divides by its keep rate), so "
         "the average training chip is the fault-free one.",
         unbiased, dense, manifest, "unbiased")
-    md += recipe_variant_md(
-        "Half the steps fault-free (`--clean-steps 0.5`, on unbiased chips)",
-        "Every other retraining step runs on a fault-free chip, the rest at the scheduled rate, so the loss averages "
-        "clean and faulty chips (the random bit error training of Stutz et al. 2021 averages the two losses); the "
-        "faulty steps use unbiased chips (above), so both kinds of step see the same average weights.",
-        clean_steps, dense, manifest, "clean-steps")
+    for folder in clean_steps_folders(out):
+        md += clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest)
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; the loss is "
@@ -458,8 +472,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", "clean-steps", "dense-no-rate-warmup", "distill", "bn-train",
-                             "ablation-stuck-pass", "pruned"])  # fmt: skip
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_steps_folders(out), "dense-no-rate-warmup", "distill",
+                             "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -19,7 +19,8 @@ accelerator window continues from its last finished epoch):
      f. "long": P_sa^T = 0.05 retrained for --long-epochs (the paper retrains 160 epochs);
      g. "unbiased": the dense grid with each training chip's weights divided by their expected
         shrink under faults (--unbias-faults);
-     h. "clean-steps": as g, with every other step on a fault-free chip (--clean-steps 0.5);
+     h. "clean-steps": as g, with a fraction of the steps on a fault-free chip (--clean-steps,
+        default 0.5: every other step);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -121,9 +122,16 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Every other step on a fault-free chip (the loss then averages clean and faulty, as in
         # Stutz et al. 2021's random bit error training), on unbiased chips so both kinds of
         # step see the same average weights.
-        SweepBranch("clean-steps", "clean-steps", "sweep-clean-steps", "pretrain", methods, rates,
-                    ("--unbias-faults", "--clean-steps", "0.5"), follows_grid=True),
+        SweepBranch("clean-steps", clean_steps_folder(args.clean_steps), f"sweep-{clean_steps_folder(args.clean_steps)}",
+                    "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}"),
+                    follows_grid=True),
     ]  # fmt: skip
+
+
+def clean_steps_folder(fraction: float) -> str:
+    """The clean-steps branch's folder: `clean-steps` for the first fraction studied (0.5),
+    `clean-steps-F` for any other, so grids at different fractions sit side by side."""
+    return "clean-steps" if fraction == 0.5 else f"clean-steps-{fraction:g}"
 
 
 def baseline_steps(args, pretrained: Path) -> list[tuple[str, list[str]]]:
@@ -160,6 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="distillation weight of the distill branch (the dense grid uses the profile's recipe)")
     ap.add_argument("--long-epochs", type=int, default=75,
                     help="retraining epochs of the long branch (P_sa^T = 0.05 retrained for longer, into dense-long)")
+    ap.add_argument("--clean-steps", type=float, default=0.5,
+                    help="fraction of fault-free steps of the clean-steps branch (into clean-steps, or clean-steps-F "
+                    "for F other than 0.5)")
     ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
@@ -169,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
+    if not 0 < args.clean_steps < 1:
+        ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
 
 

@@ -2,6 +2,7 @@
 on the BatchNorm-folded chip) are exactly what scripts/render_results.py makes of the archived
 artefacts in docs/results/: no figure in them is typed by hand."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,27 @@ def test_the_machines_line_names_each_run_of_invocations_once():
     assert render.machines_line([gpu, cpu, cpu, gpu]) == (
         "Machines, by invocation above: 1: NVIDIA H200 (torch 2.14.1, Python 3.12.3); "
         "2-3: CPU (x86_64) (torch 2.14.1, Python 3.11.7); 4: NVIDIA H200 (torch 2.14.1, Python 3.12.3).")
+
+
+def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_its_own(tmp_path):
+    """--clean-steps F trains into clean-steps-F (the F = 0.5 grid keeps clean-steps), evaluates
+    from there, and the page gives each fraction its section, in ascending order."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "model.pt").write_bytes(b"weights")
+    for fraction, folder in (("0.5", "clean-steps"), ("0.75", "clean-steps-0.75")):
+        args = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", fraction, "--only", "clean-steps"])
+        branch = next(b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID) if b.branch == "clean-steps")
+        argv = branch.argv(args)
+        assert branch.folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
+        assert argv[argv.index("--clean-steps") + 1] == fraction and branch.step_name(True) == f"sweep-{folder}"
+        (tmp_path / folder / "runs").mkdir(parents=True)
+        evaluated = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", fraction, "--only", "clean-steps", "--evaluate-only"])
+        assert [(step, f) for step, f, _ in reproduce.evaluation_steps(evaluated)] == [(f"eval-{folder}", folder)]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--clean-steps", "1"])
+
+    for fraction, folder in ((0.75, "clean-steps-0.75"), (0.5, "clean-steps"), (0.9, "clean-steps-0.9")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "table.json").write_text(json.dumps({"clean_steps": fraction}))
+    assert render.clean_steps_folders(tmp_path) == ["clean-steps", "clean-steps-0.75", "clean-steps-0.9"]
