@@ -364,19 +364,21 @@ def sweep_cmd(
 
     resolved = load_profile(profile)
     d = resolved.profile.training
+    seed = resolved.profile.signoff.seed if seed is None else seed
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
-    # a bad value must not surface after the data load and the baseline's evaluation.
-    make_train_config(method="one-shot", bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
-                      eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps)  # fmt: skip
+    # a bad value must not surface after the data load and the baseline's evaluation. Each cell
+    # then sets its own method and rates (SweepSettings.train_config).
+    recipe = make_train_config(
+        method="one-shot", epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
+        weight_decay=d.weight_decay, bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
+        eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps, seed=seed, device=device,
+    )  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=_parse_rates(test_rates),
-        chips=chips or resolved.profile.signoff.chips, seed=resolved.profile.signoff.seed if seed is None else seed,
-        epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
-        data_spec=data, val_split=val_split, bn=bn, stuck_grad=stuck_grad, device=device,
-        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train, rate_warmup=rate_warmup,
-        distill=distill, eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps,
+        chips=chips or resolved.profile.signoff.chips, seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
+        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train,
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)

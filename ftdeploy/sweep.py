@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -36,7 +37,8 @@ from .errors import ConfigError, ModelError
 from .faults import StuckAt
 from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
-from .train import TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint, pick_device, train
+from .train import (RESUME_MAY_DIFFER, TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint,
+                    pick_device, train, train_argv)
 from .verify import stability_score, subset_indices, summarize_chips
 
 
@@ -76,40 +78,37 @@ def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
     return [Cell("baseline", None)] + [Cell(m, r) for r in train_rates for m in methods]
 
 
+#: TrainConfig fields each cell of the grid sets for itself; every other field is the recipe
+#: the grid shares (SweepSettings.recipe).
+PER_CELL_FIELDS = frozenset({"model", "method", "target_rate", "progressive_rates", "split"})
+
+
 @dataclass
 class SweepSettings:
-    """Everything the grid shares."""
+    """Everything the grid shares: the starting model, the chips it is tested on and the
+    retraining recipe."""
 
     pretrained: Path
     profile: ResolvedProfile
     test_rates: list[float]
     chips: int
-    seed: int
-    epochs: int
-    lr: float
-    batch_size: int
+    seed: int  # of the chip population (the recipe's seed draws the training's own faults)
+    recipe: TrainConfig  # every retraining's config but its PER_CELL_FIELDS
     data_spec: str | None
     val_split: int | None
-    bn: str = "frozen"
-    stuck_grad: str = "block"
-    device: str = "auto"
     ss_rates: tuple[float, ...] = (0.01, 0.02)
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
-    rate_warmup: float = 2.0  # epochs over which the fault rate ramps in (TrainConfig.rate_warmup_epochs)
-    distill: float = 0.0  # weight of distillation from the pretrained model (TrainConfig.distill)
-    unbias_faults: bool = False  # training chips' weights divided by their expected shrink (TrainConfig.unbias_faults)
-    clean_steps: float = 0.0  # fraction of retraining steps on a fault-free chip (TrainConfig.clean_steps)
-    eval_chips: int = 3  # chips at P_sa^T measured after each epoch (TrainConfig.eval_chips), in-process or not
 
     def train_config(self, cell: Cell, model: str) -> TrainConfig:
-        return TrainConfig(
+        return self.recipe.model_copy(update=dict(
             model=model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, bn=self.bn, stuck_grad=self.stuck_grad,
-            rate_warmup_epochs=self.rate_warmup, distill=self.distill, seed=self.seed, device=self.device, eval_chips=self.eval_chips,
-            unbias_faults=self.unbias_faults, clean_steps=self.clean_steps,
-        )  # fmt: skip
+        ))  # fmt: skip
+
+    @functools.cached_property
+    def pretrained_sha256(self) -> str:
+        return sha256_file(self.pretrained)
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
@@ -122,14 +121,10 @@ def _finished(run_dir: Path, epochs: int) -> bool:
         return False
 
 
-def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path),
-           "--from", str(s.pretrained), "--method", cell.method, "--target-rate", repr(cell.train_rate),
-           "--rates", ",".join(repr(r) for r in default_progressive_rates(cell.train_rate)),
-           "--epochs", str(s.epochs), "--lr", repr(s.lr), "--batch-size", str(s.batch_size), "--bn", s.bn,
-           "--stuck-grad", s.stuck_grad, "--rate-warmup", repr(s.rate_warmup), "--distill", repr(s.distill), "--eval-chips", str(s.eval_chips), "--seed", str(s.seed),
-           "--unbias-faults" if s.unbias_faults else "--raw-faults", "--clean-steps", repr(s.clean_steps),
-           "--device", s.device, "--out", str(run_dir), "--resume"]  # fmt: skip
+def _train_command(s: SweepSettings, cell: Cell, run_dir: Path, model: str) -> list[str]:
+    """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path uses."""
+    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path), "--from", str(s.pretrained),
+           *train_argv(s.train_config(cell, model)), "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -143,7 +138,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
     once (a small CIFAR model leaves a GPU mostly idle, so several share it well).
     ``on_done(cell)`` runs as each cell finishes (the sweep evaluates it then)."""
     pre = load_checkpoint(s.pretrained)
-    todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.epochs)]
+    todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.recipe.epochs)]
     for c in cells:
         if c.method != "baseline" and c not in todo:
             log(f"[sweep] {c.label}: finished checkpoint found, not retrained")
@@ -157,7 +152,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
     try:
-        _schedule(s, list(todo), running, out, jobs, log, on_done)
+        _schedule(s, list(todo), running, out, jobs, log, on_done, pre["model"])
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM): stop the trainings this sweep started, each at its last
         # saved epoch, instead of leaving them running unwatched; a rerun resumes them.
@@ -169,7 +164,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         raise
 
 
-def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
+def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done, model: str) -> None:
     """Keep ``jobs`` training processes busy until ``todo`` is empty and all have finished."""
     failed = []
     while todo or running:
@@ -179,7 +174,7 @@ def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "train.log", "a")  # a resumed run adds to its log
             log(f"[sweep] training {c.label} (log: {run_dir / 'train.log'})")
-            running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT), logf))
+            running.append((c, subprocess.Popen(_train_command(s, c, run_dir, model), stdout=logf, stderr=subprocess.STDOUT), logf))
         time.sleep(1.0)
         for item in list(running):
             c, proc, logf = item
@@ -205,7 +200,7 @@ def evaluation_subset(s: SweepSettings, data: DataBundle) -> DataBundle:
 
 
 def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
-    device = pick_device(s.device)
+    device = pick_device(s.recipe.device)
     data = evaluation_subset(s, data)
     results = {}
     split = s.profile.profile.faults.split
@@ -253,15 +248,28 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
     }
 
 
+#: Recipe fields every results file records, under the names the first tables gave them.
+FIRST_RECIPE_FIELDS = {"lr": "lr", "batch_size": "batch_size", "bn": "bn", "stuck_grad": "stuck_grad",
+                       "rate_warmup": "rate_warmup_epochs", "distill": "distill"}  # fmt: skip
+#: Shared fields that are not the recipe: how long (each row records its own epochs), where and
+#: how closely each epoch is checked, and the seed (part of what a row measured).
+NOT_RECIPE_FIELDS = frozenset({"epochs", "seed"}) | RESUME_MAY_DIFFER
+
+
+def recipe_fields(recipe: TrainConfig) -> dict:
+    """The grid's shared training options, under the names tables and results files use."""
+    first = {name: getattr(recipe, field) for name, field in FIRST_RECIPE_FIELDS.items()}
+    rest = [f for f in TrainConfig.model_fields if f not in PER_CELL_FIELDS | NOT_RECIPE_FIELDS | set(FIRST_RECIPE_FIELDS.values())]
+    return first | {f: getattr(recipe, f) for f in rest}
+
+
 def _recipe(s: SweepSettings) -> dict:
-    """The starting model and training options a row was tabulated under (its epochs are its own)."""
-    recipe = {"pretrained_sha256": sha256_file(s.pretrained), "lr": s.lr,
-              "batch_size": s.batch_size, "bn": s.bn, "stuck_grad": s.stuck_grad, "rate_warmup": s.rate_warmup,
-              "distill": s.distill}  # fmt: skip
-    # Options added later are recorded when they differ from their default, so a row measured
-    # before they existed (with the default) still matches its recipe.
-    later = {"unbias_faults": (s.unbias_faults, False), "clean_steps": (s.clean_steps, 0.0)}
-    return recipe | {name: value for name, (value, default) in later.items() if value != default}
+    """The starting model and training options a row was tabulated under (its epochs are its
+    own). Fields beyond the first ones are recorded only where they differ from TrainConfig's
+    default, so a row measured before a field existed (with the default) still matches."""
+    first = set(FIRST_RECIPE_FIELDS)
+    fields = {k: v for k, v in recipe_fields(s.recipe).items() if k in first or v != TrainConfig.model_fields[k].default}
+    return {"pretrained_sha256": s.pretrained_sha256, **fields}
 
 
 def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], results: dict[str, dict]) -> dict[str, dict]:
@@ -314,14 +322,8 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "val_images": None,
         "chips": s.chips,
         "seed": s.seed,
-        "epochs": s.epochs,
-        "lr": s.lr,
-        "bn": s.bn,
-        "stuck_grad": s.stuck_grad,
-        "rate_warmup": s.rate_warmup,
-        "distill": s.distill,
-        "unbias_faults": s.unbias_faults,
-        "clean_steps": s.clean_steps,
+        "epochs": s.recipe.epochs,
+        **recipe_fields(s.recipe),
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
         "rows": rows,
@@ -370,7 +372,7 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     evaluator = _BackgroundEvaluator(evaluate)
     evaluator.submit(cells[0])  # the baseline first: every row's SS needs it
     for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
-        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.epochs):
+        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.recipe.epochs):
             evaluator.submit(cell)
     if s.train:
         train_cells(s, cells, out, data, jobs, log, on_done=evaluator.submit)

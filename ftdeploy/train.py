@@ -171,14 +171,48 @@ def default_progressive_rates(target_rate: float, steps: int = 3) -> list[float]
     return below[-(steps - 1):] + [target_rate] if steps > 1 else [target_rate]
 
 
+#: The ``ftdeploy train`` option of each TrainConfig field it sets (a flag pair for a bool), in
+#: one place: a bad value's message names the option the user typed, and the sweep writes each
+#: retraining's command line from its config (:func:`train_argv`). The other fields follow the
+#: profile (split, weight decay) or TrainConfig's defaults.
+TRAIN_OPTIONS = {
+    "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
+    "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "bn": "--bn", "stuck_grad": "--stuck-grad",
+    "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
+    "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--seed",
+    "device": "--device",
+}  # fmt: skip
+
+
+def option_name(field: str) -> str:
+    """The command-line option a user sets ``field`` with (its on-flag for a bool)."""
+    return TRAIN_OPTIONS.get(field, "--" + field.replace("_", "-")).split("/")[0]
+
+
+def train_argv(config: TrainConfig) -> list[str]:
+    """``ftdeploy train`` options that give ``config`` (with the profile that fixes the rest)."""
+    argv = []
+    for field, option in TRAIN_OPTIONS.items():
+        value = getattr(config, field)
+        if isinstance(value, bool):
+            on, off = option.split("/")
+            argv.append(on if value else off)
+        elif isinstance(value, list):
+            argv += [option, ",".join(repr(v) for v in value)]
+        else:
+            argv += [option, repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
 def make_train_config(**fields) -> TrainConfig:
-    """TrainConfig from command-line values; a bad value becomes one ConfigError line per field."""
+    """TrainConfig from command-line values; a bad value becomes one ConfigError line per field,
+    naming its option."""
     from pydantic import ValidationError
 
     try:
         return TrainConfig(**fields)
     except ValidationError as err:
-        lines = [f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} (found {e.get('input')!r})" for e in err.errors()]
+        lines = [f"{option_name(str(e['loc'][0]))}: {e['msg']} (found {e.get('input')!r})" for e in err.errors()]
         raise ConfigError("\n".join(lines)) from None
 
 

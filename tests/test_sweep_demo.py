@@ -37,9 +37,14 @@ def pretrained(small_data, tmp_path_factory):
 
 
 def _settings(pretrained, epochs=1):
+    recipe = TrainConfig(method="one-shot", epochs=epochs, lr=0.01, batch_size=64, device="cpu")
     return SweepSettings(pretrained=pretrained, profile=load_profile("demo"), test_rates=TEST_RATES, chips=3, seed=0,
-                         epochs=epochs, lr=0.01, batch_size=64, data_spec=None, val_split=None, device="cpu",
-                         ss_rates=(0.02,))  # fmt: skip
+                         recipe=recipe, data_spec=None, val_split=None, ss_rates=(0.02,))  # fmt: skip
+
+
+def _with_recipe(settings, **fields):
+    """``settings`` retraining otherwise: ``fields`` changed in the shared recipe."""
+    return dataclasses.replace(settings, recipe=settings.recipe.model_copy(update=fields))
 
 
 def test_plan_rejects_unknown_methods():
@@ -133,7 +138,7 @@ def test_two_sweeps_sharing_a_folder_leave_one_table_with_both_grids(pretrained,
     assert table["rows"][2] == alone["rows"][1], "the same model on the same chips: the same row"
 
     no_train = dataclasses.replace(settings, train=False)
-    other_recipe = run_sweep(dataclasses.replace(no_train, lr=0.02), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
+    other_recipe = run_sweep(_with_recipe(no_train, lr=0.02), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
     assert [r["model"] for r in other_recipe["rows"]] == ["baseline", "one-shot P^T=0.02"], "trained otherwise"
     more_chips = run_sweep(dataclasses.replace(no_train, chips=4), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
     assert [r["model"] for r in more_chips["rows"]] == ["baseline", "one-shot P^T=0.02"], "other chips"
@@ -192,10 +197,10 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     import ftdeploy.train
     from ftdeploy.sweep import _train_command
 
-    settings = dataclasses.replace(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup=1.5, unbias_faults=True,
-                                   clean_steps=0.25)
+    settings = _with_recipe(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup_epochs=1.5, unbias_faults=True,
+                            clean_steps=0.25, scale_grad="detach", seed=3)
     cell = plan(["progressive"], [0.05])[1]
-    argv = _train_command(settings, cell, tmp_path / "run")
+    argv = _train_command(settings, cell, tmp_path / "run", "democnn")
     assert argv[1:3] == ["-m", "ftdeploy"]
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
@@ -236,7 +241,8 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", "--bn", "sometimes",
                                  "--out", str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code != 0 and not (tmp_path / "s").exists()
-    for option, value in (("--clean-steps", "1.5"), ("--distill", "2")):
+    # each message names the option the user typed (TrainConfig's field is rate_warmup_epochs)
+    for option, value in (("--clean-steps", "1.5"), ("--distill", "2"), ("--rate-warmup", "-1")):
         result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", option, value,
                                      "--out", str(tmp_path / "s")])  # fmt: skip
         # the entry point (cli.main) turns a ConfigError into one line and exit code 2

@@ -383,8 +383,10 @@ def test_full_distillation_learns_from_the_clean_teacher_not_the_labels(pretrain
 
 
 @pytest.mark.parametrize("args, option", [(["--method", "pretrain", "--distill", "0.5"], "--distill"),
-                                          (["--method", "one-shot", "--distill", "1.5"], "--distill")])  # fmt: skip
-def test_train_cli_rejects_a_meaningless_distillation_with_one_line(args, option, tmp_path, monkeypatch, capsys):
+                                          (["--method", "one-shot", "--distill", "1.5"], "--distill"),
+                                          (["--method", "one-shot", "--rate-warmup", "-1"], "--rate-warmup:"),
+                                          (["--method", "one-shot", "--target-rate", "2"], "--target-rate:")])  # fmt: skip
+def test_train_cli_rejects_a_bad_recipe_value_with_one_line_naming_its_option(args, option, tmp_path, monkeypatch, capsys):
     import sys
 
     from ftdeploy.cli import main
