@@ -42,6 +42,10 @@ CleanStepsOpt = Annotated[
 DistillOpt = Annotated[
     float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
 ]
+ProgressiveBlocksOpt = Annotated[
+    str, typer.Option("--progressive-blocks",
+                      help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1).")
+]
 RateWarmupOpt = Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
 EvalChipsOpt = Annotated[
     int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
@@ -140,7 +144,8 @@ def train_cmd(
     method: Annotated[Optional[str], typer.Option("--method", help="pretrain | one-shot | progressive.")] = None,
     target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T; default: the profile's.")] = None,
     rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs; default: the profile's.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    progressive_blocks: ProgressiveBlocksOpt = _train_default("progressive_blocks"),
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     bn: BnOpt = _train_default("bn"),
@@ -187,7 +192,7 @@ def train_cmd(
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
-        method=method, target_rate=target_rate, progressive_rates=prog_rates, bn=bn, stuck_grad=stuck_grad,
+        method=method, target_rate=target_rate, progressive_rates=prog_rates, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
         scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup,
         distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
@@ -337,7 +342,8 @@ def sweep_cmd(
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
     ss_rates: Annotated[str, typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated.")] = "0.01,0.02",
     chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model; default: the profile's.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    progressive_blocks: ProgressiveBlocksOpt = _train_default("progressive_blocks"),
     lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     bn: BnOpt = _train_default("bn"),
@@ -369,7 +375,7 @@ def sweep_cmd(
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method and rates (SweepSettings.train_config).
     recipe = make_train_config(
-        method="one-shot", epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
+        method="one-shot", epochs=epochs or d.epochs, progressive_blocks=progressive_blocks, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
         weight_decay=d.weight_decay, bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
         eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps, seed=seed, device=device,
     )  # fmt: skip

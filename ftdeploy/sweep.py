@@ -106,12 +106,17 @@ class SweepSettings:
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
         ))  # fmt: skip
 
+    def run_epochs(self, cell: Cell) -> int:
+        """Epochs the cell's whole run takes (progressive blocks of their own take one per rate)."""
+        return self.train_config(cell, self.recipe.model).run_epochs
+
     @functools.cached_property
     def pretrained_sha256(self) -> str:
         return sha256_file(self.pretrained)
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:
+    """Whether ``run_dir`` holds a checkpoint that trained all ``epochs`` (of its whole run)."""
     path = run_dir / "model.pt"
     if not path.is_file():
         return False
@@ -138,7 +143,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
     once (a small CIFAR model leaves a GPU mostly idle, so several share it well).
     ``on_done(cell)`` runs as each cell finishes (the sweep evaluates it then)."""
     pre = load_checkpoint(s.pretrained)
-    todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.recipe.epochs)]
+    todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.run_epochs(c))]
     for c in cells:
         if c.method != "baseline" and c not in todo:
             log(f"[sweep] {c.label}: finished checkpoint found, not retrained")
@@ -372,7 +377,7 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     evaluator = _BackgroundEvaluator(evaluate)
     evaluator.submit(cells[0])  # the baseline first: every row's SS needs it
     for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
-        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.recipe.epochs):
+        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.run_epochs(cell)):
             evaluator.submit(cell)
     if s.train:
         train_cells(s, cells, out, data, jobs, log, on_done=evaluator.submit)

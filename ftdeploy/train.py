@@ -96,7 +96,17 @@ class TrainConfig(BaseModel):
         default_factory=lambda: [0.01, 0.02, 0.05], description="Ascending rates of progressive blocks."
     )
     split: tuple[float, float] = Field(CHEN2015_SPLIT, description="Stuck-off : stuck-on ratio of training faults.")
-    epochs: int = Field(20, ge=1, description="Epochs of this run (all progressive blocks together).")
+    epochs: int = Field(
+        20, ge=1,
+        description="Epochs of this run (all progressive blocks together), or of each block with progressive_blocks each.",
+    )  # fmt: skip
+    progressive_blocks: Literal["split", "each"] = Field(
+        "split",
+        description="How progressive retraining spends its epochs. split: the run's epochs divided among the rates, "
+                    "under one learning-rate schedule. each: every rate gets the full epochs with its own warm-up and "
+                    "cosine, as in the paper's Algorithm 1 (M_epoch per rate): each block is a one-shot retraining "
+                    "from the block before, and the run is len(progressive_rates) × epochs long.",
+    )  # fmt: skip
     lr: float = Field(0.02, gt=0, description="Peak learning rate (linear warm-up, then cosine to 0).")
     warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear learning-rate warm-up.")
     rate_warmup_epochs: float = Field(
@@ -135,12 +145,23 @@ class TrainConfig(BaseModel):
     eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
 
+    @property
+    def blocks_each(self) -> bool:
+        return self.method == "progressive" and self.progressive_blocks == "each"
+
+    @property
+    def run_epochs(self) -> int:
+        """Epochs the whole run takes."""
+        return self.epochs * len(self.progressive_rates) if self.blocks_each else self.epochs
+
     def rate_at(self, epoch: int) -> float:
         """Training stuck-at rate of an epoch (0-based)."""
         if self.method == "pretrain":
             return 0.0
         if self.method == "one-shot":
             return self.target_rate
+        if self.blocks_each:
+            return self.progressive_rates[epoch // self.epochs]
         # Equal blocks, any remainder going to the later (higher) rates, and the last epoch
         # always at the target, even when there are fewer epochs than rates.
         n = len(self.progressive_rates)
@@ -157,7 +178,7 @@ class TrainConfig(BaseModel):
         return epoch_rate
 
     def schedule(self) -> list[float]:
-        return [self.rate_at(e) for e in range(self.epochs)]
+        return [self.rate_at(e) for e in range(self.run_epochs)]
 
 
 #: Ladder from which progressive training picks its ascending rates.
@@ -177,7 +198,7 @@ def default_progressive_rates(target_rate: float, steps: int = 3) -> list[float]
 #: profile (split, weight decay) or TrainConfig's defaults.
 TRAIN_OPTIONS = {
     "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
-    "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "bn": "--bn", "stuck_grad": "--stuck-grad",
+    "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size", "bn": "--bn", "stuck_grad": "--stuck-grad",
     "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
     "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--seed",
     "device": "--device",
@@ -388,7 +409,13 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
 # --- the loop -------------------------------------------------------------------------------
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
+def _lr_lambda(total_steps: int, warmup_steps: int, period: int | None = None):
+    """Linear warm-up, then cosine to 0 at ``total_steps``; with ``period``, restarted every
+    ``period`` steps (progressive blocks of their own), the last block ending at 0."""
+    if period:
+        once, last = _lr_lambda(period, warmup_steps), total_steps // period - 1
+        return lambda step: once(step - period * min(step // period, last))
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -463,7 +490,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
         model = create_model(config.model, num_classes=data.num_classes)
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     point = _ResumePoint.find(out_dir, config, target) if resume else None
-    if point and point.epochs_done >= config.epochs:
+    if point and point.epochs_done >= config.run_epochs:
         return point.checkpoint
     if point:
         model.load_state_dict(point.state_dict)
@@ -487,8 +514,9 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
         lr=config.lr, momentum=config.momentum, nesterov=True,
     )  # fmt: skip
     steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch)))
+    total = steps_per_epoch * config.run_epochs
+    block = steps_per_epoch * config.epochs if config.blocks_each else None
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch), block))
     use_amp = device.type == "cuda"
     gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
@@ -506,7 +534,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
                      point.how if point else "fresh") if dist.is_main else None  # fmt: skip
     ckpt: dict = {}
     try:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, config.run_epochs):
             rate = config.rate_at(epoch)
             if injector:
                 injector.set_rate(rate, config.split)
@@ -604,7 +632,7 @@ class _RunLog:
         lines += [",".join("" if r[k] is None else f"{r[k]:.6g}" for k in self.COLUMNS) for r in self.rows]
         (self.out_dir / "summary.csv").write_text("\n".join(lines) + "\n")
         faulty = f", {val_faulty:.2f} % at rate {self.config.target_rate:g}" if val_faulty is not None else ""
-        line = (f"[{self.config.method}] epoch {epoch + 1}/{self.config.epochs} rate {rate:g} "
+        line = (f"[{self.config.method}] epoch {epoch + 1}/{self.config.run_epochs} rate {rate:g} "
                 f"loss {train_loss:.3f} val {val_clean:.2f} %{faulty} ({seconds:.1f} s)")  # fmt: skip
         if self.progress:
             self.progress.console.print(line)
@@ -814,7 +842,7 @@ def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, v
         "method": config.method,
         "schedule": config.schedule(),
         "split": list(config.split),
-        "epochs": config.epochs,
+        "epochs": config.run_epochs,
         "epochs_done": epochs_done,
         "seed": config.seed,
         "config": config.model_dump(mode="json"),

@@ -13,6 +13,8 @@ import math
 import re
 from pathlib import Path
 
+import yaml
+
 PAPER_TABLE_I = {  # CIFAR-10, ResNet-20, pretrained 92.53 % (paper, Table I)
     "baseline": [92.53, 90.17, 61.74, 25.83, 10.75, 9.69, 10.14],
     "one-shot P^T=0.01": [92.94, 92.76, 90.90, 87.43, 79.47, 41.73, 16.02],
@@ -220,8 +222,13 @@ def curves_md(out: Path, folders: list[str]) -> list[str]:
 
 
 def _planned_epochs(config: Path) -> int | None:
-    match = re.search(r"^epochs: (\d+)$", config.read_text(), re.M) if config.is_file() else None
-    return int(match.group(1)) if match else None
+    """Epochs the run in ``config``'s folder was to take (progressive blocks of their own: one
+    --epochs per rate)."""
+    cfg = yaml.safe_load(config.read_text()) if config.is_file() else None
+    if not isinstance(cfg, dict) or "epochs" not in cfg:
+        return None
+    each = cfg.get("method") == "progressive" and cfg.get("progressive_blocks") == "each"
+    return cfg["epochs"] * (len(cfg["progressive_rates"]) if each else 1)
 
 
 RESUMED = re.compile(r"resuming after epoch (\d+) (from model\.pt alone|\(from resume\.pt)")
@@ -365,6 +372,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     distill = load(out / "distill" / "table.json")
     long = load(out / "dense-long" / "table.json")
     unbiased = load(out / "unbiased" / "table.json")
+    blocks_each = load(out / "progressive-each" / "table.json")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -457,6 +465,19 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         unbiased, dense, manifest, "unbiased")
     for folder in clean_steps_folders(out):
         md += clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest)
+    if blocks_each:
+        md += beside_table_i_md(
+            f"Progressive as in the paper's Algorithm 1: {blocks_each['epochs']} epochs at every rate "
+            "(`--progressive-blocks each`)",
+            "The paper's Algorithm 1 trains M_epoch epochs at every rate of the progressive list, so its progressive "
+            "model ends with as many epochs at P^T as the one-shot model has, after the lower rates. Table I's "
+            "progressive rows split the one-shot rows' epochs among the rates instead, under one learning-rate "
+            "schedule. Here each rate is a retraining of its own (warm-up and cosine restarting), from the model "
+            f"the rate below left: {blocks_each['epochs']} epochs per rate, so the progressive model trains "
+            f"{blocks_each['epochs']} × the number of rates (its epochs column), the one-shot model "
+            f"{blocks_each['epochs']}. Same pretrained model, learning rate and chips as Table I, whose rows "
+            f"({dense['epochs'] if dense else '?'} epochs) are marked.",
+            blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; the loss is "
@@ -472,7 +493,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_steps_folders(out), "dense-no-rate-warmup", "distill",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_steps_folders(out), "progressive-each", "dense-no-rate-warmup", "distill",
                              "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "

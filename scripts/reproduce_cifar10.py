@@ -21,6 +21,8 @@ accelerator window continues from its last finished epoch):
         shrink under faults (--unbias-faults);
      h. "clean-steps": as g, with a fraction of the steps on a fault-free chip (--clean-steps,
         default 0.5: every other step);
+     i. "blocks-each": the dense grid with progressive retraining as in the paper's Algorithm 1,
+        --epochs at every rate of the list (--progressive-blocks each);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -48,7 +50,8 @@ from pathlib import Path
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
-BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps")
+BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
+            "blocks-each")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
@@ -125,6 +128,12 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         SweepBranch("clean-steps", clean_steps_folder(args.clean_steps), f"sweep-{clean_steps_folder(args.clean_steps)}",
                     "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}"),
                     follows_grid=True),
+        # The paper's Algorithm 1 runs M_epoch at every rate of the progressive list, so its
+        # progressive model ends with as many epochs at P_sa^T as the one-shot model has, after
+        # the lower rates; the dense grid splits the same epochs among the rates. Same grid,
+        # each rate a retraining of --epochs of its own.
+        SweepBranch("blocks-each", "progressive-each", "sweep-progressive-each", "pretrain", methods, rates,
+                    ("--progressive-blocks", "each"), follows_grid=True),
     ]  # fmt: skip
 
 
@@ -227,6 +236,7 @@ def main() -> int:
         "long": [sweep_step("long")],
         "unbiased": [sweep_step("unbiased")],
         "clean-steps": [sweep_step("clean-steps")],
+        "blocks-each": [sweep_step("blocks-each")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -130,13 +130,14 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     for folder in ("pretrain", "pruned70"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "model.pt").write_bytes(b"weights")
-    for folder in ("dense", "distill", "pruned", "dense-long", "unbiased", "clean-steps"):
+    for folder in ("dense", "distill", "pruned", "dense-long", "unbiased", "clean-steps", "progressive-each"):
         (tmp_path / folder / "runs").mkdir(parents=True)
     options = ["--out", str(tmp_path), "--epochs", "7", "--long-epochs", "30", "--distill", "0.7", "--chips", "3"]
     trained = reproduce.parse_args([*options, "--methods", "progressive", "--train-rates", "0.05"])
     evaluated = reproduce.parse_args([*options, "--evaluate-only"])
     steps = {folder: argv for _, folder, argv in reproduce.evaluation_steps(evaluated)}
-    assert sorted(steps) == ["clean-steps", "dense", "dense-long", "distill", "pruned", "unbiased"], "no runs, no tabulation"
+    assert sorted(steps) == ["clean-steps", "dense", "dense-long", "distill", "progressive-each", "pruned", "unbiased"], \
+        "no runs, no tabulation"
 
     def option(argv, name):
         return argv[argv.index(name) + 1]
@@ -152,6 +153,7 @@ def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with
     assert option(steps["distill"], "--distill") == "0.7"
     assert "--unbias-faults" in steps["unbiased"] and "--unbias-faults" not in steps["dense"]
     assert option(steps["clean-steps"], "--clean-steps") == "0.5" and "--clean-steps" not in steps["unbiased"]
+    assert option(steps["progressive-each"], "--progressive-blocks") == "each" and "--progressive-blocks" not in steps["dense"]
     assert option(steps["dense-long"], "--epochs") == "30" and option(steps["dense"], "--epochs") == "7"
     assert option(steps["pruned"], "--from") == str(tmp_path / "pruned70" / "model.pt")
     assert option(steps["pruned"], "--train-rates") == "0.05,0.1" and option(steps["dense"], "--train-rates") == "0.01,0.05,0.1"
@@ -225,3 +227,17 @@ def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_it
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / "table.json").write_text(json.dumps({"clean_steps": fraction}))
     assert render.clean_steps_folders(tmp_path) == ["clean-steps", "clean-steps-0.75", "clean-steps-0.9"]
+
+
+def test_a_run_with_blocks_of_its_own_plans_its_epochs_per_rate(tmp_path):
+    """The curves say "stopped after epoch k of N" with N the whole run's epochs."""
+    import yaml
+
+    from ftdeploy.train import TrainConfig
+
+    render = _script("render_results")
+    for blocks, method, planned in (("each", "progressive", 6), ("split", "progressive", 2), ("each", "one-shot", 2)):
+        config = TrainConfig(method=method, progressive_rates=[0.01, 0.02, 0.05], epochs=2, progressive_blocks=blocks)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        assert render._planned_epochs(tmp_path / "config.yaml") == planned == config.run_epochs
+    assert render._planned_epochs(tmp_path / "missing.yaml") is None

@@ -198,7 +198,7 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     from ftdeploy.sweep import _train_command
 
     settings = _with_recipe(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup_epochs=1.5, unbias_faults=True,
-                            clean_steps=0.25, scale_grad="detach", seed=3)
+                            clean_steps=0.25, scale_grad="detach", seed=3, progressive_blocks="each")
     cell = plan(["progressive"], [0.05])[1]
     argv = _train_command(settings, cell, tmp_path / "run", "democnn")
     assert argv[1:3] == ["-m", "ftdeploy"]
@@ -208,6 +208,16 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     result = CliRunner().invoke(app, argv[3:])
     assert result.exit_code == 0, result.output
     assert seen == [settings.train_config(cell, "democnn")]
+
+
+def test_a_cell_is_finished_when_its_whole_run_is(pretrained):
+    """With progressive blocks of their own, a progressive cell runs --epochs per rate: its
+    checkpoint is finished only after all of them (else a rerun would take a first block for
+    the model)."""
+    settings = _with_recipe(_settings(pretrained, epochs=2), progressive_blocks="each")
+    one_shot, progressive = plan(["one-shot", "progressive"], [0.05])[1:]
+    assert settings.run_epochs(one_shot) == 2 and settings.run_epochs(progressive) == 6
+    assert _settings(pretrained, epochs=2).run_epochs(progressive) == 2
 
 
 def test_an_interrupted_sweep_stops_the_trainings_it_started(pretrained, small_data, tmp_path, monkeypatch):

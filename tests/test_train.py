@@ -143,6 +143,12 @@ def test_progressive_schedule_blocks_and_default_ladder():
     assert short.schedule() == [0.02, 0.05], "fewer epochs than rates must still end at the target"
     assert TrainConfig(method="one-shot", target_rate=0.05, epochs=3).schedule() == [0.05] * 3
     assert TrainConfig(method="pretrain", epochs=2).schedule() == [0.0, 0.0]
+    # The paper's Algorithm 1: every rate a retraining of --epochs of its own.
+    each = cfg.model_copy(update={"progressive_blocks": "each", "epochs": 2})
+    assert each.run_epochs == 6 and each.schedule() == [0.01, 0.01, 0.02, 0.02, 0.05, 0.05]
+    assert cfg.run_epochs == 7, "split: the blocks share the run's epochs"
+    one_shot = TrainConfig(method="one-shot", target_rate=0.05, epochs=3, progressive_blocks="each")
+    assert one_shot.run_epochs == 3 and one_shot.schedule() == [0.05] * 3, "blocks are a progressive matter"
     assert default_progressive_rates(0.05) == [0.01, 0.02, 0.05]
     assert default_progressive_rates(0.1) == [0.02, 0.05, 0.1]
     assert default_progressive_rates(0.01) == [0.002, 0.005, 0.01]
@@ -232,29 +238,36 @@ def _interrupt_after_epochs(monkeypatch, epochs: int):
     monkeypatch.setattr(tr, "save_atomic", save_then_maybe_stop)
 
 
-@pytest.mark.parametrize("method", ["progressive", "pretrain"])
-def test_an_interrupted_run_resumes_exactly_where_it_stopped(method, pretrained, small_data, tmp_path, monkeypatch):
-    """Interrupted after epoch 1 of 3 and resumed, a run ends bit-identical to an uninterrupted
-    one: weights, momentum, learning rate, fault rate, data order and fault draws all continue.
-    Its log keeps one row per epoch."""
+@pytest.mark.parametrize("method, blocks, epochs, cut", [("progressive", "split", 3, 1), ("pretrain", "split", 3, 1),
+                                                       ("progressive", "each", 2, 3)])  # fmt: skip
+def test_an_interrupted_run_resumes_exactly_where_it_stopped(method, blocks, epochs, cut, pretrained, small_data, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    """Interrupted after epoch ``cut`` and resumed, a run ends bit-identical to an uninterrupted
+    one: weights, momentum, learning rate, fault rate, data order and fault draws all continue
+    (blocks of their own: into the second block's restarted schedule). Its log keeps one row
+    per epoch."""
     target, _ = load_target("paper-diff8")
     init = load_checkpoint(pretrained / "model.pt") if method != "pretrain" else None
-    cfg = TrainConfig(model="democnn", method=method, target_rate=0.05, progressive_rates=[0.01, 0.05], epochs=3,
-                      lr=0.01, batch_size=64, rate_warmup_epochs=1.5, eval_chips=1, device="cpu")  # fmt: skip
+    cfg = TrainConfig(model="democnn", method=method, target_rate=0.05, progressive_rates=[0.01, 0.05], epochs=epochs,
+                      progressive_blocks=blocks, lr=0.01, batch_size=64, rate_warmup_epochs=1.5, eval_chips=1, device="cpu")  # fmt: skip
     straight = train(cfg, small_data, target, tmp_path / "straight", init=init)
 
     with monkeypatch.context() as m:
-        _interrupt_after_epochs(m, 1)
+        _interrupt_after_epochs(m, cut)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, small_data, target, tmp_path / "cut", init=init)
-    assert load_checkpoint(tmp_path / "cut" / "model.pt")["epochs_done"] == 1
+    assert load_checkpoint(tmp_path / "cut" / "model.pt")["epochs_done"] == cut
     resumed = train(cfg, small_data, target, tmp_path / "cut", init=init, resume=True)
 
-    assert resumed["epochs_done"] == 3
+    assert resumed["epochs_done"] == resumed["epochs"] == cfg.run_epochs
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     rows = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == list(range(1, cfg.run_epochs + 1))
+    if blocks == "each":  # each rate a retraining of its own: the learning rate decays, then starts again
+        assert [r["rate"] for r in rows] == [0.01, 0.01, 0.05, 0.05]
+        # (a row's lr is the one its next step takes: after epoch 2, the second block's warm-up)
+        assert rows[2]["lr"] == rows[0]["lr"] and rows[1]["lr"] < rows[0]["lr"] and rows[3]["lr"] == 0.0
     ref = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [(r["lr"], r["rate"], r["train_loss"]) for r in rows] == [(r["lr"], r["rate"], r["train_loss"]) for r in ref]
 
