@@ -192,8 +192,8 @@ def train_cmd(
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
-        method=method, target_rate=target_rate, progressive_rates=prog_rates, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
-        scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup,
+        method=method, target_rate=target_rate, progressive_rates=prog_rates, progressive_blocks=progressive_blocks,
+        bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup,
         distill=distill, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
@@ -375,8 +375,8 @@ def sweep_cmd(
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method and rates (SweepSettings.train_config).
     recipe = make_train_config(
-        method="one-shot", epochs=epochs or d.epochs, progressive_blocks=progressive_blocks, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
-        weight_decay=d.weight_decay, bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
+        method="one-shot", epochs=epochs or d.epochs, progressive_blocks=progressive_blocks, lr=lr or d.retrain_lr,
+        batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay, bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
         eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps, seed=seed, device=device,
     )  # fmt: skip
     if not from_ckpt.is_file():

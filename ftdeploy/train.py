@@ -198,8 +198,8 @@ def default_progressive_rates(target_rate: float, steps: int = 3) -> list[float]
 #: profile (split, weight decay) or TrainConfig's defaults.
 TRAIN_OPTIONS = {
     "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
-    "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size", "bn": "--bn", "stuck_grad": "--stuck-grad",
-    "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
+    "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size",
+    "bn": "--bn", "stuck_grad": "--stuck-grad", "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
     "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--seed",
     "device": "--device",
 }  # fmt: skip
