@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from ftdeploy.train import TrainConfig  # the installed package (README's install command)
+
 PAPER_TABLE_I = {  # CIFAR-10, ResNet-20, pretrained 92.53 % (paper, Table I)
     "baseline": [92.53, 90.17, 61.74, 25.83, 10.75, 9.69, 10.14],
     "one-shot P^T=0.01": [92.94, 92.76, 90.90, 87.43, 79.47, 41.73, 16.02],
@@ -222,13 +224,12 @@ def curves_md(out: Path, folders: list[str]) -> list[str]:
 
 
 def _planned_epochs(config: Path) -> int | None:
-    """Epochs the run in ``config``'s folder was to take (progressive blocks of their own: one
-    --epochs per rate)."""
+    """Epochs the run in ``config``'s folder was to take (TrainConfig.run_epochs: progressive
+    blocks of their own take --epochs per rate)."""
     cfg = yaml.safe_load(config.read_text()) if config.is_file() else None
     if not isinstance(cfg, dict) or "epochs" not in cfg:
         return None
-    each = cfg.get("method") == "progressive" and cfg.get("progressive_blocks") == "each"
-    return cfg["epochs"] * (len(cfg["progressive_rates"]) if each else 1)
+    return TrainConfig.model_validate(cfg).run_epochs
 
 
 RESUMED = re.compile(r"resuming after epoch (\d+) (from model\.pt alone|\(from resume\.pt)")
@@ -463,7 +464,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         "mapped back through that expectation (divided by 1 − P, as inverted dropout divides by its keep rate), so "
         "the average training chip is the fault-free one.",
         unbiased, dense, manifest, "unbiased")
-    for folder in clean_steps_folders(out):
+    clean_folders = clean_steps_folders(out)
+    for folder in clean_folders:
         md += clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest)
     if blocks_each:
         md += beside_table_i_md(
@@ -493,7 +495,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_steps_folders(out), "progressive-each", "dense-no-rate-warmup", "distill",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", "dense-no-rate-warmup", "distill",
                              "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
