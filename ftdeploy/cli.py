@@ -26,37 +26,44 @@ DataOpt = Annotated[
 ]
 ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
-BnOpt = Annotated[str, typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
-StuckGradOpt = Annotated[str, typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
+# The retraining recipe's options: each defaults to the profile's training section (built-in
+# defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
+BnOpt = Annotated[Optional[str], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
+StuckGradOpt = Annotated[Optional[str], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
 ScaleGradOpt = Annotated[
-    str, typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach.")
+    Optional[str], typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach.")
 ]
 UnbiasOpt = Annotated[
-    bool,
+    Optional[bool],
     typer.Option("--unbias-faults/--raw-faults",
                  help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them."),
 ]
 CleanStepsOpt = Annotated[
-    float, typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none.")
+    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none.")
 ]
 DistillOpt = Annotated[
-    float, typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
+    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
 ]
 ProgressiveBlocksOpt = Annotated[
-    str, typer.Option("--progressive-blocks",
-                      help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1).")
+    Optional[str], typer.Option("--progressive-blocks",
+                                help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1).")
 ]
-RateWarmupOpt = Annotated[float, typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
+RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
 EvalChipsOpt = Annotated[
     int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
 ]
 
 
 def _train_default(field: str):
-    """A retraining option's default is TrainConfig's, written once there."""
+    """A training option's default is TrainConfig's, written once there."""
     from .train import TrainConfig
 
     return TrainConfig.model_fields[field].default
+
+
+def _recipe(defaults, **given) -> dict:
+    """The retraining recipe: each option as given on the command line, else the profile's."""
+    return defaults.recipe() | {field: value for field, value in given.items() if value is not None}
 
 
 def _version(value: bool):
@@ -145,16 +152,16 @@ def train_cmd(
     target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T; default: the profile's.")] = None,
     rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (per rate with --progressive-blocks each); default: the profile's.")] = None,
-    progressive_blocks: ProgressiveBlocksOpt = _train_default("progressive_blocks"),
+    progressive_blocks: ProgressiveBlocksOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    bn: BnOpt = _train_default("bn"),
-    stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
-    scale_grad: ScaleGradOpt = _train_default("scale_grad"),
-    unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
-    clean_steps: CleanStepsOpt = _train_default("clean_steps"),
-    rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
-    distill: DistillOpt = _train_default("distill"),
+    bn: BnOpt = None,
+    stuck_grad: StuckGradOpt = None,
+    scale_grad: ScaleGradOpt = None,
+    unbias_faults: UnbiasOpt = None,
+    clean_steps: CleanStepsOpt = None,
+    rate_warmup: RateWarmupOpt = None,
+    distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
@@ -167,7 +174,7 @@ def train_cmd(
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
     finished one is kept as it is)."""
     from .data import load_data
-    from .profiles import load_profile
+    from .profiles import RetrainingRecipe, load_profile
     from .train import default_progressive_rates, load_checkpoint, make_train_config, quiet_progress, train
 
     resolved = load_profile(profile)
@@ -190,11 +197,13 @@ def train_cmd(
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
+    # The profile's recipe is for retraining; a pretraining takes only the options typed.
+    recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), progressive_blocks=progressive_blocks, bn=bn,
+                     stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps,
+                     rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
-        method=method, target_rate=target_rate, progressive_rates=prog_rates, progressive_blocks=progressive_blocks,
-        bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup,
-        distill=distill, eval_chips=eval_chips,
+        method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
         epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
         lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
@@ -343,18 +352,19 @@ def sweep_cmd(
     ss_rates: Annotated[str, typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated.")] = "0.01,0.02",
     chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each); default: the profile's.")] = None,
-    progressive_blocks: ProgressiveBlocksOpt = _train_default("progressive_blocks"),
+    progressive_blocks: ProgressiveBlocksOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    bn: BnOpt = _train_default("bn"),
-    stuck_grad: StuckGradOpt = _train_default("stuck_grad"),
+    bn: BnOpt = None,
+    stuck_grad: StuckGradOpt = None,
+    scale_grad: ScaleGradOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
-    rate_warmup: RateWarmupOpt = _train_default("rate_warmup_epochs"),
-    unbias_faults: UnbiasOpt = _train_default("unbias_faults"),
-    clean_steps: CleanStepsOpt = _train_default("clean_steps"),
-    distill: DistillOpt = _train_default("distill"),
+    rate_warmup: RateWarmupOpt = None,
+    unbias_faults: UnbiasOpt = None,
+    clean_steps: CleanStepsOpt = None,
+    distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     data: DataOpt = None,
@@ -375,9 +385,10 @@ def sweep_cmd(
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method and rates (SweepSettings.train_config).
     recipe = make_train_config(
-        method="one-shot", epochs=epochs or d.epochs, progressive_blocks=progressive_blocks, lr=lr or d.retrain_lr,
-        batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay, bn=bn, stuck_grad=stuck_grad, rate_warmup_epochs=rate_warmup, distill=distill,
-        eval_chips=eval_chips, unbias_faults=unbias_faults, clean_steps=clean_steps, seed=seed, device=device,
+        method="one-shot", epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
+        weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed, device=device,
+        **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
+                  unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup, distill=distill),
     )  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")

@@ -37,7 +37,7 @@ def run_demo(resolved: ResolvedProfile, out: Path, device: str = "auto", log: Ca
     for i, method in enumerate(("one-shot", "progressive"), start=2):
         log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {d.target_rate:g} for {d.epochs} epochs")
         cfg = TrainConfig(method=method, target_rate=d.target_rate, progressive_rates=prog_rates, epochs=d.epochs,
-                          lr=d.retrain_lr, eval_chips=0, **common)  # fmt: skip
+                          lr=d.retrain_lr, eval_chips=0, **d.recipe(), **common)  # fmt: skip
         runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name)
     log(f"[4/4] export to ONNX and sign-off on {resolved.profile.signoff.chips} chips per rate with ONNX Runtime")
     reports = {}

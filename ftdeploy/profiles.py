@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -187,8 +187,58 @@ class Method(str, Enum):
     progressive = "progressive"
 
 
-class TrainingDefaults(_Strict):
-    """Defaults of ``ftdeploy train``; every one can be overridden on the command line."""
+class RetrainingRecipe(BaseModel):
+    """How fault-tolerant retraining trains, beyond its method, rates, length and learning rate:
+    the options the README's recipe section explains. Written once here, shared by a profile's
+    training defaults and by every run's :class:`ftdeploy.train.TrainConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    progressive_blocks: Literal["split", "each"] = Field(
+        "split",
+        description="How progressive retraining spends its epochs. split: the run's epochs divided among the rates, "
+                    "under one learning-rate schedule. each: every rate gets the full epochs with its own warm-up and "
+                    "cosine, as in the paper's Algorithm 1 (M_epoch per rate): each block is a one-shot retraining "
+                    "from the block before, and the run is len(progressive_rates) × epochs long.",
+    )  # fmt: skip
+    rate_warmup_epochs: float = Field(
+        2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
+    )
+    bn: Literal["frozen", "train"] = Field(
+        "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
+    )
+    stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
+    scale_grad: Literal["learn", "detach"] = Field(
+        "learn",
+        description="Gradient through the full scale a stuck-on cell injects (max|W| of its layer or channel): "
+                    "learn lets training shrink the layer's largest weights; detach holds it constant in each step.",
+    )  # fmt: skip
+    unbias_faults: bool = Field(
+        False,
+        description="Divide each training chip's weights by their expected shrink under faults (1 - P_sa on a "
+                    "differential pair), as inverted dropout does, so the fault-free chip gets the gain training fitted.",
+    )  # fmt: skip
+    clean_steps: float = Field(
+        0.0, ge=0, lt=1,
+        description="Fraction of retraining steps run on a fault-free chip, spread evenly (every other step at 0.5); "
+                    "the rest at the scheduled rate. 0: every step faulty.",
+    )  # fmt: skip
+    distill: float = Field(
+        0.0, ge=0, le=1,
+        description="Weight of distillation from the starting checkpoint's clean outputs in the retraining loss "
+                    "(0: off; the rest is cross-entropy on the labels).",
+    )  # fmt: skip
+
+    def recipe(self) -> dict:
+        """This model's recipe fields alone (a subclass's other fields left out)."""
+        return {field: getattr(self, field) for field in RetrainingRecipe.model_fields}
+
+
+class TrainingDefaults(RetrainingRecipe):
+    """Defaults of ``ftdeploy train`` and ``sweep``, the retraining recipe included; every one can be
+    overridden on the command line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)  # as _Strict: a misspelt option is an error
 
     model: str = Field("resnet20", description="Model registry name or package.module:factory.")
     method: Method = Field(Method.progressive, description="one-shot: fixed rate; progressive: ascending rates.")
@@ -198,7 +248,9 @@ class TrainingDefaults(_Strict):
         description="Ascending candidate rates of progressive training; the last must equal target_rate.",
     )
     pretrain_epochs: int = Field(30, ge=0, description="Epochs of fault-free pretraining.")
-    epochs: int = Field(20, ge=1, description="Epochs of fault-tolerant retraining (all blocks together).")
+    epochs: int = Field(
+        20, ge=1, description="Epochs of fault-tolerant retraining (all progressive blocks together; per rate with progressive_blocks each)."
+    )
     lr: float = Field(0.1, gt=0, description="Peak learning rate of pretraining (cosine schedule).")
     retrain_lr: float = Field(0.02, gt=0, description="Peak learning rate of fault-tolerant retraining.")
     batch_size: int = Field(128, ge=1, description="Images per step.")
@@ -324,6 +376,7 @@ __all__ = [
     "Method",
     "Profile",
     "ResolvedProfile",
+    "RetrainingRecipe",
     "ScaleGranularity",
     "SignOff",
     "Target",

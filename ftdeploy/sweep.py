@@ -100,15 +100,20 @@ class SweepSettings:
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
 
-    def train_config(self, cell: Cell, model: str) -> TrainConfig:
+    def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(
-            model=model, method=cell.method, target_rate=cell.train_rate,
+            model=self.start_model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
         ))  # fmt: skip
 
     def run_epochs(self, cell: Cell) -> int:
         """Epochs the cell's whole run takes (progressive blocks of their own take one per rate)."""
-        return self.train_config(cell, self.recipe.model).run_epochs
+        return self.train_config(cell).run_epochs
+
+    @functools.cached_property
+    def start_model(self) -> str:
+        """The model every cell retrains: the starting checkpoint's (as ``train --from`` keeps it)."""
+        return load_checkpoint(self.pretrained)["model"]
 
     @functools.cached_property
     def pretrained_sha256(self) -> str:
@@ -126,10 +131,10 @@ def _finished(run_dir: Path, epochs: int) -> bool:
         return False
 
 
-def _train_command(s: SweepSettings, cell: Cell, run_dir: Path, model: str) -> list[str]:
+def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
     """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path uses."""
     cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path), "--from", str(s.pretrained),
-           *train_argv(s.train_config(cell, model)), "--out", str(run_dir), "--resume"]  # fmt: skip
+           *train_argv(s.train_config(cell)), "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -151,13 +156,13 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
     if jobs <= 1:
         for c in todo:
             log(f"[sweep] training {c.label}")
-            train(s.train_config(c, pre["model"]), data, s.profile.target, out / "runs" / c.key, init=pre,
+            train(s.train_config(c), data, s.profile.target, out / "runs" / c.key, init=pre,
                   profile_name=s.profile.profile.name, resume=True)  # fmt: skip
             on_done(c)
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
     try:
-        _schedule(s, list(todo), running, out, jobs, log, on_done, pre["model"])
+        _schedule(s, list(todo), running, out, jobs, log, on_done)
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM): stop the trainings this sweep started, each at its last
         # saved epoch, instead of leaving them running unwatched; a rerun resumes them.
@@ -169,7 +174,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         raise
 
 
-def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done, model: str) -> None:
+def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
     """Keep ``jobs`` training processes busy until ``todo`` is empty and all have finished."""
     failed = []
     while todo or running:
@@ -179,7 +184,7 @@ def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "train.log", "a")  # a resumed run adds to its log
             log(f"[sweep] training {c.label} (log: {run_dir / 'train.log'})")
-            running.append((c, subprocess.Popen(_train_command(s, c, run_dir, model), stdout=logf, stderr=subprocess.STDOUT), logf))
+            running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT), logf))
         time.sleep(1.0)
         for item in list(running):
             c, proc, logf = item

@@ -65,7 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from .chip import DeployedNetwork
 from .data import DataBundle, augment, batches, normalize
@@ -74,7 +74,7 @@ from .faults import StuckAt, faulty_weight
 from .files import write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
-from .profiles import CHEN2015_SPLIT, BatchNormPlacement, Target
+from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
 RESUME_FORMAT = "ftdeploy-resume/1"
@@ -82,8 +82,9 @@ RESUME_FORMAT = "ftdeploy-resume/1"
 RESUME_MAY_DIFFER = frozenset({"device", "eval_chips"})
 
 
-class TrainConfig(BaseModel):
-    """Everything that determines a training run; saved as config.yaml next to the run."""
+class TrainConfig(RetrainingRecipe):
+    """Everything that determines a training run; saved as config.yaml next to the run. The
+    retraining recipe's fields are :class:`~ftdeploy.profiles.RetrainingRecipe`'s."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,47 +101,13 @@ class TrainConfig(BaseModel):
         20, ge=1,
         description="Epochs of this run (all progressive blocks together), or of each block with progressive_blocks each.",
     )  # fmt: skip
-    progressive_blocks: Literal["split", "each"] = Field(
-        "split",
-        description="How progressive retraining spends its epochs. split: the run's epochs divided among the rates, "
-                    "under one learning-rate schedule. each: every rate gets the full epochs with its own warm-up and "
-                    "cosine, as in the paper's Algorithm 1 (M_epoch per rate): each block is a one-shot retraining "
-                    "from the block before, and the run is len(progressive_rates) × epochs long.",
-    )  # fmt: skip
     lr: float = Field(0.02, gt=0, description="Peak learning rate (linear warm-up, then cosine to 0).")
     warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear learning-rate warm-up.")
-    rate_warmup_epochs: float = Field(
-        2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
-    )
     batch_size: int = Field(128, ge=1, description="Images per step.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum.")
     grad_clip: float | None = Field(5.0, gt=0, description="Gradient-norm clipping of retraining (None: off).")
-    bn: Literal["frozen", "train"] = Field(
-        "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
-    )
-    stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
-    scale_grad: Literal["learn", "detach"] = Field(
-        "learn",
-        description="Gradient through the full scale a stuck-on cell injects (max|W| of its layer or channel): "
-                    "learn lets training shrink the layer's largest weights; detach holds it constant in each step.",
-    )  # fmt: skip
-    unbias_faults: bool = Field(
-        False,
-        description="Divide each training chip's weights by their expected shrink under faults (1 - P_sa on a "
-                    "differential pair), as inverted dropout does, so the fault-free chip gets the gain training fitted.",
-    )  # fmt: skip
-    clean_steps: float = Field(
-        0.0, ge=0, lt=1,
-        description="Fraction of retraining steps run on a fault-free chip, spread evenly (every other step at 0.5); "
-                    "the rest at the scheduled rate. 0: every step faulty.",
-    )  # fmt: skip
-    distill: float = Field(
-        0.0, ge=0, le=1,
-        description="Weight of distillation from the starting checkpoint's clean outputs in the retraining loss "
-                    "(0: off; the rest is cross-entropy on the labels).",
-    )  # fmt: skip
-    distill_temperature: float = Field(4.0, gt=0, description="Softmax temperature of that distillation.")
+    distill_temperature: float = Field(4.0, gt=0, description="Softmax temperature of distillation (distill).")
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
     eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")

@@ -20,7 +20,9 @@ from ftdeploy.profiles import (
     TARGETS_DIR,
     FaultRates,
     Method,
+    Profile,
     ResolvedProfile,
+    RetrainingRecipe,
     Target,
     builtin_profiles,
     builtin_targets,
@@ -126,6 +128,9 @@ BAD_PROFILES = {
     "progressive without rates": ({"training__progressive_rates": []}, "training", "progressive_rates"),
     "unknown method": ({"training__method": "two-shot"}, "training.method", "one-shot"),
     "empty sign-off rates": ({"signoff__rates": []}, "signoff.rates", "at least 1 item"),
+    "unknown BatchNorm treatment": ({"training__bn": "sometimes"}, "training.bn", "'frozen' or 'train'"),
+    "clean steps of 1": ({"training__clean_steps": 1.0}, "training.clean_steps", "less than 1"),
+    "unknown progressive blocks": ({"training__progressive_blocks": "both"}, "training.progressive_blocks", "'split' or 'each'"),
 }  # fmt: skip
 
 
@@ -152,6 +157,15 @@ def test_one_line_per_error(tmp_path):
     assert len(lines) == 3
     assert {line.split(": ")[1] for line in lines} == {"signoff.chips", "faults.p_sa", "training.lr"}
     assert any("(found -1)" in line for line in lines)
+
+
+def test_a_profile_carries_the_retraining_recipe(tmp_path):
+    """The recipe a deployment was tuned with travels in its profile, not in a command line."""
+    path = _write(tmp_path, _profile(training__unbias_faults=True, training__progressive_blocks="each", training__clean_steps=0.25))
+    training = load_profile(path).profile.training
+    assert training.recipe() == {**RetrainingRecipe().recipe(), "unbias_faults": True, "progressive_blocks": "each",
+                                 "clean_steps": 0.25}  # fmt: skip
+    assert "model" not in training.recipe(), "the recipe is the recipe fields alone"
 
 
 def test_one_shot_does_not_need_rates_ending_at_target(tmp_path):
@@ -357,3 +371,30 @@ def test_console_script_validate(tmp_path):
     ], proc.stderr
     assert lines[2:] == [f"error: {missing}: file not found"], proc.stderr
     assert proc.stdout == ""
+
+
+def _field_paths(model, prefix: str = ""):
+    """Dotted names of a config model's leaf fields, as the README's tables write them
+    (``signoff.acceptance[].rate`` for a list of sections)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        kinds = (field.annotation, *typing.get_args(field.annotation))
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if section is None:
+            yield prefix + name
+        else:
+            listed = typing.get_origin(field.annotation) is list
+            yield from _field_paths(section, f"{prefix}{name}{'[]' if listed else ''}.")
+
+
+@pytest.mark.parametrize("model", [Profile, Target], ids=["profile", "target"])
+def test_the_readme_documents_every_field(model):
+    """Each profile and target field has a row in the README's format tables (an acceptance
+    limit's fields may be written as `…field`)."""
+    readme = (PROFILES_DIR.parent / "README.md").read_text()
+    paths = list(_field_paths(model))
+    missing = [p for p in paths if f"`{p}`" not in readme and f"`…{p.rsplit('.', 1)[-1]}`" not in readme]
+    assert len(paths) > 10 and not missing, missing

@@ -113,7 +113,7 @@ def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, t
     with monkeypatch.context() as m:
         m.setattr(tr, "save_atomic", stop_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
-            train(settings.train_config(cell, "democnn"), small_data, settings.profile.target, run_dir,
+            train(settings.train_config(cell), small_data, settings.profile.target, run_dir,
                   init=load_checkpoint(pretrained))  # fmt: skip
     first = json.loads((run_dir / "log.jsonl").read_text())
     run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
@@ -200,14 +200,38 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     settings = _with_recipe(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup_epochs=1.5, unbias_faults=True,
                             clean_steps=0.25, scale_grad="detach", seed=3, progressive_blocks="each")
     cell = plan(["progressive"], [0.05])[1]
-    argv = _train_command(settings, cell, tmp_path / "run", "democnn")
+    argv = _train_command(settings, cell, tmp_path / "run")
     assert argv[1:3] == ["-m", "ftdeploy"]
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))
     result = CliRunner().invoke(app, argv[3:])
     assert result.exit_code == 0, result.output
-    assert seen == [settings.train_config(cell, "democnn")]
+    assert seen == [settings.train_config(cell)]
+
+
+def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(pretrained, small_data, tmp_path, monkeypatch):
+    import ftdeploy.data
+    import ftdeploy.sweep
+
+    demo = load_profile("demo")
+    data = yaml.safe_load(demo.profile_path.read_text())
+    data["target"] = str(demo.target_path)
+    data["training"].update(unbias_faults=True, bn="train", rate_warmup_epochs=1.0)
+    profile = tmp_path / "tuned.yaml"
+    profile.write_text(yaml.safe_dump(data))
+    recipes = []
+
+    def capture(settings, *args, **kwargs):
+        recipes.append(settings.recipe)
+        raise KeyboardInterrupt  # the settings are all this test needs
+
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
+    sweep = ["sweep", "--from", str(pretrained), "--profile", str(profile), "--out", str(tmp_path / "s")]
+    CliRunner().invoke(app, sweep)
+    CliRunner().invoke(app, [*sweep, "--raw-faults", "--bn", "frozen"])
+    assert [(r.unbias_faults, r.bn, r.rate_warmup_epochs) for r in recipes] == [(True, "train", 1.0), (False, "frozen", 1.0)]
 
 
 def test_a_cell_is_finished_when_its_whole_run_is(pretrained):

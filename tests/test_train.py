@@ -412,6 +412,46 @@ def test_train_cli_rejects_a_bad_recipe_value_with_one_line_naming_its_option(ar
     assert not (tmp_path / "run").exists()
 
 
+def _profile_with_recipe(tmp_path, **recipe) -> str:
+    """The demo profile with retraining recipe options in its training section."""
+    import yaml
+
+    from ftdeploy.profiles import load_profile
+
+    demo = load_profile("demo")
+    data = yaml.safe_load(demo.profile_path.read_text())
+    data["target"] = str(demo.target_path)
+    data["training"].update(recipe)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(pretrained, small_data, tmp_path, monkeypatch):
+    """A retraining uses its profile's recipe where no option is typed; a typed option wins; a
+    pretraining takes none of it (distillation, say, needs a teacher a pretraining has not got)."""
+    import ftdeploy.data
+    import ftdeploy.train
+    from typer.testing import CliRunner
+
+    from ftdeploy.cli import app
+
+    profile = _profile_with_recipe(tmp_path, unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5)
+    seen = []
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
+    retrain = ["train", "--profile", profile, "--from", str(pretrained / "model.pt"), "--method", "progressive"]
+    for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split"]):
+        result = CliRunner().invoke(app, [*retrain, *extra, "--out", str(tmp_path / "run")])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["train", "--profile", profile, "--method", "pretrain", "--out", str(tmp_path / "pre")])
+    assert result.exit_code == 0, result.output
+    from_profile, typed, pretraining = seen
+    assert (from_profile.unbias_faults, from_profile.clean_steps, from_profile.progressive_blocks, from_profile.distill) == (True, 0.25, "each", 0.5)
+    assert (typed.unbias_faults, typed.clean_steps, typed.progressive_blocks, typed.distill) == (False, 0.0, "split", 0.5)
+    assert pretraining.method == "pretrain" and pretraining.recipe() == TrainConfig().recipe()
+
+
 def test_sigterm_stops_a_training_like_ctrl_c_with_its_epochs_saved(tmp_path):
     """A scheduler's or a deadline's SIGTERM ends a run as Ctrl-C does: exit 130, one line, and
     the finished epochs on disk (a run started in the background ignores SIGINT, so SIGTERM is
