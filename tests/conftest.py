@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ftdeploy.profiles import Target, builtin_targets, load_target
+from ftdeploy.profiles import Target, builtin_targets, load_profile, load_target
 
 torch.set_num_threads(2)
 
@@ -29,6 +29,21 @@ def make_target(mapping: str = "differential", bits_per_cell: int = 7, weight_bi
         tile_cols=tile_cols,
         **kw,
     )
+
+
+def demo_profile_with(folder, name: str = "demo-variant.yaml", **sections) -> str:
+    """The shipped demo profile written to ``folder/name`` with ``sections`` (``training={...}``,
+    ``signoff={...}``) updated key by key; its target still resolves to the shipped one."""
+    import yaml
+
+    demo = load_profile("demo")
+    data = yaml.safe_load(demo.profile_path.read_text())
+    data["target"] = str(demo.target_path)
+    for section, changes in sections.items():
+        data[section].update(changes)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
+from conftest import demo_profile_with
 from ftdeploy.cli import app
 from ftdeploy.errors import ConfigError
 from ftdeploy.data import load_data
@@ -214,12 +214,7 @@ def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(p
     import ftdeploy.data
     import ftdeploy.sweep
 
-    demo = load_profile("demo")
-    data = yaml.safe_load(demo.profile_path.read_text())
-    data["target"] = str(demo.target_path)
-    data["training"].update(unbias_faults=True, bn="train", rate_warmup_epochs=1.0)
-    profile = tmp_path / "tuned.yaml"
-    profile.write_text(yaml.safe_dump(data))
+    profile = demo_profile_with(tmp_path, training=dict(unbias_faults=True, bn="train", rate_warmup_epochs=1.0))
     recipes = []
 
     def capture(settings, *args, **kwargs):
@@ -228,7 +223,7 @@ def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(p
 
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
-    sweep = ["sweep", "--from", str(pretrained), "--profile", str(profile), "--out", str(tmp_path / "s")]
+    sweep = ["sweep", "--from", str(pretrained), "--profile", profile, "--out", str(tmp_path / "s")]
     CliRunner().invoke(app, sweep)
     CliRunner().invoke(app, [*sweep, "--raw-faults", "--bn", "frozen"])
     assert [(r.unbias_faults, r.bn, r.rate_warmup_epochs) for r in recipes] == [(True, "train", 1.0), (False, "frozen", 1.0)]
@@ -286,13 +281,8 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
 
 def test_demo_command_end_to_end(tmp_path):
     """The demo path (train x3, export x3, ONNX Runtime sign-off x3, table) on a 1-epoch profile."""
-    demo = yaml.safe_load(load_profile("demo").profile_path.read_text())
-    demo["target"] = str(load_profile("demo").target_path)
-    demo["training"].update(pretrain_epochs=1, epochs=1)
-    demo["signoff"].update(chips=2, max_images=200)
-    profile = tmp_path / "tiny-demo.yaml"
-    profile.write_text(yaml.safe_dump(demo))
-    result = CliRunner().invoke(app, ["demo", "--profile", str(profile), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    profile = demo_profile_with(tmp_path, training=dict(pretrain_epochs=1, epochs=1), signoff=dict(chips=2, max_images=200))
+    result = CliRunner().invoke(app, ["demo", "--profile", profile, "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     for name in ("baseline", "one-shot", "progressive"):
         assert (tmp_path / "out" / f"{name}.onnx").is_file()

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import demo_profile_with
 from ftdeploy.data import load_data
 from ftdeploy.faults import StuckAt, faulty_weight
 from ftdeploy.mapping import make_mapping
@@ -412,21 +413,6 @@ def test_train_cli_rejects_a_bad_recipe_value_with_one_line_naming_its_option(ar
     assert not (tmp_path / "run").exists()
 
 
-def _profile_with_recipe(tmp_path, **recipe) -> str:
-    """The demo profile with retraining recipe options in its training section."""
-    import yaml
-
-    from ftdeploy.profiles import load_profile
-
-    demo = load_profile("demo")
-    data = yaml.safe_load(demo.profile_path.read_text())
-    data["target"] = str(demo.target_path)
-    data["training"].update(recipe)
-    path = tmp_path / "tuned.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
 def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(pretrained, small_data, tmp_path, monkeypatch):
     """A retraining uses its profile's recipe where no option is typed; a typed option wins; a
     pretraining takes none of it (distillation, say, needs a teacher a pretraining has not got)."""
@@ -436,7 +422,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
 
     from ftdeploy.cli import app
 
-    profile = _profile_with_recipe(tmp_path, unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5)
+    profile = demo_profile_with(tmp_path, training=dict(unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5))
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
