@@ -175,7 +175,7 @@ def train_cmd(
     finished one is kept as it is)."""
     from .data import load_data
     from .profiles import RetrainingRecipe, load_profile
-    from .train import default_progressive_rates, load_checkpoint, make_train_config, quiet_progress, train
+    from .train import load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -185,12 +185,7 @@ def train_cmd(
     if method == "pretrain" and distill:
         raise ConfigError(f"--distill: distillation from a pretrained model applies to retraining, not --method pretrain (found {distill:g})")
     target_rate = d.target_rate if target_rate is None else target_rate
-    if rates:
-        prog_rates = _parse_rates(rates)
-    elif target_rate == d.target_rate:
-        prog_rates = list(d.progressive_rates)
-    else:
-        prog_rates = default_progressive_rates(target_rate)
+    prog_rates = _parse_rates(rates) if rates else progressive_rates_for(target_rate, d)
     if method == "progressive" and prog_rates[-1] != target_rate:
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None

@@ -15,7 +15,7 @@ from .data import load_data
 from .export import export_onnx
 from .profiles import ResolvedProfile
 from .report import write_report
-from .train import TrainConfig, default_progressive_rates, train
+from .train import TrainConfig, progressive_rates_for, train
 from .verify import verify_onnx
 
 MODELS = ("baseline", "one-shot", "progressive")
@@ -33,7 +33,7 @@ def run_demo(resolved: ResolvedProfile, out: Path, device: str = "auto", log: Ca
     pre = train(TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=d.lr, **common), data, resolved.target,
                 out / "baseline", profile_name=resolved.profile.name)  # fmt: skip
     runs["baseline"] = pre
-    prog_rates = list(d.progressive_rates) or default_progressive_rates(d.target_rate)
+    prog_rates = progressive_rates_for(d.target_rate, d)
     for i, method in enumerate(("one-shot", "progressive"), start=2):
         log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {d.target_rate:g} for {d.epochs} epochs")
         cfg = TrainConfig(method=method, target_rate=d.target_rate, progressive_rates=prog_rates, epochs=d.epochs,

@@ -37,7 +37,7 @@ from .errors import ConfigError, ModelError
 from .faults import StuckAt
 from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
-from .train import (RESUME_MAY_DIFFER, TrainConfig, default_progressive_rates, load_checkpoint, model_from_checkpoint,
+from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, progressive_rates_for,
                     pick_device, train, train_argv)
 from .verify import stability_score, subset_indices, summarize_chips
 
@@ -103,7 +103,8 @@ class SweepSettings:
     def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(
             model=self.start_model, method=cell.method, target_rate=cell.train_rate,
-            progressive_rates=default_progressive_rates(cell.train_rate), split=self.profile.profile.faults.split,
+            progressive_rates=progressive_rates_for(cell.train_rate, self.profile.profile.training),
+            split=self.profile.profile.faults.split,
         ))  # fmt: skip
 
     def run_epochs(self, cell: Cell) -> int:

@@ -74,7 +74,7 @@ from .faults import StuckAt, faulty_weight
 from .files import write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
-from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target
+from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target, TrainingDefaults
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
 RESUME_FORMAT = "ftdeploy-resume/1"
@@ -157,6 +157,14 @@ def default_progressive_rates(target_rate: float, steps: int = 3) -> list[float]
     0.05 -> [0.01, 0.02, 0.05], 0.1 -> [0.02, 0.05, 0.1]."""
     below = [r for r in PROGRESSIVE_LADDER if r < target_rate]
     return below[-(steps - 1):] + [target_rate] if steps > 1 else [target_rate]
+
+
+def progressive_rates_for(target_rate: float, defaults: TrainingDefaults) -> list[float]:
+    """The progressive list of a retraining to ``target_rate``: the profile's own list where it
+    ends there (a deployment may name its ladder), else :func:`default_progressive_rates`.
+    ``train``, ``sweep`` and ``demo`` all use this one rule."""
+    own = list(defaults.progressive_rates)
+    return own if own and own[-1] == target_rate else default_progressive_rates(target_rate)
 
 
 #: The ``ftdeploy train`` option of each TrainConfig field it sets (a flag pair for a bool), in

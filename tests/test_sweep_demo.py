@@ -229,6 +229,13 @@ def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(p
     assert [(r.unbias_faults, r.bn, r.rate_warmup_epochs) for r in recipes] == [(True, "train", 1.0), (False, "frozen", 1.0)]
 
 
+def test_a_sweep_trains_progressive_cells_on_the_profiles_list_where_it_names_one(pretrained, tmp_path):
+    profile = load_profile(demo_profile_with(tmp_path, training=dict(target_rate=0.05, progressive_rates=[0.01, 0.05])))
+    settings = dataclasses.replace(_settings(pretrained), profile=profile)
+    at_05, at_1 = (settings.train_config(c) for c in plan(["progressive"], [0.05, 0.1])[1:])
+    assert at_05.progressive_rates == [0.01, 0.05] and at_1.progressive_rates == [0.02, 0.05, 0.1]
+
+
 def test_a_cell_is_finished_when_its_whole_run_is(pretrained):
     """With progressive blocks of their own, a progressive cell runs --epochs per rate: its
     checkpoint is finished only after all of them (else a rerun would take a first block for

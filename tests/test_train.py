@@ -20,6 +20,7 @@ from ftdeploy.train import (
     FaultInjector,
     TrainConfig,
     default_progressive_rates,
+    progressive_rates_for,
     distillation_loss,
     freeze_batchnorm,
     load_checkpoint,
@@ -153,6 +154,16 @@ def test_progressive_schedule_blocks_and_default_ladder():
     assert default_progressive_rates(0.05) == [0.01, 0.02, 0.05]
     assert default_progressive_rates(0.1) == [0.02, 0.05, 0.1]
     assert default_progressive_rates(0.01) == [0.002, 0.005, 0.01]
+
+
+def test_a_profiles_own_progressive_list_serves_its_target_rate_and_the_ladder_the_others():
+    from ftdeploy.profiles import TrainingDefaults
+
+    two_rates = TrainingDefaults(target_rate=0.05, progressive_rates=[0.01, 0.05])
+    assert progressive_rates_for(0.05, two_rates) == [0.01, 0.05]
+    assert progressive_rates_for(0.1, two_rates) == [0.02, 0.05, 0.1]
+    one_shot = TrainingDefaults(method="one-shot", target_rate=0.05, progressive_rates=[0.01])
+    assert progressive_rates_for(0.05, one_shot) == [0.01, 0.02, 0.05], "a list not ending at the rate is not its list"
 
 
 @pytest.fixture(scope="module")
