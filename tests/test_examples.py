@@ -15,6 +15,7 @@ def test_example_profile_resolves_its_relative_target():
     r = load_profile(ROOT / "examples" / "profiles" / "my-chip.yaml")
     assert r.target.name == "offset-8"
     assert r.profile.faults.pair == (0.0005, 0.002)
+    assert (r.profile.training.rate_warmup_epochs, r.profile.training.clean_steps) == (1, 0.25)
 
 
 def test_user_model_factory_by_module_path(monkeypatch):
