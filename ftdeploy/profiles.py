@@ -234,6 +234,12 @@ class RetrainingRecipe(BaseModel):
         return {field: getattr(self, field) for field in RetrainingRecipe.model_fields}
 
 
+def recipe_last(fields: dict) -> dict:
+    """``fields`` (a dumped TrainingDefaults or TrainConfig) with the recipe fields after the
+    others: pydantic lists inherited fields first, and a reader looks for the model and method first."""
+    return dict(sorted(fields.items(), key=lambda item: item[0] in RetrainingRecipe.model_fields))
+
+
 class TrainingDefaults(RetrainingRecipe):
     """Defaults of ``ftdeploy train`` and ``sweep``, the retraining recipe included; every one can be
     overridden on the command line."""
@@ -289,7 +295,9 @@ class ResolvedProfile(BaseModel):
     target_path: Path
 
     def to_dict(self) -> dict:
-        return {"profile": self.profile.model_dump(mode="json"), "target": self.target.model_dump(mode="json")}
+        profile = self.profile.model_dump(mode="json")
+        profile["training"] = recipe_last(profile["training"])
+        return {"profile": profile, "target": self.target.model_dump(mode="json")}
 
 
 def _format_loc(loc: tuple) -> str:

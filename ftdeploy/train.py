@@ -74,7 +74,7 @@ from .faults import StuckAt, faulty_weight
 from .files import write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
-from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target, TrainingDefaults
+from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target, TrainingDefaults, recipe_last
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
 RESUME_FORMAT = "ftdeploy-resume/1"
@@ -472,7 +472,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     model.to(device)
     if dist.is_main and not point:  # a resumed run keeps the config it was started with
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(recipe_last(config.model_dump(mode="json")), sort_keys=False))
 
     teacher = _teacher(init, device) if retraining and config.distill > 0 else None
     injector = None
