@@ -446,133 +446,183 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     its own random chips; gradients are averaged by DistributedDataParallel and only rank 0
     evaluates and writes. Returns the final checkpoint dict."""
     dist = _Distributed.from_env(config.device)
-    device = dist.device
-    if device.type == "cuda":
+    if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     torch.manual_seed(config.seed)
-    retraining = config.method != "pretrain"
-    if init is not None:
-        # Keep the parent's input normalisation: the weights were trained for it.
-        norm = init.get("normalization") or {}
-        if norm:
-            data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
-        if init["model"] != config.model:
-            raise ModelError(f"--model {config.model!r} does not match the checkpoint's model {init['model']!r}")
-        model = model_from_checkpoint(init)
-    else:
-        if retraining:
-            raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
-        model = create_model(config.model, num_classes=data.num_classes)
+    model, data = _starting_model(config, data, init)
+    # Which weights pruning zeroed: read before a resumed run's weights replace the starting ones.
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     point = _ResumePoint.find(out_dir, config, target) if resume else None
     if point and point.epochs_done >= config.run_epochs:
         return point.checkpoint
     if point:
         model.load_state_dict(point.state_dict)
-    model.to(device)
+    model.to(dist.device)
     if dist.is_main and not point:  # a resumed run keeps the config it was started with
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(recipe_last(config.model_dump(mode="json")), sort_keys=False))
-
-    teacher = _teacher(init, device) if retraining and config.distill > 0 else None
-    injector = None
-    if retraining:  # every rank its own chips: seed offset by rank
-        injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank,
-                                 device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults)  # fmt: skip
-        injector.attach()
-    net = dist.wrap(model)
-
-    params_decay = [p for n, p in model.named_parameters() if p.dim() > 1]
-    params_other = [p for n, p in model.named_parameters() if p.dim() <= 1]
-    opt = torch.optim.SGD(
-        [{"params": params_decay, "weight_decay": config.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum, nesterov=True,
-    )  # fmt: skip
-    steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    total = steps_per_epoch * config.run_epochs
-    block = steps_per_epoch * config.epochs if config.blocks_each else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_epochs * steps_per_epoch), block))
-    use_amp = device.type == "cuda"
-    gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
-    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-
-    # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at full
-    # P_sa^T = 0.05 from the first step, ResNet-20 diverged in its first epoch (loss 12.9, then
-    # chance; docs/RESULTS-diff8-folded.md). Ramping the rate in over the first epochs lets it adapt.
-    rate_warmup_steps = int(config.rate_warmup_epochs * steps_per_epoch)
-    step, start_epoch = 0, 0
-    if point:
-        step, start_epoch = point.restore(opt, sched, gen, aug_gen, injector, steps_per_epoch, dist.rank)
-    acc_pretrain = init.get("acc_pretrain") if init else None
-    logger = _RunLog(out_dir, config, progress, total, point.log_rows if point else [], step,
+    run = _Run(config, data, target, model, init, dist, prune_masks)
+    start_epoch = run.restore(point) if point else 0
+    logger = _RunLog(out_dir, config, progress, run.total_steps, point.log_rows if point else [], run.step,
                      point.how if point else "fresh") if dist.is_main else None  # fmt: skip
     ckpt: dict = {}
     try:
         for epoch in range(start_epoch, config.run_epochs):
-            rate = config.rate_at(epoch)
-            if injector:
-                injector.set_rate(rate, config.split)
-            model.train()
-            if retraining and config.bn == "frozen":
-                freeze_batchnorm(model)
             t0 = time.perf_counter()
-            # Sums stay on the device: one synchronisation per epoch, not per step.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            for xb, yb in batches(train_x, train_y, config.batch_size, shuffle=True, generator=gen):
-                if injector and (step < rate_warmup_steps or config.clean_steps):
-                    injector.set_rate(config.step_rate(rate, step, rate_warmup_steps), config.split)
-                step += 1
-                xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
-                x = normalize(augment(xb, aug_gen), data.mean, data.std)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), yb)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                        loss = with_distillation(loss, logits.float(), teacher_logits.float(), config.distill,
-                                                 config.distill_temperature)  # fmt: skip
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if retraining and config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                opt.step()
-                sched.step()
-                if prune_masks:
-                    _apply_masks(model, prune_masks)
-                loss_sum += loss.detach() * len(yb)
-                correct += (logits.argmax(1) == yb).sum()
-                seen += len(yb)
-                if logger:
-                    logger.step()
-            train_loss = loss_sum.item() / seen
-            if not math.isfinite(train_loss):
-                raise ModelError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
+            train_loss, train_acc = run.train_epoch(epoch, logger)
             if dist.is_main:
-                state = clean_state_dict(model)
-                eval_model = create_model(config.model, num_classes=data.num_classes)
-                eval_model.load_state_dict(state)
-                val_clean, val_faulty = deployed_accuracy(
-                    eval_model, target, data, device, config.eval_chips if retraining else 0, config.target_rate, config.split, config.seed
-                )  # fmt: skip
-                logger.epoch(epoch, rate, opt.param_groups[0]["lr"], train_loss, 100.0 * correct.item() / seen,
+                val_clean, val_faulty = run.evaluate()
+                logger.epoch(epoch, config.rate_at(epoch), run.opt.param_groups[0]["lr"], train_loss, train_acc,
                              val_clean, val_faulty, time.perf_counter() - t0)  # fmt: skip
-                ckpt = _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epoch + 1)
-                # resume.pt first: whichever file an interruption leaves older, resuming restarts
-                # from a complete epoch (resume.pt carries its own copy of the weights).
-                save_atomic(_resume_state(ckpt, step, opt, sched, gen, aug_gen, injector, logger.rows),
-                            out_dir / "resume.pt")  # fmt: skip
-                save_atomic(ckpt, out_dir / "model.pt")
+                ckpt = run.save(out_dir, profile_name, val_clean, epoch + 1, logger.rows)
             dist.barrier()
     finally:
-        if injector:
-            injector.detach()
+        run.close()
     if not dist.is_main:  # every rank returns what rank 0 saved (e.g. to retrain from it next)
         ckpt = load_checkpoint(out_dir / "model.pt")
     return ckpt
+
+
+def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None) -> tuple[nn.Module, DataBundle]:
+    """The model a run starts from (``init``'s weights, or a fresh one for a pretraining) and the
+    data normalised as that model was trained."""
+    if init is None:
+        if config.method != "pretrain":
+            raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
+        return create_model(config.model, num_classes=data.num_classes), data
+    # Keep the parent's input normalisation: the weights were trained for it.
+    norm = init.get("normalization") or {}
+    if norm:
+        data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    if init["model"] != config.model:
+        raise ModelError(f"--model {config.model!r} does not match the checkpoint's model {init['model']!r}")
+    return model_from_checkpoint(init), data
+
+
+class _Run:
+    """One training's moving parts: the model (on a freshly drawn faulty chip at every step when
+    retraining), the optimiser and its learning-rate schedule, the random streams, and the step
+    the run has reached. :func:`train` builds it, restores an interrupted run into it and steps
+    it epoch by epoch."""
+
+    def __init__(self, config: TrainConfig, data: DataBundle, target: Target, model: nn.Module, init: dict | None,
+                 dist: "_Distributed", prune_masks: dict[str, torch.Tensor] | None = None):  # fmt: skip
+        self.config, self.data, self.target, self.model, self.init, self.dist = config, data, target, model, init, dist
+        device = self.device = dist.device
+        self.retraining = config.method != "pretrain"
+        # Pruned weights stay zero (re-zeroed after every step), on the model's device.
+        self.prune_masks = {name: m.to(device) for name, m in prune_masks.items()} if prune_masks else None
+        self.teacher = _teacher(init, device) if self.retraining and config.distill > 0 else None
+        self.injector = None
+        if self.retraining:  # every rank its own chips: seed offset by rank
+            self.injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank,
+                                          device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults)  # fmt: skip
+            self.injector.attach()
+        self.net = dist.wrap(model)
+        self.opt = _optimizer(model, config)
+        self.steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.run_epochs
+        block = self.steps_per_epoch * config.epochs if config.blocks_each else None
+        warmup = int(config.warmup_epochs * self.steps_per_epoch)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.total_steps, warmup, block))
+        self.use_amp = device.type == "cuda"
+        self.gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
+        self.aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
+        self.train_x, self.train_y = data.train_x.to(device), data.train_y.to(device)
+        # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at full
+        # P_sa^T = 0.05 from the first step, ResNet-20 diverged in its first epoch (loss 12.9, then
+        # chance; docs/RESULTS-diff8-folded.md). Ramping the rate in over the first epochs lets it adapt.
+        self.rate_warmup_steps = int(config.rate_warmup_epochs * self.steps_per_epoch)
+        self.step = 0
+        self.acc_pretrain = init.get("acc_pretrain") if init else None
+
+    def restore(self, point: "_ResumePoint") -> int:
+        """Continue an interrupted run where it stopped; the epoch to train next."""
+        self.step, epoch = point.restore(self.opt, self.sched, self.gen, self.aug_gen, self.injector,
+                                         self.steps_per_epoch, self.dist.rank)  # fmt: skip
+        return epoch
+
+    def train_epoch(self, epoch: int, logger: "_RunLog | None") -> tuple[float, float]:
+        """One pass over the training images at the epoch's fault rate: (mean loss, accuracy %)."""
+        config, injector, dist = self.config, self.injector, self.dist
+        rate = config.rate_at(epoch)
+        if injector:
+            injector.set_rate(rate, config.split)
+        self.model.train()
+        if self.retraining and config.bn == "frozen":
+            freeze_batchnorm(self.model)
+        # Sums stay on the device: one synchronisation per epoch, not per step.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for xb, yb in batches(self.train_x, self.train_y, config.batch_size, shuffle=True, generator=self.gen):
+            if injector and (self.step < self.rate_warmup_steps or config.clean_steps):
+                injector.set_rate(config.step_rate(rate, self.step, self.rate_warmup_steps), config.split)
+            self.step += 1
+            xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
+            logits, loss = self._optimizer_step(normalize(augment(xb, self.aug_gen), self.data.mean, self.data.std), yb)
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+            seen += len(yb)
+            if logger:
+                logger.step()
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise ModelError(f"training diverged in epoch {epoch + 1} (loss {train_loss}); lower --lr")
+        return train_loss, 100.0 * correct.item() / seen
+
+    def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward (on this step's chip), backward and one SGD step; (logits, loss)."""
+        config = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+                loss = with_distillation(loss, logits.float(), teacher_logits.float(), config.distill, config.distill_temperature)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.retraining and config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        if self.prune_masks:
+            _apply_masks(self.model, self.prune_masks)
+        return logits, loss
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """Deployed validation accuracy now: clean, and mean over ``eval_chips`` chips at P_sa^T
+        (retraining only), measured on a clean copy of the weights."""
+        config = self.config
+        eval_model = create_model(config.model, num_classes=self.data.num_classes)
+        eval_model.load_state_dict(clean_state_dict(self.model))
+        chips = config.eval_chips if self.retraining else 0
+        return deployed_accuracy(eval_model, self.target, self.data, self.device, chips, config.target_rate, config.split,
+                                 config.seed)  # fmt: skip
+
+    def save(self, out_dir: Path, profile_name: str, val_clean: float, epochs_done: int, log_rows: list[dict]) -> dict:
+        """Write the checkpoint of the epoch just finished, and what resuming after it needs."""
+        ckpt = _checkpoint(self.config, self.data, self.target, clean_state_dict(self.model), profile_name, self.init,
+                           self.acc_pretrain, val_clean, epochs_done)  # fmt: skip
+        # resume.pt first: whichever file an interruption leaves older, resuming restarts
+        # from a complete epoch (resume.pt carries its own copy of the weights).
+        save_atomic(_resume_state(ckpt, self.step, self.opt, self.sched, self.gen, self.aug_gen, self.injector, log_rows),
+                    out_dir / "resume.pt")  # fmt: skip
+        save_atomic(ckpt, out_dir / "model.pt")
+        return ckpt
+
+    def close(self) -> None:
+        if self.injector:
+            self.injector.detach()
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """Nesterov SGD, weight decay on the weights (conv and linear) only, not on biases or BatchNorm."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    other = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
 
 
 class _RunLog:
