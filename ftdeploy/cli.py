@@ -28,27 +28,28 @@ ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validat
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
 # The retraining recipe's options: each defaults to the profile's training section (built-in
 # defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
-BnOpt = Annotated[Optional[str], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train.")]
-StuckGradOpt = Annotated[Optional[str], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass.")]
+FROM_PROFILE = " Default: the profile's training section."
+BnOpt = Annotated[Optional[str], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + FROM_PROFILE)]
+StuckGradOpt = Annotated[Optional[str], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + FROM_PROFILE)]
 ScaleGradOpt = Annotated[
-    Optional[str], typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach.")
+    Optional[str], typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + FROM_PROFILE)
 ]
 UnbiasOpt = Annotated[
     Optional[bool],
     typer.Option("--unbias-faults/--raw-faults",
-                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them."),
+                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them." + FROM_PROFILE),
 ]
 CleanStepsOpt = Annotated[
-    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none.")
+    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + FROM_PROFILE)
 ]
 DistillOpt = Annotated[
-    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off.")
+    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + FROM_PROFILE)
 ]
 ProgressiveBlocksOpt = Annotated[
     Optional[str], typer.Option("--progressive-blocks",
-                                help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1).")
+                                help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + FROM_PROFILE)
 ]
-RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0.")]
+RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + FROM_PROFILE)]
 EvalChipsOpt = Annotated[
     int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
 ]
