@@ -293,6 +293,9 @@ def test_profile_show(name):
     shown = yaml.safe_load(result.output)
     assert shown == load_profile(name).to_dict()
     assert shown["profile"]["training"]["weight_decay"] == 5e-4  # a default no shipped profile sets, filled in
+    training = list(shown["profile"]["training"])
+    assert training[0] == "model" and training[-len(RetrainingRecipe.model_fields):] == list(RetrainingRecipe.model_fields), \
+        "the model and method first, the recipe after"
 
 
 def test_models_command():
