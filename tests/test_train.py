@@ -20,10 +20,10 @@ from ftdeploy.train import (
     FaultInjector,
     TrainConfig,
     default_progressive_rates,
-    progressive_rates_for,
     distillation_loss,
     freeze_batchnorm,
     load_checkpoint,
+    progressive_rates_for,
     train,
 )
 
