@@ -1,7 +1,7 @@
 """How much slower is a fault-injected training epoch than a plain one? (requirement: <= 1.25x)
 
 All epochs run in this one process on the same model, the same images and the same number of
-steps at the same batch size, and do what ``ftdeploy.train.train`` does per step. Three kinds:
+steps at the same batch size, each step the trainer's own (``ftdeploy.train.sgd_step``). Three kinds:
 
 * ``plain``: retraining without faults: BatchNorm frozen, gradient-norm clipping;
 * ``faulty``: the same with ``train.FaultInjector`` attached at ``--rate`` (a new random chip
@@ -37,8 +37,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script from a checkout that was not pip-installed
     from pathlib import Path
@@ -48,12 +46,13 @@ if __package__ in (None, ""):  # run as a script from a checkout that was not pi
 from ftdeploy.data import augment, normalize  # noqa: E402
 from ftdeploy.models import create_model
 from ftdeploy.profiles import CHEN2015_SPLIT, load_profile
-from ftdeploy.train import FaultInjector, TrainConfig, freeze_batchnorm, pick_device, with_distillation
+from ftdeploy.train import FaultInjector, TrainConfig, freeze_batchnorm, pick_device, sgd_step
 
 REQUIREMENT = 1.25  # product requirement on fault-injected / plain epoch time
 KINDS = ("plain", "faulty", "pretrain")
 DISTILL = "distill"
 DISTILL_TEMPERATURE = TrainConfig.model_fields["distill_temperature"].default
+GRAD_CLIP = TrainConfig.model_fields["grad_clip"].default
 CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # values do not matter for timing
 
 
@@ -141,18 +140,9 @@ class Epochs:
         start = (step * self.batch_size) % len(self.labels)
         xb, yb = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
         x = normalize(augment(xb, self.aug_gen), CIFAR_MEAN, CIFAR_STD)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(x).float()
-            loss = F.cross_entropy(logits, yb)
-            if distill:  # as train.train does with TrainConfig.distill (its value does not change the cost)
-                with torch.no_grad():
-                    teacher_logits = self.teacher(x).float()
-                loss = with_distillation(loss, logits, teacher_logits, 0.9, DISTILL_TEMPERATURE)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-        self.opt.step()
+        # The trainer's own step; the distillation weight does not change the cost.
+        sgd_step(self.model, x, yb, self.opt, clip=GRAD_CLIP if clip else None, teacher=self.teacher if distill else None,
+                 distill=0.9, temperature=DISTILL_TEMPERATURE)  # fmt: skip
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

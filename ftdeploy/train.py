@@ -525,7 +525,6 @@ class _Run:
         block = self.steps_per_epoch * config.epochs if config.blocks_each else None
         warmup = int(config.warmup_epochs * self.steps_per_epoch)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.total_steps, warmup, block))
-        self.use_amp = device.type == "cuda"
         self.gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
         self.aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
         self.train_x, self.train_y = data.train_x.to(device), data.train_y.to(device)
@@ -572,20 +571,10 @@ class _Run:
         return train_loss, 100.0 * correct.item() / seen
 
     def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward (on this step's chip), backward and one SGD step; (logits, loss)."""
+        """One :func:`sgd_step` on this step's chip, then the schedule and the pruning masks."""
         config = self.config
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(x)
-                loss = with_distillation(loss, logits.float(), teacher_logits.float(), config.distill, config.distill_temperature)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.retraining and config.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.opt.step()
+        logits, loss = sgd_step(self.net, x, y, self.opt, clip=config.grad_clip if self.retraining else None,
+                                teacher=self.teacher, distill=config.distill, temperature=config.distill_temperature)  # fmt: skip
         self.sched.step()
         if self.prune_masks:
             _apply_masks(self.model, self.prune_masks)
@@ -615,6 +604,26 @@ class _Run:
     def close(self) -> None:
         if self.injector:
             self.injector.detach()
+
+
+def sgd_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, *, clip: float | None = None,
+             teacher: nn.Module | None = None, distill: float = 0.0, temperature: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Forward (bf16 autocast on CUDA), cross-entropy (with ``distill`` of it given to matching
+    ``teacher``), backward, gradient-norm clipping at ``clip``, one optimiser step: what every
+    training step does, and what bench/bench_train_overhead.py times. Returns (logits, loss)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = with_distillation(loss, logits.float(), teacher_logits.float(), distill, temperature)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    return logits, loss
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
