@@ -112,9 +112,14 @@ class SweepSettings:
         return self.train_config(cell).run_epochs
 
     @functools.cached_property
+    def pretrained_checkpoint(self) -> dict:
+        """The starting checkpoint, loaded once per sweep."""
+        return load_checkpoint(self.pretrained)
+
+    @property
     def start_model(self) -> str:
         """The model every cell retrains: the starting checkpoint's (as ``train --from`` keeps it)."""
-        return load_checkpoint(self.pretrained)["model"]
+        return self.pretrained_checkpoint["model"]
 
     @functools.cached_property
     def pretrained_sha256(self) -> str:
@@ -148,7 +153,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
     """Train every unfinished cell; ``jobs`` > 1 runs that many ``ftdeploy train`` processes at
     once (a small CIFAR model leaves a GPU mostly idle, so several share it well).
     ``on_done(cell)`` runs as each cell finishes (the sweep evaluates it then)."""
-    pre = load_checkpoint(s.pretrained)
+    pre = s.pretrained_checkpoint
     todo = [c for c in cells if c.method != "baseline" and not _finished(out / "runs" / c.key, s.run_epochs(c))]
     for c in cells:
         if c.method != "baseline" and c not in todo:
@@ -311,7 +316,7 @@ def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], resul
 
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:
     acc_pretrain = results["baseline"]["acc_clean"]
-    pre = load_checkpoint(s.pretrained)
+    pre = s.pretrained_checkpoint
     rows = []
     for c in cells:
         r = results[c.key]

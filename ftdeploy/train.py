@@ -471,10 +471,11 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
             t0 = time.perf_counter()
             train_loss, train_acc = run.train_epoch(epoch, logger)
             if dist.is_main:
-                val_clean, val_faulty = run.evaluate()
+                state = clean_state_dict(model)  # the master weights, measured and saved
+                val_clean, val_faulty = run.evaluate(state)
                 logger.epoch(epoch, config.rate_at(epoch), run.opt.param_groups[0]["lr"], train_loss, train_acc,
                              val_clean, val_faulty, time.perf_counter() - t0)  # fmt: skip
-                ckpt = run.save(out_dir, profile_name, val_clean, epoch + 1, logger.rows)
+                ckpt = run.save(state, out_dir, profile_name, val_clean, epoch + 1, logger.rows)
             dist.barrier()
     finally:
         run.close()
@@ -580,19 +581,21 @@ class _Run:
             _apply_masks(self.model, self.prune_masks)
         return logits, loss
 
-    def evaluate(self) -> tuple[float, float | None]:
-        """Deployed validation accuracy now: clean, and mean over ``eval_chips`` chips at P_sa^T
-        (retraining only), measured on a clean copy of the weights."""
+    def evaluate(self, state: dict[str, torch.Tensor]) -> tuple[float, float | None]:
+        """Deployed validation accuracy of the master weights ``state``: clean, and mean over
+        ``eval_chips`` chips at P_sa^T (retraining only)."""
         config = self.config
         eval_model = create_model(config.model, num_classes=self.data.num_classes)
-        eval_model.load_state_dict(clean_state_dict(self.model))
+        eval_model.load_state_dict(state)
         chips = config.eval_chips if self.retraining else 0
         return deployed_accuracy(eval_model, self.target, self.data, self.device, chips, config.target_rate, config.split,
                                  config.seed)  # fmt: skip
 
-    def save(self, out_dir: Path, profile_name: str, val_clean: float, epochs_done: int, log_rows: list[dict]) -> dict:
-        """Write the checkpoint of the epoch just finished, and what resuming after it needs."""
-        ckpt = _checkpoint(self.config, self.data, self.target, clean_state_dict(self.model), profile_name, self.init,
+    def save(self, state: dict[str, torch.Tensor], out_dir: Path, profile_name: str, val_clean: float, epochs_done: int,
+             log_rows: list[dict]) -> dict:  # fmt: skip
+        """Write the checkpoint (master weights ``state``) of the epoch just finished, and what
+        resuming after it needs."""
+        ckpt = _checkpoint(self.config, self.data, self.target, state, profile_name, self.init,
                            self.acc_pretrain, val_clean, epochs_done)  # fmt: skip
         # resume.pt first: whichever file an interruption leaves older, resuming restarts
         # from a complete epoch (resume.pt carries its own copy of the weights).
@@ -607,7 +610,8 @@ class _Run:
 
 
 def sgd_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, *, clip: float | None = None,
-             teacher: nn.Module | None = None, distill: float = 0.0, temperature: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+             teacher: nn.Module | None = None, distill: float = 0.0,
+             temperature: float = TrainConfig.model_fields["distill_temperature"].default) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Forward (bf16 autocast on CUDA), cross-entropy (with ``distill`` of it given to matching
     ``teacher``), backward, gradient-norm clipping at ``clip``, one optimiser step: what every
     training step does, and what bench/bench_train_overhead.py times. Returns (logits, loss)."""
