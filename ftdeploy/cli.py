@@ -255,6 +255,37 @@ def export_cmd(
           f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}")  # fmt: skip
 
 
+@app.command("equalize")
+def equalize_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint to equalize (ftdeploy model.pt).")],
+    profile: ProfileOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec to measure on; default: the checkpoint's.")] = None,
+    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
+):
+    """Equalize channel ranges for a target with BatchNorm in the periphery: each conv output
+    channel scaled up to its layer's largest weight and its BatchNorm statistics with it. The
+    same function, every channel on the full code range, so a stuck-on cell costs each channel
+    its own full scale, not the layer's. Writes a checkpoint for train --from, sweep --from and export."""
+    from .data import checkpoint_data, load_validation
+    from .equalize import check_equalizable, equalize_checkpoint
+    from .files import sha256_file
+    from .profiles import load_profile
+    from .train import load_checkpoint, save_atomic
+
+    resolved = load_profile(profile)
+    check_equalizable(resolved.target)  # before any data is decoded
+    parent = load_checkpoint(ckpt)
+    val = checkpoint_data(parent.get("data"), data, val_split, loader=load_validation)
+    result = equalize_checkpoint(parent, resolved.target, val, source_sha256=sha256_file(ckpt))
+    save_atomic(result, out)
+    record = result["equalization"]
+    gains = [layer["median_gain"] for layer in record["layers"]]
+    _echo(f"wrote {out}: {len(gains)} layers equalized for {resolved.target.name} (median channel gain per layer "
+          f"{min(gains):.2f}-{max(gains):.2f}); fault-free deployed accuracy {_pct(record['acc_before'])} -> "
+          f"{_pct(record['acc_after'])} on {record['images']} validation images")  # fmt: skip
+
+
 @app.command("verify")
 def verify_cmd(
     onnx_file: Annotated[Path, typer.Argument(help="ONNX file written by ftdeploy export.")],
@@ -314,7 +345,8 @@ def prune_cmd(
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
     weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
     from .profiles import load_profile
-    from .prune import PruneConfig, data_for, prune
+    from .data import checkpoint_data
+    from .prune import PruneConfig, prune
     from .train import load_checkpoint, quiet_progress
 
     resolved = load_profile(profile)
@@ -323,7 +355,7 @@ def prune_cmd(
     config = PruneConfig(method=method, sparsity=sparsity, epochs=epochs, admm_epochs=epochs if admm_epochs is None else admm_epochs,
                          lr=lr or d.retrain_lr, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
                          device=device)  # fmt: skip
-    bundle = data_for(load_checkpoint(ckpt), data, val_split)
+    bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
     with quiet_progress(True) as progress:
         log = progress.console.print if progress else _echo

@@ -277,6 +277,20 @@ def load_validation(spec: str | None = None, val_split: int | None = None, image
                          spec=spec, description=description, val_split=len(val_idx))  # fmt: skip
 
 
+def checkpoint_data(record: dict | None, spec: str | None, val_split: int | None, loader=load_data):
+    """``loader(spec, val_split)`` (:func:`load_data` or :func:`load_validation`) defaulting to the
+    dataset and validation split a checkpoint records (its ``data`` entry), so a model derived
+    from it (pruned, equalised) is trained and measured on the same split, never on its
+    validation images."""
+    record = record or {}
+    spec = spec or record.get("data")
+    data = loader(spec, val_split)
+    recorded_val = record.get("val_split")
+    if val_split is None and spec == record.get("data") and recorded_val and recorded_val != data.val_split:
+        data = loader(spec, recorded_val)
+    return data
+
+
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     f = x.to(torch.float64).div_(255.0)

@@ -31,7 +31,8 @@ Metadata (``metadata_props``): ``ftdeploy.format`` (``ftdeploy-onnx/1``), ``ftde
 other ``ftdeploy.*`` value is JSON: ``target``, ``profile`` (resolved, defaults filled in),
 ``mapping``, ``layers`` (ordered as :func:`models.deployed_layers`, the order of every
 simulated chip's random stream), ``normalization``, ``classes``, ``data`` (the training split
-record), ``schedule``, ``acc_pretrain``, ``acc_retrain``, ``sparsity``, ``training``.
+record), ``schedule``, ``acc_pretrain``, ``acc_retrain``, ``sparsity``, ``equalization`` (the
+record of ``ftdeploy equalize``, null for a model never equalised), ``training``.
 
 ``ftdeploy.content_sha256`` is the SHA-256 of the model serialised deterministically with that
 one property removed (:func:`content_hash`): it covers graph, initializers and all other
@@ -297,6 +298,7 @@ def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: l
         "acc_pretrain": ckpt.get("acc_pretrain"),
         "acc_retrain": ckpt.get("acc_retrain"),
         "sparsity": ckpt.get("sparsity"),
+        "equalization": ckpt.get("equalization"),
         "training": {"profile": ckpt.get("profile"), "target": (ckpt.get("target") or {}).get("name"),
                      "epochs": ckpt.get("epochs"), "epochs_done": ckpt.get("epochs_done"), "seed": ckpt.get("seed"),
                      "split": ckpt.get("split")},  # fmt: skip

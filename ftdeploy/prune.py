@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import DataBundle, augment, batches, load_data, normalize
+from .data import DataBundle, augment, batches, normalize
 from .errors import ConfigError, DataError, ModelError
 from .models import deployed_layers
 from .profiles import Target
@@ -210,18 +210,6 @@ def _sgd(model: nn.Module, config: PruneConfig) -> torch.optim.Optimizer:
 
 
 # --- the run --------------------------------------------------------------------------------
-
-
-def data_for(parent: dict, spec: str | None, val_split: int | None) -> DataBundle:
-    """The data to fine-tune on: by default the dataset and validation split the parent
-    checkpoint was trained with, so fine-tuning never trains on its validation images."""
-    record = parent.get("data") or {}
-    spec = spec or record.get("data")
-    bundle = load_data(spec, val_split)
-    recorded_val = record.get("val_split")
-    if val_split is None and spec == record.get("data") and recorded_val and recorded_val != bundle.val_split:
-        bundle = load_data(spec, recorded_val)
-    return bundle
 
 
 def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Target, out_dir: Path, *,

@@ -890,6 +890,7 @@ def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, v
         "acc_retrain": None if pretrain else val_clean,
         "sparsity": (init or {}).get("sparsity"),
         "pruning": (init or {}).get("pruning"),  # a pruned model's record survives its retraining
+        "equalization": (init or {}).get("equalization"),  # so does an equalised one's (ftdeploy equalize)
         "parent": (init or {}).get("config"),
     }
 

@@ -541,7 +541,7 @@ def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dic
         "model": {"file": str(export.path), "sha256": sha256_file(export.path), "content_sha256": meta.get("content_sha256"),
                   "format": meta.get("format"), "exported_by": meta.get("version"), "model": meta.get("model"),
                   "method": meta.get("method"), "schedule": meta.get("schedule"), "sparsity": meta.get("sparsity"),
-                  "training": meta.get("training"), "mapping": meta["mapping"]["description"],
+                  "equalization": meta.get("equalization"), "training": meta.get("training"), "mapping": meta["mapping"]["description"],
                   "layers": len(export.layers), "cells": sum(int(np.prod(s)) for s in export.cell_shapes)},  # fmt: skip
         "profile": {"name": resolved.profile.name, "file": str(resolved.profile_path), "sha256": sha256_file(resolved.profile_path),
                     "target": resolved.target.name, "target_file": str(resolved.target_path),
