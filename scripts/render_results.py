@@ -68,14 +68,17 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
     return {**pruned, "rows": [base, pruned_base, *pruned["rows"][1:]]}
 
 
-def _beside_table_i(long: dict, dense: dict | None) -> dict:
+def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = None) -> dict:
     """Runs of another length or recipe followed by Table I's runs of the same method and training
-    rate, marked "(Table I)"."""
+    rate, marked "(Table I)". With ``own_baseline`` (a grid retrained from another starting model),
+    its baseline row is named so and Table I's baseline follows it."""
     if not dense:
         return long
     keys = {(r["method"], r["train_rate"]) for r in long["rows"] if r["method"] != "baseline"}
+    keys |= {("baseline", None)} if own_baseline else set()
     shorter = [dict(r, model=f"{r['model']} (Table I)") for r in dense["rows"] if (r["method"], r["train_rate"]) in keys]
-    return {**long, "rows": [*long["rows"], *shorter]}
+    rows = [dict(r, model=own_baseline) if own_baseline and r["method"] == "baseline" else r for r in long["rows"]]
+    return {**long, "rows": [*rows, *shorter]}
 
 
 def _chips_phrase(table: dict) -> str:
@@ -86,14 +89,14 @@ def _chips_phrase(table: dict) -> str:
 
 
 def beside_table_i_md(title: str, intro: str, table: dict | None, dense: dict | None, manifest: dict,
-                      steps: list[str]) -> list[str]:  # fmt: skip
+                      steps: list[str], own_baseline: str | None = None) -> list[str]:  # fmt: skip
     """A section for a grid retrained another way (longer, or with one recipe change): its rows
     beside Table I's runs of the same method and rate, the issue's criteria, the operating-point
     limits and the commands of ``steps``."""
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
-    return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense), with_ci=True), "", *criteria(table), "",
-            *operating_points(table), "", "Commands:", "", *command_lines(manifest, steps), ""]  # fmt: skip
+    return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense, own_baseline), with_ci=True), "",
+            *criteria(table), "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, steps), ""]  # fmt: skip
 
 
 def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
@@ -120,6 +123,22 @@ def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest
         "clean and faulty chips (the random bit error training of Stutz et al. 2021 averages the two losses); the "
         "faulty steps use unbiased chips (above), so both kinds of step see the same average weights.",
         table, dense, manifest, folder)
+
+
+def equalized_md(table: dict, dense: dict | None, manifest: dict) -> list[str]:
+    """The grid retrained from the pretrained model with its channel ranges equalised."""
+    plain = f"{fmt(dense['acc_pretrain'])} %" if dense else "Table I's"
+    return beside_table_i_md(
+        "Channel ranges equalised (`ftdeploy equalize`)",
+        "On `paper-diff8` BatchNorm runs in the digital periphery and each layer has one scale, its largest weight: "
+        "a stuck-on cell adds that full scale in whatever channel it sits, and a channel of small weights uses few "
+        "code levels. `ftdeploy equalize` scales every BatchNorm-fed convolution channel up to its layer's peak and "
+        "the BatchNorm statistics with it: the same function, every channel on the full code range, so a stuck-on "
+        "cell costs a channel its own full scale (a per-channel scale, carried by the BatchNorm the periphery "
+        "applies anyway). The baseline row is the equalised pretrained model, untrained (its clean accuracy, "
+        f"{fmt(table['acc_pretrain'])} %, is this grid's Acc_pretrain; Table I's is {plain}); every other row is "
+        "retrained from it. Same recipe, epochs, learning rate and chips as Table I, whose rows are marked.",
+        table, dense, manifest, ["equalize", "sweep-equalized", "eval-equalized"], own_baseline="baseline (equalized)")
 
 
 def paper_md() -> list[str]:
@@ -374,6 +393,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     long = load(out / "dense-long" / "table.json")
     unbiased = load(out / "unbiased" / "table.json")
     blocks_each = load(out / "progressive-each" / "table.json")
+    equalized = load(out / "equalized" / "table.json")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -480,6 +500,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             f"{blocks_each['epochs']}. Same pretrained model, learning rate and chips as Table I, whose rows "
             f"({dense['epochs'] if dense else '?'} epochs) are marked.",
             blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
+    if equalized:
+        md += equalized_md(equalized, dense, manifest)
     if distill and any(r["method"] != "baseline" for r in distill["rows"]):
         md += [f"## Retraining with distillation (`--distill {distill.get('distill')}`)", "",
                "Same pretrained model, epochs, learning rate and chips as Table I; the loss is "
@@ -495,7 +517,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", "dense-no-rate-warmup", "distill",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", "equalized", "dense-no-rate-warmup", "distill",
                              "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "

@@ -23,6 +23,8 @@ accelerator window continues from its last finished epoch):
         default 0.5: every other step);
      i. "blocks-each": the dense grid with progressive retraining as in the paper's Algorithm 1,
         --epochs at every rate of the list (--progressive-blocks each);
+     j. "equalized": the pretrained model with its channel ranges equalised for the target
+        (ftdeploy equalize, BatchNorm in the periphery), then the dense grid retrained from it;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -51,10 +53,13 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each")
+            "blocks-each", "equalized")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model) and folded into the cells.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded")
+
+#: The run folder of the pretrained model with its channel ranges equalised (ftdeploy equalize).
+EQUALIZED = "pretrain-eq"
 
 #: The dense and distill grids' methods and training rates when --methods / --train-rates are not given.
 FULL_GRID = ("one-shot,progressive", "0.01,0.05,0.1")
@@ -68,7 +73,7 @@ class SweepBranch:
     branch: str  # the --only name
     folder: str  # under OUT
     step: str  # manifest step of its training
-    start: str  # the run folder under OUT whose model.pt it retrains: "pretrain" or "pruned70"
+    start: str  # the run folder under OUT whose model.pt it retrains: "pretrain", "pruned70" or EQUALIZED
     methods: str
     rates: str
     extra: tuple[str, ...] = ()  # sweep options of its own (a recipe ablation, distillation)
@@ -134,6 +139,10 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # each rate a retraining of --epochs of its own.
         SweepBranch("blocks-each", "progressive-each", "sweep-progressive-each", "pretrain", methods, rates,
                     ("--progressive-blocks", "each"), follows_grid=True),
+        # Does a stuck-on cell cost less when every channel spans its layer's full code range? The
+        # pretrained model equalised for the target (the same function; the periphery BatchNorm
+        # takes the channel gains), its baseline measured and the grid retrained from it.
+        SweepBranch("equalized", "equalized", "sweep-equalized", EQUALIZED, methods, rates, follows_grid=True),
     ]  # fmt: skip
 
 
@@ -216,6 +225,7 @@ def main() -> int:
                      "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
 
     pruned = args.out / "pruned70" / "model.pt"
+    equalized = args.out / EQUALIZED / "model.pt"
     whole_grid = (args.methods, args.train_rates) == FULL_GRID
     sweeps = {s.branch: s for s in sweep_branches(args, args.methods, args.train_rates)}
 
@@ -237,6 +247,11 @@ def main() -> int:
         "unbiased": [sweep_step("unbiased")],
         "clean-steps": [sweep_step("clean-steps")],
         "blocks-each": [sweep_step("blocks-each")],
+        "equalized": [
+            ("equalize", ["equalize", str(pre), "--profile", args.profile, "--data", args.data,
+                          "-o", str(equalized)], equalized),
+            sweep_step("equalized"),
+        ],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:
