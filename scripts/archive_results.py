@@ -1,10 +1,14 @@
-"""Copy the small text artefacts of a reproduce_cifar10.py run folder (manifest, step logs,
-sweep tables and per-model results with every chip's accuracy, per-epoch training logs and
-configs) into the repository, without checkpoints or ONNX files, so docs/RESULTS.md can be
-re-rendered and audited from a checkout:
+"""Copy the small artefacts of a reproduce_cifar10.py run folder (manifest, step logs, sweep
+tables and per-model results with every chip's accuracy, per-epoch training logs and configs)
+into the repository, so docs/RESULTS.md can be re-rendered and audited from a checkout:
 
     python scripts/archive_results.py runs/c10 docs/results/c10
     python scripts/render_results.py docs/results/c10 -o docs/RESULTS.md
+
+Of the checkpoints, only the fault-free starting models come along (the pretrained and the
+pruned model, about 1 MB each): run folders are not committed, and without them a later session
+could not continue the study (`reproduce_cifar10.py --reuse docs/results/c10 ...`). Retrained
+checkpoints, resume files and ONNX files stay behind.
 """
 
 import shutil
@@ -14,7 +18,7 @@ from pathlib import Path
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
             "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml",
             "*/runs/*/train.log", "warmup-check/*/table.*", "warmup-check/*/results/*.json",
-            "warmup-check/*/runs/*/log.jsonl")  # fmt: skip
+            "warmup-check/*/runs/*/log.jsonl", "pretrain/model.pt", "pruned70/model.pt")  # fmt: skip
 
 
 def main(src: str, dst: str) -> None:

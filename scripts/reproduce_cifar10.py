@@ -198,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
+    if args.reuse and not (args.reuse / "pretrain" / "model.pt").is_file():  # else the study would pretrain anew, silently
+        ap.error(f"--reuse: {args.reuse} holds no pretrain/model.pt to start from (a study folder, or its archive in docs/results)")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args

@@ -241,3 +241,37 @@ def test_a_run_with_blocks_of_its_own_plans_its_epochs_per_rate(tmp_path):
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         assert render._planned_epochs(tmp_path / "config.yaml") == planned == config.run_epochs
     assert render._planned_epochs(tmp_path / "missing.yaml") is None
+
+
+def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tmp_path):
+    """A run folder is not committed: the archive must carry what a later session needs to continue
+    the study (the pretrained and pruned models), and no retrained checkpoint or resume file."""
+    archive = _script("archive_results")
+    run, kept = tmp_path / "run", tmp_path / "archived"
+    for path in ("pretrain/model.pt", "pretrain/resume.pt", "pruned70/model.pt", "dense/runs/one-shot-0.05/model.pt",
+                 "dense/runs/one-shot-0.05/resume.pt", "pretrain-eq/model.pt", "signoff/progressive-0.05.onnx"):
+        (run / path).parent.mkdir(parents=True, exist_ok=True)
+        (run / path).write_bytes(b"weights")
+    (run / "dense" / "runs" / "one-shot-0.05" / "log.jsonl").write_text("{}\n")
+    archive.main(str(run), str(kept))
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()) == [
+        "dense/runs/one-shot-0.05/log.jsonl", "pretrain/model.pt", "pruned70/model.pt"]
+
+
+def test_reusing_a_folder_without_a_pretrained_model_is_refused_before_anything_runs(tmp_path):
+    """Else the study would pretrain anew while its command line says it started from another's."""
+    reproduce = _script("reproduce_cifar10")
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--out", str(tmp_path / "new"), "--reuse", str(tmp_path / "gone")])
+    (tmp_path / "earlier" / "pretrain").mkdir(parents=True)
+    (tmp_path / "earlier" / "pretrain" / "model.pt").write_bytes(b"weights")
+    assert reproduce.parse_args(["--reuse", str(tmp_path / "earlier")]).reuse == tmp_path / "earlier"
+
+
+def test_the_equalized_grid_retrains_from_the_equalized_pretrained_model(tmp_path):
+    reproduce = _script("reproduce_cifar10")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--only", "equalized", "--train-rates", "0.05"])
+    branch = next(b for b in reproduce.sweep_branches(args, args.methods, args.train_rates) if b.branch == "equalized")
+    argv = branch.argv(args)
+    assert argv[argv.index("--from") + 1] == str(tmp_path / reproduce.EQUALIZED / "model.pt")
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "equalized") and "--train-rates" in argv
