@@ -444,7 +444,7 @@ def demo_cmd(
     data, and print them side by side (a few minutes on 2 CPU cores)."""
     import time
 
-    from .demo import comparison_rows, ft_beats_baseline, run_demo
+    from .demo import LEGEND, comparison_rows, ft_beats_baseline, run_demo
     from .profiles import load_profile
 
     resolved = load_profile(profile)
@@ -455,6 +455,9 @@ def demo_cmd(
     title = (f"{resolved.profile.name} on {resolved.target.name}: accuracy on {reports['baseline']['data']['images']} "
              f"held-out embedded images, {signoff.chips} chips per rate")  # fmt: skip
     _print_table(title, header, rows)
+    for name, text in LEGEND.items():
+        if name in reports:
+            _echo(f"{name}: {text}")
     for name, better in ft_beats_baseline(reports).items():
         _echo(f"{name}: {'beats' if better else 'does NOT beat'} the baseline under faults at every sign-off rate")
     _echo(f"reports in {out / 'reports'}; {time.perf_counter() - t0:.0f} s in all")

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .chip import DeployedNetwork
-from .data import ValidationSet
+from .data import DataBundle, ValidationSet
 from .errors import ConfigError, DataError
 from .models import conv_bn_pairs
 from .profiles import BatchNormPlacement, ScaleGranularity, Target
@@ -51,9 +51,14 @@ class LayerGains:
                 "max_gain": round(self.gains.max().item(), 4)}  # fmt: skip
 
 
+def equalizes(target: Target) -> bool:
+    """Whether equalising can change what the target's cells hold: BatchNorm in the periphery
+    and one scale per layer."""
+    return target.batchnorm == BatchNormPlacement.periphery and target.scale is ScaleGranularity.layer
+
+
 def check_equalizable(target: Target) -> None:
-    """Raise ConfigError unless equalising can change what the target's cells hold: BatchNorm in
-    the periphery and one scale per layer."""
+    """Raise ConfigError, saying why, unless :func:`equalizes`."""
     if target.batchnorm != BatchNormPlacement.periphery:
         raise ConfigError(
             f"target {target.name}: batchnorm: expected periphery to equalize channel ranges, found "
@@ -66,7 +71,8 @@ def check_equalizable(target: Target) -> None:
         )
 
 
-def equalize_checkpoint(ckpt: dict, target: Target, data: ValidationSet, source_sha256: str | None = None) -> dict:
+def equalize_checkpoint(ckpt: dict, target: Target, data: ValidationSet | DataBundle,
+                        source_sha256: str | None = None) -> dict:  # fmt: skip
     """The checkpoint with its channel ranges equalised for ``target``, its deployed fault-free
     accuracy measured on ``data`` before and after, and an ``equalization`` record (which
     retraining, export and sign-off carry on). The measured accuracy replaces the checkpoint's

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.cli import main
 from ftdeploy.data import load_data
-from ftdeploy.equalize import check_equalizable, equalize_channel_ranges
+from ftdeploy.equalize import check_equalizable, equalize_channel_ranges, equalizes
 from ftdeploy.errors import ConfigError
 from ftdeploy.export import export_onnx, read_metadata
 from ftdeploy.faults import HEALTHY, STUCK_ON, StuckAt
@@ -144,6 +144,7 @@ def test_on_a_folding_chip_it_would_change_nothing_so_it_is_refused():
     folded_before, folded_after = fold_batchnorm(model), fold_batchnorm(equalize_channel_ranges(model)[0])
     for (_, a), (_, b) in zip(deployed_layers(folded_before), deployed_layers(folded_after)):
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-7)
+    assert equalizes(periphery()) and not equalizes(make_target()) and not equalizes(periphery("channel"))
     with pytest.raises(ConfigError, match="batchnorm: expected periphery"):
         check_equalizable(make_target())
     with pytest.raises(ConfigError, match="scale: expected layer"):

@@ -291,10 +291,11 @@ def test_demo_command_end_to_end(tmp_path):
     profile = demo_profile_with(tmp_path, training=dict(pretrain_epochs=1, epochs=1), signoff=dict(chips=2, max_images=200))
     result = CliRunner().invoke(app, ["demo", "--profile", profile, "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    for name in ("baseline", "one-shot", "progressive"):
+    for name in ("baseline", "equalized", "one-shot", "progressive"):  # the demo's target keeps BN in the periphery
         assert (tmp_path / "out" / f"{name}.onnx").is_file()
         report = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())
         assert report["signoff"]["chips"] == 2
     lines = result.output.splitlines()
     assert any(line.startswith("progressive") and "PASS" in line or "FAIL" in line for line in lines)
-    assert sum("the baseline under faults" in line for line in lines) == 2
+    assert sum("the baseline under faults" in line for line in lines) == 2, "one line per retrained model"
+    assert any(line.startswith("equalized: the baseline with its channel ranges equalised") for line in lines)
