@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 #: page -> (archived study, the page it links)
@@ -275,3 +276,12 @@ def test_the_equalized_grid_retrains_from_the_equalized_pretrained_model(tmp_pat
     argv = branch.argv(args)
     assert argv[argv.index("--from") + 1] == str(tmp_path / reproduce.EQUALIZED / "model.pt")
     assert argv[argv.index("--out") + 1] == str(tmp_path / "equalized") and "--train-rates" in argv
+
+
+def test_the_weight_range_probe_reports_gain_crest_and_the_share_above_half_the_peak():
+    probe = _script("probe_weight_ranges")
+    weight = torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.5, 0.0, 0.0, 0.0], [0.25, 0.25, -0.25, 0.25]])
+    gain, crest, above = probe.layer_figures(weight)
+    assert gain == 2.0  # channels peak at 1, 1/2 and 1/4 of the layer's peak
+    assert crest == 1.0  # 1 and 1 (flat channels) and 2 (one spike): median 1
+    assert above == pytest.approx(4 / 12)
