@@ -344,8 +344,8 @@ def prune_cmd(
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
     weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
-    from .profiles import load_profile
     from .data import checkpoint_data
+    from .profiles import load_profile
     from .prune import PruneConfig, prune
     from .train import load_checkpoint, quiet_progress
 

@@ -103,13 +103,13 @@ def equalize_channel_ranges(model: nn.Module) -> tuple[nn.Module, list[LayerGain
     with torch.no_grad():
         for conv_name, bn_name in conv_bn_pairs(equalized).items():
             conv, bn = modules[conv_name], modules[bn_name]
-            gains = _channel_gains(conv.weight)
+            gains = channel_gains(conv.weight)
             _scale_channels(conv, bn, gains)
             layers.append(LayerGains(conv_name, gains))
     return equalized, layers
 
 
-def _channel_gains(weight: torch.Tensor) -> torch.Tensor:
+def channel_gains(weight: torch.Tensor) -> torch.Tensor:
     """Per output channel: the layer's peak over the channel's peak (1 for an all-zero channel)."""
     channel_peak = weight.abs().flatten(1).amax(1)
     return torch.where(channel_peak > 0, channel_peak.max() / channel_peak, torch.ones_like(channel_peak))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ftdeploy.equalize import channel_gains
 from ftdeploy.models import conv_bn_pairs
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
 
@@ -29,7 +30,7 @@ def layer_figures(weight: torch.Tensor) -> tuple[float, float, float]:
     w = weight.detach().abs().flatten(1)
     channel_peak = w.amax(1)
     live = channel_peak > 0
-    gain = (channel_peak.max() / channel_peak[live]).median().item()
+    gain = channel_gains(weight.detach())[live].median().item()
     crest = (channel_peak[live] / w[live].pow(2).mean(1).sqrt()).median().item()
     return gain, crest, (w > 0.5 * channel_peak.max()).float().mean().item()
 
