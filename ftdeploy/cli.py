@@ -229,7 +229,7 @@ def _parse_rates(text: str) -> list[float]:
     return rates
 
 
-# --- export / verify ------------------------------------------------------------------------
+# --- equalize / export / verify -------------------------------------------------------------
 
 
 @app.command("equalize")
