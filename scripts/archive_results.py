@@ -11,8 +11,8 @@ could not continue the study (`reproduce_cifar10.py --reuse docs/results/c10 ...
 checkpoints, resume files and ONNX files stay behind.
 """
 
+import argparse
 import shutil
-import sys
 from pathlib import Path
 
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
@@ -34,4 +34,10 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="a reproduce_cifar10.py --out folder")
+    ap.add_argument("dst", help="where the artefacts go, e.g. docs/results/c10")
+    args = ap.parse_args()
+    if not (Path(args.src) / "manifest.json").is_file():
+        ap.error(f"{args.src}: no manifest.json (expected a reproduce_cifar10.py --out folder)")
+    main(args.src, args.dst)
