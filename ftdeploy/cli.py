@@ -92,14 +92,21 @@ def profile_list():
     """List the built-in profiles and targets."""
     from .profiles import builtin_profiles, builtin_targets, load_profile, load_target
 
+    profiles = [load_profile(path) for path in builtin_profiles()]
+    targets = [load_target(path)[0] for path in builtin_targets()]
     _echo("profiles:")
-    for path in builtin_profiles():
-        r = load_profile(path)
-        _echo(f"  {r.profile.name:<12} target {r.target.name:<15} P_sa {r.profile.faults.total:g}  {r.profile.description}")
+    _echo_columns([[r.profile.name, f"target {r.target.name}", f"P_sa {r.profile.faults.total:g}", r.profile.description]
+                   for r in profiles])  # fmt: skip
     _echo("targets:")
-    for path in builtin_targets():
-        t, _ = load_target(path)
-        _echo(f"  {t.name:<15} {t.mapping:<12} {t.bits_per_cell}-bit cells, {t.weight_bits}-bit weights  {t.description}")
+    _echo_columns([[t.name, t.mapping, f"{t.bits_per_cell}-bit cells, {t.weight_bits}-bit weights", t.description]
+                   for t in targets])  # fmt: skip
+
+
+def _echo_columns(rows: list[list[str]]) -> None:
+    """Rows indented, every column but the last padded to its widest entry."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    for row in rows:
+        _echo("  " + "  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]]))
 
 
 @profile_app.command("show")
@@ -113,13 +120,17 @@ def profile_show(name: Annotated[str, typer.Argument(help="Profile name or path.
 
 
 @profile_app.command("validate")
-def profile_validate(files: Annotated[list[Path], typer.Argument(help="Profile YAML files.")]):
-    """Validate profile files (and their targets). Exit 2 with one line per error."""
-    from .profiles import load_profile
+def profile_validate(files: Annotated[list[Path], typer.Argument(help="Profile or target YAML files.")]):
+    """Validate profile files (with their targets) and target files. Exit 2 with one line per error."""
+    from .profiles import is_target_file, load_profile, load_target
 
     errors = []
     for f in files:
         try:
+            if is_target_file(f):
+                target, _ = load_target(f)
+                _echo(f"ok {f}: target {target.name}")
+                continue
             r = load_profile(f)
             _echo(f"ok {f}: profile {r.profile.name}, target {r.target.name}")
         except ConfigError as exc:

@@ -59,7 +59,7 @@ class Target(_Strict):
     g_on_uS: float = Field(gt=0, description="Conductance of the highest level (stuck-on cell), µS.")
     bits_per_cell: int = Field(ge=1, le=8, description="Bits one cell stores: 2**bits levels.")
     weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight.")
-    mapping: str = Field(description="How a weight is spread over cells: differential | offset | bitsliced.")
+    mapping: str = Field(description="How a weight is spread over cells: differential | differential-inverted | offset | bitsliced.")
     scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor.")
     batchnorm: BatchNormPlacement = Field(
         BatchNormPlacement.fold,
@@ -369,6 +369,16 @@ def load_profile(ref: str | Path) -> ResolvedProfile:
     return ResolvedProfile(profile=profile, target=target, profile_path=path, target_path=target_path)
 
 
+def is_target_file(path: Path) -> bool:
+    """Whether a YAML file reads as a target (a chip family) rather than a profile: it names a
+    mapping and no target of its own. Unreadable files count as profiles, whose loader says why."""
+    try:
+        data = _read_yaml(path)
+    except ConfigError:
+        return False
+    return "mapping" in data and "target" not in data
+
+
 def builtin_profiles() -> list[Path]:
     return sorted(PROFILES_DIR.glob("*.yaml"))
 
@@ -391,6 +401,7 @@ __all__ = [
     "TrainingDefaults",
     "builtin_profiles",
     "builtin_targets",
+    "is_target_file",
     "load_profile",
     "load_target",
 ]
