@@ -22,13 +22,14 @@ from ftdeploy.data import load_data, normalize
 from ftdeploy.errors import ExportError
 from ftdeploy.export import FORMAT, HASH_KEY, LOGITS_ATOL, LOGITS_RTOL, content_hash, export_onnx, read_metadata
 from ftdeploy.mapping import make_mapping
-from ftdeploy.profiles import BatchNormPlacement, load_profile
+from ftdeploy.profiles import BatchNormPlacement, builtin_targets, load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
 
 from _quick_model import quick_checkpoint
 
 #: Profiles per shipped target: built-ins where one exists, a tmp profile for offset-8.
-TARGET_PROFILES = {"paper-diff8": "chen2015", "diff8-folded": "chen2015-folded", "mlc2-bitsliced": "strict", "offset-8": None}
+TARGET_PROFILES = {"paper-diff8": "chen2015", "paper-diff8-inverted": "chen2015-inverted", "diff8-folded": "chen2015-folded",
+                   "mlc2-bitsliced": "strict", "offset-8": None}  # fmt: skip
 
 OFFSET_PROFILE = """\
 name: offset-test
@@ -82,6 +83,10 @@ def _val_batch(bundle, ckpt, n: int = 64) -> torch.Tensor:
 
 
 # --- structure and decoding ---------------------------------------------------------------------
+
+
+def test_every_shipped_target_is_exported_here():
+    assert sorted(TARGET_PROFILES) == sorted(p.stem for p in builtin_targets())
 
 
 def test_file_passes_full_onnx_check_and_uses_standard_ops_only(exported):

@@ -281,6 +281,37 @@ def test_differential_stuck_on_reads_max_level_not_max_code():
     assert _read(m, 127, {"neg": STUCK_ON}) == 127 - 255
 
 
+def test_inverted_differential_swaps_which_fault_costs_full_scale():
+    """paper-diff8-inverted: zero is both cells at level L. A stuck-on cell can only lose the
+    weight's own value (|q| at most); a stuck-off cell adds the full scale, as a stuck-on cell
+    does on paper-diff8."""
+    m = make_mapping(load_target("paper-diff8-inverted")[0])
+    np.testing.assert_array_equal(m.encode(np.array([5, -3, 0, 127])), [[127, 124, 127, 127], [122, 127, 127, 0]])
+    for code in (-127, -40, -1, 0, 1, 40, 127):
+        assert _read(m, code, {"pos": STUCK_ON}) == max(code, 0)  # the negative part is lost
+        assert _read(m, code, {"neg": STUCK_ON}) == min(code, 0)
+        assert _read(m, code, {"pos": STUCK_OFF}) == max(code, 0) - 127  # the idle side jumps to full scale
+        assert _read(m, code, {"neg": STUCK_OFF}) == min(code, 0) + 127
+    assert _read(m, 0, {"pos": STUCK_OFF, "neg": STUCK_OFF}) == 0
+
+
+@pytest.mark.parametrize("rates", [(0.0175, 0.0904), (0.05, 0.05)])
+def test_inverted_differential_makes_full_scale_errors_as_rare_as_stuck_off_cells(rates):
+    """Over many weights, the share of codes a chip moves by more than half the full scale is
+    set by the stuck-on rate on paper-diff8 and by the stuck-off rate on its inverted twin."""
+    ni = StuckAt(*rates)
+    codes = np.random.default_rng(0).integers(-20, 21, size=200_000)  # small weights, as trained ones are
+    share = {}
+    for name in ("paper-diff8", "paper-diff8-inverted"):
+        m = make_mapping(load_target(name)[0])
+        levels = m.encode(codes)
+        state = ni.sample_numpy(levels.shape, np.random.default_rng(1))
+        share[name] = float(np.mean(np.abs(faulty_codes(m, levels, state, ni) - codes) > 63))
+    # exactly one of the two cells at that fault (both so cancel): 2·p·(1 − p), here to within 3 %
+    for name, p in (("paper-diff8", ni.stuck_on), ("paper-diff8-inverted", ni.stuck_off)):
+        assert share[name] == pytest.approx(2 * p * (1 - p), rel=0.03), name
+
+
 def test_offset_stuck_cell_semantics():
     """offset-8: one cell holds q + Q (Q = 127, L = 255), a fault-free reference supplies -Q.
     Stuck-off reads -Q; stuck-on reads L - Q = Q + 1, one step beyond any programmed code."""
@@ -433,7 +464,7 @@ def test_cells_hold_the_weights_the_target_places_batchnorm_for(placement):
 # --- the chip population's average weight ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["paper-diff8", "offset-8", "mlc2-bitsliced"])
+@pytest.mark.parametrize("name", ["paper-diff8", "paper-diff8-inverted", "offset-8", "mlc2-bitsliced"])
 @pytest.mark.parametrize("rates", [(0.0, 0.0), (0.01, 0.04), (0.2, 0.1)])
 def test_code_expectation_is_the_exact_average_over_every_cell_state(name, rates):
     """Enumerate every combination of cell states of one weight (3^cells, each with its

@@ -93,11 +93,12 @@ def test_every_mapping_round_trips_on_every_valid_grid_point(mapping):
 @pytest.mark.parametrize("mapping,bpc,wb", GRID)
 def test_check_target_rejects_exactly_the_targets_whose_cells_overflow(mapping, bpc, wb):
     """check_target is neither too lax nor too strict: a target is rejected iff encoding
-    some code in [-Q, Q] would need a level above L (or could not read back)."""
+    some code in [-Q, Q] would need a level outside 0..L (or could not read back)."""
     raw = make_mapping(_unchecked_target(mapping, bpc, wb))
     codes = _all_codes(raw.target)
     levels = raw.encode(codes)
-    fits = levels.max() <= raw.max_level and np.array_equal(raw.decode(levels), codes.astype(np.float32))
+    in_range = levels.min() >= 0 and levels.max() <= raw.max_level  # an inverted pair underflows instead
+    fits = in_range and np.array_equal(raw.decode(levels), codes.astype(np.float32))
     try:
         make_target(mapping, bpc, wb)
         accepted = True
@@ -120,8 +121,9 @@ def test_differential_needs_weight_bits_minus_one_bits_per_cell():
 @st.composite
 def valid_targets(draw) -> Target:
     mapping = draw(st.sampled_from(sorted(MAPPINGS)))
-    wb = draw(st.integers(2, {"differential": 9, "offset": 8, "bitsliced": 16}[mapping]))
-    low = {"differential": max(1, wb - 1), "offset": wb, "bitsliced": 1}[mapping]
+    max_weight_bits = {"differential": 9, "differential-inverted": 9, "offset": 8, "bitsliced": 16}
+    wb = draw(st.integers(2, max_weight_bits[mapping]))
+    low = {"differential": max(1, wb - 1), "differential-inverted": max(1, wb - 1), "offset": wb, "bitsliced": 1}[mapping]
     bpc = draw(st.integers(low, 8))
     return make_target(mapping, bpc, wb, scale=draw(st.sampled_from(["layer", "channel"])),
                        tile_rows=draw(st.integers(1, 300)), tile_cols=draw(st.integers(1, 300)))  # fmt: skip

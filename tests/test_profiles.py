@@ -202,7 +202,7 @@ def test_invalid_target_names_the_target_file(tmp_path):
     "change,field,fragment",
     [
         ({"bits_per_cell": 9}, "bits_per_cell", "less than or equal to 8"),
-        ({"mapping": "ternary"}, "(top level)", "mapping must be one of ['bitsliced', 'differential', 'offset']"),
+        ({"mapping": "ternary"}, "(top level)", "mapping must be one of ['bitsliced', 'differential', 'differential-inverted', 'offset']"),
         ({"g_on_uS": 0.5}, "(top level)", "must exceed g_off_uS"),
         ({"scale": "tile"}, "scale", "'layer' or 'channel'"),
         ({"tile_rows": 0}, "tile_rows", "greater than or equal to 1"),

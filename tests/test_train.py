@@ -60,7 +60,7 @@ def _injector_states(model, mapping, nonideality, seed):
         start += n
 
 
-@pytest.mark.parametrize("target_name", ["paper-diff8", "diff8-folded", "mlc2-bitsliced", "offset-8"])
+@pytest.mark.parametrize("target_name", ["paper-diff8", "paper-diff8-inverted", "diff8-folded", "mlc2-bitsliced", "offset-8"])
 def test_batched_injection_equals_per_layer_fault_model(target_name):
     """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
     faults.faulty_weight on what the cells hold (the BN-folded weight, unfolded again, where the
