@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,6 +285,23 @@ def test_profile_list():
         assert any(line.split()[:1] == [name] for line in lines), name
     chen = next(line for line in lines if line.split()[:1] == ["chen2015"])
     assert "paper-diff8" in chen and "P_sa 0.005" in chen
+
+
+def test_profile_list_aligns_its_columns():
+    """Every row's second column starts at the same place, however long the longest name."""
+    lines = runner.invoke(app, ["profile", "list"]).output.splitlines()
+    split = lines.index("targets:")
+    for rows in (lines[1:split], lines[split + 1 :]):
+        second = {re.match(r"  \S+ +", row).end() for row in rows}
+        assert len(second) == 1, rows
+
+
+def test_validate_reads_a_target_file_as_a_target(tmp_path, monkeypatch, capsys):
+    """A chip-family file is checked as a target, not refused as a profile missing its fields."""
+    bad = _write(tmp_path, dict(TARGET, bits_per_cell=9))
+    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", str(TARGETS_DIR / "paper-diff8-inverted.yaml"), str(bad))
+    assert code == 2 and "ok " in out and "target paper-diff8-inverted" in out, out
+    assert err.splitlines() == [f"error: {bad}: bits_per_cell: Input should be less than or equal to 8 (found 9)"]
 
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)
