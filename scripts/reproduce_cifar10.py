@@ -53,13 +53,16 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized")
+            "blocks-each", "equalized", "inverted")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
-#: model) and folded into the cells.
-BASELINE_PROFILES = ("chen2015", "chen2015-folded")
+#: model), folded into the cells, and the paper's cells programmed down from g_on.
+BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
 
 #: The run folder of the pretrained model with its channel ranges equalised (ftdeploy equalize).
 EQUALIZED = "pretrain-eq"
+
+#: chen2015 on the paper's cells programmed down from g_on (mapping differential-inverted).
+INVERTED_PROFILE = "chen2015-inverted"
 
 #: The dense and distill grids' methods and training rates when --methods / --train-rates are not given.
 FULL_GRID = ("one-shot,progressive", "0.01,0.05,0.1")
@@ -80,6 +83,7 @@ class SweepBranch:
     jobs: int | None = None  # retrainings at once; None: --jobs
     epochs: int | None = None  # retraining epochs; None: --epochs
     follows_grid: bool = False  # methods and rates come from --methods / --train-rates
+    profile: str | None = None  # a profile of its own (another target); None: --profile
 
     def step_name(self, whole_grid: bool) -> str:
         """Its manifest step. A part of a grid (say, one rate trained on another machine) is a step
@@ -91,7 +95,7 @@ class SweepBranch:
         return out / self.start / "model.pt"
 
     def argv(self, args) -> list[str]:
-        return ["sweep", *sweep_options(args, self.epochs or args.epochs), *self.extra, "--from", str(self.start_model(args.out)),
+        return ["sweep", *sweep_options(args, self.epochs or args.epochs, self.profile), *self.extra, "--from", str(self.start_model(args.out)),
                 "--methods", self.methods, "--train-rates", self.rates, "--jobs", str(self.jobs or args.jobs),
                 "--out", str(args.out / self.folder)]  # fmt: skip
 
@@ -143,6 +147,10 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # pretrained model equalised for the target (the same function; the periphery BatchNorm
         # takes the channel gains), its baseline measured and the grid retrained from it.
         SweepBranch("equalized", "equalized", "sweep-equalized", EQUALIZED, methods, rates, follows_grid=True),
+        # What does retraining add when the common stuck-on fault no longer costs full scale? The
+        # same pretrained model retrained on the same cells programmed down from g_on.
+        SweepBranch("inverted", "inverted", "sweep-inverted", "pretrain", methods, rates, follows_grid=True,
+                    profile=INVERTED_PROFILE),
     ]  # fmt: skip
 
 
@@ -254,6 +262,7 @@ def main() -> int:
                           "-o", str(equalized)], equalized),
             sweep_step("equalized"),
         ],
+        "inverted": [sweep_step("inverted")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:
