@@ -11,19 +11,24 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-#: page -> (archived study, the page it links)
-PAGES = {"RESULTS.md": ("c10p", "RESULTS-diff8-folded.md"), "RESULTS-diff8-folded.md": ("c10", "RESULTS.md")}
+#: page -> (archived study it is rendered from, the pages it links to)
+PAGES = {
+    "RESULTS.md": ("c10p", ("RESULTS-diff8-folded.md", "RESULTS-mapping.md")),
+    "RESULTS-diff8-folded.md": ("c10", ("RESULTS.md",)),
+    "RESULTS-mapping.md": ("c10c", ("RESULTS.md",)),
+}
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_results_page_is_rendered_from_the_archived_artefacts(page, tmp_path):
-    study, other = PAGES[page]
+    study, others = PAGES[page]
     out = tmp_path / page
+    see_also = [arg for other in others for arg in ("--see-also", other)]
     subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), str(ROOT / "docs" / "results" / study),
-                    "-o", str(out), "--see-also", other], check=True, capture_output=True)  # fmt: skip
+                    "-o", str(out), *see_also], check=True, capture_output=True)  # fmt: skip
     assert out.read_text() == (ROOT / "docs" / page).read_text()
     text = out.read_text()
-    for section in ("## Table I (ours)", "## What the issue asked for", "## Training curves", f"]({other})"):
+    for section in ("## Table I (ours)", "## What the issue asked for", "## Training curves", *(f"]({o})" for o in others)):
         assert section in text
 
 
@@ -276,6 +281,30 @@ def test_the_equalized_grid_retrains_from_the_equalized_pretrained_model(tmp_pat
     argv = branch.argv(args)
     assert argv[argv.index("--from") + 1] == str(tmp_path / reproduce.EQUALIZED / "model.pt")
     assert argv[argv.index("--out") + 1] == str(tmp_path / "equalized") and "--train-rates" in argv
+
+
+def test_the_inverted_grid_retrains_the_pretrained_model_on_the_inverted_profile(tmp_path):
+    reproduce = _script("reproduce_cifar10")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--only", "inverted", "--train-rates", "0.05"])
+    branch = next(b for b in reproduce.sweep_branches(args, args.methods, args.train_rates) if b.branch == "inverted")
+    argv = branch.argv(args)
+    assert argv[argv.index("--profile") + 1] == reproduce.INVERTED_PROFILE == "chen2015-inverted"
+    assert argv[argv.index("--from") + 1] == str(tmp_path / "pretrain" / "model.pt")
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "inverted")
+    dense = next(b for b in reproduce.sweep_branches(args, args.methods, args.train_rates) if b.branch == "dense")
+    assert dense.argv(args)[dense.argv(args).index("--profile") + 1] == "chen2015"
+
+
+def test_the_baseline_collapse_is_checked_on_the_papers_mapping_only():
+    """An inverted pair is meant not to collapse: the criterion stays the paper's."""
+    render = _script("render_results")
+    row = {"model": "baseline", "method": "baseline", "train_rate": None, "acc_clean": 86.0,
+           "acc_defect": {"0.005": 80.0, "0.01": 75.0}}  # fmt: skip
+    inverted = {"target": "paper-diff8-inverted", "target_config": {"mapping": "differential-inverted"},
+                "acc_pretrain": 86.0, "rows": [row]}  # fmt: skip
+    plain = dict(inverted, target="paper-diff8", target_config={"mapping": "differential"})
+    assert not any("baseline collapses" in line for line in render.criteria(inverted))
+    assert any("baseline collapses" in line and "`paper-diff8`" in line for line in render.criteria(inverted, [plain]))
 
 
 def test_the_weight_range_probe_reports_gain_crest_and_the_share_above_half_the_peak():
