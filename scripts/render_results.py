@@ -183,8 +183,8 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
 
     # the collapse the issue asks for is the paper's, on its mapping: a target programmed otherwise
     # (differential-inverted) is in the baseline comparison to show it does not collapse so
-    paper_mapping = [t for t in (dense, *baselines) if mapping_phrase(t) == MAPPING_PHRASES["differential"]]
-    targets = {t["target"]: rows.get("baseline") if t is dense else t["rows"][0] for t in paper_mapping}
+    targets = {dense["target"]: rows.get("baseline")} if mapping_of(dense) == "differential" else {}
+    targets.update({t["target"]: t["rows"][0] for t in baselines if mapping_of(t) == "differential"})
     for target, base in targets.items():
         if base:
             a5, a10 = base["acc_defect"].get("0.005"), base["acc_defect"].get("0.01")
@@ -305,10 +305,14 @@ MAPPING_PHRASES = {"differential": "two-column differential pair",
                    "differential-inverted": "two-column differential pair programmed down from g_on"}  # fmt: skip
 
 
+def mapping_of(table: dict) -> str:
+    """The table's mapping (tables from before target_config were all differential)."""
+    return (table.get("target_config") or {}).get("mapping", "differential")
+
+
 def mapping_phrase(table: dict) -> str:
-    """The table's mapping in words (tables from before target_config were all differential)."""
-    mapping = (table.get("target_config") or {}).get("mapping", "differential")
-    return MAPPING_PHRASES.get(mapping, f"`{mapping}` mapping")
+    """The table's mapping in words."""
+    return MAPPING_PHRASES.get(mapping_of(table), f"`{mapping_of(table)}` mapping")
 
 
 def baseline_tables(out: Path) -> list[dict]:
