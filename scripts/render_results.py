@@ -125,6 +125,24 @@ def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest
         table, dense, manifest, folder)
 
 
+def retrain_lr_folders(out: Path) -> list[str]:
+    """The retrain-lr grids (`retrain-lr-LR`: reproduce_cifar10.py --lr-study LR), by ascending rate."""
+    folders = [p.name for p in out.glob("retrain-lr-*") if (p / "table.json").is_file()]
+    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get("lr") or 0))
+
+
+def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
+    """The section of one grid retrained at another peak learning rate."""
+    lr, plain = (table or {}).get("lr"), (dense or {}).get("lr", "?")
+    return beside_table_i_md(
+        f"Retrained at peak learning rate {lr} (`--lr {lr}`)",
+        f"The paper retrains at its pretraining learning rate, 0.1, for 160 epochs; Table I's rows retrain at {plain}. "
+        f"Here the peak learning rate is {lr}, so retraining may move further from the pretrained model (same warm-up, "
+        "cosine decay and gradient clipping). Same pretrained model, epochs, recipe and chips as Table I; the rows "
+        "marked Table I are the plain recipe.",
+        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
+
+
 def equalized_md(table: dict, dense: dict | None, manifest: dict) -> list[str]:
     """The grid retrained from the pretrained model with its channel ranges equalised."""
     plain = f"{fmt(dense['acc_pretrain'])} %" if dense else "Table I's"
@@ -419,7 +437,6 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     pruned = load(out / "pruned" / "table.json")
     abl_bn = load(out / "bn-train" / "table.json")
     abl_grad = load(out / "ablation-stuck-pass" / "table.json")
-    abl_lr = load(out / "ablation-lr" / "table.json")  # not run by default
     distill = load(out / "distill" / "table.json")
     long = load(out / "dense-long" / "table.json")
     unbiased = load(out / "unbiased" / "table.json")
@@ -471,7 +488,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                *command_lines(manifest, ["prune", "sweep-pruned", "eval-pruned"], pruned), "",
                "Paper (CIFAR-100, ResNet-32, ADMM 70 %): SS@0.01 / SS@0.02 = 1.01 / 1.01 baseline, "
                "7.85 / 3.26 progressive P^T=0.1; dense progressive P^T=0.1: 38.87 / 16.62.", ""]  # fmt: skip
-    if abl_bn or abl_grad or abl_lr or distill:
+    if abl_bn or abl_grad or distill:
         md += ["## Recipe ablations (one-shot P^T=0.05)", "",
                "Default recipe: BatchNorm frozen at pretrained statistics with faults on the weights the cells hold, "
                "no gradient to weights with a stuck cell, no distillation. Each variant changes one thing.", ""]  # fmt: skip
@@ -482,12 +499,11 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             return {**t, "rows": [r for r in t["rows"] if r["model"] == "one-shot P^T=0.05"]} if t else None
 
         for name, t in (("BatchNorm in training mode", one_shot_005(abl_bn)), ("gradient passed through stuck cells", abl_grad),
-                        (f"learning rate {abl_lr['lr'] if abl_lr else ''}", abl_lr),
                         (f"distillation from the pretrained model, weight {distill.get('distill') if distill else ''}",
                          one_shot_005(distill))):
             if t:
                 rows += [(name, r) for r in t["rows"] if r["method"] != "baseline"]
-        rates = (dense or abl_bn or abl_grad or abl_lr or distill)["test_rates"]
+        rates = (dense or abl_bn or abl_grad or distill)["test_rates"]
         md += ["| variant | epochs done | " + " | ".join(f"P={r}" for r in rates) + " |", "|" + "---|" * (len(rates) + 2)]
         md += [f"| {name} | {r.get('epochs_done') or '–'} of {r.get('epochs') or '–'} | " + " | ".join(fmt(r["acc_defect"][x]) for x in rates) + " |"
                for name, r in rows]  # fmt: skip
@@ -497,7 +513,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                    "(`dense-no-rate-warmup` under Training curves), so a diverged ablation is not the ablation's doing "
                    "alone."]  # fmt: skip
         md += ["", "A row at 10 % (chance) is a run that diverged: see the training curves below.", "", "Commands:", "",
-               *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "ablation-lr", "sweep-distill",
+               *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
     if abl_bn:
         md += ["## The grid with BatchNorm in training mode (`--bn train`)", "",
@@ -535,6 +551,9 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             f"{blocks_each['epochs']}. Same pretrained model, learning rate and chips as Table I, whose rows "
             f"({dense['epochs'] if dense else '?'} epochs) are marked.",
             blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
+    lr_folders = retrain_lr_folders(out)
+    for folder in lr_folders:
+        md += retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest)
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -554,8 +573,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", "equalized", "inverted",
-                             "dense-no-rate-warmup", "distill", "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, "equalized",
+                             "inverted", "dense-no-rate-warmup", "distill", "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -25,6 +25,9 @@ accelerator window continues from its last finished epoch):
         --epochs at every rate of the list (--progressive-blocks each);
      j. "equalized": the pretrained model with its channel ranges equalised for the target
         (ftdeploy equalize, BatchNorm in the periphery), then the dense grid retrained from it;
+     k. "inverted": the dense grid retrained on the paper's cells programmed down from g_on;
+     l. "retrain-lr": the dense grid retrained at another peak learning rate (--lr-study; the
+        paper retrains at 0.1), into retrain-lr-LR;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -53,7 +56,7 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized", "inverted")
+            "blocks-each", "equalized", "inverted", "retrain-lr")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -84,6 +87,7 @@ class SweepBranch:
     epochs: int | None = None  # retraining epochs; None: --epochs
     follows_grid: bool = False  # methods and rates come from --methods / --train-rates
     profile: str | None = None  # a profile of its own (another target); None: --profile
+    lr: float | None = None  # retraining peak learning rate; None: --retrain-lr
 
     def step_name(self, whole_grid: bool) -> str:
         """Its manifest step. A part of a grid (say, one rate trained on another machine) is a step
@@ -95,16 +99,17 @@ class SweepBranch:
         return out / self.start / "model.pt"
 
     def argv(self, args) -> list[str]:
-        return ["sweep", *sweep_options(args, self.epochs or args.epochs, self.profile), *self.extra, "--from", str(self.start_model(args.out)),
+        return ["sweep", *sweep_options(args, self.epochs or args.epochs, self.profile, self.lr), *self.extra, "--from", str(self.start_model(args.out)),
                 "--methods", self.methods, "--train-rates", self.rates, "--jobs", str(self.jobs or args.jobs),
                 "--out", str(args.out / self.folder)]  # fmt: skip
 
 
-def sweep_options(args, epochs: int, profile: str | None = None) -> list[str]:
+def sweep_options(args, epochs: int, profile: str | None = None, lr: float | None = None) -> list[str]:
     """What every sweep of the study shares: data, device, test rates, chips, images, recipe;
-    on the study's profile unless another is named."""
+    on the study's profile and retraining learning rate unless others are named."""
     options = ["--profile", profile or args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
-               "--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs), "--lr", str(args.retrain_lr)]  # fmt: skip
+               "--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs),
+               "--lr", str(lr if lr is not None else args.retrain_lr)]  # fmt: skip
     options += ["--max-images", str(args.max_images)] if args.max_images else []
     return options + (["--no-train"] if args.evaluate_only else [])
 
@@ -151,7 +156,17 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # same pretrained model retrained on the same cells programmed down from g_on.
         SweepBranch("inverted", "inverted", "sweep-inverted", "pretrain", methods, rates, follows_grid=True,
                     profile=INVERTED_PROFILE),
+        # Is the clean accuracy P_sa^T = 0.05 costs a matter of how far retraining may move? The
+        # paper retrains at its pretraining rate, 0.1; the study at --retrain-lr. Same grid, only
+        # the peak learning rate differs.
+        SweepBranch("retrain-lr", retrain_lr_folder(args.lr_study), f"sweep-{retrain_lr_folder(args.lr_study)}", "pretrain",
+                    methods, rates, follows_grid=True, lr=args.lr_study),
     ]  # fmt: skip
+
+
+def retrain_lr_folder(lr: float) -> str:
+    """The retrain-lr branch's folder, one per learning rate studied, so they sit side by side."""
+    return f"retrain-lr-{lr:g}"
 
 
 def clean_steps_folder(fraction: float) -> str:
@@ -197,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clean-steps", type=float, default=0.5,
                     help="fraction of fault-free steps of the clean-steps branch (into clean-steps, or clean-steps-F "
                     "for F other than 0.5)")
+    ap.add_argument("--lr-study", type=float, default=0.1,
+                    help="peak retraining learning rate of the retrain-lr branch (into retrain-lr-LR; the paper's: 0.1)")
     ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
@@ -208,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
     if args.reuse and not (args.reuse / "pretrain" / "model.pt").is_file():  # else the study would pretrain anew, silently
         ap.error(f"--reuse: {args.reuse} holds no pretrain/model.pt to start from (a study folder, or its archive in docs/results)")
+    if not args.lr_study > 0:
+        ap.error(f"--lr-study: expected a positive learning rate, got {args.lr_study:g}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
@@ -263,6 +282,7 @@ def main() -> int:
             sweep_step("equalized"),
         ],
         "inverted": [sweep_step("inverted")],
+        "retrain-lr": [sweep_step("retrain-lr")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -314,3 +314,32 @@ def test_the_weight_range_probe_reports_gain_crest_and_the_share_above_half_the_
     assert gain == 2.0  # channels peak at 1, 1/2 and 1/4 of the layer's peak
     assert crest == 1.0  # 1 and 1 (flat channels) and 2 (one spike): median 1
     assert above == pytest.approx(4 / 12)
+
+
+def test_a_grid_retrained_at_another_learning_rate_has_a_folder_and_a_section_of_its_own(tmp_path):
+    """--lr-study LR retrains the grid at peak learning rate LR into retrain-lr-LR (its only --lr
+    is LR; every other sweep keeps --retrain-lr), evaluates from there, and the page gives each
+    learning rate its section beside Table I, in ascending order."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "model.pt").write_bytes(b"weights")
+    for lr, folder in (("0.1", "retrain-lr-0.1"), ("0.05", "retrain-lr-0.05")):
+        args = reproduce.parse_args(["--out", str(tmp_path), "--retrain-lr", "0.02", "--lr-study", lr, "--only", "retrain-lr"])
+        branches = {b.branch: b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID)}
+        argv = branches["retrain-lr"].argv(args)
+        assert branches["retrain-lr"].folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
+        assert argv.count("--lr") == 1 and argv[argv.index("--lr") + 1] == lr
+        dense = branches["dense"].argv(args)
+        assert dense[dense.index("--lr") + 1] == "0.02", "the other grids keep --retrain-lr"
+        (tmp_path / folder / "runs").mkdir(parents=True)
+        evaluated = reproduce.parse_args(["--out", str(tmp_path), "--lr-study", lr, "--only", "retrain-lr", "--evaluate-only"])
+        assert [(step, f) for step, f, _ in reproduce.evaluation_steps(evaluated)] == [(f"eval-{folder}", folder)]
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--lr-study", "0"])
+
+    dense_table = {"lr": 0.02, "rows": [{"method": "baseline", "train_rate": None}]}
+    for lr, folder in ((0.1, "retrain-lr-0.1"), (0.05, "retrain-lr-0.05")):
+        (tmp_path / folder / "table.json").write_text(json.dumps({"lr": lr}))
+    assert render.retrain_lr_folders(tmp_path) == ["retrain-lr-0.05", "retrain-lr-0.1"]
+    assert render.retrain_lr_md("retrain-lr-0.1", {"lr": 0.1, "rows": [{"method": "baseline"}]}, dense_table,
+                                {"steps": {}}) == [], "a grid with no retrained model gets no section"
