@@ -23,11 +23,13 @@ from ftdeploy.faults import (
     faulty_weight,
     quantized_weight,
 )
-from ftdeploy.mapping import make_mapping, quantize_codes, scale_of
+from ftdeploy.mapping import MAPPINGS, make_mapping, quantize_codes, scale_of
 from ftdeploy.profiles import CHEN2015_SPLIT, FaultRates, load_target
 
 #: (target name, scale) pairs: every shipped mapping with per-layer and per-channel scale.
-TARGET_SCALES = [(n, s) for n in ("paper-diff8", "offset-8", "mlc2-bitsliced") for s in ("layer", "channel")]
+#: (target_covers_every_mapping keeps "every" true when a mapping is added.)
+ONE_TARGET_PER_MAPPING = ("paper-diff8", "paper-diff8-inverted", "offset-8", "mlc2-bitsliced")
+TARGET_SCALES = [(n, s) for n in ONE_TARGET_PER_MAPPING for s in ("layer", "channel")]
 
 #: A gradient that goes through ``× s`` and then ``÷ s`` (the straight-through path of
 #: ``(w/s + c)·s``) is rounded twice in float32, so it equals the upstream gradient to 2 ulp,
@@ -64,6 +66,11 @@ def test_rate_zero_samples_no_stuck_cell():
     assert (clean.sample_torch((1000, 7), "cpu", torch.Generator().manual_seed(0)) == HEALTHY).all()
     # u is in [0, 1): u == 0 must not count as stuck-off at rate 0
     assert (clean.state_from_uniform(np.zeros(5)) == HEALTHY).all()
+
+
+def test_target_lists_cover_every_mapping():
+    """The parametrised fault-model tests run on one shipped target per registered mapping."""
+    assert sorted(load_target(n)[0].mapping for n in ONE_TARGET_PER_MAPPING) == sorted(MAPPINGS)
 
 
 @pytest.mark.parametrize("name,scale", TARGET_SCALES)
@@ -464,7 +471,7 @@ def test_cells_hold_the_weights_the_target_places_batchnorm_for(placement):
 # --- the chip population's average weight ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["paper-diff8", "paper-diff8-inverted", "offset-8", "mlc2-bitsliced"])
+@pytest.mark.parametrize("name", ONE_TARGET_PER_MAPPING)
 @pytest.mark.parametrize("rates", [(0.0, 0.0), (0.01, 0.04), (0.2, 0.1)])
 def test_code_expectation_is_the_exact_average_over_every_cell_state(name, rates):
     """Enumerate every combination of cell states of one weight (3^cells, each with its

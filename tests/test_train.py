@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import demo_profile_with
+from conftest import SHIPPED_TARGET_NAMES, demo_profile_with
 from ftdeploy.data import load_data
 from ftdeploy.faults import StuckAt, faulty_weight
 from ftdeploy.mapping import make_mapping
@@ -60,7 +60,7 @@ def _injector_states(model, mapping, nonideality, seed):
         start += n
 
 
-@pytest.mark.parametrize("target_name", ["paper-diff8", "paper-diff8-inverted", "diff8-folded", "mlc2-bitsliced", "offset-8"])
+@pytest.mark.parametrize("target_name", SHIPPED_TARGET_NAMES)
 def test_batched_injection_equals_per_layer_fault_model(target_name):
     """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
     faults.faulty_weight on what the cells hold (the BN-folded weight, unfolded again, where the
