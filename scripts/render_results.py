@@ -133,11 +133,12 @@ def retrain_lr_folders(out: Path) -> list[str]:
 
 def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
     """The section of one grid retrained at another peak learning rate."""
-    lr, plain = (table or {}).get("lr"), (dense or {}).get("lr", "?")
+    lr, plain = (table or {}).get("lr") or 0, (dense or {}).get("lr") or 0
+    how_far = "further from" if lr > plain else "less far from"
     return beside_table_i_md(
-        f"Retrained at peak learning rate {lr} (`--lr {lr}`)",
-        f"The paper retrains at its pretraining learning rate, 0.1, for 160 epochs; Table I's rows retrain at {plain}. "
-        f"Here the peak learning rate is {lr}, so retraining may move further from the pretrained model (same warm-up, "
+        f"Retrained at peak learning rate {lr:g} (`--lr {lr:g}`)",
+        f"The paper retrains at its pretraining learning rate, 0.1, for 160 epochs; Table I's rows retrain at {plain:g}. "
+        f"Here the peak learning rate is {lr:g}, so retraining may move {how_far} the pretrained model (same warm-up, "
         "cosine decay and gradient clipping). Same pretrained model, epochs, recipe and chips as Table I; the rows "
         "marked Table I are the plain recipe.",
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
