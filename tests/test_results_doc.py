@@ -307,6 +307,26 @@ def test_the_baseline_collapse_is_checked_on_the_papers_mapping_only():
     assert any("baseline collapses" in line and "`paper-diff8`" in line for line in render.criteria(inverted, [plain]))
 
 
+def test_progressive_and_one_shot_are_not_compared_when_one_diverged():
+    """Chance against chance would read as "progressive at least as good": a diverged model's
+    comparison is marked not compared instead."""
+    render = _script("render_results")
+    rates = ["0", "0.005", "0.01", "0.02", "0.05"]
+
+    def row(method, accs):
+        return {"model": f"{method} P^T=0.05", "method": method, "train_rate": 0.05, "acc_clean": accs[0],
+                "acc_defect": dict(zip(rates, accs))}  # fmt: skip
+
+    def table(one, prog):
+        return {"target": "paper-diff8", "target_config": {"mapping": "differential"}, "acc_pretrain": 86.0,
+                "test_rates": rates, "rows": [row("one-shot", one), row("progressive", prog)]}  # fmt: skip
+
+    [line] = [x for x in render.criteria(table([10.0] * 5, [10.0, 10.0, 10.1, 10.2, 10.2])) if "progressive ≥" in x]
+    assert "not compared: a model diverged" in line and line.endswith("| – |")
+    [line] = [x for x in render.criteria(table([82.0, 81.0, 80.5, 80.0, 78.0], [83.0, 82.0, 81.5, 81.0, 79.0])) if "progressive ≥" in x]
+    assert line.endswith("| met |")
+
+
 def test_the_weight_range_probe_reports_gain_crest_and_the_share_above_half_the_peak():
     probe = _script("probe_weight_ranges")
     weight = torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.5, 0.0, 0.0, 0.0], [0.25, 0.25, -0.25, 0.25]])
