@@ -27,9 +27,9 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   at lr 0.05 without them (PAPER-NOTES.md). With them, the paper's retraining rate (0.1) still
   diverges (presumably because frozen statistics no longer renormalise what the weights do):
   ResNet-20 / CIFAR-10 fell to chance within two epochs, one-shot P_sa^T = 0.05 and progressive
-  alike; at 0.05
-  one-shot's clean accuracy fell to 18 % after the first epoch and ended 2.5 points below the
-  default 0.02's (docs/RESULTS-mapping.md, retrained at peak learning rate 0.05 and 0.1).
+  alike; at 0.05 one-shot's clean accuracy fell to 18 % after the first epoch and ended 2.5
+  points below the default 0.02's (docs/RESULTS-mapping.md, retrained at peak learning rate 0.05
+  and 0.1).
 * **Rate warm-up**: the fault rate ramps linearly from 0 over the first two epochs (one-shot
   included): with frozen BN, the full P_sa^T = 0.05 from the first step made ResNet-20 diverge
   to chance in its first epoch (docs/RESULTS-diff8-folded.md, training curves). With a 2-epoch ramp the same

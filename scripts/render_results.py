@@ -113,11 +113,17 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
     return beside_table_i_md(title, intro, table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
+def grids_by(out: Path, pattern: str, setting: str) -> list[str]:
+    """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
+    ascending ``setting`` of their table."""
+    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file()]
+    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get(setting) or 0))
+
+
 def clean_steps_folders(out: Path) -> list[str]:
     """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
     by ascending fraction of fault-free steps."""
-    folders = [p.name for p in out.glob("clean-steps*") if (p / "table.json").is_file()]
-    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get("clean_steps") or 0))
+    return grids_by(out, "clean-steps*", "clean_steps")
 
 
 def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -134,8 +140,7 @@ def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest
 
 def retrain_lr_folders(out: Path) -> list[str]:
     """The retrain-lr grids (`retrain-lr-LR`: reproduce_cifar10.py --lr-study LR), by ascending rate."""
-    folders = [p.name for p in out.glob("retrain-lr-*") if (p / "table.json").is_file()]
-    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get("lr") or 0))
+    return grids_by(out, "retrain-lr-*", "lr")
 
 
 def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:

@@ -27,7 +27,7 @@ from ftdeploy.mapping import MAPPINGS, make_mapping, quantize_codes, scale_of
 from ftdeploy.profiles import CHEN2015_SPLIT, FaultRates, load_target
 
 #: (target name, scale) pairs: every shipped mapping with per-layer and per-channel scale.
-#: (target_covers_every_mapping keeps "every" true when a mapping is added.)
+#: (test_target_lists_cover_every_mapping keeps "every" true when a mapping is added.)
 ONE_TARGET_PER_MAPPING = ("paper-diff8", "paper-diff8-inverted", "offset-8", "mlc2-bitsliced")
 TARGET_SCALES = [(n, s) for n in ONE_TARGET_PER_MAPPING for s in ("layer", "channel")]
 
