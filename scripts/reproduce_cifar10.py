@@ -11,8 +11,10 @@ accelerator window continues from its last finished epoch):
      a. dense sweep: one-shot and progressive retraining at P_sa^T in {0.01, 0.05, 0.1};
      b. 70 % magnitude pruning + masked fine-tuning, then progressive retraining of the pruned
         model at P_sa^T in {0.05, 0.1};
-     c. recipe ablations: the same grid at P_sa^T in {0.01, 0.05} with BatchNorm in training
-        mode; one-shot P_sa^T = 0.05 with the gradient passed straight through stuck cells;
+     c. recipe ablations: the same grid at P_sa^T in {0.01, 0.05} (or --methods / --train-rates)
+        with BatchNorm in training mode, at --retrain-lr into bn-train or at --bn-train-lr into
+        bn-train-lr-LR; one-shot P_sa^T = 0.05 with the gradient passed straight through stuck
+        cells;
      d. the pretrained model's collapse on both BatchNorm placements (profiles chen2015 and
         chen2015-folded), no training;
      e. the dense grid again with distillation from the pretrained model (--distill);
@@ -70,6 +72,10 @@ INVERTED_PROFILE = "chen2015-inverted"
 #: The dense and distill grids' methods and training rates when --methods / --train-rates are not given.
 FULL_GRID = ("one-shot,progressive", "0.01,0.05,0.1")
 
+#: The bn-train grid when --methods / --train-rates are not given (an ablation: the two rates the
+#: issue sets limits for).
+BN_TRAIN_GRID = ("one-shot,progressive", "0.01,0.05")
+
 
 @dataclass(frozen=True)
 class SweepBranch:
@@ -123,8 +129,13 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         SweepBranch("distill", "distill", "sweep-distill", "pretrain", methods, rates, ("--distill", str(args.distill)),
                     follows_grid=True),
         SweepBranch("pruned", "pruned", "sweep-pruned", "pruned70", "progressive", high, jobs=2, follows_grid=True),
-        SweepBranch("bn-train", "bn-train", "sweep-bn-train", "pretrain", "one-shot,progressive", "0.01,0.05",
-                    ("--bn", "train"), jobs=4),
+        # Does BatchNorm in training mode (batch statistics every step, running statistics
+        # averaged over the training chips) keep the clean accuracy, and at what robustness?
+        # The ablation grid (P_sa^T 0.01 and 0.05) unless --methods / --train-rates name a part,
+        # at --retrain-lr unless --bn-train-lr names another (the paper's is presumably 0.1).
+        SweepBranch("bn-train", bn_train_folder(args), f"sweep-{bn_train_folder(args)}", "pretrain",
+                    *(BN_TRAIN_GRID if (methods, rates) == FULL_GRID else (methods, rates)), ("--bn", "train"),
+                    jobs=4 if (methods, rates) == FULL_GRID else None, follows_grid=True, lr=args.bn_train_lr),
         SweepBranch("ablation-grad", "ablation-stuck-pass", "ablation-stuck-pass", "pretrain", "one-shot", "0.05",
                     ("--stuck-grad", "pass"), jobs=1),
         # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
@@ -162,6 +173,13 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         SweepBranch("retrain-lr", retrain_lr_folder(args.lr_study), f"sweep-{retrain_lr_folder(args.lr_study)}", "pretrain",
                     methods, rates, follows_grid=True, lr=args.lr_study),
     ]  # fmt: skip
+
+
+def bn_train_folder(args) -> str:
+    """The bn-train branch's folder: `bn-train` at the study's --retrain-lr, `bn-train-lr-LR` at
+    any other --bn-train-lr, so the two sit side by side."""
+    lr = args.bn_train_lr
+    return "bn-train" if lr is None or lr == args.retrain_lr else f"bn-train-lr-{lr:g}"
 
 
 def retrain_lr_folder(lr: float) -> str:
@@ -214,6 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "for F other than 0.5)")
     ap.add_argument("--lr-study", type=float, default=0.1,
                     help="peak retraining learning rate of the retrain-lr branch (into retrain-lr-LR; the paper's: 0.1)")
+    ap.add_argument("--bn-train-lr", type=float, default=None,
+                    help="peak retraining learning rate of the bn-train branch (default --retrain-lr, into bn-train; "
+                    "another into bn-train-lr-LR)")
     ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
@@ -227,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--reuse: {args.reuse} holds no pretrain/model.pt to start from (a study folder, or its archive in docs/results)")
     if not args.lr_study > 0:
         ap.error(f"--lr-study: expected a positive learning rate, got {args.lr_study:g}")
+    if args.bn_train_lr is not None and not args.bn_train_lr > 0:
+        ap.error(f"--bn-train-lr: expected a positive learning rate, got {args.bn_train_lr:g}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args

@@ -197,7 +197,8 @@ def test_a_part_of_a_grid_is_a_step_named_for_what_it_trains(tmp_path):
     names = {b.branch: b.step_name(whole_grid=False) for b in reproduce.sweep_branches(args, args.methods, args.train_rates)}
     assert names["dense"] == "sweep-dense:one-shot,progressive@0.05,0.1"
     assert names["pruned"] == "sweep-pruned:progressive@0.05,0.1", "the pruned grid trains progressive only"
-    assert names["bn-train"] == "sweep-bn-train", "a fixed ablation is one step whatever the grid"
+    assert names["bn-train"] == "sweep-bn-train:one-shot,progressive@0.05,0.1", "a named grid is a part of the ablation"
+    assert names["ablation-grad"] == "ablation-stuck-pass", "a fixed ablation is one step whatever the grid"
     assert {b.step_name(whole_grid=True) for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID)} >= {"sweep-dense", "sweep-pruned"}
 
 
@@ -363,3 +364,42 @@ def test_a_grid_retrained_at_another_learning_rate_has_a_folder_and_a_section_of
     assert render.retrain_lr_folders(tmp_path) == ["retrain-lr-0.05", "retrain-lr-0.1"]
     assert render.retrain_lr_md("retrain-lr-0.1", {"lr": 0.1, "rows": [{"method": "baseline"}]}, dense_table,
                                 {"steps": {}}) == [], "a grid with no retrained model gets no section"
+
+
+def test_the_batchnorm_training_grid_takes_a_learning_rate_of_its_own(tmp_path):
+    """bn-train retrains its ablation grid (P_sa^T 0.01, 0.05) unless a grid is named, at
+    --retrain-lr into bn-train or at --bn-train-lr into bn-train-lr-LR; the page gives each its
+    section beside Table I, in ascending order of learning rate."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    def bn_branch(*options):
+        args = reproduce.parse_args(["--out", str(tmp_path), "--retrain-lr", "0.02", *options])
+        branch = next(b for b in reproduce.sweep_branches(args, args.methods, args.train_rates) if b.branch == "bn-train")
+        argv = branch.argv(args)
+        return branch, {o: argv[argv.index(o) + 1] for o in ("--lr", "--bn", "--methods", "--train-rates", "--out")}
+
+    branch, argv = bn_branch()
+    assert (branch.folder, branch.step_name(True)) == ("bn-train", "sweep-bn-train")
+    assert argv == {"--lr": "0.02", "--bn": "train", "--methods": "one-shot,progressive", "--train-rates": "0.01,0.05",
+                    "--out": str(tmp_path / "bn-train")}
+    branch, argv = bn_branch("--bn-train-lr", "0.1", "--methods", "one-shot", "--train-rates", "0.05")
+    assert branch.step_name(False) == "sweep-bn-train-lr-0.1:one-shot@0.05"
+    assert argv == {"--lr": "0.1", "--bn": "train", "--methods": "one-shot", "--train-rates": "0.05",
+                    "--out": str(tmp_path / "bn-train-lr-0.1")}
+    assert bn_branch("--bn-train-lr", "0.02")[0].folder == "bn-train", "the study's own rate is the plain folder"
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--bn-train-lr", "-1"])
+
+    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    for lr, folder in ((0.1, "bn-train-lr-0.1"), (0.02, "bn-train")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "lr": lr}))
+    dense = {**dense, "lr": 0.02}
+    assert render.bn_train_folders(tmp_path) == ["bn-train", "bn-train-lr-0.1"]
+    plain = render.bn_train_md("bn-train", dense, dense, {"steps": {}})
+    faster = render.bn_train_md("bn-train-lr-0.1", {**dense, "lr": 0.1}, dense, {"steps": {}})
+    assert plain[0] == "## The grid with BatchNorm in training mode (`--bn train`)"
+    assert faster[0] == "## The grid with BatchNorm in training mode at peak learning rate 0.1 (`--bn train --lr 0.1`)"
+    assert "peak learning rate 0.1 where Table I's is 0.02" in faster[2]
+    assert any("one-shot P^T=0.05 (Table I)" in line for line in faster), "beside Table I's run of the same method and rate"
+    assert render.bn_train_md("bn-train", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
+        "a grid with no retrained model gets no section"
