@@ -9,7 +9,9 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   its running statistics (averaged over random chips) no longer fit the clean chip (our notes:
   70 % clean where the paper keeps 92 %). γ and β stay trainable. On ResNet-20 / CIFAR-10 the
   frozen-BN models are far more robust than the same grid retrained with ``bn="train"``
-  (docs/RESULTS-diff8-folded.md, both grids on the same chips).
+  (docs/RESULTS-diff8-folded.md, both grids on the same chips). On ``paper-diff8`` training mode
+  kept 2.6 points more clean accuracy at P_sa^T = 0.05 and lost 7 points at P_sa = 0.05 and 25
+  at 0.1 (docs/RESULTS-mapping.md).
 * **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
   from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
   largest weights and training learns to flatten the weight distribution (a learnt clipping)
@@ -25,7 +27,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
 * **Gentle optimisation**: a retraining learning rate well below pretraining's, a linear
   warm-up, cosine decay, and gradient-norm clipping. Frozen-BN retraining at high rates diverged
   at lr 0.05 without them (PAPER-NOTES.md). With them, the paper's retraining rate (0.1) still
-  diverges (presumably because frozen statistics no longer renormalise what the weights do):
+  diverges with frozen BN, and trains with BN in training mode (docs/RESULTS-mapping.md), so it
+  is the frozen statistics, which no longer renormalise what the weights do, that cannot take it:
   ResNet-20 / CIFAR-10 fell to chance within two epochs, one-shot P_sa^T = 0.05 and progressive
   alike; at 0.05 one-shot's clean accuracy fell to 18 % after the first epoch and ended 2.5
   points below the default 0.02's (docs/RESULTS-mapping.md, retrained at peak learning rate 0.05

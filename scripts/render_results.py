@@ -552,10 +552,13 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                    "`rate_warmup_epochs`); without it the default one-shot P^T=0.05 diverged too "
                    "(`dense-no-rate-warmup` under Training curves), so a diverged ablation is not the ablation's doing "
                    "alone."]  # fmt: skip
-        md += ["", "A row at 10 % (chance) is a run that diverged: see the training curves below.", "", "Commands:", "",
+        if any(diverged(r) for _, r in rows):
+            md += ["", "A row at 10 % (chance) is a run that diverged: see the training curves below."]
+        md += ["", "Commands:", "",
                *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
-    for folder in bn_train_folders(out):
+    bn_folders = bn_train_folders(out)
+    for folder in bn_folders:
         md += bn_train_md(folder, load(out / folder / "table.json"), dense, manifest)
     if long:
         md += beside_table_i_md(
@@ -611,7 +614,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, "equalized",
-                             "inverted", "dense-no-rate-warmup", "distill", "bn-train", "ablation-stuck-pass", "pruned"])  # fmt: skip
+                             "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")
