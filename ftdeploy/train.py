@@ -10,8 +10,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   70 % clean where the paper keeps 92 %). γ and β stay trainable. On ResNet-20 / CIFAR-10 the
   frozen-BN models are far more robust than the same grid retrained with ``bn="train"``
   (docs/RESULTS-diff8-folded.md, both grids on the same chips). On ``paper-diff8`` training mode
-  kept 2.6 points more clean accuracy at P_sa^T = 0.05 and lost 7 points at P_sa = 0.05 and 25
-  at 0.1 (docs/RESULTS-mapping.md).
+  kept one-shot P_sa^T = 0.05 2.6 points more clean accuracy (progressive 0.7) and lost it 7
+  points at P_sa = 0.05 and 25 at 0.1 (progressive 13 and 30; docs/RESULTS-mapping.md).
 * **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
   from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
   largest weights and training learns to flatten the weight distribution (a learnt clipping)

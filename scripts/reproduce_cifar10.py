@@ -132,7 +132,7 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Does BatchNorm in training mode (batch statistics every step, running statistics
         # averaged over the training chips) keep the clean accuracy, and at what robustness?
         # The ablation grid (P_sa^T 0.01 and 0.05) unless --methods / --train-rates name a part,
-        # at --retrain-lr unless --bn-train-lr names another (the paper's is presumably 0.1).
+        # at --retrain-lr unless --bn-train-lr names another (the paper retrains at 0.1).
         SweepBranch("bn-train", bn_train_folder(args), f"sweep-{bn_train_folder(args)}", "pretrain",
                     *(BN_TRAIN_GRID if (methods, rates) == FULL_GRID else (methods, rates)), ("--bn", "train"),
                     jobs=4 if (methods, rates) == FULL_GRID else None, follows_grid=True, lr=args.bn_train_lr),
