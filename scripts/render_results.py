@@ -168,12 +168,12 @@ def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: d
     """The section of one grid retrained with BatchNorm in training mode, beside Table I."""
     lr, plain = (table or {}).get("lr") or 0, (dense or {}).get("lr") or 0
     at_lr = f" at peak learning rate {lr:g} (`--bn train --lr {lr:g}`)" if dense and lr != plain else " (`--bn train`)"
-    folds = target_phrase(table or {}) == "BatchNorm folded into the cells"
     return beside_table_i_md(
         f"The grid with BatchNorm in training mode{at_lr}",
         "In training mode BatchNorm normalises every batch with the batch's own statistics, so it absorbs part of "
         "what a training chip's faults do; the chip applies the running statistics, averaged over the training chips"
-        + (" (faults on the unfolded conv weights: BatchNorm in training mode cannot be folded into them)" if folds else "")
+        + (" (faults on the unfolded conv weights: BatchNorm in training mode cannot be folded into them)"
+           if folds_batchnorm(table or {}) else "")
         + ". Same pretrained model, epochs"
         + (f" and chips as Table I; peak learning rate {lr:g} where Table I's is {plain:g} (the paper retrains at 0.1)"
            if dense and lr != plain else ", learning rate and chips as Table I")
@@ -349,11 +349,15 @@ def _had_rate_warmup(sweep_folder: Path) -> bool:
     return bool(configs) and all("rate_warmup_epochs:" in c.read_text() for c in configs)
 
 
+def folds_batchnorm(table: dict) -> bool:
+    """Whether the table's target folds BatchNorm into the cells. Tables from before targets had
+    a ``batchnorm`` field record no target_config: BatchNorm was then always folded."""
+    return (table.get("target_config") or {}).get("batchnorm", "fold") == "fold"
+
+
 def target_phrase(table: dict) -> str:
-    """How the table's target places BatchNorm. Tables from before targets had a ``batchnorm``
-    field record no target_config: BatchNorm was then always folded into the cells."""
-    config = table.get("target_config") or {}
-    if config.get("batchnorm", "fold") == "fold":
+    """How the table's target places BatchNorm."""
+    if folds_batchnorm(table):
         return "BatchNorm folded into the cells"
     return "BatchNorm applied by the digital periphery, the cells holding the conv weights"
 

@@ -124,6 +124,7 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     """The study's sweeps for a grid of ``methods`` × ``rates`` (the pruned grid takes the rates
     >= 0.05, the paper's Table II setting)."""
     high = ",".join(r for r in rates.split(",") if float(r) >= 0.05)
+    named_grid, bn_folder = (methods, rates) != FULL_GRID, bn_train_folder(args)
     return [
         SweepBranch("dense", "dense", "sweep-dense", "pretrain", methods, rates, follows_grid=True),
         SweepBranch("distill", "distill", "sweep-distill", "pretrain", methods, rates, ("--distill", str(args.distill)),
@@ -133,9 +134,8 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # averaged over the training chips) keep the clean accuracy, and at what robustness?
         # The ablation grid (P_sa^T 0.01 and 0.05) unless --methods / --train-rates name a part,
         # at --retrain-lr unless --bn-train-lr names another (the paper retrains at 0.1).
-        SweepBranch("bn-train", bn_train_folder(args), f"sweep-{bn_train_folder(args)}", "pretrain",
-                    *(BN_TRAIN_GRID if (methods, rates) == FULL_GRID else (methods, rates)), ("--bn", "train"),
-                    jobs=4 if (methods, rates) == FULL_GRID else None, follows_grid=True, lr=args.bn_train_lr),
+        SweepBranch("bn-train", bn_folder, f"sweep-{bn_folder}", "pretrain", *((methods, rates) if named_grid else BN_TRAIN_GRID),
+                    ("--bn", "train"), jobs=None if named_grid else 4, follows_grid=True, lr=args.bn_train_lr),
         SweepBranch("ablation-grad", "ablation-stuck-pass", "ablation-stuck-pass", "pretrain", "one-shot", "0.05",
                     ("--stuck-grad", "pass"), jobs=1),
         # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
