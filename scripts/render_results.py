@@ -113,11 +113,14 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
     return beside_table_i_md(title, intro, table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
-def grids_by(out: Path, pattern: str, setting: str) -> list[str]:
+def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
-    ascending ``setting`` of their table."""
+    ascending ``settings`` of their table, the first deciding."""
     folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file()]
-    return sorted(folders, key=lambda f: float((load(out / f / "table.json") or {}).get(setting) or 0))
+    def key(folder: str) -> tuple[float, ...]:
+        table = load(out / folder / "table.json") or {}
+        return tuple(float(table.get(setting) or 0) for setting in settings)
+    return sorted(folders, key=key)
 
 
 def clean_steps_folders(out: Path) -> list[str]:
@@ -159,24 +162,30 @@ def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest:
 
 
 def bn_train_folders(out: Path) -> list[str]:
-    """The BatchNorm-training-mode grids (`bn-train` at the study's retraining learning rate,
-    `bn-train-lr-LR`: reproduce_cifar10.py --bn-train-lr LR), by ascending rate."""
-    return grids_by(out, "bn-train*", "lr")
+    """The BatchNorm-training-mode grids (`bn-train` at the study's retraining learning rate and
+    epochs; reproduce_cifar10.py --bn-train-lr LR and --bn-train-epochs N name others), by
+    ascending learning rate, then epochs."""
+    return grids_by(out, "bn-train*", "lr", "epochs")
 
 
 def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
     """The section of one grid retrained with BatchNorm in training mode, beside Table I."""
-    lr, plain = (table or {}).get("lr") or 0, (dense or {}).get("lr") or 0
-    at_lr = f" at peak learning rate {lr:g} (`--bn train --lr {lr:g}`)" if dense and lr != plain else " (`--bn train`)"
+    table, plain = table or {}, dense or {}
+    lr, epochs = table.get("lr") or 0, table.get("epochs")
+    other_lr = bool(dense) and lr != (plain.get("lr") or 0)
+    other_epochs = bool(dense) and epochs != plain.get("epochs")
+    options = ["--bn train", *([f"--lr {lr:g}"] if other_lr else []), *([f"--epochs {epochs}"] if other_epochs else [])]
+    same = ["pretrained model", *([] if other_epochs else ["epochs"]), *([] if other_lr else ["learning rate"]), "chips"]
     return beside_table_i_md(
-        f"The grid with BatchNorm in training mode{at_lr}",
+        "The grid with BatchNorm in training mode" + (f" at peak learning rate {lr:g}" if other_lr else "")
+        + (f" for {epochs} epochs" if other_epochs else "") + f" (`{' '.join(options)}`)",
         "In training mode BatchNorm normalises every batch with the batch's own statistics, so it absorbs part of "
         "what a training chip's faults do; the chip applies the running statistics, averaged over the training chips"
         + (" (faults on the unfolded conv weights: BatchNorm in training mode cannot be folded into them)"
-           if folds_batchnorm(table or {}) else "")
-        + ". Same pretrained model, epochs"
-        + (f" and chips as Table I; peak learning rate {lr:g} where Table I's is {plain:g} (the paper retrains at 0.1)"
-           if dense and lr != plain else ", learning rate and chips as Table I")
+           if folds_batchnorm(table) else "")
+        + f". Same {', '.join(same[:-1])} and {same[-1]} as Table I"
+        + (f"; peak learning rate {lr:g} where Table I's is {plain['lr']:g} (the paper retrains at 0.1)" if other_lr else "")
+        + (f"; {epochs} retraining epochs where Table I's are {plain['epochs']} (the paper retrains 160)" if other_epochs else "")
         + "; the rows marked Table I are the frozen-BatchNorm recipe.",
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 

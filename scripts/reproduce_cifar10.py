@@ -13,8 +13,8 @@ accelerator window continues from its last finished epoch):
         model at P_sa^T in {0.05, 0.1};
      c. recipe ablations: the same grid at P_sa^T in {0.01, 0.05} (or --methods / --train-rates)
         with BatchNorm in training mode, at --retrain-lr into bn-train or at --bn-train-lr into
-        bn-train-lr-LR; one-shot P_sa^T = 0.05 with the gradient passed straight through stuck
-        cells;
+        bn-train-lr-LR, for --epochs or (--bn-train-epochs N) into a folder ending -N-epochs;
+        one-shot P_sa^T = 0.05 with the gradient passed straight through stuck cells;
      d. the pretrained model's collapse on both BatchNorm placements (profiles chen2015 and
         chen2015-folded), no training;
      e. the dense grid again with distillation from the pretrained model (--distill);
@@ -133,9 +133,11 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Does BatchNorm in training mode (batch statistics every step, running statistics
         # averaged over the training chips) keep the clean accuracy, and at what robustness?
         # The ablation grid (P_sa^T 0.01 and 0.05) unless --methods / --train-rates name a part,
-        # at --retrain-lr unless --bn-train-lr names another (the paper retrains at 0.1).
+        # at --retrain-lr unless --bn-train-lr names another (the paper retrains at 0.1), for
+        # --epochs unless --bn-train-epochs names more (the paper retrains 160).
         SweepBranch("bn-train", bn_folder, f"sweep-{bn_folder}", "pretrain", *((methods, rates) if named_grid else BN_TRAIN_GRID),
-                    ("--bn", "train"), jobs=None if named_grid else 4, follows_grid=True, lr=args.bn_train_lr),
+                    ("--bn", "train"), jobs=None if named_grid else 4, follows_grid=True, lr=args.bn_train_lr,
+                    epochs=args.bn_train_epochs),
         SweepBranch("ablation-grad", "ablation-stuck-pass", "ablation-stuck-pass", "pretrain", "one-shot", "0.05",
                     ("--stuck-grad", "pass"), jobs=1),
         # Is the clean accuracy P_sa^T = 0.05 costs a matter of retraining length? (The paper
@@ -176,10 +178,12 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
 
 
 def bn_train_folder(args) -> str:
-    """The bn-train branch's folder: `bn-train` at the study's --retrain-lr, `bn-train-lr-LR` at
-    any other --bn-train-lr, so the two sit side by side."""
-    lr = args.bn_train_lr
-    return "bn-train" if lr is None or lr == args.retrain_lr else f"bn-train-lr-{lr:g}"
+    """The bn-train branch's folder: `bn-train` at the study's --retrain-lr and --epochs, with
+    `-lr-LR` for any other --bn-train-lr and `-N-epochs` for any other --bn-train-epochs, so the
+    grids sit side by side (a run folder keeps the settings it was started with)."""
+    lr, epochs = args.bn_train_lr, args.bn_train_epochs
+    folder = "bn-train" if lr is None or lr == args.retrain_lr else f"bn-train-lr-{lr:g}"
+    return folder if epochs is None or epochs == args.epochs else f"{folder}-{epochs}-epochs"
 
 
 def retrain_lr_folder(lr: float) -> str:
@@ -235,6 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bn-train-lr", type=float, default=None,
                     help="peak retraining learning rate of the bn-train branch (default --retrain-lr, into bn-train; "
                     "another into bn-train-lr-LR)")
+    ap.add_argument("--bn-train-epochs", type=int, default=None,
+                    help="retraining epochs of the bn-train branch (default --epochs; others into a folder ending -N-epochs)")
     ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
@@ -250,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--lr-study: expected a positive learning rate, got {args.lr_study:g}")
     if args.bn_train_lr is not None and not args.bn_train_lr > 0:
         ap.error(f"--bn-train-lr: expected a positive learning rate, got {args.bn_train_lr:g}")
+    if args.bn_train_epochs is not None and args.bn_train_epochs < 1:
+        ap.error(f"--bn-train-epochs: expected a positive number of epochs, got {args.bn_train_epochs}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args

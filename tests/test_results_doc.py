@@ -366,10 +366,11 @@ def test_a_grid_retrained_at_another_learning_rate_has_a_folder_and_a_section_of
                                 {"steps": {}}) == [], "a grid with no retrained model gets no section"
 
 
-def test_the_batchnorm_training_grid_takes_a_learning_rate_of_its_own(tmp_path):
+def test_the_batchnorm_training_grid_takes_a_learning_rate_and_epochs_of_its_own(tmp_path):
     """bn-train retrains its ablation grid (P_sa^T 0.01, 0.05) unless a grid is named, at
-    --retrain-lr into bn-train or at --bn-train-lr into bn-train-lr-LR; the page gives each its
-    section beside Table I, in ascending order of learning rate."""
+    --retrain-lr into bn-train or at --bn-train-lr into bn-train-lr-LR, for --bn-train-epochs N
+    into a folder ending -N-epochs; the page gives each its section beside Table I, in ascending
+    order of learning rate, then epochs."""
     reproduce, render = _script("reproduce_cifar10"), _script("render_results")
     def bn_branch(*options):
         args = reproduce.parse_args(["--out", str(tmp_path), "--retrain-lr", "0.02", *options])
@@ -386,20 +387,29 @@ def test_the_batchnorm_training_grid_takes_a_learning_rate_of_its_own(tmp_path):
     assert argv == {"--lr": "0.1", "--bn": "train", "--methods": "one-shot", "--train-rates": "0.05",
                     "--out": str(tmp_path / "bn-train-lr-0.1")}
     assert bn_branch("--bn-train-lr", "0.02")[0].folder == "bn-train", "the study's own rate is the plain folder"
-    with pytest.raises(SystemExit):
-        reproduce.parse_args(["--bn-train-lr", "-1"])
+    branch, argv = bn_branch("--epochs", "25", "--bn-train-epochs", "40", "--methods", "one-shot", "--train-rates", "0.05")
+    assert (branch.folder, branch.epochs) == ("bn-train-40-epochs", 40)
+    assert bn_branch("--bn-train-lr", "0.1", "--bn-train-epochs", "40")[0].folder == "bn-train-lr-0.1-40-epochs"
+    assert bn_branch("--epochs", "25", "--bn-train-epochs", "25")[0].folder == "bn-train", "the study's own epochs too"
+    for bad in (["--bn-train-lr", "-1"], ["--bn-train-epochs", "0"]):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(bad)
 
     dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
-    for lr, folder in ((0.1, "bn-train-lr-0.1"), (0.02, "bn-train")):
+    for lr, epochs, folder in ((0.1, 25, "bn-train-lr-0.1"), (0.02, 40, "bn-train-40-epochs"), (0.02, 25, "bn-train")):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "lr": lr}))
-    dense = {**dense, "lr": 0.02}
-    assert render.bn_train_folders(tmp_path) == ["bn-train", "bn-train-lr-0.1"]
+        (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "lr": lr, "epochs": epochs}))
+    dense = {**dense, "lr": 0.02, "epochs": 25}
+    assert render.bn_train_folders(tmp_path) == ["bn-train", "bn-train-40-epochs", "bn-train-lr-0.1"]
     plain = render.bn_train_md("bn-train", dense, dense, {"steps": {}})
     faster = render.bn_train_md("bn-train-lr-0.1", {**dense, "lr": 0.1}, dense, {"steps": {}})
+    longer = render.bn_train_md("bn-train-40-epochs", {**dense, "epochs": 40}, dense, {"steps": {}})
     assert plain[0] == "## The grid with BatchNorm in training mode (`--bn train`)"
+    assert "Same pretrained model, epochs, learning rate and chips as Table I;" in plain[2]
     assert faster[0] == "## The grid with BatchNorm in training mode at peak learning rate 0.1 (`--bn train --lr 0.1`)"
-    assert "peak learning rate 0.1 where Table I's is 0.02" in faster[2]
+    assert "Same pretrained model, epochs and chips as Table I; peak learning rate 0.1 where Table I's is 0.02" in faster[2]
+    assert longer[0] == "## The grid with BatchNorm in training mode for 40 epochs (`--bn train --epochs 40`)"
+    assert "Same pretrained model, learning rate and chips as Table I; 40 retraining epochs where Table I's are 25" in longer[2]
     assert any("one-shot P^T=0.05 (Table I)" in line for line in faster), "beside Table I's run of the same method and rate"
     assert render.bn_train_md("bn-train", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
