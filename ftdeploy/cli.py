@@ -438,10 +438,16 @@ def sweep_cmd(
     )  # fmt: skip
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)
-    from .sweep import render_markdown
+    from .sweep import render_markdown, screen_passes
 
     _echo(f"Acc_pretrain {table['acc_pretrain']:.2f} % on {table['val_images']} held-out images, {settings.chips} chips per rate")
     _echo(render_markdown(table).rstrip())
+    passes = screen_passes(table, out)
+    for label, ckpt in passes:
+        _echo(f"passes the screen: {label}; sign off with: ftdeploy export {ckpt} --profile {profile} -o model.onnx "
+              f"&& ftdeploy verify model.onnx --profile {profile}")
+    if not passes:
+        _echo(f"no model passes profile {resolved.profile.name}'s sign-off limits on these chips")
     _echo(f"wrote {out / 'table.md'}, table.csv, table.json")
 
 

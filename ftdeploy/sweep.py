@@ -39,7 +39,7 @@ from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
 from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, progressive_rates_for,
                     pick_device, train, train_argv)
-from .verify import stability_score, subset_indices, summarize_chips
+from .verify import judge, rate_figures, stability_score, subset_indices, summarize_chips
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,44 @@ def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], resul
     return found
 
 
+def signoff_screen(s: SweepSettings, result: dict, acc_pretrain: float) -> dict:
+    """Whether one model meets the profile's sign-off limits on the sweep's own chips and images:
+    the verifier's judgement (:func:`verify.judge`) of the figures the sweep measured, so a grid
+    says which models are worth exporting. It is a screen, not the sign-off: that is
+    `ftdeploy verify` on the exported file, on the profile's chips. ``"untested"`` where the
+    grid's test rates lack a rate a limit is set at, or a limit needs a confidence interval and
+    the grid has one chip per rate."""
+    split, acceptance = s.profile.profile.faults.split, s.profile.profile.signoff.acceptance
+    needed = sorted({lim.rate for lim in acceptance})
+    missing = [f"{rate:g}" for rate in needed if f"{rate:g}" not in result["tests"]]
+    if missing:
+        return {"verdict": "untested", "why": f"not tested at P={', '.join(missing)}"}
+    if s.chips < 2 and any(lim.min_acc_defect_lower_ci_pct is not None for lim in acceptance):
+        return {"verdict": "untested", "why": "min_acc_defect_lower_ci_pct needs 2 or more chips per rate"}
+    clean = result["acc_clean"]
+    figures = {"acc_retrain": clean, "rates": [rate_figures(rate, StuckAt.from_total(rate, split), result["tests"][f"{rate:g}"]["chips"],
+                                                            acc_pretrain, clean) for rate in needed]}  # fmt: skip
+    verdict = judge(figures, s.profile)
+    failed = [c.name if c.rate is None else f"{c.name}@{c.rate:g}" for c in verdict.checks if not c.passed]
+    return {"verdict": "PASS" if verdict.passed else "FAIL", "failed": failed}
+
+
+def screen_passes(table: dict, out: Path) -> list[tuple[str, Path]]:
+    """The models whose row passed :func:`signoff_screen`, each with the checkpoint to export."""
+    def checkpoint(row: dict) -> Path:
+        cell = Cell(row["method"], row["train_rate"])
+        return Path(table["pretrained"]) if cell.method == "baseline" else out / "runs" / cell.key / "model.pt"
+    return [(row["model"], checkpoint(row)) for row in table["rows"] if row["signoff_screen"]["verdict"] == "PASS"]
+
+
+def signoff_limits(s: SweepSettings) -> dict:
+    """The limits :func:`signoff_screen` applied, and on which chips, for the table's reader."""
+    signoff = s.profile.profile.signoff
+    limits = [f"min_acc_retrain_pct {signoff.min_acc_retrain_pct:g}"] if signoff.min_acc_retrain_pct is not None else []
+    limits += [f"{name} {limit:g} at P={lim.rate:g}" for lim in signoff.acceptance for name, limit in lim.limits().items()]
+    return {"profile": s.profile.profile.name, "limits": limits, "chips": s.chips, "signoff_chips": signoff.chips, "seed": s.seed}
+
+
 def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -> dict:
     acc_pretrain = results["baseline"]["acc_clean"]
     pre = s.pretrained_checkpoint
@@ -324,7 +362,8 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         ss = {f"{p:g}": stability_score(r["acc_clean"], acc_pretrain, defect[f"{p:g}"]) for p in s.ss_rates if f"{p:g}" in defect}
         rows.append({"model": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": r["acc_clean"],
                      "epochs": r.get("epochs"), "epochs_done": r.get("epochs_done"),
-                     "acc_defect": defect, "ci95": {k: v["ci95"] for k, v in r["tests"].items()}, "ss": ss})  # fmt: skip
+                     "acc_defect": defect, "ci95": {k: v["ci95"] for k, v in r["tests"].items()}, "ss": ss,
+                     "signoff_screen": signoff_screen(s, r, acc_pretrain)})  # fmt: skip
     return {
         "schema": "ftdeploy-sweep/1",
         "acc_pretrain": acc_pretrain,
@@ -342,6 +381,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         **recipe_fields(s.recipe),
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
+        "signoff_screen": signoff_limits(s),
         "rows": rows,
     }
 
@@ -350,23 +390,45 @@ def _fmt_ss(v: float) -> str:
     return "inf" if math.isinf(v) else f"{v:.2f}"
 
 
+def _fmt_screen(row: dict) -> str:
+    screen = row["signoff_screen"]
+    why = {"PASS": "", "FAIL": ", ".join(screen.get("failed", [])), "untested": screen.get("why", "")}[screen["verdict"]]
+    return f"{screen['verdict']}: {why}" if why else screen["verdict"]
+
+
+def ss_columns(table: dict) -> list[str]:
+    """The SS rates the table can show: those among its test rates (an SS rate the grid did not
+    test has no figure, and no column)."""
+    return [r for r in table["ss_rates"] if r in table["test_rates"]]
+
+
 def render_markdown(table: dict) -> str:
-    rates, ss_rates = table["test_rates"], table["ss_rates"]
-    head = ["model", *rates, *[f"SS@{r}" for r in ss_rates]]
+    rates, ss_rates = table["test_rates"], ss_columns(table)
+    head = ["model", *rates, *[f"SS@{r}" for r in ss_rates], "sign-off limits"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table["rows"]:
-        cells = [row["model"]] + [f"{row['acc_defect'][r]:.2f}" for r in rates] + [_fmt_ss(row["ss"][r]) for r in ss_rates if r in row["ss"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells = [row["model"]] + [f"{row['acc_defect'][r]:.2f}" for r in rates] + [_fmt_ss(row["ss"][r]) for r in ss_rates]
+        lines.append("| " + " | ".join([*cells, _fmt_screen(row)]) + " |")
+    return "\n".join(lines) + "\n\n" + screen_note(table) + "\n"
+
+
+def screen_note(table: dict) -> str:
+    """What the sign-off limits column is: which limits, on which chips, and what decides."""
+    screen = table["signoff_screen"]
+    return (f"Sign-off limits: profile {screen['profile']}'s ({'; '.join(screen['limits']) or 'none set'}), applied to the "
+            f"{screen['chips']} chips per rate above (seed {screen['seed']}). A screen: the sign-off is `ftdeploy verify` on the "
+            f"exported file, on the profile's {screen['signoff_chips']} chips.")  # fmt: skip
 
 
 def render_csv(table: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "acc_clean", *[f"acc_defect@{r}" for r in table["test_rates"]], *[f"ss@{r}" for r in table["ss_rates"]]])
+    ss_rates = ss_columns(table)
+    w.writerow(["model", "acc_clean", *[f"acc_defect@{r}" for r in table["test_rates"]], *[f"ss@{r}" for r in ss_rates],
+                "signoff_screen"])  # fmt: skip
     for row in table["rows"]:
         w.writerow([row["model"], f"{row['acc_clean']:.4f}", *[f"{row['acc_defect'][r]:.4f}" for r in table["test_rates"]],
-                    *[_fmt_ss(row["ss"][r]) for r in table["ss_rates"] if r in row["ss"]]])  # fmt: skip
+                    *[_fmt_ss(row["ss"][r]) for r in ss_rates], _fmt_screen(row)])  # fmt: skip
     return buf.getvalue()
 
 

@@ -469,7 +469,7 @@ def verify_onnx(
         t_rate = time.perf_counter()
         nonideality = StuckAt.from_total(rate, resolved.profile.faults.split)
         accs = runner.chip_accuracies(nonideality, rate, chips, seed, data.x, data.y, on_chip=tick)
-        rates.append(_rate_figures(rate, nonideality, accs, acc_pretrain, acc_retrain))
+        rates.append(rate_figures(rate, nonideality, accs, acc_pretrain, acc_retrain))
         _say(log, f"rate {rate:g}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {chips} chips "
                   f"({time.perf_counter() - t_rate:.1f} s)")  # fmt: skip
     _say(log, f"{chips * len(signoff.rates)} chips in {time.perf_counter() - t0:.1f} s")
@@ -511,7 +511,9 @@ def _check_same_target(export: ExportedModel, resolved: ResolvedProfile) -> None
                           "export with this profile or verify with the export's")  # fmt: skip
 
 
-def _rate_figures(rate: float, nonideality: StuckAt, accs: list[float], acc_pretrain: float, acc_retrain: float) -> dict:
+def rate_figures(rate: float, nonideality: StuckAt, accs: list[float], acc_pretrain: float, acc_retrain: float) -> dict:
+    """One test rate's figures as a report gives them and :func:`judge` reads them, from the
+    accuracy (%) of every chip."""
     stats = summarize_chips(accs)
     ss = stability_score(acc_retrain, acc_pretrain, stats["mean"])
     return {

@@ -13,7 +13,7 @@ from ftdeploy.cli import app
 from ftdeploy.errors import ConfigError
 from ftdeploy.data import load_data
 from ftdeploy.profiles import load_profile
-from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep
+from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep, signoff_screen
 from ftdeploy.train import TrainConfig, load_checkpoint, train
 
 TEST_RATES = [0.0, 0.02, 0.05]
@@ -68,6 +68,15 @@ def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tm
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "table.json").read_text())["rows"][1]["model"] == "one-shot P^T=0.05"
     assert "| progressive P^T=0.05 |" in render_markdown(table)
+    # The demo profile's one limit is at P = 0.01, which this grid does not test.
+    assert {r["signoff_screen"]["verdict"] for r in table["rows"]} == {"untested"}
+    md = render_markdown(table)
+    assert "Sign-off limits: profile demo's (max_acc_drop_pct 10 at P=0.01), applied to the 3 chips" in md
+    head, _, *body = md.split("\n\n")[0].splitlines()
+    assert head == "| model | 0 | 0.02 | 0.05 | SS@0.02 | sign-off limits |"
+    assert all(line.count("|") == head.count("|") for line in body), "every row fills every column"
+    untested_ss = render_markdown({**table, "ss_rates": ["0.01", "0.02"]}).splitlines()[0]
+    assert untested_ss == head, "an SS rate the grid did not test gets no column"
     assert load_checkpoint(tmp_path / "runs" / "progressive-0.05" / "model.pt")["schedule"] == [0.05]  # 1 epoch: the target
 
     # An interruption after training, before evaluating one row: the rerun evaluates it, retrains nothing.
@@ -93,6 +102,35 @@ def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tm
     logs.clear()
     run_sweep(more_chips, ["one-shot", "progressive"], [0.05], tmp_path, small_data, log=logs.append)
     assert [line.split(":")[0] for line in logs if "evaluating again" in line] == ["[sweep] one-shot P^T=0.05"]
+
+
+def _result(clean, chips_by_rate):
+    """A results file's figures: clean accuracy and every chip's accuracy per test rate."""
+    return {"acc_clean": clean, "tests": {rate: {"chips": accs} for rate, accs in chips_by_rate.items()}}
+
+
+def test_the_table_screens_each_model_with_the_verifiers_judgement_of_the_profiles_limits(pretrained, tmp_path):
+    """Each row says whether the profile's sign-off limits hold on the sweep's chips: the
+    verifier's own judge on the figures the sweep measured (drop from the baseline's clean
+    accuracy, stability score, lower CI bound), untested where the grid lacks a rate or a chip."""
+    profile = demo_profile_with(tmp_path, signoff={"min_acc_retrain_pct": 80.0, "acceptance": [
+        {"rate": 0.01, "max_acc_drop_pct": 3.0}, {"rate": 0.02, "min_stability": 5.0, "min_acc_defect_lower_ci_pct": 70.0}]})
+    settings = dataclasses.replace(_settings(pretrained), profile=load_profile(profile))
+    acc_pretrain = 90.0
+    passing = _result(89.0, {"0.01": [88.0, 87.5, 87.0], "0.02": [80.0, 81.0, 79.0]})  # drop 2.5; SS 89/10; CI ≈ 77.5
+    assert signoff_screen(settings, passing, acc_pretrain) == {"verdict": "PASS", "failed": []}
+    dropped = _result(89.0, {"0.01": [86.0, 87.0, 87.0], "0.02": [80.0, 81.0, 79.0]})  # drop 3.33
+    assert signoff_screen(settings, dropped, acc_pretrain) == {"verdict": "FAIL", "failed": ["max_acc_drop_pct@0.01"]}
+    spread = _result(79.0, {"0.01": [88.0, 87.5, 87.0], "0.02": [95.0, 80.0, 65.0]})  # clean below 80; CI reaches 42.7
+    assert signoff_screen(settings, spread, acc_pretrain) == {
+        "verdict": "FAIL", "failed": ["min_acc_retrain_pct", "min_acc_defect_lower_ci_pct@0.02"]}
+    assert signoff_screen(settings, _result(89.0, {"0.01": [88.0, 87.0]}), acc_pretrain) == {
+        "verdict": "untested", "why": "not tested at P=0.02"}
+    one_chip = dataclasses.replace(settings, chips=1)
+    assert signoff_screen(one_chip, _result(89.0, {"0.01": [88.0], "0.02": [80.0]}), acc_pretrain)["verdict"] == "untested"
+    # No limit at all: nothing to fail, as the verifier's verdict says.
+    bare = dataclasses.replace(settings, profile=load_profile(demo_profile_with(tmp_path, "bare.yaml", signoff={"acceptance": []})))
+    assert signoff_screen(bare, _result(10.0, {}), acc_pretrain) == {"verdict": "PASS", "failed": []}
 
 
 def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, tmp_path, monkeypatch):
@@ -227,6 +265,24 @@ def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(p
     CliRunner().invoke(app, sweep)
     CliRunner().invoke(app, [*sweep, "--raw-faults", "--bn", "frozen"])
     assert [(r.unbias_faults, r.bn, r.rate_warmup_epochs) for r in recipes] == [(True, "train", 1.0), (False, "frozen", 1.0)]
+
+
+def test_the_sweep_command_names_the_models_that_pass_the_screen_and_how_to_sign_them_off(pretrained, small_data, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    import ftdeploy.data
+
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    def sweep(name, limit):
+        profile = demo_profile_with(tmp_path, name, signoff={"rates": [0.02], "acceptance": [{"rate": 0.02, **limit}]})
+        result = CliRunner().invoke(app, ["sweep", "--from", str(pretrained), "--profile", profile, "--no-train", "--chips", "2",
+                                          "--test-rates", "0,0.02", "--out", str(tmp_path / f"sweep-{name}")])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.output, profile
+
+    output, profile = sweep("lax.yaml", {"max_acc_drop_pct": 100.0})
+    assert f"passes the screen: baseline; sign off with: ftdeploy export {pretrained} --profile {profile}" in output
+    output, _ = sweep("strict.yaml", {"min_stability": 1000.0})
+    assert "FAIL: min_stability@0.02 |" in output and "no model passes profile demo's sign-off limits" in output
 
 
 def test_a_sweep_trains_progressive_cells_on_the_profiles_list_where_it_names_one(pretrained, tmp_path):
