@@ -55,6 +55,37 @@ EvalChipsOpt = Annotated[
 ]
 
 
+def _blocking_ancestor(path: Path) -> Path | None:
+    """The nearest existing part of ``path`` (itself or a parent) when it is not a folder: a
+    folder cannot be made there."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def _out_folder(path: Path | None) -> Path | None:
+    """--out names a folder, made if missing: refused before any work when a file stands in its
+    way (else the run would end in a traceback at its first write)."""
+    blocking = _blocking_ancestor(path) if path is not None else None
+    if blocking == path:
+        raise ConfigError(f"--out: {path} is a file; expected a folder (new or existing)")
+    if blocking is not None:
+        raise ConfigError(f"--out: {blocking} is a file; expected a folder there to make {path} in")
+    return path
+
+
+def _out_file(path: Path) -> Path:
+    """--out names a file to write: refused before any work when it is a folder or a file stands
+    where its folder would be made."""
+    if path.is_dir():
+        raise ConfigError(f"--out: {path} is a folder; expected the file to write")
+    blocking = _blocking_ancestor(path.parent)
+    if blocking is not None:
+        raise ConfigError(f"--out: {blocking} is a file; expected a folder to write {path.name} into")
+    return path
+
+
 def _train_default(field: str):
     """A training option's default is TrainConfig's, written once there."""
     from .train import TrainConfig
@@ -156,7 +187,7 @@ def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry n
 @app.command("train")
 def train_cmd(
     profile: ProfileOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
     model: Annotated[Optional[str], typer.Option("--model", help="Model name; default: the profile's.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -247,7 +278,7 @@ def _parse_rates(text: str) -> list[float]:
 def equalize_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to equalize (ftdeploy model.pt).")],
     profile: ProfileOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).", callback=_out_file)],
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec to measure on; default: the checkpoint's.")] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
 ):
@@ -278,7 +309,7 @@ def equalize_cmd(
 def export_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to export (ftdeploy model.pt).")],
     profile: ProfileOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).", callback=_out_file)],
 ):
     """Export a checkpoint to ONNX: BatchNorm folded or kept as the target says, each weight as
     the uint8 levels of its cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything
@@ -306,7 +337,7 @@ def verify_cmd(
     chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per rate; default: the profile's.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N images.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth) and report.md.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth) and report.md.", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input."""
@@ -344,7 +375,7 @@ def prune_cmd(
     profile: ProfileOpt,
     method: Annotated[str, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) | admm (Zhang et al. 2018).")],
     sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of weights zeroed in each pruned layer, in (0, 1).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs; default: the profile's retraining epochs.")] = None,
     admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning; default: as --epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
@@ -384,7 +415,7 @@ def prune_cmd(
 def sweep_cmd(
     from_ckpt: Annotated[Path, typer.Option("--from", help="Pretrained checkpoint: the baseline row and every retraining's start.")],
     profile: ProfileOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).", callback=_out_folder)],
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: one-shot, progressive.")] = "one-shot,progressive",
     train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
@@ -453,7 +484,7 @@ def sweep_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the three runs, ONNX files and reports.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the three runs, ONNX files and reports.", callback=_out_folder)] = Path("demo-out"),
     profile: ProfileOpt = "demo",
     device: DeviceOpt = "auto",
 ):

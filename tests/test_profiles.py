@@ -419,3 +419,23 @@ def test_the_readme_documents_every_field(model):
     paths = list(_field_paths(model))
     missing = [p for p in paths if f"`{p}`" not in readme and f"`…{p.rsplit('.', 1)[-1]}`" not in readme]
     assert len(paths) > 10 and not missing, missing
+
+
+@pytest.mark.parametrize("command, out, expected", [
+    (["train", "--profile", "demo", "--method", "pretrain"], "a-file", "--out: {tmp}/a-file is a file; expected a folder (new or existing)"),
+    (["sweep", "--from", "x.pt", "--profile", "demo"], "a-file/sub", "--out: {tmp}/a-file is a file; expected a folder there to make {tmp}/a-file/sub in"),
+    (["prune", "x.pt", "--profile", "demo", "--method", "magnitude", "--sparsity", "0.5"], "a-file", "--out: {tmp}/a-file is a file"),
+    (["verify", "x.onnx", "--profile", "demo"], "a-file", "--out: {tmp}/a-file is a file"),
+    (["demo"], "a-file", "--out: {tmp}/a-file is a file"),
+    (["export", "x.pt", "--profile", "demo"], "a-folder", "--out: {tmp}/a-folder is a folder; expected the file to write"),
+    (["equalize", "x.pt", "--profile", "demo"], "a-file/m.pt", "--out: {tmp}/a-file is a file; expected a folder to write m.pt into"),
+])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(command, out, expected, tmp_path, monkeypatch, capsys):
+    """A file where --out's folder would be, or a folder where its file would be, is one line
+    naming the option, exit 2, and nothing started (not a traceback at the first write)."""
+    (tmp_path / "a-file").write_text("someone's notes\n")
+    (tmp_path / "a-folder").mkdir()
+    code, out_text, err = _run_main(monkeypatch, capsys, *command, "--out", str(tmp_path / out))
+    assert code == 2 and err.startswith("error: " + expected.format(tmp=tmp_path)), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert (tmp_path / "a-file").read_text() == "someone's notes\n" and not any((tmp_path / "a-folder").iterdir())
