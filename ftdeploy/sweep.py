@@ -381,7 +381,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         **recipe_fields(s.recipe),
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "ss_rates": [f"{r:g}" for r in s.ss_rates],
-        "signoff_screen": signoff_limits(s),
+        "signoff_limits": signoff_limits(s),
         "rows": rows,
     }
 
@@ -414,7 +414,7 @@ def render_markdown(table: dict) -> str:
 
 def screen_note(table: dict) -> str:
     """What the sign-off limits column is: which limits, on which chips, and what decides."""
-    screen = table["signoff_screen"]
+    screen = table["signoff_limits"]
     return (f"Sign-off limits: profile {screen['profile']}'s ({'; '.join(screen['limits']) or 'none set'}), applied to the "
             f"{screen['chips']} chips per rate above (seed {screen['seed']}). A screen: the sign-off is `ftdeploy verify` on the "
             f"exported file, on the profile's {screen['signoff_chips']} chips.")  # fmt: skip
