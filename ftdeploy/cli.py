@@ -228,7 +228,7 @@ def train_cmd(
     if method == "pretrain" and distill:
         raise ConfigError(f"--distill: distillation from a pretrained model applies to retraining, not --method pretrain (found {distill:g})")
     target_rate = d.target_rate if target_rate is None else target_rate
-    prog_rates = _parse_rates(rates) if rates else progressive_rates_for(target_rate, d)
+    prog_rates = _parse_rates(rates, "--rates") if rates else progressive_rates_for(target_rate, d)
     if method == "progressive" and prog_rates[-1] != target_rate:
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None
@@ -261,13 +261,26 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.2f} %"
 
 
-def _parse_rates(text: str) -> list[float]:
+def _ss_rates(text: str | None, test_rates: list[float]) -> tuple[float, ...]:
+    """The sweep's SS columns: those named, each a test rate (else it would have no figure), or
+    by default 0.01 and 0.02 where the grid tests them."""
+    if text is None:
+        return tuple(r for r in (0.01, 0.02) if r in test_rates)
+    rates = _parse_rates(text, "--ss-rates")
+    untested = [f"{r:g}" for r in rates if r not in test_rates]
+    if untested:
+        raise ConfigError(f"--ss-rates: {', '.join(untested)} not among --test-rates ({','.join(f'{r:g}' for r in test_rates)})")
+    return tuple(rates)
+
+
+def _parse_rates(text: str, option: str) -> list[float]:
+    """Comma-separated ascending rates in [0, 1], given as ``option``."""
     try:
         rates = [float(r) for r in text.split(",") if r.strip()]
     except ValueError:
-        raise ConfigError(f"--rates: expected comma-separated numbers, found {text!r}") from None
+        raise ConfigError(f"{option}: expected comma-separated numbers, found {text!r}") from None
     if not rates or rates != sorted(rates) or not all(0 <= r <= 1 for r in rates):
-        raise ConfigError(f"--rates: expected ascending rates in [0, 1], found {text!r}")
+        raise ConfigError(f"{option}: expected ascending rates in [0, 1], found {text!r}")
     return rates
 
 
@@ -419,7 +432,7 @@ def sweep_cmd(
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: one-shot, progressive.")] = "one-shot,progressive",
     train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
-    ss_rates: Annotated[str, typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated.")] = "0.01,0.02",
+    ss_rates: Annotated[Optional[str], typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated; each must be a --test-rates one. Default: 0.01 and 0.02 where tested.")] = None,
     chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each); default: the profile's.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
@@ -462,13 +475,14 @@ def sweep_cmd(
     )  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
+    tested, trained = _parse_rates(test_rates, "--test-rates"), _parse_rates(train_rates, "--train-rates")
     settings = SweepSettings(
-        pretrained=from_ckpt, profile=resolved, test_rates=_parse_rates(test_rates),
+        pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=chips or resolved.profile.signoff.chips, seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
-        ss_rates=tuple(_parse_rates(ss_rates)), max_images=max_images, train=not no_train,
+        ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
     )  # fmt: skip
     bundle = load_data(data, val_split)
-    table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], _parse_rates(train_rates), out, bundle, jobs)
+    table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], trained, out, bundle, jobs)
     from .sweep import render_markdown, screen_passes
 
     _echo(f"Acc_pretrain {table['acc_pretrain']:.2f} % on {table['val_images']} held-out images, {settings.chips} chips per rate")

@@ -334,12 +334,14 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
                                  "--out", str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code != 0 and not (tmp_path / "s").exists()
     # each message names the option the user typed (TrainConfig's field is rate_warmup_epochs)
-    for option, value in (("--clean-steps", "1.5"), ("--distill", "2"), ("--rate-warmup", "-1")):
+    for option, value in (("--clean-steps", "1.5"), ("--distill", "2"), ("--rate-warmup", "-1"), ("--test-rates", "0.1,0.05"),
+                          ("--train-rates", "0.05,x"), ("--ss-rates", "0.03")):  # fmt: skip
         result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", option, value,
                                      "--out", str(tmp_path / "s")])  # fmt: skip
         # the entry point (cli.main) turns a ConfigError into one line and exit code 2
         assert isinstance(result.exception, ConfigError) and not (tmp_path / "s").exists(), result.output
         assert str(result.exception).startswith(f"{option}: ") and "\n" not in str(result.exception)
+    assert str(result.exception) == "--ss-rates: 0.03 not among --test-rates (0,0.001,0.005,0.01,0.02,0.05,0.1)"
 
 
 def test_demo_command_end_to_end(tmp_path):
