@@ -67,7 +67,9 @@ def _blocking_ancestor(path: Path) -> Path | None:
 def _out_folder(path: Path | None) -> Path | None:
     """--out names a folder, made if missing: refused before any work when a file stands in its
     way (else the run would end in a traceback at its first write)."""
-    blocking = _blocking_ancestor(path) if path is not None else None
+    if path is None:  # an optional folder not asked for
+        return None
+    blocking = _blocking_ancestor(path)
     if blocking == path:
         raise ConfigError(f"--out: {path} is a file; expected a folder (new or existing)")
     if blocking is not None:

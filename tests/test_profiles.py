@@ -439,3 +439,11 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(comman
     assert code == 2 and err.startswith("error: " + expected.format(tmp=tmp_path)), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert (tmp_path / "a-file").read_text() == "someone's notes\n" and not any((tmp_path / "a-folder").iterdir())
+
+
+def test_an_optional_output_folder_left_out_is_not_in_the_way(tmp_path, monkeypatch, capsys):
+    """verify without --out writes no report: nothing to check, and the file's own error shows."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not onnx\n")
+    code, _, err = _run_main(monkeypatch, capsys, "verify", str(junk), "--profile", "demo")
+    assert code == 2 and err.startswith(f"error: {junk}: not a readable ONNX file"), err
