@@ -25,7 +25,16 @@ DataOpt = Annotated[
     typer.Option("--data", help="embedded (default), cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE."),
 ]
 ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].")]
+def _checked_device(name: str) -> str:
+    """--device is checked as the command line is read: a CUDA device this machine lacks is one
+    line before any data loads, not a traceback from the first tensor moved there."""
+    from .train import pick_device
+
+    pick_device(name)
+    return name
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].", callback=_checked_device)]
 # The retraining recipe's options: each defaults to the profile's training section (built-in
 # defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
 FROM_PROFILE = " Default: the profile's training section."
@@ -93,6 +102,12 @@ def _train_default(field: str):
     from .train import TrainConfig
 
     return TrainConfig.model_fields[field].default
+
+
+def _given(value, default):
+    """An option as typed, else its default. Not ``value or default``: a typed 0 (``--epochs 0``)
+    must reach the checks that refuse it, not turn silently into the profile's value."""
+    return default if value is None else value
 
 
 def _recipe(defaults, **given) -> dict:
@@ -235,7 +250,7 @@ def train_cmd(
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
-    common = dict(model=model, batch_size=batch_size or d.batch_size, weight_decay=d.weight_decay,
+    common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     # The profile's recipe is for retraining; a pretraining takes only the options typed.
     recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), progressive_blocks=progressive_blocks, bn=bn,
@@ -244,10 +259,10 @@ def train_cmd(
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
-        epochs=epochs or (d.pretrain_epochs if method == "pretrain" else d.epochs),
-        lr=lr or (d.lr if method == "pretrain" else d.retrain_lr), **common,
+        epochs=_given(epochs, d.pretrain_epochs if method == "pretrain" else d.epochs),
+        lr=_given(lr, d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
-    pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=lr or d.lr, **common)
+    pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=_given(lr, d.lr), **common)
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     with quiet_progress(True) as progress:
@@ -410,7 +425,7 @@ def prune_cmd(
     d = resolved.profile.training
     epochs = d.epochs if epochs is None else epochs
     config = PruneConfig(method=method, sparsity=sparsity, epochs=epochs, admm_epochs=epochs if admm_epochs is None else admm_epochs,
-                         lr=lr or d.retrain_lr, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
+                         lr=_given(lr, d.retrain_lr), batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
                          device=device)  # fmt: skip
     bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
@@ -470,19 +485,22 @@ def sweep_cmd(
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method and rates (SweepSettings.train_config).
     recipe = make_train_config(
-        method="one-shot", epochs=epochs or d.epochs, lr=lr or d.retrain_lr, batch_size=batch_size or d.batch_size,
+        method="one-shot", epochs=_given(epochs, d.epochs), lr=_given(lr, d.retrain_lr), batch_size=_given(batch_size, d.batch_size),
         weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed, device=device,
         **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
                   unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup, distill=distill),
     )  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected at least 1 retraining at a time, found {jobs}")
     tested, trained = _parse_rates(test_rates, "--test-rates"), _parse_rates(train_rates, "--train-rates")
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
-        chips=chips or resolved.profile.signoff.chips, seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
+        chips=_given(chips, resolved.profile.signoff.chips), seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
     )  # fmt: skip
+    settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split)
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], trained, out, bundle, jobs)
     from .sweep import render_markdown, screen_passes

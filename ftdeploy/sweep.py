@@ -100,6 +100,14 @@ class SweepSettings:
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
 
+    def __post_init__(self):
+        # Refused here, before any folder or training: a bad count would otherwise surface as a
+        # traceback from the first evaluation, after the grid had trained.
+        if self.chips < 1:
+            raise ConfigError(f"--chips: expected at least 1 chip per test rate, found {self.chips}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"--max-images: expected at least 1, found {self.max_images}")
+
     def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(
             model=self.start_model, method=cell.method, target_rate=cell.train_rate,
@@ -440,6 +448,7 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     beside the trainings (:class:`_BackgroundEvaluator`): a row being measured never keeps the
     next training waiting."""
     cells = plan(methods, train_rates)
+    s.pretrained_checkpoint  # a file that is no checkpoint is refused before OUT is made
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
 

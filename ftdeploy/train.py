@@ -221,9 +221,21 @@ def make_train_config(**fields) -> TrainConfig:
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device ``name`` (auto: CUDA if present, else the CPU), refused with one line
+    when it is not a device name or names a CUDA device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: expected auto, cpu or cuda[:N], found {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device: {name} asked for, but this machine has no usable CUDA device; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device: {name} asked for, but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 # --- fault injection ------------------------------------------------------------------------
@@ -373,7 +385,8 @@ def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
-        raise ModelError(f"{path}: not a loadable {what}: {exc}{hint}") from None
+        # torch's own text alone can be a bare number (a pickle magic-number check): say what raised it.
+        raise ModelError(f"{path}: not a loadable {what}: torch.load raised {type(exc).__name__}: {exc}{hint}") from None
     found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
     if found != expected_format:
         raise ModelError(f"{path}: format: expected {expected_format!r}, found {found!r}{hint}")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import demo_profile_with
 from ftdeploy.cli import app
-from ftdeploy.errors import ConfigError
+from ftdeploy.errors import ConfigError, ModelError
 from ftdeploy.data import load_data
 from ftdeploy.profiles import load_profile
 from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep, signoff_screen
@@ -330,12 +330,17 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])
     assert result.exit_code != 0
     assert not (tmp_path / "s").exists(), "bad input must not leave an output folder"
+    (tmp_path / "junk.pt").write_text("not a checkpoint\n")
+    result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "junk.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])
+    assert isinstance(result.exception, ModelError) and "not a loadable checkpoint" in str(result.exception)
+    assert not (tmp_path / "s").exists(), "a file that is no checkpoint must not leave an output folder"
     result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", "--bn", "sometimes",
                                  "--out", str(tmp_path / "s")])  # fmt: skip
     assert result.exit_code != 0 and not (tmp_path / "s").exists()
     # each message names the option the user typed (TrainConfig's field is rate_warmup_epochs)
     for option, value in (("--clean-steps", "1.5"), ("--distill", "2"), ("--rate-warmup", "-1"), ("--test-rates", "0.1,0.05"),
-                          ("--train-rates", "0.05,x"), ("--ss-rates", "0.03")):  # fmt: skip
+                          ("--train-rates", "0.05,x"), ("--chips", "0"), ("--max-images", "0"), ("--jobs", "0"), ("--epochs", "0"),
+                          ("--device", "cuda:99"), ("--ss-rates", "0.03")):  # fmt: skip
         result = runner.invoke(app, ["sweep", "--from", str(pretrained), "--profile", "demo", option, value,
                                      "--out", str(tmp_path / "s")])  # fmt: skip
         # the entry point (cli.main) turns a ConfigError into one line and exit code 2

@@ -473,3 +473,20 @@ def test_sigterm_stops_a_training_like_ctrl_c_with_its_epochs_saved(tmp_path):
     assert err.strip().splitlines()[-1] == "interrupted: completed epochs are saved in the run folder"
     assert "Traceback" not in err
     assert load_checkpoint(out / "model.pt")["epochs_done"] >= 1
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--lr", "0"), ("--batch-size", "0"), ("--device", "cuda:99"),
+                                           ("--device", "gpu")])  # fmt: skip
+def test_train_refuses_a_typed_zero_or_a_device_this_machine_lacks_before_any_work(option, value, tmp_path):
+    """A typed 0 is not 'the profile's value' (it was, silently: ``--epochs 0`` trained 20), and
+    a CUDA device the machine lacks is one line, not a traceback from the first tensor."""
+    from typer.testing import CliRunner
+
+    from ftdeploy.cli import app
+    from ftdeploy.errors import ConfigError
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--profile", "demo", "--method", "pretrain", option, value, "--out", str(out)])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(result.exception).startswith(f"{option}: ") and "\n" not in str(result.exception)
+    assert not out.exists()
