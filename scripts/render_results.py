@@ -75,17 +75,22 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
     return {**pruned, "rows": [base, pruned_base, *pruned["rows"][1:]]}
 
 
-def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = None) -> dict:
+def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = None,
+                    also: tuple[dict | None, str] = (None, "")) -> dict:  # fmt: skip
     """Runs of another length or recipe followed by Table I's runs of the same method and training
     rate, marked "(Table I)". With ``own_baseline`` (a grid retrained from another starting model),
-    its baseline row is named so and Table I's baseline follows it."""
+    its baseline row is named so and Table I's baseline follows it. ``also``: another grid and its
+    mark, whose runs of the same method and rate come between the two."""
     if not dense:
         return long
     keys = {(r["method"], r["train_rate"]) for r in long["rows"] if r["method"] != "baseline"}
-    keys |= {("baseline", None)} if own_baseline else set()
-    shorter = [dict(r, model=f"{r['model']} (Table I)") for r in dense["rows"] if (r["method"], r["train_rate"]) in keys]
+
+    def marked(table: dict | None, mark: str, wanted: set) -> list[dict]:
+        return [dict(r, model=f"{r['model']} ({mark})") for r in (table or {}).get("rows", []) if (r["method"], r["train_rate"]) in wanted]
+
     rows = [dict(r, model=own_baseline) if own_baseline and r["method"] == "baseline" else r for r in long["rows"]]
-    return {**long, "rows": [*rows, *shorter]}
+    table_i = marked(dense, "Table I", keys | ({("baseline", None)} if own_baseline else set()))
+    return {**long, "rows": [*rows, *marked(also[0], also[1], keys), *table_i]}
 
 
 def _chips_phrase(table: dict) -> str:
@@ -96,13 +101,13 @@ def _chips_phrase(table: dict) -> str:
 
 
 def beside_table_i_md(title: str, intro: str, table: dict | None, dense: dict | None, manifest: dict,
-                      steps: list[str], own_baseline: str | None = None) -> list[str]:  # fmt: skip
+                      steps: list[str], own_baseline: str | None = None, also: tuple[dict | None, str] = (None, "")) -> list[str]:  # fmt: skip
     """A section for a grid retrained another way (longer, or with one recipe change): its rows
-    beside Table I's runs of the same method and rate, the issue's criteria, the operating-point
-    limits and the commands of ``steps``."""
+    beside Table I's runs of the same method and rate (and ``also``'s, see :func:`_beside_table_i`),
+    the issue's criteria, the operating-point limits and the commands of ``steps``."""
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
-    return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense, own_baseline), with_ci=True), "",
+    return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense, own_baseline, also), with_ci=True), "",
             *criteria(table), "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, steps), ""]  # fmt: skip
 
 
@@ -168,9 +173,12 @@ def bn_train_folders(out: Path) -> list[str]:
     return grids_by(out, "bn-train*", "lr", "epochs")
 
 
-def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
-    """The section of one grid retrained with BatchNorm in training mode, beside Table I."""
+def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: dict, bn_plain: dict | None = None) -> list[str]:
+    """The section of one grid retrained with BatchNorm in training mode, beside Table I and, for a
+    grid at another learning rate or length, beside ``bn_plain`` (the one at Table I's)."""
     table, plain = table or {}, dense or {}
+    also = (None, "") if not bn_plain or bn_plain is table else \
+        (bn_plain, f"BatchNorm in training mode, {bn_plain['epochs']} epochs at lr {bn_plain['lr']:g}")
     lr, epochs = table.get("lr") or 0, table.get("epochs")
     other_lr = bool(dense) and lr != (plain.get("lr") or 0)
     other_epochs = bool(dense) and epochs != plain.get("epochs")
@@ -186,8 +194,9 @@ def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: d
         + f". Same {', '.join(same[:-1])} and {same[-1]} as Table I"
         + (f"; peak learning rate {lr:g} where Table I's is {plain['lr']:g} (the paper retrains at 0.1)" if other_lr else "")
         + (f"; {epochs} retraining epochs where Table I's are {plain['epochs']} (the paper retrains 160)" if other_epochs else "")
-        + "; the rows marked Table I are the frozen-BatchNorm recipe.",
-        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
+        + "; the rows marked Table I are the frozen-BatchNorm recipe"
+        + (f"; the rows marked \"{also[1]}\" are this recipe at Table I's learning rate and length." if also[0] else "."),
+        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
 def equalized_md(table: dict, dense: dict | None, manifest: dict) -> list[str]:
@@ -571,8 +580,9 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
     bn_folders = bn_train_folders(out)
+    bn_plain = load(out / "bn-train" / "table.json")
     for folder in bn_folders:
-        md += bn_train_md(folder, load(out / folder / "table.json"), dense, manifest)
+        md += bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None)
     if long:
         md += beside_table_i_md(
             f"Longer retraining: P^T=0.05 for {long['epochs']} epochs",

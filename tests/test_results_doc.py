@@ -403,13 +403,16 @@ def test_the_batchnorm_training_grid_takes_a_learning_rate_and_epochs_of_its_own
     assert render.bn_train_folders(tmp_path) == ["bn-train", "bn-train-40-epochs", "bn-train-lr-0.1"]
     plain = render.bn_train_md("bn-train", dense, dense, {"steps": {}})
     faster = render.bn_train_md("bn-train-lr-0.1", {**dense, "lr": 0.1}, dense, {"steps": {}})
-    longer = render.bn_train_md("bn-train-40-epochs", {**dense, "epochs": 40}, dense, {"steps": {}})
+    longer = render.bn_train_md("bn-train-40-epochs", {**dense, "epochs": 40}, dense, {"steps": {}}, bn_plain=dense)
     assert plain[0] == "## The grid with BatchNorm in training mode (`--bn train`)"
     assert "Same pretrained model, epochs, learning rate and chips as Table I;" in plain[2]
     assert faster[0] == "## The grid with BatchNorm in training mode at peak learning rate 0.1 (`--bn train --lr 0.1`)"
     assert "Same pretrained model, epochs and chips as Table I; peak learning rate 0.1 where Table I's is 0.02" in faster[2]
     assert longer[0] == "## The grid with BatchNorm in training mode for 40 epochs (`--bn train --epochs 40`)"
     assert "Same pretrained model, learning rate and chips as Table I; 40 retraining epochs where Table I's are 25" in longer[2]
+    models = [line.split(" | ")[0] for line in longer if line.startswith("| one-shot P^T=0.05") and line.split(" | ")[1].isdigit()]
+    assert models == ["| one-shot P^T=0.05", "| one-shot P^T=0.05 (BatchNorm in training mode, 25 epochs at lr 0.02)",
+                      "| one-shot P^T=0.05 (Table I)"], "the longer run, the run at Table I's length, Table I's frozen run"
     assert any("one-shot P^T=0.05 (Table I)" in line for line in faster), "beside Table I's run of the same method and rate"
     assert render.bn_train_md("bn-train", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
