@@ -10,6 +10,8 @@ chips are the chips ``ftdeploy verify`` simulates for the same seed.
 
 The table describes the folder, not one invocation: sweeps sharing a folder (one training rate
 per machine, say) each add the rows the others measured alike (:func:`rows_from_other_sweeps`).
+Each row also says whether the profile's sign-off limits hold on the sweep's chips
+(:func:`signoff_screen`), so the table names the models worth exporting and signing off.
 """
 
 from __future__ import annotations
