@@ -177,8 +177,7 @@ def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: d
     """The section of one grid retrained with BatchNorm in training mode, beside Table I and, for a
     grid at another learning rate or length, beside ``bn_plain`` (the one at Table I's)."""
     table, plain = table or {}, dense or {}
-    also = (None, "") if not bn_plain or bn_plain is table else \
-        (bn_plain, f"BatchNorm in training mode, {bn_plain['epochs']} epochs at lr {bn_plain['lr']:g}")
+    also = (bn_plain, f"BatchNorm in training mode, {bn_plain['epochs']} epochs at lr {bn_plain['lr']:g}") if bn_plain else (None, "")
     lr, epochs = table.get("lr") or 0, table.get("epochs")
     other_lr = bool(dense) and lr != (plain.get("lr") or 0)
     other_epochs = bool(dense) and epochs != plain.get("epochs")
