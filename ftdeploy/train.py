@@ -12,6 +12,8 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   (docs/RESULTS-diff8-folded.md, both grids on the same chips). On ``paper-diff8`` training mode
   kept one-shot P_sa^T = 0.05 2.6 points more clean accuracy (progressive 0.7) and lost it 7
   points at P_sa = 0.05 and 25 at 0.1 (progressive 13 and 30; docs/RESULTS-mapping.md).
+  Retrained for 40 epochs instead of 25, the one-shot model kept 1.4 points less clean accuracy
+  and gained robustness at P_sa >= 0.05: length moves it towards the training rate, not back.
 * **The stuck-on magnitude follows the weights.** The full scale ``s = max|W|/Q`` is computed
   from the current weights inside the graph, so the loss of a stuck-on cell reaches the layer's
   largest weights and training learns to flatten the weight distribution (a learnt clipping)
