@@ -435,7 +435,7 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(comman
     naming the option, exit 2, and nothing started (not a traceback at the first write)."""
     (tmp_path / "a-file").write_text("someone's notes\n")
     (tmp_path / "a-folder").mkdir()
-    code, out_text, err = _run_main(monkeypatch, capsys, *command, "--out", str(tmp_path / out))
+    code, _, err = _run_main(monkeypatch, capsys, *command, "--out", str(tmp_path / out))
     assert code == 2 and err.startswith("error: " + expected.format(tmp=tmp_path)), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert (tmp_path / "a-file").read_text() == "someone's notes\n" and not any((tmp_path / "a-folder").iterdir())
