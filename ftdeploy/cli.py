@@ -281,8 +281,10 @@ def _pct(v) -> str:
 def _ss_rates(text: str | None, test_rates: list[float]) -> tuple[float, ...]:
     """The sweep's SS columns: those named, each a test rate (else it would have no figure), or
     by default 0.01 and 0.02 where the grid tests them."""
+    from .sweep import DEFAULT_SS_RATES
+
     if text is None:
-        return tuple(r for r in (0.01, 0.02) if r in test_rates)
+        return tuple(r for r in DEFAULT_SS_RATES if r in test_rates)
     rates = _parse_rates(text, "--ss-rates")
     untested = [f"{r:g}" for r in rates if r not in test_rates]
     if untested:

@@ -41,7 +41,7 @@ from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
 from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, progressive_rates_for,
                     pick_device, train, train_argv)
-from .verify import judge, rate_figures, stability_score, subset_indices, summarize_chips
+from .verify import check_chip_counts, judge, rate_figures, stability_score, subset_indices, summarize_chips
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
 PER_CELL_FIELDS = frozenset({"model", "method", "target_rate", "progressive_rates", "split"})
 
 
+#: Test rates whose Stability Score a table shows unless others are named (Table II's).
+DEFAULT_SS_RATES = (0.01, 0.02)
+
+
 @dataclass
 class SweepSettings:
     """Everything the grid shares: the starting model, the chips it is tested on and the
@@ -98,17 +102,14 @@ class SweepSettings:
     recipe: TrainConfig  # every retraining's config but its PER_CELL_FIELDS
     data_spec: str | None
     val_split: int | None
-    ss_rates: tuple[float, ...] = (0.01, 0.02)
+    ss_rates: tuple[float, ...] = DEFAULT_SS_RATES
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
 
     def __post_init__(self):
         # Refused here, before any folder or training: a bad count would otherwise surface as a
         # traceback from the first evaluation, after the grid had trained.
-        if self.chips < 1:
-            raise ConfigError(f"--chips: expected at least 1 chip per test rate, found {self.chips}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"--max-images: expected at least 1, found {self.max_images}")
+        check_chip_counts(self.chips, self.max_images)
 
     def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(

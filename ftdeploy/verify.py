@@ -486,13 +486,18 @@ def _say(log, line: str) -> None:
         log(line)
 
 
-def _check_run_options(resolved: ResolvedProfile, chips: int, seed: int, max_images: int | None, batch_size: int | None) -> None:
+def check_chip_counts(chips: int, max_images: int | None) -> None:
+    """Chips per rate and images to measure on, as sign-off and the sweep both take them."""
     if chips < 1:
         raise ConfigError(f"--chips: expected at least 1, found {chips}")
-    if seed < 0:
-        raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
     if max_images is not None and max_images < 1:
         raise ConfigError(f"--max-images: expected at least 1, found {max_images}")
+
+
+def _check_run_options(resolved: ResolvedProfile, chips: int, seed: int, max_images: int | None, batch_size: int | None) -> None:
+    check_chip_counts(chips, max_images)
+    if seed < 0:
+        raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size: expected at least 1, found {batch_size}")
     needs_ci = [lim.rate for lim in resolved.profile.signoff.acceptance if lim.min_acc_defect_lower_ci_pct is not None]
