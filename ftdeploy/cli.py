@@ -51,6 +51,9 @@ UnbiasOpt = Annotated[
 CleanStepsOpt = Annotated[
     Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + FROM_PROFILE)
 ]
+WeightClipOpt = Annotated[
+    Optional[float], typer.Option("--weight-clip", help="Clip each layer's weights, as its cells hold them, to ± K standard deviations after every retraining step; 0: off." + FROM_PROFILE)
+]
 DistillOpt = Annotated[
     Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + FROM_PROFILE)
 ]
@@ -220,6 +223,7 @@ def train_cmd(
     scale_grad: ScaleGradOpt = None,
     unbias_faults: UnbiasOpt = None,
     clean_steps: CleanStepsOpt = None,
+    weight_clip: WeightClipOpt = None,
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
@@ -249,13 +253,15 @@ def train_cmd(
     if method == "progressive" and prog_rates[-1] != target_rate:
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None
+    if init and model and model != init["model"]:  # before the data load, not after it (train checks again)
+        raise ConfigError(f"--model {model!r} does not match the checkpoint's model {init['model']!r}")
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
     # The profile's recipe is for retraining; a pretraining takes only the options typed.
     recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), progressive_blocks=progressive_blocks, bn=bn,
                      stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps,
-                     rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
+                     weight_clip=weight_clip, rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
@@ -466,6 +472,7 @@ def sweep_cmd(
     rate_warmup: RateWarmupOpt = None,
     unbias_faults: UnbiasOpt = None,
     clean_steps: CleanStepsOpt = None,
+    weight_clip: WeightClipOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
@@ -490,7 +497,8 @@ def sweep_cmd(
         method="one-shot", epochs=_given(epochs, d.epochs), lr=_given(lr, d.retrain_lr), batch_size=_given(batch_size, d.batch_size),
         weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed, device=device,
         **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
-                  unbias_faults=unbias_faults, clean_steps=clean_steps, rate_warmup_epochs=rate_warmup, distill=distill),
+                  unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
+                  distill=distill),
     )  # fmt: skip
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")

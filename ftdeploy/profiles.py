@@ -223,6 +223,13 @@ class RetrainingRecipe(BaseModel):
         description="Fraction of retraining steps run on a fault-free chip, spread evenly (every other step at 0.5); "
                     "the rest at the scheduled rate. 0: every step faulty.",
     )  # fmt: skip
+    weight_clip: float = Field(
+        0.0, ge=0,
+        description="After every retraining step, clip each deployed weight, as its cells hold it (W·γ/σ where BN "
+                    "folds), to ± this many standard deviations of its scale group (layer or channel), as analog "
+                    "hardware-aware training does (Rasch et al. 2023). A stuck-on cell adds its group's peak, so a "
+                    "lower peak costs less. 0: off (training alone flattens the weights).",
+    )  # fmt: skip
     distill: float = Field(
         0.0, ge=0, le=1,
         description="Weight of distillation from the starting checkpoint's clean outputs in the retraining loss "

@@ -185,6 +185,7 @@ TRAIN_OPTIONS = {
     "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
     "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size",
     "bn": "--bn", "stuck_grad": "--stuck-grad", "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
+    "weight_clip": "--weight-clip",
     "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--seed",
     "device": "--device",
 }  # fmt: skip
@@ -333,10 +334,31 @@ class FaultInjector:
         k = torch.cat(parts)
         return torch.where(k.abs() < 1e-12, torch.full_like(k, 1e-12), k)  # keep the unfold finite
 
-    def _draw_chip(self) -> list[torch.Tensor]:
+    def _held(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The master weights, and as one flat vector what the cells hold (``W·k``) with ``k``."""
         originals = [m.parametrizations.weight.original for m, _ in self._layers]
         flat = torch.cat([w.reshape(-1) for w in originals])
         k = self._fold_factors(flat.device).index_select(0, self._channel_of)  # backward: index_add, not index_put
+        return originals, flat, k
+
+    @torch.no_grad()
+    def clip_to_sigmas(self, sigmas: float) -> None:
+        """Clamp every master weight so that what its cells hold lies within ± ``sigmas``
+        (sample) standard deviations of its scale group: the peak a stuck-on cell adds is then at
+        most that far out. Weights inside the bound are left bit for bit as they are."""
+        originals, flat, k = self._held()
+        folded = flat * k
+        count = torch.bincount(self._group_of, minlength=self._groups).to(folded.dtype)
+        total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, folded)
+        squares = torch.zeros_like(total).index_add_(0, self._group_of, folded * folded)
+        variance = (squares - total * total / count) / (count - 1).clamp(min=1)
+        bound = (sigmas * variance.clamp(min=0).sqrt()).index_select(0, self._group_of)
+        clipped = torch.where(folded.abs() > bound, folded.clamp(-bound, bound) / k, flat)
+        for w, part in zip(originals, clipped.split(self._numels)):
+            w.copy_(part.view_as(w))
+
+    def _draw_chip(self) -> list[torch.Tensor]:
+        _, flat, k = self._held()
         folded = flat * k
         peak = torch.zeros(self._groups, device=flat.device, dtype=flat.dtype).scatter_reduce(
             0, self._group_of, folded.abs(), reduce="amax", include_self=False
@@ -595,13 +617,16 @@ class _Run:
         return train_loss, 100.0 * correct.item() / seen
 
     def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One :func:`sgd_step` on this step's chip, then the schedule and the pruning masks."""
+        """One :func:`sgd_step` on this step's chip, then the schedule, the pruning masks and the
+        weight clip."""
         config = self.config
         logits, loss = sgd_step(self.net, x, y, self.opt, clip=config.grad_clip if self.retraining else None,
                                 teacher=self.teacher, distill=config.distill, temperature=config.distill_temperature)  # fmt: skip
         self.sched.step()
         if self.prune_masks:
             _apply_masks(self.model, self.prune_masks)
+        if self.injector and config.weight_clip:
+            self.injector.clip_to_sigmas(config.weight_clip)
         return logits, loss
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> tuple[float, float | None]:

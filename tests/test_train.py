@@ -327,6 +327,59 @@ def test_a_retraining_with_clean_steps_runs_every_other_step_fault_free(pretrain
     assert len(per_step) == steps and per_step == [0.05, 0.0] * (steps // 2) + [0.05] * (steps % 2)
 
 
+@pytest.mark.parametrize("target_name", ["paper-diff8", "diff8-folded", "mlc2-bitsliced"])
+def test_weight_clip_bounds_what_the_cells_hold_per_scale_group(target_name):
+    """Per scale group (a layer, or a channel on a per-channel target) of what the cells hold (W·γ/σ
+    where the target folds BN), weights beyond ±K sample standard deviations end on the bound and
+    all others keep their exact bits."""
+    target, _ = load_target(target_name)
+    model = create_model("democnn", width=8)
+    _randomise_bn(model)
+    freeze_batchnorm(model)
+    pairs = conv_bn_pairs(model) if target.batchnorm is BatchNormPlacement.fold else {}
+    modules = dict(model.named_modules())
+
+    def held(name, layer):  # what the cells hold, per output channel
+        w = layer.weight.detach().flatten(1).clone()
+        if name not in pairs:
+            return w
+        bn = modules[pairs[name]]
+        return w * (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).detach()[:, None]
+
+    per_channel = target.scale.value == "channel"
+    before = {name: (layer.weight.detach().clone(), held(name, layer)) for name, layer in deployed_layers(model)}
+    inj = FaultInjector(model, target)
+    inj.attach()
+    inj.clip_to_sigmas(1.5)
+    inj.detach()
+    clipped_some = False
+    for name, layer in deployed_layers(model):
+        w0, h0 = before[name]
+        bound = 1.5 * (h0.std(1, keepdim=True) if per_channel else h0.std())
+        inside = (h0.abs() <= bound).reshape(w0.shape)
+        assert torch.equal(layer.weight[inside], w0[inside]), name
+        torch.testing.assert_close(held(name, layer), h0.clamp(-bound, bound), rtol=1e-5, atol=1e-7)
+        clipped_some |= bool((~inside).any())
+    assert clipped_some
+
+
+def test_a_retraining_with_weight_clip_clips_after_every_step(pretrained, small_data, tmp_path, monkeypatch):
+    calls = []
+    original = FaultInjector.clip_to_sigmas
+    monkeypatch.setattr(FaultInjector, "clip_to_sigmas", lambda self, k: (calls.append(k), original(self, k)))
+    target, _ = load_target("paper-diff8")
+    init = load_checkpoint(pretrained / "model.pt")
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
+                      weight_clip=1.5, eval_chips=0, device="cpu")  # fmt: skip
+    ckpt = train(cfg, small_data, target, tmp_path, init=init)
+    assert calls == [1.5] * -(-len(small_data.train_y) // 64)
+
+    def crest(state):  # the largest peak / std over the deployed layers
+        return max((w.abs().max() / w.std()).item() for name, w in state.items() if name.endswith("weight") and w.dim() > 1)
+
+    assert crest(init["state_dict"]) > 2.5 and crest(ckpt["state_dict"]) < 2.0
+
+
 def test_a_finished_pretraining_serves_any_target(pretrained, small_data):
     """Pretraining injects no faults: reusing it for another chip family is no different run."""
     folded, _ = load_target("diff8-folded")
@@ -410,6 +463,7 @@ def test_full_distillation_learns_from_the_clean_teacher_not_the_labels(pretrain
 @pytest.mark.parametrize("args, option", [(["--method", "pretrain", "--distill", "0.5"], "--distill"),
                                           (["--method", "one-shot", "--distill", "1.5"], "--distill"),
                                           (["--method", "one-shot", "--rate-warmup", "-1"], "--rate-warmup:"),
+                                          (["--method", "one-shot", "--weight-clip", "-1"], "--weight-clip:"),
                                           (["--method", "one-shot", "--target-rate", "2"], "--target-rate:")])  # fmt: skip
 def test_train_cli_rejects_a_bad_recipe_value_with_one_line_naming_its_option(args, option, tmp_path, monkeypatch, capsys):
     import sys
@@ -424,6 +478,20 @@ def test_train_cli_rejects_a_bad_recipe_value_with_one_line_naming_its_option(ar
     assert not (tmp_path / "run").exists()
 
 
+def test_train_cli_refuses_a_model_other_than_the_checkpoints_before_loading_data(pretrained, tmp_path, monkeypatch, capsys):
+    import ftdeploy.data
+    from ftdeploy.cli import main
+
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "train", "--profile", "demo", "--from", str(pretrained / "model.pt"),
+                                      "--model", "resnet20", "--method", "one-shot", "--out", str(tmp_path / "run")])  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err == ["error: --model 'resnet20' does not match the checkpoint's model 'democnn'"], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(pretrained, small_data, tmp_path, monkeypatch):
     """A retraining uses its profile's recipe where no option is typed; a typed option wins; a
     pretraining takes none of it (distillation, say, needs a teacher a pretraining has not got)."""
@@ -433,19 +501,21 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
 
     from ftdeploy.cli import app
 
-    profile = demo_profile_with(tmp_path, training=dict(unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5))
+    profile = demo_profile_with(tmp_path, training=dict(unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5,
+                                                        weight_clip=2.5))
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
     retrain = ["train", "--profile", profile, "--from", str(pretrained / "model.pt"), "--method", "progressive"]
-    for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split"]):
+    for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split", "--weight-clip", "0"]):
         result = CliRunner().invoke(app, [*retrain, *extra, "--out", str(tmp_path / "run")])
         assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["train", "--profile", profile, "--method", "pretrain", "--out", str(tmp_path / "pre")])
     assert result.exit_code == 0, result.output
     from_profile, typed, pretraining = seen
-    assert (from_profile.unbias_faults, from_profile.clean_steps, from_profile.progressive_blocks, from_profile.distill) == (True, 0.25, "each", 0.5)
-    assert (typed.unbias_faults, typed.clean_steps, typed.progressive_blocks, typed.distill) == (False, 0.0, "split", 0.5)
+    assert (from_profile.unbias_faults, from_profile.clean_steps, from_profile.progressive_blocks, from_profile.distill,
+            from_profile.weight_clip) == (True, 0.25, "each", 0.5, 2.5)
+    assert (typed.unbias_faults, typed.clean_steps, typed.progressive_blocks, typed.distill, typed.weight_clip) == (False, 0.0, "split", 0.5, 0.0)
     assert pretraining.method == "pretrain" and pretraining.recipe() == TrainConfig().recipe()
 
 
