@@ -166,6 +166,23 @@ def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest:
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
+def weight_clip_folders(out: Path) -> list[str]:
+    """The weight-clip grids (`weight-clip-K`: reproduce_cifar10.py --weight-clip K), by ascending K."""
+    return grids_by(out, "weight-clip-*", "weight_clip")
+
+
+def weight_clip_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
+    """The section of one grid retrained with its weights clipped to ± K standard deviations."""
+    sigmas = (table or {}).get("weight_clip") or 0
+    return recipe_variant_md(
+        f"Weights clipped to ± {sigmas:g} standard deviations (`--weight-clip {sigmas:g}`)",
+        "A stuck-on cell adds its layer's peak weight, and the plain recipe learns to lower that peak: it flattens "
+        "each layer's weights as it retrains. Here, after every retraining step, each layer's weights are clipped to "
+        f"± {sigmas:g} standard deviations of that layer, as hardware-aware training for analog chips does "
+        "(Rasch et al. 2023), so the peak sits near the spread from the first step.",
+        table, dense, manifest, folder)
+
+
 def bn_train_folders(out: Path) -> list[str]:
     """The BatchNorm-training-mode grids (`bn-train` at the study's retraining learning rate and
     epochs; reproduce_cifar10.py --bn-train-lr LR and --bn-train-epochs N name others), by
@@ -616,6 +633,9 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     lr_folders = retrain_lr_folders(out)
     for folder in lr_folders:
         md += retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest)
+    clip_folders = weight_clip_folders(out)
+    for folder in clip_folders:
+        md += weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest)
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -635,7 +655,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, "equalized",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, "equalized",
                              "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "

@@ -30,6 +30,8 @@ accelerator window continues from its last finished epoch):
      k. "inverted": the dense grid retrained on the paper's cells programmed down from g_on;
      l. "retrain-lr": the dense grid retrained at another peak learning rate (--lr-study; the
         paper retrains at 0.1), into retrain-lr-LR;
+     m. "weight-clip": the dense grid with every layer's weights clipped to ± K standard deviations
+        after each retraining step (--weight-clip K), into weight-clip-K;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -58,7 +60,7 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized", "inverted", "retrain-lr")
+            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -174,6 +176,12 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # the peak learning rate differs.
         SweepBranch("retrain-lr", retrain_lr_folder(args.lr_study), f"sweep-{retrain_lr_folder(args.lr_study)}", "pretrain",
                     methods, rates, follows_grid=True, lr=args.lr_study),
+        # Does a stuck-on cell cost less clean accuracy to train against when the layer's peak is
+        # held near its spread from the first step? Retraining flattens the weights by itself
+        # (crest factor 2.2-3.6 before, 1.4-2.3 after); clipping imposes it (Rasch et al. 2023's
+        # hardware-aware training clips so). Same grid, weights clipped after every step.
+        SweepBranch("weight-clip", weight_clip_folder(args.weight_clip), f"sweep-{weight_clip_folder(args.weight_clip)}",
+                    "pretrain", methods, rates, ("--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
     ]  # fmt: skip
 
 
@@ -189,6 +197,11 @@ def bn_train_folder(args) -> str:
 def retrain_lr_folder(lr: float) -> str:
     """The retrain-lr branch's folder, one per learning rate studied, so they sit side by side."""
     return f"retrain-lr-{lr:g}"
+
+
+def weight_clip_folder(sigmas: float) -> str:
+    """The weight-clip branch's folder, one per clip studied, so they sit side by side."""
+    return f"weight-clip-{sigmas:g}"
 
 
 def clean_steps_folder(fraction: float) -> str:
@@ -236,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "for F other than 0.5)")
     ap.add_argument("--lr-study", type=float, default=0.1,
                     help="peak retraining learning rate of the retrain-lr branch (into retrain-lr-LR; the paper's: 0.1)")
+    ap.add_argument("--weight-clip", type=float, default=2.5,
+                    help="standard deviations the weight-clip branch clips every layer's weights to (into weight-clip-K)")
     ap.add_argument("--bn-train-lr", type=float, default=None,
                     help="peak retraining learning rate of the bn-train branch (default --retrain-lr, into bn-train; "
                     "another into bn-train-lr-LR)")
@@ -258,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--bn-train-lr: expected a positive learning rate, got {args.bn_train_lr:g}")
     if args.bn_train_epochs is not None and args.bn_train_epochs < 1:
         ap.error(f"--bn-train-epochs: expected a positive number of epochs, got {args.bn_train_epochs}")
+    if not args.weight_clip > 0:
+        ap.error(f"--weight-clip: expected a positive number of standard deviations, got {args.weight_clip:g}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
@@ -314,6 +331,7 @@ def main() -> int:
         ],
         "inverted": [sweep_step("inverted")],
         "retrain-lr": [sweep_step("retrain-lr")],
+        "weight-clip": [sweep_step("weight-clip")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -416,3 +416,29 @@ def test_the_batchnorm_training_grid_takes_a_learning_rate_and_epochs_of_its_own
     assert any("one-shot P^T=0.05 (Table I)" in line for line in faster), "beside Table I's run of the same method and rate"
     assert render.bn_train_md("bn-train", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
+
+
+def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its_own(tmp_path):
+    """--weight-clip K retrains the grid with `--weight-clip K` into weight-clip-K (no other sweep
+    clips), and the page gives each K its section beside Table I, in ascending order."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    for k, folder in (("3", "weight-clip-3"), ("2.5", "weight-clip-2.5")):
+        args = reproduce.parse_args(["--out", str(tmp_path), "--weight-clip", k, "--only", "weight-clip"])
+        branches = {b.branch: b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID)}
+        argv = branches["weight-clip"].argv(args)
+        assert branches["weight-clip"].folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
+        assert argv[argv.index("--weight-clip") + 1] == k
+        assert all("--weight-clip" not in b.argv(args) for name, b in branches.items() if name != "weight-clip")
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--weight-clip", "0"])
+
+    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    for k, folder in ((3.0, "weight-clip-3"), (2.5, "weight-clip-2.5")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "weight_clip": k}))
+    assert render.weight_clip_folders(tmp_path) == ["weight-clip-2.5", "weight-clip-3"]
+    section = render.weight_clip_md("weight-clip-3", {**dense, "weight_clip": 3.0}, dense, {"steps": {}})
+    assert section[0] == "## Weights clipped to ± 3 standard deviations (`--weight-clip 3`)"
+    assert any(line.startswith("| one-shot P^T=0.05 (Table I) |") for line in section), "beside Table I's run"
+    assert render.weight_clip_md("weight-clip-3", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
+        "a grid with no retrained model gets no section"
