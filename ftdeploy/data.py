@@ -227,11 +227,13 @@ def _open(spec: str, image_size: int) -> _Source:
     raise DataError(f"--data: expected embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE, found {spec!r}")
 
 
-def _split(source: _Source, val_split: int | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train indices, validation indices, how the split was made)."""
+def _split(source: _Source, val_split: int | None, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, validation indices, how the split was made) of the dataset ``spec``."""
     if source.fixed_split is not None and val_split is None:
         split = source.fixed_split
         return np.flatnonzero(split == 0), np.flatnonzero(split == 1), " (validation: the file's own held-out part)"
+    if len(source.labels) < 2:  # else the default split's message would name an option nobody typed
+        raise DataError(f"{spec}: {len(source.labels)} image(s) found; a training and a validation part need at least 2")
     n_val = val_split if val_split is not None else max(1, len(source.labels) // 10)
     train_idx, val_idx = stratified_split(source.labels, n_val)
     return train_idx, val_idx, f" (validation: {len(val_idx)} images held out, stratified, seed {SPLIT_SEED})"
@@ -241,7 +243,7 @@ def _opened_split(spec: str | None, val_split: int | None, image_size: int):
     """(spec, source, train indices, validation indices, description): what both loaders share."""
     spec = spec or "embedded"
     source = _open(spec, image_size)
-    train_idx, val_idx, how = _split(source, val_split)
+    train_idx, val_idx, how = _split(source, val_split, spec)
     return spec, source, train_idx, val_idx, source.description + how
 
 

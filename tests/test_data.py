@@ -151,6 +151,10 @@ def test_missing_or_empty_imagefolder(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "notes.txt").write_text("no images here")
     assert _data_error(f"imagefolder:{tmp_path}").startswith(f"imagefolder:{tmp_path}: ")
+    Image.fromarray(_image(0)).save(tmp_path / "cat" / "0.png")  # one image: nothing to split
+    assert _data_error(f"imagefolder:{tmp_path}") == (
+        f"imagefolder:{tmp_path}: 1 image(s) found; a training and a validation part need at least 2"
+    )
 
 
 def test_npz_errors(tmp_path):
