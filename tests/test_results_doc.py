@@ -442,3 +442,18 @@ def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its
     assert any(line.startswith("| one-shot P^T=0.05 (Table I) |") for line in section), "beside Table I's run"
     assert render.weight_clip_md("weight-clip-3", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
+
+
+def test_the_weight_clip_probe_clips_with_the_trainers_clip_and_leaves_k_0_alone():
+    from ftdeploy.models import create_model, deployed_layers
+    from ftdeploy.profiles import load_target
+
+    probe = _script("probe_weight_clip")
+    target, _ = load_target("paper-diff8")
+    torch.manual_seed(0)
+    model = create_model("democnn", width=8)
+    before = {name: layer.weight.detach().clone() for name, layer in deployed_layers(model)}
+    assert all(torch.equal(layer.weight, before[name]) for name, layer in deployed_layers(probe.clipped(model, target, 0)))
+    for name, layer in deployed_layers(probe.clipped(model, target, 1.5)):
+        assert layer.weight.abs().max() <= 1.5 * before[name].std() * (1 + 1e-6), name
+        assert not torch.equal(layer.weight, before[name]), name
