@@ -239,7 +239,7 @@ def train_cmd(
     finished one is kept as it is)."""
     from .data import load_data
     from .profiles import RetrainingRecipe, load_profile
-    from .train import load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
+    from .train import check_model_fits, load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -253,8 +253,8 @@ def train_cmd(
     if method == "progressive" and prog_rates[-1] != target_rate:
         raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None
-    if init and model and model != init["model"]:  # before the data load, not after it (train checks again)
-        raise ConfigError(f"--model {model!r} does not match the checkpoint's model {init['model']!r}")
+    if init and model:  # before the data load, not after it
+        check_model_fits(model, init)
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip

@@ -302,6 +302,7 @@ class FaultInjector:
         per_channel = target.scale is ScaleGranularity.channel
         self._group_of = self._channel_of if per_channel else layer_of
         self._groups = sum(outs) if per_channel else len(self._layers)
+        self._group_sizes = torch.bincount(self._group_of, minlength=self._groups)  # for clip_to_sigmas
         self._hook = None
         self._cache: list[torch.Tensor] | None = None
 
@@ -354,7 +355,7 @@ class FaultInjector:
         most that far out. Weights inside the bound are left bit for bit as they are."""
         originals, flat, k = self._held()
         folded = flat * k
-        count = torch.bincount(self._group_of, minlength=self._groups).to(folded.dtype)
+        count = self._group_sizes.to(folded.dtype)
         total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, folded)
         squares = torch.zeros_like(total).index_add_(0, self._group_of, folded * folded)
         variance = (squares - total * total / count) / (count - 1).clamp(min=1)
@@ -546,9 +547,14 @@ def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None) ->
     norm = init.get("normalization") or {}
     if norm:
         data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
-    if init["model"] != config.model:
-        raise ModelError(f"--model {config.model!r} does not match the checkpoint's model {init['model']!r}")
+    check_model_fits(config.model, init)
     return model_from_checkpoint(init), data
+
+
+def check_model_fits(model: str, init: dict) -> None:
+    """Refuse retraining checkpoint ``init`` as another model than the one it holds."""
+    if init["model"] != model:
+        raise ModelError(f"--model {model!r} does not match the checkpoint's model {init['model']!r}")
 
 
 class _Run:
