@@ -246,8 +246,11 @@ def train_cmd(
     method = method or d.method.value
     if method not in ("pretrain", "one-shot", "progressive"):
         raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
-    if method == "pretrain" and distill:
-        raise ConfigError(f"--distill: distillation from a pretrained model applies to retraining, not --method pretrain (found {distill:g})")
+    typed_recipe = dict(progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
+                        unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
+                        rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
+    if method == "pretrain":
+        _refuse_recipe_on_pretraining(typed_recipe)
     target_rate = d.target_rate if target_rate is None else target_rate
     prog_rates = _parse_rates(rates, "--rates") if rates else progressive_rates_for(target_rate, d)
     if method == "progressive" and prog_rates[-1] != target_rate:
@@ -258,10 +261,8 @@ def train_cmd(
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
                   seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
-    # The profile's recipe is for retraining; a pretraining takes only the options typed.
-    recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), progressive_blocks=progressive_blocks, bn=bn,
-                     stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps,
-                     weight_clip=weight_clip, rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
+    # The profile's recipe is for retraining; a pretraining takes none of it (nor, above, a typed one).
+    recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), **typed_recipe)
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = make_train_config(
         method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
@@ -278,6 +279,22 @@ def train_cmd(
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
                      resume=resume)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+
+
+def _refuse_recipe_on_pretraining(typed: dict) -> None:
+    """A pretraining injects no faults, so every retraining-recipe option would change nothing
+    there: typed with --method pretrain it is a mistake (say, meant for the retraining that
+    follows), and one line says so rather than a run that silently ignores it."""
+    from .train import TRAIN_OPTIONS
+
+    for field, value in typed.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):  # a flag pair: name the one typed
+            option, shown = TRAIN_OPTIONS[field].split("/")[0 if value else 1], ""
+        else:
+            option, shown = TRAIN_OPTIONS[field], f" (found {value:g})" if isinstance(value, float) else f" (found {value})"
+        raise ConfigError(f"{option}: a fault-tolerant retraining option; --method pretrain injects no faults and takes none{shown}")
 
 
 def _pct(v) -> str:

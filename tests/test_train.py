@@ -460,7 +460,11 @@ def test_full_distillation_learns_from_the_clean_teacher_not_the_labels(pretrain
     assert not same(runs[1.0, "true"], runs[0.5, "true"])
 
 
-@pytest.mark.parametrize("args, option", [(["--method", "pretrain", "--distill", "0.5"], "--distill"),
+@pytest.mark.parametrize("args, option", [(["--method", "pretrain", "--distill", "0.5"], "--distill: a fault-tolerant retraining option"),
+                                          (["--method", "pretrain", "--weight-clip", "2"], "--weight-clip: a fault-tolerant retraining option"),
+                                          (["--method", "pretrain", "--clean-steps", "0.5"], "--clean-steps: a fault-tolerant"),
+                                          (["--method", "pretrain", "--bn", "train"], "--bn: a fault-tolerant"),
+                                          (["--method", "pretrain", "--raw-faults"], "--raw-faults: a fault-tolerant"),
                                           (["--method", "one-shot", "--distill", "1.5"], "--distill"),
                                           (["--method", "one-shot", "--rate-warmup", "-1"], "--rate-warmup:"),
                                           (["--method", "one-shot", "--weight-clip", "-1"], "--weight-clip:"),
