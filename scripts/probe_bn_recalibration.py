@@ -13,47 +13,30 @@ on simulated chips, the sweep's way (deployed 8-bit weights on the profile's tar
 
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 
 import torch
+from probe_common import probe_from_args, probe_parser
 
-from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import load_data, normalize
-from ftdeploy.profiles import load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
-from ftdeploy.verify import subset_indices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = probe_parser(__doc__, rates="0.005,0.01,0.05", chips=5)
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--profile", default="chen2015")
-    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
-    ap.add_argument("--rates", default="0.005,0.01,0.05")
-    ap.add_argument("--chips", type=int, default=5)
-    ap.add_argument("--max-images", type=int, default=2000, help="stratified subset of the validation images")
     ap.add_argument("--calibration-images", type=int, default=5000)
     args = ap.parse_args()
 
-    resolved = load_profile(args.profile)
-    data = load_data(args.data)
-    idx = torch.from_numpy(subset_indices(data.val_y.numpy(), args.max_images))
-    val_x, val_y = data.val_x[idx], data.val_y[idx]
+    probe, data = probe_from_args(args, load=load_data)  # the training images calibrate
     ckpt = load_checkpoint(args.checkpoint)
     norm = ckpt["normalization"]
-    rates = [float(r) for r in args.rates.split(",")]
-
-    def measure(model: torch.nn.Module, name: str) -> None:
-        net = DeployedNetwork(model, resolved.target, torch.device("cpu"))
-        line = net.accuracy_line(rates, resolved.profile.faults.split, args.chips, val_x, val_y, norm["mean"], norm["std"])
-        print(f"{name:<34} {line}", flush=True)
-
-    print(f"{args.checkpoint}: {len(val_y)} validation images, {args.chips} chips per rate, target {resolved.target.name}")
+    print(f"{args.checkpoint}: {probe.header}")
     model = model_from_checkpoint(ckpt)
-    measure(model, "as trained (pretrained BN stats)")
-    measure(recalibrated(model, data.train_x, norm, args.calibration_images), "BN stats re-estimated, no faults")
+    print(f"{'as trained (pretrained BN stats)':<34} {probe.measure(model, norm)}", flush=True)
+    recalibrated_model = recalibrated(model, data.train_x, norm, args.calibration_images)
+    print(f"{'BN stats re-estimated, no faults':<34} {probe.measure(recalibrated_model, norm)}", flush=True)
 
 
 def recalibrated(model: torch.nn.Module, train_x: torch.Tensor, norm: dict, images: int) -> torch.nn.Module:

@@ -13,42 +13,26 @@ deployed model the sweep's way, clean and on simulated chips.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from probe_common import probe_from_args, probe_parser
 
-from ftdeploy.chip import DeployedNetwork
-from ftdeploy.data import load_validation
-from ftdeploy.profiles import load_profile
 from ftdeploy.train import FaultInjector, freeze_batchnorm, load_checkpoint, model_from_checkpoint
-from ftdeploy.verify import subset_indices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = probe_parser(__doc__, rates="0.005,0.01,0.02", chips=3)
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--profile", default="chen2015")
-    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
     ap.add_argument("--clips", default="0,4,3,2.5,2", help="standard deviations; 0: the checkpoint as it is")
-    ap.add_argument("--rates", default="0.005,0.01,0.02")
-    ap.add_argument("--chips", type=int, default=3)
-    ap.add_argument("--max-images", type=int, default=2000, help="stratified subset of the validation images")
     args = ap.parse_args()
 
-    resolved = load_profile(args.profile)
-    data = load_validation(args.data)
-    idx = torch.from_numpy(subset_indices(data.val_y.numpy(), args.max_images))
-    val_x, val_y = data.val_x[idx], data.val_y[idx]
-    rates = [float(r) for r in args.rates.split(",")]
+    probe, _ = probe_from_args(args)
     ckpt = load_checkpoint(args.checkpoint)
-    norm = ckpt["normalization"]
-    print(f"{len(val_y)} validation images, {args.chips} chips per rate, target {resolved.target.name}")
+    print(probe.header)
     for sigmas in (float(k) for k in args.clips.split(",")):
-        model = clipped(model_from_checkpoint(ckpt), resolved.target, sigmas)
-        net = DeployedNetwork(model, resolved.target, torch.device("cpu"))
-        line = net.accuracy_line(rates, resolved.profile.faults.split, args.chips, val_x, val_y, norm["mean"], norm["std"])
-        print(f"{args.checkpoint}  clip {sigmas:g}  {line}", flush=True)
+        model = clipped(model_from_checkpoint(ckpt), probe.resolved.target, sigmas)
+        print(f"{args.checkpoint}  clip {sigmas:g}  {probe.measure(model, ckpt['normalization'])}", flush=True)
 
 
 def clipped(model: torch.nn.Module, target, sigmas: float) -> torch.nn.Module:

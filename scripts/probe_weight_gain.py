@@ -15,42 +15,27 @@ says the clean deficit is (partly) that gain.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
+from probe_common import probe_from_args, probe_parser
 
-from ftdeploy.chip import DeployedNetwork
-from ftdeploy.data import load_validation
 from ftdeploy.models import deployed_layers
-from ftdeploy.profiles import load_profile
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
-from ftdeploy.verify import subset_indices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = probe_parser(__doc__, rates="0.01,0.05", chips=3)
     ap.add_argument("checkpoints", type=Path, nargs="+")
-    ap.add_argument("--profile", default="chen2015")
-    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
     ap.add_argument("--gains", default="1,0.97,0.95,0.9")
-    ap.add_argument("--rates", default="0.01,0.05")
-    ap.add_argument("--chips", type=int, default=3)
-    ap.add_argument("--max-images", type=int, default=2000, help="stratified subset of the validation images")
     args = ap.parse_args()
 
-    resolved = load_profile(args.profile)
-    data = load_validation(args.data)
-    idx = torch.from_numpy(subset_indices(data.val_y.numpy(), args.max_images))
-    val_x, val_y = data.val_x[idx], data.val_y[idx]
-    rates = [float(r) for r in args.rates.split(",")]
-    print(f"{len(val_y)} validation images, {args.chips} chips per rate, target {resolved.target.name}")
+    probe, _ = probe_from_args(args)
+    print(probe.header)
     for path in args.checkpoints:
         ckpt = load_checkpoint(path)
-        norm = ckpt["normalization"]
         for gain in (float(g) for g in args.gains.split(",")):
-            net = DeployedNetwork(scaled(model_from_checkpoint(ckpt), gain), resolved.target, torch.device("cpu"))
-            line = net.accuracy_line(rates, resolved.profile.faults.split, args.chips, val_x, val_y, norm["mean"], norm["std"])
+            line = probe.measure(scaled(model_from_checkpoint(ckpt), gain), ckpt["normalization"])
             print(f"{path}  gain {gain:<5g} {line}", flush=True)
 
 

@@ -36,6 +36,8 @@ def _script(name: str):
     """scripts/NAME.py loaded as a module (the scripts are not a package)."""
     import importlib.util
 
+    if str(ROOT / "scripts") not in sys.path:  # as `python scripts/NAME.py` has it: the probes share probe_common
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
@@ -457,3 +459,23 @@ def test_the_weight_clip_probe_clips_with_the_trainers_clip_and_leaves_k_0_alone
     for name, layer in deployed_layers(probe.clipped(model, target, 1.5)):
         assert layer.weight.abs().max() <= 1.5 * before[name].std() * (1 + 1e-6), name
         assert not torch.equal(layer.weight, before[name]), name
+
+
+def test_the_probes_measure_on_the_sweeps_stratified_subset_or_every_image_when_it_asks_for_more():
+    """probe_common is what every probe measures with: --max-images below the validation set is
+    the sweep's stratified subset; at or above it, every image (it used to crash there)."""
+    from ftdeploy.data import load_validation
+    from ftdeploy.models import create_model
+    from ftdeploy.verify import subset_indices
+
+    common = _script("probe_common")
+    every = load_validation(None)
+    for asked in (20, len(every.val_y), len(every.val_y) + 5):
+        args = common.probe_parser("doc", rates="0.01", chips=1).parse_args(["--profile", "demo", "--max-images", str(asked)])
+        args.data = None  # the embedded default set
+        probe, _ = common.probe_from_args(args)
+        keep = subset_indices(every.val_y.numpy(), asked)
+        assert torch.equal(probe.val_y, every.val_y if keep is None else every.val_y[torch.from_numpy(keep)]), asked
+    torch.manual_seed(0)
+    line = probe.measure(create_model("democnn", width=8).eval(), {"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert line.startswith("clean ") and "  P=0.01: " in line, line

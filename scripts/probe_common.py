@@ -1,0 +1,59 @@
+"""What the probe scripts share: their measurement options and the measurement itself, the
+sweep's way (deployed 8-bit weights on the profile's target, the held-out images or a stratified
+subset of them, the mean over a few simulated chips per stuck-at rate)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from ftdeploy.chip import DeployedNetwork
+from ftdeploy.data import load_validation
+from ftdeploy.profiles import ResolvedProfile, load_profile
+from ftdeploy.verify import subset_indices
+
+
+def probe_parser(doc: str, rates: str, chips: int) -> argparse.ArgumentParser:
+    """A probe's command line with the options every probe takes; a probe adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="chen2015")
+    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
+    ap.add_argument("--rates", default=rates, help="stuck-at rates measured, comma separated")
+    ap.add_argument("--chips", type=int, default=chips, help="simulated chips per rate")
+    ap.add_argument("--max-images", type=int, default=2000, help="stratified subset of the validation images")
+    return ap
+
+
+@dataclass
+class Probe:
+    """The images, rates and chips one probe measures every model on."""
+
+    resolved: ResolvedProfile
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    rates: list[float]
+    chips: int
+
+    @property
+    def header(self) -> str:
+        return f"{len(self.val_y)} validation images, {self.chips} chips per rate, target {self.resolved.target.name}"
+
+    def measure(self, model: torch.nn.Module, normalization: dict) -> str:
+        """'clean A  P=r: B ...' of ``model`` deployed on the profile's target."""
+        net = DeployedNetwork(model, self.resolved.target, torch.device("cpu"))
+        return net.accuracy_line(self.rates, self.resolved.profile.faults.split, self.chips, self.val_x, self.val_y,
+                                 normalization["mean"], normalization["std"])  # fmt: skip
+
+
+def probe_from_args(args: argparse.Namespace, load=load_validation):
+    """(the Probe the options name, the data ``load`` read): a probe that needs the training
+    images too passes ``ftdeploy.data.load_data``."""
+    data = load(args.data)
+    keep = subset_indices(data.val_y.numpy(), args.max_images)  # None: every image
+    val_x, val_y = data.val_x, data.val_y
+    if keep is not None:
+        val_x, val_y = val_x[torch.from_numpy(keep)], val_y[torch.from_numpy(keep)]
+    rates = [float(r) for r in args.rates.split(",")]
+    return Probe(load_profile(args.profile), val_x, val_y, rates, args.chips), data
