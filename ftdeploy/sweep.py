@@ -304,7 +304,10 @@ def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], resul
     into the same folder) on the same chips and images, from the same starting model with the same
     recipe, and whose checkpoint has not changed since: the table describes the folder, so two
     sweeps sharing one leave one table with both grids. Anything measured otherwise stays out (it
-    is not re-evaluated here; a sweep whose grid holds it does that)."""
+    is not re-evaluated here; a sweep whose grid holds it does that). A row whose checkpoint is
+    gone stays as measured, its checkpoint's sha256 with it: a folder restored from its archive
+    (scripts/archive_results.py keeps results, not retrained checkpoints) must not lose the rows
+    of the grids trained into it before."""
     if "baseline" not in results:
         return {}
     ours = {k: v for k, v in results["baseline"]["measured"].items() if k != "checkpoint_sha256"}
@@ -312,14 +315,15 @@ def rows_from_other_sweeps(s: SweepSettings, out: Path, cells: list[Cell], resul
     found = {}
     for path in sorted((out / "results").glob("*.json")):
         cell, ckpt = Cell.from_key(path.stem), out / "runs" / path.stem / "model.pt"
-        if cell is None or cell.key in own or not ckpt.is_file():
+        if cell is None or cell.key in own:
             continue
         try:
             row = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # not a results file this sweep can vouch for
         measured = dict(row.get("measured") or {})
-        if measured.pop("checkpoint_sha256", None) != sha256_file(ckpt) or measured != ours or row.get("recipe") != recipe:
+        sha = measured.pop("checkpoint_sha256", None)
+        if (ckpt.is_file() and sha != sha256_file(ckpt)) or measured != ours or row.get("recipe") != recipe:
             continue
         found[cell.key] = row
     return found

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -185,6 +186,13 @@ def test_two_sweeps_sharing_a_folder_leave_one_table_with_both_grids(pretrained,
     changed.write_bytes((tmp_path / "runs" / "one-shot-0.02" / "model.pt").read_bytes())
     stale = run_sweep(no_train, ["one-shot"], [0.02], tmp_path, small_data, **quiet)
     assert [r["model"] for r in stale["rows"]] == ["baseline", "one-shot P^T=0.02"], "checkpoint changed since"
+    # An archive keeps results, not retrained checkpoints: restored, its rows stay as measured.
+    restored = tmp_path / "restored"
+    shutil.copytree(tmp_path / "alone", restored)
+    (restored / "runs" / "progressive-0.05" / "model.pt").unlink()
+    beside = run_sweep(settings, ["one-shot"], [0.02], restored, small_data, **quiet)
+    assert [r["model"] for r in beside["rows"]] == ["baseline", "one-shot P^T=0.02", "progressive P^T=0.05"]
+    assert beside["rows"][2] == alone["rows"][1], "the archived row, as it was measured"
 
 
 def test_trainings_do_not_wait_for_evaluations(pretrained, small_data, tmp_path, monkeypatch):
