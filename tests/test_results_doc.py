@@ -479,3 +479,30 @@ def test_the_probes_measure_on_the_sweeps_stratified_subset_or_every_image_when_
     torch.manual_seed(0)
     line = probe.measure(create_model("democnn", width=8).eval(), {"mean": [0.5] * 3, "std": [0.25] * 3})
     assert line.startswith("clean ") and "  P=0.01: " in line, line
+
+
+def _results_file(path, label, clean, chips_by_rate, **measured):
+    tests = {rate: {"mean": sum(chips) / len(chips), "chips": chips} for rate, chips in chips_by_rate.items()}
+    path.write_text(json.dumps({"label": label, "acc_clean": clean, "tests": tests,
+                                "measured": {"checkpoint_sha256": label, "chips": 3, "seed": 0, **measured}}))  # fmt: skip
+    return path
+
+
+def test_the_paired_comparison_differences_two_models_chip_by_chip_and_refuses_other_chips(tmp_path, capsys):
+    """Chip i is the same fault map for both models, so A − B is taken per chip: here B trails A
+    by exactly 1 on every chip (a zero-width CI) though its chips spread over 20 points."""
+    from ftdeploy.verify import summarize_chips
+
+    compare = _script("compare_models")
+    a = _results_file(tmp_path / "a.json", "A", 80.0, {"0": [80.0], "0.01": [70.0, 80.0, 90.0], "0.05": [50.0, 60.0, 40.0]})
+    b = _results_file(tmp_path / "b.json", "B", 79.0, {"0": [79.0], "0.01": [69.0, 79.0, 89.0], "0.05": [52.0, 59.0, 40.0]})
+    assert compare.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["A: A (clean 80.00)", "B: B (clean 79.00)"]
+    assert "| 0 | 80.00 | 79.00 | +1.00 (n/a) | 1 / 1 |" in out, "one chip: no CI"
+    assert "| 0.01 | 80.00 | 79.00 | +1.00 (+1.00 … +1.00) | 3 / 3 |" in out
+    low, high = summarize_chips([-2.0, 1.0, 0.0])["ci95"]
+    assert f"| 0.05 | 50.00 | 50.33 | -0.33 ({low:+.2f} … {high:+.2f}) | 1 / 3 |" in out
+    other = _results_file(tmp_path / "c.json", "C", 79.0, {"0": [79.0]}, seed=1)
+    assert compare.main([str(a), str(other)]) == 2
+    assert capsys.readouterr().err.strip() == "error: measured on other chips or images: seed differs"
