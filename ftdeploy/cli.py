@@ -281,6 +281,20 @@ def train_cmd(
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
 
 
+def screen_pass_lines(passes: list[tuple[str, Path]], profile) -> list[str]:
+    """How to sign off each model that passed the sweep's screen; a row kept from an archive
+    (its checkpoint not in the folder) says so instead of naming a file that is not there."""
+    lines = []
+    for label, ckpt in passes:
+        if ckpt.is_file():
+            lines.append(f"passes the screen: {label}; sign off with: ftdeploy export {ckpt} --profile {profile} -o model.onnx "
+                         f"&& ftdeploy verify model.onnx --profile {profile}")  # fmt: skip
+        else:
+            lines.append(f"passes the screen: {label}; its checkpoint {ckpt} is not in the folder (a row kept from an "
+                         "archive): retrain it to sign it off")  # fmt: skip
+    return lines
+
+
 def _refuse_recipe_on_pretraining(typed: dict) -> None:
     """A pretraining injects no faults, so every retraining-recipe option would change nothing
     there: typed with --method pretrain it is a mistake (say, meant for the retraining that
@@ -535,9 +549,8 @@ def sweep_cmd(
     _echo(f"Acc_pretrain {table['acc_pretrain']:.2f} % on {table['val_images']} held-out images, {settings.chips} chips per rate")
     _echo(render_markdown(table).rstrip())
     passes = screen_passes(table, out)
-    for label, ckpt in passes:
-        _echo(f"passes the screen: {label}; sign off with: ftdeploy export {ckpt} --profile {profile} -o model.onnx "
-              f"&& ftdeploy verify model.onnx --profile {profile}")
+    for line in screen_pass_lines(passes, profile):
+        _echo(line)
     if not passes:
         _echo(f"no model passes profile {resolved.profile.name}'s sign-off limits on these chips")
     _echo(f"wrote {out / 'table.md'}, table.csv, table.json")

@@ -293,6 +293,16 @@ def test_the_sweep_command_names_the_models_that_pass_the_screen_and_how_to_sign
     assert "FAIL: min_stability@0.02 |" in output and "no model passes profile demo's sign-off limits" in output
 
 
+def test_a_passing_row_kept_from_an_archive_says_its_checkpoint_is_gone_rather_than_naming_it(pretrained, tmp_path):
+    from ftdeploy.cli import screen_pass_lines
+
+    gone = tmp_path / "runs" / "one-shot-0.05" / "model.pt"
+    lines = screen_pass_lines([("baseline", pretrained), ("one-shot P^T=0.05", gone)], "demo")
+    assert lines[0].startswith(f"passes the screen: baseline; sign off with: ftdeploy export {pretrained} --profile demo")
+    assert lines[1] == (f"passes the screen: one-shot P^T=0.05; its checkpoint {gone} is not in the folder (a row kept from "
+                        "an archive): retrain it to sign it off")  # fmt: skip
+
+
 def test_a_sweep_trains_progressive_cells_on_the_profiles_list_where_it_names_one(pretrained, tmp_path):
     profile = load_profile(demo_profile_with(tmp_path, training=dict(target_rate=0.05, progressive_rates=[0.01, 0.05])))
     settings = dataclasses.replace(_settings(pretrained), profile=profile)
