@@ -217,9 +217,10 @@ def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs
         raise ModelError(f"sweep: training failed for {', '.join(c.label for c in failed)}; see runs/*/train.log")
 
 
-def evaluation_subset(s: SweepSettings, data: DataBundle) -> DataBundle:
-    """The validation images the table is measured on: all, or a stratified subset (--max-images)."""
-    idx = subset_indices(data.val_y.numpy(), s.max_images)
+def evaluation_subset(data: DataBundle, max_images: int | None) -> DataBundle:
+    """The validation images the table is measured on: all, or a stratified subset (--max-images).
+    ``data`` may be a ValidationSet too (the probe scripts measure on the same subset)."""
+    idx = subset_indices(data.val_y.numpy(), max_images)
     if idx is None:
         return data
     idx_t = torch.from_numpy(idx)
@@ -228,7 +229,7 @@ def evaluation_subset(s: SweepSettings, data: DataBundle) -> DataBundle:
 
 def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
     device = pick_device(s.recipe.device)
-    data = evaluation_subset(s, data)
+    data = evaluation_subset(data, s.max_images)
     results = {}
     split = s.profile.profile.faults.split
     for c in cells:
@@ -523,7 +524,7 @@ def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path,
             [c for c in cells if c.method != "baseline"] + [Cell.from_key(k) for k in others],
             key=lambda c: (c.train_rate, METHODS.index(c.method)))  # fmt: skip
         table = build_table(s, rows, {**results, **others})
-        table["val_images"] = len(evaluation_subset(s, data).val_y)
+        table["val_images"] = len(evaluation_subset(data, s.max_images).val_y)
         table["data_description"] = data.description
         write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
         write_atomic(out / "table.csv", render_csv(table))

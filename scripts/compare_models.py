@@ -48,10 +48,10 @@ def paired_rows(a: dict, b: dict) -> list[dict]:
     """Per test rate: both means, the per-chip difference's mean and CI, and chips A led on."""
     rows = []
     for rate, test in a["tests"].items():
-        chips_a, chips_b = test["chips"], b["tests"][rate]["chips"]
-        diff = summarize_chips([x - y for x, y in zip(chips_a, chips_b, strict=True)])
+        diffs = [x - y for x, y in zip(test["chips"], b["tests"][rate]["chips"], strict=True)]
+        diff = summarize_chips(diffs)
         rows.append({"rate": rate, "a": test["mean"], "b": b["tests"][rate]["mean"], "diff": diff["mean"],
-                     "ci95": diff["ci95"], "ahead": sum(x > y for x, y in zip(chips_a, chips_b)), "chips": len(chips_a)})  # fmt: skip
+                     "ci95": diff["ci95"], "ahead": sum(d > 0 for d in diffs), "chips": len(diffs)})  # fmt: skip
     return rows
 
 

@@ -12,7 +12,7 @@ import torch
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import load_validation
 from ftdeploy.profiles import ResolvedProfile, load_profile
-from ftdeploy.verify import subset_indices
+from ftdeploy.sweep import evaluation_subset
 
 
 def probe_parser(doc: str, rates: str, chips: int) -> argparse.ArgumentParser:
@@ -51,9 +51,6 @@ def probe_from_args(args: argparse.Namespace, load=load_validation):
     """(the Probe the options name, the data ``load`` read): a probe that needs the training
     images too passes ``ftdeploy.data.load_data``."""
     data = load(args.data)
-    keep = subset_indices(data.val_y.numpy(), args.max_images)  # None: every image
-    val_x, val_y = data.val_x, data.val_y
-    if keep is not None:
-        val_x, val_y = val_x[torch.from_numpy(keep)], val_y[torch.from_numpy(keep)]
+    measured = evaluation_subset(data, args.max_images)
     rates = [float(r) for r in args.rates.split(",")]
-    return Probe(load_profile(args.profile), val_x, val_y, rates, args.chips), data
+    return Probe(load_profile(args.profile), measured.val_x, measured.val_y, rates, args.chips), data
