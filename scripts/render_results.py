@@ -130,8 +130,14 @@ def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
 
 def clean_steps_folders(out: Path) -> list[str]:
     """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
-    by ascending fraction of fault-free steps."""
-    return grids_by(out, "clean-steps*", "clean_steps")
+    by ascending fraction of fault-free steps; those also clipped have sections of their own."""
+    return [f for f in grids_by(out, "clean-steps*", "clean_steps") if not (load(out / f / "table.json") or {}).get("weight_clip")]
+
+
+def clean_steps_clip_folders(out: Path) -> list[str]:
+    """The grids with fault-free steps and clipped weights (`clean-steps-F-weight-clip-K`:
+    reproduce_cifar10.py --only clean-steps-clip), by ascending fraction, then K."""
+    return grids_by(out, "clean-steps-*-weight-clip-*", "clean_steps", "weight_clip")
 
 
 def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -181,6 +187,24 @@ def weight_clip_md(folder: str, table: dict | None, dense: dict | None, manifest
         f"± {sigmas:g} standard deviations of that layer, as hardware-aware training for analog chips does "
         "(Rasch et al. 2023), so the peak sits near the spread from the first step.",
         table, dense, manifest, folder)
+
+
+def clean_steps_clip_md(table: dict | None, unclipped: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
+    """The section of one grid retrained with fault-free steps and clipped weights, beside the
+    same fraction unclipped (``unclipped``, when this study has it) and Table I."""
+    table = table or {}
+    fraction, sigmas = table.get("clean_steps") or 0, table.get("weight_clip") or 0
+    also = (unclipped, f"{fraction:g} of the steps fault-free, not clipped") if unclipped else (None, "")
+    return beside_table_i_md(
+        f"{fraction:g} of the steps fault-free and weights clipped to ± {sigmas:g} standard deviations "
+        f"(`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips)",
+        f"The two changes above together: a fraction {fraction:g} of the retraining steps on a fault-free chip, the "
+        f"rest on unbiased faulty chips, and each layer's weights clipped to ± {sigmas:g} standard deviations after "
+        "every step. Each alone moved a model along the trade-off between clean accuracy and robustness; this asks "
+        "whether together they move it past. Same pretrained model, epochs, learning rate and chips as Table I"
+        + (", and as the grid at the same fraction not clipped, whose rows are marked so" if unclipped else "")
+        + "; the rows marked Table I are the plain recipe.",
+        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
 def bn_train_folders(out: Path) -> list[str]:
@@ -636,6 +660,11 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     clip_folders = weight_clip_folders(out)
     for folder in clip_folders:
         md += weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest)
+    clean_clip_folders = clean_steps_clip_folders(out)
+    unclipped_by_fraction = {t.get("clean_steps"): t for t in (load(out / f / "table.json") for f in clean_folders)}
+    for folder in clean_clip_folders:
+        table = load(out / folder / "table.json") or {}
+        md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -655,7 +684,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, "equalized",
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders, "equalized",
                              "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "

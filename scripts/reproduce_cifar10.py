@@ -32,6 +32,8 @@ accelerator window continues from its last finished epoch):
         paper retrains at 0.1), into retrain-lr-LR;
      m. "weight-clip": the dense grid with every layer's weights clipped to ± K standard deviations
         after each retraining step (--weight-clip K), into weight-clip-K;
+     n. "clean-steps-clip": h and m together (--clean-steps F --weight-clip K), into
+        clean-steps-F-weight-clip-K;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -60,7 +62,7 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip")
+            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -182,6 +184,11 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # hardware-aware training clips so). Same grid, weights clipped after every step.
         SweepBranch("weight-clip", weight_clip_folder(args.weight_clip), f"sweep-{weight_clip_folder(args.weight_clip)}",
                     "pretrain", methods, rates, ("--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
+        # Do the two levers that each moved a model along the trade-off add up? Fault-free steps
+        # keep clean accuracy; clipping bought a little at every rate on the same chips.
+        SweepBranch("clean-steps-clip", clean_steps_clip_folder(args), f"sweep-{clean_steps_clip_folder(args)}",
+                    "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}",
+                                                 "--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
     ]  # fmt: skip
 
 
@@ -202,6 +209,11 @@ def retrain_lr_folder(lr: float) -> str:
 def weight_clip_folder(sigmas: float) -> str:
     """The weight-clip branch's folder, one per clip studied, so they sit side by side."""
     return f"weight-clip-{sigmas:g}"
+
+
+def clean_steps_clip_folder(args) -> str:
+    """The clean-steps-clip branch's folder, named for both settings (the fraction always shown)."""
+    return f"clean-steps-{args.clean_steps:g}-{weight_clip_folder(args.weight_clip)}"
 
 
 def clean_steps_folder(fraction: float) -> str:
@@ -246,11 +258,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="retraining epochs of the long branch (P_sa^T = 0.05 retrained for longer, into dense-long)")
     ap.add_argument("--clean-steps", type=float, default=0.5,
                     help="fraction of fault-free steps of the clean-steps branch (into clean-steps, or clean-steps-F "
-                    "for F other than 0.5)")
+                    "for F other than 0.5) and of the clean-steps-clip branch")
     ap.add_argument("--lr-study", type=float, default=0.1,
                     help="peak retraining learning rate of the retrain-lr branch (into retrain-lr-LR; the paper's: 0.1)")
     ap.add_argument("--weight-clip", type=float, default=2.5,
-                    help="standard deviations the weight-clip branch clips every layer's weights to (into weight-clip-K)")
+                    help="standard deviations the weight-clip branch clips every layer's weights to (into weight-clip-K), "
+                    "and the clean-steps-clip branch")
     ap.add_argument("--bn-train-lr", type=float, default=None,
                     help="peak retraining learning rate of the bn-train branch (default --retrain-lr, into bn-train; "
                     "another into bn-train-lr-LR)")
@@ -332,6 +345,7 @@ def main() -> int:
         "inverted": [sweep_step("inverted")],
         "retrain-lr": [sweep_step("retrain-lr")],
         "weight-clip": [sweep_step("weight-clip")],
+        "clean-steps-clip": [sweep_step("clean-steps-clip")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

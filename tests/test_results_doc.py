@@ -430,7 +430,7 @@ def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its
         argv = branches["weight-clip"].argv(args)
         assert branches["weight-clip"].folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
         assert argv[argv.index("--weight-clip") + 1] == k
-        assert all("--weight-clip" not in b.argv(args) for name, b in branches.items() if name != "weight-clip")
+        assert all("--weight-clip" not in b.argv(args) for name, b in branches.items() if name not in ("weight-clip", "clean-steps-clip"))
     with pytest.raises(SystemExit):
         reproduce.parse_args(["--weight-clip", "0"])
 
@@ -444,6 +444,36 @@ def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its
     assert any(line.startswith("| one-shot P^T=0.05 (Table I) |") for line in section), "beside Table I's run"
     assert render.weight_clip_md("weight-clip-3", {**dense, "rows": dense["rows"][:1]}, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
+
+
+def test_fault_free_steps_with_clipped_weights_have_a_folder_and_a_section_beside_the_unclipped_grid(tmp_path):
+    """--only clean-steps-clip trains with both options into clean-steps-F-weight-clip-K; the page
+    gives it a section of its own (not the clean-steps one), with the same fraction's unclipped
+    rows between it and Table I's."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", "0.75", "--weight-clip", "2", "--only", "clean-steps-clip"])
+    branch = next(b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID) if b.branch == "clean-steps-clip")
+    argv = branch.argv(args)
+    assert branch.folder == "clean-steps-0.75-weight-clip-2" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
+    assert argv[argv.index("--clean-steps") + 1] == "0.75" and argv[argv.index("--weight-clip") + 1] == "2"
+    assert "--unbias-faults" in argv, "the same faulty steps as the clean-steps grid it is compared with"
+
+    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    for folder, settings in (("clean-steps-0.75", {"clean_steps": 0.75}),
+                             ("clean-steps-0.75-weight-clip-2", {"clean_steps": 0.75, "weight_clip": 2.0})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "table.json").write_text(json.dumps({**dense, **settings}))
+    assert render.clean_steps_folders(tmp_path) == ["clean-steps-0.75"], "the clipped grid is not a clean-steps section"
+    assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
+    clipped, unclipped = {**dense, "clean_steps": 0.75, "weight_clip": 2.0}, {**dense, "clean_steps": 0.75}
+    section = render.clean_steps_clip_md(clipped, unclipped, dense, {"steps": {}}, "clean-steps-0.75-weight-clip-2")
+    assert section[0] == ("## 0.75 of the steps fault-free and weights clipped to ± 2 standard deviations "
+                          "(`--clean-steps 0.75 --weight-clip 2`, on unbiased chips)")
+    rows = [line.split(" |")[0] for line in section if line.startswith("| progressive P^T=0.05")]
+    assert rows == ["| progressive P^T=0.05", "| progressive P^T=0.05 (0.75 of the steps fault-free, not clipped)",
+                    "| progressive P^T=0.05 (Table I)"]
+    alone = render.clean_steps_clip_md(clipped, None, dense, {"steps": {}}, "clean-steps-0.75-weight-clip-2")
+    assert not any("not clipped" in line for line in alone), "without the unclipped grid, only Table I beside it"
 
 
 def test_the_weight_clip_probe_clips_with_the_trainers_clip_and_leaves_k_0_alone():
