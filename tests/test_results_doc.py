@@ -537,3 +537,20 @@ def test_the_paired_comparison_differences_two_models_chip_by_chip_and_refuses_o
     other = _results_file(tmp_path / "c.json", "C", 79.0, {"0": [79.0]}, seed=1)
     assert compare.main([str(a), str(other)]) == 2
     assert capsys.readouterr().err.strip() == "error: measured on other chips or images: seed differs"
+
+
+def test_the_tuned_profile_retrains_as_the_run_whose_figures_the_readme_gives():
+    """profiles/chen2015-tuned.yaml ships the recipe of the archived one-shot P^T=0.05 run that
+    meets issue 3's limits; a profile drifting from that run would ship figures it never earned."""
+    import yaml
+
+    from ftdeploy.profiles import RetrainingRecipe, load_profile
+
+    run = yaml.safe_load((ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/runs/one-shot-0.05/config.yaml").read_text())
+    profile = load_profile("chen2015-tuned").profile
+    training = profile.training
+    assert profile.target == "paper-diff8" and list(profile.faults.split) == run["split"]
+    assert (training.method.value, training.target_rate, training.epochs, training.retrain_lr, training.batch_size) == \
+        (run["method"], run["target_rate"], run["epochs"], run["lr"], run["batch_size"])
+    assert {f: getattr(training, f) for f in RetrainingRecipe.model_fields} == {f: run[f] for f in RetrainingRecipe.model_fields}
+    assert training.clean_steps == 0.75 and training.weight_clip == 2 and training.unbias_faults
