@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from ftdeploy.profiles import RetrainingRecipe, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 #: page -> (archived study it is rendered from, the pages it links to)
@@ -240,8 +243,6 @@ def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_it
 
 def test_a_run_with_blocks_of_its_own_plans_its_epochs_per_rate(tmp_path):
     """The curves say "stopped after epoch k of N" with N the whole run's epochs."""
-    import yaml
-
     from ftdeploy.train import TrainConfig
 
     render = _script("render_results")
@@ -541,16 +542,17 @@ def test_the_paired_comparison_differences_two_models_chip_by_chip_and_refuses_o
 
 def test_the_tuned_profile_retrains_as_the_run_whose_figures_the_readme_gives():
     """profiles/chen2015-tuned.yaml ships the recipe of the archived one-shot P^T=0.05 run that
-    meets issue 3's limits; a profile drifting from that run would ship figures it never earned."""
-    import yaml
-
-    from ftdeploy.profiles import RetrainingRecipe, load_profile
-
-    run = yaml.safe_load((ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/runs/one-shot-0.05/config.yaml").read_text())
-    profile = load_profile("chen2015-tuned").profile
+    meets issue 3's limits, pretrained as that run's model was, for chen2015's deployment; a
+    profile drifting from that run would ship figures it never earned."""
+    study = ROOT / "docs/results/c10c"
+    run = yaml.safe_load((study / "clean-steps-0.75-weight-clip-2/runs/one-shot-0.05/config.yaml").read_text())
+    pretrain = yaml.safe_load((study / "pretrain/config.yaml").read_text())
+    profile, chen2015 = load_profile("chen2015-tuned").profile, load_profile("chen2015").profile
     training = profile.training
-    assert profile.target == "paper-diff8" and list(profile.faults.split) == run["split"]
+    assert (profile.target, profile.faults, profile.signoff) == (chen2015.target, chen2015.faults, chen2015.signoff)
+    assert list(profile.faults.split) == run["split"]
     assert (training.method.value, training.target_rate, training.epochs, training.retrain_lr, training.batch_size) == \
         (run["method"], run["target_rate"], run["epochs"], run["lr"], run["batch_size"])
-    assert {f: getattr(training, f) for f in RetrainingRecipe.model_fields} == {f: run[f] for f in RetrainingRecipe.model_fields}
+    assert training.recipe() == {f: run[f] for f in RetrainingRecipe.model_fields}
+    assert (training.model, training.pretrain_epochs, training.lr) == (pretrain["model"], pretrain["epochs"], pretrain["lr"])
     assert training.clean_steps == 0.75 and training.weight_clip == 2 and training.unbias_faults
