@@ -7,6 +7,10 @@ count of sign-off, the acceptance limits a production line enforces, and trainin
 
 Built-in files live in the repository's top-level ``targets/`` and ``profiles/`` folders; a
 name (``chen2015``) resolves there, anything with a slash or a ``.yaml`` suffix is a path.
+
+A profile may ``extends:`` another (a name or a path relative to it): a deployment on another
+chip family, or with another recipe, then writes only what differs, and the fault population
+and sign-off it shares cannot drift from its base's.
 """
 
 from __future__ import annotations
@@ -300,6 +304,7 @@ class ResolvedProfile(BaseModel):
     target: Target
     profile_path: Path
     target_path: Path
+    base_paths: tuple[Path, ...] = Field((), description="The profiles it extends, nearest first.")
 
     def to_dict(self) -> dict:
         profile = self.profile.model_dump(mode="json")
@@ -337,16 +342,24 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _parse(model: type[BaseModel], path: Path):
+def _validated(model: type[BaseModel], data: dict, path: Path):
     try:
-        return model.model_validate(_read_yaml(path))
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError("\n".join(_validation_lines(path, err))) from None
 
 
+def _parse(model: type[BaseModel], path: Path):
+    return _validated(model, _read_yaml(path), path)
+
+
+def _is_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".yaml", ".yml"))
+
+
 def _resolve(ref: str | Path, folder: Path, relative_to: Path | None = None) -> Path:
     ref_s = str(ref)
-    if "/" in ref_s or ref_s.endswith((".yaml", ".yml")):
+    if _is_path(ref_s):
         path = Path(ref_s)
         if not path.is_absolute() and relative_to is not None:
             beside = relative_to / path  # documented meaning; the working directory is a fallback
@@ -361,10 +374,50 @@ def load_target(ref: str | Path, relative_to: Path | None = None) -> tuple[Targe
     return _parse(Target, path), path
 
 
+#: Fields a profile never takes from the one it extends: they say which deployment it is.
+NOT_INHERITED = ("name", "description")
+
+
+def _merged(base: dict, own: dict) -> dict:
+    """``own`` laid over ``base``: sections (mappings) merged key by key, any other value (a
+    number, a list such as ``signoff.rates`` or ``acceptance``) replaced whole."""
+    merged = dict(base)
+    for key, value in own.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dict, tuple[Path, ...]]:
+    """The fields of the profile at ``path`` over those of the profiles it extends, and those
+    profiles' files, nearest first. Each base must be a valid profile on its own, so a bad field
+    there is reported in its own file."""
+    data = _read_yaml(path)
+    if "extends" not in data:
+        return data, ()
+    ref = data.pop("extends")
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{path}: extends: expected the name of a profile in {PROFILES_DIR} or a path to one (found {ref!r})")
+    base_path = _resolve(ref, PROFILES_DIR, relative_to=path.parent)
+    chain = (*extended_by, path)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise ConfigError(f"{path}: extends: {ref} leads back to a profile already on the way ({cycle})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends: no profile file {base_path} (expected a name in {PROFILES_DIR} or a path)")
+    base, further = _profile_fields(base_path, chain)
+    _validated(Profile, base, base_path)
+    if "target" in base and _is_path(str(base["target"])):  # relative to the base, not to this file
+        base["target"] = str((base_path.parent / base["target"]).resolve())
+    inherited = {k: v for k, v in base.items() if k not in NOT_INHERITED}
+    return _merged(inherited, data), (base_path, *further)
+
+
 def load_profile(ref: str | Path) -> ResolvedProfile:
-    """Load and validate a profile and its target; raise ConfigError naming file and field."""
+    """Load and validate a profile (over the profiles it extends) and its target; raise
+    ConfigError naming file and field."""
     path = _resolve(ref, PROFILES_DIR)
-    profile: Profile = _parse(Profile, path)
+    fields, base_paths = _profile_fields(path)
+    profile: Profile = _validated(Profile, fields, path)
     try:
         target, target_path = load_target(profile.target, relative_to=path.parent)
     except ConfigError as exc:
@@ -373,7 +426,7 @@ def load_profile(ref: str | Path) -> ResolvedProfile:
                 f"{path}: target: no target file {exc.args[0].split(':')[0]} (expected a name in {TARGETS_DIR} or a path)"
             ) from None
         raise
-    return ResolvedProfile(profile=profile, target=target, profile_path=path, target_path=target_path)
+    return ResolvedProfile(profile=profile, target=target, profile_path=path, target_path=target_path, base_paths=base_paths)
 
 
 def is_target_file(path: Path) -> bool:

@@ -84,7 +84,7 @@ def render_markdown(report: dict) -> str:
         f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
         f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
         f"| mapping | {model['mapping']} |",
-        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`) |",
+        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`){_bases(profile)} |",
         f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
         f"| data | {data['spec']}: {data['images']} of {data['val_images']} validation images"
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''} |",
@@ -138,6 +138,12 @@ def _schedule(schedule: list[float] | None) -> str:
         return "n/a"
     rates = list(dict.fromkeys(schedule))  # distinct, in order
     return f"{len(schedule)} epochs at " + " → ".join(f"{r:g}" for r in rates)
+
+
+def _bases(profile: dict) -> str:
+    """The profiles it extends, each with its hash: the report's figures depend on them too.
+    Reports written before ``extends`` existed have no such field."""
+    return "".join(f", extends `{b['file']}` (sha256 `{b['sha256'][:16]}…`)" for b in profile.get("extends", []))
 
 
 # --- writing --------------------------------------------------------------------------------

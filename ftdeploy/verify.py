@@ -551,6 +551,7 @@ def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dic
                   "equalization": meta.get("equalization"), "training": meta.get("training"), "mapping": meta["mapping"]["description"],
                   "layers": len(export.layers), "cells": sum(int(np.prod(s)) for s in export.cell_shapes)},  # fmt: skip
         "profile": {"name": resolved.profile.name, "file": str(resolved.profile_path), "sha256": sha256_file(resolved.profile_path),
+                    "extends": [{"file": str(b), "sha256": sha256_file(b)} for b in resolved.base_paths],
                     "target": resolved.target.name, "target_file": str(resolved.target_path),
                     "target_sha256": sha256_file(resolved.target_path), "resolved": resolved.to_dict()},  # fmt: skip
         "data": data.record,

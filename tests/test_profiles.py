@@ -180,6 +180,91 @@ def test_stuck_pair_is_accepted(tmp_path):
     assert faults.pair == (0.001, 0.004) and faults.total == pytest.approx(0.005)
 
 
+# --- extends: a profile written as what differs from another -------------------------------
+
+
+def test_extends_takes_every_section_of_its_base_and_overrides_field_by_field(tmp_path):
+    """A section is merged key by key; a list (sign-off rates, acceptance) is replaced whole; the
+    name and description are the profile's own."""
+    _write(tmp_path, DEMO, "base.yaml")
+    path = _write(tmp_path, {"name": "child", "extends": "base.yaml", "signoff": {"chips": 3, "rates": [0.01]},
+                             "training": {"epochs": 2}}, "child.yaml")  # fmt: skip
+    child, base = load_profile(path), load_profile(tmp_path / "base.yaml")
+    assert child.base_paths == (tmp_path / "base.yaml",)
+    assert child.profile.name == "child" and child.profile.description == ""
+    assert child.profile.signoff.chips == 3 and child.profile.signoff.rates == [0.01]
+    assert child.profile.signoff.seed == base.profile.signoff.seed and child.profile.signoff.acceptance == base.profile.signoff.acceptance
+    assert child.profile.training == base.profile.training.model_copy(update={"epochs": 2})
+    assert child.profile.faults == base.profile.faults and child.target == base.target
+
+
+def test_extends_a_profile_by_name_and_a_chain_of_them(tmp_path):
+    middle = _write(tmp_path, {"name": "m", "extends": "chen2015", "training": {"epochs": 7}}, "m.yaml")
+    leaf = _write(tmp_path, {"name": "leaf", "extends": "m.yaml", "training": {"method": "one-shot"}}, "leaf.yaml")
+    r = load_profile(leaf)
+    assert r.base_paths == (middle, PROFILES_DIR / "chen2015.yaml")
+    assert (r.profile.training.epochs, r.profile.training.method) == (7, Method.one_shot)
+    assert r.profile.signoff == load_profile("chen2015").profile.signoff
+
+
+@pytest.mark.parametrize("name", ["chen2015-folded", "chen2015-inverted", "chen2015-tuned"])
+def test_the_shipped_variants_of_chen2015_extend_it(name):
+    """What chen2015's variants share with it is written once: they differ from it only where
+    their own file says so."""
+    variant, chen2015 = load_profile(name), load_profile("chen2015")
+    assert variant.base_paths == (chen2015.profile_path,)
+    own = yaml.safe_load(variant.profile_path.read_text())
+    assert set(own) - {"extends", "name", "description"} in ({"target"}, {"training"})
+    expected = chen2015.profile.model_dump()
+    for section, fields in own.items():
+        if section not in ("extends", "name", "description"):
+            expected[section] = {**expected[section], **fields} if isinstance(fields, dict) else fields
+    assert variant.profile.model_dump() == {**expected, "name": name, "description": own["description"]}
+
+
+def test_an_inherited_target_path_is_relative_to_the_base(tmp_path):
+    (tmp_path / "family").mkdir()
+    _write(tmp_path / "family", dict(TARGET, name="family-chip"), "chip.yaml")
+    _write(tmp_path / "family", _profile(target="chip.yaml"), "base.yaml")
+    path = _write(tmp_path, {"name": "line-3", "extends": "family/base.yaml"}, "line3.yaml")
+    r = load_profile(path)
+    assert r.target.name == "family-chip" and r.target_path == tmp_path / "family" / "chip.yaml"
+
+
+@pytest.mark.parametrize("extends, fragment", [
+    ("nosuch", "extends: no profile file {profiles}/nosuch.yaml (expected a name in {profiles} or a path)"),
+    ("sub/nosuch.yaml", "extends: no profile file {tmp}/sub/nosuch.yaml"),
+    (3, "extends: expected the name of a profile in {profiles} or a path to one (found 3)"),
+    ("", "extends: expected the name of a profile"),
+    ("bad.yaml", "extends: bad.yaml leads back to a profile already on the way ({tmp}/bad.yaml -> {tmp}/bad.yaml)"),
+])  # fmt: skip
+def test_a_bad_extends_is_one_line_naming_the_file(tmp_path, extends, fragment):
+    path = _write(tmp_path, {"name": "x", "extends": extends})
+    lines = _error_lines(path)
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: " + fragment.format(profiles=PROFILES_DIR, tmp=tmp_path)), lines
+
+
+def test_a_cycle_through_two_profiles_is_refused_where_it_closes(tmp_path):
+    a = _write(tmp_path, {"name": "a", "extends": "b.yaml"}, "a.yaml")
+    b = _write(tmp_path, {"name": "b", "extends": "a.yaml"}, "b.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_profile(b)
+    assert str(exc.value) == f"{a}: extends: b.yaml leads back to a profile already on the way ({b} -> {a} -> {b})"
+
+
+def test_a_bad_field_is_reported_in_the_file_that_has_it(tmp_path):
+    base = _write(tmp_path, _profile(signoff__chips=0), "base.yaml")
+    path = _write(tmp_path, {"name": "x", "extends": "base.yaml"}, "child.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_profile(path)
+    assert str(exc.value).startswith(f"{base}: signoff.chips: ") and "\n" not in str(exc.value)
+    _write(tmp_path, DEMO, "base.yaml")
+    path = _write(tmp_path, {"name": "x", "extends": "base.yaml", "training": {"target_rate": 0.1}}, "child.yaml")
+    assert _error_lines(path) == [f"{path}: training: progressive_rates must end at target_rate 0.1, found [0.01, 0.02, 0.05]"]
+    path = _write(tmp_path, {"extends": "base.yaml"}, "nameless.yaml")
+    assert _error_lines(path) == [f"{path}: name: Field required"], "a profile's name is its own, never inherited"
+
+
 def test_missing_target_file(tmp_path):
     path = _write(tmp_path, _profile(target="nosuch"))
     lines = _error_lines(path)

@@ -61,10 +61,19 @@ signoff:
     - rate: 0.05
       min_stability: 0.0
 """
-#: Same chips, one impossible limit.
-FAILING = PASSING.replace("name: vtest", "name: vtest-fail").replace(
-    "      max_acc_drop_pct: 100.0\n", "      max_acc_drop_pct: 100.0\n      min_acc_defect_pct: 99.0\n"
-)
+#: Same chips, one impossible limit: the passing profile extended, as a production line would.
+FAILING = """\
+name: vtest-fail
+extends: vtest.yaml
+signoff:
+  acceptance:
+    - rate: 0.01
+      max_acc_drop_pct: 100.0
+      min_acc_defect_pct: 99.0
+      min_acc_defect_lower_ci_pct: 0.0
+    - rate: 0.05
+      min_stability: 0.0
+"""
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +237,7 @@ def test_report_records_what_was_verified(report, onnx_path, resolved):
     assert report["model"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert report["profile"]["sha256"] == hashlib.sha256(resolved.profile_path.read_bytes()).hexdigest()
     assert report["profile"]["target_sha256"] == hashlib.sha256(resolved.target_path.read_bytes()).hexdigest()
+    assert report["profile"]["extends"] == [], "vtest extends no profile"
     assert report["data"]["images"] == IMAGES and report["data"]["spec"] == "embedded"
     assert report["signoff"] == {**report["signoff"], "seed": 0, "chips": CHIPS, "rates": RATES}
     assert [r["rate"] for r in report["figures"]["rates"]] == RATES
@@ -348,6 +358,11 @@ def test_cli_exit_0_when_all_limits_pass(onnx_path, profiles, tmp_path, monkeypa
 def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, profiles, tmp_path, monkeypatch, capsys):
     code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST, "--out", tmp_path / "r")
     assert code == 1, err
+    # the profile it extends is part of what was verified: named and hashed in the report
+    recorded = json.loads((tmp_path / "r" / "report.json").read_text())["profile"]
+    base = profiles["pass"]
+    assert recorded["extends"] == [{"file": str(base), "sha256": hashlib.sha256(base.read_bytes()).hexdigest()}]
+    assert f"extends `{base}` (sha256 `{recorded['extends'][0]['sha256'][:16]}…`)" in (tmp_path / "r" / "report.md").read_text()
     assert re.search(r"^FAILED rate=0.01 min_acc_defect_pct: \d+\.\d\d < 99\.00$", out, re.M), out
     assert "FAILED sign-off: 1 of 4 limits failed" in out
     assert "sign-off failed" in err
