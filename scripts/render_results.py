@@ -526,10 +526,17 @@ def command_lines(manifest: dict, names: list[str], table: dict | None = None) -
                          f"(model.pt sha256 {step['model_sha256'][:12]}…)")  # fmt: skip
         elif step:
             if step.get("returncode") is None:
-                lines.append(f"    {step['command']}    # did not finish (stopped with the run)")
+                lines.append(f"    {step['command']}    # did not finish (stopped with the run){_earlier(step)}")
             else:
-                lines.append(f"    {step['command']}    # {step['seconds']:.0f} s, exit {step['returncode']}")
+                lines.append(f"    {step['command']}    # {step['seconds']:.0f} s, exit {step['returncode']}{_earlier(step)}")
     return lines
+
+
+def _earlier(step: dict) -> str:
+    """The attempts before the recorded one (a run stopped with its window, then resumed)."""
+    attempts = [("did not finish" if a.get("returncode") is None else f"exit {a['returncode']} after {a['seconds']:.0f} s")
+                + ("" if a["command"] == step["command"] else f" (as `{a['command']}`)") for a in step.get("earlier", [])]  # fmt: skip
+    return f"; before: {', '.join(attempts)}" if attempts else ""
 
 
 def render(out: Path, see_also: list[str] = ()) -> str:

@@ -462,10 +462,15 @@ class Runner:
             return True
         print(f"[reproduce] {name}: {command}", flush=True)
         self._mine.add(name)
-        self.steps[name] = {"command": command, "returncode": None, "seconds": None}  # a killed step stays visible
+        earlier = _attempts(self.steps.get(name))
+        history = {"earlier": earlier} if earlier else {}
+        self.steps[name] = {"command": command, "returncode": None, "seconds": None, **history}  # a killed step stays visible
         self.save()
         t0 = time.perf_counter()
-        with open(self.out / "logs" / f"{name}.log", "w") as log:
+        # Appended, not overwritten: an attempt stopped with an accelerator window keeps its log.
+        with open(self.out / "logs" / f"{name}.log", "a") as log:
+            log.write(f"[reproduce] attempt {len(earlier) + 1} ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}): {command}\n")
+            log.flush()
             proc = subprocess.Popen([sys.executable, "-m", "ftdeploy", *argv], stdout=log, stderr=subprocess.STDOUT)
             with self._lock:
                 self._children.add(proc)
@@ -475,7 +480,7 @@ class Runner:
             with self._lock:
                 self._children.discard(proc)
         seconds = time.perf_counter() - t0
-        self.steps[name] = {"command": command, "returncode": rc, "seconds": round(seconds, 1)}
+        self.steps[name] = {"command": command, "returncode": rc, "seconds": round(seconds, 1), **history}
         self.save()
         print(f"[reproduce] {name}: exit {rc} after {seconds:.0f} s", flush=True)
         if rc not in ok_codes:
@@ -507,6 +512,15 @@ class Runner:
             tmp = self.manifest_path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"steps": merged}, indent=1))
             tmp.replace(self.manifest_path)
+
+
+def _attempts(entry: dict | None) -> list[dict]:
+    """A step's attempts before the one starting now, oldest first: the manifest keeps every
+    attempt's command, exit code and time (a step stopped with a window and rerun included), not
+    only the last one. A step reused from another study was not attempted here."""
+    if not entry or entry.get("reused_from") or "command" not in entry:
+        return []
+    return [*entry.get("earlier", []), {k: entry.get(k) for k in ("command", "returncode", "seconds")}]
 
 
 def _environment() -> dict:

@@ -66,6 +66,25 @@ def test_two_invocations_sharing_a_run_folder_keep_each_others_steps(tmp_path):
     assert len(steps["_environments"]) == 2
 
 
+def test_a_step_run_again_keeps_its_earlier_attempts(tmp_path):
+    """A step stopped (or failed) and run again: the manifest and its log keep every attempt,
+    and the rendered command line says what came before the run whose figures it gives."""
+    import json
+
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    run = reproduce.Runner(tmp_path)
+    assert not run("sweep-dense", ["models", "--no-such-option"])  # exit 2
+    assert reproduce.Runner(tmp_path)("sweep-dense", ["models"])  # a later invocation, from the manifest on disk
+    step = json.loads((tmp_path / "manifest.json").read_text())["steps"]["sweep-dense"]
+    assert step["returncode"] == 0 and step["command"] == "ftdeploy models"
+    assert [(a["command"], a["returncode"]) for a in step["earlier"]] == [("ftdeploy models --no-such-option", 2)]
+    log = (tmp_path / "logs" / "sweep-dense.log").read_text()
+    assert "attempt 1" in log and "No such option" in log and "attempt 2" in log and "tv:NAME" in log
+    line, = render.command_lines({"steps": {"sweep-dense": step}}, ["sweep-dense"])
+    assert line.endswith(f"exit 0; before: exit 2 after {step['earlier'][0]['seconds']:.0f} s (as `ftdeploy models --no-such-option`)")
+    assert "before" not in render.command_lines({"steps": {"s": {**step, "earlier": []}}}, ["s"])[0]
+
+
 def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path):
     import json
 
