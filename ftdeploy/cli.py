@@ -507,6 +507,7 @@ def sweep_cmd(
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
+    train_seed: Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of every retraining's data order and fault draws; default: the chip seed (--seed). Another one, on the same chips, says how much of a row is the luck of one training.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     device: DeviceOpt = "auto",
@@ -526,7 +527,7 @@ def sweep_cmd(
     # then sets its own method and rates (SweepSettings.train_config).
     recipe = make_train_config(
         method="one-shot", epochs=_given(epochs, d.epochs), lr=_given(lr, d.retrain_lr), batch_size=_given(batch_size, d.batch_size),
-        weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed, device=device,
+        weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed if train_seed is None else train_seed, device=device,
         **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
                   unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
                   distill=distill),

@@ -39,8 +39,8 @@ from .errors import ConfigError, ModelError
 from .faults import StuckAt
 from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
-from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, progressive_rates_for,
-                    pick_device, train, train_argv)
+from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device,
+                    progressive_rates_for, run_differences, train, train_argv)
 from .verify import check_chip_counts, judge, rate_figures, stability_score, subset_indices, summarize_chips
 
 
@@ -393,6 +393,7 @@ def build_table(s: SweepSettings, cells: list[Cell], results: dict[str, dict]) -
         "val_images": None,
         "chips": s.chips,
         "seed": s.seed,
+        "train_seed": s.recipe.seed,  # of the retrainings (sweep --train-seed; by default the chip seed)
         "epochs": s.recipe.epochs,
         **recipe_fields(s.recipe),
         "test_rates": [f"{r:g}" for r in s.test_rates],
@@ -457,6 +458,7 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     next training waiting."""
     cells = plan(methods, train_rates)
     s.pretrained_checkpoint  # a file that is no checkpoint is refused before OUT is made
+    check_runs_are_this_grids(s, cells, out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
 
@@ -477,6 +479,19 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
                 evaluator.submit(cell)
     evaluator.finish()
     return _write_tables(s, [c for c in cells if c.key in results], results, out, data)
+
+
+def check_runs_are_this_grids(s: SweepSettings, cells: list[Cell], out: Path) -> None:
+    """Refuse a folder whose run of a cell was trained otherwise (another recipe, training seed,
+    learning rate...): the sweep would keep or resume it and tabulate it as this grid's. Checked
+    before any work, for a finished run and an interrupted one alike."""
+    for c in cells[1:]:
+        path = out / "runs" / c.key / "model.pt"
+        if path.is_file():
+            differ = run_differences(load_checkpoint(path), s.train_config(c))
+            if differ:
+                raise ConfigError(f"{path.parent}: a run of {c.label} trained otherwise ({differ}); "
+                                  "use another --out, or this run's settings")
 
 
 class _BackgroundEvaluator:

@@ -894,9 +894,7 @@ def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, target: Target
     names). Fields an older checkpoint did not record: config fields are not compared, target
     fields take their defaults (``batchnorm: fold``, the only behaviour before the field
     existed). Pretraining injects no faults, so any target will do."""
-    saved, now = ckpt.get("config") or {}, config.model_dump(mode="json")
-    keys = [k for k in saved if k in now and k not in RESUME_MAY_DIFFER]
-    differ = _differences(saved, now, keys)
+    differ = run_differences(ckpt, config)
     if differ:
         raise ConfigError(f"{path}: cannot resume a different run ({differ}); use a new --out or the same settings")
     if not ckpt.get("target") or config.method == "pretrain":
@@ -906,6 +904,14 @@ def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, target: Target
     differ = _differences(before, target.model_dump(mode="json", exclude=names), list(before))
     if differ:
         raise ConfigError(f"{path}: cannot resume on a different target ({differ}); use the run's profile")
+
+
+def run_differences(ckpt: dict, config: TrainConfig) -> str:
+    """Where the run ``ckpt`` recorded differs from ``config`` ('' where it does not), as
+    'field: old there, new now': every field but where and how closely it is checked. Fields an
+    older checkpoint did not record are not compared."""
+    saved, now = ckpt.get("config") or {}, config.model_dump(mode="json")
+    return _differences(saved, now, [k for k in saved if k in now and k not in RESUME_MAY_DIFFER])
 
 
 def _differences(before: dict, now: dict, keys: list[str]) -> str:

@@ -121,11 +121,38 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
 def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
     ascending ``settings`` of their table, the first deciding."""
-    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file()]
+    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and TRAIN_SEED not in p.name]
     def key(folder: str) -> tuple[float, ...]:
         table = load(out / folder / "table.json") or {}
         return tuple(float(table.get(setting) or 0) for setting in settings)
     return sorted(folders, key=key)
+
+
+#: What reproduce_cifar10.py --train-seed N adds to a grid's folder (its section: train_seed_md).
+TRAIN_SEED = "-train-seed-"
+
+
+def train_seed_folders(out: Path) -> list[str]:
+    """The grids retrained from another training seed (`FOLDER-train-seed-N`), by folder, then seed."""
+    folders = [p.name for p in out.glob(f"*{TRAIN_SEED}*") if (p / "table.json").is_file()]
+    return sorted(folders, key=lambda f: (f.rsplit(TRAIN_SEED, 1)[0], int(f.rsplit(TRAIN_SEED, 1)[1])))
+
+
+def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dict | None, manifest: dict) -> list[str]:
+    """The section of a grid retrained from another training seed, beside the same grid's rows
+    from its first seed (``base``) and Table I."""
+    table = table or {}
+    grid, seed = folder.rsplit(TRAIN_SEED, 1)
+    base_seed = (base or {}).get("train_seed", (base or {}).get("seed"))  # tables before --train-seed: the chip seed
+    also = (base, f"training seed {base_seed}") if base else (None, "")
+    return beside_table_i_md(
+        f"The `{grid}` grid from training seed {seed} (`--train-seed {seed}`)",
+        f"The same recipe, pretrained model, epochs, learning rate, chips and images as the `{grid}` grid"
+        + (f", whose rows are marked \"training seed {base_seed}\"" if base else "")
+        + "; only the seed of the retrainings (their data order and training faults) differs, so the gap between "
+        "the two is what the luck of one training moves a row by (`scripts/compare_models.py` on the two results "
+        "files pairs them chip by chip). The rows marked Table I are the plain recipe.",
+        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
 def clean_steps_folders(out: Path) -> list[str]:
@@ -672,6 +699,9 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
         md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
+    for folder in train_seed_folders(out):
+        base = load(out / folder.rsplit(TRAIN_SEED, 1)[0] / "table.json")
+        md += train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest)
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -691,8 +721,8 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
     md += warmup_md(out)
-    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders, "equalized",
-                             "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
+    curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
+                             *train_seed_folders(out), "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -36,6 +36,8 @@ accelerator window continues from its last finished epoch):
         clean-steps-F-weight-clip-K;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
+`--train-seed N` retrains the chosen branches from another training seed, on the same chips, into
+FOLDER-train-seed-N: how far one training's luck moves a row.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
 a study on another target from an earlier study's pretrained and pruned models (copied, and
 recorded in the manifest with the command that made them there).
@@ -55,7 +57,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
@@ -126,7 +128,20 @@ def sweep_options(args, epochs: int, profile: str | None = None, lr: float | Non
 
 def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     """The study's sweeps for a grid of ``methods`` × ``rates`` (the pruned grid takes the rates
-    >= 0.05, the paper's Table II setting)."""
+    >= 0.05, the paper's Table II setting); with --train-seed N, each one retrained from another
+    training seed into a folder of its own (:func:`with_train_seed`)."""
+    branches = _sweep_branches(args, methods, rates)
+    return branches if args.train_seed is None else [with_train_seed(b, args.train_seed) for b in branches]
+
+
+def with_train_seed(branch: SweepBranch, seed: int) -> SweepBranch:
+    """``branch`` retrained from training seed ``seed`` on the same chips, into FOLDER-train-seed-N:
+    a run folder keeps the seed it was trained with, so the seeds' grids sit side by side."""
+    suffix = f"-train-seed-{seed}"
+    return replace(branch, folder=branch.folder + suffix, step=branch.step + suffix, extra=(*branch.extra, "--train-seed", str(seed)))
+
+
+def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     high = ",".join(r for r in rates.split(",") if float(r) >= 0.05)
     named_grid, bn_folder = (methods, rates) != FULL_GRID, bn_train_folder(args)
     return [
@@ -270,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bn-train-epochs", type=int, default=None,
                     help="retraining epochs of the bn-train branch (default --epochs; others into a folder ending -N-epochs)")
     ap.add_argument("--train-rates", default=FULL_GRID[1], help="P_sa^T of the dense grid; the pruned grid takes those >= 0.05")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="retrain the chosen branches from this training seed (on the same chips) into FOLDER-train-seed-N; "
+                    "default: the chip seed, as every archived grid")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",

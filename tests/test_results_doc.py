@@ -236,6 +236,33 @@ def test_the_machines_line_names_each_run_of_invocations_once():
         "2-3: CPU (x86_64) (torch 2.14.1, Python 3.11.7); 4: NVIDIA H200 (torch 2.14.1, Python 3.12.3).")
 
 
+def test_a_grid_from_another_training_seed_has_a_folder_and_a_section_of_its_own(tmp_path):
+    """--train-seed N retrains a branch on the same chips into FOLDER-train-seed-N; the page gives
+    it a section of its own beside the same grid's first seed, not a second section of that grid."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    options = ["--out", str(tmp_path), "--only", "clean-steps-clip", "--clean-steps", "0.75", "--weight-clip", "2"]
+    branch = next(b for b in reproduce.sweep_branches(reproduce.parse_args([*options, "--train-seed", "1"]), "one-shot", "0.05")
+                  if b.branch == "clean-steps-clip")  # fmt: skip
+    argv = branch.argv(reproduce.parse_args([*options, "--train-seed", "1"]))
+    assert branch.folder == "clean-steps-0.75-weight-clip-2-train-seed-1" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
+    assert argv[argv.index("--train-seed") + 1] == "1" and branch.step_name(False) == f"sweep-{branch.folder}:one-shot@0.05"
+    plain = next(b for b in reproduce.sweep_branches(reproduce.parse_args(options), "one-shot", "0.05") if b.branch == "clean-steps-clip")
+    assert plain.folder == "clean-steps-0.75-weight-clip-2" and "--train-seed" not in plain.argv(reproduce.parse_args(options))
+
+    archived = ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/table.json"
+    for folder in ("clean-steps-0.75-weight-clip-2", branch.folder):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "table.json").write_text(archived.read_text())
+    assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
+    assert render.train_seed_folders(tmp_path) == [branch.folder]
+    table = json.loads(archived.read_text())
+    dense = json.loads((ROOT / "docs/results/c10c/dense/table.json").read_text())
+    section = render.train_seed_md(branch.folder, {**table, "train_seed": 1}, table, dense, {"steps": {}})
+    assert section[0] == "## The `clean-steps-0.75-weight-clip-2` grid from training seed 1 (`--train-seed 1`)"
+    models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| one-shot P^T=0.05") and "±" in line]
+    assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (training seed 0)", "one-shot P^T=0.05 (Table I)"], models
+
+
 def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_its_own(tmp_path):
     """--clean-steps F trains into clean-steps-F (the F = 0.5 grid keeps clean-steps), evaluates
     from there, and the page gives each fraction its section, in ascending order."""

@@ -68,6 +68,7 @@ def test_sweep_trains_evaluates_tabulates_and_resumes(pretrained, small_data, tm
     for name in ("table.json", "table.csv", "table.md"):
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "table.json").read_text())["rows"][1]["model"] == "one-shot P^T=0.05"
+    assert (table["seed"], table["train_seed"]) == (0, 0), "chips and trainings: the profile's seed"
     assert "| progressive P^T=0.05 |" in render_markdown(table)
     # The demo profile's one limit is at P = 0.01, which this grid does not test.
     assert {r["signoff_screen"]["verdict"] for r in table["rows"]} == {"untested"}
@@ -177,8 +178,8 @@ def test_two_sweeps_sharing_a_folder_leave_one_table_with_both_grids(pretrained,
     assert table["rows"][2] == alone["rows"][1], "the same model on the same chips: the same row"
 
     no_train = dataclasses.replace(settings, train=False)
-    other_recipe = run_sweep(_with_recipe(no_train, lr=0.02), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
-    assert [r["model"] for r in other_recipe["rows"]] == ["baseline", "one-shot P^T=0.02"], "trained otherwise"
+    other_recipe = run_sweep(_with_recipe(no_train, lr=0.02), ["one-shot"], [0.1], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in other_recipe["rows"]] == ["baseline"], "the other rows were trained otherwise"
     more_chips = run_sweep(dataclasses.replace(no_train, chips=4), ["one-shot"], [0.02], tmp_path, small_data, **quiet)
     assert [r["model"] for r in more_chips["rows"]] == ["baseline", "one-shot P^T=0.02"], "other chips"
     assert len(run_sweep(no_train, ["one-shot"], [0.02], tmp_path, small_data, **quiet)["rows"]) == 3, "as before"
@@ -193,6 +194,47 @@ def test_two_sweeps_sharing_a_folder_leave_one_table_with_both_grids(pretrained,
     beside = run_sweep(settings, ["one-shot"], [0.02], restored, small_data, **quiet)
     assert [r["model"] for r in beside["rows"]] == ["baseline", "one-shot P^T=0.02", "progressive P^T=0.05"]
     assert beside["rows"][2] == alone["rows"][1], "the archived row, as it was measured"
+
+
+def test_a_folder_holding_a_run_trained_otherwise_is_refused_before_any_work(pretrained, small_data, tmp_path):
+    """A cell's run trained with another recipe or training seed, finished or cut short, would be
+    kept (or resumed) and tabulated as this grid's: the sweep refuses it in one line, and leaves
+    the folder as it was."""
+    quiet = dict(log=lambda line: None)
+    run_sweep(_settings(pretrained), ["one-shot"], [0.05], tmp_path, small_data, **quiet)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    run_dir = tmp_path / "runs" / "one-shot-0.05"
+    for changed, differ in [(dict(seed=1), "seed: 0 there, 1 now"), (dict(clean_steps=0.5), "clean_steps: 0.0 there, 0.5 now")]:
+        for train in (True, False):
+            settings = dataclasses.replace(_with_recipe(_settings(pretrained), **changed), train=train)
+            with pytest.raises(ConfigError) as exc:
+                run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, **quiet)
+            assert str(exc.value) == f"{run_dir}: a run of one-shot P^T=0.05 trained otherwise ({differ}); " \
+                                     "use another --out, or this run's settings"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+    again = run_sweep(_with_recipe(_settings(pretrained), eval_chips=0), ["one-shot"], [0.05], tmp_path, small_data, **quiet)
+    assert [r["model"] for r in again["rows"]] == ["baseline", "one-shot P^T=0.05"], "how closely epochs are checked may differ"
+
+
+def test_the_training_seed_is_the_chip_seed_unless_train_seed_is_typed(pretrained, small_data, tmp_path, monkeypatch):
+    """Another training seed on the same chips: how much of a row is one training's luck."""
+    import ftdeploy.data
+    import ftdeploy.sweep
+
+    seen = []
+
+    def capture(settings, *args, **kwargs):
+        seen.append((settings.seed, settings.recipe.seed))
+        raise KeyboardInterrupt  # the settings are all this test needs
+
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
+    sweep = ["sweep", "--from", str(pretrained), "--profile", "demo", "--out", str(tmp_path / "s")]
+    for extra in ([], ["--seed", "4"], ["--train-seed", "2"], ["--seed", "4", "--train-seed", "2"]):
+        CliRunner().invoke(app, [*sweep, *extra])
+    assert seen == [(0, 0), (4, 4), (0, 2), (4, 2)]
+    result = CliRunner().invoke(app, [*sweep, "--train-seed", "-1"])
+    assert result.exit_code == 2 and "--train-seed" in result.output
 
 
 def test_trainings_do_not_wait_for_evaluations(pretrained, small_data, tmp_path, monkeypatch):
