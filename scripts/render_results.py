@@ -132,17 +132,23 @@ def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
 TRAIN_SEED = "-train-seed-"
 
 
+def split_train_seed(folder: str) -> tuple[str, int]:
+    """`FOLDER-train-seed-N` -> (FOLDER, N): the grid it retrains and the seed."""
+    grid, seed = folder.rsplit(TRAIN_SEED, 1)
+    return grid, int(seed)
+
+
 def train_seed_folders(out: Path) -> list[str]:
     """The grids retrained from another training seed (`FOLDER-train-seed-N`), by folder, then seed."""
     folders = [p.name for p in out.glob(f"*{TRAIN_SEED}*") if (p / "table.json").is_file()]
-    return sorted(folders, key=lambda f: (f.rsplit(TRAIN_SEED, 1)[0], int(f.rsplit(TRAIN_SEED, 1)[1])))
+    return sorted(folders, key=split_train_seed)
 
 
 def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dict | None, manifest: dict) -> list[str]:
     """The section of a grid retrained from another training seed, beside the same grid's rows
     from its first seed (``base``) and Table I."""
     table = table or {}
-    grid, seed = folder.rsplit(TRAIN_SEED, 1)
+    grid, seed = split_train_seed(folder)
     base_seed = (base or {}).get("train_seed", (base or {}).get("seed"))  # tables before --train-seed: the chip seed
     also = (base, f"training seed {base_seed}") if base else (None, "")
     return beside_table_i_md(
@@ -699,8 +705,9 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
         md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
-    for folder in train_seed_folders(out):
-        base = load(out / folder.rsplit(TRAIN_SEED, 1)[0] / "table.json")
+    seed_folders = train_seed_folders(out)
+    for folder in seed_folders:
+        base = load(out / split_train_seed(folder)[0] / "table.json")
         md += train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest)
     if equalized:
         md += equalized_md(equalized, dense, manifest)
@@ -722,7 +729,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *train_seed_folders(out), "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
+                             *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")
