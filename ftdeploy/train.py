@@ -361,20 +361,28 @@ class FaultInjector:
         return originals, flat, k
 
     @torch.no_grad()
-    def clip_to_sigmas(self, sigmas: float) -> None:
+    def clip_to_sigmas(self, sigmas: float, kept: torch.Tensor | None = None) -> None:
         """Clamp every master weight so that what its cells hold lies within ± ``sigmas``
         (sample) standard deviations of its scale group: the peak a stuck-on cell adds is then at
-        most that far out. Weights inside the bound are left bit for bit as they are."""
+        most that far out. Weights inside the bound are left bit for bit as they are.
+        ``kept`` (flat, over the deployed layers in order): a pruned model's surviving weights,
+        the only ones the spread is taken over. Its pruned zeros are no part of the distribution
+        the clip bounds; counted, at 70 % sparsity they would shrink the spread to about half and
+        a 2 σ clip would cut the surviving weights at 1.1 of their own σ."""
         originals, flat, k = self._held()
         folded = flat * k
-        count = self._group_sizes.to(folded.dtype)
-        total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, folded)
-        squares = torch.zeros_like(total).index_add_(0, self._group_of, folded * folded)
+        counted = folded if kept is None else folded * kept
+        count = (self._group_sizes if kept is None else self._kept_per_group(kept)).to(folded.dtype)
+        total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, counted)
+        squares = torch.zeros_like(total).index_add_(0, self._group_of, counted * counted)
         variance = (squares - total * total / count) / (count - 1).clamp(min=1)
         bound = (sigmas * variance.clamp(min=0).sqrt()).index_select(0, self._group_of)
         clipped = torch.where(folded.abs() > bound, folded.clamp(-bound, bound) / k, flat)
         for w, part in zip(originals, clipped.split(self._numels)):
             w.copy_(part.view_as(w))
+
+    def _kept_per_group(self, kept: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self._groups, device=kept.device, dtype=torch.long).index_add_(0, self._group_of, kept.long())
 
     def _draw_chip(self) -> list[torch.Tensor]:
         _, flat, k = self._held()
@@ -582,6 +590,8 @@ class _Run:
         self.retraining = config.method != "pretrain"
         # Pruned weights stay zero (re-zeroed after every step), on the model's device.
         self.prune_masks = {name: m.to(device) for name, m in prune_masks.items()} if prune_masks else None
+        # The same masks flat, in the injector's layer order: what the weight clip takes its spread over.
+        self.kept = torch.cat([self.prune_masks[name].reshape(-1) for name, _ in deployed_layers(model)]) if prune_masks else None
         self.teacher = _teacher(init, device) if self.retraining and config.distill > 0 else None
         self.injector = None
         if self.retraining:  # every rank its own chips: seed offset by rank
@@ -650,7 +660,7 @@ class _Run:
         if self.prune_masks:
             _apply_masks(self.model, self.prune_masks)
         if self.injector and config.weight_clip:
-            self.injector.clip_to_sigmas(config.weight_clip)
+            self.injector.clip_to_sigmas(config.weight_clip, self.kept)
         return logits, loss
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> tuple[float, float | None]:

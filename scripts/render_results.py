@@ -75,6 +75,41 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
     return {**pruned, "rows": [base, pruned_base, *pruned["rows"][1:]]}
 
 
+def pruned_recipe_folders(out: Path) -> list[str]:
+    """The pruned grids retrained with a recipe of their own (`pruned-clean-steps-F-weight-clip-K`:
+    reproduce_cifar10.py --only pruned-clean-steps-clip), by ascending fraction, then K."""
+    return grids_by(out, "pruned-*", "clean_steps", "weight_clip")
+
+
+def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_same_recipe: dict | None,
+                     plain_pruned: dict | None, manifest: dict) -> list[str]:  # fmt: skip
+    """The section of the pruned model retrained with fault-free steps and clipped weights: its
+    rows between both baselines and the same method and rate retrained dense with the same recipe
+    (``dense_same_recipe``) and pruned with the plain one (``plain_pruned``), where this study has them."""
+    if not table or all(r["method"] == "baseline" for r in table["rows"]):
+        return []
+    fraction, sigmas = table.get("clean_steps") or 0, table.get("weight_clip") or 0
+    keys = {(r["method"], r["train_rate"]) for r in table["rows"] if r["method"] != "baseline"}
+
+    def marked(other: dict | None, mark: str) -> list[dict]:
+        return [dict(r, model=f"{r['model']} ({mark})") for r in (other or {}).get("rows", []) if (r["method"], r["train_rate"]) in keys]
+
+    own = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in table["rows"]]
+    dense_base = [dict(r, model="dense baseline (unpruned)") for r in (dense or {}).get("rows", []) if r["method"] == "baseline"]
+    rows = [*dense_base, *own, *marked(plain_pruned, "pruned, plain recipe"), *marked(dense_same_recipe, "dense, same recipe")]
+    return [f"## Pruned model retrained with {fraction:g} of the steps fault-free and weights clipped to ± {sigmas:g} "
+            f"standard deviations (`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips)", "",
+            f"The 70 % magnitude-pruned model (Acc_pretrain {fmt(table['acc_pretrain'])} %) retrained with the recipe "
+            "of the section above; its pruned weights stay zero, and the clip takes each layer's spread over its "
+            "surviving weights only (counting the zeros would halve it). The dense baseline shows how much more "
+            "fragile pruning left the model; the rows marked \"dense, same recipe\" are the dense model retrained "
+            "alike, those marked \"pruned, plain recipe\" the pruned model retrained without the recipe. Same "
+            "epochs, learning rate and chips as Table I. Each row's SS is relative to its own model's Acc_pretrain.", "",
+            *table_md({**table, "rows": rows}, with_ci=True), "",
+            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "", "Commands:", "",
+            *command_lines(manifest, ["prune", f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+
+
 def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = None,
                     also: tuple[dict | None, str] = (None, "")) -> dict:  # fmt: skip
     """Runs of another length or recipe followed by Table I's runs of the same method and training
@@ -705,6 +740,10 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
         md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
+    pruned_folders = pruned_recipe_folders(out)
+    for folder in pruned_folders:
+        md += pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
+                               load(out / folder.removeprefix("pruned-") / "table.json"), pruned, manifest)
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")
@@ -729,7 +768,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned"])  # fmt: skip
+                             *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -34,6 +34,8 @@ accelerator window continues from its last finished epoch):
         after each retraining step (--weight-clip K), into weight-clip-K;
      n. "clean-steps-clip": h and m together (--clean-steps F --weight-clip K), into
         clean-steps-F-weight-clip-K;
+     o. "pruned-clean-steps-clip": the pruned grid of b retrained as n, into
+        pruned-clean-steps-F-weight-clip-K (the clip's spread taken over the surviving weights);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 `--train-seed N` retrains the chosen branches from another training seed, on the same chips, into
@@ -56,6 +58,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,7 +67,7 @@ from ftdeploy.files import exclusive_lock, sha256_file  # the installed package 
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip")
+            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -204,6 +207,13 @@ def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         SweepBranch("clean-steps-clip", clean_steps_clip_folder(args), f"sweep-{clean_steps_clip_folder(args)}",
                     "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}",
                                                  "--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
+        # Does the pruned model, more fragile and the plain recipe's worst loser of clean
+        # accuracy, keep it under the recipe that kept the dense model's? The pruned grid
+        # (progressive at P_sa^T >= 0.05, or the named methods at those rates) retrained as n.
+        SweepBranch("pruned-clean-steps-clip", f"pruned-{clean_steps_clip_folder(args)}",
+                    f"sweep-pruned-{clean_steps_clip_folder(args)}", "pruned70", methods if named_grid else "progressive", high,
+                    ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}", "--weight-clip", f"{args.weight_clip:g}"),
+                    follows_grid=True),
     ]  # fmt: skip
 
 
@@ -340,14 +350,13 @@ def main() -> int:
     def sweep_step(branch: str) -> tuple[str, list[str]]:
         return sweeps[branch].step_name(whole_grid), sweeps[branch].argv(args)
 
+    # Both pruned branches start from it; the Runner runs it once when both are asked for.
+    prune = ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
+                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned)  # fmt: skip
     branches = {
         "dense": [sweep_step("dense")],
         "distill": [sweep_step("distill")],
-        "pruned": [
-            ("prune", ["prune", str(pre), *base, "--method", "magnitude", "--sparsity", "0.7",
-                       "--epochs", str(args.prune_epochs), "--out", str(pruned.parent), "--resume"], pruned),
-            sweep_step("pruned"),
-        ],
+        "pruned": [prune, sweep_step("pruned")],
         "bn-train": [sweep_step("bn-train")],
         "ablation-grad": [sweep_step("ablation-grad")],
         "baselines": baseline_steps(args, pre),
@@ -364,6 +373,7 @@ def main() -> int:
         "retrain-lr": [sweep_step("retrain-lr")],
         "weight-clip": [sweep_step("weight-clip")],
         "clean-steps-clip": [sweep_step("clean-steps-clip")],
+        "pruned-clean-steps-clip": [prune, sweep_step("pruned-clean-steps-clip")],
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:
@@ -446,6 +456,9 @@ class Runner:
         self.manifest_path = out / "manifest.json"
         # Reentrant: the SIGTERM handler (stop) runs in the main thread, which may hold it.
         self._lock = threading.RLock()
+        # One per step: two branches that share a step (the pruning) run it once, the later one
+        # waiting and then finding it done.
+        self._step_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._children: set[subprocess.Popen] = set()
         self.stopped = False
         self.steps = self._read()
@@ -471,6 +484,12 @@ class Runner:
                 proc.terminate()
 
     def __call__(self, name: str, argv: list[str], done: Path | None = None, ok_codes=(0,)) -> bool:
+        with self._lock:
+            step_lock = self._step_locks[name]
+        with step_lock:
+            return self._run_step(name, argv, done, ok_codes)
+
+    def _run_step(self, name: str, argv: list[str], done: Path | None, ok_codes) -> bool:
         command = "ftdeploy " + " ".join(argv)
         if self.stopped:
             print(f"[reproduce] {name}: not started (stopped)", flush=True)

@@ -94,10 +94,12 @@ def test_pruning_reaches_target_sparsity(method, sparsity, pretrained, small_dat
     assert load_checkpoint(tmp_path / "model.pt")["pruning"] == record
 
 
-def test_fault_tolerant_retraining_keeps_pruned_weights_zero(pruned, small_data, target, tmp_path):
+@pytest.mark.parametrize("recipe", [{}, {"unbias_faults": True, "clean_steps": 0.75, "weight_clip": 2.0}],
+                         ids=["plain", "clean-steps-clip"])
+def test_fault_tolerant_retraining_keeps_pruned_weights_zero(recipe, pruned, small_data, target, tmp_path):
     before = load_checkpoint(pruned)
     config = TrainConfig(method="progressive", model=MODEL, progressive_rates=[0.01, 0.05], target_rate=0.05,
-                         epochs=2, lr=0.01, batch_size=100, eval_chips=0, device="cpu")  # fmt: skip
+                         epochs=2, lr=0.01, batch_size=100, eval_chips=0, device="cpu", **recipe)  # fmt: skip
     after = train(config, small_data, target, tmp_path, init=before)
     zeros_before, zeros_after = _zero_sets(before), _zero_sets(after)
     for name in zeros_before:

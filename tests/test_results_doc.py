@@ -477,7 +477,7 @@ def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its
         argv = branches["weight-clip"].argv(args)
         assert branches["weight-clip"].folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
         assert argv[argv.index("--weight-clip") + 1] == k
-        assert all("--weight-clip" not in b.argv(args) for name, b in branches.items() if name not in ("weight-clip", "clean-steps-clip"))
+        assert all("--weight-clip" not in b.argv(args) for name, b in branches.items() if name not in ("weight-clip", "clean-steps-clip", "pruned-clean-steps-clip"))
     with pytest.raises(SystemExit):
         reproduce.parse_args(["--weight-clip", "0"])
 
@@ -522,6 +522,61 @@ def test_fault_free_steps_with_clipped_weights_have_a_folder_and_a_section_besid
                     "| progressive P^T=0.05 (Table I)"]
     alone = render.clean_steps_clip_md(clipped, None, dense, {"steps": {}}, "clean-steps-0.75-weight-clip-2")
     assert not any("not clipped" in line for line in alone), "without the unclipped grid, only Table I beside it"
+
+
+def test_the_pruned_model_retrained_with_the_tuned_recipe_has_a_folder_and_a_section_beside_the_dense_one(tmp_path):
+    """--only pruned-clean-steps-clip retrains the pruned model (pruned70) with both options into
+    pruned-clean-steps-F-weight-clip-K; its section sets its rows between both baselines and the
+    dense grid retrained with the same recipe."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", "0.75", "--weight-clip", "2",
+                                 "--only", "pruned-clean-steps-clip", "--methods", "one-shot", "--train-rates", "0.01,0.05"])  # fmt: skip
+    branch = next(b for b in reproduce.sweep_branches(args, "one-shot", "0.01,0.05") if b.branch == "pruned-clean-steps-clip")
+    argv = branch.argv(args)
+    assert branch.folder == "pruned-clean-steps-0.75-weight-clip-2" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
+    assert argv[argv.index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
+    assert argv[argv.index("--clean-steps") + 1] == "0.75" and argv[argv.index("--weight-clip") + 1] == "2" and "--unbias-faults" in argv
+    assert argv[argv.index("--methods") + 1] == "one-shot" and argv[argv.index("--train-rates") + 1] == "0.05", \
+        "the pruned grid's rates (>= 0.05, the paper's Table II setting)"
+
+    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    tuned = json.loads((ROOT / "docs" / "results" / "c10c" / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
+    pruned = {**tuned, "acc_pretrain": 85.0, "rows": [r for r in tuned["rows"] if r["method"] == "baseline" or r["model"] == "one-shot P^T=0.05"]}
+    (tmp_path / branch.folder).mkdir()
+    (tmp_path / branch.folder / "table.json").write_text(json.dumps(pruned))
+    assert render.pruned_recipe_folders(tmp_path) == [branch.folder]
+    assert render.clean_steps_clip_folders(tmp_path) == [], "not a dense clean-steps-clip grid"
+    section = render.pruned_recipe_md(branch.folder, pruned, dense, tuned, None, {"steps": {}})
+    assert section[0].startswith("## Pruned model retrained with 0.75 of the steps fault-free and weights clipped to ± 2")
+    rows = [line.split(" |")[0] for line in section if line.startswith("| ") and " | " in line and ":" not in line.split(" |")[0]]
+    assert rows[1:5] == ["| dense baseline (unpruned)", "| pruned baseline (no FT retraining)", "| one-shot P^T=0.05",
+                         "| one-shot P^T=0.05 (dense, same recipe)"], rows
+    assert render.pruned_recipe_md(branch.folder, {**pruned, "rows": pruned["rows"][:1]}, dense, tuned, None, {"steps": {}}) == [], \
+        "a grid with no retrained model gets no section"
+
+
+def test_a_step_two_branches_share_runs_once(tmp_path, monkeypatch):
+    """Both pruned branches start with the pruning: asked for together, it runs once and the
+    other branch finds it done."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    reproduce = _script("reproduce_cifar10")
+    run = reproduce.Runner(tmp_path)
+    done = tmp_path / "models.txt"
+    started = []
+    original = reproduce.subprocess.Popen
+
+    def popen(argv, **kwargs):  # a real, quick ftdeploy command that leaves the step's output late
+        started.append(argv)
+        time.sleep(0.5)  # the other branch asks meanwhile
+        done.write_text("done")
+        return original(argv, **kwargs)
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen)
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(lambda _: run("prune", ["models"], done=done), range(2)))
+    assert len(started) == 1
 
 
 def test_the_weight_clip_probe_clips_with_the_trainers_clip_and_leaves_k_0_alone():

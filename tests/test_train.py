@@ -363,10 +363,33 @@ def test_weight_clip_bounds_what_the_cells_hold_per_scale_group(target_name):
     assert clipped_some
 
 
+def test_weight_clip_of_a_pruned_model_takes_the_spread_of_its_surviving_weights():
+    """Pruned zeros are no part of the distribution the clip bounds: the bound is K standard
+    deviations of the surviving weights alone, and the zeros stay zero."""
+    target, _ = load_target("paper-diff8")
+    model = create_model("democnn", width=8)
+    layers = deployed_layers(model)
+    with torch.no_grad():
+        masks = [torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(i)) > 0.7 for i, (_, layer) in enumerate(layers)]
+        for (_, layer), mask in zip(layers, masks):
+            layer.weight.mul_(mask)
+    before = [layer.weight.detach().clone() for _, layer in layers]
+    inj = FaultInjector(model, target)
+    inj.attach()
+    inj.clip_to_sigmas(1.5, torch.cat([m.reshape(-1) for m in masks]))
+    inj.detach()
+    for (name, layer), w0, mask in zip(layers, before, masks):
+        bound = 1.5 * w0[mask].std()  # paper-diff8: per-layer scale, BN not folded
+        torch.testing.assert_close(layer.weight[mask], w0[mask].clamp(-bound, bound), rtol=1e-5, atol=1e-7)
+        assert not layer.weight[~mask].any(), name
+        # weights a spread counting the zeros would have cut, left as they are
+        assert ((w0.abs() > 1.5 * w0.std()) & (w0.abs() <= bound)).any(), name
+
+
 def test_a_retraining_with_weight_clip_clips_after_every_step(pretrained, small_data, tmp_path, monkeypatch):
     calls = []
     original = FaultInjector.clip_to_sigmas
-    monkeypatch.setattr(FaultInjector, "clip_to_sigmas", lambda self, k: (calls.append(k), original(self, k)))
+    monkeypatch.setattr(FaultInjector, "clip_to_sigmas", lambda self, k, kept=None: (calls.append(k), original(self, k, kept)))
     target, _ = load_target("paper-diff8")
     init = load_checkpoint(pretrained / "model.pt")
     cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
