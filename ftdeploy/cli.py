@@ -146,8 +146,9 @@ def profile_list():
     profiles = [load_profile(path) for path in builtin_profiles()]
     targets = [load_target(path)[0] for path in builtin_targets()]
     _echo("profiles:")
-    _echo_columns([[r.profile.name, f"target {r.target.name}", f"P_sa {r.profile.faults.total:g}", r.profile.description]
-                   for r in profiles])  # fmt: skip
+    # A derived profile says which one it extends: its description alone need not.
+    _echo_columns([[r.profile.name, f"target {r.target.name}", f"P_sa {r.profile.faults.total:g}",
+                    f"extends {r.base_paths[0].stem}" if r.base_paths else "", r.profile.description] for r in profiles])  # fmt: skip
     _echo("targets:")
     _echo_columns([[t.name, t.mapping, f"{t.bits_per_cell}-bit cells, {t.weight_bits}-bit weights", t.description]
                    for t in targets])  # fmt: skip

@@ -369,7 +369,9 @@ def test_profile_list():
     for name in PROFILE_NAMES + TARGET_NAMES:
         assert any(line.split()[:1] == [name] for line in lines), name
     chen = next(line for line in lines if line.split()[:1] == ["chen2015"])
-    assert "paper-diff8" in chen and "P_sa 0.005" in chen
+    assert "paper-diff8" in chen and "P_sa 0.005" in chen and "extends" not in chen
+    tuned = next(line for line in lines if line.split()[:1] == ["chen2015-tuned"])
+    assert "extends chen2015 " in tuned, "a derived profile names its base"
 
 
 def test_profile_list_aligns_its_columns():
