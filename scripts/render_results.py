@@ -17,6 +17,9 @@ import yaml
 
 from ftdeploy.train import TrainConfig  # the installed package (README's install command)
 
+import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py
+from study_folders import TRAIN_SEED, split_train_seed
+
 PAPER_TABLE_I = {  # CIFAR-10, ResNet-20, pretrained 92.53 % (paper, Table I)
     "baseline": [92.53, 90.17, 61.74, 25.83, 10.75, 9.69, 10.14],
     "one-shot P^T=0.01": [92.94, 92.76, 90.90, 87.43, 79.47, 41.73, 16.02],
@@ -78,7 +81,7 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
 def pruned_recipe_folders(out: Path) -> list[str]:
     """The pruned grids retrained with a recipe of their own (`pruned-clean-steps-F-weight-clip-K`:
     reproduce_cifar10.py --only pruned-clean-steps-clip), by ascending fraction, then K."""
-    return grids_by(out, "pruned-*", "clean_steps", "weight_clip")
+    return grids_by(out, study_folders.PRUNED_GLOB, "clean_steps", "weight_clip")
 
 
 def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_same_recipe: dict | None,
@@ -163,20 +166,9 @@ def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     return sorted(folders, key=key)
 
 
-#: What reproduce_cifar10.py --train-seed N adds to a grid's folder (its section: train_seed_md).
-TRAIN_SEED = "-train-seed-"
-
-
-def split_train_seed(folder: str) -> tuple[str, int]:
-    """`FOLDER-train-seed-N` -> (FOLDER, N): the grid it retrains and the seed."""
-    grid, seed = folder.rsplit(TRAIN_SEED, 1)
-    return grid, int(seed)
-
-
 def train_seed_folders(out: Path) -> list[str]:
     """The grids retrained from another training seed (`FOLDER-train-seed-N`), by folder, then seed."""
-    folders = [p.name for p in out.glob(f"*{TRAIN_SEED}*") if (p / "table.json").is_file()]
-    return sorted(folders, key=split_train_seed)
+    return sorted((p.name for p in out.glob(study_folders.TRAIN_SEED_GLOB) if (p / "table.json").is_file()), key=split_train_seed)
 
 
 def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -199,13 +191,13 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
 def clean_steps_folders(out: Path) -> list[str]:
     """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
     by ascending fraction of fault-free steps; those also clipped have sections of their own."""
-    return [f for f in grids_by(out, "clean-steps*", "clean_steps") if not (load(out / f / "table.json") or {}).get("weight_clip")]
+    return [f for f in grids_by(out, study_folders.CLEAN_STEPS_GLOB, "clean_steps") if not (load(out / f / "table.json") or {}).get("weight_clip")]
 
 
 def clean_steps_clip_folders(out: Path) -> list[str]:
     """The grids with fault-free steps and clipped weights (`clean-steps-F-weight-clip-K`:
     reproduce_cifar10.py --only clean-steps-clip), by ascending fraction, then K."""
-    return grids_by(out, "clean-steps-*-weight-clip-*", "clean_steps", "weight_clip")
+    return grids_by(out, study_folders.CLEAN_STEPS_CLIP_GLOB, "clean_steps", "weight_clip")
 
 
 def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -222,7 +214,7 @@ def clean_steps_md(folder: str, table: dict | None, dense: dict | None, manifest
 
 def retrain_lr_folders(out: Path) -> list[str]:
     """The retrain-lr grids (`retrain-lr-LR`: reproduce_cifar10.py --lr-study LR), by ascending rate."""
-    return grids_by(out, "retrain-lr-*", "lr")
+    return grids_by(out, study_folders.RETRAIN_LR_GLOB, "lr")
 
 
 def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -242,7 +234,7 @@ def retrain_lr_md(folder: str, table: dict | None, dense: dict | None, manifest:
 
 def weight_clip_folders(out: Path) -> list[str]:
     """The weight-clip grids (`weight-clip-K`: reproduce_cifar10.py --weight-clip K), by ascending K."""
-    return grids_by(out, "weight-clip-*", "weight_clip")
+    return grids_by(out, study_folders.WEIGHT_CLIP_GLOB, "weight_clip")
 
 
 def weight_clip_md(folder: str, table: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -279,7 +271,7 @@ def bn_train_folders(out: Path) -> list[str]:
     """The BatchNorm-training-mode grids (`bn-train` at the study's retraining learning rate and
     epochs; reproduce_cifar10.py --bn-train-lr LR and --bn-train-epochs N name others), by
     ascending learning rate, then epochs."""
-    return grids_by(out, "bn-train*", "lr", "epochs")
+    return grids_by(out, study_folders.BN_TRAIN_GLOB, "lr", "epochs")
 
 
 def bn_train_md(folder: str, table: dict | None, dense: dict | None, manifest: dict, bn_plain: dict | None = None) -> list[str]:
@@ -743,7 +735,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
         md += pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
-                               load(out / folder.removeprefix("pruned-") / "table.json"), pruned, manifest)
+                               load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest)
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")

@@ -65,6 +65,8 @@ from pathlib import Path
 
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
+import study_folders  # beside this script: the grid folders' names, shared with render_results.py
+
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
             "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip")
@@ -140,8 +142,8 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
 def with_train_seed(branch: SweepBranch, seed: int) -> SweepBranch:
     """``branch`` retrained from training seed ``seed`` on the same chips, into FOLDER-train-seed-N:
     a run folder keeps the seed it was trained with, so the seeds' grids sit side by side."""
-    suffix = f"-train-seed-{seed}"
-    return replace(branch, folder=branch.folder + suffix, step=branch.step + suffix, extra=(*branch.extra, "--train-seed", str(seed)))
+    return replace(branch, folder=study_folders.with_train_seed(branch.folder, seed),
+                   step=study_folders.with_train_seed(branch.step, seed), extra=(*branch.extra, "--train-seed", str(seed)))
 
 
 def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
@@ -174,7 +176,7 @@ def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Every other step on a fault-free chip (the loss then averages clean and faulty, as in
         # Stutz et al. 2021's random bit error training), on unbiased chips so both kinds of
         # step see the same average weights.
-        SweepBranch("clean-steps", clean_steps_folder(args.clean_steps), f"sweep-{clean_steps_folder(args.clean_steps)}",
+        SweepBranch("clean-steps", study_folders.clean_steps(args.clean_steps), f"sweep-{study_folders.clean_steps(args.clean_steps)}",
                     "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}"),
                     follows_grid=True),
         # The paper's Algorithm 1 runs M_epoch at every rate of the progressive list, so its
@@ -194,13 +196,13 @@ def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Is the clean accuracy P_sa^T = 0.05 costs a matter of how far retraining may move? The
         # paper retrains at its pretraining rate, 0.1; the study at --retrain-lr. Same grid, only
         # the peak learning rate differs.
-        SweepBranch("retrain-lr", retrain_lr_folder(args.lr_study), f"sweep-{retrain_lr_folder(args.lr_study)}", "pretrain",
+        SweepBranch("retrain-lr", study_folders.retrain_lr(args.lr_study), f"sweep-{study_folders.retrain_lr(args.lr_study)}", "pretrain",
                     methods, rates, follows_grid=True, lr=args.lr_study),
         # Does a stuck-on cell cost less clean accuracy to train against when the layer's peak is
         # held near its spread from the first step? Retraining flattens the weights by itself
         # (crest factor 2.2-3.6 before, 1.4-2.3 after); clipping imposes it (Rasch et al. 2023's
         # hardware-aware training clips so). Same grid, weights clipped after every step.
-        SweepBranch("weight-clip", weight_clip_folder(args.weight_clip), f"sweep-{weight_clip_folder(args.weight_clip)}",
+        SweepBranch("weight-clip", study_folders.weight_clip(args.weight_clip), f"sweep-{study_folders.weight_clip(args.weight_clip)}",
                     "pretrain", methods, rates, ("--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
         # Do the two levers that each moved a model along the trade-off add up? Fault-free steps
         # keep clean accuracy; clipping bought a little at every rate on the same chips.
@@ -210,8 +212,8 @@ def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Does the pruned model, more fragile and the plain recipe's worst loser of clean
         # accuracy, keep it under the recipe that kept the dense model's? The pruned grid
         # (progressive at P_sa^T >= 0.05, or the named methods at those rates) retrained as n.
-        SweepBranch("pruned-clean-steps-clip", f"pruned-{clean_steps_clip_folder(args)}",
-                    f"sweep-pruned-{clean_steps_clip_folder(args)}", "pruned70", methods if named_grid else "progressive", high,
+        SweepBranch("pruned-clean-steps-clip", study_folders.pruned(clean_steps_clip_folder(args)),
+                    f"sweep-{study_folders.pruned(clean_steps_clip_folder(args))}", "pruned70", methods if named_grid else "progressive", high,
                     ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}", "--weight-clip", f"{args.weight_clip:g}"),
                     follows_grid=True),
     ]  # fmt: skip
@@ -222,29 +224,12 @@ def bn_train_folder(args) -> str:
     `-lr-LR` for any other --bn-train-lr and `-N-epochs` for any other --bn-train-epochs, so the
     grids sit side by side (a run folder keeps the settings it was started with)."""
     lr, epochs = args.bn_train_lr, args.bn_train_epochs
-    folder = "bn-train" if lr is None or lr == args.retrain_lr else f"bn-train-lr-{lr:g}"
-    return folder if epochs is None or epochs == args.epochs else f"{folder}-{epochs}-epochs"
-
-
-def retrain_lr_folder(lr: float) -> str:
-    """The retrain-lr branch's folder, one per learning rate studied, so they sit side by side."""
-    return f"retrain-lr-{lr:g}"
-
-
-def weight_clip_folder(sigmas: float) -> str:
-    """The weight-clip branch's folder, one per clip studied, so they sit side by side."""
-    return f"weight-clip-{sigmas:g}"
+    return study_folders.bn_train(None if lr == args.retrain_lr else lr, None if epochs == args.epochs else epochs)
 
 
 def clean_steps_clip_folder(args) -> str:
-    """The clean-steps-clip branch's folder, named for both settings (the fraction always shown)."""
-    return f"clean-steps-{args.clean_steps:g}-{weight_clip_folder(args.weight_clip)}"
-
-
-def clean_steps_folder(fraction: float) -> str:
-    """The clean-steps branch's folder: `clean-steps` for the first fraction studied (0.5),
-    `clean-steps-F` for any other, so grids at different fractions sit side by side."""
-    return "clean-steps" if fraction == 0.5 else f"clean-steps-{fraction:g}"
+    """The clean-steps-clip branch's folder, named for both settings."""
+    return study_folders.clean_steps_clip(args.clean_steps, args.weight_clip)
 
 
 def baseline_steps(args, pretrained: Path) -> list[tuple[str, list[str]]]:

@@ -555,6 +555,25 @@ def test_the_pruned_model_retrained_with_the_tuned_recipe_has_a_folder_and_a_sec
         "a grid with no retrained model gets no section"
 
 
+def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only():
+    """reproduce_cifar10.py names the folders and render_results.py lists them by pattern, both
+    from study_folders: a name must match its own pattern, and only the patterns it should."""
+    from fnmatch import fnmatch
+
+    names = _script("study_folders")
+    named = {names.bn_train(0.1, 40): names.BN_TRAIN_GLOB, names.retrain_lr(0.05): names.RETRAIN_LR_GLOB,
+             names.weight_clip(2.5): names.WEIGHT_CLIP_GLOB, names.clean_steps(0.75): names.CLEAN_STEPS_GLOB,
+             names.clean_steps_clip(0.75, 2): names.CLEAN_STEPS_CLIP_GLOB, names.pruned(names.clean_steps_clip(0.75, 2)): names.PRUNED_GLOB}  # fmt: skip
+    for folder, pattern in named.items():
+        matches = {p for p in named.values() if fnmatch(folder, p)}
+        # a clipped clean-steps grid matches both clean-steps patterns (render tells them apart by the table)
+        assert matches == ({pattern, names.CLEAN_STEPS_GLOB} if pattern == names.CLEAN_STEPS_CLIP_GLOB else {pattern}), folder
+        assert names.split_train_seed(names.with_train_seed(folder, 3)) == (folder, 3)
+        assert fnmatch(names.with_train_seed(folder, 3), names.TRAIN_SEED_GLOB) and not fnmatch(folder, names.TRAIN_SEED_GLOB)
+    assert names.dense_of_pruned(names.pruned("clean-steps-0.5-weight-clip-2")) == "clean-steps-0.5-weight-clip-2"
+    assert (names.bn_train(), names.clean_steps(0.5)) == ("bn-train", "clean-steps"), "the first grids' folders keep their names"
+
+
 def test_a_step_two_branches_share_runs_once(tmp_path, monkeypatch):
     """Both pruned branches start with the pruning: asked for together, it runs once and the
     other branch finds it done."""

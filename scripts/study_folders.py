@@ -1,0 +1,68 @@
+"""How a study's grid folders are named: reproduce_cifar10.py names each grid it trains by the
+settings it differs in, render_results.py finds the grids again by the same names. Both read
+them here, so a new kind of grid, or a renamed one, is one change in one file.
+
+A run folder keeps the settings it was started with (a resumed run refuses others), so every
+setting studied gets a folder of its own and the grids sit side by side."""
+
+from __future__ import annotations
+
+#: What --train-seed N adds to a grid's folder.
+TRAIN_SEED = "-train-seed-"
+#: What the pruned model's grid retrained with a recipe of its own has before the dense grid's name.
+PRUNED = "pruned-"
+
+#: The patterns render_results.py lists each kind of grid by.
+BN_TRAIN_GLOB = "bn-train*"
+RETRAIN_LR_GLOB = "retrain-lr-*"
+WEIGHT_CLIP_GLOB = "weight-clip-*"
+CLEAN_STEPS_GLOB = "clean-steps*"  # the clipped ones too: render_results tells them apart by their table
+CLEAN_STEPS_CLIP_GLOB = "clean-steps-*-weight-clip-*"
+PRUNED_GLOB = f"{PRUNED}*"
+TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
+
+
+def with_train_seed(folder: str, seed: int) -> str:
+    """`FOLDER-train-seed-N`: ``folder``'s grid retrained from training seed ``seed``."""
+    return f"{folder}{TRAIN_SEED}{seed}"
+
+
+def split_train_seed(folder: str) -> tuple[str, int]:
+    """`FOLDER-train-seed-N` -> (FOLDER, N): the grid it retrains and the seed."""
+    grid, seed = folder.rsplit(TRAIN_SEED, 1)
+    return grid, int(seed)
+
+
+def bn_train(lr: float | None = None, epochs: int | None = None) -> str:
+    """`bn-train`, with `-lr-LR` for a learning rate and `-N-epochs` for a length other than the
+    study's (None: the study's)."""
+    folder = "bn-train" if lr is None else f"bn-train-lr-{lr:g}"
+    return folder if epochs is None else f"{folder}-{epochs}-epochs"
+
+
+def retrain_lr(lr: float) -> str:
+    return f"retrain-lr-{lr:g}"
+
+
+def weight_clip(sigmas: float) -> str:
+    return f"weight-clip-{sigmas:g}"
+
+
+def clean_steps(fraction: float) -> str:
+    """`clean-steps` for the first fraction studied (0.5), `clean-steps-F` for any other."""
+    return "clean-steps" if fraction == 0.5 else f"clean-steps-{fraction:g}"
+
+
+def clean_steps_clip(fraction: float, sigmas: float) -> str:
+    """Named for both settings, the fraction always shown."""
+    return f"clean-steps-{fraction:g}-{weight_clip(sigmas)}"
+
+
+def pruned(grid: str) -> str:
+    """The pruned model retrained as the dense grid ``grid`` was."""
+    return PRUNED + grid
+
+
+def dense_of_pruned(folder: str) -> str:
+    """The dense grid retrained as the pruned grid ``folder`` was: what its section compares with."""
+    return folder.removeprefix(PRUNED)
