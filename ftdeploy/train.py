@@ -286,7 +286,8 @@ class FaultInjector:
     periphery, and ``bn_mode="train"`` use ``k = 1``."""
 
     def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
-                 seed: int = 0, device: torch.device | str = "cpu", learn_scale: bool = True, unbiased: bool = False):  # fmt: skip
+                 seed: int = 0, device: torch.device | str = "cpu", learn_scale: bool = True, unbiased: bool = False,
+                 prune_masks: dict[str, torch.Tensor] | None = None):  # fmt: skip
         from .profiles import ScaleGranularity
 
         self.model = model
@@ -302,7 +303,8 @@ class FaultInjector:
         folds = bn_mode == "frozen" and target.batchnorm == BatchNormPlacement.fold
         pairs = conv_bn_pairs(model) if folds else {}
         modules = dict(model.named_modules())
-        self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in deployed_layers(model)]
+        layers = deployed_layers(model)
+        self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in layers]
         self._shapes = [tuple(m.weight.shape) for m, _ in self._layers]
         self._numels = [m.weight.numel() for m, _ in self._layers]
         outs = [shape[0] for shape in self._shapes]
@@ -314,7 +316,13 @@ class FaultInjector:
         per_channel = target.scale is ScaleGranularity.channel
         self._group_of = self._channel_of if per_channel else layer_of
         self._groups = sum(outs) if per_channel else len(self._layers)
-        self._group_sizes = torch.bincount(self._group_of, minlength=self._groups)  # for clip_to_sigmas
+        # What clip_to_sigmas takes each group's spread over: every weight, or a pruned model's
+        # surviving ones (its zeros are no part of the distribution the clip bounds; counted, at
+        # 70 % sparsity they would halve the spread and a 2 σ clip would cut the surviving
+        # weights at 1.1 of their own σ).
+        self._kept = torch.cat([prune_masks[n].to(dev).reshape(-1) for n, _ in layers]) if prune_masks else None
+        self._spread_sizes = torch.bincount(self._group_of, weights=None if self._kept is None else self._kept.double(),
+                                            minlength=self._groups)  # fmt: skip
         self._hook = None
         self._cache: list[torch.Tensor] | None = None
 
@@ -361,18 +369,15 @@ class FaultInjector:
         return originals, flat, k
 
     @torch.no_grad()
-    def clip_to_sigmas(self, sigmas: float, kept: torch.Tensor | None = None) -> None:
+    def clip_to_sigmas(self, sigmas: float) -> None:
         """Clamp every master weight so that what its cells hold lies within ± ``sigmas``
-        (sample) standard deviations of its scale group: the peak a stuck-on cell adds is then at
-        most that far out. Weights inside the bound are left bit for bit as they are.
-        ``kept`` (flat, over the deployed layers in order): a pruned model's surviving weights,
-        the only ones the spread is taken over. Its pruned zeros are no part of the distribution
-        the clip bounds; counted, at 70 % sparsity they would shrink the spread to about half and
-        a 2 σ clip would cut the surviving weights at 1.1 of their own σ."""
+        (sample) standard deviations of its scale group (of its surviving weights, for a pruned
+        model): the peak a stuck-on cell adds is then at most that far out. Weights inside the
+        bound are left bit for bit as they are."""
         originals, flat, k = self._held()
         folded = flat * k
-        counted = folded if kept is None else folded * kept
-        count = (self._group_sizes if kept is None else self._kept_per_group(kept)).to(folded.dtype)
+        counted = folded if self._kept is None else folded * self._kept
+        count = self._spread_sizes.to(folded.dtype)
         total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, counted)
         squares = torch.zeros_like(total).index_add_(0, self._group_of, counted * counted)
         variance = (squares - total * total / count) / (count - 1).clamp(min=1)
@@ -380,9 +385,6 @@ class FaultInjector:
         clipped = torch.where(folded.abs() > bound, folded.clamp(-bound, bound) / k, flat)
         for w, part in zip(originals, clipped.split(self._numels)):
             w.copy_(part.view_as(w))
-
-    def _kept_per_group(self, kept: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self._groups, device=kept.device, dtype=torch.long).index_add_(0, self._group_of, kept.long())
 
     def _draw_chip(self) -> list[torch.Tensor]:
         _, flat, k = self._held()
@@ -590,13 +592,12 @@ class _Run:
         self.retraining = config.method != "pretrain"
         # Pruned weights stay zero (re-zeroed after every step), on the model's device.
         self.prune_masks = {name: m.to(device) for name, m in prune_masks.items()} if prune_masks else None
-        # The same masks flat, in the injector's layer order: what the weight clip takes its spread over.
-        self.kept = torch.cat([self.prune_masks[name].reshape(-1) for name, _ in deployed_layers(model)]) if prune_masks else None
         self.teacher = _teacher(init, device) if self.retraining and config.distill > 0 else None
         self.injector = None
         if self.retraining:  # every rank its own chips: seed offset by rank
             self.injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank,
-                                          device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults)  # fmt: skip
+                                          device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults,
+                                          prune_masks=self.prune_masks)  # fmt: skip
             self.injector.attach()
         self.net = dist.wrap(model)
         self.opt = _optimizer(model, config)
@@ -660,7 +661,7 @@ class _Run:
         if self.prune_masks:
             _apply_masks(self.model, self.prune_masks)
         if self.injector and config.weight_clip:
-            self.injector.clip_to_sigmas(config.weight_clip, self.kept)
+            self.injector.clip_to_sigmas(config.weight_clip)
         return logits, loss
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> tuple[float, float | None]:

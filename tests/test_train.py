@@ -374,9 +374,9 @@ def test_weight_clip_of_a_pruned_model_takes_the_spread_of_its_surviving_weights
         for (_, layer), mask in zip(layers, masks):
             layer.weight.mul_(mask)
     before = [layer.weight.detach().clone() for _, layer in layers]
-    inj = FaultInjector(model, target)
+    inj = FaultInjector(model, target, prune_masks={name: mask for (name, _), mask in zip(layers, masks)})
     inj.attach()
-    inj.clip_to_sigmas(1.5, torch.cat([m.reshape(-1) for m in masks]))
+    inj.clip_to_sigmas(1.5)
     inj.detach()
     for (name, layer), w0, mask in zip(layers, before, masks):
         bound = 1.5 * w0[mask].std()  # paper-diff8: per-layer scale, BN not folded
@@ -389,7 +389,7 @@ def test_weight_clip_of_a_pruned_model_takes_the_spread_of_its_surviving_weights
 def test_a_retraining_with_weight_clip_clips_after_every_step(pretrained, small_data, tmp_path, monkeypatch):
     calls = []
     original = FaultInjector.clip_to_sigmas
-    monkeypatch.setattr(FaultInjector, "clip_to_sigmas", lambda self, k, kept=None: (calls.append(k), original(self, k, kept)))
+    monkeypatch.setattr(FaultInjector, "clip_to_sigmas", lambda self, k: (calls.append(k), original(self, k)))
     target, _ = load_target("paper-diff8")
     init = load_checkpoint(pretrained / "model.pt")
     cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
