@@ -92,14 +92,10 @@ def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
     fraction, sigmas = table.get("clean_steps") or 0, table.get("weight_clip") or 0
-    keys = {(r["method"], r["train_rate"]) for r in table["rows"] if r["method"] != "baseline"}
-
-    def marked(other: dict | None, mark: str) -> list[dict]:
-        return [dict(r, model=f"{r['model']} ({mark})") for r in (other or {}).get("rows", []) if (r["method"], r["train_rate"]) in keys]
-
+    keys = _retrained_keys(table)
     own = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in table["rows"]]
     dense_base = [dict(r, model="dense baseline (unpruned)") for r in (dense or {}).get("rows", []) if r["method"] == "baseline"]
-    rows = [*dense_base, *own, *marked(plain_pruned, "pruned, plain recipe"), *marked(dense_same_recipe, "dense, same recipe")]
+    rows = [*dense_base, *own, *_marked(plain_pruned, "pruned, plain recipe", keys), *_marked(dense_same_recipe, "dense, same recipe", keys)]
     return [f"## Pruned model retrained with {fraction:g} of the steps fault-free and weights clipped to ± {sigmas:g} "
             f"standard deviations (`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips)", "",
             f"The 70 % magnitude-pruned model (Acc_pretrain {fmt(table['acc_pretrain'])} %) retrained with the recipe "
@@ -121,14 +117,20 @@ def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = N
     mark, whose runs of the same method and rate come between the two."""
     if not dense:
         return long
-    keys = {(r["method"], r["train_rate"]) for r in long["rows"] if r["method"] != "baseline"}
-
-    def marked(table: dict | None, mark: str, wanted: set) -> list[dict]:
-        return [dict(r, model=f"{r['model']} ({mark})") for r in (table or {}).get("rows", []) if (r["method"], r["train_rate"]) in wanted]
-
+    keys = _retrained_keys(long)
     rows = [dict(r, model=own_baseline) if own_baseline and r["method"] == "baseline" else r for r in long["rows"]]
-    table_i = marked(dense, "Table I", keys | ({("baseline", None)} if own_baseline else set()))
-    return {**long, "rows": [*rows, *marked(also[0], also[1], keys), *table_i]}
+    table_i = _marked(dense, "Table I", keys | ({("baseline", None)} if own_baseline else set()))
+    return {**long, "rows": [*rows, *_marked(also[0], also[1], keys), *table_i]}
+
+
+def _retrained_keys(table: dict) -> set[tuple]:
+    """(method, training rate) of each retrained row of ``table``."""
+    return {(r["method"], r["train_rate"]) for r in table["rows"] if r["method"] != "baseline"}
+
+
+def _marked(table: dict | None, mark: str, wanted: set) -> list[dict]:
+    """``table``'s rows of the (method, training rate) pairs ``wanted``, named with `(mark)` after them."""
+    return [dict(r, model=f"{r['model']} ({mark})") for r in (table or {}).get("rows", []) if (r["method"], r["train_rate"]) in wanted]
 
 
 def _chips_phrase(table: dict) -> str:

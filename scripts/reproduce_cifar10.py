@@ -149,6 +149,8 @@ def with_train_seed(branch: SweepBranch, seed: int) -> SweepBranch:
 def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     high = ",".join(r for r in rates.split(",") if float(r) >= 0.05)
     named_grid, bn_folder = (methods, rates) != FULL_GRID, bn_train_folder(args)
+    # The recipe of the clean-steps-clip grid, and of the pruned model retrained alike.
+    clean_steps_clip = ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}", "--weight-clip", f"{args.weight_clip:g}")
     return [
         SweepBranch("dense", "dense", "sweep-dense", "pretrain", methods, rates, follows_grid=True),
         SweepBranch("distill", "distill", "sweep-distill", "pretrain", methods, rates, ("--distill", str(args.distill)),
@@ -207,15 +209,13 @@ def _sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
         # Do the two levers that each moved a model along the trade-off add up? Fault-free steps
         # keep clean accuracy; clipping bought a little at every rate on the same chips.
         SweepBranch("clean-steps-clip", clean_steps_clip_folder(args), f"sweep-{clean_steps_clip_folder(args)}",
-                    "pretrain", methods, rates, ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}",
-                                                 "--weight-clip", f"{args.weight_clip:g}"), follows_grid=True),
+                    "pretrain", methods, rates, clean_steps_clip, follows_grid=True),
         # Does the pruned model, more fragile and the plain recipe's worst loser of clean
         # accuracy, keep it under the recipe that kept the dense model's? The pruned grid
         # (progressive at P_sa^T >= 0.05, or the named methods at those rates) retrained as n.
         SweepBranch("pruned-clean-steps-clip", study_folders.pruned(clean_steps_clip_folder(args)),
                     f"sweep-{study_folders.pruned(clean_steps_clip_folder(args))}", "pruned70", methods if named_grid else "progressive", high,
-                    ("--unbias-faults", "--clean-steps", f"{args.clean_steps:g}", "--weight-clip", f"{args.weight_clip:g}"),
-                    follows_grid=True),
+                    clean_steps_clip, follows_grid=True),
     ]  # fmt: skip
 
 
