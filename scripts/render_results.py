@@ -161,7 +161,7 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
 def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
     ascending ``settings`` of their table, the first deciding."""
-    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and TRAIN_SEED not in p.name]
+    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and not study_folders.is_variant(p.name)]
     def key(folder: str) -> tuple[float, ...]:
         table = load(out / folder / "table.json") or {}
         return tuple(float(table.get(setting) or 0) for setting in settings)
@@ -187,6 +187,35 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
         + "; only the seed of the retrainings (their data order and training faults) differs, so the gap between "
         "the two is what the luck of one training moves a row by (`scripts/compare_models.py` on the two results "
         "files pairs them chip by chip). The rows marked Table I are the plain recipe.",
+        table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
+
+
+def blocks_each_folders(out: Path) -> list[str]:
+    """The grids retrained with progressive as Algorithm 1 (`FOLDER-progressive-each`:
+    reproduce_cifar10.py --progressive-blocks each), by folder; the plain grid's own
+    (`progressive-each`, the blocks-each branch) has its section apart."""
+    return sorted(p.name for p in out.glob(study_folders.BLOCKS_EACH_GLOB)
+                  if (p / "table.json").is_file() and TRAIN_SEED not in p.name)
+
+
+def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: dict | None, manifest: dict) -> list[str]:
+    """The section of a grid retrained with Algorithm 1's blocks, beside the same recipe's grid
+    with the rates sharing the epochs (``split``, when the study has it) and Table I."""
+    table, grid = table or {}, study_folders.of_blocks_each(folder)
+    epochs = table.get("epochs")
+    split_mark = f"`{grid}`, {(split or {}).get('epochs')} epochs split"
+    also = (split, split_mark) if split else (None, "")
+    return beside_table_i_md(
+        f"The `{grid}` grid with progressive as in the paper's Algorithm 1: {epochs} epochs at every rate "
+        "(`--progressive-blocks each`)",
+        f"The recipe of the `{grid}` grid ({_chips_phrase(table)}"
+        + (f", weights clipped to ± {table['weight_clip']:g} standard deviations" if table.get("weight_clip") else "")
+        + f"), with progressive retraining as in the Algorithm 1 section: each rate of the list a retraining of "
+        f"{epochs} epochs of its own from the model the rate below left, so the progressive model trains {epochs} × "
+        f"the number of rates (its epochs column) and the one-shot model {epochs}."
+        + (f" The rows marked \"{split_mark}\" are that grid, whose progressive models split their epochs among "
+           "the rates under one schedule." if split else "")
+        + " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe.",
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
@@ -734,6 +763,10 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
         md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
+    each_folders = blocks_each_folders(out)
+    for folder in each_folders:
+        md += blocks_each_md(folder, load(out / folder / "table.json"),
+                             load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest)
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
         md += pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
@@ -762,7 +795,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
+                             *each_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

@@ -38,6 +38,7 @@ accelerator window continues from its last finished epoch):
         pruned-clean-steps-F-weight-clip-K (the clip's spread taken over the surviving weights);
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
+`--progressive-blocks each` retrains the chosen branches as i does, into FOLDER-progressive-each.
 `--train-seed N` retrains the chosen branches from another training seed, on the same chips, into
 FOLDER-train-seed-N: how far one training's luck moves a row.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
@@ -136,7 +137,18 @@ def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     >= 0.05, the paper's Table II setting); with --train-seed N, each one retrained from another
     training seed into a folder of its own (:func:`with_train_seed`)."""
     branches = _sweep_branches(args, methods, rates)
+    if args.progressive_blocks == "each":
+        branches = [with_blocks_each(b) for b in branches]
     return branches if args.train_seed is None else [with_train_seed(b, args.train_seed) for b in branches]
+
+
+def with_blocks_each(branch: SweepBranch) -> SweepBranch:
+    """``branch`` with progressive as the paper's Algorithm 1 (--epochs at every rate of the list),
+    into FOLDER-progressive-each beside its split grid; the blocks-each branch already is."""
+    if "--progressive-blocks" in branch.extra:
+        return branch
+    return replace(branch, folder=study_folders.with_blocks_each(branch.folder),
+                   step=study_folders.with_blocks_each(branch.step), extra=(*branch.extra, "--progressive-blocks", "each"))
 
 
 def with_train_seed(branch: SweepBranch, seed: int) -> SweepBranch:
@@ -283,6 +295,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-seed", type=int, default=None,
                     help="retrain the chosen branches from this training seed (on the same chips) into FOLDER-train-seed-N; "
                     "default: the chip seed, as every archived grid")
+    ap.add_argument("--progressive-blocks", choices=("split", "each"), default="split",
+                    help="each: retrain the chosen branches' progressive models as the paper's Algorithm 1 (--epochs at "
+                    "every rate of the list) into FOLDER-progressive-each; default split: the rates share --epochs")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: What --train-seed N adds to a grid's folder.
 TRAIN_SEED = "-train-seed-"
+#: What --progressive-blocks each adds to a grid's folder (the plain grid's own such branch,
+#: blocks-each, keeps its folder `progressive-each`).
+BLOCKS_EACH = "-progressive-each"
 #: What the pruned model's grid retrained with a recipe of its own has before the dense grid's name.
 PRUNED = "pruned-"
 
@@ -20,6 +23,7 @@ CLEAN_STEPS_GLOB = "clean-steps*"  # the clipped ones too: render_results tells 
 CLEAN_STEPS_CLIP_GLOB = "clean-steps-*-weight-clip-*"
 PRUNED_GLOB = f"{PRUNED}*"
 TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
+BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
 
 
 def with_train_seed(folder: str, seed: int) -> str:
@@ -31,6 +35,23 @@ def split_train_seed(folder: str) -> tuple[str, int]:
     """`FOLDER-train-seed-N` -> (FOLDER, N): the grid it retrains and the seed."""
     grid, seed = folder.rsplit(TRAIN_SEED, 1)
     return grid, int(seed)
+
+
+def with_blocks_each(folder: str) -> str:
+    """`FOLDER-progressive-each`: ``folder``'s grid with progressive as the paper's Algorithm 1
+    (every rate of the list a retraining of --epochs of its own)."""
+    return folder + BLOCKS_EACH
+
+
+def of_blocks_each(folder: str) -> str:
+    """`FOLDER-progressive-each` -> FOLDER: the grid whose split schedule it is compared with."""
+    return folder.removesuffix(BLOCKS_EACH)
+
+
+def is_variant(folder: str) -> bool:
+    """A grid retrained from another seed or with Algorithm 1's blocks: listed by its own kind's
+    pattern, not by the pattern of the grid it varies (`clean-steps*` matches both)."""
+    return TRAIN_SEED in folder or folder.endswith(BLOCKS_EACH)
 
 
 def bn_train(lr: float | None = None, epochs: int | None = None) -> str:

@@ -263,6 +263,43 @@ def test_a_grid_from_another_training_seed_has_a_folder_and_a_section_of_its_own
     assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (training seed 0)", "one-shot P^T=0.05 (Table I)"], models
 
 
+def test_a_grid_with_algorithm_1_blocks_has_a_folder_and_a_section_beside_its_split_grid(tmp_path):
+    """--progressive-blocks each retrains a branch as the paper's Algorithm 1 into
+    FOLDER-progressive-each; the page lists it once, in a section of its own beside the same
+    recipe's split grid, not among that recipe's grids (whose pattern its name also matches)."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    options = ["--out", str(tmp_path), "--only", "clean-steps-clip", "--clean-steps", "0.75", "--weight-clip", "2"]
+    args = reproduce.parse_args([*options, "--progressive-blocks", "each", "--train-seed", "1"])
+    by_branch = {b.branch: b for b in reproduce.sweep_branches(args, "one-shot,progressive", "0.05")}
+    branch, argv = by_branch["clean-steps-clip"], by_branch["clean-steps-clip"].argv(args)
+    assert branch.folder == "clean-steps-0.75-weight-clip-2-progressive-each-train-seed-1", "the seed is the outer variant"
+    assert argv[argv.index("--progressive-blocks") + 1] == "each" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
+    assert by_branch["blocks-each"].folder == "progressive-each-train-seed-1", "the plain grid's Algorithm 1 branch keeps its folder"
+    assert by_branch["blocks-each"].argv(args).count("--progressive-blocks") == 1
+    with pytest.raises(SystemExit):
+        reproduce.parse_args([*options, "--progressive-blocks", "all"])
+
+    archived = ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/table.json"
+    split = json.loads(archived.read_text())
+    each = {**split, "epochs": 12, "progressive_blocks": "each"}
+    folder = "clean-steps-0.75-weight-clip-2-progressive-each"
+    for name, table in (("clean-steps-0.75-weight-clip-2", split), (folder, each), ("progressive-each", each)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "table.json").write_text(json.dumps(table))
+    assert render.blocks_each_folders(tmp_path) == [folder]
+    assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
+    assert render.clean_steps_folders(tmp_path) == [], "a clipped grid, with or without blocks, is not a clean-steps section"
+    dense = json.loads((ROOT / "docs/results/c10c/dense/table.json").read_text())
+    section = render.blocks_each_md(folder, each, split, dense, {"steps": {}})
+    assert section[0] == ("## The `clean-steps-0.75-weight-clip-2` grid with progressive as in the paper's Algorithm 1: "
+                          "12 epochs at every rate (`--progressive-blocks each`)")
+    models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| one-shot P^T=0.05") and "±" in line]
+    assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (`clean-steps-0.75-weight-clip-2`, 25 epochs split)",
+                      "one-shot P^T=0.05 (Table I)"], models
+    assert render.blocks_each_md(folder, {**each, "rows": [r for r in each["rows"] if r["method"] == "baseline"]},
+                                 split, dense, {"steps": {}}) == [], "a grid with no retrained model gets no section"
+
+
 def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_its_own(tmp_path):
     """--clean-steps F trains into clean-steps-F (the F = 0.5 grid keeps clean-steps), evaluates
     from there, and the page gives each fraction its section, in ascending order."""
@@ -570,6 +607,9 @@ def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only
         assert matches == ({pattern, names.CLEAN_STEPS_GLOB} if pattern == names.CLEAN_STEPS_CLIP_GLOB else {pattern}), folder
         assert names.split_train_seed(names.with_train_seed(folder, 3)) == (folder, 3)
         assert fnmatch(names.with_train_seed(folder, 3), names.TRAIN_SEED_GLOB) and not fnmatch(folder, names.TRAIN_SEED_GLOB)
+        each = names.with_blocks_each(folder)
+        assert names.of_blocks_each(each) == folder and fnmatch(each, names.BLOCKS_EACH_GLOB) and not fnmatch(folder, names.BLOCKS_EACH_GLOB)
+        assert names.is_variant(each) and names.is_variant(names.with_train_seed(folder, 3)) and not names.is_variant(folder)
     assert names.dense_of_pruned(names.pruned("clean-steps-0.5-weight-clip-2")) == "clean-steps-0.5-weight-clip-2"
     assert (names.bn_train(), names.clean_steps(0.5)) == ("bn-train", "clean-steps"), "the first grids' folders keep their names"
 
