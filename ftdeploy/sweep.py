@@ -41,7 +41,7 @@ from .files import exclusive_lock, sha256_file, write_atomic
 from .profiles import ResolvedProfile
 from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device,
                     progressive_rates_for, run_differences, train, train_argv)
-from .verify import check_chip_counts, judge, rate_figures, stability_score, subset_indices, summarize_chips
+from .verify import check_chip_counts, judge, rate_figures, stability_score, subset_indices, subset_size, summarize_chips
 
 
 @dataclass(frozen=True)
@@ -539,7 +539,7 @@ def _write_tables(s: SweepSettings, cells: list[Cell], results: dict, out: Path,
             [c for c in cells if c.method != "baseline"] + [Cell.from_key(k) for k in others],
             key=lambda c: (c.train_rate, METHODS.index(c.method)))  # fmt: skip
         table = build_table(s, rows, {**results, **others})
-        table["val_images"] = len(evaluation_subset(data, s.max_images).val_y)
+        table["val_images"] = subset_size(len(data.val_y), s.max_images)
         table["data_description"] = data.description
         write_atomic(out / "table.json", json.dumps(table, indent=1, default=str))
         write_atomic(out / "table.csv", render_csv(table))

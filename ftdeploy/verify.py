@@ -314,6 +314,11 @@ def subset_indices(labels: np.ndarray, max_images: int | None) -> np.ndarray | N
     return stratified_split(labels, max_images)[1]
 
 
+def subset_size(n_images: int, max_images: int | None) -> int:
+    """How many images :func:`subset_indices` keeps of ``n_images``, without drawing them."""
+    return n_images if max_images is None else min(n_images, max_images)
+
+
 def _short(names: list[str]) -> str:
     return f"[{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}] ({len(names)})"
 

@@ -33,6 +33,7 @@ from ftdeploy.verify import (
     load_export,
     stability_score,
     subset_indices,
+    subset_size,
     summarize_chips,
     t_quantile_975,
     verify_onnx,
@@ -248,6 +249,13 @@ def test_evaluation_subset_is_stratified(bundle):
     keep = subset_indices(bundle.val_y.numpy(), IMAGES)
     counts = np.bincount(bundle.val_y.numpy()[keep], minlength=10)
     assert counts.min() == counts.max() == IMAGES // 10
+
+
+def test_subset_size_counts_the_images_the_subset_keeps(bundle):
+    labels = bundle.val_y.numpy()
+    for asked in (None, 1, IMAGES, len(labels) - 1, len(labels), len(labels) + 5):
+        keep = subset_indices(labels, asked)
+        assert subset_size(len(labels), asked) == (len(labels) if keep is None else len(keep)), asked
 
 
 def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolved, tmp_path):
