@@ -436,7 +436,12 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
             print(f"[reproduce] --reuse: {dst} differs from {src}; keeping this study's own", flush=True)
             continue
         made = earlier.get(step) or {"command": None, "returncode": 0, "seconds": None}
-        run.record(step, {**made, "returncode": 0, "reused_from": str(source), "model_sha256": digest})
+        if made_in(made, dst):  # this study's own archive: the model is restored, not another study's
+            run.record(step, {k: v for k, v in made.items() if k != "reused_from"} | {"model_sha256": digest})
+            print(f"[reproduce] {step}: restored from {src}, where this study archived it", flush=True)
+            continue
+        # Reused at second hand, it names the study that first lent it.
+        run.record(step, {**made, "returncode": 0, "reused_from": made.get("reused_from", str(source)), "model_sha256": digest})
         print(f"[reproduce] {step}: reused from {src}", flush=True)
     # The baseline sweeps' measurements, as a cache: each results file records the checkpoint
     # hash, target, chips, seed and images it was measured with, and the sweep measures again
@@ -445,6 +450,13 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
         dst = run.out / results.parent.name / "results"
         if not dst.exists():
             shutil.copytree(results, dst)
+
+
+def made_in(step: dict, folder: Path) -> bool:
+    """Whether ``step``'s command wrote its model into ``folder``: then a study restoring
+    ``folder`` from its own archive made that step itself."""
+    argv = (step.get("command") or "").split()
+    return "--out" in argv[:-1] and Path(argv[argv.index("--out") + 1]) == folder
 
 
 class Runner:

@@ -107,12 +107,39 @@ def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path
     assert run("pretrain", ["models"], done=study / "pretrain" / "model.pt"), "a reused step is not run again"
     assert json.loads((study / "manifest.json").read_text())["steps"]["pretrain"]["reused_from"] == str(earlier)
 
+    second = tmp_path / "second"  # reusing the study's archive: the model still comes from `earlier`
+    reproduce.reuse_fault_free_models(reproduce.Runner(second), study)
+    assert json.loads((second / "manifest.json").read_text())["steps"]["pretrain"]["reused_from"] == str(earlier)
+
     other = tmp_path / "other"
     (other / "pretrain").mkdir(parents=True)
     (other / "pretrain" / "model.pt").write_bytes(b"another model")
     reproduce.reuse_fault_free_models(reproduce.Runner(other), earlier)
     assert (other / "pretrain" / "model.pt").read_bytes() == b"another model", "a study's own model is never replaced"
     assert not (other / "manifest.json").exists(), "nothing reused, nothing recorded"
+
+
+def test_a_study_restored_from_its_own_archive_keeps_its_steps_as_made_there(tmp_path):
+    """`--out runs/X --reuse docs/results/X` (the study's own archive) copies its models back;
+    the pretraining and pruning were made by this study, so they are not recorded as reused."""
+    import json
+
+    reproduce = _script("reproduce_cifar10")
+    archive, study = tmp_path / "archive", tmp_path / "study"
+    made = {"command": f"ftdeploy train --method pretrain --out {study / 'pretrain'} --resume", "returncode": 0, "seconds": 93.0}
+    # as the earlier code recorded such a restore: reused from the study's own archive
+    mislabelled = {"command": f"ftdeploy prune x --out {study / 'pruned70'} --resume", "returncode": 0, "seconds": 50.0,
+                   "reused_from": str(archive)}
+    for folder in ("pretrain", "pruned70"):
+        (archive / folder).mkdir(parents=True)
+        (archive / folder / "model.pt").write_bytes(folder.encode())
+    (archive / "manifest.json").write_text(json.dumps({"steps": {"pretrain": made, "prune": mislabelled}}))
+    reproduce.reuse_fault_free_models(reproduce.Runner(study), archive)
+    steps = json.loads((study / "manifest.json").read_text())["steps"]
+    assert "reused_from" not in steps["pretrain"] and "reused_from" not in steps["prune"]
+    assert steps["pretrain"]["seconds"] == 93.0 and steps["prune"]["command"] == mislabelled["command"]
+    assert reproduce.made_in(made, study / "pretrain") and not reproduce.made_in(made, tmp_path / "other" / "pretrain")
+    assert not reproduce.made_in({"command": None}, study / "pretrain")
 
 
 def test_the_parts_of_a_grid_each_keep_their_command_line():
@@ -294,7 +321,7 @@ def test_a_grid_with_algorithm_1_blocks_has_a_folder_and_a_section_beside_its_sp
     assert section[0] == ("## The `clean-steps-0.75-weight-clip-2` grid with progressive as in the paper's Algorithm 1: "
                           "12 epochs at every rate (`--progressive-blocks each`)")
     models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| one-shot P^T=0.05") and "±" in line]
-    assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (`clean-steps-0.75-weight-clip-2`, 25 epochs split)",
+    assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (`clean-steps-0.75-weight-clip-2`, 25 epochs)",
                       "one-shot P^T=0.05 (Table I)"], models
     assert render.blocks_each_md(folder, {**each, "rows": [r for r in each["rows"] if r["method"] == "baseline"]},
                                  split, dense, {"steps": {}}) == [], "a grid with no retrained model gets no section"
