@@ -203,17 +203,17 @@ def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: d
     with the rates sharing the epochs (``split``, when the study has it) and Table I."""
     table, grid = table or {}, study_folders.of_blocks_each(folder)
     epochs = table.get("epochs")
-    split_mark = f"`{grid}`, {(split or {}).get('epochs')} epochs split"
+    split_mark = f"`{grid}`, {(split or {}).get('epochs')} epochs"
     also = (split, split_mark) if split else (None, "")
     return beside_table_i_md(
         f"The `{grid}` grid with progressive as in the paper's Algorithm 1: {epochs} epochs at every rate "
         "(`--progressive-blocks each`)",
         f"The recipe of the `{grid}` grid ({_chips_phrase(table)}"
         + (f", weights clipped to ± {table['weight_clip']:g} standard deviations" if table.get("weight_clip") else "")
-        + f"), with progressive retraining as in the Algorithm 1 section: each rate of the list a retraining of "
-        f"{epochs} epochs of its own from the model the rate below left, so the progressive model trains {epochs} × "
-        f"the number of rates (its epochs column) and the one-shot model {epochs}."
-        + (f" The rows marked \"{split_mark}\" are that grid, whose progressive models split their epochs among "
+        + f"), with progressive retraining as the paper's Algorithm 1 does it: each rate of the list a retraining of "
+        f"{epochs} epochs of its own (warm-up and cosine restarting) from the model the rate below left, so the "
+        f"progressive model trains {epochs} × the number of rates (its epochs column) and the one-shot model {epochs}."
+        + (f" The rows marked \"{split_mark}\" are that grid, whose progressive models split those epochs among "
            "the rates under one schedule." if split else "")
         + " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe.",
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
