@@ -456,7 +456,7 @@ def made_in(step: dict, folder: Path) -> bool:
     """Whether ``step``'s command wrote its model into ``folder``: then a study restoring
     ``folder`` from its own archive made that step itself."""
     argv = (step.get("command") or "").split()
-    return "--out" in argv[:-1] and Path(argv[argv.index("--out") + 1]) == folder
+    return "--out" in argv[:-1] and Path(argv[argv.index("--out") + 1]).resolve() == folder.resolve()
 
 
 class Runner:

@@ -3,6 +3,7 @@ on the BatchNorm-folded chip) are exactly what scripts/render_results.py makes o
 artefacts in docs/results/: no figure in them is typed by hand."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,8 @@ def test_a_study_restored_from_its_own_archive_keeps_its_steps_as_made_there(tmp
     assert steps["pretrain"]["seconds"] == 93.0 and steps["prune"]["command"] == mislabelled["command"]
     assert reproduce.made_in(made, study / "pretrain") and not reproduce.made_in(made, tmp_path / "other" / "pretrain")
     assert not reproduce.made_in({"command": None}, study / "pretrain")
+    relative = {"command": f"ftdeploy train --out {os.path.relpath(study / 'pretrain')}"}
+    assert reproduce.made_in(relative, study / "pretrain"), "typed relative, compared as the same folder"
 
 
 def test_the_parts_of_a_grid_each_keep_their_command_line():
