@@ -309,7 +309,7 @@ def subset_indices(labels: np.ndarray, max_images: int | None) -> np.ndarray | N
     (data.stratified_split, seed 0), in the dataset's order; None when every image is used."""
     from .data import stratified_split
 
-    if max_images is None or max_images >= len(labels):
+    if subset_size(len(labels), max_images) == len(labels):
         return None
     return stratified_split(labels, max_images)[1]
 

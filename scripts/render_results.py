@@ -595,11 +595,6 @@ def machines_line(envs: list[dict]) -> str:
     return "Machines, by invocation above: " + "; ".join(f"{span}: {m}" for span, (m, _, _) in zip(spans, groups)) + "."
 
 
-def _option(command: str, name: str) -> str | None:
-    words = command.split()
-    return words[words.index(name) + 1] if name in words[:-1] else None
-
-
 def command_lines(manifest: dict, names: list[str], table: dict | None = None) -> list[str]:
     """The recorded command lines of ``names``; with ``table``, without the sweeps that wrote its
     folder under another profile (an earlier evaluation its tables have since replaced)."""
@@ -609,7 +604,7 @@ def command_lines(manifest: dict, names: list[str], table: dict | None = None) -
     names = [m for n in names for m in [n, *sorted(k for k in steps if k.startswith(n + ":"))]]
     for n in names:
         step = steps.get(n)
-        if step and table and step["command"].startswith("ftdeploy sweep") and _option(step["command"], "--profile") != table["profile"]:
+        if step and table and step["command"].startswith("ftdeploy sweep") and study_folders.option_of(step["command"], "--profile") != table["profile"]:
             continue
         if step and step.get("reused_from"):
             made = f"{step['seconds']:.0f} s there" if step.get("seconds") is not None else "made there"

@@ -455,8 +455,8 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
 def made_in(step: dict, folder: Path) -> bool:
     """Whether ``step``'s command wrote its model into ``folder``: then a study restoring
     ``folder`` from its own archive made that step itself."""
-    argv = (step.get("command") or "").split()
-    return "--out" in argv[:-1] and Path(argv[argv.index("--out") + 1]).resolve() == folder.resolve()
+    out = study_folders.option_of(step.get("command") or "", "--out")
+    return out is not None and Path(out).resolve() == folder.resolve()
 
 
 class Runner:

@@ -1,6 +1,7 @@
 """How a study's grid folders are named: reproduce_cifar10.py names each grid it trains by the
 settings it differs in, render_results.py finds the grids again by the same names. Both read
-them here, so a new kind of grid, or a renamed one, is one change in one file.
+them here, so a new kind of grid, or a renamed one, is one change in one file. Both also read
+here what a manifest's recorded command gave an option (:func:`option_of`), such as its folder.
 
 A run folder keeps the settings it was started with (a resumed run refuses others), so every
 setting studied gets a folder of its own and the grids sit side by side."""
@@ -24,6 +25,13 @@ CLEAN_STEPS_CLIP_GLOB = "clean-steps-*-weight-clip-*"
 PRUNED_GLOB = f"{PRUNED}*"
 TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
 BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
+
+
+def option_of(command: str, name: str) -> str | None:
+    """The value a recorded command line gave option ``name`` (None: not given), e.g. the folder
+    a step wrote to (`--out`)."""
+    words = command.split()
+    return words[words.index(name) + 1] if name in words[:-1] else None
 
 
 def with_train_seed(folder: str, seed: int) -> str:
