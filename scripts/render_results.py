@@ -219,6 +219,30 @@ def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: d
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
+def _titled(titles: dict[str, str], folder: str, section: list[str]) -> list[str]:
+    """``section`` as it is, its title kept under ``folder`` (a headline names the section it repeats)."""
+    if section:
+        titles[folder] = section[0].removeprefix("## ")
+    return section
+
+
+def headline_md(folder: str, table: dict, section_title: str) -> list[str]:
+    """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
+    ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
+    plain one Table I keeps for comparison; the section it repeats has its comparisons and commands."""
+    recipe = _chips_phrase(table) + (f", weights clipped to ± {table['weight_clip']:g} standard deviations"
+                                     if table.get("weight_clip") else "")  # fmt: skip
+    blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
+              if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
+    return [f"## The recipe this page leads with (`{folder}`)", "",
+            f"Retrained from the pretrained model for {table['epochs']} epochs per model ({blocks}; the epochs column "
+            f"says each model's total), peak lr {table['lr']}, BatchNorm `{table['bn']}`, stuck-cell gradient "
+            f"`{table['stuck_grad']}`, {recipe}. Same data, pretrained model and chips as Table I below, which keeps "
+            f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
+            "with, and gives the commands that made them.", "",
+            *table_md(table, with_ci=True), "", *criteria(table), ""]  # fmt: skip
+
+
 def clean_steps_folders(out: Path) -> list[str]:
     """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
     by ascending fraction of fault-free steps; those also clipped have sections of their own."""
@@ -625,7 +649,8 @@ def _earlier(step: dict) -> str:
     return f"; before: {', '.join(attempts)}" if attempts else ""
 
 
-def render(out: Path, see_also: list[str] = ()) -> str:
+def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> str:
+    """The page of the study in ``out``; ``headline``: the grid folder it leads with (:func:`headline_md`)."""
     manifest = load(out / "manifest.json") or {"steps": {}}
     envs = manifest["steps"].get("_environments") or [manifest["steps"].get("_environment", {})]
     dense = load(out / "dense" / "table.json")
@@ -665,6 +690,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                f"trains 160 epochs per model; ours are fewer. A run cut short and resumed says after which epoch and how "
                f"(exactly, or from its weights alone) under Training curves; the invocations above say on which "
                f"machines.", ""]  # fmt: skip
+        headline_at = len(md)
         md += ["## Table I (ours): accuracy % at each test failure rate P", "", *table_md(dense, with_ci=True), "",
                "± is the half-width of the 95 % confidence interval over chips.", "",
                "Commands (steps stopped with the accelerator's window appear in its console log below):", "",
@@ -712,10 +738,11 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         md += ["", "Commands:", "",
                *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
+    titles: dict[str, str] = {}  # grid folder -> the title of its section
     bn_folders = bn_train_folders(out)
     bn_plain = load(out / "bn-train" / "table.json")
     for folder in bn_folders:
-        md += bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None)
+        md += _titled(titles, folder, bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None))
     if long:
         md += beside_table_i_md(
             f"Longer retraining: P^T=0.05 for {long['epochs']} epochs",
@@ -733,7 +760,7 @@ def render(out: Path, see_also: list[str] = ()) -> str:
         unbiased, dense, manifest, "unbiased")
     clean_folders = clean_steps_folders(out)
     for folder in clean_folders:
-        md += clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest)
+        md += _titled(titles, folder, clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest))
     if blocks_each:
         md += beside_table_i_md(
             f"Progressive as in the paper's Algorithm 1: {blocks_each['epochs']} epochs at every rate "
@@ -749,27 +776,27 @@ def render(out: Path, see_also: list[str] = ()) -> str:
             blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
     lr_folders = retrain_lr_folders(out)
     for folder in lr_folders:
-        md += retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest)
+        md += _titled(titles, folder, retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest))
     clip_folders = weight_clip_folders(out)
     for folder in clip_folders:
-        md += weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest)
+        md += _titled(titles, folder, weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest))
     clean_clip_folders = clean_steps_clip_folders(out)
     unclipped_by_fraction = {t.get("clean_steps"): t for t in (load(out / f / "table.json") for f in clean_folders)}
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
-        md += clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder)
+        md += _titled(titles, folder, clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder))
     each_folders = blocks_each_folders(out)
     for folder in each_folders:
-        md += blocks_each_md(folder, load(out / folder / "table.json"),
-                             load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest)
+        md += _titled(titles, folder, blocks_each_md(folder, load(out / folder / "table.json"),
+                                                     load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest))
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
-        md += pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
-                               load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest)
+        md += _titled(titles, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
+                                                       load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest))
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")
-        md += train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest)
+        md += _titled(titles, folder, train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest))
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -804,6 +831,11 @@ def render(out: Path, see_also: list[str] = ()) -> str:
                "predates the targets' `batchnorm` field, when folding was the only placement):", "", *gpu, ""]  # fmt: skip
     for device_log in sorted((out / "logs").glob("device-run*.log")):
         md += [f"## Accelerator console: {device_log.name}", "", "```", device_log.read_text().rstrip(), "```", ""]
+    if headline:
+        if headline not in titles or not dense:
+            raise SystemExit(f"render_results.py: --headline {headline}: expected a grid folder of {out} with a section "
+                             f"of its own, one of: {', '.join(sorted(titles)) or 'none'}")
+        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), titles[headline])
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"
@@ -815,9 +847,11 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/RESULTS.md"))
     ap.add_argument("--see-also", action="append", default=[], metavar="PAGE",
                     help="link another results page (relative to the output's folder); repeatable")
+    ap.add_argument("--headline", metavar="FOLDER", help="a grid folder of OUT whose rows and criteria lead the page")
     args = ap.parse_args()
+    page = render(args.out, args.see_also, args.headline)  # before the output is touched: a bad --headline leaves it
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(args.out, args.see_also))
+    args.output.write_text(page)
     print(f"wrote {args.output}")
 
 

@@ -15,25 +15,47 @@ import yaml
 from ftdeploy.profiles import RetrainingRecipe, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
-#: page -> (archived study it is rendered from, the pages it links to)
+#: The tuned recipe's grid, the one issue 3's limits are met with, leads the page of its study.
+TUNED_GRID = "clean-steps-0.75-weight-clip-2-progressive-each"
+#: page -> (archived study it is rendered from, the pages it links to, the grid it leads with)
 PAGES = {
-    "RESULTS.md": ("c10p", ("RESULTS-diff8-folded.md", "RESULTS-mapping.md")),
-    "RESULTS-diff8-folded.md": ("c10", ("RESULTS.md",)),
-    "RESULTS-mapping.md": ("c10c", ("RESULTS.md",)),
+    "RESULTS.md": ("c10p", ("RESULTS-diff8-folded.md", "RESULTS-mapping.md"), None),
+    "RESULTS-diff8-folded.md": ("c10", ("RESULTS.md",), None),
+    "RESULTS-mapping.md": ("c10c", ("RESULTS.md",), TUNED_GRID),
 }
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_results_page_is_rendered_from_the_archived_artefacts(page, tmp_path):
-    study, others = PAGES[page]
+    study, others, headline = PAGES[page]
     out = tmp_path / page
     see_also = [arg for other in others for arg in ("--see-also", other)]
     subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), str(ROOT / "docs" / "results" / study),
-                    "-o", str(out), *see_also], check=True, capture_output=True)  # fmt: skip
+                    "-o", str(out), *see_also, *(("--headline", headline) if headline else ())],
+                   check=True, capture_output=True)  # fmt: skip
     assert out.read_text() == (ROOT / "docs" / page).read_text()
     text = out.read_text()
     for section in ("## Table I (ours)", "## What the issue asked for", "## Training curves", *(f"]({o})" for o in others)):
         assert section in text
+
+
+def test_a_page_leads_with_the_grid_it_is_told_to_and_refuses_a_folder_without_a_section(tmp_path):
+    """--headline FOLDER puts that grid's own rows and criteria ahead of Table I and names the
+    section that repeats them; a folder with no section is one clear line, and no page is written."""
+    script, study = ROOT / "scripts" / "render_results.py", ROOT / "docs" / "results" / "c10c"
+    page = subprocess.run([sys.executable, str(script), str(study), "-o", str(tmp_path / "p.md"), "--headline", TUNED_GRID],
+                          capture_output=True, text=True)  # fmt: skip
+    assert page.returncode == 0, page.stderr
+    text = (tmp_path / "p.md").read_text()
+    lead = text.index(f"## The recipe this page leads with (`{TUNED_GRID}`)")
+    assert lead < text.index("## Table I (ours)")
+    section = next(line[3:] for line in text.splitlines() if line.startswith("## The `clean-steps-0.75-weight-clip-2` grid with"))
+    assert f'The section "{section}" repeats these rows' in text[lead:text.index("## Table I (ours)")]
+    bad = subprocess.run([sys.executable, str(script), str(study), "-o", str(tmp_path / "q.md"), "--headline", "pretrain"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and not (tmp_path / "q.md").exists()
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "--headline pretrain" in bad.stderr
+    assert TUNED_GRID in bad.stderr, "the message lists the folders that would do"
 
 
 def _script(name: str):
