@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ftdeploy.train import TrainConfig  # the installed package (README's install command)
+from ftdeploy.files import write_atomic  # the installed package (README's install command)
+from ftdeploy.train import TrainConfig
 
 import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py
 from study_folders import TRAIN_SEED, split_train_seed
@@ -850,8 +851,7 @@ def main() -> None:
     ap.add_argument("--headline", metavar="FOLDER", help="a grid folder of OUT whose rows and criteria lead the page")
     args = ap.parse_args()
     page = render(args.out, args.see_also, args.headline)  # before the output is touched: a bad --headline leaves it
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(page)
+    write_atomic(args.output, page)  # an interrupted write leaves the earlier page, not half of this one
     print(f"wrote {args.output}")
 
 
