@@ -141,6 +141,12 @@ def _chips_phrase(table: dict) -> str:
     return chips + (f", {clean:g} of the steps fault-free" if clean else ", every step faulty")
 
 
+def _recipe_phrase(table: dict) -> str:
+    """:func:`_chips_phrase`, and the weight clip where the grid had one."""
+    clip = table.get("weight_clip")
+    return _chips_phrase(table) + (f", weights clipped to ± {clip:g} standard deviations" if clip else "")
+
+
 def beside_table_i_md(title: str, intro: str, table: dict | None, dense: dict | None, manifest: dict,
                       steps: list[str], own_baseline: str | None = None, also: tuple[dict | None, str] = (None, "")) -> list[str]:  # fmt: skip
     """A section for a grid retrained another way (longer, or with one recipe change): its rows
@@ -209,9 +215,7 @@ def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: d
     return beside_table_i_md(
         f"The `{grid}` grid with progressive as in the paper's Algorithm 1: {epochs} epochs at every rate "
         "(`--progressive-blocks each`)",
-        f"The recipe of the `{grid}` grid ({_chips_phrase(table)}"
-        + (f", weights clipped to ± {table['weight_clip']:g} standard deviations" if table.get("weight_clip") else "")
-        + f"), with progressive retraining as the paper's Algorithm 1 does it: each rate of the list a retraining of "
+        f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), with progressive retraining as the paper's Algorithm 1 does it: each rate of the list a retraining of "
         f"{epochs} epochs of its own (warm-up and cosine restarting) from the model the rate below left, so the "
         f"progressive model trains {epochs} × the number of rates (its epochs column) and the one-shot model {epochs}."
         + (f" The rows marked \"{split_mark}\" are that grid, whose progressive models split those epochs among "
@@ -231,14 +235,12 @@ def headline_md(folder: str, table: dict, section_title: str) -> list[str]:
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
     plain one Table I keeps for comparison; the section it repeats has its comparisons and commands."""
-    recipe = _chips_phrase(table) + (f", weights clipped to ± {table['weight_clip']:g} standard deviations"
-                                     if table.get("weight_clip") else "")  # fmt: skip
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
     return [f"## The recipe this page leads with (`{folder}`)", "",
             f"Retrained from the pretrained model for {table['epochs']} epochs per model ({blocks}; the epochs column "
             f"says each model's total), peak lr {table['lr']}, BatchNorm `{table['bn']}`, stuck-cell gradient "
-            f"`{table['stuck_grad']}`, {recipe}. Same data, pretrained model and chips as Table I below, which keeps "
+            f"`{table['stuck_grad']}`, {_recipe_phrase(table)}. Same data, pretrained model and chips as Table I below, which keeps "
             f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
             "with, and gives the commands that made them.", "",
             *table_md(table, with_ci=True), "", *criteria(table), ""]  # fmt: skip
