@@ -224,6 +224,43 @@ def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: d
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
+def epochs_variant_folders(out: Path) -> list[str]:
+    """The grids retrained for another length (`FOLDER-epochs-N`: reproduce_cifar10.py
+    --epochs-in-folder), by folder, then length; those from another seed have the seed's section."""
+    return sorted((p.name for p in out.glob(study_folders.EPOCHS_GLOB) if (p / "table.json").is_file() and TRAIN_SEED not in p.name),
+                  key=study_folders.split_epochs)  # fmt: skip
+
+
+def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: dict | None, dense: dict | None,
+                      manifest: dict) -> list[str]:  # fmt: skip
+    """The section of a grid retrained for another length: its rows beside the same recipe's grid
+    at the study's length (``same``), Table I and, where the study has it, the recipe's Algorithm-1
+    grid (``each``) with its progressive rows at the same training rates. A one-shot model trained
+    as long as Algorithm 1's progressive one tells whether progressive's lead is its schedule or
+    its extra epochs, so the issue's criteria here set this grid's rows against those."""
+    table = table or {}
+    if not table.get("rows") or all(r["method"] == "baseline" for r in table["rows"]):
+        return []
+    grid, epochs = study_folders.split_epochs(folder)
+    keys = _retrained_keys(table)
+    beside = {(method, rate) for method in ("one-shot", "progressive") for _, rate in keys}
+    each_mark, same_mark = f"`{study_folders.with_blocks_each(grid)}`", f"`{grid}`, {(same or {}).get('epochs')} epochs"
+    rows = [*table["rows"], *_marked(each, each_mark, beside), *_marked(same, same_mark, keys), *_marked(dense, "Table I", keys)]
+    theirs = [r for r in (each or {}).get("rows", []) if (r["method"], r["train_rate"]) in beside - keys]
+    intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), every model retrained for {epochs} epochs "
+             "(a run folder keeps the length it was started with, so this grid has a folder of its own).")
+    if each:
+        intro += (f" The rows marked {each_mark} are that recipe's Algorithm-1 grid, whose progressive models train "
+                  f"{each.get('epochs')} epochs at every rate of their list (their epochs column): trained as long, the "
+                  "one-shot models here tell whether progressive's lead there is its schedule or its extra epochs. The "
+                  "criteria below set this grid's models against that grid's progressive ones.")
+    intro += (f" The rows marked {same_mark} are the recipe at the length it was first trained for. Same pretrained "
+              "model, learning rate and chips as Table I; the rows marked Table I are the plain recipe.")
+    return [f"## The `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
+            intro, "", *table_md({**table, "rows": rows}, with_ci=True), "", *criteria({**table, "rows": [*table["rows"], *theirs]}),
+            "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+
+
 def _titled(titles: dict[str, str], folder: str, section: list[str]) -> list[str]:
     """``section`` as it is, its title kept under ``folder`` (a headline names the section it repeats)."""
     if section:
@@ -792,6 +829,11 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     for folder in each_folders:
         md += _titled(titles, folder, blocks_each_md(folder, load(out / folder / "table.json"),
                                                      load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest))
+    epochs_folders = epochs_variant_folders(out)
+    for folder in epochs_folders:
+        grid = study_folders.split_epochs(folder)[0]
+        md += _titled(titles, folder, epochs_variant_md(folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
+                                                        load(out / study_folders.with_blocks_each(grid) / "table.json"), dense, manifest))
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
         md += _titled(titles, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
@@ -820,7 +862,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *each_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
+                             *each_folders, *epochs_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")

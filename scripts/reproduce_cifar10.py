@@ -41,6 +41,8 @@ accelerator window continues from its last finished epoch):
 `--progressive-blocks each` retrains the chosen branches as i does, into FOLDER-progressive-each.
 `--train-seed N` retrains the chosen branches from another training seed, on the same chips, into
 FOLDER-train-seed-N: how far one training's luck moves a row.
+`--epochs-in-folder` retrains the chosen branches into FOLDER-epochs-N (N: --epochs), beside the
+grid of another length: e.g. one-shot for as many epochs as Algorithm 1's progressive model had.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
 a study on another target from an earlier study's pretrained and pruned models (copied, and
 recorded in the manifest with the command that made them there).
@@ -135,10 +137,13 @@ def sweep_options(args, epochs: int, profile: str | None = None, lr: float | Non
 def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     """The study's sweeps for a grid of ``methods`` × ``rates`` (the pruned grid takes the rates
     >= 0.05, the paper's Table II setting); with --train-seed N, each one retrained from another
-    training seed into a folder of its own (:func:`with_train_seed`)."""
+    training seed into a folder of its own (:func:`with_train_seed`); with --epochs-in-folder, for
+    --epochs into a folder of its own (:func:`with_epochs`)."""
     branches = _sweep_branches(args, methods, rates)
     if args.progressive_blocks == "each":
         branches = [with_blocks_each(b) for b in branches]
+    if args.epochs_in_folder:
+        branches = [with_epochs(b, b.epochs or args.epochs) for b in branches]
     return branches if args.train_seed is None else [with_train_seed(b, args.train_seed) for b in branches]
 
 
@@ -149,6 +154,13 @@ def with_blocks_each(branch: SweepBranch) -> SweepBranch:
         return branch
     return replace(branch, folder=study_folders.with_blocks_each(branch.folder),
                    step=study_folders.with_blocks_each(branch.step), extra=(*branch.extra, "--progressive-blocks", "each"))
+
+
+def with_epochs(branch: SweepBranch, epochs: int) -> SweepBranch:
+    """``branch`` retrained for ``epochs`` per model into FOLDER-epochs-N: a run folder keeps the
+    length it was started with, so grids of two lengths need two folders."""
+    return replace(branch, folder=study_folders.with_epochs(branch.folder, epochs),
+                   step=study_folders.with_epochs(branch.step, epochs))
 
 
 def with_train_seed(branch: SweepBranch, seed: int) -> SweepBranch:
@@ -295,6 +307,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-seed", type=int, default=None,
                     help="retrain the chosen branches from this training seed (on the same chips) into FOLDER-train-seed-N; "
                     "default: the chip seed, as every archived grid")
+    ap.add_argument("--epochs-in-folder", action="store_true",
+                    help="retrain the chosen branches into FOLDER-epochs-N (N: their --epochs), beside the grid of "
+                    "another length (a run folder keeps the length it was started with)")
     ap.add_argument("--progressive-blocks", choices=("split", "each"), default="split",
                     help="each: retrain the chosen branches' progressive models as the paper's Algorithm 1 (--epochs at "
                     "every rate of the list) into FOLDER-progressive-each; default split: the rates share --epochs")

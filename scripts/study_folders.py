@@ -10,6 +10,9 @@ from __future__ import annotations
 
 #: What --train-seed N adds to a grid's folder.
 TRAIN_SEED = "-train-seed-"
+#: What --epochs-in-folder adds to a grid's folder, before its --epochs (bn-train's own length
+#: variants end `-N-epochs` instead: they predate this and are a kind of grid of their own).
+EPOCHS = "-epochs-"
 #: What --progressive-blocks each adds to a grid's folder (the plain grid's own such branch,
 #: blocks-each, keeps its folder `progressive-each`).
 BLOCKS_EACH = "-progressive-each"
@@ -24,6 +27,7 @@ CLEAN_STEPS_GLOB = "clean-steps*"  # the clipped ones too: render_results tells 
 CLEAN_STEPS_CLIP_GLOB = "clean-steps-*-weight-clip-*"
 PRUNED_GLOB = f"{PRUNED}*"
 TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
+EPOCHS_GLOB = f"*{EPOCHS}*"
 BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
 
 
@@ -45,6 +49,18 @@ def split_train_seed(folder: str) -> tuple[str, int]:
     return grid, int(seed)
 
 
+def with_epochs(folder: str, epochs: int) -> str:
+    """`FOLDER-epochs-N`: ``folder``'s grid retrained for ``epochs`` per model, beside the same
+    grid of the study's usual length (say, one-shot as long as Algorithm 1's progressive)."""
+    return f"{folder}{EPOCHS}{epochs}"
+
+
+def split_epochs(folder: str) -> tuple[str, int]:
+    """`FOLDER-epochs-N` -> (FOLDER, N): the grid it retrains for longer, and its length."""
+    grid, epochs = folder.rsplit(EPOCHS, 1)
+    return grid, int(epochs)
+
+
 def with_blocks_each(folder: str) -> str:
     """`FOLDER-progressive-each`: ``folder``'s grid with progressive as the paper's Algorithm 1
     (every rate of the list a retraining of --epochs of its own)."""
@@ -57,9 +73,9 @@ def of_blocks_each(folder: str) -> str:
 
 
 def is_variant(folder: str) -> bool:
-    """A grid retrained from another seed or with Algorithm 1's blocks: listed by its own kind's
-    pattern, not by the pattern of the grid it varies (`clean-steps*` matches both)."""
-    return TRAIN_SEED in folder or folder.endswith(BLOCKS_EACH)
+    """A grid retrained from another seed, for another length or with Algorithm 1's blocks: listed
+    by its own kind's pattern, not by the pattern of the grid it varies (`clean-steps*` matches both)."""
+    return TRAIN_SEED in folder or EPOCHS in folder or folder.endswith(BLOCKS_EACH)
 
 
 def bn_train(lr: float | None = None, epochs: int | None = None) -> str:

@@ -352,6 +352,48 @@ def test_a_grid_with_algorithm_1_blocks_has_a_folder_and_a_section_beside_its_sp
                                  split, dense, {"steps": {}}) == [], "a grid with no retrained model gets no section"
 
 
+def test_a_grid_of_another_length_has_a_folder_and_a_section_beside_algorithm_1(tmp_path):
+    """--epochs-in-folder retrains a branch for --epochs into FOLDER-epochs-N (a run folder keeps
+    its length); the page lists it once, in a section of its own whose criteria set its one-shot
+    rows against the recipe's Algorithm-1 progressive rows, not among the recipe's grids."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    options = ["--out", str(tmp_path), "--only", "clean-steps-clip", "--clean-steps", "0.75", "--weight-clip", "2", "--epochs", "36"]
+    args = reproduce.parse_args([*options, "--epochs-in-folder"])
+    branch = next(b for b in reproduce.sweep_branches(args, "one-shot", "0.05") if b.branch == "clean-steps-clip")
+    argv = branch.argv(args)
+    assert branch.folder == "clean-steps-0.75-weight-clip-2-epochs-36" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
+    assert argv[argv.index("--epochs") + 1] == "36" and branch.step_name(False) == f"sweep-{branch.folder}:one-shot@0.05"
+    plain = next(b for b in reproduce.sweep_branches(reproduce.parse_args(options), "one-shot", "0.05") if b.branch == "clean-steps-clip")
+    assert plain.folder == "clean-steps-0.75-weight-clip-2"
+
+    results = ROOT / "docs/results/c10c"
+    split = json.loads((results / "clean-steps-0.75-weight-clip-2/table.json").read_text())
+    each = json.loads((results / "clean-steps-0.75-weight-clip-2-progressive-each/table.json").read_text())
+    progressive = next(r for r in each["rows"] if r["model"] == "progressive P^T=0.05")
+    # a one-shot model a point ahead of Algorithm 1's progressive at every test rate above 0
+    ahead = {**progressive, "model": "one-shot P^T=0.05", "method": "one-shot", "epochs": 36, "epochs_done": 36,
+             "acc_defect": {r: a + (1 if r != "0" else 0) for r, a in progressive["acc_defect"].items()}}
+    long = {**each, "epochs": 36, "progressive_blocks": "split", "rows": [each["rows"][0], ahead]}
+    for name, table in (("clean-steps-0.75-weight-clip-2", split), ("clean-steps-0.75-weight-clip-2-progressive-each", each),
+                        (branch.folder, long)):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "table.json").write_text(json.dumps(table))
+    assert render.epochs_variant_folders(tmp_path) == [branch.folder]
+    assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"], "listed once, in its own section"
+    assert render.blocks_each_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2-progressive-each"]
+    dense = json.loads((results / "dense/table.json").read_text())
+    section = render.epochs_variant_md(branch.folder, long, split, each, dense, {"steps": {}})
+    assert section[0] == "## The `clean-steps-0.75-weight-clip-2` grid retrained for 36 epochs per model (`--epochs 36 --epochs-in-folder`)"
+    models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| ") and "±" in line]
+    assert models == ["baseline", "one-shot P^T=0.05", "one-shot P^T=0.05 (`clean-steps-0.75-weight-clip-2-progressive-each`)",
+                      "progressive P^T=0.05 (`clean-steps-0.75-weight-clip-2-progressive-each`)",
+                      "one-shot P^T=0.05 (`clean-steps-0.75-weight-clip-2`, 25 epochs)", "one-shot P^T=0.05 (Table I)"], models
+    verdict = next(line for line in section if line.startswith("| P^T=0.05: progressive ≥ one-shot"))
+    assert "progressive behind at 0.02, 0.05, 0.1" in verdict and verdict.endswith("| NOT met |"), verdict
+    assert render.epochs_variant_md(branch.folder, {**long, "rows": long["rows"][:1]}, split, each, dense, {"steps": {}}) == [], \
+        "a grid with no retrained model gets no section"
+
+
 def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_its_own(tmp_path):
     """--clean-steps F trains into clean-steps-F (the F = 0.5 grid keeps clean-steps), evaluates
     from there, and the page gives each fraction its section, in ascending order."""
@@ -662,6 +704,9 @@ def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only
         each = names.with_blocks_each(folder)
         assert names.of_blocks_each(each) == folder and fnmatch(each, names.BLOCKS_EACH_GLOB) and not fnmatch(folder, names.BLOCKS_EACH_GLOB)
         assert names.is_variant(each) and names.is_variant(names.with_train_seed(folder, 3)) and not names.is_variant(folder)
+        longer = names.with_epochs(folder, 36)
+        assert names.split_epochs(longer) == (folder, 36) and names.is_variant(longer)
+        assert fnmatch(longer, names.EPOCHS_GLOB) and not fnmatch(folder, names.EPOCHS_GLOB), folder
     assert names.dense_of_pruned(names.pruned("clean-steps-0.5-weight-clip-2")) == "clean-steps-0.5-weight-clip-2"
     assert (names.bn_train(), names.clean_steps(0.5)) == ("bn-train", "clean-steps"), "the first grids' folders keep their names"
 
