@@ -81,30 +81,43 @@ def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
 
 def pruned_recipe_folders(out: Path) -> list[str]:
     """The pruned grids retrained with a recipe of their own (`pruned-clean-steps-F-weight-clip-K`:
-    reproduce_cifar10.py --only pruned-clean-steps-clip), by ascending fraction, then K."""
-    return grids_by(out, study_folders.PRUNED_GLOB, "clean_steps", "weight_clip")
+    reproduce_cifar10.py --only pruned-clean-steps-clip), by ascending fraction, then K; then those
+    with progressive as Algorithm 1 (`...-progressive-each`), by folder."""
+    return [*grids_by(out, study_folders.PRUNED_GLOB, "clean_steps", "weight_clip"), *blocks_each_folders(out, pruned=True)]
 
 
 def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_same_recipe: dict | None,
-                     plain_pruned: dict | None, manifest: dict) -> list[str]:  # fmt: skip
+                     plain_pruned: dict | None, manifest: dict, split: dict | None = None) -> list[str]:  # fmt: skip
     """The section of the pruned model retrained with fault-free steps and clipped weights: its
     rows between both baselines and the same method and rate retrained dense with the same recipe
-    (``dense_same_recipe``) and pruned with the plain one (``plain_pruned``), where this study has them."""
+    (``dense_same_recipe``) and pruned with the plain one (``plain_pruned``), where this study has them.
+    A grid with progressive as Algorithm 1 also has the pruned grid of the same recipe whose rates
+    share the epochs (``split``) beside it."""
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
     fraction, sigmas = table.get("clean_steps") or 0, table.get("weight_clip") or 0
+    each = table.get("progressive_blocks") == "each"
     keys = _retrained_keys(table)
     own = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in table["rows"]]
     dense_base = [dict(r, model="dense baseline (unpruned)") for r in (dense or {}).get("rows", []) if r["method"] == "baseline"]
-    rows = [*dense_base, *own, *_marked(plain_pruned, "pruned, plain recipe", keys), *_marked(dense_same_recipe, "dense, same recipe", keys)]
+    split_mark = f"pruned, {(split or {}).get('epochs')} epochs, rates sharing them"
+    rows = [*dense_base, *own, *(_marked(split, split_mark, keys) if each else []), *_marked(plain_pruned, "pruned, plain recipe", keys),
+            *_marked(dense_same_recipe, "dense, same recipe", keys)]  # fmt: skip
+    blocks = " and progressive as the paper's Algorithm 1 (`--progressive-blocks each`)" if each else ""
+    length = (f"{table['epochs']} epochs at every rate of progressive's list, so the progressive model trains "
+              f"{table['epochs']} × the number of rates (its epochs column) and the one-shot model {table['epochs']}"
+              if each else f"{table['epochs']} epochs per model")
     return [f"## Pruned model retrained with {fraction:g} of the steps fault-free and weights clipped to ± {sigmas:g} "
-            f"standard deviations (`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips)", "",
+            f"standard deviations (`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips){blocks}", "",
             f"The 70 % magnitude-pruned model (Acc_pretrain {fmt(table['acc_pretrain'])} %) retrained with the recipe "
             "of the section above; its pruned weights stay zero, and the clip takes each layer's spread over its "
             "surviving weights only (counting the zeros would halve it). The dense baseline shows how much more "
             "fragile pruning left the model; the rows marked \"dense, same recipe\" are the dense model retrained "
-            "alike, those marked \"pruned, plain recipe\" the pruned model retrained without the recipe. Same "
-            "epochs, learning rate and chips as Table I. Each row's SS is relative to its own model's Acc_pretrain.", "",
+            "alike, those marked \"pruned, plain recipe\" the pruned model retrained without the recipe"
+            + (f", those marked \"{split_mark}\" the pruned model retrained with the recipe but progressive's rates "
+               "splitting one schedule" if each and split else "")
+            + f". Retrained for {length}; same learning rate and chips as Table I. Each row's SS is relative to its "
+            "own model's Acc_pretrain.", "",
             *table_md({**table, "rows": rows}, with_ci=True), "",
             "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "", "Commands:", "",
             *command_lines(manifest, ["prune", f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
@@ -197,12 +210,13 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
-def blocks_each_folders(out: Path) -> list[str]:
-    """The grids retrained with progressive as Algorithm 1 (`FOLDER-progressive-each`:
+def blocks_each_folders(out: Path, pruned: bool = False) -> list[str]:
+    """The dense grids retrained with progressive as Algorithm 1 (`FOLDER-progressive-each`:
     reproduce_cifar10.py --progressive-blocks each), by folder; the plain grid's own
-    (`progressive-each`, the blocks-each branch) has its section apart."""
+    (`progressive-each`, the blocks-each branch) has its section apart. ``pruned``: the pruned
+    model's such grids instead, which the pruned sections list."""
     return sorted(p.name for p in out.glob(study_folders.BLOCKS_EACH_GLOB)
-                  if (p / "table.json").is_file() and TRAIN_SEED not in p.name)
+                  if (p / "table.json").is_file() and TRAIN_SEED not in p.name and p.name.startswith(study_folders.PRUNED) == pruned)
 
 
 def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -268,19 +282,31 @@ def _titled(titles: dict[str, str], folder: str, section: list[str]) -> list[str
     return section
 
 
-def headline_md(folder: str, table: dict, section_title: str) -> list[str]:
+def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None) -> list[str]:
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
-    plain one Table I keeps for comparison; the section it repeats has its comparisons and commands."""
+    plain one Table I keeps for comparison; the section it repeats has its comparisons and commands.
+    ``pruned``: the pruned model retrained alike (`pruned-FOLDER`), whose rows follow, as the
+    paper's Table II follows Table I; the issue's limits are the dense model's."""
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
+    rows = [*table["rows"], *_pruned_rows(pruned)]
+    also = (f" The rows named pruned are the {100 * (pruned.get('sparsity') or 0):.0f} % magnitude-pruned model "
+            f"(Acc_pretrain {fmt(pruned['acc_pretrain'])} %; its rows' SS relative to that) retrained alike, where "
+            "this study has it." if pruned else "")
     return [f"## The recipe this page leads with (`{folder}`)", "",
             f"Retrained from the pretrained model for {table['epochs']} epochs per model ({blocks}; the epochs column "
             f"says each model's total), peak lr {table['lr']}, BatchNorm `{table['bn']}`, stuck-cell gradient "
             f"`{table['stuck_grad']}`, {_recipe_phrase(table)}. Same data, pretrained model and chips as Table I below, which keeps "
             f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
-            "with, and gives the commands that made them.", "",
-            *table_md(table, with_ci=True), "", *criteria(table), ""]  # fmt: skip
+            f"with, and gives the commands that made them.{also}", "",
+            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table), ""]  # fmt: skip
+
+
+def _pruned_rows(pruned: dict | None) -> list[dict]:
+    """A pruned grid's rows named as such: `pruned baseline (no FT retraining)`, `pruned one-shot P^T=...`."""
+    return [dict(r, model="pruned baseline (no FT retraining)" if r["method"] == "baseline" else f"pruned {r['model']}")
+            for r in (pruned or {}).get("rows", [])]
 
 
 def clean_steps_folders(out: Path) -> list[str]:
@@ -837,7 +863,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
         md += _titled(titles, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
-                                                       load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest))
+                                                       load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest,
+                                                       load(out / study_folders.of_blocks_each(folder) / "table.json")))
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")
@@ -880,7 +907,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         if headline not in titles or not dense:
             raise SystemExit(f"render_results.py: --headline {headline}: expected a grid folder of {out} with a section "
                              f"of its own, one of: {', '.join(sorted(titles)) or 'none'}")
-        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), titles[headline])
+        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), titles[headline],
+                                                  load(out / study_folders.pruned(headline) / "table.json"))
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

@@ -686,6 +686,45 @@ def test_the_pruned_model_retrained_with_the_tuned_recipe_has_a_folder_and_a_sec
         "a grid with no retrained model gets no section"
 
 
+def test_the_pruned_model_retrained_with_algorithm_1_blocks_has_the_pruned_section_and_joins_the_headline(tmp_path):
+    """--only pruned-clean-steps-clip --progressive-blocks each retrains the pruned model into
+    pruned-FOLDER-progressive-each; the page lists it among the pruned grids (beside the dense grid
+    retrained alike and the pruned grid whose rates share the epochs), not among the dense
+    Algorithm-1 grids, and a headline of that dense grid shows the pruned rows after its own."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", "0.75", "--weight-clip", "2", "--only", "pruned-clean-steps-clip",
+                                 "--progressive-blocks", "each", "--methods", "progressive", "--train-rates", "0.05"])  # fmt: skip
+    branch = next(b for b in reproduce.sweep_branches(args, "progressive", "0.05") if b.branch == "pruned-clean-steps-clip")
+    assert branch.folder == f"pruned-{TUNED_GRID}"
+    assert branch.argv(args)[branch.argv(args).index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
+
+    results = ROOT / "docs/results/c10c"
+    tuned = json.loads((results / TUNED_GRID / "table.json").read_text())
+    split = json.loads((results / "pruned-clean-steps-0.75-weight-clip-2/table.json").read_text())
+    each = {**tuned, "acc_pretrain": split["acc_pretrain"], "sparsity": split["sparsity"],
+            "rows": [split["rows"][0], *(r for r in tuned["rows"] if r["method"] != "baseline" and r["train_rate"] == 0.05)]}
+    for name, table in ((TUNED_GRID, tuned), ("pruned-clean-steps-0.75-weight-clip-2", split), (branch.folder, each)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "table.json").write_text(json.dumps(table))
+    assert render.pruned_recipe_folders(tmp_path) == ["pruned-clean-steps-0.75-weight-clip-2", branch.folder]
+    assert render.blocks_each_folders(tmp_path) == [TUNED_GRID], "a pruned grid is not a dense Algorithm-1 section"
+    dense = json.loads((results / "dense/table.json").read_text())
+    section = render.pruned_recipe_md(branch.folder, each, dense, tuned, None, {"steps": {}}, split)
+    assert section[0].endswith("on unbiased chips) and progressive as the paper's Algorithm 1 (`--progressive-blocks each`)")
+    assert "Retrained for 12 epochs at every rate of progressive's list" in section[2]
+    models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| one-shot P^T=0.05") and "±" in line]
+    assert models == ["one-shot P^T=0.05", "one-shot P^T=0.05 (pruned, 25 epochs, rates sharing them)",
+                      "one-shot P^T=0.05 (dense, same recipe)"], models
+
+    lead = render.headline_md(TUNED_GRID, tuned, "its section", each)
+    models = [line.split(" | ")[0].lstrip("| ") for line in lead if line.startswith("| ") and "±" in line]
+    assert models[-3:] == ["pruned baseline (no FT retraining)", "pruned one-shot P^T=0.05", "pruned progressive P^T=0.05"], models
+    assert "70 % magnitude-pruned model (Acc_pretrain 86.10 %" in lead[2]
+    verdicts = [line for line in lead if line.endswith(("| met |", "| NOT met |"))]
+    assert verdicts and not any("pruned" in line or "86.10" in line for line in verdicts), "the issue's criteria stay the dense model's"
+    assert render.headline_md(TUNED_GRID, tuned, "its section")[2].endswith("the commands that made them.")
+
+
 def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only():
     """reproduce_cifar10.py names the folders and render_results.py lists them by pattern, both
     from study_folders: a name must match its own pattern, and only the patterns it should."""
