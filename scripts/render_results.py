@@ -275,19 +275,28 @@ def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: 
             "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
 
 
-def _titled(titles: dict[str, str], folder: str, section: list[str]) -> list[str]:
-    """``section`` as it is, its title kept under ``folder`` (a headline names the section it repeats)."""
+def _kept(sections: dict[str, list[str]], folder: str, section: list[str]) -> list[str]:
+    """``section`` as it is, kept under ``folder``: a headline names the section it repeats, and
+    quotes the verdicts of those that control it."""
     if section:
-        titles[folder] = section[0].removeprefix("## ")
+        sections[folder] = section
     return section
 
 
-def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None) -> list[str]:
+def _title(section: list[str]) -> str:
+    return section[0].removeprefix("## ")
+
+
+def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None,
+                controls: list[list[str]] = ()) -> list[str]:  # fmt: skip
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
     plain one Table I keeps for comparison; the section it repeats has its comparisons and commands.
     ``pruned``: the pruned model retrained alike (`pruned-FOLDER`), whose rows follow, as the
-    paper's Table II follows Table I; the issue's limits are the dense model's."""
+    paper's Table II follows Table I; the issue's limits are the dense model's. ``controls``: the
+    sections that retrain its recipe for another length, whose progressive-against-one-shot
+    verdicts follow its own (Algorithm 1 gives progressive more epochs than one-shot; one-shot
+    trained as long says what they buy)."""
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
     rows = [*table["rows"], *_pruned_rows(pruned)]
@@ -300,7 +309,16 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
             f"`{table['stuck_grad']}`, {_recipe_phrase(table)}. Same data, pretrained model and chips as Table I below, which keeps "
             f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
             f"with, and gives the commands that made them.{also}", "",
-            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table), ""]  # fmt: skip
+            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table), "",
+            *(line for section in controls for line in _control_md(section))]  # fmt: skip
+
+
+def _control_md(section: list[str]) -> list[str]:
+    """What a length control's section (:func:`epochs_variant_md`) says of progressive against
+    one-shot, quoted under the headline's own criteria."""
+    verdicts = [line for line in section if line.startswith("| P^T=") and "progressive ≥ one-shot" in line]
+    return [f"One-shot trained as long as progressive (section \"{_title(section)}\"), against the progressive rows above:", "",
+            "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []
 
 
 def _pruned_rows(pruned: dict | None) -> list[dict]:
@@ -804,11 +822,11 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         md += ["", "Commands:", "",
                *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
-    titles: dict[str, str] = {}  # grid folder -> the title of its section
+    sections: dict[str, list[str]] = {}  # grid folder -> its section
     bn_folders = bn_train_folders(out)
     bn_plain = load(out / "bn-train" / "table.json")
     for folder in bn_folders:
-        md += _titled(titles, folder, bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None))
+        md += _kept(sections, folder, bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None))
     if long:
         md += beside_table_i_md(
             f"Longer retraining: P^T=0.05 for {long['epochs']} epochs",
@@ -826,7 +844,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         unbiased, dense, manifest, "unbiased")
     clean_folders = clean_steps_folders(out)
     for folder in clean_folders:
-        md += _titled(titles, folder, clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest))
     if blocks_each:
         md += beside_table_i_md(
             f"Progressive as in the paper's Algorithm 1: {blocks_each['epochs']} epochs at every rate "
@@ -842,33 +860,33 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
             blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
     lr_folders = retrain_lr_folders(out)
     for folder in lr_folders:
-        md += _titled(titles, folder, retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest))
     clip_folders = weight_clip_folders(out)
     for folder in clip_folders:
-        md += _titled(titles, folder, weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest))
     clean_clip_folders = clean_steps_clip_folders(out)
     unclipped_by_fraction = {t.get("clean_steps"): t for t in (load(out / f / "table.json") for f in clean_folders)}
     for folder in clean_clip_folders:
         table = load(out / folder / "table.json") or {}
-        md += _titled(titles, folder, clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder))
+        md += _kept(sections, folder, clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder))
     each_folders = blocks_each_folders(out)
     for folder in each_folders:
-        md += _titled(titles, folder, blocks_each_md(folder, load(out / folder / "table.json"),
+        md += _kept(sections, folder, blocks_each_md(folder, load(out / folder / "table.json"),
                                                      load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest))
     epochs_folders = epochs_variant_folders(out)
     for folder in epochs_folders:
         grid = study_folders.split_epochs(folder)[0]
-        md += _titled(titles, folder, epochs_variant_md(folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
+        md += _kept(sections, folder, epochs_variant_md(folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
                                                         load(out / study_folders.with_blocks_each(grid) / "table.json"), dense, manifest))
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
-        md += _titled(titles, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
+        md += _kept(sections, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
                                                        load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest,
                                                        load(out / study_folders.of_blocks_each(folder) / "table.json")))
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")
-        md += _titled(titles, folder, train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest))
+        md += _kept(sections, folder, train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest))
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -904,11 +922,13 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     for device_log in sorted((out / "logs").glob("device-run*.log")):
         md += [f"## Accelerator console: {device_log.name}", "", "```", device_log.read_text().rstrip(), "```", ""]
     if headline:
-        if headline not in titles or not dense:
+        if headline not in sections or not dense:
             raise SystemExit(f"render_results.py: --headline {headline}: expected a grid folder of {out} with a section "
-                             f"of its own, one of: {', '.join(sorted(titles)) or 'none'}")
-        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), titles[headline],
-                                                  load(out / study_folders.pruned(headline) / "table.json"))
+                             f"of its own, one of: {', '.join(sorted(sections)) or 'none'}")
+        grid = study_folders.of_blocks_each(headline)
+        controls = [sections[f] for f in epochs_folders if study_folders.split_epochs(f)[0] == grid and f in sections]
+        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), _title(sections[headline]),
+                                                  load(out / study_folders.pruned(headline) / "table.json"), controls)
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

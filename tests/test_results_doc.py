@@ -392,6 +392,10 @@ def test_a_grid_of_another_length_has_a_folder_and_a_section_beside_algorithm_1(
     assert "progressive behind at 0.02, 0.05, 0.1" in verdict and verdict.endswith("| NOT met |"), verdict
     assert render.epochs_variant_md(branch.folder, {**long, "rows": long["rows"][:1]}, split, each, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
+    lead = render.headline_md("clean-steps-0.75-weight-clip-2-progressive-each", each, "its section", None, [section])
+    assert lead[lead.index(verdict) - 4].startswith("One-shot trained as long as progressive (section \"The `clean-steps-0.75"), \
+        "the headline quotes the control's verdict under its own"
+    assert sum(line.startswith("| P^T=0.05: progressive ≥ one-shot") for line in lead) == 2
 
 
 def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_its_own(tmp_path):
