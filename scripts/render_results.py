@@ -268,8 +268,9 @@ def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: 
                   f"{each.get('epochs')} epochs at every rate of their list (their epochs column): trained as long, the "
                   "one-shot models here tell whether progressive's lead there is its schedule or its extra epochs. The "
                   "criteria below set this grid's models against that grid's progressive ones.")
-    intro += (f" The rows marked {same_mark} are the recipe at the length it was first trained for. Same pretrained "
-              "model, learning rate and chips as Table I; the rows marked Table I are the plain recipe.")
+    if same:
+        intro += f" The rows marked {same_mark} are the recipe at the length it was first trained for."
+    intro += " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe."
     return [f"## The `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
             intro, "", *table_md({**table, "rows": rows}, with_ci=True), "", *criteria({**table, "rows": [*table["rows"], *theirs]}),
             "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip

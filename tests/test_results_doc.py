@@ -392,6 +392,8 @@ def test_a_grid_of_another_length_has_a_folder_and_a_section_beside_algorithm_1(
     assert "progressive behind at 0.02, 0.05, 0.1" in verdict and verdict.endswith("| NOT met |"), verdict
     assert render.epochs_variant_md(branch.folder, {**long, "rows": long["rows"][:1]}, split, each, dense, {"steps": {}}) == [], \
         "a grid with no retrained model gets no section"
+    alone = render.epochs_variant_md(branch.folder, long, None, each, dense, {"steps": {}})
+    assert "None epochs" not in alone[2] and "first trained for" not in alone[2], "no grid of the study's length, no mention"
     lead = render.headline_md("clean-steps-0.75-weight-clip-2-progressive-each", each, "its section", None, [section])
     assert lead[lead.index(verdict) - 4].startswith("One-shot trained as long as progressive (section \"The `clean-steps-0.75"), \
         "the headline quotes the control's verdict under its own"
