@@ -14,6 +14,9 @@ if ! python3 -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" > /dev/
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
 fi
+# The checkout's own ftdeploy: the bare machine has not installed it, and the script and the
+# `python -m ftdeploy` steps it starts run from the repository root.
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 out_dir=""
 args=("$@")

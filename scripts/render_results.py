@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from ftdeploy.files import write_atomic  # the installed package (README's install command)
+from ftdeploy.sweep import Cell
 from ftdeploy.train import TrainConfig
 
 import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py
@@ -238,11 +239,12 @@ def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: d
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
-def epochs_variant_folders(out: Path) -> list[str]:
-    """The grids retrained for another length (`FOLDER-epochs-N`: reproduce_cifar10.py
-    --epochs-in-folder), by folder, then length; those from another seed have the seed's section."""
-    return sorted((p.name for p in out.glob(study_folders.EPOCHS_GLOB) if (p / "table.json").is_file() and TRAIN_SEED not in p.name),
-                  key=study_folders.split_epochs)  # fmt: skip
+def epochs_variant_folders(out: Path, pruned: bool = False) -> list[str]:
+    """The dense grids retrained for another length (`FOLDER-epochs-N`: reproduce_cifar10.py
+    --epochs-in-folder), by folder, then length; those from another seed have the seed's section.
+    ``pruned``: the pruned model's such grids instead, which follow the pruned sections."""
+    return sorted((p.name for p in out.glob(study_folders.EPOCHS_GLOB) if (p / "table.json").is_file() and TRAIN_SEED not in p.name
+                   and p.name.startswith(study_folders.PRUNED) == pruned), key=study_folders.split_epochs)  # fmt: skip
 
 
 def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: dict | None, dense: dict | None,
@@ -256,10 +258,23 @@ def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: 
     if not table.get("rows") or all(r["method"] == "baseline" for r in table["rows"]):
         return []
     grid, epochs = study_folders.split_epochs(folder)
+    rows, theirs, intro = _length_control(table, grid, epochs, same, each)
+    keys = _retrained_keys(table)
+    intro += " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe."
+    return [f"## The `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
+            intro, "", *table_md({**table, "rows": [*rows, *_marked(dense, "Table I", keys)]}, with_ci=True), "",
+            *criteria({**table, "rows": [*table["rows"], *theirs]}), "", *operating_points(table), "", "Commands:", "",
+            *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+
+
+def _length_control(table: dict, grid: str, epochs: int, same: dict | None, each: dict | None) -> tuple[list[dict], list[dict], str]:
+    """A length control's rows (its own, then the Algorithm-1 grid's at its training rates, then
+    the grid's of the study's length), the Algorithm-1 grid's rows its criteria compare with, and
+    the intro that says which is which."""
     keys = _retrained_keys(table)
     beside = {(method, rate) for method in ("one-shot", "progressive") for _, rate in keys}
     each_mark, same_mark = f"`{study_folders.with_blocks_each(grid)}`", f"`{grid}`, {(same or {}).get('epochs')} epochs"
-    rows = [*table["rows"], *_marked(each, each_mark, beside), *_marked(same, same_mark, keys), *_marked(dense, "Table I", keys)]
+    rows = [*table["rows"], *_marked(each, each_mark, beside), *_marked(same, same_mark, keys)]
     theirs = [r for r in (each or {}).get("rows", []) if (r["method"], r["train_rate"]) in beside - keys]
     intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), every model retrained for {epochs} epochs "
              "(a run folder keeps the length it was started with, so this grid has a folder of its own).")
@@ -270,10 +285,34 @@ def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: 
                   "criteria below set this grid's models against that grid's progressive ones.")
     if same:
         intro += f" The rows marked {same_mark} are the recipe at the length it was first trained for."
-    intro += " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe."
-    return [f"## The `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
-            intro, "", *table_md({**table, "rows": rows}, with_ci=True), "", *criteria({**table, "rows": [*table["rows"], *theirs]}),
-            "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+    return rows, theirs, intro
+
+
+def pruned_epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: dict | None, dense_same_length: dict | None,
+                             manifest: dict) -> list[str]:  # fmt: skip
+    """:func:`epochs_variant_md` for the pruned model: its rows beside the pruned grids of the same
+    recipe (Algorithm 1's, and the study's length) and the dense model's grid of the same recipe and
+    length (``dense_same_length``). Of the issue's criteria only progressive against one-shot is
+    checked: the limits are the dense model's, and the pruned model is the paper's Table II."""
+    table = table or {}
+    if not table.get("rows") or all(r["method"] == "baseline" for r in table["rows"]):
+        return []
+    grid, epochs = study_folders.split_epochs(folder)
+    rows, theirs, intro = _length_control(table, grid, epochs, same, each)
+    rows = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in rows]
+    dense_mark = "dense, same recipe and length"
+    rows += _marked(dense_same_length, dense_mark, _retrained_keys(table))
+    verdicts = [line for line in criteria({**table, "rows": [*table["rows"], *theirs]}) if line.startswith("| P^T=")]
+    intro = (f"The 70 % magnitude-pruned model (Acc_pretrain {fmt(table['acc_pretrain'])} %) retrained as in the pruned "
+             f"sections above. {intro}" + (f" The rows marked \"{dense_mark}\" are the dense model retrained alike."
+                                           if dense_same_length else "")
+             + " Same learning rate and chips as Table I; each row's SS is relative to its own model's Acc_pretrain.")
+    return [f"## Pruned model: the `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
+            intro, "", *table_md({**table, "rows": rows}, with_ci=True), "",
+            *(["Progressive against one-shot (the paper's Table II compares them on the pruned model):", "",
+               "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []),
+            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "", "Commands:", "",
+            *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
 
 
 def _kept(sections: dict[str, list[str]], folder: str, section: list[str]) -> list[str]:
@@ -289,7 +328,7 @@ def _title(section: list[str]) -> str:
 
 
 def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None,
-                controls: list[list[str]] = ()) -> list[str]:  # fmt: skip
+                controls: list[list[str]] = (), pruned_controls: list[list[str]] = ()) -> list[str]:  # fmt: skip
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
     plain one Table I keeps for comparison; the section it repeats has its comparisons and commands.
@@ -297,7 +336,7 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
     paper's Table II follows Table I; the issue's limits are the dense model's. ``controls``: the
     sections that retrain its recipe for another length, whose progressive-against-one-shot
     verdicts follow its own (Algorithm 1 gives progressive more epochs than one-shot; one-shot
-    trained as long says what they buy)."""
+    trained as long says what they buy); ``pruned_controls``: the pruned model's such sections."""
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
     rows = [*table["rows"], *_pruned_rows(pruned)]
@@ -311,14 +350,15 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
             f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
             f"with, and gives the commands that made them.{also}", "",
             *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table), "",
-            *(line for section in controls for line in _control_md(section))]  # fmt: skip
+            *(line for section in controls for line in _control_md(section)),
+            *(line for section in pruned_controls for line in _control_md(section, "The pruned model's one-shot", "pruned progressive"))]  # fmt: skip
 
 
-def _control_md(section: list[str]) -> list[str]:
+def _control_md(section: list[str], who: str = "One-shot", against: str = "progressive") -> list[str]:
     """What a length control's section (:func:`epochs_variant_md`) says of progressive against
     one-shot, quoted under the headline's own criteria."""
     verdicts = [line for line in section if line.startswith("| P^T=") and "progressive ≥ one-shot" in line]
-    return [f"One-shot trained as long as progressive (section \"{_title(section)}\"), against the progressive rows above:", "",
+    return [f"{who} trained as long as progressive (section \"{_title(section)}\"), against the {against} rows above:", "",
             "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []
 
 
@@ -704,6 +744,29 @@ def machines_line(envs: list[dict]) -> str:
     return "Machines, by invocation above: " + "; ".join(f"{span}: {m}" for span, (m, _, _) in zip(spans, groups)) + "."
 
 
+def trained_on_accelerator(out: Path) -> dict[str, list[str]]:
+    """Grid folder -> the models in it trained on a CUDA device (`device: cuda` in the run's
+    config.yaml), by key: rows of one table may come from both kinds of machine."""
+    found: dict[str, list[str]] = {}
+    for config in sorted(out.glob("*/runs/*/config.yaml")):
+        cfg = yaml.safe_load(config.read_text())
+        if isinstance(cfg, dict) and cfg.get("device") == "cuda":
+            found.setdefault(config.parent.parent.parent.name, []).append(config.parent.name)
+    return found
+
+
+def accelerator_md(out: Path) -> list[str]:
+    """Which models were trained on the accelerator, where a study's tables mix machines: the
+    accelerator trains in bf16 autocast and measures in float32 with TF32 convolutions, the CPU
+    does both in float32, so a row's machine is part of what it measured."""
+    found = trained_on_accelerator(out)
+    if not found:
+        return []
+    listed = "; ".join(f"`{folder}`: " + ", ".join(Cell.from_key(key).label for key in keys) for folder, keys in found.items())
+    return [f"**Trained on the accelerator** (`device: cuda` in the run's config.yaml; bf16 autocast in training, its "
+            f"sweep measured there too), every other retrained model on the CPU in float32: {listed}.", ""]
+
+
 def command_lines(manifest: dict, names: list[str], table: dict | None = None) -> list[str]:
     """The recorded command lines of ``names``; with ``table``, without the sweeps that wrote its
     folder under another profile (an earlier evaluation its tables have since replaced)."""
@@ -760,7 +823,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
           "nothing here is typed by hand. Produced by, in order:", "", *[f"    {i}" for i in invocations], ""]  # fmt: skip
     if see_also:
         md[2:2] = [f"See also: {', '.join(f'[{Path(p).name}]({p})' for p in see_also)}.", ""]
-    md += [machines_line(envs), ""]
+    md += [machines_line(envs), "", *accelerator_md(out)]
     if dense:
         md += [f"**Data.** {dense.get('data_description', dense['data'])}. Every accuracy is top-1 on the "
                f"{dense['val_images']} held-out validation images (a stratified subset of the held-out part when it is "
@@ -884,6 +947,13 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         md += _kept(sections, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
                                                        load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest,
                                                        load(out / study_folders.of_blocks_each(folder) / "table.json")))
+    pruned_epochs_folders = epochs_variant_folders(out, pruned=True)
+    for folder in pruned_epochs_folders:
+        grid = study_folders.split_epochs(folder)[0]
+        md += _kept(sections, folder, pruned_epochs_variant_md(
+            folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
+            load(out / study_folders.with_blocks_each(grid) / "table.json"),
+            load(out / study_folders.dense_of_pruned(folder) / "table.json"), manifest))
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
         base = load(out / split_train_seed(folder)[0] / "table.json")
@@ -908,7 +978,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     md += baselines_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *each_folders, *epochs_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders])  # fmt: skip
+                             *each_folders, *epochs_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders, *pruned_epochs_folders])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")
@@ -928,8 +998,10 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
                              f"of its own, one of: {', '.join(sorted(sections)) or 'none'}")
         grid = study_folders.of_blocks_each(headline)
         controls = [sections[f] for f in epochs_folders if study_folders.split_epochs(f)[0] == grid and f in sections]
+        pruned_controls = [sections[f] for f in pruned_epochs_folders
+                           if study_folders.split_epochs(f)[0] == study_folders.pruned(grid) and f in sections]
         md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), _title(sections[headline]),
-                                                  load(out / study_folders.pruned(headline) / "table.json"), controls)
+                                                  load(out / study_folders.pruned(headline) / "table.json"), controls, pruned_controls)
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

@@ -858,3 +858,56 @@ def test_the_tuned_profile_retrains_as_the_run_whose_figures_the_readme_gives():
     assert training.recipe() == {f: run[f] for f in RetrainingRecipe.model_fields}
     assert (training.model, training.pretrain_epochs, training.lr) == (pretrain["model"], pretrain["epochs"], pretrain["lr"])
     assert training.clean_steps == 0.75 and training.weight_clip == 2 and training.unbias_faults
+
+
+def test_the_pruned_models_length_control_has_a_pruned_section_and_joins_the_headline(tmp_path):
+    """--only pruned-clean-steps-clip --epochs-in-folder retrains the pruned model into
+    pruned-FOLDER-epochs-N; its section sits among the pruned ones, beside the pruned Algorithm-1
+    grid and the dense model's grid of the same recipe and length, checks only progressive against
+    one-shot (the issue's limits are the dense model's), and the headline quotes that verdict."""
+    reproduce, render = _script("reproduce_cifar10"), _script("render_results")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", "0.75", "--weight-clip", "2", "--only", "pruned-clean-steps-clip",
+                                 "--epochs", "36", "--epochs-in-folder", "--methods", "one-shot", "--train-rates", "0.05,0.1"])  # fmt: skip
+    branch = next(b for b in reproduce.sweep_branches(args, "one-shot", "0.05,0.1") if b.branch == "pruned-clean-steps-clip")
+    folder = "pruned-clean-steps-0.75-weight-clip-2-epochs-36"
+    assert branch.folder == folder and branch.argv(args)[branch.argv(args).index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
+
+    results = ROOT / "docs/results/c10c"
+    names = (folder, "pruned-clean-steps-0.75-weight-clip-2", f"pruned-{TUNED_GRID}", "clean-steps-0.75-weight-clip-2-epochs-36")
+    table, same, each, dense_same = (json.loads((results / name / "table.json").read_text()) for name in names)
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "table.json").write_text((results / name / "table.json").read_text())
+    assert render.epochs_variant_folders(tmp_path, pruned=True) == [folder]
+    assert render.epochs_variant_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2-epochs-36"], "a pruned grid is not a dense control"
+    section = render.pruned_epochs_variant_md(folder, table, same, each, dense_same, {"steps": {}})
+    assert section[0].startswith("## Pruned model: the `pruned-clean-steps-0.75-weight-clip-2` grid retrained for 36 epochs")
+    models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| ") and "±" in line]
+    assert models[0] == "pruned baseline (no FT retraining)" and "one-shot P^T=0.1 (dense, same recipe and length)" in models
+    assert f"progressive P^T=0.1 (`pruned-{TUNED_GRID}`)" in models
+    verdicts = [line for line in section if line.endswith(("| met |", "| NOT met |"))]
+    assert [line.split(":")[0] for line in verdicts] == ["| P^T=0.05", "| P^T=0.1"], "only progressive against one-shot"
+    # the figures the section compares: Algorithm 1's progressive against one-shot trained as long
+    prog = next(r for r in each["rows"] if r["model"] == "progressive P^T=0.1")
+    one = next(r for r in table["rows"] if r["model"] == "one-shot P^T=0.1")
+    ahead = all(prog["acc_defect"][r] >= one["acc_defect"][r] for r in ("0.02", "0.05", "0.1"))
+    assert verdicts[1].endswith("| met |" if ahead else "| NOT met |")
+
+    dense_each = json.loads((results / TUNED_GRID / "table.json").read_text())
+    lead = render.headline_md(TUNED_GRID, dense_each, "its section", each, [], [section])
+    preface = next(i for i, line in enumerate(lead) if line.startswith("The pruned model's one-shot trained as long as progressive"))
+    assert "(section \"Pruned model:" in lead[preface] and lead[preface + 4:preface + 6] == verdicts, \
+        "the headline quotes the pruned control's verdicts under the pruned rows"
+
+
+def test_the_page_names_the_models_trained_on_the_accelerator(tmp_path):
+    """A table may hold rows from both kinds of machine: the page lists, by grid, the models whose
+    run config says `device: cuda`, and says nothing where every model trained on the CPU."""
+    render = _script("render_results")
+    for key, device in (("one-shot-0.01", "cuda"), ("progressive-0.1", "cuda"), ("one-shot-0.05", "cpu")):
+        (tmp_path / "grid" / "runs" / key).mkdir(parents=True)
+        (tmp_path / "grid" / "runs" / key / "config.yaml").write_text(yaml.safe_dump({"epochs": 12, "device": device}))
+    assert render.trained_on_accelerator(tmp_path) == {"grid": ["one-shot-0.01", "progressive-0.1"]}
+    line = render.accelerator_md(tmp_path)[0]
+    assert line.endswith("`grid`: one-shot P^T=0.01, progressive P^T=0.1.") and "one-shot P^T=0.05" not in line
+    assert render.accelerator_md(ROOT / "docs/results/c10") == [], "every model of that study trained on the CPU"
