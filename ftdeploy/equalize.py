@@ -6,7 +6,7 @@ A target with one scale per layer (``scale: layer``) programs every weight as a 
 full scale whatever channel it sits in, and an output channel whose weights are all small
 spends few of the code levels and suffers the layer's largest damage. Convolutions followed by
 BatchNorm are scale-free per output channel (BN normalises it away), so their channels' ranges
-differ for no functional reason: in the CPU-pretrained ResNet-20 of docs/RESULTS-mapping.md the
+differ for no functional reason: in the CPU-pretrained ResNet-20 of docs/RESULTS.md the
 median channel of a layer peaks at 0.45 to 0.8 of the layer's peak (`ftdeploy equalize` prints
 the median gain per layer).
 

@@ -2,8 +2,8 @@
 tables and per-model results with every chip's accuracy, per-epoch training logs and configs)
 into the repository, so docs/RESULTS.md can be re-rendered and audited from a checkout:
 
-    python scripts/archive_results.py runs/c10 docs/results/c10
-    python scripts/render_results.py docs/results/c10 -o docs/RESULTS.md
+    python scripts/archive_results.py runs/c10c docs/results/c10c
+    python scripts/render_results.py docs/results/c10c -o docs/RESULTS.md ...   (README: each page's command)
 
 Of the checkpoints, only the fault-free starting models come along (the pretrained and the
 pruned model, about 1 MB each): run folders are not committed, and without them a later session

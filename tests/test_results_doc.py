@@ -1,5 +1,6 @@
-"""docs/RESULTS.md (the paper-tracking target) and docs/RESULTS-diff8-folded.md (the first grid,
-on the BatchNorm-folded chip) are exactly what scripts/render_results.py makes of the archived
+"""docs/RESULTS.md (the study issue 3 is answered on, led by the tuned recipe), docs/RESULTS-plain-recipe.md
+(the first study on the paper-tracking target) and docs/RESULTS-diff8-folded.md (the first grid, on
+the BatchNorm-folded chip) are exactly what scripts/render_results.py makes of the archived
 artefacts in docs/results/: no figure in them is typed by hand."""
 
 import json
@@ -19,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TUNED_GRID = "clean-steps-0.75-weight-clip-2-progressive-each"
 #: page -> (archived study it is rendered from, the pages it links to, the grid it leads with)
 PAGES = {
-    "RESULTS.md": ("c10p", ("RESULTS-diff8-folded.md", "RESULTS-mapping.md"), None),
-    "RESULTS-diff8-folded.md": ("c10", ("RESULTS.md",), None),
-    "RESULTS-mapping.md": ("c10c", ("RESULTS.md",), TUNED_GRID),
+    "RESULTS.md": ("c10c", ("RESULTS-plain-recipe.md", "RESULTS-diff8-folded.md"), TUNED_GRID),
+    "RESULTS-plain-recipe.md": ("c10p", ("RESULTS.md", "RESULTS-diff8-folded.md"), None),
+    "RESULTS-diff8-folded.md": ("c10", ("RESULTS.md", "RESULTS-plain-recipe.md"), None),
 }
 
 
