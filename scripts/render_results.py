@@ -19,6 +19,7 @@ from ftdeploy.files import write_atomic  # the installed package (README's insta
 from ftdeploy.sweep import Cell
 from ftdeploy.train import TrainConfig
 
+import compare_models  # beside this script: the paired, chip-by-chip comparison of two models
 import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py
 from study_folders import TRAIN_SEED, split_train_seed
 
@@ -43,6 +44,15 @@ def diverged(row: dict) -> bool:
 
 def load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_table(folder: Path) -> dict | None:
+    """A grid's table.json, each row knowing its results file (every chip's accuracy), so that a
+    verdict between two rows can pair them chip by chip (:func:`_chip_for_chip`)."""
+    table = load(folder / "table.json")
+    for row in (table or {}).get("rows", []):
+        row["results"] = str(folder / "results" / f"{Cell(row['method'], row['train_rate']).key}.json")
+    return table
 
 
 def fmt(v) -> str:
@@ -184,7 +194,7 @@ def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     ascending ``settings`` of their table, the first deciding."""
     folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and not study_folders.is_variant(p.name)]
     def key(folder: str) -> tuple[float, ...]:
-        table = load(out / folder / "table.json") or {}
+        table = load_table(out / folder) or {}
         return tuple(float(table.get(setting) or 0) for setting in settings)
     return sorted(folders, key=key)
 
@@ -279,10 +289,14 @@ def _length_control(table: dict, grid: str, epochs: int, same: dict | None, each
     intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), every model retrained for {epochs} epochs "
              "(a run folder keeps the length it was started with, so this grid has a folder of its own).")
     if each:
+        # "as long" only where it is: Algorithm 1's progressive trains --epochs per rate of its list
+        lengths = sorted({r.get("epochs") for r in theirs if r["method"] == "progressive"} - {None})
+        as_long = ("trained as long, the one-shot models here tell" if lengths == [epochs] else
+                   f"those ran {', '.join(map(str, lengths))} epochs, not {epochs}, so the one-shot models here only hint")
         intro += (f" The rows marked {each_mark} are that recipe's Algorithm-1 grid, whose progressive models train "
-                  f"{each.get('epochs')} epochs at every rate of their list (their epochs column): trained as long, the "
-                  "one-shot models here tell whether progressive's lead there is its schedule or its extra epochs. The "
-                  "criteria below set this grid's models against that grid's progressive ones.")
+                  f"{each.get('epochs')} epochs at every rate of their list (their epochs column): {as_long} "
+                  "whether progressive's lead there is its schedule or its extra epochs. The criteria below set this "
+                  "grid's models against that grid's progressive ones.")
     if same:
         intro += f" The rows marked {same_mark} are the recipe at the length it was first trained for."
     return rows, theirs, intro
@@ -371,7 +385,7 @@ def _pruned_rows(pruned: dict | None) -> list[dict]:
 def clean_steps_folders(out: Path) -> list[str]:
     """The clean-steps grids (`clean-steps`, `clean-steps-F`: reproduce_cifar10.py --clean-steps F),
     by ascending fraction of fault-free steps; those also clipped have sections of their own."""
-    return [f for f in grids_by(out, study_folders.CLEAN_STEPS_GLOB, "clean_steps") if not (load(out / f / "table.json") or {}).get("weight_clip")]
+    return [f for f in grids_by(out, study_folders.CLEAN_STEPS_GLOB, "clean_steps") if not (load_table(out / f) or {}).get("weight_clip")]
 
 
 def clean_steps_clip_folders(out: Path) -> list[str]:
@@ -567,9 +581,33 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
             paper = dict(zip(PAPER_RATES, zip(PAPER_TABLE_I[f"one-shot P^T={rate}"], PAPER_TABLE_I[f"progressive P^T={rate}"])))
             paper_worse = [r for r in high if r in paper and paper[r][1] < paper[r][0]]
             detail = "all" if not worse else "progressive behind at " + ", ".join(worse)
+            detail += _chip_for_chip(one, prog, high)
             detail += "; paper: " + ("all" if not paper_worse else "progressive behind at " + ", ".join(paper_worse))
             check(f"P^T={rate}: progressive ≥ one-shot at test rates ≥ 0.02", not worse, detail)
     return ["| criterion | ours | |", "|---|---|---|", *out]
+
+
+def _chip_for_chip(one: dict, prog: dict, rates: list[str]) -> str:
+    """Where progressive stands against one-shot at ``rates`` on the same chips: ahead, level or
+    behind by the 95 % CI of the per-chip difference (scripts/compare_models.py), which removes the
+    chips' own spread that both rows' CIs share. "" unless both rows' results files hold every
+    chip's accuracy, measured on the same chips and images."""
+    try:
+        a, b = (compare_models.load_result(Path(row["results"])) for row in (prog, one))
+        compare_models.same_chips(a, b)
+    except (KeyError, compare_models.NotComparable):
+        return ""
+    paired = {r["rate"]: r for r in compare_models.paired_rows(a, b)}
+    sides: dict[str, list[str]] = {}
+    for rate in rates:
+        ci = paired[rate]["ci95"] if rate in paired else None
+        if ci is not None:
+            sides.setdefault("ahead" if ci[0] > 0 else "behind" if ci[1] < 0 else "level", []).append(rate)
+    if not sides:
+        return ""
+    chips = max(r["chips"] for r in paired.values())
+    return f" (chip for chip on the same {chips} chips: " + "; ".join(
+        f"{side} at {', '.join(sides[side])}" for side in ("ahead", "level", "behind") if side in sides) + ")"
 
 
 def operating_points(table: dict) -> list[str]:
@@ -701,7 +739,7 @@ def baselines_md(out: Path) -> list[str]:
 
 def warmup_md(out: Path) -> list[str]:
     """The CPU-sized check of the fault-rate warm-up (scripts/check_rate_warmup.sh), if run."""
-    tables = {ramp: load(out / "warmup-check" / f"ramp{ramp}" / "table.json") for ramp in ("0", "2")}
+    tables = {ramp: load_table(out / "warmup-check" / f"ramp{ramp}") for ramp in ("0", "2")}
     if not all(tables.values()):
         return []
     md = ["## Fault-rate warm-up check (CPU-sized)", "",
@@ -801,16 +839,16 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     """The page of the study in ``out``; ``headline``: the grid folder it leads with (:func:`headline_md`)."""
     manifest = load(out / "manifest.json") or {"steps": {}}
     envs = manifest["steps"].get("_environments") or [manifest["steps"].get("_environment", {})]
-    dense = load(out / "dense" / "table.json")
-    pruned = load(out / "pruned" / "table.json")
-    abl_bn = load(out / "bn-train" / "table.json")
-    abl_grad = load(out / "ablation-stuck-pass" / "table.json")
-    distill = load(out / "distill" / "table.json")
-    long = load(out / "dense-long" / "table.json")
-    unbiased = load(out / "unbiased" / "table.json")
-    blocks_each = load(out / "progressive-each" / "table.json")
-    equalized = load(out / "equalized" / "table.json")
-    inverted = load(out / "inverted" / "table.json")
+    dense = load_table(out / "dense")
+    pruned = load_table(out / "pruned")
+    abl_bn = load_table(out / "bn-train")
+    abl_grad = load_table(out / "ablation-stuck-pass")
+    distill = load_table(out / "distill")
+    long = load_table(out / "dense-long")
+    unbiased = load_table(out / "unbiased")
+    blocks_each = load_table(out / "progressive-each")
+    equalized = load_table(out / "equalized")
+    inverted = load_table(out / "inverted")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
     invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
@@ -888,9 +926,9 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
                                          "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
     sections: dict[str, list[str]] = {}  # grid folder -> its section
     bn_folders = bn_train_folders(out)
-    bn_plain = load(out / "bn-train" / "table.json")
+    bn_plain = load_table(out / "bn-train")
     for folder in bn_folders:
-        md += _kept(sections, folder, bn_train_md(folder, load(out / folder / "table.json"), dense, manifest, bn_plain if folder != "bn-train" else None))
+        md += _kept(sections, folder, bn_train_md(folder, load_table(out / folder), dense, manifest, bn_plain if folder != "bn-train" else None))
     if long:
         md += beside_table_i_md(
             f"Longer retraining: P^T=0.05 for {long['epochs']} epochs",
@@ -908,7 +946,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         unbiased, dense, manifest, "unbiased")
     clean_folders = clean_steps_folders(out)
     for folder in clean_folders:
-        md += _kept(sections, folder, clean_steps_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, clean_steps_md(folder, load_table(out / folder), dense, manifest))
     if blocks_each:
         md += beside_table_i_md(
             f"Progressive as in the paper's Algorithm 1: {blocks_each['epochs']} epochs at every rate "
@@ -924,40 +962,40 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
             blocks_each, dense, manifest, ["sweep-progressive-each", "eval-progressive-each"])
     lr_folders = retrain_lr_folders(out)
     for folder in lr_folders:
-        md += _kept(sections, folder, retrain_lr_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, retrain_lr_md(folder, load_table(out / folder), dense, manifest))
     clip_folders = weight_clip_folders(out)
     for folder in clip_folders:
-        md += _kept(sections, folder, weight_clip_md(folder, load(out / folder / "table.json"), dense, manifest))
+        md += _kept(sections, folder, weight_clip_md(folder, load_table(out / folder), dense, manifest))
     clean_clip_folders = clean_steps_clip_folders(out)
-    unclipped_by_fraction = {t.get("clean_steps"): t for t in (load(out / f / "table.json") for f in clean_folders)}
+    unclipped_by_fraction = {t.get("clean_steps"): t for t in (load_table(out / f) for f in clean_folders)}
     for folder in clean_clip_folders:
-        table = load(out / folder / "table.json") or {}
+        table = load_table(out / folder) or {}
         md += _kept(sections, folder, clean_steps_clip_md(table, unclipped_by_fraction.get(table.get("clean_steps")), dense, manifest, folder))
     each_folders = blocks_each_folders(out)
     for folder in each_folders:
-        md += _kept(sections, folder, blocks_each_md(folder, load(out / folder / "table.json"),
-                                                     load(out / study_folders.of_blocks_each(folder) / "table.json"), dense, manifest))
+        md += _kept(sections, folder, blocks_each_md(folder, load_table(out / folder),
+                                                     load_table(out / study_folders.of_blocks_each(folder)), dense, manifest))
     epochs_folders = epochs_variant_folders(out)
     for folder in epochs_folders:
         grid = study_folders.split_epochs(folder)[0]
-        md += _kept(sections, folder, epochs_variant_md(folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
-                                                        load(out / study_folders.with_blocks_each(grid) / "table.json"), dense, manifest))
+        md += _kept(sections, folder, epochs_variant_md(folder, load_table(out / folder), load_table(out / grid),
+                                                        load_table(out / study_folders.with_blocks_each(grid)), dense, manifest))
     pruned_folders = pruned_recipe_folders(out)
     for folder in pruned_folders:
-        md += _kept(sections, folder, pruned_recipe_md(folder, load(out / folder / "table.json"), dense,
-                                                       load(out / study_folders.dense_of_pruned(folder) / "table.json"), pruned, manifest,
-                                                       load(out / study_folders.of_blocks_each(folder) / "table.json")))
+        md += _kept(sections, folder, pruned_recipe_md(folder, load_table(out / folder), dense,
+                                                       load_table(out / study_folders.dense_of_pruned(folder)), pruned, manifest,
+                                                       load_table(out / study_folders.of_blocks_each(folder))))
     pruned_epochs_folders = epochs_variant_folders(out, pruned=True)
     for folder in pruned_epochs_folders:
         grid = study_folders.split_epochs(folder)[0]
         md += _kept(sections, folder, pruned_epochs_variant_md(
-            folder, load(out / folder / "table.json"), load(out / grid / "table.json"),
-            load(out / study_folders.with_blocks_each(grid) / "table.json"),
-            load(out / study_folders.dense_of_pruned(folder) / "table.json"), manifest))
+            folder, load_table(out / folder), load_table(out / grid),
+            load_table(out / study_folders.with_blocks_each(grid)),
+            load_table(out / study_folders.dense_of_pruned(folder)), manifest))
     seed_folders = train_seed_folders(out)
     for folder in seed_folders:
-        base = load(out / split_train_seed(folder)[0] / "table.json")
-        md += _kept(sections, folder, train_seed_md(folder, load(out / folder / "table.json"), base, dense, manifest))
+        base = load_table(out / split_train_seed(folder)[0])
+        md += _kept(sections, folder, train_seed_md(folder, load_table(out / folder), base, dense, manifest))
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -1000,8 +1038,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         controls = [sections[f] for f in epochs_folders if study_folders.split_epochs(f)[0] == grid and f in sections]
         pruned_controls = [sections[f] for f in pruned_epochs_folders
                            if study_folders.split_epochs(f)[0] == study_folders.pruned(grid) and f in sections]
-        md[headline_at:headline_at] = headline_md(headline, load(out / headline / "table.json"), _title(sections[headline]),
-                                                  load(out / study_folders.pruned(headline) / "table.json"), controls, pruned_controls)
+        md[headline_at:headline_at] = headline_md(headline, load_table(out / headline), _title(sections[headline]),
+                                                  load_table(out / study_folders.pruned(headline)), controls, pruned_controls)
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

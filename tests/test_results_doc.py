@@ -395,6 +395,9 @@ def test_a_grid_of_another_length_has_a_folder_and_a_section_beside_algorithm_1(
         "a grid with no retrained model gets no section"
     alone = render.epochs_variant_md(branch.folder, long, None, each, dense, {"steps": {}})
     assert "None epochs" not in alone[2] and "first trained for" not in alone[2], "no grid of the study's length, no mention"
+    assert "trained as long, the one-shot models here tell" in section[2]
+    shorter = render.epochs_variant_md("clean-steps-0.75-weight-clip-2-epochs-25", {**long, "epochs": 25}, split, each, dense, {"steps": {}})
+    assert "those ran 36 epochs, not 25" in shorter[2] and "trained as long" not in shorter[2], "as long only where it is"
     lead = render.headline_md("clean-steps-0.75-weight-clip-2-progressive-each", each, "its section", None, [section])
     assert lead[lead.index(verdict) - 4].startswith("One-shot trained as long as progressive (section \"The `clean-steps-0.75"), \
         "the headline quotes the control's verdict under its own"
@@ -912,3 +915,28 @@ def test_the_page_names_the_models_trained_on_the_accelerator(tmp_path):
     line = render.accelerator_md(tmp_path)[0]
     assert line.endswith("`grid`: one-shot P^T=0.01, progressive P^T=0.1.") and "one-shot P^T=0.05" not in line
     assert render.accelerator_md(ROOT / "docs/results/c10") == [], "every model of that study trained on the CPU"
+
+
+def test_progressive_against_one_shot_also_says_where_it_stands_chip_for_chip(tmp_path):
+    """The criterion compares means, as the issue words it; where both rows' results files hold
+    every chip on the same chips, the verdict also says, per test rate, whether the per-chip
+    difference's 95 % CI puts progressive ahead, level or behind (scripts/compare_models.py)."""
+    render, compare = _script("render_results"), _script("compare_models")
+    results = ROOT / "docs/results/c10c"
+    each, long = render.load_table(results / TUNED_GRID), render.load_table(results / "clean-steps-0.75-weight-clip-2-epochs-36")
+    prog = next(r for r in each["rows"] if r["model"] == "progressive P^T=0.01")
+    one = next(r for r in long["rows"] if r["model"] == "one-shot P^T=0.01")
+    assert prog["results"] == str(results / TUNED_GRID / "results" / "progressive-0.01.json")
+    paired = {r["rate"]: r["ci95"] for r in compare.paired_rows(*(compare.load_result(Path(x["results"])) for x in (prog, one)))}
+    sides = ["ahead" if paired[r][0] > 0 else "behind" if paired[r][1] < 0 else "level" for r in ("0.02", "0.05", "0.1")]
+    detail = render._chip_for_chip(one, prog, ["0.02", "0.05", "0.1"])
+    assert detail.startswith(" (chip for chip on the same 10 chips: ") and f"{sides[0]} at 0.02" in detail, detail
+    verdict = next(line for line in render.criteria({**long, "rows": [*long["rows"], prog]}) if line.startswith("| P^T=0.01: progressive"))
+    assert detail in verdict, "the page's verdict carries it"
+
+    assert render._chip_for_chip({k: v for k, v in one.items() if k != "results"}, prog, ["0.02"]) == "", "a row without its results"
+    other = json.loads(Path(one["results"]).read_text())
+    other["measured"]["seed"] = 1
+    (tmp_path / "one-shot-0.01.json").write_text(json.dumps(other))
+    assert render._chip_for_chip({**one, "results": str(tmp_path / "one-shot-0.01.json")}, prog, ["0.02"]) == "", "other chips"
+    assert render._chip_for_chip({**one, "results": str(tmp_path / "missing.json")}, prog, ["0.02"]) == ""
