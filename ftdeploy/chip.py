@@ -7,6 +7,7 @@ so chip k at seed S is the same chip in a sweep and in the ONNX Runtime sign-off
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +80,10 @@ class DeployedNetwork:
             correct += (pred.cpu() == y[start : start + batch_size]).sum().item()
         return 100.0 * correct / len(y)
 
-    def chip_accuracies(self, nonideality: NonIdeality, rate: float, chips: int, seed: int, x, y, mean, std) -> list[float]:
-        """Accuracy of ``chips`` simulated chips at one rate; the fault-free weights are restored after."""
+    def chip_accuracies(self, nonideality: NonIdeality, rate: float, chips: int, seed: int, x, y, mean, std,
+                        on_chip: Callable[[], None] | None = None) -> list[float]:  # fmt: skip
+        """Accuracy of ``chips`` simulated chips at one rate; the fault-free weights are restored after.
+        ``on_chip`` runs after each chip (a progress bar, or a check that raises to stop early)."""
         if nonideality.is_identity:
             return [self.accuracy(x, y, mean, std)] * chips
         accs = []
@@ -88,6 +91,8 @@ class DeployedNetwork:
             for chip in range(chips):
                 self.set_chip(draw_chip_states(nonideality, self.cell_shapes, chip_rng(seed, rate, chip)), nonideality)
                 accs.append(self.accuracy(x, y, mean, std))
+                if on_chip:
+                    on_chip()
         finally:
             self.clear()
         return accs

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,7 +228,11 @@ def evaluation_subset(data: DataBundle, max_images: int | None) -> DataBundle:
     return dataclasses.replace(data, val_x=data.val_x[idx_t], val_y=data.val_y[idx_t])
 
 
-def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print) -> dict[str, dict]:
+def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle, log=print,
+                   on_chip: Callable[[], None] | None = None) -> dict[str, dict]:  # fmt: skip
+    """Measure each cell's model on the sweep's chips and images, writing its results file; a
+    results file measured alike is kept. ``on_chip`` runs after each chip (the background
+    evaluator's stop check)."""
     device = pick_device(s.recipe.device)
     data = evaluation_subset(data, s.max_images)
     results = {}
@@ -250,7 +255,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         tests = {}
         for rate in s.test_rates:
             accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
-                                       data.val_x, data.val_y, norm["mean"], norm["std"])  # fmt: skip
+                                       data.val_x, data.val_y, norm["mean"], norm["std"], on_chip=on_chip)  # fmt: skip
             tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean, "recipe": _recipe(s),
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
@@ -462,22 +467,26 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
 
-    def evaluate(cell: Cell) -> None:
-        results.update(evaluate_cells(s, [cell], out, data, log))
+    def evaluate(cell: Cell, on_chip: Callable[[], None]) -> None:
+        results.update(evaluate_cells(s, [cell], out, data, log, on_chip=on_chip))
         _write_tables(s, [c for c in cells if c.key in results], results, out, data)
 
     evaluator = _BackgroundEvaluator(evaluate)
-    evaluator.submit(cells[0])  # the baseline first: every row's SS needs it
-    for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
-        if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.run_epochs(cell)):
-            evaluator.submit(cell)
-    if s.train:
-        train_cells(s, cells, out, data, jobs, log, on_done=evaluator.submit)
-    else:  # an interrupted sweep, tabulated as far as it got: every checkpoint, however many epochs it had
-        for cell in cells[1:]:
-            if (out / "runs" / cell.key / "model.pt").is_file():
+    try:
+        evaluator.submit(cells[0])  # the baseline first: every row's SS needs it
+        for cell in cells[1:]:  # rows already evaluated by an earlier, interrupted run
+            if (out / "results" / f"{cell.key}.json").is_file() and _finished(out / "runs" / cell.key, s.run_epochs(cell)):
                 evaluator.submit(cell)
-    evaluator.finish()
+        if s.train:
+            train_cells(s, cells, out, data, jobs, log, on_done=evaluator.submit)
+        else:  # an interrupted sweep, tabulated as far as it got: every checkpoint, however many epochs it had
+            for cell in cells[1:]:
+                if (out / "runs" / cell.key / "model.pt").is_file():
+                    evaluator.submit(cell)
+        evaluator.finish()
+    except BaseException:
+        evaluator.stop()  # interrupted (Ctrl-C, SIGTERM) or failed: the row in measurement is dropped
+        raise
     return _write_tables(s, [c for c in cells if c.key in results], results, out, data)
 
 
@@ -494,18 +503,26 @@ def check_runs_are_this_grids(s: SweepSettings, cells: list[Cell], out: Path) ->
                                   "use another --out, or this run's settings")
 
 
+class _Stopped(Exception):
+    """Raised inside the evaluator's thread, between two chips, once the sweep asked it to stop."""
+
+
 class _BackgroundEvaluator:
     """Evaluates submitted rows one after another in a background thread, in submission order,
     while the sweep goes on scheduling trainings: measuring a row takes minutes, and a training
     slot left idle that long wastes an accelerator window. A row submitted twice is evaluated
-    once. The thread is a daemon: an interrupted sweep exits at once (each results file is written
-    atomically, so none is left half-written), and the rerun evaluates what is missing."""
+    once. An interrupted sweep stops it (:meth:`stop`) after the chip in measurement: a thread
+    still inside torch when the interpreter exits is torn down mid-operation and aborts the whole
+    process (exit -6, "terminate called without an active exception"). Each results file is
+    written atomically, so the row it stopped in is left out, not half-written, and the rerun
+    evaluates what is missing."""
 
     def __init__(self, evaluate):
-        self._evaluate = evaluate
+        self._evaluate = evaluate  # evaluate(cell, on_chip)
         self._queue: queue.Queue = queue.Queue()
         self._submitted: set[str] = set()
         self._error: BaseException | None = None
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, name="sweep-evaluator", daemon=True)
         self._thread.start()
 
@@ -521,11 +538,24 @@ class _BackgroundEvaluator:
         if self._error is not None:
             raise self._error
 
+    def stop(self) -> None:
+        """Stop after the chip in measurement, drop the rows not yet measured, and wait for the
+        thread: a chip is one pass over the evaluation images, seconds."""
+        self._stopping.set()
+        self._queue.put(None)
+        self._thread.join()
+
+    def _check(self) -> None:
+        if self._stopping.is_set():
+            raise _Stopped
+
     def _work(self) -> None:
-        while (cell := self._queue.get()) is not None:
+        while (cell := self._queue.get()) is not None and not self._stopping.is_set():
             if self._error is None:  # after a failure, skip the rest: finish() reports it
                 try:
-                    self._evaluate(cell)
+                    self._evaluate(cell, self._check)
+                except _Stopped:
+                    return
                 except BaseException as exc:  # noqa: BLE001 - handed to the main thread in finish()
                     self._error = exc
 

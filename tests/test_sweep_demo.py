@@ -385,6 +385,62 @@ def test_an_interrupted_sweep_stops_the_trainings_it_started(pretrained, small_d
     assert len(started) == 2 and all(p.poll() is not None for p in started), "no training left running unwatched"
 
 
+def test_an_interrupted_sweep_stops_its_evaluation_at_the_next_chip(pretrained, small_data, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while a row is being measured: the evaluator's thread stops after the
+    chip in measurement and is gone when the sweep returns (a thread still inside torch at exit
+    aborted the process: exit -6, "terminate called without an active exception"); the row it
+    stopped in has no results file, so the rerun measures it."""
+    import threading
+
+    import ftdeploy.sweep as sw
+
+    measuring, chips_measured = threading.Event(), []
+    real_evaluate = sw.evaluate_cells
+
+    def evaluate_slowly(s, cells, out, data, log, on_chip=None):
+        def chip():
+            measuring.set()
+            chips_measured.append(1)
+            on_chip()
+
+        return real_evaluate(s, cells, out, data, log, on_chip=chip)
+
+    def interrupt_once_measuring(*args, **kwargs):
+        assert measuring.wait(timeout=120)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sw, "evaluate_cells", evaluate_slowly)
+    monkeypatch.setattr(sw, "train", interrupt_once_measuring)
+    settings = dataclasses.replace(_settings(pretrained), chips=50)  # many chips: the row is mid-way when stopped
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, log=lambda line: None)
+    assert not any(t.name == "sweep-evaluator" and t.is_alive() for t in threading.enumerate())
+    assert len(chips_measured) < 50 * (len(settings.test_rates) - 1), "stopped mid-row, not after it"
+    assert not (tmp_path / "results" / "baseline.json").exists(), "the row it stopped in is left out, not half-written"
+
+
+def test_a_stopped_evaluator_measures_no_row_submitted_before_the_stop():
+    import threading
+
+    from ftdeploy.sweep import Cell, _BackgroundEvaluator
+
+    seen, started = [], threading.Event()
+
+    def evaluate(cell, on_chip):
+        seen.append(cell.key)
+        started.set()
+        while True:  # a row of endless chips: only the stop ends it
+            on_chip()
+
+    evaluator = _BackgroundEvaluator(evaluate)
+    evaluator.submit(Cell("baseline", None))
+    evaluator.submit(Cell("one-shot", 0.05))
+    assert started.wait(timeout=10)
+    evaluator.stop()
+    assert seen == ["baseline"], "the queued row is dropped"
+    evaluator.finish()  # after a stop, finishing is a no-op: nothing to report
+
+
 def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", "--from", str(tmp_path / "missing.pt"), "--profile", "demo", "--out", str(tmp_path / "s")])
