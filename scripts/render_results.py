@@ -121,7 +121,8 @@ def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_
     return [f"## Pruned model retrained with {fraction:g} of the steps fault-free and weights clipped to ± {sigmas:g} "
             f"standard deviations (`--clean-steps {fraction:g} --weight-clip {sigmas:g}`, on unbiased chips){blocks}", "",
             f"The 70 % magnitude-pruned model (Acc_pretrain {fmt(table['acc_pretrain'])} %) retrained with the recipe "
-            "of the section above; its pruned weights stay zero, and the clip takes each layer's spread over its "
+            f"of the `{study_folders.of_blocks_each(study_folders.dense_of_pruned(folder))}` grid; its pruned weights stay "
+            "zero, and the clip takes each layer's spread over its "
             "surviving weights only (counting the zeros would halve it). The dense baseline shows how much more "
             "fragile pruning left the model; the rows marked \"dense, same recipe\" are the dense model retrained "
             "alike, those marked \"pruned, plain recipe\" the pruned model retrained without the recipe"
