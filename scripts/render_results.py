@@ -82,11 +82,20 @@ def table_md(table: dict, with_ci: bool = False) -> list[str]:
     return lines
 
 
+#: What a pruned grid's baseline row is called beside the dense model's rows.
+PRUNED_BASELINE = "pruned baseline (no FT retraining)"
+
+
+def _pruned_baseline_named(rows: list[dict]) -> list[dict]:
+    """``rows`` with a pruned grid's baseline row named :data:`PRUNED_BASELINE`."""
+    return [dict(r, model=PRUNED_BASELINE) if r["method"] == "baseline" else r for r in rows]
+
+
 def _with_dense_baseline(pruned: dict, dense: dict | None) -> dict:
     if not dense:
         return pruned
     base = dict(next(r for r in dense["rows"] if r["method"] == "baseline"), model="dense baseline (unpruned)")
-    pruned_base = dict(pruned["rows"][0], model="pruned baseline (no FT retraining)")
+    pruned_base = dict(pruned["rows"][0], model=PRUNED_BASELINE)
     return {**pruned, "rows": [base, pruned_base, *pruned["rows"][1:]]}
 
 
@@ -109,7 +118,7 @@ def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_
     fraction, sigmas = table.get("clean_steps") or 0, table.get("weight_clip") or 0
     each = table.get("progressive_blocks") == "each"
     keys = _retrained_keys(table)
-    own = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in table["rows"]]
+    own = _pruned_baseline_named(table["rows"])
     dense_base = [dict(r, model="dense baseline (unpruned)") for r in (dense or {}).get("rows", []) if r["method"] == "baseline"]
     split_mark = f"pruned, {(split or {}).get('epochs')} epochs, rates sharing them"
     rows = [*dense_base, *own, *(_marked(split, split_mark, keys) if each else []), *_marked(plain_pruned, "pruned, plain recipe", keys),
@@ -314,7 +323,7 @@ def pruned_epochs_variant_md(folder: str, table: dict | None, same: dict | None,
         return []
     grid, epochs = study_folders.split_epochs(folder)
     rows, theirs, intro = _length_control(table, grid, epochs, same, each)
-    rows = [dict(r, model="pruned baseline (no FT retraining)") if r["method"] == "baseline" else r for r in rows]
+    rows = _pruned_baseline_named(rows)
     dense_mark = "dense, same recipe and length"
     rows += _marked(dense_same_length, dense_mark, _retrained_keys(table))
     verdicts = [line for line in criteria({**table, "rows": [*table["rows"], *theirs]}) if line.startswith("| P^T=")]
@@ -379,7 +388,7 @@ def _control_md(section: list[str], who: str = "One-shot", against: str = "progr
 
 def _pruned_rows(pruned: dict | None) -> list[dict]:
     """A pruned grid's rows named as such: `pruned baseline (no FT retraining)`, `pruned one-shot P^T=...`."""
-    return [dict(r, model="pruned baseline (no FT retraining)" if r["method"] == "baseline" else f"pruned {r['model']}")
+    return [dict(r, model=PRUNED_BASELINE if r["method"] == "baseline" else f"pruned {r['model']}")
             for r in (pruned or {}).get("rows", [])]
 
 
