@@ -228,7 +228,7 @@ def train_cmd(
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = _train_default("eval_chips"),
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initial weights, data order and training faults; default: the profile's. The validation split keeps its own seed.")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,

@@ -5,8 +5,8 @@ into the repository, so docs/RESULTS.md can be re-rendered and audited from a ch
     python scripts/archive_results.py runs/c10c docs/results/c10c
     python scripts/render_results.py docs/results/c10c -o docs/RESULTS.md ...   (README: each page's command)
 
-Of the checkpoints, only the fault-free starting models come along (the pretrained and the
-pruned model, about 1 MB each): run folders are not committed, and without them a later session
+Of the checkpoints, only the fault-free models come along (the pretrained and the pruned model,
+and any pretrained again from another seed, about 1 MB each): run folders are not committed, and without them a later session
 could not continue the study (`reproduce_cifar10.py --reuse docs/results/c10 ...`). Retrained
 checkpoints, resume files and ONNX files stay behind.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
             "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml",
             "*/runs/*/train.log", "warmup-check/*/table.*", "warmup-check/*/results/*.json",
-            "warmup-check/*/runs/*/log.jsonl", "pretrain/model.pt", "pruned70/model.pt")  # fmt: skip
+            "warmup-check/*/runs/*/log.jsonl", "pretrain/model.pt", "pruned70/model.pt",
+            "pretrain-seed-*/model.pt")  # fmt: skip
 
 
 def main(src: str, dst: str) -> None:

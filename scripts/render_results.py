@@ -72,11 +72,7 @@ def table_md(table: dict, with_ci: bool = False) -> list[str]:
         epochs = "–" if planned is None else (f"{done} of {planned}" if done != planned else str(planned))
         accs = []
         for r in rates:
-            txt = fmt(row["acc_defect"][r])
-            if with_ci and row["ci95"].get(r):
-                lo, hi = row["ci95"][r]
-                txt += f" ±{(hi - lo) / 2:.2f}"
-            accs.append(txt)
+            accs.append(fmt(row["acc_defect"][r]) + (_ci_half(row, r) if with_ci else ""))
         ss = [fmt(row["ss"].get(r)) for r in ss_rates]
         lines.append("| " + " | ".join([row["model"], epochs, *accs, *ss]) + " |")
     return lines
@@ -566,8 +562,7 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
     for target, base in targets.items():
         if base:
             a5, a10 = base["acc_defect"].get("0.005"), base["acc_defect"].get("0.01")
-            check(f"baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`{target}`)",
-                  a5 is not None and 55 <= a5 <= 70 and a10 < 35, f"{fmt(a5)} % / {fmt(a10)} %")  # fmt: skip
+            check(f"baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`{target}`)", collapses(base), f"{fmt(a5)} % / {fmt(a10)} %")
     for method in ("one-shot", "progressive"):
         for rate in ("0.01", "0.05"):
             r = rows.get(f"{method} P^T={rate}")
@@ -745,6 +740,63 @@ def baselines_md(out: Path) -> list[str]:
     md.append("| paper (92.53 % pretrained, CIFAR-10 test split) | " + " | ".join(fmt(paper.get(r)) for r in rates) + " |")
     return md + ["", "Commands:", "", *command_lines(load(out / "manifest.json") or {"steps": {}},
                                                       [f"baseline-{t['profile']}" for t in tables]), ""]  # fmt: skip
+
+
+def pretrain_seed_tables(out: Path) -> list[tuple[int, dict]]:
+    """(seed, baseline table) of every model pretrained again from another seed (the
+    pretrain-seeds branch), by seed."""
+    found = [(study_folders.seed_of_pretrain_baseline(p.parent.name), load_table(p.parent))
+             for p in out.glob(f"{study_folders.PRETRAIN_SEED_BASELINE_GLOB}/table.json")]
+    return sorted((seed, t) for seed, t in found if t)
+
+
+def pretrain_seeds_md(out: Path) -> list[str]:
+    """The baseline of the study's pretrained model beside those of the same pretraining from
+    other seeds, on the same chips and images: the issue's collapse criterion judges one model."""
+    others = pretrain_seed_tables(out)
+    study = load_table(out / f"baseline-{others[0][1]['profile']}") if others else None
+    if not study:
+        return []
+    rates = study["test_rates"]
+    own = _config(out / "pretrain") or {}
+    rows = [(f"seed {own.get('seed', '?')}: the study's (every grid on this page retrains it)", out / "pretrain", study),
+            *((f"seed {seed}", out / study_folders.pretrain_seed(seed), t) for seed, t in others)]
+    md = ["## How far the baseline's collapse moves from one pretrained model to the next", "",
+          f"The study's pretraining run again from other seeds: same data, recipe and length ({own.get('epochs', '?')} epochs); "
+          f"each model alone, no retraining, on the same {study['chips']} chips per rate and {study['val_images']} images "
+          f"(`{study['target']}`). The issue's collapse (55-70 % at 0.005, < 35 % at 0.01) is asked of one pretrained "
+          "model; these rows say how much of it belongs to that model.", "",
+          "| pretrained model | trained on | " + " | ".join(f"P={r}" for r in rates) + " | collapse as asked |",
+          "|" + "---|" * (len(rates) + 3)]  # fmt: skip
+    for name, run, table in rows:
+        base = table["rows"][0]
+        accs = [fmt(base["acc_defect"][r]) + _ci_half(base, r) for r in rates]
+        md.append(f"| {name} | {(_config(run) or {}).get('device', '?')} | " + " | ".join(accs) + f" | {_collapse_verdict(base)} |")
+    means = {r: sum(t["rows"][0]["acc_defect"][r] for _, _, t in rows) / len(rows) for r in rates}
+    md.append(f"| mean of the {len(rows)} models | – | " + " | ".join(fmt(means[r]) for r in rates) + " | – |")
+    names = [study_folders.pretrain_seed(seed) for seed, _ in others] + [study_folders.pretrain_seed_baseline(seed) for seed, _ in others]
+    return md + ["", "Commands:", "", *command_lines(load(out / "manifest.json") or {"steps": {}}, names), ""]
+
+
+def _collapse_verdict(base: dict) -> str:
+    return "yes" if collapses(base) else "no"
+
+
+def collapses(base: dict) -> bool:
+    """Whether a baseline row collapses as the issue asks (55-70 % at 0.005, < 35 % at 0.01)."""
+    a5, a10 = base["acc_defect"].get("0.005"), base["acc_defect"].get("0.01")
+    return a5 is not None and a10 is not None and 55 <= a5 <= 70 and a10 < 35
+
+
+def _ci_half(row: dict, rate: str) -> str:
+    ci = row["ci95"].get(rate)
+    return f" ±{(ci[1] - ci[0]) / 2:.2f}" if ci else ""
+
+
+def _config(run: Path) -> dict | None:
+    """A run folder's config.yaml (None: the folder has none)."""
+    path = run / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def warmup_md(out: Path) -> list[str]:
@@ -1024,6 +1076,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         if report_md.is_file():
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]
     md += baselines_md(out)
+    md += pretrain_seeds_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
                              *each_folders, *epochs_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders, *pruned_epochs_folders])  # fmt: skip

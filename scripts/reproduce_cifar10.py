@@ -36,6 +36,9 @@ accelerator window continues from its last finished epoch):
         clean-steps-F-weight-clip-K;
      o. "pruned-clean-steps-clip": the pruned grid of b retrained as n, into
         pruned-clean-steps-F-weight-clip-K (the clip's spread taken over the surviving weights);
+     p. "pretrain-seeds": the pretraining again from each seed of --pretrain-seeds, into
+        pretrain-seed-N, and each such model's baseline on the study's profile, into
+        pretrain-seed-N-baseline: how much of the baseline's collapse is the one pretrained model;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 `--progressive-blocks each` retrains the chosen branches as i does, into FOLDER-progressive-each.
@@ -72,7 +75,8 @@ import study_folders  # beside this script: the grid folders' names, shared with
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
-            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip")
+            "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip",
+            "pretrain-seeds")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -257,11 +261,42 @@ def clean_steps_clip_folder(args) -> str:
 
 
 def baseline_steps(args, pretrained: Path) -> list[tuple[str, list[str]]]:
-    """The pretrained model alone on each of BASELINE_PROFILES (no run folders: --no-train
-    tabulates the baseline only)."""
-    return [(f"baseline-{p}", ["sweep", *sweep_options(args, args.epochs, profile=p), "--no-train", "--from", str(pretrained),
-                               "--methods", "progressive", "--train-rates", "0.05", "--out", str(args.out / f"baseline-{p}")])
-            for p in BASELINE_PROFILES]  # fmt: skip
+    """The pretrained model alone on each of BASELINE_PROFILES."""
+    return [(f"baseline-{p}", baseline_argv(args, pretrained, args.out / f"baseline-{p}", profile=p)) for p in BASELINE_PROFILES]
+
+
+def baseline_argv(args, pretrained: Path, out: Path, profile: str | None = None) -> list[str]:
+    """A sweep of ``pretrained`` alone (no run folders: --no-train tabulates the baseline only)."""
+    return ["sweep", *sweep_options(args, args.epochs, profile=profile), "--no-train", "--from", str(pretrained),
+            "--methods", "progressive", "--train-rates", "0.05", "--out", str(out)]  # fmt: skip
+
+
+def pretrain_argv(args, out: Path, seed: int | None = None) -> list[str]:
+    """The study's pretraining into ``out``, from the profile's training seed or ``seed``."""
+    return ["train", "--profile", args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
+            *(["--model", args.model] if args.model else []), "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
+            "--lr", str(args.lr), *(["--seed", str(seed)] if seed is not None else []), "--out", str(out), "--resume"]  # fmt: skip
+
+
+def pretrain_seed_steps(args) -> list[tuple]:
+    """Pretrain again from each of --pretrain-seeds (same data, recipe and length as the study's
+    pretrained model), and measure each model's baseline on the study's chips and images: the
+    issue's baseline collapse is a property of one pretrained model, and this says how far it
+    moves from one model to the next."""
+    steps = []
+    for seed in parse_seeds(args.pretrain_seeds):
+        model = args.out / study_folders.pretrain_seed(seed) / "model.pt"
+        steps += [(study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model),
+                  (study_folders.pretrain_seed_baseline(seed), baseline_argv(args, model, args.out / study_folders.pretrain_seed_baseline(seed)))]
+    return steps
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1,2` -> [1, 2]; ValueError on anything but distinct non-negative integers."""
+    seeds = [int(s) for s in text.split(",")]
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(text)
+    return seeds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -313,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--progressive-blocks", choices=("split", "each"), default="split",
                     help="each: retrain the chosen branches' progressive models as the paper's Algorithm 1 (--epochs at "
                     "every rate of the list) into FOLDER-progressive-each; default split: the rates share --epochs")
+    ap.add_argument("--pretrain-seeds", default="1",
+                    help="comma-separated seeds the pretrain-seeds branch pretrains again from, each into pretrain-seed-N")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -331,6 +368,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--bn-train-epochs: expected a positive number of epochs, got {args.bn_train_epochs}")
     if not args.weight_clip > 0:
         ap.error(f"--weight-clip: expected a positive number of standard deviations, got {args.weight_clip:g}")
+    try:
+        parse_seeds(args.pretrain_seeds)
+    except ValueError:
+        ap.error(f"--pretrain-seeds: expected distinct non-negative integers separated by commas, got {args.pretrain_seeds!r}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
@@ -348,14 +389,11 @@ def main() -> int:
         reuse_fault_free_models(run, args.reuse)
     t_start = time.perf_counter()
     base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
-    common = base + ["--batch-size", str(args.batch_size)]
 
     pre = args.out / "pretrain" / "model.pt"
-    model_opt = ["--model", args.model] if args.model else []
     if args.evaluate_only:
         return evaluate_only(run, args, t_start)
-    run("pretrain", ["train", *common, *model_opt, "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
-                     "--lr", str(args.lr), "--out", str(pre.parent), "--resume"], done=pre)  # fmt: skip
+    run("pretrain", pretrain_argv(args, pre.parent), done=pre)
 
     pruned = args.out / "pruned70" / "model.pt"
     equalized = args.out / EQUALIZED / "model.pt"
@@ -389,6 +427,7 @@ def main() -> int:
         "weight-clip": [sweep_step("weight-clip")],
         "clean-steps-clip": [sweep_step("clean-steps-clip")],
         "pruned-clean-steps-clip": [prune, sweep_step("pruned-clean-steps-clip")],
+        "pretrain-seeds": pretrain_seed_steps(args),
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -19,6 +19,11 @@ BLOCKS_EACH = "-progressive-each"
 #: What the pruned model's grid retrained with a recipe of its own has before the dense grid's name.
 PRUNED = "pruned-"
 
+#: What --pretrain-seeds N names the model pretrained from seed N; its baseline sweep's folder
+#: adds PRETRAIN_SEED_BASELINE (not `baseline-*`: those are the study's model on other targets).
+PRETRAIN_SEED = "pretrain-seed-"
+PRETRAIN_SEED_BASELINE = "-baseline"
+
 #: The patterns render_results.py lists each kind of grid by.
 BN_TRAIN_GLOB = "bn-train*"
 RETRAIN_LR_GLOB = "retrain-lr-*"
@@ -29,6 +34,7 @@ PRUNED_GLOB = f"{PRUNED}*"
 TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
 EPOCHS_GLOB = f"*{EPOCHS}*"
 BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
+PRETRAIN_SEED_BASELINE_GLOB = f"{PRETRAIN_SEED}*{PRETRAIN_SEED_BASELINE}"
 
 
 def option_of(command: str, name: str) -> str | None:
@@ -47,6 +53,21 @@ def split_train_seed(folder: str) -> tuple[str, int]:
     """`FOLDER-train-seed-N` -> (FOLDER, N): the grid it retrains and the seed."""
     grid, seed = folder.rsplit(TRAIN_SEED, 1)
     return grid, int(seed)
+
+
+def pretrain_seed(seed: int) -> str:
+    """`pretrain-seed-N`: the run folder of the model pretrained as the study's, from seed ``seed``."""
+    return f"{PRETRAIN_SEED}{seed}"
+
+
+def pretrain_seed_baseline(seed: int) -> str:
+    """`pretrain-seed-N-baseline`: the sweep folder of that model's baseline (no retraining)."""
+    return pretrain_seed(seed) + PRETRAIN_SEED_BASELINE
+
+
+def seed_of_pretrain_baseline(folder: str) -> int:
+    """`pretrain-seed-N-baseline` -> N."""
+    return int(folder.removeprefix(PRETRAIN_SEED).removesuffix(PRETRAIN_SEED_BASELINE))
 
 
 def with_epochs(folder: str, epochs: int) -> str:

@@ -446,13 +446,14 @@ def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tm
     archive = _script("archive_results")
     run, kept = tmp_path / "run", tmp_path / "archived"
     for path in ("pretrain/model.pt", "pretrain/resume.pt", "pruned70/model.pt", "dense/runs/one-shot-0.05/model.pt",
-                 "dense/runs/one-shot-0.05/resume.pt", "pretrain-eq/model.pt", "signoff/progressive-0.05.onnx"):
+                 "dense/runs/one-shot-0.05/resume.pt", "pretrain-eq/model.pt", "signoff/progressive-0.05.onnx",
+                 "pretrain-seed-1/model.pt", "pretrain-seed-1/resume.pt"):
         (run / path).parent.mkdir(parents=True, exist_ok=True)
         (run / path).write_bytes(b"weights")
     (run / "dense" / "runs" / "one-shot-0.05" / "log.jsonl").write_text("{}\n")
     archive.main(str(run), str(kept))
     assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()) == [
-        "dense/runs/one-shot-0.05/log.jsonl", "pretrain/model.pt", "pruned70/model.pt"]
+        "dense/runs/one-shot-0.05/log.jsonl", "pretrain-seed-1/model.pt", "pretrain/model.pt", "pruned70/model.pt"]
 
 
 def test_reusing_a_folder_without_a_pretrained_model_is_refused_before_anything_runs(tmp_path):
@@ -758,6 +759,9 @@ def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only
         assert fnmatch(longer, names.EPOCHS_GLOB) and not fnmatch(folder, names.EPOCHS_GLOB), folder
     assert names.dense_of_pruned(names.pruned("clean-steps-0.5-weight-clip-2")) == "clean-steps-0.5-weight-clip-2"
     assert (names.bn_train(), names.clean_steps(0.5)) == ("bn-train", "clean-steps"), "the first grids' folders keep their names"
+    again = names.pretrain_seed_baseline(4)
+    assert names.seed_of_pretrain_baseline(again) == 4 and fnmatch(again, names.PRETRAIN_SEED_BASELINE_GLOB)
+    assert not any(fnmatch(again, p) for p in (*named.values(), names.TRAIN_SEED_GLOB, "baseline-*")), "not a baseline of a target"
 
 
 def test_a_step_two_branches_share_runs_once(tmp_path, monkeypatch):
@@ -940,3 +944,48 @@ def test_progressive_against_one_shot_also_says_where_it_stands_chip_for_chip(tm
     (tmp_path / "one-shot-0.01.json").write_text(json.dumps(other))
     assert render._chip_for_chip({**one, "results": str(tmp_path / "one-shot-0.01.json")}, prog, ["0.02"]) == "", "other chips"
     assert render._chip_for_chip({**one, "results": str(tmp_path / "missing.json")}, prog, ["0.02"]) == ""
+
+
+def test_the_pretraining_again_from_other_seeds_pretrains_each_seed_and_measures_its_baseline(tmp_path):
+    """pretrain-seeds: for each seed, the study's pretraining command with --seed N into
+    pretrain-seed-N, then that model's baseline with the study's chips, images and profile into
+    pretrain-seed-N-baseline (not baseline-*: those are the study's model on other targets)."""
+    reproduce = _script("reproduce_cifar10")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--only", "pretrain-seeds", "--pretrain-seeds", "1,3",
+                                 "--chips", "4", "--max-images", "300", "--pretrain-epochs", "7"])  # fmt: skip
+    steps = reproduce.pretrain_seed_steps(args)
+    assert [s[0] for s in steps] == ["pretrain-seed-1", "pretrain-seed-1-baseline", "pretrain-seed-3", "pretrain-seed-3-baseline"]
+    study = reproduce.pretrain_argv(args, tmp_path / "pretrain")
+    name, argv, done = steps[0]
+    assert done == tmp_path / "pretrain-seed-1" / "model.pt" and argv[argv.index("--seed") + 1] == "1" and "--seed" not in study
+    assert [w for w in argv if w not in ("--seed", "1")] == [w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study]
+    baseline = steps[1][1]
+    own = dict(reproduce.baseline_steps(args, tmp_path / "pretrain" / "model.pt"))["baseline-chen2015"]
+    assert baseline[baseline.index("--from") + 1] == str(done)
+    assert [w for w in baseline if "pretrain" not in w] == [w for w in own if "pretrain" not in w and "baseline-" not in w]
+    for bad in ("1,1", "-1", "x"):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(["--pretrain-seeds", bad])
+
+
+def test_other_pretrained_models_baselines_sit_beside_the_studys_with_their_collapse_verdict(tmp_path):
+    render, names = _script("render_results"), _script("study_folders")
+    archived = ROOT / "docs/results/c10c"
+    (tmp_path / "baseline-chen2015").mkdir()
+    (tmp_path / "baseline-chen2015" / "table.json").write_text((archived / "baseline-chen2015" / "table.json").read_text())
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "config.yaml").write_text((archived / "pretrain" / "config.yaml").read_text())
+    assert render.pretrain_seeds_md(tmp_path) == [], "no other pretrained model: no section"
+    table = json.loads((archived / "baseline-chen2015" / "table.json").read_text())
+    table["rows"][0]["acc_defect"].update({"0.005": 60.0, "0.01": 30.0})
+    (tmp_path / names.pretrain_seed_baseline(2)).mkdir()
+    (tmp_path / names.pretrain_seed_baseline(2) / "table.json").write_text(json.dumps(table))
+    (tmp_path / names.pretrain_seed(2)).mkdir()
+    (tmp_path / names.pretrain_seed(2) / "config.yaml").write_text(yaml.safe_dump({"seed": 2, "device": "cpu", "epochs": 30}))
+    assert render.baseline_tables(tmp_path)[0]["profile"] == "chen2015" and len(render.baseline_tables(tmp_path)) == 1
+    md = render.pretrain_seeds_md(tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md if line.startswith("| ") and "---" not in line}
+    assert rows["seed 0: the study's (every grid on this page retrains it)"].endswith("| no |"), "43.89 % at 0.01"
+    assert rows["seed 2"].endswith("| yes |") and "| 60.00 ±" in rows["seed 2"] and "| 30.00 ±" in rows["seed 2"]
+    mean = rows["mean of the 2 models"].split(" | ")
+    assert mean[4:6] == [f"{(65.67 + 60) / 2:.2f}", f"{(43.89 + 30) / 2:.2f}"], mean
