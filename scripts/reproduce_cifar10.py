@@ -107,7 +107,7 @@ class SweepBranch:
     methods: str
     rates: str
     extra: tuple[str, ...] = ()  # sweep options of its own (a recipe ablation, distillation)
-    jobs: int | None = None  # retrainings at once; None: --jobs
+    jobs: int | None = None  # retrainings at once, at most --jobs; None: --jobs
     epochs: int | None = None  # retraining epochs; None: --epochs
     follows_grid: bool = False  # methods and rates come from --methods / --train-rates
     profile: str | None = None  # a profile of its own (another target); None: --profile
@@ -124,7 +124,7 @@ class SweepBranch:
 
     def argv(self, args) -> list[str]:
         return ["sweep", *sweep_options(args, self.epochs or args.epochs, self.profile, self.lr), *self.extra, "--from", str(self.start_model(args.out)),
-                "--methods", self.methods, "--train-rates", self.rates, "--jobs", str(self.jobs or args.jobs),
+                "--methods", self.methods, "--train-rates", self.rates, "--jobs", str(min(self.jobs or args.jobs, args.jobs)),
                 "--out", str(args.out / self.folder)]  # fmt: skip
 
 
@@ -312,7 +312,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.1, help="pretraining peak learning rate")
     ap.add_argument("--retrain-lr", type=float, default=0.02)
     ap.add_argument("--chips", type=int, default=50, help="simulated chips per test rate")
-    ap.add_argument("--jobs", type=int, default=6, help="dense-sweep retrainings at once")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="retrainings at once in each sweep (at most); default: 6 with an accelerator, 1 on the CPU")
     ap.add_argument("--signoff-chips", type=int, default=30)
     ap.add_argument("--deadline-s", type=float, default=None, help="skip the ONNX sign-off step past this many seconds")
     ap.add_argument("--device", default="auto")
@@ -355,6 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="train nothing: tabulate the checkpoints an earlier (interrupted) run left, as they are")
     args = ap.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
+    elif args.jobs < 1:
+        ap.error(f"--jobs: expected at least 1, got {args.jobs}")
     unknown = set(args.only.split(",")) - set(BRANCHES) if args.only else set()
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
@@ -375,6 +380,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
+
+
+def default_jobs(device: str) -> int:
+    """Retrainings at once when --jobs is not given: six ResNet-20 trainings share an accelerator
+    well, while on a CPU each extra one only divides the same cores (and multiplies the memory)."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return 1 if device == "cpu" else 6
 
 
 def main() -> int:

@@ -989,3 +989,16 @@ def test_other_pretrained_models_baselines_sit_beside_the_studys_with_their_coll
     assert rows["seed 2"].endswith("| yes |") and "| 60.00 ±" in rows["seed 2"] and "| 30.00 ±" in rows["seed 2"]
     mean = rows["mean of the 2 models"].split(" | ")
     assert mean[4:6] == [f"{(65.67 + 60) / 2:.2f}", f"{(43.89 + 30) / 2:.2f}"], mean
+
+
+def test_the_study_runs_one_retraining_at_a_time_on_the_cpu_unless_told_otherwise(tmp_path):
+    """--jobs defaults to 6 only with an accelerator; a branch's own count never exceeds --jobs."""
+    reproduce = _script("reproduce_cifar10")
+    assert reproduce.parse_args(["--device", "cpu"]).jobs == 1 and reproduce.parse_args(["--device", "cuda"]).jobs == 6
+    assert reproduce.parse_args(["--device", "cpu", "--jobs", "3"]).jobs == 3
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--jobs", "0"])
+    for given, expected in (("1", "1"), ("6", "2")):  # the pruned branch's own count is 2
+        args = reproduce.parse_args(["--out", str(tmp_path), "--jobs", given])
+        argv = next(b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID) if b.branch == "pruned").argv(args)
+        assert argv[argv.index("--jobs") + 1] == expected
