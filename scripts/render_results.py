@@ -348,7 +348,7 @@ def _title(section: list[str]) -> str:
 
 
 def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None,
-                controls: list[list[str]] = (), pruned_controls: list[list[str]] = ()) -> list[str]:  # fmt: skip
+                controls: list[list[str]] = (), pruned_controls: list[list[str]] = (), collapse: dict | None = None) -> list[str]:  # fmt: skip
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
     plain one Table I keeps for comparison; the section it repeats has its comparisons and commands.
@@ -356,7 +356,8 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
     paper's Table II follows Table I; the issue's limits are the dense model's. ``controls``: the
     sections that retrain its recipe for another length, whose progressive-against-one-shot
     verdicts follow its own (Algorithm 1 gives progressive more epochs than one-shot; one-shot
-    trained as long says what they buy); ``pruned_controls``: the pruned model's such sections."""
+    trained as long says what they buy); ``pruned_controls``: the pruned model's such sections;
+    ``collapse``: the pretrained model's baseline on more chips, checked beside the table's own."""
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
     rows = [*table["rows"], *_pruned_rows(pruned)]
@@ -369,7 +370,7 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
             f"`{table['stuck_grad']}`, {_recipe_phrase(table)}. Same data, pretrained model and chips as Table I below, which keeps "
             f"the plain recipe. The section \"{section_title}\" repeats these rows beside those they are compared "
             f"with, and gives the commands that made them.{also}", "",
-            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table), "",
+            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table, collapse=collapse), "",
             *(line for section in controls for line in _control_md(section)),
             *(line for section in pruned_controls for line in _control_md(section, "The pruned model's one-shot", "pruned progressive"))]  # fmt: skip
 
@@ -545,9 +546,10 @@ def _points(limit: float) -> str:
     return f"{limit:g} point" + ("" if limit == 1 else "s")
 
 
-def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
+def criteria(dense: dict, baselines: list[dict] = (), collapse: dict | None = None) -> list[str]:
     """Issue 3, point 3, checked on the figures above; the baseline collapse also on every
-    target of the baseline comparison."""
+    target of the baseline comparison, and on ``collapse``: the same pretrained model's baseline
+    measured on more chips (:func:`study_collapse`), where it is on this table's target."""
     rows = {r["model"]: r for r in dense["rows"]}
     pre = dense["acc_pretrain"]
     out = []
@@ -563,6 +565,10 @@ def criteria(dense: dict, baselines: list[dict] = ()) -> list[str]:
         if base:
             a5, a10 = base["acc_defect"].get("0.005"), base["acc_defect"].get("0.01")
             check(f"baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`{target}`)", collapses(base), f"{fmt(a5)} % / {fmt(a10)} %")
+    if collapse and collapse["target"] == dense["target"] and collapse["pretrained"] == dense["pretrained"]:
+        base = collapse["rows"][0]
+        check(f"baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`{collapse['target']}`, {collapse['chips']} chips per rate)",
+              collapses(base), " % / ".join(fmt(base["acc_defect"].get(r)) + _ci_half(base, r) for r in ("0.005", "0.01")) + " %")
     for method in ("one-shot", "progressive"):
         for rate in ("0.01", "0.05"):
             r = rows.get(f"{method} P^T={rate}")
@@ -750,32 +756,67 @@ def pretrain_seed_tables(out: Path) -> list[tuple[int, dict]]:
     return sorted((seed, t) for seed, t in found if t)
 
 
+def collapse_tables(out: Path) -> list[tuple[str, dict]]:
+    """(model's run folder, baseline table) of every baseline the collapse branch measured on
+    more chips (collapse-chips-N/MODEL), the study's own model first, then by folder."""
+    found = [(p.parent.name, load_table(p.parent)) for p in sorted(out.glob(f"{study_folders.COLLAPSE}*/*/table.json"))]
+    return sorted(((run, t) for run, t in found if t), key=lambda item: (item[0] != "pretrain", item[0]))
+
+
 def pretrain_seeds_md(out: Path) -> list[str]:
     """The baseline of the study's pretrained model beside those of the same pretraining from
-    other seeds, on the same chips and images: the issue's collapse criterion judges one model."""
-    others = pretrain_seed_tables(out)
-    study = load_table(out / f"baseline-{others[0][1]['profile']}") if others else None
+    other seeds, on the study's chips and images, then on more chips at the rates the issue asks
+    the collapse at: the issue's collapse criterion judges one model, on ten chips here."""
+    others, more_chips = pretrain_seed_tables(out), collapse_tables(out)
+    study = (load_table(out / f"baseline-{others[0][1]['profile']}") if others else None) or (more_chips[0][1] if more_chips else None)
     if not study:
         return []
-    rates = study["test_rates"]
     own = _config(out / "pretrain") or {}
-    rows = [(f"seed {own.get('seed', '?')}: the study's (every grid on this page retrains it)", out / "pretrain", study),
-            *((f"seed {seed}", out / study_folders.pretrain_seed(seed), t) for seed, t in others)]
+    manifest = load(out / "manifest.json") or {"steps": {}}
     md = ["## How far the baseline's collapse moves from one pretrained model to the next", "",
-          f"The study's pretraining run again from other seeds: same data, recipe and length ({own.get('epochs', '?')} epochs); "
-          f"each model alone, no retraining, on the same {study['chips']} chips per rate and {study['val_images']} images "
-          f"(`{study['target']}`). The issue's collapse (55-70 % at 0.005, < 35 % at 0.01) is asked of one pretrained "
-          "model; these rows say how much of it belongs to that model.", "",
-          "| pretrained model | trained on | " + " | ".join(f"P={r}" for r in rates) + " | collapse as asked |",
+          f"The study's pretrained model and, where there are others, its pretraining run again from other seeds (same data, "
+          f"recipe and length: {own.get('epochs', '?')} epochs); each model alone, no retraining, on the same chips and "
+          f"{study['val_images']} images (`{study['target']}`). "
+          "The issue's collapse (55-70 % at 0.005, < 35 % at 0.01) is asked of one pretrained model; these rows say "
+          "how much of it belongs to that model, and how much to the chips drawn.", ""]  # fmt: skip
+    if others:
+        rows = [("pretrain", study), *((study_folders.pretrain_seed(seed), t) for seed, t in others)]
+        md += [f"On the study's {study['chips']} chips per rate:", "", *_collapse_rows(out, rows, with_mean=True), ""]
+    for chips in sorted({t["chips"] for _, t in more_chips}):
+        rows = [(run, t) for run, t in more_chips if t["chips"] == chips]
+        md += [f"On {chips} chips per rate (`--only collapse --collapse-chips {chips}`), at the rates the issue asks "
+               "the collapse at:", "", *_collapse_rows(out, rows, with_mean=len(rows) > 1), ""]  # fmt: skip
+    steps = manifest["steps"]
+    names = sorted(n for n in steps if n.startswith(study_folders.PRETRAIN_SEED) or n.startswith(study_folders.COLLAPSE))
+    return md + ["Commands:", "", *command_lines(manifest, names), ""]
+
+
+def study_collapse(out: Path) -> dict | None:
+    """The study's own pretrained model's baseline on the most chips the collapse branch used."""
+    own = [t for run, t in collapse_tables(out) if run == "pretrain"]
+    return max(own, key=lambda t: t["chips"]) if own else None
+
+
+def _model_name(out: Path, run: str) -> str:
+    """A pretrained model's row name: its seed, and whether every grid of the page retrains it."""
+    seed = (_config(out / run) or {}).get("seed", "?")
+    return f"seed {seed}: the study's (every grid on this page retrains it)" if run == "pretrain" else f"seed {seed}"
+
+
+def _collapse_rows(out: Path, rows: list[tuple[str, dict]], with_mean: bool) -> list[str]:
+    """One row per (pretrained model's run folder, its baseline table): where it trained, its
+    baseline at every rate of the table, and whether it collapses as the issue asks."""
+    rates = rows[0][1]["test_rates"]
+    md = ["| pretrained model | trained on | " + " | ".join(f"P={r}" for r in rates) + " | collapse as asked |",
           "|" + "---|" * (len(rates) + 3)]  # fmt: skip
-    for name, run, table in rows:
+    for run, table in rows:
         base = table["rows"][0]
-        accs = [fmt(base["acc_defect"][r]) + _ci_half(base, r) for r in rates]
-        md.append(f"| {name} | {(_config(run) or {}).get('device', '?')} | " + " | ".join(accs) + f" | {_collapse_verdict(base)} |")
-    means = {r: sum(t["rows"][0]["acc_defect"][r] for _, _, t in rows) / len(rows) for r in rates}
-    md.append(f"| mean of the {len(rows)} models | – | " + " | ".join(fmt(means[r]) for r in rates) + " | – |")
-    names = [study_folders.pretrain_seed(seed) for seed, _ in others] + [study_folders.pretrain_seed_baseline(seed) for seed, _ in others]
-    return md + ["", "Commands:", "", *command_lines(load(out / "manifest.json") or {"steps": {}}, names), ""]
+        md.append(f"| {_model_name(out, run)} | {(_config(out / run) or {}).get('device', '?')} | "
+                  + " | ".join(fmt(base["acc_defect"][r]) + _ci_half(base, r) for r in rates) + f" | {_collapse_verdict(base)} |")  # fmt: skip
+    if with_mean:
+        means = {r: sum(t["rows"][0]["acc_defect"][r] for _, t in rows) / len(rows) for r in rates}
+        md.append(f"| mean of the {len(rows)} models | – | " + " | ".join(fmt(means[r]) for r in rates) + " | – |")
+    return md
 
 
 def _collapse_verdict(base: dict) -> str:
@@ -944,7 +985,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
                "Commands (steps stopped with the accelerator's window appear in its console log below):", "",
                *command_lines(manifest, ["pretrain", "sweep-dense", "eval-dense"], dense), "",
                "## Table I (paper, CIFAR-10 test split, 92.53 % pretrained)", "", *paper_md(), "",
-               "## What the issue asked for", "", *criteria(dense, baseline_tables(out)), "",
+               "## What the issue asked for", "", *criteria(dense, baseline_tables(out), study_collapse(out)), "",
                "The limits asked of the P^T=0.05 models (Acc_retrain within 1 point of Acc_pretrain, Acc_defect within "
                "2 points at P=0.005 and 3 at P=0.01), checked on every model; losses in points from Acc_pretrain "
                "(negative: a gain):", "", *operating_points(dense), ""]  # fmt: skip
@@ -1102,7 +1143,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         pruned_controls = [sections[f] for f in pruned_epochs_folders
                            if study_folders.split_epochs(f)[0] == study_folders.pruned(grid) and f in sections]
         md[headline_at:headline_at] = headline_md(headline, load_table(out / headline), _title(sections[headline]),
-                                                  load_table(out / study_folders.pruned(headline)), controls, pruned_controls)
+                                                  load_table(out / study_folders.pruned(headline)), controls, pruned_controls,
+                                                  study_collapse(out))
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

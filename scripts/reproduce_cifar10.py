@@ -39,6 +39,9 @@ accelerator window continues from its last finished epoch):
      p. "pretrain-seeds": the pretraining again from each seed of --pretrain-seeds, into
         pretrain-seed-N, and each such model's baseline on the study's profile, into
         pretrain-seed-N-baseline: how much of the baseline's collapse is the one pretrained model;
+     q. "collapse": the baseline of the study's pretrained model and of each --pretrain-seeds one
+        (pretrained first where missing) on --collapse-chips chips per rate (the paper's 100) at
+        the rates the issue asks the collapse at, into collapse-chips-N/MODEL-FOLDER;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
   4. scripts/render_results.py writes docs/RESULTS.md from the tables.
 `--progressive-blocks each` retrains the chosen branches as i does, into FOLDER-progressive-each.
@@ -76,7 +79,7 @@ import study_folders  # beside this script: the grid folders' names, shared with
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
             "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip",
-            "pretrain-seeds")
+            "pretrain-seeds", "collapse")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -291,6 +294,30 @@ def pretrain_seed_steps(args) -> list[tuple]:
     return steps
 
 
+#: The test rates the collapse branch measures: clean, and the two the issue asks the collapse at.
+COLLAPSE_RATES = "0,0.005,0.01"
+
+
+def collapse_steps(args, pretrained: Path) -> list[tuple]:
+    """The baseline of the study's pretrained model, and of each --pretrain-seeds one (its
+    pretraining first, skipped when done), on --collapse-chips chips at COLLAPSE_RATES: ten chips
+    leave a baseline's mean at P = 0.01 uncertain by about ±5 to ±9 points, too loose to say
+    which side of the issue's 35 % a model falls."""
+    folder = args.out / study_folders.collapse(args.collapse_chips)
+
+    def measure(model: Path) -> tuple[str, list[str]]:
+        argv = baseline_argv(args, model, folder / model.parent.name)
+        argv[argv.index("--chips") + 1] = str(args.collapse_chips)
+        argv[argv.index("--test-rates") + 1] = COLLAPSE_RATES
+        return f"{folder.name}:{model.parent.name}", argv
+
+    steps = [measure(pretrained)]
+    for seed in parse_seeds(args.pretrain_seeds):
+        model = args.out / study_folders.pretrain_seed(seed) / "model.pt"
+        steps += [(study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model), measure(model)]
+    return steps
+
+
 def parse_seeds(text: str) -> list[int]:
     """`1,2` -> [1, 2]; ValueError on anything but distinct non-negative integers."""
     seeds = [int(s) for s in text.split(",")]
@@ -351,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "every rate of the list) into FOLDER-progressive-each; default split: the rates share --epochs")
     ap.add_argument("--pretrain-seeds", default="1",
                     help="comma-separated seeds the pretrain-seeds branch pretrains again from, each into pretrain-seed-N")
+    ap.add_argument("--collapse-chips", type=int, default=100,
+                    help="chips per rate of the collapse branch's baselines (into collapse-chips-N; the paper's: 100)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -377,6 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_seeds(args.pretrain_seeds)
     except ValueError:
         ap.error(f"--pretrain-seeds: expected distinct non-negative integers separated by commas, got {args.pretrain_seeds!r}")
+    if args.collapse_chips < 2:
+        ap.error(f"--collapse-chips: expected at least 2 chips (a confidence interval needs two), got {args.collapse_chips}")
     if not 0 < args.clean_steps < 1:
         ap.error(f"--clean-steps: expected a fraction in (0, 1), got {args.clean_steps:g}")
     return args
@@ -443,6 +474,7 @@ def main() -> int:
         "clean-steps-clip": [sweep_step("clean-steps-clip")],
         "pruned-clean-steps-clip": [prune, sweep_step("pruned-clean-steps-clip")],
         "pretrain-seeds": pretrain_seed_steps(args),
+        "collapse": collapse_steps(args, pre),
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
     if args.only:

@@ -24,6 +24,10 @@ PRUNED = "pruned-"
 PRETRAIN_SEED = "pretrain-seed-"
 PRETRAIN_SEED_BASELINE = "-baseline"
 
+#: Where the collapse branch measures each pretrained model's baseline on more chips: under
+#: COLLAPSE + chips, one folder per model, named as the model's run folder.
+COLLAPSE = "collapse-chips-"
+
 #: The patterns render_results.py lists each kind of grid by.
 BN_TRAIN_GLOB = "bn-train*"
 RETRAIN_LR_GLOB = "retrain-lr-*"
@@ -68,6 +72,11 @@ def pretrain_seed_baseline(seed: int) -> str:
 def seed_of_pretrain_baseline(folder: str) -> int:
     """`pretrain-seed-N-baseline` -> N."""
     return int(folder.removeprefix(PRETRAIN_SEED).removesuffix(PRETRAIN_SEED_BASELINE))
+
+
+def collapse(chips: int) -> str:
+    """`collapse-chips-N`: the folder of the baselines measured on ``chips`` chips per rate."""
+    return f"{COLLAPSE}{chips}"
 
 
 def with_epochs(folder: str, epochs: int) -> str:

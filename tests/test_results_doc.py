@@ -1002,3 +1002,46 @@ def test_the_study_runs_one_retraining_at_a_time_on_the_cpu_unless_told_otherwis
         args = reproduce.parse_args(["--out", str(tmp_path), "--jobs", given])
         argv = next(b for b in reproduce.sweep_branches(args, *reproduce.FULL_GRID) if b.branch == "pruned").argv(args)
         assert argv[argv.index("--jobs") + 1] == expected
+
+
+def test_the_collapse_branch_measures_each_pretrained_model_on_more_chips_at_the_issues_rates(tmp_path):
+    reproduce = _script("reproduce_cifar10")
+    args = reproduce.parse_args(["--out", str(tmp_path), "--only", "collapse", "--collapse-chips", "40", "--pretrain-seeds", "1",
+                                 "--chips", "4", "--max-images", "300"])  # fmt: skip
+    steps = reproduce.collapse_steps(args, tmp_path / "pretrain" / "model.pt")
+    assert [s[0] for s in steps] == ["collapse-chips-40:pretrain", "pretrain-seed-1", "collapse-chips-40:pretrain-seed-1"]
+    assert steps[1] == reproduce.pretrain_seed_steps(args)[0], "the same pretraining step as the pretrain-seeds branch's"
+    ten_chips = reproduce.pretrain_seed_steps(args)[1][1]
+    for (_, argv), model in ((steps[0], "pretrain"), (steps[2], "pretrain-seed-1")):
+        assert argv[argv.index("--chips") + 1] == "40" and argv[argv.index("--test-rates") + 1] == "0,0.005,0.01"
+        assert argv[argv.index("--out") + 1] == str(tmp_path / "collapse-chips-40" / model)
+        assert argv[argv.index("--from") + 1] == str(tmp_path / model / "model.pt")
+        for option in ("--data", "--max-images", "--profile", "--no-train"):
+            assert option in argv and (option == "--no-train" or argv[argv.index(option) + 1] == ten_chips[ten_chips.index(option) + 1])
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--collapse-chips", "1"])
+
+
+def test_the_collapse_on_more_chips_gets_a_table_and_a_criterion_of_its_own(tmp_path):
+    render = _script("render_results")
+    archived = ROOT / "docs/results/c10c"
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "config.yaml").write_text((archived / "pretrain" / "config.yaml").read_text())
+    table = json.loads((archived / "baseline-chen2015" / "table.json").read_text())
+    rates = ["0", "0.005", "0.01"]
+    table.update(chips=40, test_rates=rates, ss_rates=["0.01"])
+    base = table["rows"][0]
+    base.update(acc_defect={"0": 86.45, "0.005": 62.0, "0.01": 33.0}, ci95={"0": None, "0.005": [60.0, 64.0], "0.01": [31.0, 35.0]})
+    (tmp_path / "collapse-chips-40" / "pretrain").mkdir(parents=True)
+    (tmp_path / "collapse-chips-40" / "pretrain" / "table.json").write_text(json.dumps(table))
+    assert render.study_collapse(tmp_path)["chips"] == 40
+    md = render.pretrain_seeds_md(tmp_path)
+    assert "On 40 chips per rate (`--only collapse --collapse-chips 40`), at the rates the issue asks the collapse at:" in md
+    row = next(line for line in md if line.startswith("| seed 0"))
+    assert row.endswith("| cpu | 86.45 | 62.00 ±2.00 | 33.00 ±2.00 | yes |"), row
+    dense = json.loads((archived / "dense" / "table.json").read_text())
+    lines = render.criteria(dense, collapse=render.study_collapse(tmp_path))
+    assert "| baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`paper-diff8`) | 65.67 % / 43.89 % | NOT met |" in lines
+    assert "| baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`paper-diff8`, 40 chips per rate) | 62.00 ±2.00 % / 33.00 ±2.00 % | met |" in lines
+    other = dict(render.study_collapse(tmp_path), pretrained="runs/elsewhere/model.pt")
+    assert not any("40 chips" in line for line in render.criteria(dense, collapse=other)), "another model's collapse is not this one's"
