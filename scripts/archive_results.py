@@ -12,25 +12,39 @@ checkpoints, resume files and ONNX files stay behind.
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
+
+import yaml
 
 PATTERNS = ("manifest.json", "*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/log.jsonl",
             "*/runs/*/summary.csv", "*/runs/*/config.yaml", "*/log.jsonl", "*/summary.csv", "*/config.yaml",
             "*/runs/*/train.log", "warmup-check/*/table.*", "warmup-check/*/results/*.json",
-            "warmup-check/*/runs/*/log.jsonl", "pretrain/model.pt", "pruned70/model.pt",
-            "pretrain-seed-*/model.pt")  # fmt: skip
+            "warmup-check/*/runs/*/log.jsonl", "collapse-chips-*/*/table.*", "collapse-chips-*/*/results/*.json")  # fmt: skip
+#: The fault-free models, each copied only if its run finished.
+MODELS = ("pretrain/model.pt", "pruned70/model.pt", "pretrain-seed-*/model.pt")
+
+
+def finished(run: Path) -> bool:
+    """Whether the run in ``run`` trained every epoch its config.yaml asks for (a run folder
+    without the two files predates them and is taken as it is)."""
+    config, log = run / "config.yaml", run / "log.jsonl"
+    if not (config.is_file() and log.is_file()):
+        return True
+    lines = log.read_text().splitlines()
+    return bool(lines) and json.loads(lines[-1])["epoch"] >= yaml.safe_load(config.read_text())["epochs"]
 
 
 def main(src: str, dst: str) -> None:
     src_p, dst_p = Path(src), Path(dst)
     copied = 0
-    for pattern in PATTERNS:
-        for path in src_p.glob(pattern):
-            target = dst_p / path.relative_to(src_p)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            copied += 1
+    models = [path for pattern in MODELS for path in src_p.glob(pattern) if finished(path.parent)]
+    for path in [p for pattern in PATTERNS for p in src_p.glob(pattern)] + models:
+        target = dst_p / path.relative_to(src_p)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        copied += 1
     print(f"copied {copied} files to {dst_p}")
 
 

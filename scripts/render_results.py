@@ -784,11 +784,14 @@ def pretrain_seeds_md(out: Path) -> list[str]:
         md += [f"On the study's {study['chips']} chips per rate:", "", *_collapse_rows(out, rows, with_mean=True), ""]
     for chips in sorted({t["chips"] for _, t in more_chips}):
         rows = [(run, t) for run, t in more_chips if t["chips"] == chips]
-        md += [f"On {chips} chips per rate (`--only collapse --collapse-chips {chips}`), at the rates the issue asks "
-               "the collapse at:", "", *_collapse_rows(out, rows, with_mean=len(rows) > 1), ""]  # fmt: skip
+        md += [f"On {chips} chips per rate (`--only collapse --collapse-chips {chips}`; the same chip seed, so they begin "
+               f"with the study's {study['chips']}), at the rates the issue asks the collapse at:", "",
+               *_collapse_rows(out, rows, with_mean=len(rows) > 1), ""]  # fmt: skip
     steps = manifest["steps"]
     names = sorted(n for n in steps if n.startswith(study_folders.PRETRAIN_SEED) or n.startswith(study_folders.COLLAPSE))
-    return md + ["Commands:", "", *command_lines(manifest, names), ""]
+    stopped = [n for n in names if steps[n].get("returncode") == 130]
+    return md + ["Commands:", "", *command_lines(manifest, names), "",
+                 *([f"Stopped before it finished (exit 130), and resumed by the same command: {', '.join(stopped)}.", ""] if stopped else [])]
 
 
 def study_collapse(out: Path) -> dict | None:
