@@ -768,7 +768,8 @@ def pretrain_seeds_md(out: Path) -> list[str]:
     other seeds, on the study's chips and images, then on more chips at the rates the issue asks
     the collapse at: the issue's collapse criterion judges one model, on ten chips here."""
     others, more_chips = pretrain_seed_tables(out), collapse_tables(out)
-    study = (load_table(out / f"baseline-{others[0][1]['profile']}") if others else None) or (more_chips[0][1] if more_chips else None)
+    own_chips = load_table(out / f"baseline-{others[0][1]['profile']}") if others else None  # the study's model, its chips
+    study = own_chips or (more_chips[0][1] if more_chips else None)
     if not study:
         return []
     own = _config(out / "pretrain") or {}
@@ -779,8 +780,8 @@ def pretrain_seeds_md(out: Path) -> list[str]:
           f"{study['val_images']} images (`{study['target']}`). "
           "The issue's collapse (55-70 % at 0.005, < 35 % at 0.01) is asked of one pretrained model; these rows say "
           "how much of it belongs to that model, and how much to the chips drawn.", ""]  # fmt: skip
-    if others:
-        rows = [("pretrain", study), *((study_folders.pretrain_seed(seed), t) for seed, t in others)]
+    if own_chips:
+        rows = [("pretrain", own_chips), *((study_folders.pretrain_seed(seed), t) for seed, t in others)]
         md += [f"On the study's {study['chips']} chips per rate:", "", *_collapse_rows(out, rows, with_mean=True), ""]
     for chips in sorted({t["chips"] for _, t in more_chips}):
         rows = [(run, t) for run, t in more_chips if t["chips"] == chips]

@@ -131,11 +131,12 @@ class SweepBranch:
                 "--out", str(args.out / self.folder)]  # fmt: skip
 
 
-def sweep_options(args, epochs: int, profile: str | None = None, lr: float | None = None) -> list[str]:
+def sweep_options(args, epochs: int, profile: str | None = None, lr: float | None = None, chips: int | None = None,
+                  test_rates: str = TEST_RATES) -> list[str]:  # fmt: skip
     """What every sweep of the study shares: data, device, test rates, chips, images, recipe;
-    on the study's profile and retraining learning rate unless others are named."""
+    on the study's profile, retraining learning rate, chips and test rates unless others are named."""
     options = ["--profile", profile or args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
-               "--test-rates", TEST_RATES, "--chips", str(args.chips), "--epochs", str(epochs),
+               "--test-rates", test_rates, "--chips", str(chips or args.chips), "--epochs", str(epochs),
                "--lr", str(lr if lr is not None else args.retrain_lr)]  # fmt: skip
     options += ["--max-images", str(args.max_images)] if args.max_images else []
     return options + (["--no-train"] if args.evaluate_only else [])
@@ -268,9 +269,10 @@ def baseline_steps(args, pretrained: Path) -> list[tuple[str, list[str]]]:
     return [(f"baseline-{p}", baseline_argv(args, pretrained, args.out / f"baseline-{p}", profile=p)) for p in BASELINE_PROFILES]
 
 
-def baseline_argv(args, pretrained: Path, out: Path, profile: str | None = None) -> list[str]:
-    """A sweep of ``pretrained`` alone (no run folders: --no-train tabulates the baseline only)."""
-    return ["sweep", *sweep_options(args, args.epochs, profile=profile), "--no-train", "--from", str(pretrained),
+def baseline_argv(args, pretrained: Path, out: Path, profile: str | None = None, **measured) -> list[str]:
+    """A sweep of ``pretrained`` alone (no run folders: --no-train tabulates the baseline only);
+    ``measured``: chips or test rates other than the study's (:func:`sweep_options`)."""
+    return ["sweep", *sweep_options(args, args.epochs, profile=profile, **measured), "--no-train", "--from", str(pretrained),
             "--methods", "progressive", "--train-rates", "0.05", "--out", str(out)]  # fmt: skip
 
 
@@ -288,10 +290,16 @@ def pretrain_seed_steps(args) -> list[tuple]:
     moves from one model to the next."""
     steps = []
     for seed in parse_seeds(args.pretrain_seeds):
-        model = args.out / study_folders.pretrain_seed(seed) / "model.pt"
-        steps += [(study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model),
+        name, argv, model = pretrain_seed_step(args, seed)
+        steps += [(name, argv, model),
                   (study_folders.pretrain_seed_baseline(seed), baseline_argv(args, model, args.out / study_folders.pretrain_seed_baseline(seed)))]
     return steps
+
+
+def pretrain_seed_step(args, seed: int) -> tuple[str, list[str], Path]:
+    """The study's pretraining from ``seed`` into pretrain-seed-N (skipped once its model is done)."""
+    model = args.out / study_folders.pretrain_seed(seed) / "model.pt"
+    return study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model
 
 
 #: The test rates the collapse branch measures: clean, and the two the issue asks the collapse at.
@@ -306,15 +314,13 @@ def collapse_steps(args, pretrained: Path) -> list[tuple]:
     folder = args.out / study_folders.collapse(args.collapse_chips)
 
     def measure(model: Path) -> tuple[str, list[str]]:
-        argv = baseline_argv(args, model, folder / model.parent.name)
-        argv[argv.index("--chips") + 1] = str(args.collapse_chips)
-        argv[argv.index("--test-rates") + 1] = COLLAPSE_RATES
-        return f"{folder.name}:{model.parent.name}", argv
+        return f"{folder.name}:{model.parent.name}", baseline_argv(args, model, folder / model.parent.name,
+                                                                   chips=args.collapse_chips, test_rates=COLLAPSE_RATES)  # fmt: skip
 
     steps = [measure(pretrained)]
     for seed in parse_seeds(args.pretrain_seeds):
-        model = args.out / study_folders.pretrain_seed(seed) / "model.pt"
-        steps += [(study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model), measure(model)]
+        name, argv, model = pretrain_seed_step(args, seed)
+        steps += [(name, argv, model), measure(model)]
     return steps
 
 
