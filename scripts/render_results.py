@@ -753,13 +753,13 @@ def pretrain_seed_tables(out: Path) -> list[tuple[int, dict]]:
     pretrain-seeds branch), by seed."""
     found = [(study_folders.seed_of_pretrain_baseline(p.parent.name), load_table(p.parent))
              for p in out.glob(f"{study_folders.PRETRAIN_SEED_BASELINE_GLOB}/table.json")]
-    return sorted((seed, t) for seed, t in found if t)
+    return sorted(((seed, t) for seed, t in found if t), key=lambda item: item[0])
 
 
 def collapse_tables(out: Path) -> list[tuple[str, dict]]:
     """(model's run folder, baseline table) of every baseline the collapse branch measured on
     more chips (collapse-chips-N/MODEL), the study's own model first, then by folder."""
-    found = [(p.parent.name, load_table(p.parent)) for p in sorted(out.glob(f"{study_folders.COLLAPSE}*/*/table.json"))]
+    found = [(p.parent.name, load_table(p.parent)) for p in out.glob(f"{study_folders.COLLAPSE}*/*/table.json")]
     return sorted(((run, t) for run, t in found if t), key=lambda item: (item[0] != "pretrain", item[0]))
 
 
@@ -894,7 +894,7 @@ def trained_on_accelerator(out: Path) -> dict[str, list[str]]:
     config.yaml), by key: rows of one table may come from both kinds of machine."""
     found: dict[str, list[str]] = {}
     for config in sorted(out.glob("*/runs/*/config.yaml")):
-        cfg = yaml.safe_load(config.read_text())
+        cfg = _config(config.parent)
         if isinstance(cfg, dict) and cfg.get("device") == "cuda":
             found.setdefault(config.parent.parent.parent.name, []).append(config.parent.name)
     return found
