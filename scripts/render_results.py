@@ -136,8 +136,8 @@ def pruned_recipe_md(folder: str, table: dict | None, dense: dict | None, dense_
             + f". Retrained for {length}; same learning rate and chips as Table I. Each row's SS is relative to its "
             "own model's Acc_pretrain.", "",
             *table_md({**table, "rows": rows}, with_ci=True), "",
-            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "", "Commands:", "",
-            *command_lines(manifest, ["prune", f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "",
+            *commands_md(manifest, ["prune", f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
 
 
 def _beside_table_i(long: dict, dense: dict | None, own_baseline: str | None = None,
@@ -185,7 +185,7 @@ def beside_table_i_md(title: str, intro: str, table: dict | None, dense: dict | 
     if not table or all(r["method"] == "baseline" for r in table["rows"]):
         return []
     return [f"## {title}", "", intro, "", *table_md(_beside_table_i(table, dense, own_baseline, also), with_ci=True), "",
-            *criteria(table), "", *operating_points(table), "", "Commands:", "", *command_lines(manifest, steps), ""]  # fmt: skip
+            *criteria(table), "", *operating_points(table), "", *commands_md(manifest, steps), ""]  # fmt: skip
 
 
 def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | None, manifest: dict, folder: str) -> list[str]:
@@ -279,8 +279,8 @@ def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: 
     intro += " Same pretrained model, learning rate and chips as Table I; the rows marked Table I are the plain recipe."
     return [f"## The `{grid}` grid retrained for {epochs} epochs per model (`--epochs {epochs} --epochs-in-folder`)", "",
             intro, "", *table_md({**table, "rows": [*rows, *_marked(dense, "Table I", keys)]}, with_ci=True), "",
-            *criteria({**table, "rows": [*table["rows"], *theirs]}), "", *operating_points(table), "", "Commands:", "",
-            *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+            *criteria({**table, "rows": [*table["rows"], *theirs]}), "", *operating_points(table), "",
+            *commands_md(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
 
 
 def _length_control(table: dict, grid: str, epochs: int, same: dict | None, each: dict | None) -> tuple[list[dict], list[dict], str]:
@@ -331,8 +331,8 @@ def pruned_epochs_variant_md(folder: str, table: dict | None, same: dict | None,
             intro, "", *table_md({**table, "rows": rows}, with_ci=True), "",
             *(["Progressive against one-shot (the paper's Table II compares them on the pruned model):", "",
                "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []),
-            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "", "Commands:", "",
-            *command_lines(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+            "Losses from the pruned model's own Acc_pretrain:", "", *operating_points(table), "",
+            *commands_md(manifest, [f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
 
 
 def _kept(sections: dict[str, list[str]], folder: str, section: list[str]) -> list[str]:
@@ -744,8 +744,7 @@ def baselines_md(out: Path) -> list[str]:
                   + " | ".join(fmt(base["acc_defect"][r]) for r in rates) + " |")  # fmt: skip
     paper = dict(zip(PAPER_RATES, PAPER_TABLE_I["baseline"]))
     md.append("| paper (92.53 % pretrained, CIFAR-10 test split) | " + " | ".join(fmt(paper.get(r)) for r in rates) + " |")
-    return md + ["", "Commands:", "", *command_lines(load(out / "manifest.json") or {"steps": {}},
-                                                      [f"baseline-{t['profile']}" for t in tables]), ""]  # fmt: skip
+    return md + ["", *commands_md(load(out / "manifest.json") or {"steps": {}}, [f"baseline-{t['profile']}" for t in tables]), ""]
 
 
 def pretrain_seed_tables(out: Path) -> list[tuple[int, dict]]:
@@ -791,7 +790,7 @@ def pretrain_seeds_md(out: Path) -> list[str]:
     steps = manifest["steps"]
     names = sorted(n for n in steps if n.startswith(study_folders.PRETRAIN_SEED) or n.startswith(study_folders.COLLAPSE))
     stopped = [n for n in names if steps[n].get("returncode") == 130]
-    return md + ["Commands:", "", *command_lines(manifest, names), "",
+    return md + [*commands_md(manifest, names), "",
                  *([f"Stopped before it finished (exit 130), and resumed by the same command: {', '.join(stopped)}.", ""] if stopped else [])]
 
 
@@ -912,6 +911,13 @@ def accelerator_md(out: Path) -> list[str]:
             f"sweep measured there too), every other retrained model on the CPU in float32: {listed}.", ""]
 
 
+def commands_md(manifest: dict, names: list[str], table: dict | None = None) -> list[str]:
+    """A section's "Commands:" block (:func:`command_lines`); one that names none says so, rather
+    than leave its figures looking as if they had no source."""
+    lines = command_lines(manifest, names, table)
+    return ["Commands:", "", *lines] if lines else [f"Commands: none recorded in the study's manifest (steps {', '.join(names)})."]
+
+
 def command_lines(manifest: dict, names: list[str], table: dict | None = None) -> list[str]:
     """The recorded command lines of ``names``; with ``table``, without the sweeps that wrote its
     folder under another profile (an earlier evaluation its tables have since replaced)."""
@@ -998,8 +1004,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
                f"Acc_pretrain of the pruned model = {fmt(pruned['acc_pretrain'])} %; SS is relative to it. "
                "The first row repeats the dense baseline for comparison: a larger drop from its own clean accuracy "
                "means a more fragile model.", "",
-               *table_md(_with_dense_baseline(pruned, dense)), "", "Commands:", "",
-               *command_lines(manifest, ["prune", "sweep-pruned", "eval-pruned"], pruned), "",
+               *table_md(_with_dense_baseline(pruned, dense)), "",
+               *commands_md(manifest, ["prune", "sweep-pruned", "eval-pruned"], pruned), "",
                "Paper (CIFAR-100, ResNet-32, ADMM 70 %): SS@0.01 / SS@0.02 = 1.01 / 1.01 baseline, "
                "7.85 / 3.26 progressive P^T=0.1; dense progressive P^T=0.1: 38.87 / 16.62.", ""]  # fmt: skip
     if abl_bn or abl_grad or distill:
@@ -1028,9 +1034,8 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
                    "alone."]  # fmt: skip
         if any(diverged(r) for _, r in rows):
             md += ["", "A row at 10 % (chance) is a run that diverged: see the training curves below."]
-        md += ["", "Commands:", "",
-               *command_lines(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
-                                         "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
+        md += ["", *commands_md(manifest, ["sweep-bn-train", "ablation-stuck-pass", "sweep-distill",
+                                           "eval-bn-train", "eval-ablation-stuck-pass", "eval-distill"]), ""]  # fmt: skip
     sections: dict[str, list[str]] = {}  # grid folder -> its section
     bn_folders = bn_train_folders(out)
     bn_plain = load_table(out / "bn-train")

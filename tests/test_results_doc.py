@@ -451,6 +451,7 @@ def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tm
         (run / path).parent.mkdir(parents=True, exist_ok=True)
         (run / path).write_bytes(b"weights")
     (run / "dense" / "runs" / "one-shot-0.05" / "log.jsonl").write_text("{}\n")
+    (run / "manifest.json").write_text('{"steps": {}}')
     for seed, epochs_done in ((1, 30), (2, 1)):  # seed 2 stopped after its first epoch: its model.pt is no finished model
         (run / f"pretrain-seed-{seed}").mkdir(exist_ok=True)
         (run / f"pretrain-seed-{seed}" / "config.yaml").write_text("epochs: 30\n")
@@ -463,8 +464,49 @@ def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tm
     files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
     assert [f for f in files if not f.startswith("pretrain-seed-")] == [
         "collapse-chips-100/pretrain/results/baseline.json", "collapse-chips-100/pretrain/table.json",
-        "dense/runs/one-shot-0.05/log.jsonl", "pretrain/model.pt", "pruned70/model.pt"]
+        "dense/runs/one-shot-0.05/log.jsonl", "manifest.json", "pretrain/model.pt", "pruned70/model.pt"]
     assert "pretrain-seed-1/model.pt" in files and "pretrain-seed-2/model.pt" not in files and "pretrain-seed-2/log.jsonl" in files
+
+
+def test_archiving_a_study_restored_from_its_archive_keeps_the_archives_earlier_steps(tmp_path):
+    """A study restored from its own archive starts a manifest holding only what it runs now;
+    archiving it must not drop the commands of the figures the archive already holds."""
+    archive = _script("archive_results")
+    cpu, gpu = {"device": "CPU"}, {"device": "H200"}
+    archived = {"baseline-chen2015": {"command": "ftdeploy sweep --out base", "returncode": 0},
+                "pretrain": {"command": "ftdeploy train --old", "returncode": 0},
+                "_invocations": ["python reproduce --only baselines", "python reproduce --only dense"],
+                "_environments": [cpu, cpu]}
+    restored = {"pretrain": {"command": "ftdeploy train --new", "returncode": 0},
+                "sweep-weight-clip-2:one-shot@0.05": {"command": "ftdeploy sweep --out wc2", "returncode": 0},
+                "_invocations": ["python reproduce --only weight-clip"], "_environments": [gpu]}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"steps": restored}))
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "manifest.json").write_text(json.dumps({"steps": archived}))
+    archive.main(str(tmp_path / "run"), str(tmp_path / "kept"))
+    merged = json.loads((tmp_path / "kept" / "manifest.json").read_text())["steps"]
+    assert merged["baseline-chen2015"] == archived["baseline-chen2015"]
+    assert merged["pretrain"]["command"] == "ftdeploy train --new"  # the run folder's, where both have one
+    assert merged["_invocations"] == [*archived["_invocations"], "python reproduce --only weight-clip"]
+    assert merged["_environments"] == [cpu, cpu, gpu]
+    # Archived again after one more invocation: the folder now continues the archive, nothing twice.
+    grown = {**merged, "_invocations": [*merged["_invocations"], "python reproduce --only collapse"],
+             "_environments": [*merged["_environments"], cpu]}
+    assert archive.merge_manifests(merged, grown) == grown
+    # A folder that repeats the archive's later invocations and adds its own: each once, in order.
+    tail = {"_invocations": ["python reproduce --only weight-clip", "python reproduce --only seeds"], "_environments": [gpu, cpu]}
+    assert archive.merge_manifests(merged, tail)["_invocations"] == [*merged["_invocations"], "python reproduce --only seeds"]
+
+
+
+def test_every_commands_block_of_the_results_pages_names_its_commands():
+    """A figure without the command that made it is not published: no section's "Commands:" is empty."""
+    for page in PAGES:
+        lines = (ROOT / "docs" / page).read_text().splitlines()
+        empty = [i + 1 for i, line in enumerate(lines) if line == "Commands:" and not lines[i + 2].startswith("    ")]
+        assert not empty, f"docs/{page}: empty Commands: blocks at lines {empty}"
+
 
 
 def test_reusing_a_folder_without_a_pretrained_model_is_refused_before_anything_runs(tmp_path):
