@@ -6,7 +6,7 @@ into the repository, so docs/RESULTS.md can be re-rendered and audited from a ch
     python scripts/render_results.py docs/results/c10c -o docs/RESULTS.md ...   (README: each page's command)
 
 Of the checkpoints, only the fault-free models come along (the pretrained and the pruned model,
-and any pretrained again from another seed, about 1 MB each): run folders are not committed, and
+and any pretrained again from another seed or for longer, about 1 MB each): run folders are not committed, and
 without them a later session could not continue the study (`reproduce_cifar10.py --reuse
 docs/results/c10 ...`). Retrained checkpoints, resume files and ONNX files stay behind, and so does
 the model.pt of a run stopped before its last epoch (train writes one after every epoch): it is
@@ -29,7 +29,7 @@ PATTERNS = ("*.json", "logs/*.log", "*/table.*", "*/results/*.json", "*/runs/*/l
             "*/runs/*/train.log", "warmup-check/*/table.*", "warmup-check/*/results/*.json",
             "warmup-check/*/runs/*/log.jsonl", "collapse-chips-*/*/table.*", "collapse-chips-*/*/results/*.json")  # fmt: skip
 #: The fault-free models, each copied only if its run finished.
-MODELS = ("pretrain/model.pt", "pruned70/model.pt", "pretrain-seed-*/model.pt")
+MODELS = ("pretrain/model.pt", "pruned70/model.pt", "pretrain-seed-*/model.pt", "pretrain-length-*/model.pt")
 
 
 def finished(run: Path) -> bool:

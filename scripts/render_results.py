@@ -747,48 +747,64 @@ def baselines_md(out: Path) -> list[str]:
     return md + ["", *commands_md(load(out / "manifest.json") or {"steps": {}}, [f"baseline-{t['profile']}" for t in tables]), ""]
 
 
-def pretrain_seed_tables(out: Path) -> list[tuple[int, dict]]:
-    """(seed, baseline table) of every model pretrained again from another seed (the
-    pretrain-seeds branch), by seed."""
-    found = [(study_folders.seed_of_pretrain_baseline(p.parent.name), load_table(p.parent))
-             for p in out.glob(f"{study_folders.PRETRAIN_SEED_BASELINE_GLOB}/table.json")]
-    return sorted(((seed, t) for seed, t in found if t), key=lambda item: item[0])
+def other_pretrained_tables(out: Path) -> list[tuple[str, dict]]:
+    """(run folder, baseline table on the study's chips) of every other pretrained model: those
+    pretrained again from other seeds (the pretrain-seeds branch), then those pretrained for
+    longer (pretrain-lengths), in :func:`_model_order`."""
+    globs = (study_folders.PRETRAIN_SEED_BASELINE_GLOB, study_folders.PRETRAIN_LENGTH_BASELINE_GLOB)
+    found = [(p.parent.name.removesuffix(study_folders.PRETRAIN_SEED_BASELINE), load_table(p.parent))
+             for glob in globs for p in out.glob(f"{glob}/table.json")]
+    return sorted(((run, t) for run, t in found if t), key=lambda item: _model_order(item[0]))
 
 
 def collapse_tables(out: Path) -> list[tuple[str, dict]]:
     """(model's run folder, baseline table) of every baseline the collapse branch measured on
-    more chips (collapse-chips-N/MODEL), the study's own model first, then by folder."""
+    more chips (collapse-chips-N/MODEL), in :func:`_model_order`."""
     found = [(p.parent.name, load_table(p.parent)) for p in out.glob(f"{study_folders.COLLAPSE}*/*/table.json")]
-    return sorted(((run, t) for run, t in found if t), key=lambda item: (item[0] != "pretrain", item[0]))
+    return sorted(((run, t) for run, t in found if t), key=lambda item: _model_order(item[0]))
+
+
+def _model_order(run: str) -> tuple[int, int]:
+    """The study's pretrained model first, then those from other seeds by seed, then the longer
+    pretrainings by length."""
+    for rank, prefix in ((2, study_folders.PRETRAIN_LENGTH), (1, study_folders.PRETRAIN_SEED)):
+        if run.startswith(prefix):
+            return rank, int(run.removeprefix(prefix))
+    return 0, 0
 
 
 def pretrain_seeds_md(out: Path) -> list[str]:
     """The baseline of the study's pretrained model beside those of the same pretraining from
-    other seeds, on the study's chips and images, then on more chips at the rates the issue asks
-    the collapse at: the issue's collapse criterion judges one model, on ten chips here."""
-    others, more_chips = pretrain_seed_tables(out), collapse_tables(out)
+    other seeds, and of the study's pretraining run for longer, on the study's chips and images,
+    then on more chips at the rates the issue asks the collapse at: the issue's collapse criterion
+    judges one model, on ten chips here."""
+    others, more_chips = other_pretrained_tables(out), collapse_tables(out)
     own_chips = load_table(out / f"baseline-{others[0][1]['profile']}") if others else None  # the study's model, its chips
     study = own_chips or (more_chips[0][1] if more_chips else None)
     if not study:
         return []
-    own = _config(out / "pretrain") or {}
+    epochs = (_config(out / "pretrain") or {}).get("epochs", "?")
     manifest = load(out / "manifest.json") or {"steps": {}}
+    longer = any(run.startswith(study_folders.PRETRAIN_LENGTH) for run, _ in [*others, *more_chips])
     md = ["## How far the baseline's collapse moves from one pretrained model to the next", "",
           f"The study's pretrained model and, where there are others, its pretraining run again from other seeds (same data, "
-          f"recipe and length: {own.get('epochs', '?')} epochs); each model alone, no retraining, on the same chips and "
-          f"{study['val_images']} images (`{study['target']}`). "
+          f"recipe and length: {epochs} epochs)"
+          + (" or for longer (same data, recipe and seed; the learning-rate schedule spans the longer run)" if longer else "")
+          + f"; each model alone, no retraining, on the same chips and {study['val_images']} images (`{study['target']}`). "
           "The issue's collapse (55-70 % at 0.005, < 35 % at 0.01) is asked of one pretrained model; these rows say "
-          "how much of it belongs to that model, and how much to the chips drawn.", ""]  # fmt: skip
+          "how much of it belongs to that model, and how much to the chips drawn"
+          + (", and whether it deepens as the pretraining lengthens towards the paper's (its model: 92.53 %)." if longer else "."), ""]  # fmt: skip
     if own_chips:
-        rows = [("pretrain", own_chips), *((study_folders.pretrain_seed(seed), t) for seed, t in others)]
-        md += [f"On the study's {study['chips']} chips per rate:", "", *_collapse_rows(out, rows, with_mean=True), ""]
+        rows = [("pretrain", own_chips), *others]
+        md += [f"On the study's {study['chips']} chips per rate:", "", *_collapse_rows(out, rows, epochs), ""]
     for chips in sorted({t["chips"] for _, t in more_chips}):
         rows = [(run, t) for run, t in more_chips if t["chips"] == chips]
         md += [f"On {chips} chips per rate (`--only collapse --collapse-chips {chips}`; the same chip seed, so they begin "
                f"with the study's {study['chips']}), at the rates the issue asks the collapse at:", "",
-               *_collapse_rows(out, rows, with_mean=len(rows) > 1), ""]  # fmt: skip
+               *_collapse_rows(out, rows, epochs), ""]  # fmt: skip
     steps = manifest["steps"]
-    names = sorted(n for n in steps if n.startswith(study_folders.PRETRAIN_SEED) or n.startswith(study_folders.COLLAPSE))
+    prefixes = (study_folders.PRETRAIN_SEED, study_folders.PRETRAIN_LENGTH, study_folders.COLLAPSE)
+    names = sorted(n for n in steps if n.startswith(prefixes))
     stopped = [n for n in names if steps[n].get("returncode") == 130]
     return md + [*commands_md(manifest, names), "",
                  *([f"Stopped before it finished (exit 130), and resumed by the same command: {', '.join(stopped)}.", ""] if stopped else [])]
@@ -800,25 +816,33 @@ def study_collapse(out: Path) -> dict | None:
     return max(own, key=lambda t: t["chips"]) if own else None
 
 
-def _model_name(out: Path, run: str) -> str:
-    """A pretrained model's row name: its seed, and whether every grid of the page retrains it."""
-    seed = (_config(out / run) or {}).get("seed", "?")
-    return f"seed {seed}: the study's (every grid on this page retrains it)" if run == "pretrain" else f"seed {seed}"
+def _model_name(out: Path, run: str, study_epochs) -> str:
+    """A pretrained model's row name: its seed, its length where it is not the study's, and
+    whether every grid of the page retrains it."""
+    config = _config(out / run) or {}
+    name = f"seed {config.get('seed', '?')}"
+    if config.get("epochs", study_epochs) != study_epochs:
+        name += f", {config['epochs']} epochs"
+    return f"{name}: the study's (every grid on this page retrains it)" if run == "pretrain" else name
 
 
-def _collapse_rows(out: Path, rows: list[tuple[str, dict]], with_mean: bool) -> list[str]:
+def _collapse_rows(out: Path, rows: list[tuple[str, dict]], study_epochs) -> list[str]:
     """One row per (pretrained model's run folder, its baseline table): where it trained, its
-    baseline at every rate of the table, and whether it collapses as the issue asks."""
+    baseline at every rate of the table, and whether it collapses as the issue asks; then, where
+    there are several, the mean of the models pretrained as long as the study's (a longer one
+    is another model, not another draw of it)."""
     rates = rows[0][1]["test_rates"]
     md = ["| pretrained model | trained on | " + " | ".join(f"P={r}" for r in rates) + " | collapse as asked |",
           "|" + "---|" * (len(rates) + 3)]  # fmt: skip
     for run, table in rows:
         base = table["rows"][0]
-        md.append(f"| {_model_name(out, run)} | {(_config(out / run) or {}).get('device', '?')} | "
+        md.append(f"| {_model_name(out, run, study_epochs)} | {(_config(out / run) or {}).get('device', '?')} | "
                   + " | ".join(fmt(base["acc_defect"][r]) + _ci_half(base, r) for r in rates) + f" | {_collapse_verdict(base)} |")  # fmt: skip
-    if with_mean:
-        means = {r: sum(t["rows"][0]["acc_defect"][r] for _, t in rows) / len(rows) for r in rates}
-        md.append(f"| mean of the {len(rows)} models | – | " + " | ".join(fmt(means[r]) for r in rates) + " | – |")
+    alike = [t for run, t in rows if (_config(out / run) or {}).get("epochs", study_epochs) == study_epochs]
+    if len(alike) > 1:
+        means = {r: sum(t["rows"][0]["acc_defect"][r] for t in alike) / len(alike) for r in rates}
+        of = f"the {len(alike)} models" + (f" pretrained for {study_epochs} epochs" if len(alike) < len(rows) else "")
+        md.append(f"| mean of {of} | – | " + " | ".join(fmt(means[r]) for r in rates) + " | – |")
     return md
 
 

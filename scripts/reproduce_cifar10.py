@@ -79,7 +79,7 @@ import study_folders  # beside this script: the grid folders' names, shared with
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
             "blocks-each", "equalized", "inverted", "retrain-lr", "weight-clip", "clean-steps-clip", "pruned-clean-steps-clip",
-            "pretrain-seeds", "collapse")
+            "pretrain-seeds", "pretrain-lengths", "collapse")
 #: Profiles whose baseline collapse is compared: BatchNorm in the periphery (the paper's fault
 #: model), folded into the cells, and the paper's cells programmed down from g_on.
 BASELINE_PROFILES = ("chen2015", "chen2015-folded", "chen2015-inverted")
@@ -276,10 +276,11 @@ def baseline_argv(args, pretrained: Path, out: Path, profile: str | None = None,
             "--methods", "progressive", "--train-rates", "0.05", "--out", str(out)]  # fmt: skip
 
 
-def pretrain_argv(args, out: Path, seed: int | None = None) -> list[str]:
-    """The study's pretraining into ``out``, from the profile's training seed or ``seed``."""
+def pretrain_argv(args, out: Path, seed: int | None = None, epochs: int | None = None) -> list[str]:
+    """The study's pretraining into ``out``, from the profile's training seed or ``seed``, for
+    --pretrain-epochs or ``epochs``."""
     return ["train", "--profile", args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
-            *(["--model", args.model] if args.model else []), "--method", "pretrain", "--epochs", str(args.pretrain_epochs),
+            *(["--model", args.model] if args.model else []), "--method", "pretrain", "--epochs", str(epochs or args.pretrain_epochs),
             "--lr", str(args.lr), *(["--seed", str(seed)] if seed is not None else []), "--out", str(out), "--resume"]  # fmt: skip
 
 
@@ -302,15 +303,34 @@ def pretrain_seed_step(args, seed: int) -> tuple[str, list[str], Path]:
     return study_folders.pretrain_seed(seed), pretrain_argv(args, model.parent, seed), model
 
 
+def pretrain_length_steps(args) -> list[tuple]:
+    """Pretrain as the study did (same data, recipe and seed) for each of --pretrain-lengths
+    epochs, and measure each model's baseline on the study's chips and images: the paper's
+    baseline is a model trained far longer than the study's, and this says whether the collapse
+    deepens with the length of pretraining."""
+    steps = []
+    for epochs in parse_counts(args.pretrain_lengths):
+        name, argv, model = pretrain_length_step(args, epochs)
+        steps += [(name, argv, model), (study_folders.pretrain_length_baseline(epochs),
+                                        baseline_argv(args, model, args.out / study_folders.pretrain_length_baseline(epochs)))]  # fmt: skip
+    return steps
+
+
+def pretrain_length_step(args, epochs: int) -> tuple[str, list[str], Path]:
+    """The study's pretraining for ``epochs`` epochs into pretrain-length-E (skipped once its model is done)."""
+    model = args.out / study_folders.pretrain_length(epochs) / "model.pt"
+    return study_folders.pretrain_length(epochs), pretrain_argv(args, model.parent, epochs=epochs), model
+
+
 #: The test rates the collapse branch measures: clean, and the two the issue asks the collapse at.
 COLLAPSE_RATES = "0,0.005,0.01"
 
 
 def collapse_steps(args, pretrained: Path) -> list[tuple]:
-    """The baseline of the study's pretrained model, and of each --pretrain-seeds one (its
-    pretraining first, skipped when done), on --collapse-chips chips at COLLAPSE_RATES: ten chips
-    leave a baseline's mean at P = 0.01 uncertain by about ±5 to ±9 points, too loose to say
-    which side of the issue's 35 % a model falls."""
+    """The baseline of the study's pretrained model, and of each --pretrain-seeds and
+    --pretrain-lengths one (its pretraining first, skipped when done), on --collapse-chips chips
+    at COLLAPSE_RATES: ten chips leave a baseline's mean at P = 0.01 uncertain by about ±5 to ±9
+    points, too loose to say which side of the issue's 35 % a model falls."""
     folder = args.out / study_folders.collapse(args.collapse_chips)
 
     def measure(model: Path) -> tuple[str, list[str]]:
@@ -318,8 +338,9 @@ def collapse_steps(args, pretrained: Path) -> list[tuple]:
                                                                    chips=args.collapse_chips, test_rates=COLLAPSE_RATES)  # fmt: skip
 
     steps = [measure(pretrained)]
-    for seed in parse_seeds(args.pretrain_seeds):
-        name, argv, model = pretrain_seed_step(args, seed)
+    others = [pretrain_seed_step(args, seed) for seed in parse_seeds(args.pretrain_seeds)]
+    others += [pretrain_length_step(args, epochs) for epochs in parse_counts(args.pretrain_lengths)]
+    for name, argv, model in others:
         steps += [(name, argv, model), measure(model)]
     return steps
 
@@ -330,6 +351,14 @@ def parse_seeds(text: str) -> list[int]:
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(text)
     return seeds
+
+
+def parse_counts(text: str) -> list[int]:
+    """`60,90` -> [60, 90], `` -> []; ValueError on anything but distinct positive integers."""
+    counts = parse_seeds(text) if text else []
+    if 0 in counts:
+        raise ValueError(text)
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -384,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "every rate of the list) into FOLDER-progressive-each; default split: the rates share --epochs")
     ap.add_argument("--pretrain-seeds", default="1",
                     help="comma-separated seeds the pretrain-seeds branch pretrains again from, each into pretrain-seed-N")
+    ap.add_argument("--pretrain-lengths", default="",
+                    help="comma-separated epoch counts the pretrain-lengths branch pretrains again for (the study's seed), "
+                    "each into pretrain-length-E; the collapse branch measures these models too")
     ap.add_argument("--collapse-chips", type=int, default=100,
                     help="chips per rate of the collapse branch's baselines (into collapse-chips-N; the paper's: 100)")
     ap.add_argument("--reuse", type=Path, default=None,
@@ -412,6 +444,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parse_seeds(args.pretrain_seeds)
     except ValueError:
         ap.error(f"--pretrain-seeds: expected distinct non-negative integers separated by commas, got {args.pretrain_seeds!r}")
+    try:
+        parse_counts(args.pretrain_lengths)
+    except ValueError:
+        ap.error(f"--pretrain-lengths: expected distinct positive epoch counts separated by commas, got {args.pretrain_lengths!r}")
+    if args.only and "pretrain-lengths" in args.only.split(",") and not args.pretrain_lengths:
+        ap.error("--only pretrain-lengths: expected --pretrain-lengths (the epoch counts to pretrain for, e.g. 60)")
     if args.collapse_chips < 2:
         ap.error(f"--collapse-chips: expected at least 2 chips (a confidence interval needs two), got {args.collapse_chips}")
     if not 0 < args.clean_steps < 1:
@@ -480,6 +518,7 @@ def main() -> int:
         "clean-steps-clip": [sweep_step("clean-steps-clip")],
         "pruned-clean-steps-clip": [prune, sweep_step("pruned-clean-steps-clip")],
         "pretrain-seeds": pretrain_seed_steps(args),
+        "pretrain-lengths": pretrain_length_steps(args),
         "collapse": collapse_steps(args, pre),
     }  # fmt: skip
     assert tuple(branches) == BRANCHES

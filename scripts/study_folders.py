@@ -24,6 +24,10 @@ PRUNED = "pruned-"
 PRETRAIN_SEED = "pretrain-seed-"
 PRETRAIN_SEED_BASELINE = "-baseline"
 
+#: What --pretrain-lengths E names the model pretrained as the study's (same seed), for E epochs;
+#: its baseline sweep's folder adds PRETRAIN_SEED_BASELINE too.
+PRETRAIN_LENGTH = "pretrain-length-"
+
 #: Where the collapse branch measures each pretrained model's baseline on more chips: under
 #: COLLAPSE + chips, one folder per model, named as the model's run folder.
 COLLAPSE = "collapse-chips-"
@@ -39,6 +43,7 @@ TRAIN_SEED_GLOB = f"*{TRAIN_SEED}*"
 EPOCHS_GLOB = f"*{EPOCHS}*"
 BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
 PRETRAIN_SEED_BASELINE_GLOB = f"{PRETRAIN_SEED}*{PRETRAIN_SEED_BASELINE}"
+PRETRAIN_LENGTH_BASELINE_GLOB = f"{PRETRAIN_LENGTH}*{PRETRAIN_SEED_BASELINE}"
 
 
 def option_of(command: str, name: str) -> str | None:
@@ -72,6 +77,16 @@ def pretrain_seed_baseline(seed: int) -> str:
 def seed_of_pretrain_baseline(folder: str) -> int:
     """`pretrain-seed-N-baseline` -> N."""
     return int(folder.removeprefix(PRETRAIN_SEED).removesuffix(PRETRAIN_SEED_BASELINE))
+
+
+def pretrain_length(epochs: int) -> str:
+    """`pretrain-length-E`: the run folder of the model pretrained as the study's, for ``epochs`` epochs."""
+    return f"{PRETRAIN_LENGTH}{epochs}"
+
+
+def pretrain_length_baseline(epochs: int) -> str:
+    """`pretrain-length-E-baseline`: the sweep folder of that model's baseline (no retraining)."""
+    return pretrain_length(epochs) + PRETRAIN_SEED_BASELINE
 
 
 def collapse(chips: int) -> str:

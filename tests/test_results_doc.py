@@ -447,7 +447,7 @@ def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tm
     run, kept = tmp_path / "run", tmp_path / "archived"
     for path in ("pretrain/model.pt", "pretrain/resume.pt", "pruned70/model.pt", "dense/runs/one-shot-0.05/model.pt",
                  "dense/runs/one-shot-0.05/resume.pt", "pretrain-eq/model.pt", "signoff/progressive-0.05.onnx",
-                 "pretrain-seed-1/model.pt", "pretrain-seed-1/resume.pt"):
+                 "pretrain-seed-1/model.pt", "pretrain-seed-1/resume.pt", "pretrain-length-60/model.pt"):
         (run / path).parent.mkdir(parents=True, exist_ok=True)
         (run / path).write_bytes(b"weights")
     (run / "dense" / "runs" / "one-shot-0.05" / "log.jsonl").write_text("{}\n")
@@ -464,7 +464,7 @@ def test_the_archive_keeps_the_fault_free_starting_models_and_nothing_heavier(tm
     files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
     assert [f for f in files if not f.startswith("pretrain-seed-")] == [
         "collapse-chips-100/pretrain/results/baseline.json", "collapse-chips-100/pretrain/table.json",
-        "dense/runs/one-shot-0.05/log.jsonl", "manifest.json", "pretrain/model.pt", "pruned70/model.pt"]
+        "dense/runs/one-shot-0.05/log.jsonl", "manifest.json", "pretrain-length-60/model.pt", "pretrain/model.pt", "pruned70/model.pt"]
     assert "pretrain-seed-1/model.pt" in files and "pretrain-seed-2/model.pt" not in files and "pretrain-seed-2/log.jsonl" in files
 
 
@@ -499,14 +499,12 @@ def test_archiving_a_study_restored_from_its_archive_keeps_the_archives_earlier_
     assert archive.merge_manifests(merged, tail)["_invocations"] == [*merged["_invocations"], "python reproduce --only seeds"]
 
 
-
 def test_every_commands_block_of_the_results_pages_names_its_commands():
     """A figure without the command that made it is not published: no section's "Commands:" is empty."""
     for page in PAGES:
         lines = (ROOT / "docs" / page).read_text().splitlines()
         empty = [i + 1 for i, line in enumerate(lines) if line == "Commands:" and not lines[i + 2].startswith("    ")]
         assert not empty, f"docs/{page}: empty Commands: blocks at lines {empty}"
-
 
 
 def test_reusing_a_folder_without_a_pretrained_model_is_refused_before_anything_runs(tmp_path):
@@ -815,6 +813,10 @@ def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only
     again = names.pretrain_seed_baseline(4)
     assert names.seed_of_pretrain_baseline(again) == 4 and fnmatch(again, names.PRETRAIN_SEED_BASELINE_GLOB)
     assert not any(fnmatch(again, p) for p in (*named.values(), names.TRAIN_SEED_GLOB, "baseline-*")), "not a baseline of a target"
+    longer = names.pretrain_length_baseline(60)
+    assert fnmatch(longer, names.PRETRAIN_LENGTH_BASELINE_GLOB) and not fnmatch(again, names.PRETRAIN_LENGTH_BASELINE_GLOB)
+    others = (*named.values(), names.TRAIN_SEED_GLOB, names.EPOCHS_GLOB, names.BLOCKS_EACH_GLOB, names.PRETRAIN_SEED_BASELINE_GLOB, "baseline-*")
+    assert not any(fnmatch(f, p) for f in (longer, names.pretrain_length(60)) for p in others), "no grid's pattern, nor the seeds'"
 
 
 def test_a_step_two_branches_share_runs_once(tmp_path, monkeypatch):
@@ -1021,6 +1023,33 @@ def test_the_pretraining_again_from_other_seeds_pretrains_each_seed_and_measures
             reproduce.parse_args(["--pretrain-seeds", bad])
 
 
+def test_the_pretraining_for_longer_pretrains_the_studys_seed_for_each_length_and_measures_its_baseline(tmp_path):
+    """pretrain-lengths: the study's pretraining command, --epochs E instead of --pretrain-epochs,
+    into pretrain-length-E, then its baseline as the seeds' are measured; the collapse branch
+    measures these models too, after the seeds'."""
+    reproduce = _script("reproduce_cifar10")
+    options = ["--out", str(tmp_path), "--chips", "4", "--max-images", "300", "--pretrain-epochs", "7", "--pretrain-seeds", "1"]
+    args = reproduce.parse_args([*options, "--only", "pretrain-lengths", "--pretrain-lengths", "14,21"])
+    steps = reproduce.pretrain_length_steps(args)
+    assert [s[0] for s in steps] == ["pretrain-length-14", "pretrain-length-14-baseline", "pretrain-length-21", "pretrain-length-21-baseline"]
+    study = reproduce.pretrain_argv(args, tmp_path / "pretrain")
+    name, argv, done = steps[0]
+    assert done == tmp_path / "pretrain-length-14" / "model.pt" and "--seed" not in argv
+    assert argv == [w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study[:study.index("--epochs") + 1]] + [
+        "14", *[w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study[study.index("--epochs") + 2:]]]
+    seed_baseline = reproduce.pretrain_seed_steps(args)[1][1]
+    assert steps[1][1] == [w.replace("pretrain-seed-1", "pretrain-length-14") for w in seed_baseline]
+    collapse = reproduce.collapse_steps(args, tmp_path / "pretrain" / "model.pt")
+    assert [s[0] for s in collapse] == ["collapse-chips-100:pretrain", "pretrain-seed-1", "collapse-chips-100:pretrain-seed-1",
+                                        "pretrain-length-14", "collapse-chips-100:pretrain-length-14",
+                                        "pretrain-length-21", "collapse-chips-100:pretrain-length-21"]  # fmt: skip
+    assert [s[0] for s in reproduce.collapse_steps(reproduce.parse_args(options), tmp_path / "pretrain" / "model.pt")] == [
+        "collapse-chips-100:pretrain", "pretrain-seed-1", "collapse-chips-100:pretrain-seed-1"], "no lengths unless asked"
+    for bad in (["--pretrain-lengths", "0"], ["--pretrain-lengths", "60,60"], ["--only", "pretrain-lengths"]):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(bad)
+
+
 def test_other_pretrained_models_baselines_sit_beside_the_studys_with_their_collapse_verdict(tmp_path):
     render, names = _script("render_results"), _script("study_folders")
     archived = ROOT / "docs/results/c10c"
@@ -1042,6 +1071,30 @@ def test_other_pretrained_models_baselines_sit_beside_the_studys_with_their_coll
     assert rows["seed 2"].endswith("| yes |") and "| 60.00 ±" in rows["seed 2"] and "| 30.00 ±" in rows["seed 2"]
     mean = rows["mean of the 2 models"].split(" | ")
     assert mean[4:6] == [f"{(65.67 + 60) / 2:.2f}", f"{(43.89 + 30) / 2:.2f}"], mean
+
+
+def test_a_longer_pretrainings_baseline_follows_the_seeds_and_stays_out_of_their_mean(tmp_path):
+    """A model pretrained for longer is another model, not another draw of the study's: its row
+    names its length and comes after the seeds', and the mean is of the models as long as the study's."""
+    render, names = _script("render_results"), _script("study_folders")
+    archived = ROOT / "docs/results/c10c"
+    table = json.loads((archived / "baseline-chen2015" / "table.json").read_text())
+    for folder, config, at_001 in (("pretrain", {"seed": 0, "epochs": 30}, None), (names.pretrain_seed(1), {"seed": 1, "epochs": 30}, 41.0),
+                                   (names.pretrain_length(60), {"seed": 0, "epochs": 60}, 20.0)):  # fmt: skip
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump({**config, "device": "cpu"}))
+        sweep = "baseline-chen2015" if folder == "pretrain" else folder + names.PRETRAIN_SEED_BASELINE
+        (tmp_path / sweep).mkdir()
+        row = {**table["rows"][0], "acc_defect": {**table["rows"][0]["acc_defect"], **({"0.01": at_001} if at_001 else {})}}
+        (tmp_path / sweep / "table.json").write_text(json.dumps({**table, "rows": [row]}))
+    md = render.pretrain_seeds_md(tmp_path)
+    rows = [line.split(" | ")[0].lstrip("| ") for line in md if line.startswith("| ") and "---" not in line and "pretrained model" not in line]
+    assert rows == ["seed 0: the study's (every grid on this page retrains it)", "seed 1", "seed 0, 60 epochs",
+                    "mean of the 2 models pretrained for 30 epochs"]  # fmt: skip
+    mean = next(line for line in md if line.startswith("| mean")).split(" | ")
+    assert mean[5] == f"{(43.89 + 41.0) / 2:.2f}", mean
+    assert "or for longer" in md[2]
+    assert [run for run, _ in render.other_pretrained_tables(tmp_path)] == [names.pretrain_seed(1), names.pretrain_length(60)]
 
 
 def test_the_study_runs_one_retraining_at_a_time_on_the_cpu_unless_told_otherwise(tmp_path):
