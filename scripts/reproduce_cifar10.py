@@ -469,6 +469,8 @@ def default_jobs(device: str) -> int:
 
 def main() -> int:
     args = parse_args()
+    if args.reuse:
+        restore_own_manifest(args.reuse, args.out)
     run = Runner(args.out)
     # SIGTERM (a deadline, a scheduler, kill) stops the running steps cleanly and starts no more;
     # the manifest and RESULTS still get written.
@@ -596,6 +598,19 @@ def reuse_fault_free_models(run: "Runner", source: Path) -> None:
         dst = run.out / results.parent.name / "results"
         if not dst.exists():
             shutil.copytree(results, dst)
+
+
+def restore_own_manifest(source: Path, out: Path) -> None:
+    """A study restored from its own archive into a folder without a manifest takes the archive's:
+    its record (each step's command, the invocations) goes on there, and the pages rendered from
+    the folder name the commands of the figures made before, not only of those made now."""
+    manifest = source / "manifest.json"
+    if (out / "manifest.json").is_file() or not manifest.is_file():
+        return
+    if made_in(json.loads(manifest.read_text())["steps"].get("pretrain") or {}, out / "pretrain"):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(manifest, out / "manifest.json")
+        print(f"[reproduce] --reuse: {source} is this study's own archive; its manifest goes on in {out}", flush=True)
 
 
 def made_in(step: dict, folder: Path) -> bool:

@@ -168,6 +168,30 @@ def test_a_study_restored_from_its_own_archive_keeps_its_steps_as_made_there(tmp
     assert reproduce.made_in(relative, study / "pretrain"), "typed relative, compared as the same folder"
 
 
+def test_a_study_restored_from_its_own_archive_goes_on_with_the_archives_manifest(tmp_path):
+    """Restored into an empty folder, the study keeps the archive's record (every step, every
+    invocation); from another study's archive, or into a folder with a manifest, it does not."""
+    reproduce = _script("reproduce_cifar10")
+    archive, study = tmp_path / "archive", tmp_path / "study"
+    steps = {"pretrain": {"command": f"ftdeploy train --out {study / 'pretrain'}", "returncode": 0},
+             "baseline-chen2015": {"command": "ftdeploy sweep --out base", "returncode": 0},
+             "_invocations": ["python reproduce --only baselines"], "_environments": [{"device": "CPU"}]}
+    archive.mkdir()
+    (archive / "manifest.json").write_text(json.dumps({"steps": steps}))
+    reproduce.restore_own_manifest(archive, tmp_path / "other")  # another study's archive: nothing to go on with
+    assert not (tmp_path / "other" / "manifest.json").exists()
+    reproduce.restore_own_manifest(archive, study)
+    run = reproduce.Runner(study)
+    run.append("_invocations", "python reproduce --only collapse")
+    run.record("collapse-chips-100:pretrain", {"command": "ftdeploy sweep --out c", "returncode": 0})
+    kept = json.loads((study / "manifest.json").read_text())["steps"]
+    assert kept["baseline-chen2015"] == steps["baseline-chen2015"] and "collapse-chips-100:pretrain" in kept
+    assert kept["_invocations"] == ["python reproduce --only baselines", "python reproduce --only collapse"]
+    (study / "manifest.json").write_text(json.dumps({"steps": {}}))
+    reproduce.restore_own_manifest(archive, study)
+    assert json.loads((study / "manifest.json").read_text()) == {"steps": {}}, "a folder's own manifest is never replaced"
+
+
 def test_the_parts_of_a_grid_each_keep_their_command_line():
     render = _script("render_results")
     steps = {"sweep-dense": {"command": "ftdeploy sweep --train-rates 0.05", "returncode": 0, "seconds": 10.0},
