@@ -14,9 +14,11 @@ import typer
 from . import __version__
 from .errors import ConfigError, FtdeployError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Markdown: a command's docstring wraps to the terminal as one paragraph, not at the line breaks
+# of its source (rich mode keeps those, leaving ragged half-lines in every --help).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
                   help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
-profile_app = typer.Typer(no_args_is_help=True, help="List, show and validate deployment profiles.")
+profile_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="List, show and validate deployment profiles.")
 app.add_typer(profile_app, name="profile")
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]

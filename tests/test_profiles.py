@@ -414,6 +414,17 @@ def test_models_command():
     assert "democnn" not in names and "resnet56" in names
 
 
+def test_help_wraps_each_command_summary_as_one_paragraph():
+    """A docstring's source line breaks do not reach --help: on a wide terminal each command's
+    summary is one line (rich markup mode broke `equalize` and `export` mid-sentence)."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    summaries = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    for command, start, end in (("equalize", "Equalize channel ranges", "sweep --from and export."),
+                                ("export", "Export a checkpoint to ONNX", "everything else in metadata.")):
+        assert start in summaries[command] and end in summaries[command], result.output
+
+
 def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
     """main() as the console script runs it: returning normally is exit status 0."""
     monkeypatch.setattr(sys, "argv", ["ftdeploy", *argv])
