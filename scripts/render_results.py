@@ -195,10 +195,16 @@ def recipe_variant_md(title: str, why: str, table: dict | None, dense: dict | No
     return beside_table_i_md(title, intro, table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"])
 
 
+def _grid_folders(out: Path, pattern: str) -> list[str]:
+    """The tabulated grid folders matching ``pattern`` that retrain the study's own pretrained
+    model: one retrained from another (`FOLDER-from-RUN`) has its own section, whatever else it varies."""
+    return [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and study_folders.RETRAINED_FROM not in p.name]
+
+
 def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
     ascending ``settings`` of their table, the first deciding."""
-    folders = [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and not study_folders.is_variant(p.name)]
+    folders = [f for f in _grid_folders(out, pattern) if not study_folders.is_variant(f)]
     def key(folder: str) -> tuple[float, ...]:
         table = load_table(out / folder) or {}
         return tuple(float(table.get(setting) or 0) for setting in settings)
@@ -207,7 +213,7 @@ def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
 
 def train_seed_folders(out: Path) -> list[str]:
     """The grids retrained from another training seed (`FOLDER-train-seed-N`), by folder, then seed."""
-    return sorted((p.name for p in out.glob(study_folders.TRAIN_SEED_GLOB) if (p / "table.json").is_file()), key=split_train_seed)
+    return sorted(_grid_folders(out, study_folders.TRAIN_SEED_GLOB), key=split_train_seed)
 
 
 def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -227,13 +233,46 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
+def retrained_from_folders(out: Path) -> list[str]:
+    """The grids retrained from another pretrained model of the study (`FOLDER-from-RUN`:
+    reproduce_cifar10.py --retrain-from RUN), by folder."""
+    return sorted(p.name for p in out.glob(study_folders.RETRAINED_FROM_GLOB) if (p / "table.json").is_file())
+
+
+def retrained_from_md(out: Path, folder: str, table: dict | None, manifest: dict) -> list[str]:
+    """The section of a grid retrained from another pretrained model of the study (say, one
+    pretrained for longer, whose baseline collapses as the issue asks): its rows, that model's own
+    baseline first, beside the same grid retrained from the study's model, and the issue's criteria
+    on that model's own Acc_pretrain, baseline and, where measured, its collapse on more chips."""
+    table = table or {}
+    if not table.get("rows") or all(r["method"] == "baseline" for r in table["rows"]):
+        return []
+    grid, run = study_folders.split_retrained_from(folder)
+    same = load_table(out / grid)
+    collapse = study_collapse(out, run)
+    name = _model_name(out, run, (_config(out / "pretrain") or {}).get("epochs", "?"))
+    mark = "from the study's model"
+    rows = [*table["rows"], *_marked(same, mark, _retrained_keys(table) | {("baseline", None)})]
+    intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), {table['epochs']} epochs per model, retrained "
+             f"from another pretrained model of the study, {name} (`{run}`, Acc_pretrain {fmt(table['acc_pretrain'])} %), "
+             f"instead of the study's own"
+             + (f" (Acc_pretrain {fmt(same['acc_pretrain'])} %), whose rows of the same grid are marked \"{mark}\"" if same else "")
+             + ". Same data, learning rate, chips and images; the baseline row is that model untrained. The issue's "
+             "criteria are checked on that model's own Acc_pretrain and baseline"
+             + (f", the collapse also on {collapse['chips']} chips per rate (section \"How far the baseline's collapse "
+                "moves from one pretrained model to the next\")" if collapse else "") + ".")  # fmt: skip
+    return [f"## The `{grid}` grid retrained from another pretrained model: {name} (`--retrain-from {run}`)", "", intro, "",
+            *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table, collapse=collapse), "",
+            *operating_points(table), "", *commands_md(manifest, [run, f"sweep-{folder}", f"eval-{folder}"]), ""]  # fmt: skip
+
+
 def blocks_each_folders(out: Path, pruned: bool = False) -> list[str]:
     """The dense grids retrained with progressive as Algorithm 1 (`FOLDER-progressive-each`:
     reproduce_cifar10.py --progressive-blocks each), by folder; the plain grid's own
     (`progressive-each`, the blocks-each branch) has its section apart. ``pruned``: the pruned
     model's such grids instead, which the pruned sections list."""
-    return sorted(p.name for p in out.glob(study_folders.BLOCKS_EACH_GLOB)
-                  if (p / "table.json").is_file() and TRAIN_SEED not in p.name and p.name.startswith(study_folders.PRUNED) == pruned)
+    return sorted(f for f in _grid_folders(out, study_folders.BLOCKS_EACH_GLOB)
+                  if TRAIN_SEED not in f and f.startswith(study_folders.PRUNED) == pruned)
 
 
 def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -259,8 +298,8 @@ def epochs_variant_folders(out: Path, pruned: bool = False) -> list[str]:
     """The dense grids retrained for another length (`FOLDER-epochs-N`: reproduce_cifar10.py
     --epochs-in-folder), by folder, then length; those from another seed have the seed's section.
     ``pruned``: the pruned model's such grids instead, which follow the pruned sections."""
-    return sorted((p.name for p in out.glob(study_folders.EPOCHS_GLOB) if (p / "table.json").is_file() and TRAIN_SEED not in p.name
-                   and p.name.startswith(study_folders.PRUNED) == pruned), key=study_folders.split_epochs)  # fmt: skip
+    return sorted((f for f in _grid_folders(out, study_folders.EPOCHS_GLOB) if TRAIN_SEED not in f
+                   and f.startswith(study_folders.PRUNED) == pruned), key=study_folders.split_epochs)  # fmt: skip
 
 
 def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: dict | None, dense: dict | None,
@@ -348,7 +387,8 @@ def _title(section: list[str]) -> str:
 
 
 def headline_md(folder: str, table: dict, section_title: str, pruned: dict | None = None,
-                controls: list[list[str]] = (), pruned_controls: list[list[str]] = (), collapse: dict | None = None) -> list[str]:  # fmt: skip
+                controls: list[list[str]] = (), pruned_controls: list[list[str]] = (), collapse: dict | None = None,
+                other_models: list[list[str]] = ()) -> list[str]:  # fmt: skip
     """The grid a page leads with (``--headline FOLDER``): its own rows and issue 3's criteria
     ahead of Table I, so a reader meets first the recipe that answers the issue rather than the
     plain one Table I keeps for comparison; the section it repeats has its comparisons and commands.
@@ -357,7 +397,9 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
     sections that retrain its recipe for another length, whose progressive-against-one-shot
     verdicts follow its own (Algorithm 1 gives progressive more epochs than one-shot; one-shot
     trained as long says what they buy); ``pruned_controls``: the pruned model's such sections;
-    ``collapse``: the pretrained model's baseline on more chips, checked beside the table's own."""
+    ``collapse``: the pretrained model's baseline on more chips, checked beside the table's own;
+    ``other_models``: the sections of its recipe retrained from another pretrained model of the
+    study, whose criteria (on that model's own baseline) follow."""
     blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
               if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
     rows = [*table["rows"], *_pruned_rows(pruned)]
@@ -372,7 +414,8 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
             f"with, and gives the commands that made them.{also}", "",
             *table_md({**table, "rows": rows}, with_ci=True), "", *criteria(table, collapse=collapse), "",
             *(line for section in controls for line in _control_md(section)),
-            *(line for section in pruned_controls for line in _control_md(section, "The pruned model's one-shot", "pruned progressive"))]  # fmt: skip
+            *(line for section in pruned_controls for line in _control_md(section, "The pruned model's one-shot", "pruned progressive")),
+            *(line for section in other_models for line in _other_model_md(section))]  # fmt: skip
 
 
 def _control_md(section: list[str], who: str = "One-shot", against: str = "progressive") -> list[str]:
@@ -381,6 +424,14 @@ def _control_md(section: list[str], who: str = "One-shot", against: str = "progr
     verdicts = [line for line in section if line.startswith("| P^T=") and "progressive ≥ one-shot" in line]
     return [f"{who} trained as long as progressive (section \"{_title(section)}\"), against the {against} rows above:", "",
             "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []
+
+
+def _other_model_md(section: list[str]) -> list[str]:
+    """The issue's criteria of a grid retrained from another pretrained model
+    (:func:`retrained_from_md`), quoted under the headline's own."""
+    verdicts = [line for line in section if line.startswith("| ") and line.endswith(("| met |", "| NOT met |"))]
+    return [f"The same recipe retrained from another pretrained model (section \"{_title(section)}\"), checked on that "
+            "model's own Acc_pretrain and baseline:", "", "| criterion | ours | |", "|---|---|---|", *verdicts, ""] if verdicts else []
 
 
 def _pruned_rows(pruned: dict | None) -> list[dict]:
@@ -810,9 +861,10 @@ def pretrain_seeds_md(out: Path) -> list[str]:
                  *([f"Stopped before it finished (exit 130), and resumed by the same command: {', '.join(stopped)}.", ""] if stopped else [])]
 
 
-def study_collapse(out: Path) -> dict | None:
-    """The study's own pretrained model's baseline on the most chips the collapse branch used."""
-    own = [t for run, t in collapse_tables(out) if run == "pretrain"]
+def study_collapse(out: Path, run: str = "pretrain") -> dict | None:
+    """The baseline of the study's own pretrained model (or of its model ``run``) on the most chips
+    the collapse branch used."""
+    own = [t for model, t in collapse_tables(out) if model == run]
     return max(own, key=lambda t: t["chips"]) if own else None
 
 
@@ -1132,6 +1184,9 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     for folder in seed_folders:
         base = load_table(out / split_train_seed(folder)[0])
         md += _kept(sections, folder, train_seed_md(folder, load_table(out / folder), base, dense, manifest))
+    from_folders = retrained_from_folders(out)
+    for folder in from_folders:
+        md += _kept(sections, folder, retrained_from_md(out, folder, load_table(out / folder), manifest))
     if equalized:
         md += equalized_md(equalized, dense, manifest)
     if inverted:
@@ -1153,7 +1208,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     md += pretrain_seeds_md(out)
     md += warmup_md(out)
     curves = curves_md(out, ["dense", "dense-long", "unbiased", *clean_folders, "progressive-each", *lr_folders, *clip_folders, *clean_clip_folders,
-                             *each_folders, *epochs_folders, *seed_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders, *pruned_epochs_folders])  # fmt: skip
+                             *each_folders, *epochs_folders, *seed_folders, *from_folders, "equalized", "inverted", "dense-no-rate-warmup", "distill", *bn_folders, "ablation-stuck-pass", "pruned", *pruned_folders, *pruned_epochs_folders])  # fmt: skip
     if len(curves) > 2:
         unramped = (" `dense-no-rate-warmup` holds the one-shot runs of the first grid, trained before the fault-rate "
                     "warm-up existed." if (out / "dense-no-rate-warmup").is_dir() else "")
@@ -1175,9 +1230,11 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
         controls = [sections[f] for f in epochs_folders if study_folders.split_epochs(f)[0] == grid and f in sections]
         pruned_controls = [sections[f] for f in pruned_epochs_folders
                            if study_folders.split_epochs(f)[0] == study_folders.pruned(grid) and f in sections]
+        other_models = [sections[f] for f in from_folders
+                        if study_folders.of_blocks_each(study_folders.split_retrained_from(f)[0]) == grid and f in sections]
         md[headline_at:headline_at] = headline_md(headline, load_table(out / headline), _title(sections[headline]),
                                                   load_table(out / study_folders.pruned(headline)), controls, pruned_controls,
-                                                  study_collapse(out))
+                                                  study_collapse(out), other_models)
     if not dense:
         md += ["No results yet: run the command above."]
     return "\n".join(md).rstrip() + "\n"

@@ -49,6 +49,9 @@ accelerator window continues from its last finished epoch):
 FOLDER-train-seed-N: how far one training's luck moves a row.
 `--epochs-in-folder` retrains the chosen branches into FOLDER-epochs-N (N: --epochs), beside the
 grid of another length: e.g. one-shot for as many epochs as Algorithm 1's progressive model had.
+`--retrain-from RUN` retrains the chosen branches from another pretrained model of the study
+(pretrain-seed-N, pretrain-length-E; pretrained first where missing) into FOLDER-from-RUN, on the
+same chips: whether the recipe meets the limits from a model that collapses otherwise.
 Pretraining and pruning inject no faults, so they serve any target: `--reuse EARLIER_OUT` starts
 a study on another target from an earlier study's pretrained and pruned models (copied, and
 recorded in the manifest with the command that made them there).
@@ -144,15 +147,32 @@ def sweep_options(args, epochs: int, profile: str | None = None, lr: float | Non
 
 def sweep_branches(args, methods: str, rates: str) -> list[SweepBranch]:
     """The study's sweeps for a grid of ``methods`` × ``rates`` (the pruned grid takes the rates
-    >= 0.05, the paper's Table II setting); with --train-seed N, each one retrained from another
-    training seed into a folder of its own (:func:`with_train_seed`); with --epochs-in-folder, for
-    --epochs into a folder of its own (:func:`with_epochs`)."""
+    >= 0.05, the paper's Table II setting); with --retrain-from RUN, those of the study's pretrained
+    model retrained from RUN into a folder of their own (:func:`with_retrained_from`); with
+    --train-seed N, each one retrained from another training seed into a folder of its own
+    (:func:`with_train_seed`); with --epochs-in-folder, for --epochs into a folder of its own
+    (:func:`with_epochs`)."""
     branches = _sweep_branches(args, methods, rates)
+    if args.retrain_from:  # parse_args refuses it for the other branches
+        branches = [with_retrained_from(b, args.retrain_from) if b.start == "pretrain" else b for b in branches]
     if args.progressive_blocks == "each":
         branches = [with_blocks_each(b) for b in branches]
     if args.epochs_in_folder:
         branches = [with_epochs(b, b.epochs or args.epochs) for b in branches]
     return branches if args.train_seed is None else [with_train_seed(b, args.train_seed) for b in branches]
+
+
+def with_retrained_from(branch: SweepBranch, run: str) -> SweepBranch:
+    """``branch`` retrained from the study's other pretrained model ``run`` (pretrain-seed-N,
+    pretrain-length-E) into FOLDER-from-RUN: its baseline row is that model's, on the same chips."""
+    return replace(branch, folder=study_folders.retrained_from(branch.folder, run), start=run,
+                   step=study_folders.retrained_from(branch.step, run))
+
+
+def retrainable_branches(args) -> set[str]:
+    """The sweep branches --retrain-from can start from another pretrained model: those that
+    retrain the study's own (not the pruned or the equalised model)."""
+    return {b.branch for b in _sweep_branches(args, *FULL_GRID) if b.start == "pretrain"}
 
 
 def with_blocks_each(branch: SweepBranch) -> SweepBranch:
@@ -322,6 +342,13 @@ def pretrain_length_step(args, epochs: int) -> tuple[str, list[str], Path]:
     return study_folders.pretrain_length(epochs), pretrain_argv(args, model.parent, epochs=epochs), model
 
 
+def other_pretrained_step(args, run: str) -> tuple[str, list[str], Path]:
+    """The pretraining step of ``run`` (pretrain-seed-N or pretrain-length-E), as its own branch
+    runs it: a grid retrained from that model (--retrain-from) makes it first where it is missing."""
+    prefix, number = study_folders.other_pretrained(run)
+    return pretrain_seed_step(args, number) if prefix == study_folders.PRETRAIN_SEED else pretrain_length_step(args, number)
+
+
 #: The test rates the collapse branch measures: clean, and the two the issue asks the collapse at.
 COLLAPSE_RATES = "0,0.005,0.01"
 
@@ -418,6 +445,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "each into pretrain-length-E; the collapse branch measures these models too")
     ap.add_argument("--collapse-chips", type=int, default=100,
                     help="chips per rate of the collapse branch's baselines (into collapse-chips-N; the paper's: 100)")
+    ap.add_argument("--retrain-from", default=None, metavar="RUN",
+                    help="retrain the chosen branches from another pretrained model of the study (pretrain-seed-N, "
+                    "pretrain-length-E; pretrained first where missing) into FOLDER-from-RUN; default: the study's own")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier study's folder whose pretrained and pruned models this one starts from")
     ap.add_argument("--evaluate-only", action="store_true",
@@ -450,6 +480,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--pretrain-lengths: expected distinct positive epoch counts separated by commas, got {args.pretrain_lengths!r}")
     if args.only and "pretrain-lengths" in args.only.split(",") and not args.pretrain_lengths:
         ap.error("--only pretrain-lengths: expected --pretrain-lengths (the epoch counts to pretrain for, e.g. 60)")
+    if args.retrain_from is not None:
+        if study_folders.other_pretrained(args.retrain_from) is None:
+            ap.error(f"--retrain-from: expected a pretrained model of the study, pretrain-seed-N or pretrain-length-E, "
+                     f"got {args.retrain_from!r}")
+        chosen, retrainable = set(args.only.split(",")) if args.only else set(), retrainable_branches(args)
+        if not chosen or chosen - retrainable:
+            ap.error(f"--retrain-from: expected --only naming branches that retrain the study's pretrained model "
+                     f"({', '.join(sorted(retrainable))}), got {args.only or 'every branch'}")
     if args.collapse_chips < 2:
         ap.error(f"--collapse-chips: expected at least 2 chips (a confidence interval needs two), got {args.collapse_chips}")
     if not 0 < args.clean_steps < 1:
@@ -480,13 +518,33 @@ def main() -> int:
     if args.reuse:
         reuse_fault_free_models(run, args.reuse)
     t_start = time.perf_counter()
-    base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
-
     pre = args.out / "pretrain" / "model.pt"
     if args.evaluate_only:
         return evaluate_only(run, args, t_start)
     run("pretrain", pretrain_argv(args, pre.parent), done=pre)
 
+    branches = branch_steps(args, pre)
+    with ThreadPoolExecutor(len(branches)) as pool:
+        failures = [f for f in pool.map(lambda steps: run.chain(steps), branches.values()) if f]
+
+    model = args.out / "dense" / "runs" / "progressive-0.05" / "model.pt"
+    onnx_path = args.out / "signoff" / "progressive-0.05.onnx"
+    if args.deadline_s is not None and time.perf_counter() - t_start > args.deadline_s:
+        print(f"[reproduce] past the {args.deadline_s:.0f} s deadline: ONNX sign-off skipped", flush=True)
+    elif model.is_file():
+        run("export", ["export", str(model), "--profile", args.profile, "-o", str(onnx_path)], done=onnx_path)
+        run("verify", ["verify", str(onnx_path), "--profile", args.profile, "--data", args.data,
+                       "--chips", str(args.signoff_chips), "--out", str(args.out / "signoff" / "report")], ok_codes=(0, 1))  # fmt: skip
+    run.save()
+    subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
+    print(f"[reproduce] total {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
+    return 1 if failures else 0
+
+
+def branch_steps(args, pre: Path) -> dict[str, list[tuple]]:
+    """The steps of each branch the study runs (--only, else every one), in order; each list is
+    one chain, the chains running side by side. ``pre``: the study's pretrained model."""
+    base = ["--profile", args.profile, "--data", args.data, "--device", args.device]
     pruned = args.out / "pruned70" / "model.pt"
     equalized = args.out / EQUALIZED / "model.pt"
     whole_grid = (args.methods, args.train_rates) == FULL_GRID
@@ -524,23 +582,12 @@ def main() -> int:
         "collapse": collapse_steps(args, pre),
     }  # fmt: skip
     assert tuple(branches) == BRANCHES
+    if args.retrain_from:  # the model they start from first: pretrained where missing, skipped once done
+        start = other_pretrained_step(args, args.retrain_from)
+        branches = {name: [start, *steps] if name in retrainable_branches(args) else steps for name, steps in branches.items()}
     if args.only:
         branches = {name: steps for name, steps in branches.items() if name in args.only.split(",")}
-    with ThreadPoolExecutor(len(branches)) as pool:
-        failures = [f for f in pool.map(lambda steps: run.chain(steps), branches.values()) if f]
-
-    model = args.out / "dense" / "runs" / "progressive-0.05" / "model.pt"
-    onnx_path = args.out / "signoff" / "progressive-0.05.onnx"
-    if args.deadline_s is not None and time.perf_counter() - t_start > args.deadline_s:
-        print(f"[reproduce] past the {args.deadline_s:.0f} s deadline: ONNX sign-off skipped", flush=True)
-    elif model.is_file():
-        run("export", ["export", str(model), "--profile", args.profile, "-o", str(onnx_path)], done=onnx_path)
-        run("verify", ["verify", str(onnx_path), "--profile", args.profile, "--data", args.data,
-                       "--chips", str(args.signoff_chips), "--out", str(args.out / "signoff" / "report")], ok_codes=(0, 1))  # fmt: skip
-    run.save()
-    subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
-    print(f"[reproduce] total {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
-    return 1 if failures else 0
+    return branches
 
 
 def evaluate_only(run: "Runner", args, t_start: float) -> int:

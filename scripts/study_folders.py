@@ -28,6 +28,10 @@ PRETRAIN_SEED_BASELINE = "-baseline"
 #: its baseline sweep's folder adds PRETRAIN_SEED_BASELINE too.
 PRETRAIN_LENGTH = "pretrain-length-"
 
+#: What --retrain-from RUN adds to a grid's folder, before RUN: the grid retrained from another
+#: pretrained model of the study (pretrain-seed-N, pretrain-length-E) instead of its own.
+RETRAINED_FROM = "-from-"
+
 #: Where the collapse branch measures each pretrained model's baseline on more chips: under
 #: COLLAPSE + chips, one folder per model, named as the model's run folder.
 COLLAPSE = "collapse-chips-"
@@ -44,6 +48,7 @@ EPOCHS_GLOB = f"*{EPOCHS}*"
 BLOCKS_EACH_GLOB = f"*{BLOCKS_EACH}"
 PRETRAIN_SEED_BASELINE_GLOB = f"{PRETRAIN_SEED}*{PRETRAIN_SEED_BASELINE}"
 PRETRAIN_LENGTH_BASELINE_GLOB = f"{PRETRAIN_LENGTH}*{PRETRAIN_SEED_BASELINE}"
+RETRAINED_FROM_GLOB = f"*{RETRAINED_FROM}*"
 
 
 def option_of(command: str, name: str) -> str | None:
@@ -89,6 +94,31 @@ def pretrain_length_baseline(epochs: int) -> str:
     return pretrain_length(epochs) + PRETRAIN_SEED_BASELINE
 
 
+def other_pretrained(run: str) -> tuple[str, int] | None:
+    """`pretrain-seed-N` -> (PRETRAIN_SEED, N), `pretrain-length-E` -> (PRETRAIN_LENGTH, E): a model
+    pretrained again by the study, which a grid may be retrained from instead of the study's own;
+    None for any other run folder."""
+    for prefix in (PRETRAIN_SEED, PRETRAIN_LENGTH):
+        if run.startswith(prefix) and run.removeprefix(prefix).isdigit():
+            return prefix, int(run.removeprefix(prefix))
+    return None
+
+
+def retrained_from(folder: str, run: str) -> str:
+    """`FOLDER-from-RUN`: ``folder``'s grid retrained from the study's pretrained model ``run``
+    (:func:`other_pretrained`) instead of its own; the other variants' suffixes follow."""
+    return f"{folder}{RETRAINED_FROM}{run}"
+
+
+def split_retrained_from(folder: str) -> tuple[str, str]:
+    """`FOLDER-from-RUN[-SUFFIX]` -> (FOLDER[-SUFFIX], RUN): the grid as the study's own model has
+    it, and the pretrained model this one was retrained from (three words: `pretrain-seed-N`,
+    `pretrain-length-E`)."""
+    grid, rest = folder.split(RETRAINED_FROM, 1)
+    words = rest.split("-")
+    return "-".join([grid, *words[3:]]), "-".join(words[:3])
+
+
 def collapse(chips: int) -> str:
     """`collapse-chips-N`: the folder of the baselines measured on ``chips`` chips per rate."""
     return f"{COLLAPSE}{chips}"
@@ -118,9 +148,10 @@ def of_blocks_each(folder: str) -> str:
 
 
 def is_variant(folder: str) -> bool:
-    """A grid retrained from another seed, for another length or with Algorithm 1's blocks: listed
-    by its own kind's pattern, not by the pattern of the grid it varies (`clean-steps*` matches both)."""
-    return TRAIN_SEED in folder or EPOCHS in folder or folder.endswith(BLOCKS_EACH)
+    """A grid retrained from another seed, for another length, with Algorithm 1's blocks or from
+    another pretrained model: listed by its own kind's pattern, not by the pattern of the grid it
+    varies (`clean-steps*` matches both)."""
+    return TRAIN_SEED in folder or EPOCHS in folder or folder.endswith(BLOCKS_EACH) or RETRAINED_FROM in folder
 
 
 def bn_train(lr: float | None = None, epochs: int | None = None) -> str:

@@ -1175,3 +1175,68 @@ def test_the_collapse_on_more_chips_gets_a_table_and_a_criterion_of_its_own(tmp_
     assert "| baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`paper-diff8`, 40 chips per rate) | 62.00 ±2.00 % / 33.00 ±2.00 % | met |" in lines
     other = dict(render.study_collapse(tmp_path), pretrained="runs/elsewhere/model.pt")
     assert not any("40 chips" in line for line in render.criteria(dense, collapse=other)), "another model's collapse is not this one's"
+
+
+def test_a_grid_retrained_from_another_pretrained_model_has_a_folder_and_a_section_of_its_own(tmp_path):
+    """--retrain-from RUN retrains a branch from another pretrained model of the study into
+    FOLDER-from-RUN, its pretraining first (skipped once done); the page gives the grid one section,
+    checked on that model's own Acc_pretrain, baseline and collapse on more chips, and keeps it out
+    of every listing of the study's own grids."""
+    reproduce, render, names = _script("reproduce_cifar10"), _script("render_results"), _script("study_folders")
+    options = ["--out", str(tmp_path), "--only", "clean-steps-clip", "--clean-steps", "0.75", "--weight-clip", "2",
+               "--retrain-from", "pretrain-length-60"]  # fmt: skip
+    args = reproduce.parse_args(options)
+    branch = next(b for b in reproduce.sweep_branches(args, "one-shot", "0.05") if b.branch == "clean-steps-clip")
+    argv = branch.argv(args)
+    folder = "clean-steps-0.75-weight-clip-2-from-pretrain-length-60"
+    assert branch.folder == folder and argv[argv.index("--out") + 1] == str(tmp_path / folder)
+    assert argv[argv.index("--from") + 1] == str(tmp_path / "pretrain-length-60" / "model.pt")
+    assert reproduce.other_pretrained_step(args, "pretrain-length-60") == reproduce.pretrain_length_step(args, 60)
+    steps = reproduce.branch_steps(args, tmp_path / "pretrain" / "model.pt")
+    assert list(steps) == ["clean-steps-clip"] and steps["clean-steps-clip"][0] == reproduce.pretrain_length_step(args, 60)
+    name, grid_argv = steps["clean-steps-clip"][1]
+    assert name == f"sweep-{folder}" and grid_argv[grid_argv.index("--from") + 1] == str(tmp_path / "pretrain-length-60" / "model.pt"), \
+        "then the grid, from that model"
+    assert reproduce.other_pretrained_step(args, "pretrain-seed-2") == reproduce.pretrain_seed_step(args, 2)
+    each = next(b for b in reproduce.sweep_branches(reproduce.parse_args([*options, "--progressive-blocks", "each"]), "one-shot", "0.05")
+                if b.branch == "clean-steps-clip")  # fmt: skip
+    assert names.split_retrained_from(each.folder) == ("clean-steps-0.75-weight-clip-2-progressive-each", "pretrain-length-60")
+    for bad in (["--retrain-from", "pretrain-length-60"], ["--retrain-from", "pruned70", "--only", "dense"],
+                ["--retrain-from", "pretrain-seed-1", "--only", "dense,pruned"], ["--retrain-from", "pretrain-length-x", "--only", "dense"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(bad)
+
+    archived = ROOT / "docs/results/c10c"
+    same = json.loads((archived / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
+    model = str(tmp_path / "pretrain-length-60" / "model.pt")
+    table = {**same, "pretrained": model, "acc_pretrain": 88.0, "rows": [same["rows"][0], same["rows"][2]]}
+    table["rows"][0] = {**same["rows"][0], "acc_clean": 88.0, "acc_defect": {**same["rows"][0]["acc_defect"], "0.005": 60.0, "0.01": 30.0}}
+    for grid, content in ((folder, table), (folder + names.BLOCKS_EACH, table), ("clean-steps-0.75-weight-clip-2", same)):
+        (tmp_path / grid).mkdir()
+        (tmp_path / grid / "table.json").write_text(json.dumps(content))
+    for run, config in (("pretrain", {"seed": 0, "epochs": 30}), ("pretrain-length-60", {"seed": 0, "epochs": 60})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.yaml").write_text(yaml.safe_dump({**config, "device": "cpu"}))
+    collapse = json.loads((archived / "collapse-chips-100" / "pretrain" / "table.json").read_text())
+    collapse["pretrained"] = model
+    collapse["rows"][0]["acc_defect"].update({"0.005": 61.0, "0.01": 33.0})
+    (tmp_path / "collapse-chips-100" / "pretrain-length-60").mkdir(parents=True)
+    (tmp_path / "collapse-chips-100" / "pretrain-length-60" / "table.json").write_text(json.dumps(collapse))
+
+    assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
+    assert render.blocks_each_folders(tmp_path) == [] and render.epochs_variant_folders(tmp_path) == []
+    assert render.retrained_from_folders(tmp_path) == [folder, folder + names.BLOCKS_EACH]
+    assert render.study_collapse(tmp_path) is None and render.study_collapse(tmp_path, "pretrain-length-60")["chips"] == 100
+    section = render.retrained_from_md(tmp_path, folder, render.load_table(tmp_path / folder), {"steps": {}})
+    assert section[0] == ("## The `clean-steps-0.75-weight-clip-2` grid retrained from another pretrained model: seed 0, 60 epochs "
+                          "(`--retrain-from pretrain-length-60`)")  # fmt: skip
+    table_lines = section[section.index("| model | epochs | P=0 | P=0.001 | P=0.005 | P=0.01 | P=0.02 | P=0.05 | P=0.1 | SS@0.01 | SS@0.02 |"):]
+    models = [line.split(" | ")[0].lstrip("| ") for line in table_lines[2:table_lines.index("")]]
+    assert models == ["baseline", "one-shot P^T=0.05", "baseline (from the study's model)", "one-shot P^T=0.05 (from the study's model)"]
+    assert "| baseline collapses: 55-70 % at 0.005, < 35 % at 0.01 (`paper-diff8`) | 60.00 % / 30.00 % | met |" in section
+    assert any(line.startswith("| baseline collapses") and "100 chips per rate" in line and "61.00 ±" in line and line.endswith("| met |")
+               for line in section), "its own collapse on more chips, not the study's model's"
+    assert "| one-shot P^T=0.05: Acc_retrain within 1 point of Acc_pretrain | 86.65 vs 88.00 | NOT met |" in section
+    headline = render.headline_md("clean-steps-0.75-weight-clip-2", same, "t", other_models=[section])
+    quoted = headline[headline.index(next(line for line in headline if line.startswith("The same recipe retrained from another"))):]
+    assert "| one-shot P^T=0.05: Acc_retrain within 1 point of Acc_pretrain | 86.65 vs 88.00 | NOT met |" in quoted
