@@ -75,9 +75,9 @@ The recipe, and why (PAPER-NOTES.md measured the naive alternatives failing):
   progressive meets the limits at P_sa^T = 0.01 and 0.05 and leads one-shot of the same length
   per rate at P >= 0.02 at all three training rates; but one-shot P_sa^T = 0.05 trained as long
   as the whole progressive run (36 epochs) meets them too, is level with it up to P = 0.02 and
-  ahead above: the lead is the extra epochs, not the schedule (README, recipe step 6).
+  ahead above: the lead is the extra epochs, not the schedule (docs/RECIPE.md, step 6).
   profiles/chen2015-tuned.yaml carries that recipe; the defaults stay the plain one Table I was
-  trained with (README, recipe step 10).
+  trained with (docs/RECIPE.md, step 10).
 
 Faults are redrawn at every step; master weights stay clean.
 """
