@@ -201,6 +201,12 @@ def _grid_folders(out: Path, pattern: str) -> list[str]:
     return [p.name for p in out.glob(pattern) if (p / "table.json").is_file() and study_folders.RETRAINED_FROM not in p.name]
 
 
+def _first_seed_folders(out: Path, pattern: str, pruned: bool) -> list[str]:
+    """:func:`_grid_folders` of the pruned model's grids (``pruned``) or the dense model's, from
+    the first training seed: a grid from another seed has the seed's section."""
+    return [f for f in _grid_folders(out, pattern) if TRAIN_SEED not in f and f.startswith(study_folders.PRUNED) == pruned]
+
+
 def grids_by(out: Path, pattern: str, *settings: str) -> list[str]:
     """The tabulated grid folders matching ``pattern`` (one per value of a study option), by
     ascending ``settings`` of their table, the first deciding."""
@@ -271,8 +277,7 @@ def blocks_each_folders(out: Path, pruned: bool = False) -> list[str]:
     reproduce_cifar10.py --progressive-blocks each), by folder; the plain grid's own
     (`progressive-each`, the blocks-each branch) has its section apart. ``pruned``: the pruned
     model's such grids instead, which the pruned sections list."""
-    return sorted(f for f in _grid_folders(out, study_folders.BLOCKS_EACH_GLOB)
-                  if TRAIN_SEED not in f and f.startswith(study_folders.PRUNED) == pruned)
+    return sorted(_first_seed_folders(out, study_folders.BLOCKS_EACH_GLOB, pruned))
 
 
 def blocks_each_md(folder: str, table: dict | None, split: dict | None, dense: dict | None, manifest: dict) -> list[str]:
@@ -298,8 +303,7 @@ def epochs_variant_folders(out: Path, pruned: bool = False) -> list[str]:
     """The dense grids retrained for another length (`FOLDER-epochs-N`: reproduce_cifar10.py
     --epochs-in-folder), by folder, then length; those from another seed have the seed's section.
     ``pruned``: the pruned model's such grids instead, which follow the pruned sections."""
-    return sorted((f for f in _grid_folders(out, study_folders.EPOCHS_GLOB) if TRAIN_SEED not in f
-                   and f.startswith(study_folders.PRUNED) == pruned), key=study_folders.split_epochs)  # fmt: skip
+    return sorted(_first_seed_folders(out, study_folders.EPOCHS_GLOB, pruned), key=study_folders.split_epochs)
 
 
 def epochs_variant_md(folder: str, table: dict | None, same: dict | None, each: dict | None, dense: dict | None,
