@@ -832,6 +832,11 @@ def test_each_grid_folder_the_study_names_is_found_again_by_its_own_pattern_only
         longer = names.with_epochs(folder, 36)
         assert names.split_epochs(longer) == (folder, 36) and names.is_variant(longer)
         assert fnmatch(longer, names.EPOCHS_GLOB) and not fnmatch(folder, names.EPOCHS_GLOB), folder
+        for run in ("pretrain-length-60", "pretrain-seed-2"):
+            other = names.retrained_from(folder, run)
+            assert names.split_retrained_from(other) == (folder, run) and names.is_variant(other)
+            assert names.split_retrained_from(names.with_epochs(other, 36)) == (names.with_epochs(folder, 36), run)
+            assert fnmatch(other, names.RETRAINED_FROM_GLOB) and not fnmatch(folder, names.RETRAINED_FROM_GLOB), folder
     assert names.dense_of_pruned(names.pruned("clean-steps-0.5-weight-clip-2")) == "clean-steps-0.5-weight-clip-2"
     assert (names.bn_train(), names.clean_steps(0.5)) == ("bn-train", "clean-steps"), "the first grids' folders keep their names"
     again = names.pretrain_seed_baseline(4)
