@@ -1,12 +1,17 @@
-"""The examples stay runnable: their profile validates and the user-model factory plugs in."""
+"""The examples stay runnable: their profile validates, the user-model factory plugs in, and the
+Python API example measures a checkpoint."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from ftdeploy.data import load_data
 from ftdeploy.models import create_model, deployed_layers
 from ftdeploy.profiles import load_profile
+
+from _quick_model import quick_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +29,18 @@ def test_user_model_factory_by_module_path(monkeypatch):
     model = create_model("examples.my_model:build", num_classes=10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert [type(m).__name__ for _, m in deployed_layers(model)] == ["Conv2d", "Conv2d", "Linear"]
+
+
+def test_the_python_api_example_measures_a_checkpoint_on_the_profiles_rates(tmp_path):
+    demo = load_profile("demo")
+    ckpt = quick_checkpoint(load_data(), demo.target, tmp_path)
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "02_python_api.py"), str(ckpt)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    layers = len(deployed_layers(create_model("democnn", num_classes=10)))
+    assert lines[0].startswith(f"{layers} crossbar layers, mapping: "), lines
+    assert lines[1].startswith("fault-free: ") and lines[1].endswith(" %"), lines
+    rates = [line.split(":")[0] for line in lines[2:]]
+    assert rates == [f"P_sa={rate:g}" for rate in demo.profile.signoff.rates], lines
+    assert all("over 5 chips" in line for line in lines[2:]), lines
