@@ -409,7 +409,7 @@ def verify_cmd(
     chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per rate; default: the profile's.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N images.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth) and report.md.", callback=_out_folder)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input."""
@@ -427,8 +427,7 @@ def verify_cmd(
     for line in verdict_lines(report):
         _echo(line)
     if out is not None:
-        json_path, md_path = write_report(report, out)
-        _echo(f"wrote {json_path}, {md_path}")
+        _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")

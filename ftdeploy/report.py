@@ -1,18 +1,21 @@
 """Sign-off reports. ``report.json`` is the one source of truth (built by
-:func:`ftdeploy.verify.verify_onnx`); ``report.md`` and the greppable verdict lines are rendered
-from that dict by pure functions here, so they can never disagree with it.
+:func:`ftdeploy.verify.verify_onnx`); ``report.md``, ``report.xml`` (JUnit, for CI servers) and
+the greppable verdict lines are rendered from that dict by pure functions here, so they can never
+disagree with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .errors import VerifyError
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_XML = "report.xml"
 
 
 def to_json(report: dict) -> str:
@@ -146,21 +149,56 @@ def _bases(profile: dict) -> str:
     return "".join(f", extends `{b['file']}` (sha256 `{b['sha256'][:16]}…`)" for b in profile.get("extends", []))
 
 
+# --- JUnit XML ----------------------------------------------------------------------------
+
+
+def check_case_name(check: dict) -> str:
+    """A limit's name as a test case: ``rate=0.005 max_acc_drop_pct`` (or the limit alone)."""
+    return (f"rate={check['rate']:g} " if check["rate"] is not None else "") + check["name"]
+
+
+def render_junit(report: dict) -> str:
+    """report.xml from report.json's dict: JUnit XML, which CI servers and test dashboards read,
+    one test case per limit, a failed one carrying its verdict line and reason; the figures it
+    was judged on as suite properties. A pure function, no clock: the same report gives the
+    same bytes."""
+    checks = report["verdict"]["checks"]
+    counts = {"tests": str(len(checks)), "failures": str(sum(not c["passed"] for c in checks)), "errors": "0"}
+    suites = ET.Element("testsuites", name="ftdeploy sign-off", **counts)
+    suite = ET.SubElement(suites, "testsuite", name=f"{Path(report['model']['file']).name} on {report['profile']['name']}",
+                          skipped="0", **counts)  # fmt: skip
+    properties = ET.SubElement(suite, "properties")
+    fig = report["figures"]
+    for name, value in (("model_sha256", report["model"]["sha256"]), ("profile", report["profile"]["name"]),
+                        ("target", report["profile"]["target"]), ("chips", report["signoff"]["chips"]),
+                        ("seed", report["signoff"]["seed"]), ("acc_pretrain", _pct(fig["acc_pretrain"])),
+                        ("acc_retrain", _pct(fig["acc_retrain"])), ("verdict", overall_line(report))):  # fmt: skip
+        ET.SubElement(properties, "property", name=name, value=str(value))
+    for check in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"ftdeploy.signoff.{report['profile']['name']}", name=check_case_name(check))
+        if not check["passed"]:
+            ET.SubElement(case, "failure", message=check_line(check), type="AcceptanceLimit").text = check["reason"]
+    ET.SubElement(suite, "system-out").text = "\n".join(verdict_lines(report))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
 # --- writing --------------------------------------------------------------------------------
 
 
-def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write out_dir/report.json and out_dir/report.md, each via a temporary file and a rename,
-    so a reader never sees a torn file. Returns both paths."""
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Write out_dir/report.json, report.md and report.xml, each via a temporary file and a
+    rename, so a reader never sees a torn file. Returns the three paths."""
     out_dir = Path(out_dir)
-    texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: render_markdown(report)}
+    texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: render_markdown(report),
+             out_dir / REPORT_XML: render_junit(report)}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VerifyError(f"{out_dir}: cannot create report folder: {exc.strerror}") from None
     tmps = {}
     try:
-        for path, text in texts.items():  # render and write both before renaming either
+        for path, text in texts.items():  # render and write all before renaming any
             tmps[path] = tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(text, encoding="utf-8")
         for path, tmp in tmps.items():
@@ -170,4 +208,4 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
-    return out_dir / REPORT_JSON, out_dir / REPORT_MD
+    return out_dir / REPORT_JSON, out_dir / REPORT_MD, out_dir / REPORT_XML

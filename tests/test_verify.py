@@ -25,7 +25,7 @@ from ftdeploy.errors import ConfigError, DataError, VerifyError
 from ftdeploy.export import HASH_KEY, content_hash, export_onnx
 from ftdeploy.faults import StuckAt
 from ftdeploy.profiles import load_profile
-from ftdeploy.report import check_line, render_markdown, to_json, verdict_lines, write_report
+from ftdeploy.report import check_case_name, check_line, render_junit, render_markdown, to_json, verdict_lines, write_report
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
 from ftdeploy.verify import (
     NO_DEGRADATION,
@@ -277,14 +277,13 @@ def test_subset_size_counts_the_images_the_subset_keeps(bundle):
 
 def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolved, tmp_path):
     again = verify_onnx(onnx_path, resolved)
-    a, _ = write_report(report, tmp_path / "a")
-    b, _ = write_report(again, tmp_path / "b")
-    assert a.read_bytes() == b.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json", "report.md"], "no temporary files left"
+    for a, b in zip(write_report(report, tmp_path / "a"), write_report(again, tmp_path / "b")):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json", "report.md", "report.xml"], "no temporary files left"
 
 
 def test_markdown_is_rendered_from_the_json(report, tmp_path):
-    _, md = write_report(report, tmp_path)
+    _, md, _ = write_report(report, tmp_path)
     from_json = json.loads((tmp_path / "report.json").read_text())
     assert md.read_text() == render_markdown(from_json)
     text = md.read_text()
@@ -293,6 +292,38 @@ def test_markdown_is_rendered_from_the_json(report, tmp_path):
     assert "+inf" in text and "min_stability limit counts as met" in text  # the SS rule is stated
     for r in report["figures"]["rates"]:
         assert ", ".join(f"{a:.2f}" for a in r["chip_accuracies"]) in text
+
+
+def _junit(text: str):
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(text.encode())
+
+
+def test_junit_xml_is_rendered_from_the_json_one_case_per_limit(report, tmp_path):
+    """report.xml, for CI servers: one test case per limit, named by rate and limit; failures
+    carry the verdict line; counts and properties agree with report.json."""
+    _, _, xml = write_report(report, tmp_path)
+    from_json = json.loads((tmp_path / "report.json").read_text())
+    assert xml.read_text() == render_junit(from_json)
+    checks = report["verdict"]["checks"]
+    suite = _junit(xml.read_text()).find("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == [check_case_name(c) for c in checks] and len(checks) >= 2
+    assert suite.get("tests") == str(len(checks)) and suite.get("failures") == str(sum(not c["passed"] for c in checks))
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["model_sha256"] == report["model"]["sha256"] and props["chips"] == str(report["signoff"]["chips"])
+    assert props["verdict"] == verdict_lines(report)[-1]
+    assert suite.find("system-out").text.splitlines() == verdict_lines(report)
+
+    failing = copy.deepcopy(report)
+    failing["verdict"]["checks"][1].update(passed=False, value=0.5, reason="stability score 0.50 is below the minimum")
+    failing["verdict"].update(passed=False, summary="1 of 2 limits failed")
+    suite = _junit(render_junit(failing)).find("testsuite")
+    failures = [(c.get("name"), c.find("failure")) for c in suite.findall("testcase") if c.find("failure") is not None]
+    assert [name for name, _ in failures] == [check_case_name(failing["verdict"]["checks"][1])]
+    assert failures[0][1].get("message") == check_line(failing["verdict"]["checks"][1]) and failures[0][1].get("message").startswith("FAILED")
+    assert failures[0][1].text == "stability score 0.50 is below the minimum" and suite.get("failures") == "1"
 
 
 def test_undefined_stability_is_null_in_json_and_inf_in_markdown(report):
@@ -377,7 +408,8 @@ def test_cli_exit_0_when_all_limits_pass(onnx_path, profiles, tmp_path, monkeypa
     assert code == 0, out + err
     assert "PASSED sign-off" in out
     assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]["passed"] is True
-    assert (tmp_path / "r" / "report.md").is_file()
+    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.xml").is_file()
+    assert f"wrote {tmp_path / 'r' / 'report.json'}, {tmp_path / 'r' / 'report.md'}, {tmp_path / 'r' / 'report.xml'}" in out
 
 
 def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, profiles, tmp_path, monkeypatch, capsys):
