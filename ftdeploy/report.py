@@ -208,4 +208,4 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path, Path]:
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
-    return out_dir / REPORT_JSON, out_dir / REPORT_MD, out_dir / REPORT_XML
+    return tuple(texts)
