@@ -259,7 +259,9 @@ def retrained_from_md(out: Path, folder: str, table: dict | None, manifest: dict
     name = _model_name(out, run, (_config(out / "pretrain") or {}).get("epochs", "?"))
     mark = "from the study's model"
     rows = [*table["rows"], *_marked(same, mark, _retrained_keys(table) | {("baseline", None)})]
-    intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), {table['epochs']} epochs per model, retrained "
+    length = (f"{table['epochs']} epochs per model, progressive as the paper's Algorithm 1 ({table['epochs']} at every rate of its list)"
+              if table.get("progressive_blocks") == "each" else f"{table['epochs']} epochs per model")
+    intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), {length}, retrained "
              f"from another pretrained model of the study, {name} (`{run}`, Acc_pretrain {fmt(table['acc_pretrain'])} %), "
              f"instead of the study's own"
              + (f" (Acc_pretrain {fmt(same['acc_pretrain'])} %), whose rows of the same grid are marked \"{mark}\"" if same else "")
