@@ -239,6 +239,14 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
 
+def _algorithm_1_phrase(table: dict) -> str | None:
+    """How a grid whose progressive models are the paper's Algorithm 1 (--progressive-blocks each)
+    trains them, for a section's intro; None for a grid that splits its epochs among the rates."""
+    if table.get("progressive_blocks") != "each":
+        return None
+    return f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
+
+
 def retrained_from_folders(out: Path) -> list[str]:
     """The grids retrained from another pretrained model of the study (`FOLDER-from-RUN`:
     reproduce_cifar10.py --retrain-from RUN), by folder."""
@@ -259,8 +267,8 @@ def retrained_from_md(out: Path, folder: str, table: dict | None, manifest: dict
     name = _model_name(out, run, (_config(out / "pretrain") or {}).get("epochs", "?"))
     mark = "from the study's model"
     rows = [*table["rows"], *_marked(same, mark, _retrained_keys(table) | {("baseline", None)})]
-    length = (f"{table['epochs']} epochs per model, progressive as the paper's Algorithm 1 ({table['epochs']} at every rate of its list)"
-              if table.get("progressive_blocks") == "each" else f"{table['epochs']} epochs per model")
+    algorithm_1 = _algorithm_1_phrase(table)
+    length = f"{table['epochs']} epochs per model" + (f" ({algorithm_1})" if algorithm_1 else "")
     intro = (f"The recipe of the `{grid}` grid ({_recipe_phrase(table)}), {length}, retrained "
              f"from another pretrained model of the study, {name} (`{run}`, Acc_pretrain {fmt(table['acc_pretrain'])} %), "
              f"instead of the study's own"
@@ -406,8 +414,7 @@ def headline_md(folder: str, table: dict, section_title: str, pruned: dict | Non
     ``collapse``: the pretrained model's baseline on more chips, checked beside the table's own;
     ``other_models``: the sections of its recipe retrained from another pretrained model of the
     study, whose criteria (on that model's own baseline) follow."""
-    blocks = (f"progressive as the paper's Algorithm 1, {table['epochs']} epochs at every rate of its list"
-              if table.get("progressive_blocks") == "each" else "progressive splitting them among the rates of its list")
+    blocks = _algorithm_1_phrase(table) or "progressive splitting them among the rates of its list"
     rows = [*table["rows"], *_pruned_rows(pruned)]
     also = (f" The rows named pruned are the {100 * (pruned.get('sparsity') or 0):.0f} % magnitude-pruned model "
             f"(Acc_pretrain {fmt(pruned['acc_pretrain'])} %; its rows' SS relative to that) retrained alike, where "
