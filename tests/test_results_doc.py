@@ -753,8 +753,12 @@ def test_the_pruned_model_retrained_with_the_tuned_recipe_has_a_folder_and_a_sec
     assert branch.folder == "pruned-clean-steps-0.75-weight-clip-2" and argv[argv.index("--out") + 1] == str(tmp_path / branch.folder)
     assert argv[argv.index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
     assert argv[argv.index("--clean-steps") + 1] == "0.75" and argv[argv.index("--weight-clip") + 1] == "2" and "--unbias-faults" in argv
-    assert argv[argv.index("--methods") + 1] == "one-shot" and argv[argv.index("--train-rates") + 1] == "0.05", \
-        "the pruned grid's rates (>= 0.05, the paper's Table II setting)"
+    assert argv[argv.index("--methods") + 1] == "one-shot" and argv[argv.index("--train-rates") + 1] == "0.01,0.05", \
+        "the recipe's pruned grid trains the rates named, 0.01 included"
+    whole = reproduce.parse_args(["--out", str(tmp_path), "--clean-steps", "0.75", "--weight-clip", "2"])
+    whole_branch = next(b for b in reproduce.sweep_branches(whole, *reproduce.FULL_GRID) if b.branch == "pruned-clean-steps-clip")
+    assert (whole_branch.methods, whole_branch.rates) == ("progressive", "0.05,0.1"), \
+        "the whole grid's pruned rows follow the paper's Table II (P_sa^T >= 0.05)"
 
     dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
     tuned = json.loads((ROOT / "docs" / "results" / "c10c" / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
