@@ -514,9 +514,7 @@ def main() -> int:
     if args.reuse:
         restore_own_manifest(args.reuse, args.out)
     run = Runner(args.out)
-    # SIGTERM (a deadline, a scheduler, kill) stops the running steps cleanly and starts no more;
-    # the manifest and RESULTS still get written.
-    signal.signal(signal.SIGTERM, lambda signum, frame: run.stop())
+    stop_on_signals(run)
     # Every invocation that worked on this folder, in order (a resumed or evaluate-only run adds one).
     run.append("_invocations", "python " + " ".join([sys.argv[0], *sys.argv[1:]]))
     if args.reuse:
@@ -543,6 +541,15 @@ def main() -> int:
     subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
     print(f"[reproduce] total {time.perf_counter() - t_start:.0f} s; failures: {failures or 'none'}", flush=True)
     return 1 if failures else 0
+
+
+def stop_on_signals(run: "Runner") -> None:
+    """SIGTERM (a deadline, a scheduler, kill) and SIGINT (Ctrl-C) stop the running steps cleanly
+    and start no more; the manifest and RESULTS still get written. Left to Python, Ctrl-C raised
+    KeyboardInterrupt in the main thread, whose thread pool then waited for the running step
+    anyway and ended on a traceback, RESULTS not rendered."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: run.stop())
 
 
 def branch_steps(args, pre: Path) -> dict[str, list[tuple]]:

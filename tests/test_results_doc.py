@@ -229,6 +229,27 @@ def test_stopping_the_study_stops_its_running_step_and_records_it(tmp_path):
     assert run("next", ["models"]) is False and "next" not in json.loads((tmp_path / "manifest.json").read_text())["steps"]
 
 
+def test_ctrl_c_and_sigterm_stop_the_study_as_the_deadline_does(tmp_path):
+    """Ctrl-C (SIGINT) and SIGTERM each call the runner's stop, which ends the running steps and
+    starts no more, instead of a KeyboardInterrupt traceback in the middle of the study."""
+    import os
+    import signal
+
+    reproduce = _script("reproduce_cifar10")
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for signum in previous:
+            signal.signal(signum, lambda *_: None)  # without stop_on_signals's handler, a plain failure below
+            run = reproduce.Runner(tmp_path)
+            reproduce.stop_on_signals(run)
+            os.kill(os.getpid(), signum)  # handled in the main thread before kill returns here
+            assert run.stopped, signal.Signals(signum).name
+            assert run("next", ["models"]) is False
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def test_evaluate_only_tabulates_each_sweep_with_the_options_it_was_trained_with(tmp_path):
     """--evaluate-only reads the same sweep definitions as training: the distillation weight,
     the long branch's epochs, the pruned model and its rates all carry over, and only the folders
