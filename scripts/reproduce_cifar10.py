@@ -549,7 +549,7 @@ def stop_on_signals(run: "Runner") -> None:
     KeyboardInterrupt in the main thread, whose thread pool then waited for the running step
     anyway and ended on a traceback, RESULTS not rendered."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: run.stop())
+        signal.signal(signum, lambda *_: run.stop())
 
 
 def branch_steps(args, pre: Path) -> dict[str, list[tuple]]:
