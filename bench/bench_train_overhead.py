@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script from a checkout that was not pi
 
 from ftdeploy.data import augment, normalize  # noqa: E402
 from ftdeploy.models import create_model
-from ftdeploy.profiles import CHEN2015_SPLIT, load_profile
+from ftdeploy.profiles import load_profile
 from ftdeploy.train import FaultInjector, TrainConfig, freeze_batchnorm, pick_device, sgd_step
 
 REQUIREMENT = 1.25  # product requirement on fault-injected / plain epoch time
@@ -102,9 +102,10 @@ class Epochs:
         self.device, self.steps, self.batch_size = device, args.steps, args.batch_size
         torch.manual_seed(0)
         self.model = create_model(args.model).to(device)
-        target = load_profile(args.profile).target
-        self.injector = FaultInjector(self.model, target, bn_mode="frozen", seed=0, device=device)
-        self.injector.set_rate(args.rate, CHEN2015_SPLIT)
+        resolved = load_profile(args.profile)
+        self.injector = FaultInjector(self.model, resolved.target, bn_mode="frozen", seed=0, device=device,
+                                      faults=resolved.profile.fault_model)  # fmt: skip
+        self.injector.set_rate(args.rate)
         # Lower learning rate than training: thousands of benchmark steps must not diverge.
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
         gen = torch.Generator(device=device).manual_seed(0)

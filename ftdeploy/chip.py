@@ -1,13 +1,12 @@
-"""A model as a chip holds it: BatchNorm folded, weights quantised to the target's codes, codes
-laid onto cell levels. The exporter writes these levels into ONNX; the fast evaluator (torch)
-swaps in the weights of simulated faulty chips. Both draw chips with :func:`faults.chip_rng`,
-so chip k at seed S is the same chip in a sweep and in the ONNX Runtime sign-off.
+"""A model as a chip holds it: BatchNorm folded (or left to the periphery), weights quantised to
+the target's codes, codes laid onto cell levels. The exporter writes these levels into ONNX; the
+PyTorch backend of the chip-population evaluator (:class:`TorchBackend`) swaps in the levels of
+any chip, so chip k of a source is the same chip here and in the ONNX Runtime sign-off.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +14,14 @@ import torch
 import torch.nn as nn
 
 from .data import normalize
-from .faults import NonIdeality, StuckAt, chip_rng, draw_chip_states, faulty_codes
 from .mapping import Mapping, make_mapping, quantize_codes, scale_of
 from .models import deployed_layers, fold_batchnorm
+from .nonideality import CellRange, ChipDraw, FaultModel
+from .population import Backend
 from .profiles import BatchNormPlacement, Target
+
+#: Images per forward pass of the PyTorch backend.
+DEFAULT_BATCH = 1000
 
 
 @dataclass
@@ -56,53 +59,60 @@ class DeployedNetwork:
     def cell_shapes(self) -> list[tuple[int, ...]]:
         return [layer.cell_shape for layer in self.layers]
 
+    @property
+    def programmed(self) -> list[np.ndarray]:
+        """The levels each layer's cells are programmed with, as the exported file holds them."""
+        return [layer.levels.cpu().numpy() for layer in self.layers]
+
     def clear(self) -> None:
         """Fault-free chip: every weight exactly codes × scale."""
-        with torch.no_grad():
-            for layer in self.layers:
-                layer.module.weight.copy_(layer.codes.to(torch.float32) * layer.scale)
+        self.load_levels(None)
 
-    def set_chip(self, states: list[np.ndarray], nonideality: NonIdeality) -> None:
-        """Load one simulated chip (per-layer cell states, in layer order)."""
+    def load_levels(self, levels: list[np.ndarray] | None) -> None:
+        """Compute with a chip's levels (per layer, in layer order; integer or float); None: the
+        programmed chip, every weight exactly codes × scale."""
         with torch.no_grad():
-            for layer, state in zip(self.layers, states):
-                st = torch.from_numpy(state).to(self.device)
-                codes = faulty_codes(self.mapping, layer.levels, st, nonideality)
+            for i, layer in enumerate(self.layers):
+                if levels is None:
+                    codes = layer.codes.to(torch.float32)
+                else:
+                    codes = self.mapping.decode(torch.from_numpy(np.ascontiguousarray(levels[i])).to(self.device))
                 layer.module.weight.copy_(codes * layer.scale)
 
+    def load_chip(self, faults: FaultModel, draw: ChipDraw) -> None:
+        """Compute as the chip with the drawn states ``draw`` of ``faults`` (per layer, one state
+        per chip-level kind)."""
+        self.load_levels(faults.program(self.programmed, draw, CellRange.of(self.target)))
+
+    def backend(self, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = DEFAULT_BATCH) -> "TorchBackend":
+        """This network on uint8 images ``x`` with labels ``y``, normalised with ``mean``/``std``."""
+        return TorchBackend(self, x, y, mean, std, batch_size)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = DEFAULT_BATCH) -> float:
+        """Top-1 accuracy in percent of the programmed chip on uint8 images."""
+        return self.backend(x, y, mean, std, batch_size).accuracy()
+
+
+class TorchBackend(Backend):
+    """The PyTorch backend: a :class:`DeployedNetwork` whose weights are swapped per chip, on
+    uint8 images normalised batch by batch (on its device)."""
+
+    def __init__(self, net: DeployedNetwork, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = DEFAULT_BATCH):
+        self.net = net
+        self.x, self.y, self.mean, self.std = x, y, mean, std
+        self.batch_size = batch_size
+        self.programmed = net.programmed
+        self.cells = CellRange.of(net.target)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.y)
+
+    def _load(self, levels: list[np.ndarray] | None) -> None:
+        self.net.load_levels(levels)
+
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 1000) -> float:
-        """Top-1 accuracy in percent on uint8 images."""
-        correct = 0
-        for start in range(0, len(y), batch_size):
-            xb = normalize(x[start : start + batch_size].to(self.device), mean, std)
-            pred = self.model(xb).argmax(1)
-            correct += (pred.cpu() == y[start : start + batch_size]).sum().item()
-        return 100.0 * correct / len(y)
-
-    def chip_accuracies(self, nonideality: NonIdeality, rate: float, chips: int, seed: int, x, y, mean, std,
-                        on_chip: Callable[[], None] | None = None) -> list[float]:  # fmt: skip
-        """Accuracy of ``chips`` simulated chips at one rate; the fault-free weights are restored after.
-        ``on_chip`` runs after each chip (a progress bar, or a check that raises to stop early)."""
-        if nonideality.is_identity:
-            return [self.accuracy(x, y, mean, std)] * chips
-        accs = []
-        try:
-            for chip in range(chips):
-                self.set_chip(draw_chip_states(nonideality, self.cell_shapes, chip_rng(seed, rate, chip)), nonideality)
-                accs.append(self.accuracy(x, y, mean, std))
-                if on_chip:
-                    on_chip()
-        finally:
-            self.clear()
-        return accs
-
-    def accuracy_line(self, rates: list[float], split: tuple[float, float], chips: int, x, y, mean, std,
-                      seed: int = 0) -> str:  # fmt: skip
-        """'clean A  P=r: B ...': fault-free accuracy and the mean over ``chips`` chips per stuck-at
-        rate, the one-line summary the probe scripts print."""
-        figures = [f"clean {self.accuracy(x, y, mean, std):.2f}"]
-        for rate in rates:
-            accs = self.chip_accuracies(StuckAt.from_total(rate, split), rate, chips, seed, x, y, mean, std)
-            figures.append(f"P={rate:g}: {sum(accs) / len(accs):.2f}")
-        return "  ".join(figures)
+    def _correct(self, start: int, stop: int) -> int:
+        xb = normalize(self.x[start:stop].to(self.net.device), self.mean, self.std)
+        pred = self.net.model(xb).argmax(1)
+        return int((pred.cpu() == self.y[start:stop]).sum().item())

@@ -149,11 +149,17 @@ def profile_list():
     targets = [load_target(path)[0] for path in builtin_targets()]
     _echo("profiles:")
     # A derived profile says which one it extends: its description alone need not.
-    _echo_columns([[r.profile.name, f"target {r.target.name}", f"P_sa {r.profile.faults.total:g}",
+    _echo_columns([[r.profile.name, f"target {r.target.name}", _faults_column(r.profile.fault_model),
                     f"extends {r.base_paths[0].stem}" if r.base_paths else "", r.profile.description] for r in profiles])  # fmt: skip
     _echo("targets:")
     _echo_columns([[t.name, t.mapping, f"{t.bits_per_cell}-bit cells, {t.weight_bits}-bit weights", t.description]
                    for t in targets])  # fmt: skip
+
+
+def _faults_column(faults) -> str:
+    """``P_sa 0.01`` and any other kinds by name: what a profile's chips suffer, in one column."""
+    others = [k.kind for k in faults.active if k is not faults.stuck]
+    return " + ".join([f"P_sa {faults.stuck.total:g}" if faults.stuck else "P_sa 0", *others])
 
 
 def _echo_columns(rows: list[list[str]]) -> None:
@@ -263,7 +269,7 @@ def train_cmd(
         check_model_fits(model, init)
     model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
     common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
-                  seed=d.seed if seed is None else seed, device=device, split=resolved.profile.faults.split)  # fmt: skip
+                  seed=d.seed if seed is None else seed, device=device, faults=resolved.profile.training_faults)  # fmt: skip
     # The profile's recipe is for retraining; a pretraining takes none of it (nor, above, a typed one).
     recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), **typed_recipe)
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.

@@ -33,7 +33,7 @@ def run_demo(resolved: ResolvedProfile, out: Path, device: str = "auto", log: Ca
     data = load_data(None)
     log(f"data: {data.description}")
     common = dict(model=d.model, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed, device=device,
-                  split=resolved.profile.faults.split)  # fmt: skip
+                  faults=resolved.profile.training_faults)  # fmt: skip
     runs = {}
     log(f"[1/4] pretraining {d.model} for {d.pretrain_epochs} epochs")
     pre = train(TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=d.lr, **common), data, resolved.target,

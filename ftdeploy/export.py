@@ -42,7 +42,6 @@ metadata, and the verifier recomputes it to refuse a file edited after export.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -58,15 +57,9 @@ from .chip import DeployedLayer, DeployedNetwork
 from .errors import ExportError, FtdeployError
 from .files import write_atomic
 from .mapping import Mapping, crossbar_tiles
+from .onnx_format import (FORMAT, HASH_KEY, INPUT_NAME, OUTPUT_NAME, PREFIX, TEXT_KEYS, cell_weight_name, content_hash,
+                          read_metadata, zero_point_name)
 from .profiles import BatchNormPlacement, ResolvedProfile, Target
-
-FORMAT = "ftdeploy-onnx/1"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-PREFIX = "ftdeploy."
-HASH_KEY = PREFIX + "content_sha256"
-#: Metadata values stored as plain text; every other ftdeploy.* value is JSON.
-TEXT_KEYS = frozenset(PREFIX + k for k in ("format", "version", "model", "method", "content_sha256"))
 
 #: Parity of ONNX Runtime against PyTorch, on logits: |ort - torch| <= ATOL + RTOL * max|torch|.
 #: The weights are bit-identical (see module docstring); only the float32 accumulation order of
@@ -158,14 +151,6 @@ def _trace(model: torch.nn.Module, example: torch.Tensor, fuse_batchnorm: bool =
 # --- weights -> cells ---------------------------------------------------------------------------
 
 
-def _cell_weight_name(cell: str) -> str:
-    return f"{PREFIX}cell_weight.{cell}"
-
-
-def _zero_point_name(cell: str) -> str:
-    return f"{PREFIX}zero_point.{cell}"
-
-
 def _offset_host(mapping: Mapping) -> tuple[int | None, int]:
     """(cell index whose DequantizeLinear zero point carries the mapping's offset, zero point),
     or (None, 0) when there is no offset or it fits no uint8 zero point (then an Add does it).
@@ -184,9 +169,9 @@ def _add_cell_constants(graph: onnx.GraphProto, mapping: Mapping) -> None:
     """Shared scalars: each cell's |coefficient| (a DequantizeLinear scale) and zero point."""
     host, host_zp = _offset_host(mapping)
     for c, (cell, k) in enumerate(zip(mapping.cell_names, mapping.coefficients)):
-        graph.initializer.append(numpy_helper.from_array(np.array(abs(k), np.float32), _cell_weight_name(cell)))
+        graph.initializer.append(numpy_helper.from_array(np.array(abs(k), np.float32), cell_weight_name(cell)))
         zp = host_zp if c == host else 0
-        graph.initializer.append(numpy_helper.from_array(np.array(zp, np.uint8), _zero_point_name(cell)))
+        graph.initializer.append(numpy_helper.from_array(np.array(zp, np.uint8), zero_point_name(cell)))
     if host is None and mapping.offset:
         graph.initializer.append(numpy_helper.from_array(np.array(mapping.offset, np.float32), f"{PREFIX}offset"))
 
@@ -250,7 +235,7 @@ def _decoder_nodes(layer: str, cell_inits: list[str], scale_name: str, weight_na
     terms = []
     for cell, init in zip(mapping.cell_names, cell_inits):
         out = f"{layer}.decode.{cell}"
-        nodes.append(helper.make_node("DequantizeLinear", [init, _cell_weight_name(cell), _zero_point_name(cell)], [out],
+        nodes.append(helper.make_node("DequantizeLinear", [init, cell_weight_name(cell), zero_point_name(cell)], [out],
                                       name=f"{layer}/decode/{cell}"))  # fmt: skip
         terms.append(out)
     code = terms[0]
@@ -312,21 +297,6 @@ def _set_metadata(proto: onnx.ModelProto, meta: dict[str, object]) -> None:
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, dict(keep) | dict(sorted(entries.items())))
     onnx.helper.set_model_props(proto, {**read_metadata(proto), HASH_KEY: content_hash(proto)})
-
-
-def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
-    """All metadata_props as a dict of raw strings."""
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def content_hash(proto: onnx.ModelProto) -> str:
-    """SHA-256 of the model serialised deterministically without its ftdeploy.content_sha256."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    kept = [p for p in copy.metadata_props if p.key != HASH_KEY]
-    del copy.metadata_props[:]
-    copy.metadata_props.extend(kept)
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 # --- checks and writing -------------------------------------------------------------------------

@@ -24,13 +24,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from .arrays import array_namespace
+
 if TYPE_CHECKING:
     from .profiles import Target
-
-
-def array_namespace(a):
-    """numpy or torch, whichever ``a`` belongs to (both spell where/stack/abs alike)."""
-    return torch if isinstance(a, torch.Tensor) else np
 
 
 class Mapping(ABC):

@@ -20,18 +20,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS_DIR = REPO_ROOT / "targets"
 PROFILES_DIR = REPO_ROOT / "profiles"
-
-#: Stuck-off : stuck-on ratio measured by C.-Y. Chen et al., IEEE Trans. Computers 2015.
-CHEN2015_SPLIT = (1.75, 9.04)
-
-Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):
@@ -97,48 +93,24 @@ class Target(_Strict):
         return self.g_off_uS + (self.g_on_uS - self.g_off_uS) * level / (self.levels_per_cell - 1)
 
 
-class FaultRates(_Strict):
-    """Stuck-at rates per cell. Give ``stuck_off`` and ``stuck_on``, or a total ``p_sa`` that is
-    split by ``split`` (stuck-off : stuck-on, default Chen 2015: 1.75 : 9.04)."""
+def _fault_list(value):
+    """``faults`` as a list of kinds: one mapping is a one-kind list; an entry must name its kind."""
+    entries = [value] if isinstance(value, dict) else value
+    if isinstance(entries, list):
+        for entry in entries:
+            if isinstance(entry, dict) and "kind" not in entry:
+                raise ValueError(f"each entry names its kind: one of {', '.join(NONIDEALITIES)} "
+                                 "(e.g. `- kind: stuck-at` above `p_sa: 0.005`)")  # fmt: skip
+    return entries
 
-    p_sa: Rate | None = Field(None, description="Total stuck-at probability per cell.")
-    stuck_off: Rate | None = Field(None, description="Stuck-off (reads g_off) probability per cell.")
-    stuck_on: Rate | None = Field(None, description="Stuck-on (reads g_on) probability per cell.")
-    split: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = Field(
-        CHEN2015_SPLIT, description="Stuck-off : stuck-on ratio used to split a total rate."
-    )
 
-    @model_validator(mode="after")
-    def _check(self) -> "FaultRates":
-        pair_given = self.stuck_off is not None or self.stuck_on is not None
-        if self.p_sa is None and not pair_given:
-            raise ValueError("give p_sa, or stuck_off and stuck_on")
-        if self.p_sa is not None and pair_given:
-            raise ValueError("give either p_sa or stuck_off/stuck_on, not both")
-        if pair_given and (self.stuck_off is None or self.stuck_on is None):
-            raise ValueError("stuck_off and stuck_on must be given together")
-        if sum(self.split) <= 0:
-            raise ValueError("split must have a positive sum")
-        if self.total > 1.0:
-            raise ValueError(f"stuck_off + stuck_on must be at most 1, found {self.total}")
-        return self
+def _one_of_each(kinds: list) -> list:
+    FaultModel(kinds)  # raises ValueError for a kind given twice
+    return kinds
 
-    @property
-    def total(self) -> float:
-        if self.p_sa is not None:
-            return self.p_sa
-        return float(self.stuck_off + self.stuck_on)
 
-    def at(self, p_sa: float) -> tuple[float, float]:
-        """(stuck_off, stuck_on) for a total rate, with this profile's split."""
-        off, on = self.split
-        return p_sa * off / (off + on), p_sa * on / (off + on)
-
-    @property
-    def pair(self) -> tuple[float, float]:
-        if self.p_sa is not None:
-            return self.at(self.p_sa)
-        return float(self.stuck_off), float(self.stuck_on)
+#: A profile's ``faults``: the non-idealities of its chips, each entry one kind.
+FaultList = Annotated[list[FaultSpec], BeforeValidator(_fault_list), AfterValidator(_one_of_each)]
 
 
 class AcceptanceLimit(_Strict):
@@ -171,7 +143,11 @@ class AcceptanceLimit(_Strict):
 class SignOff(_Strict):
     """How a model is verified before shipping."""
 
-    rates: list[Rate] = Field(min_length=1, description="Total stuck-at rates to test, each split like the profile's faults.")
+    rates: list[Rate] = Field(
+        min_length=1,
+        description="Total stuck-at rates to test, each split like the profile's stuck-at entry; every other kind "
+                    "in faults applies at each of them as stated.",
+    )  # fmt: skip
     chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate.")
     seed: int = Field(0, ge=0, description="Seed of the chip population; same seed, same report.")
     max_images: int | None = Field(None, ge=1, description="Evaluate on at most this many images (None: all).")
@@ -290,9 +266,23 @@ class Profile(_Strict):
     name: str = Field(description="Identifier of the deployment.")
     description: str = Field("", description="Free text.")
     target: str = Field(description="Target name (targets/NAME.yaml) or a path relative to this file.")
-    faults: FaultRates = Field(description="Stuck-at rates expected on shipped chips.")
+    faults: FaultList = Field(
+        description="Non-idealities of the shipped chips, each entry one kind (stuck-at, programming-variation, "
+                    "read-noise, drift) with its own fields; kinds compose on every chip. Training injects them, "
+                    "sign-off simulates them.",
+    )  # fmt: skip
     signoff: SignOff = Field(description="How the model is verified before shipping.")
     training: TrainingDefaults = Field(default_factory=TrainingDefaults, description="Training defaults.")
+
+    @property
+    def fault_model(self) -> FaultModel:
+        """The chips' non-idealities composed (:class:`ftdeploy.nonideality.FaultModel`)."""
+        return FaultModel(self.faults)
+
+    @property
+    def training_faults(self) -> list:
+        """The kinds training injects: these faults with the stuck-at rate left to the schedule (0)."""
+        return list(self.fault_model.at_rate(0.0).kinds)
 
 
 class ResolvedProfile(BaseModel):
@@ -450,7 +440,7 @@ def builtin_targets() -> list[Path]:
 __all__ = [
     "AcceptanceLimit",
     "CHEN2015_SPLIT",
-    "FaultRates",
+    "FaultList",
     "Method",
     "Profile",
     "ResolvedProfile",

@@ -93,6 +93,7 @@ def render_markdown(report: dict) -> str:
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''} |",
         f"| chips | {signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
         f"{signoff['split'][0]:g} : {signoff['split'][1]:g} |",
+        f"| faults | {signoff.get('faults', 'stuck-at')} |",
         f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
         "",
         "## Figures (accuracy, %)",

@@ -37,12 +37,13 @@ import torch
 from .chip import DeployedNetwork
 from .data import DataBundle
 from .errors import ConfigError, ModelError
-from .faults import StuckAt
+from .figures import judge, rate_figures, stability_score, summarize_chips
 from .files import exclusive_lock, sha256_file, write_atomic
+from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
 from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device,
                     progressive_rates_for, run_differences, train, train_argv)
-from .verify import check_chip_counts, judge, rate_figures, stability_score, subset_indices, subset_size, summarize_chips
+from .verify import check_chip_counts, subset_indices, subset_size
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
 
 #: TrainConfig fields each cell of the grid sets for itself; every other field is the recipe
 #: the grid shares (SweepSettings.recipe).
-PER_CELL_FIELDS = frozenset({"model", "method", "target_rate", "progressive_rates", "split"})
+PER_CELL_FIELDS = frozenset({"model", "method", "target_rate", "progressive_rates", "faults"})
 
 
 #: Test rates whose Stability Score a table shows unless others are named (Table II's).
@@ -116,7 +117,7 @@ class SweepSettings:
         return self.recipe.model_copy(update=dict(
             model=self.start_model, method=cell.method, target_rate=cell.train_rate,
             progressive_rates=progressive_rates_for(cell.train_rate, self.profile.profile.training),
-            split=self.profile.profile.faults.split,
+            faults=self.profile.profile.training_faults,
         ))  # fmt: skip
 
     def run_epochs(self, cell: Cell) -> int:
@@ -236,7 +237,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
     device = pick_device(s.recipe.device)
     data = evaluation_subset(data, s.max_images)
     results = {}
-    split = s.profile.profile.faults.split
+    faults = s.profile.profile.fault_model
     for c in cells:
         path = out / "results" / f"{c.key}.json"
         ckpt_path = s.pretrained if c.method == "baseline" else out / "runs" / c.key / "model.pt"
@@ -250,12 +251,14 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         ckpt = load_checkpoint(ckpt_path)
         net = DeployedNetwork(model_from_checkpoint(ckpt), s.profile.target, device)
         norm = ckpt["normalization"]  # preprocess exactly as the model was trained
+        backend = net.backend(data.val_x, data.val_y, norm["mean"], norm["std"])
         t0 = time.perf_counter()
-        clean = net.accuracy(data.val_x, data.val_y, norm["mean"], norm["std"])
+        clean = backend.accuracy()
         tests = {}
         for rate in s.test_rates:
-            accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, s.chips if rate > 0 else 1, s.seed,
-                                       data.val_x, data.val_y, norm["mean"], norm["std"], on_chip=on_chip)  # fmt: skip
+            at_rate = faults.at_rate(rate)
+            chips = SimulatedChips(at_rate, rate, s.seed, 1 if at_rate.is_identity else s.chips)
+            accs = chip_accuracies(backend, chips, on_chip=on_chip)
             tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean, "recipe": _recipe(s),
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
@@ -273,12 +276,18 @@ def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
     return {
         "checkpoint_sha256": sha256_file(ckpt_path),
         "target": s.profile.target.model_dump(mode="json"),
-        "split": list(s.profile.profile.faults.split),
+        "split": list(s.profile.profile.fault_model.at_rate(0.0).stuck.ratio),
+        # other kinds only where there are any, so stuck-at rows measured before they existed still match
+        **({"faults": s.profile.profile.fault_model.describe_at("P")} if _has_other_kinds(s) else {}),
         "test_rates": [f"{r:g}" for r in s.test_rates],
         "chips": s.chips,
         "seed": s.seed,
         "val_sha256": hashlib.sha256(data.val_x.numpy().tobytes() + data.val_y.numpy().tobytes()).hexdigest(),
     }
+
+
+def _has_other_kinds(s: SweepSettings) -> bool:
+    return any(k.kind != "stuck-at" for k in s.profile.profile.fault_model.active)
 
 
 #: Recipe fields every results file records, under the names the first tables gave them.
@@ -342,7 +351,7 @@ def signoff_screen(s: SweepSettings, result: dict, acc_pretrain: float) -> dict:
     `ftdeploy verify` on the exported file, on the profile's chips. ``"untested"`` where the
     grid's test rates lack a rate a limit is set at, or a limit needs a confidence interval and
     the grid has one chip per rate."""
-    split, acceptance = s.profile.profile.faults.split, s.profile.profile.signoff.acceptance
+    faults, acceptance = s.profile.profile.fault_model, s.profile.profile.signoff.acceptance
     needed = sorted({lim.rate for lim in acceptance})
     missing = [f"{rate:g}" for rate in needed if f"{rate:g}" not in result["tests"]]
     if missing:
@@ -350,7 +359,7 @@ def signoff_screen(s: SweepSettings, result: dict, acc_pretrain: float) -> dict:
     if s.chips < 2 and any(lim.min_acc_defect_lower_ci_pct is not None for lim in acceptance):
         return {"verdict": "untested", "why": "min_acc_defect_lower_ci_pct needs 2 or more chips per rate"}
     clean = result["acc_clean"]
-    figures = {"acc_retrain": clean, "rates": [rate_figures(rate, StuckAt.from_total(rate, split), result["tests"][f"{rate:g}"]["chips"],
+    figures = {"acc_retrain": clean, "rates": [rate_figures(rate, faults.at_rate(rate).stuck, result["tests"][f"{rate:g}"]["chips"],
                                                             acc_pretrain, clean) for rate in needed]}  # fmt: skip
     verdict = judge(figures, s.profile)
     failed = [c.name if c.rate is None else f"{c.name}@{c.rate:g}" for c in verdict.checks if not c.passed]

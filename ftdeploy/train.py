@@ -99,16 +99,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
 import yaml
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .chip import DeployedNetwork
 from .data import DataBundle, augment, batches, normalize
 from .errors import ConfigError, ModelError
-from .faults import StuckAt, faulty_weight
+from .faults import faulty_weight
 from .files import write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
-from .profiles import CHEN2015_SPLIT, BatchNormPlacement, RetrainingRecipe, Target, TrainingDefaults, recipe_last
+from .nonideality import FaultModel, StuckAt
+from .population import SimulatedChips, chip_accuracies
+from .profiles import BatchNormPlacement, FaultList, RetrainingRecipe, Target, TrainingDefaults, recipe_last
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
 RESUME_FORMAT = "ftdeploy-resume/1"
@@ -130,7 +132,11 @@ class TrainConfig(RetrainingRecipe):
     progressive_rates: list[float] = Field(
         default_factory=lambda: [0.01, 0.02, 0.05], description="Ascending rates of progressive blocks."
     )
-    split: tuple[float, float] = Field(CHEN2015_SPLIT, description="Stuck-off : stuck-on ratio of training faults.")
+    faults: FaultList = Field(
+        default_factory=lambda: [StuckAt.from_total(0.0)],
+        description="Non-idealities injected while retraining (the profile's faults); the stuck-at entry gives the "
+                    "stuck-off : stuck-on ratio, its rate is the schedule's.",
+    )  # fmt: skip
     epochs: int = Field(
         20, ge=1,
         description="Epochs of this run (all progressive blocks together), or of each block with progressive_blocks each.",
@@ -145,6 +151,20 @@ class TrainConfig(RetrainingRecipe):
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
     eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _faults_from_split(cls, data):
+        """Configs written before ``faults`` existed record only the stuck-at ``split``."""
+        if isinstance(data, dict) and "split" in data and "faults" not in data:
+            data = dict(data)
+            data["faults"] = [{"kind": "stuck-at", "p_sa": 0.0, "split": list(data.pop("split"))}]
+        return data
+
+    @property
+    def fault_model(self) -> FaultModel:
+        """The training population at stuck-at rate 0 (:meth:`FaultModel.at_rate` sets the step's rate)."""
+        return FaultModel(self.faults).at_rate(0.0)
 
     @property
     def blocks_each(self) -> bool:
@@ -293,7 +313,7 @@ class FaultInjector:
 
     def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
                  seed: int = 0, device: torch.device | str = "cpu", learn_scale: bool = True, unbiased: bool = False,
-                 prune_masks: dict[str, torch.Tensor] | None = None):  # fmt: skip
+                 prune_masks: dict[str, torch.Tensor] | None = None, faults: FaultModel | None = None):  # fmt: skip
         from .profiles import ScaleGranularity
 
         self.model = model
@@ -302,7 +322,9 @@ class FaultInjector:
         self.block = block_stuck_grad
         self.learn_scale = learn_scale
         self.unbiased = unbiased
-        self.nonideality = StuckAt(0.0, 0.0)
+        # The population training draws from; set_rate moves its stuck-at rate along the schedule.
+        self.population = (faults or FaultModel()).at_rate(0.0)
+        self.faults = self.population
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # Faults hit what the cells hold: the BN-folded weight on a folding target (frozen BN
         # only: a training-mode BN has no fixed fold), the conv weight itself otherwise.
@@ -332,8 +354,9 @@ class FaultInjector:
         self._hook = None
         self._cache: list[torch.Tensor] | None = None
 
-    def set_rate(self, p_sa: float, split: tuple[float, float]) -> None:
-        self.nonideality = StuckAt.from_total(p_sa, split)
+    def set_rate(self, p_sa: float) -> None:
+        """Draw the coming steps' chips at stuck-at rate ``p_sa`` (every other kind as given)."""
+        self.faults = self.population.at_rate(p_sa)
 
     def attach(self) -> None:
         for i, (module, _) in enumerate(self._layers):
@@ -401,7 +424,7 @@ class FaultInjector:
         scale = scale_from_peak(peak, self.mapping.target).index_select(0, self._group_of)
         if not self.learn_scale:
             scale = scale.detach()
-        faulty = faulty_weight(folded, self.mapping, self.nonideality, generator=self.generator,
+        faulty = faulty_weight(folded, self.mapping, self.faults, generator=self.generator,
                                block_stuck_grad=self.block, scale=scale, unbiased=self.unbiased) / k  # fmt: skip
         return [part.view(shape) for part, shape in zip(faulty.split(self._numels), self._shapes)]
 
@@ -480,14 +503,18 @@ def _lr_lambda(total_steps: int, warmup_steps: int, period: int | None = None):
     return f
 
 
-def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device, chips: int = 0,
-                      rate: float = 0.0, split=CHEN2015_SPLIT, seed: int = 0) -> tuple[float, float | None]:  # fmt: skip
-    """(fault-free deployed accuracy, mean accuracy of ``chips`` chips at ``rate``) on the val split."""
-    net = DeployedNetwork(model, target, device)
-    clean = net.accuracy(data.val_x, data.val_y, data.mean, data.std)
-    if not chips or rate <= 0:
+def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device, chips: int = 0, rate: float = 0.0,
+                      faults: FaultModel | None = None, seed: int = 0) -> tuple[float, float | None]:  # fmt: skip
+    """(fault-free deployed accuracy, mean accuracy of ``chips`` chips of ``faults`` at stuck-at
+    ``rate``) on the validation split; no chips, no second figure."""
+    backend = DeployedNetwork(model, target, device).backend(data.val_x, data.val_y, data.mean, data.std)
+    clean = backend.accuracy()
+    if not chips:
         return clean, None
-    accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, chips, seed, data.val_x, data.val_y, data.mean, data.std)
+    population = (faults or FaultModel()).at_rate(rate)
+    if population.is_identity:
+        return clean, None
+    accs = chip_accuracies(backend, SimulatedChips(population, rate, seed, chips))
     return clean, sum(accs) / len(accs)
 
 
@@ -603,7 +630,7 @@ class _Run:
         if self.retraining:  # every rank its own chips: seed offset by rank
             self.injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank,
                                           device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults,
-                                          prune_masks=self.prune_masks)  # fmt: skip
+                                          prune_masks=self.prune_masks, faults=config.fault_model)  # fmt: skip
             self.injector.attach()
         self.net = dist.wrap(model)
         self.opt = _optimizer(model, config)
@@ -633,7 +660,7 @@ class _Run:
         config, injector, dist = self.config, self.injector, self.dist
         rate = config.rate_at(epoch)
         if injector:
-            injector.set_rate(rate, config.split)
+            injector.set_rate(rate)
         self.model.train()
         if self.retraining and config.bn == "frozen":
             freeze_batchnorm(self.model)
@@ -643,7 +670,7 @@ class _Run:
         seen = 0
         for xb, yb in batches(self.train_x, self.train_y, config.batch_size, shuffle=True, generator=self.gen):
             if injector and (self.step < self.rate_warmup_steps or config.clean_steps):
-                injector.set_rate(config.step_rate(rate, self.step, self.rate_warmup_steps), config.split)
+                injector.set_rate(config.step_rate(rate, self.step, self.rate_warmup_steps))
             self.step += 1
             xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
             logits, loss = self._optimizer_step(normalize(augment(xb, self.aug_gen), self.data.mean, self.data.std), yb)
@@ -677,7 +704,7 @@ class _Run:
         eval_model = create_model(config.model, num_classes=self.data.num_classes)
         eval_model.load_state_dict(state)
         chips = config.eval_chips if self.retraining else 0
-        return deployed_accuracy(eval_model, self.target, self.data, self.device, chips, config.target_rate, config.split,
+        return deployed_accuracy(eval_model, self.target, self.data, self.device, chips, config.target_rate, config.fault_model,
                                  config.seed)  # fmt: skip
 
     def save(self, state: dict[str, torch.Tensor], out_dir: Path, profile_name: str, val_clean: float, epochs_done: int,
@@ -974,7 +1001,7 @@ def _checkpoint(config, data, target, state, profile_name, init, acc_pretrain, v
         "target": target.model_dump(mode="json"),
         "method": config.method,
         "schedule": config.schedule(),
-        "split": list(config.split),
+        "split": list(config.fault_model.stuck.ratio),
         "epochs": config.run_epochs,
         "epochs_done": epochs_done,
         "seed": config.seed,

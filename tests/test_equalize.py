@@ -18,7 +18,7 @@ from ftdeploy.data import load_data
 from ftdeploy.equalize import check_equalizable, equalize_channel_ranges, equalizes
 from ftdeploy.errors import ConfigError
 from ftdeploy.export import export_onnx, read_metadata
-from ftdeploy.faults import HEALTHY, STUCK_ON, StuckAt
+from ftdeploy.nonideality import HEALTHY, STUCK_ON, FaultModel, StuckAt
 from ftdeploy.models import conv_bn_pairs, democnn, deployed_layers, fold_batchnorm
 from ftdeploy.profiles import load_profile
 from ftdeploy.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
@@ -120,7 +120,7 @@ def test_a_stuck_on_cell_adds_its_channels_own_full_scale_not_the_layers():
         state[1, 1, 1, 0, 0] = STUCK_ON  # the negative-column cell of the small channel's zero weight
         with torch.no_grad():
             clean = net.model(x)
-            net.set_chip([state], StuckAt(0.0, 0.5))
+            net.load_chip(FaultModel([StuckAt.from_pair(0.0, 0.5)]), [[state]])
             errors.append((net.model(x) - clean)[:, 1])
     assert errors[1].abs().min() > 0
     torch.testing.assert_close(errors[0], errors[1] * 10, rtol=1e-4, atol=1e-5)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_example_profile_resolves_its_relative_target():
     r = load_profile(ROOT / "examples" / "profiles" / "my-chip.yaml")
     assert r.target.name == "offset-8"
-    assert r.profile.faults.pair == (0.0005, 0.002)
+    assert r.profile.fault_model.stuck.pair == (0.0005, 0.002)
     assert (r.profile.training.rate_warmup_epochs, r.profile.training.clean_steps) == (1, 0.25)
 
 

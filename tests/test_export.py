@@ -35,7 +35,8 @@ OFFSET_PROFILE = """\
 name: offset-test
 target: offset-8
 faults:
-  p_sa: 0.01
+  - kind: stuck-at
+    p_sa: 0.01
 signoff:
   rates: [0.01]
   chips: 2

@@ -1,4 +1,4 @@
-"""The stuck-at fault model: identity at rate 0, numpy == torch == DeployedNetwork, the chip
+"""The stuck-at fault model through the non-ideality registry: identity at rate 0, numpy == torch == DeployedNetwork, the chip
 random streams, sampled frequencies, what a stuck cell reads, and gradients."""
 
 from __future__ import annotations
@@ -11,20 +11,28 @@ import torch
 
 from conftest import make_target
 from ftdeploy.chip import DeployedNetwork
-from ftdeploy.faults import (
-    HEALTHY,
-    STUCK_OFF,
-    STUCK_ON,
-    StuckAt,
-    chip_rng,
-    code_expectation,
-    draw_chip_states,
-    faulty_codes,
-    faulty_weight,
-    quantized_weight,
-)
+from ftdeploy.faults import code_expectation, faulty_weight as _faulty_weight, quantized_weight
 from ftdeploy.mapping import MAPPINGS, make_mapping, quantize_codes, scale_of
-from ftdeploy.profiles import CHEN2015_SPLIT, FaultRates, load_target
+from ftdeploy.nonideality import CHEN2015_SPLIT, HEALTHY, STUCK_OFF, STUCK_ON, CellRange, FaultModel, StuckAt, chip_rng
+from ftdeploy.population import SimulatedChips, chip_accuracies
+from ftdeploy.profiles import load_target
+
+
+# One kind at a time, in the terms of the fault model itself: a state per layer, applied and decoded.
+def faulty_codes(mapping, levels, state, kind):
+    return mapping.decode(kind.apply(levels, state, CellRange.of(mapping.target)))
+
+
+def draw_chip_states(kind, shapes, rng):
+    return [states[0] for states in FaultModel([kind]).draw(shapes, rng)]
+
+
+def faulty_weight(w, mapping, kind, state=None, **kw):
+    return _faulty_weight(w, mapping, FaultModel([kind]), states=None if state is None else [state], **kw)
+
+
+def net_chip_accuracies(net, kind, rate, chips, seed, x, y, mean, std):
+    return chip_accuracies(net.backend(x, y, mean, std), SimulatedChips(FaultModel([kind]), rate, seed, chips))
 
 #: (target name, scale) pairs: every shipped mapping with per-layer and per-channel scale.
 #: (test_target_lists_cover_every_mapping keeps "every" true when a mapping is added.)
@@ -60,10 +68,10 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def test_rate_zero_samples_no_stuck_cell():
-    clean = StuckAt(0.0, 0.0)
-    assert clean.is_identity and not StuckAt(1e-12, 0.0).is_identity
-    assert (clean.sample_numpy((1000, 7), np.random.default_rng(0)) == HEALTHY).all()
-    assert (clean.sample_torch((1000, 7), "cpu", torch.Generator().manual_seed(0)) == HEALTHY).all()
+    clean = StuckAt.from_pair(0.0, 0.0)
+    assert clean.is_identity and not StuckAt.from_pair(1e-12, 0.0).is_identity
+    assert (clean.draw((1000, 7), np.random.default_rng(0)) == HEALTHY).all()
+    assert (clean.draw_torch((1000, 7), "cpu", torch.Generator().manual_seed(0)) == HEALTHY).all()
     # u is in [0, 1): u == 0 must not count as stuck-off at rate 0
     assert (clean.state_from_uniform(np.zeros(5)) == HEALTHY).all()
 
@@ -77,14 +85,14 @@ def test_target_lists_cover_every_mapping():
 def test_rate_zero_gives_the_clean_weights_exactly(name, scale):
     target = _target(name, scale)
     mapping = make_mapping(target)
-    clean = StuckAt(0.0, 0.0)
+    clean = StuckAt.from_pair(0.0, 0.0)
     for seed in range(3):
         w = _weight((8, 3, 3, 3), seed)
         s = scale_of(w, target)
         codes = quantize_codes(w, s, target)
         levels = mapping.encode(codes)
-        state = clean.sample_torch(tuple(levels.shape), "cpu", torch.Generator().manual_seed(seed))
-        assert torch.equal(clean.apply(levels, state, mapping.max_level), levels)
+        state = clean.draw_torch(tuple(levels.shape), "cpu", torch.Generator().manual_seed(seed))
+        assert torch.equal(clean.apply(levels, state, CellRange.of(mapping.target)), levels)
         assert torch.equal(faulty_codes(mapping, levels, state, clean), codes.to(torch.float32))
         levels_np = levels.numpy()
         assert np.array_equal(faulty_codes(mapping, levels_np, state.numpy(), clean), codes.numpy().astype(np.float32))
@@ -101,14 +109,13 @@ def test_chip_accuracies_at_rate_zero_equal_fault_free_accuracy(tiny_net):
         y = net.model(_normalized(x)).argmax(1)
     clean = net.accuracy(x, y, MEAN, STD)
     assert clean == 100.0  # labels are the deployed net's own predictions
-    assert net.chip_accuracies(StuckAt(0.0, 0.0), 0.0, 4, 0, x, y, MEAN, STD) == [clean] * 4
+    assert net_chip_accuracies(net, StuckAt.from_pair(0.0, 0.0), 0.0, 4, 0, x, y, MEAN, STD) == [clean] * 4
     # a rate too small to hit any of the ~500 cells takes the full chip path and still matches
-    tiny = StuckAt(1e-12, 1e-12)
-    assert net.chip_accuracies(tiny, 2e-12, 3, 0, x, y, MEAN, STD) == [clean] * 3
-    assert net.accuracy_line([0.0, 0.5], CHEN2015_SPLIT, 2, x, y, MEAN, STD).startswith("clean 100.00  P=0: 100.00  P=0.5: ")
+    tiny = StuckAt.from_pair(1e-12, 1e-12)
+    assert net_chip_accuracies(net, tiny, 2e-12, 3, 0, x, y, MEAN, STD) == [clean] * 3
     # faults do bite at a high rate, and the fault-free weights come back afterwards
     before = [layer.module.weight.clone() for layer in net.layers]
-    faulty = net.chip_accuracies(StuckAt(0.1, 0.2), 0.3, 3, 0, x, y, MEAN, STD)
+    faulty = net_chip_accuracies(net, StuckAt.from_pair(0.1, 0.2), 0.3, 3, 0, x, y, MEAN, STD)
     assert max(faulty) < clean
     for layer, w in zip(net.layers, before):
         assert torch.equal(layer.module.weight, w)
@@ -135,12 +142,12 @@ def test_numpy_torch_and_deployed_network_agree_bit_for_bit(name, scale, tiny_ne
     for chip in range(2):
         states = draw_chip_states(nonideality, net.cell_shapes, chip_rng(seed, rate, chip))
         assert [s.shape for s in states] == net.cell_shapes and all(s.dtype == np.uint8 for s in states)
-        net.set_chip(states, nonideality)
+        net.load_chip(FaultModel([nonideality]), [[st] for st in states])
         changed = 0
         for layer, state in zip(net.layers, states):
             # the verifier's path: numpy levels -> faulted -> decoded -> times the layer scale
             levels_np = layer.levels.numpy()
-            codes_np = mapping.decode(nonideality.apply(levels_np, state, mapping.max_level))
+            codes_np = mapping.decode(nonideality.apply(levels_np, state, CellRange.of(mapping.target)))
             w_np = codes_np * layer.scale.numpy()
             assert w_np.dtype == np.float32
             # the trainer's path, on the original (unfolded: no BatchNorm here) weight
@@ -156,13 +163,13 @@ def test_numpy_torch_and_deployed_network_agree_bit_for_bit(name, scale, tiny_ne
 def test_faulty_weight_draws_its_chip_from_the_generator():
     target = load_target("paper-diff8")[0]
     mapping = make_mapping(target)
-    nonideality = StuckAt(0.05, 0.1)
+    nonideality = StuckAt.from_pair(0.05, 0.1)
     w = _weight((16, 16))
     a = faulty_weight(w, mapping, nonideality, generator=torch.Generator().manual_seed(3))
     b = faulty_weight(w, mapping, nonideality, generator=torch.Generator().manual_seed(3))
     c = faulty_weight(w, mapping, nonideality, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    state = nonideality.sample_torch((2, 16, 16), "cpu", torch.Generator().manual_seed(3))
+    state = nonideality.draw_torch((2, 16, 16), "cpu", torch.Generator().manual_seed(3))
     assert torch.equal(faulty_weight(w, mapping, nonideality, state=state), a)
 
 
@@ -177,7 +184,7 @@ def test_chip_rng_is_reproducible_and_distinct():
     assert len(streams) == len(keys)
     # keyed by the rate's value, not its float spelling
     np.testing.assert_array_equal(draw(0, 0.1 + 0.2, 1), draw(0, 0.3, 1))
-    nonideality = StuckAt(0.1, 0.1)
+    nonideality = StuckAt.from_pair(0.1, 0.1)
     shapes = [(2, 4, 3), (8, 5)]
     a = draw_chip_states(nonideality, shapes, chip_rng(5, 0.2, 9))
     b = draw_chip_states(nonideality, shapes, chip_rng(5, 0.2, 9))
@@ -198,11 +205,11 @@ def _within_binomial(count: int, n: int, p: float) -> bool:
 @pytest.mark.parametrize("off,on", [(0.01, 0.05), (0.3, 0.0), (0.0, 0.002), (0.25, 0.5)])
 @pytest.mark.parametrize("sampler", ["numpy", "torch"])
 def test_sampled_frequencies_match_the_rates(off, on, sampler):
-    nonideality = StuckAt(off, on)
+    nonideality = StuckAt.from_pair(off, on)
     if sampler == "numpy":
-        state = nonideality.sample_numpy((1000, 1000), np.random.default_rng(1))
+        state = nonideality.draw((1000, 1000), np.random.default_rng(1))
     else:
-        state = nonideality.sample_torch((1000, 1000), "cpu", torch.Generator().manual_seed(1)).numpy()
+        state = nonideality.draw_torch((1000, 1000), "cpu", torch.Generator().manual_seed(1)).numpy()
     assert state.dtype == np.uint8 and set(np.unique(state)) <= {HEALTHY, STUCK_OFF, STUCK_ON}
     n_off, n_on = int((state == STUCK_OFF).sum()), int((state == STUCK_ON).sum())
     assert _within_binomial(n_off, N_CELLS, off), (n_off, off)
@@ -213,10 +220,11 @@ def test_chen2015_split():
     nonideality = StuckAt.from_total(0.01, CHEN2015_SPLIT)
     assert CHEN2015_SPLIT == (1.75, 9.04)
     assert nonideality.total == pytest.approx(0.01, rel=1e-12)
-    assert nonideality.stuck_on / nonideality.stuck_off == pytest.approx(9.04 / 1.75, rel=1e-12)
-    assert nonideality.stuck_off / nonideality.total == pytest.approx(0.162, abs=5e-4)  # 16.2 % stuck-off
-    assert FaultRates(p_sa=0.01).pair == pytest.approx((nonideality.stuck_off, nonideality.stuck_on), rel=1e-12)
-    state = StuckAt.from_total(0.1, CHEN2015_SPLIT).sample_numpy((N_CELLS,), np.random.default_rng(2))
+    off, on = nonideality.pair
+    assert on / off == pytest.approx(9.04 / 1.75, rel=1e-12)
+    assert off / nonideality.total == pytest.approx(0.162, abs=5e-4)  # 16.2 % stuck-off
+    assert StuckAt(p_sa=0.01).pair == pytest.approx((off, on), rel=1e-12)
+    state = StuckAt.from_total(0.1, CHEN2015_SPLIT).draw((N_CELLS,), np.random.default_rng(2))
     n_off, n_on = int((state == STUCK_OFF).sum()), int((state == STUCK_ON).sum())
     n = n_off + n_on
     assert _within_binomial(n, N_CELLS, 0.1)
@@ -224,10 +232,11 @@ def test_chen2015_split():
 
 
 def test_stuck_at_rejects_bad_rates():
-    for off, on in [(-0.1, 0.0), (0.0, -1e-9), (0.6, 0.5)]:
-        with pytest.raises(ValueError, match="stuck-at rates"):
-            StuckAt(off, on)
-    StuckAt(0.5, 0.5)  # every cell stuck is allowed
+    for off, on, why in [(-0.1, 0.0, "greater than or equal to 0"), (0.0, -1e-9, "greater than or equal to 0"),
+                         (0.6, 0.5, "must be at most 1")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            StuckAt.from_pair(off, on)
+    StuckAt.from_pair(0.5, 0.5)  # every cell stuck is allowed
 
 
 # --- what a stuck cell reads ------------------------------------------------------------------
@@ -239,11 +248,11 @@ def test_stuck_off_reads_level_zero_and_stuck_on_the_top_level(xp):
     state = np.array([[STUCK_OFF, STUCK_ON, HEALTHY, STUCK_ON], [HEALTHY, STUCK_OFF, STUCK_ON, HEALTHY]], np.uint8)
     expected = [[0, 7, 7, 7], [5, 0, 7, 7]]
     if xp == "torch":
-        out = StuckAt(0.1, 0.1).apply(torch.from_numpy(levels).int(), torch.from_numpy(state), 7)
+        out = StuckAt.from_pair(0.1, 0.1).apply(torch.from_numpy(levels).int(), torch.from_numpy(state), CellRange(7, 1.0, 100.0))
         assert not out.dtype.is_floating_point
         out = out.numpy()
     else:
-        out = StuckAt(0.1, 0.1).apply(levels, state, 7)
+        out = StuckAt.from_pair(0.1, 0.1).apply(levels, state, CellRange(7, 1.0, 100.0))
     np.testing.assert_array_equal(out, expected)
 
 
@@ -253,7 +262,7 @@ def _read(mapping, code: int, stuck: dict[str, int]) -> float:
     state = np.zeros_like(levels, dtype=np.uint8)
     for cell, st in stuck.items():
         state[mapping.cell_names.index(cell)] = st
-    return float(faulty_codes(mapping, levels, state, StuckAt(0.1, 0.1))[0])
+    return float(faulty_codes(mapping, levels, state, StuckAt.from_pair(0.1, 0.1))[0])
 
 
 def test_differential_stuck_cell_semantics():
@@ -274,7 +283,7 @@ def test_differential_stuck_cell_semantics():
     w = torch.tensor([[0.0, 0.3], [-0.8, 1.7]])
     state = torch.zeros(2, 2, 2, dtype=torch.uint8)
     state[0, 0, 0] = STUCK_ON  # pos cell of the zero weight
-    faulty = faulty_weight(w, m, StuckAt(0.1, 0.1), state=state).detach()
+    faulty = faulty_weight(w, m, StuckAt.from_pair(0.1, 0.1), state=state).detach()
     assert faulty[0, 0] == quantized_weight(w, m).detach()[1, 1]  # == 127 * s == deployed max|W|
     assert faulty[0, 0] == pytest.approx(1.7, rel=1e-6)
 
@@ -306,13 +315,13 @@ def test_inverted_differential_swaps_which_fault_costs_full_scale():
 def test_inverted_differential_makes_full_scale_errors_as_rare_as_stuck_off_cells(rates):
     """Over many weights, the share of codes a chip moves by more than half the full scale is
     set by the stuck-on rate on paper-diff8 and by the stuck-off rate on its inverted twin."""
-    ni = StuckAt(*rates)
+    ni = StuckAt.from_pair(*rates)
     codes = np.random.default_rng(0).integers(-20, 21, size=200_000)  # small weights, as trained ones are
     share = {}
     for name in ("paper-diff8", "paper-diff8-inverted"):
         m = make_mapping(load_target(name)[0])
         levels = m.encode(codes)
-        state = ni.sample_numpy(levels.shape, np.random.default_rng(1))
+        state = ni.draw(levels.shape, np.random.default_rng(1))
         share[name] = float(np.mean(np.abs(faulty_codes(m, levels, state, ni) - codes) > 63))
     # exactly one of the two cells at that fault (both so cancel): 2·p·(1 − p), here to within 3 %
     for name, p in (("paper-diff8", ni.stuck_on), ("paper-diff8-inverted", ni.stuck_off)):
@@ -347,7 +356,7 @@ def test_bitsliced_stuck_cell_semantics():
 
 def _grad(w0, mapping, state, block, upstream):
     w = w0.clone().requires_grad_(True)
-    (faulty_weight(w, mapping, StuckAt(0.1, 0.1), state=state, block_stuck_grad=block) * upstream).sum().backward()
+    (faulty_weight(w, mapping, StuckAt.from_pair(0.1, 0.1), state=state, block_stuck_grad=block) * upstream).sum().backward()
     return w.grad
 
 
@@ -375,7 +384,7 @@ def test_stuck_weights_get_no_gradient_when_blocked():
     assert w[1, 1] < 0 and w[3, 0] < 0
     state[0, 1, 1] = STUCK_OFF  # pos cell of a negative weight: already level 0, value unchanged
     state[1, 3, 0] = STUCK_OFF  # neg cell of a negative weight: the weight reads 0
-    fw = faulty_weight(w, mapping, StuckAt(0.1, 0.1), state=state).detach()
+    fw = faulty_weight(w, mapping, StuckAt.from_pair(0.1, 0.1), state=state).detach()
     clean = quantized_weight(w, mapping).detach()
     assert fw[1, 1] == clean[1, 1] and fw[3, 0] == 0
     g = _grad(w, mapping, state, True, upstream)
@@ -430,7 +439,7 @@ def test_scale_gradient_matches_the_hand_derivation():
     g = _grad(w, mapping, state, True, upstream)
     s = (w.abs().max() / 127).double()
     codes = torch.round(w.double() / s)
-    faulty = faulty_codes(mapping, mapping.encode(codes.int()), state, StuckAt(0.1, 0.1)).double()
+    faulty = faulty_codes(mapping, mapping.encode(codes.int()), state, StuckAt.from_pair(0.1, 0.1)).double()
     delta = faulty - codes
     per_weight = codes - w.double() / s + delta
     per_weight[2, 3] = codes[2, 3] + delta[2, 3]  # blocked: only its value scales with s
@@ -479,8 +488,8 @@ def test_code_expectation_is_the_exact_average_over_every_cell_state(name, rates
     import itertools
 
     mapping = make_mapping(_target(name, "layer"))
-    ni = StuckAt(*rates)
-    a, b = code_expectation(mapping, ni)
+    ni = StuckAt.from_pair(*rates)
+    a, b = code_expectation(mapping, FaultModel([ni]))
     p = {HEALTHY: 1 - ni.total, STUCK_OFF: ni.stuck_off, STUCK_ON: ni.stuck_on}
     codes = np.array([-mapping.max_code, -37, -1, 0, 1, 64, mapping.max_code])
     levels = mapping.encode(codes)
@@ -495,7 +504,7 @@ def test_code_expectation_is_the_exact_average_over_every_cell_state(name, rates
 
 def test_differential_pair_chips_hold_the_weights_shrunk_by_one_minus_p():
     mapping = make_mapping(_target("paper-diff8", "layer"))
-    assert code_expectation(mapping, StuckAt.from_total(0.05, CHEN2015_SPLIT)) == pytest.approx((0.95, 0.0))
+    assert code_expectation(mapping, FaultModel.stuck_at(0.05, CHEN2015_SPLIT)) == pytest.approx((0.95, 0.0))
 
 
 @pytest.mark.parametrize("name", ["paper-diff8", "offset-8"])
@@ -503,12 +512,12 @@ def test_unbiased_faulty_weight_maps_the_chip_back_through_its_expectation(name)
     """unbiased: (q' − b)/a · s on the same chip; at rate 0 exactly the clean weight."""
     mapping = make_mapping(_target(name, "layer"))
     w = _weight((8, 9), seed=4)
-    ni = StuckAt(0.05, 0.1)
-    state = ni.sample_torch((mapping.cells_per_weight, *w.shape), "cpu", torch.Generator().manual_seed(5))
-    a, b = code_expectation(mapping, ni)
+    ni = StuckAt.from_pair(0.05, 0.1)
+    state = ni.draw_torch((mapping.cells_per_weight, *w.shape), "cpu", torch.Generator().manual_seed(5))
+    a, b = code_expectation(mapping, FaultModel([ni]))
     s = scale_of(w, mapping.target)
     raw = faulty_weight(w, mapping, ni, state=state)
     torch.testing.assert_close(faulty_weight(w, mapping, ni, state=state, unbiased=True), (raw / s - b) / a * s)
-    none = StuckAt(0.0, 0.0)
+    none = StuckAt.from_pair(0.0, 0.0)
     clean = faulty_weight(w, mapping, none, state=torch.zeros_like(state), unbiased=True)
     assert torch.equal(clean, quantized_weight(w, mapping))

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from ftdeploy.cli import app, main
 from ftdeploy.errors import ConfigError
+from ftdeploy.nonideality import StuckAt
 from ftdeploy.profiles import (
     PROFILES_DIR,
     TARGETS_DIR,
-    FaultRates,
     Method,
     Profile,
     ResolvedProfile,
@@ -53,8 +53,8 @@ def test_shipped_profile_validates(name):
     tr = r.profile.training
     if tr.method is Method.progressive:
         assert tr.progressive_rates[-1] == tr.target_rate
-    off, on = r.profile.faults.pair
-    assert off + on == pytest.approx(r.profile.faults.total)
+    off, on = r.profile.fault_model.stuck.pair
+    assert off + on == pytest.approx(r.profile.fault_model.stuck.total)
     # round trip: the resolved dict validates again to the same objects
     d = r.to_dict()
     assert Target.model_validate(d["target"]) == r.target
@@ -77,7 +77,7 @@ def test_paper_target_tracks_the_paper():
     t, _ = load_target("paper-diff8")
     assert (t.mapping, t.levels_per_cell - 1, t.max_code, t.scale.value) == ("differential", 127, 127, "layer")
     chen = load_profile("chen2015").profile
-    assert chen.faults.split == (1.75, 9.04) and chen.faults.p_sa == 0.005
+    assert chen.fault_model.stuck.split == (1.75, 9.04) and chen.fault_model.stuck.p_sa == 0.005
 
 
 # --- bad files ------------------------------------------------------------------------------
@@ -115,13 +115,22 @@ BAD_PROFILES = {
     "unknown key": ({"signoff__chipz": 3}, "signoff.chipz", "Extra inputs are not permitted"),
     "unknown top-level key": ({"fautls": {}}, "fautls", "Extra inputs are not permitted"),
     "wrong type": ({"signoff__chips": "many"}, "signoff.chips", "valid integer"),
-    "wrong type of section": ({"faults": [0.01]}, "faults", "dictionary"),
-    "rate above 1": ({"faults__p_sa": 1.5}, "faults.p_sa", "less than or equal to 1"),
+    "wrong type of section": ({"faults": [0.01]}, "faults.0", "dict"),
+    "fault entry without a kind": ({"faults": [{"p_sa": 0.01}]}, "faults", "each entry names its kind: one of stuck-at, programming-variation"),
+    "unknown kind": ({"faults": [{"kind": "stuck-on", "p_sa": 0.01}]}, "faults.0", "does not match any of the expected tags"),
+    "a kind twice": ({"faults": [{"kind": "stuck-at", "p_sa": 0.01}, {"kind": "stuck-at", "p_sa": 0.02}]}, "faults", "each kind may appear once"),
+    "variation in two units": ({"faults": [{"kind": "programming-variation", "sigma_uS": 1.0, "sigma_rel": 0.1}]},
+                               "faults.0.programming-variation", "give exactly one of sigma_uS"),
+    "drift read before t0": ({"faults": [{"kind": "drift", "nu_mean": 0.1, "t0_s": 100, "at": "1 min"}]},
+                             "faults.0.drift", "must not come before t0_s"),
+    "drift time without unit sense": ({"faults": [{"kind": "drift", "nu_mean": 0.1, "at": "one day"}]},
+                                      "faults.0.drift.at", "expected a duration such as"),
+    "rate above 1": ({"faults__0__p_sa": 1.5}, "faults.0.stuck-at.p_sa", "less than or equal to 1"),
     "negative rate": ({"signoff__rates": [0.01, -0.1]}, "signoff.rates.1", "greater than or equal to 0"),
-    "p_sa and stuck_off": ({"faults__stuck_off": 0.001}, "faults", "give either p_sa or stuck_off/stuck_on, not both"),
-    "stuck_off alone": ({"faults": {"stuck_off": 0.01}}, "faults", "stuck_off and stuck_on must be given together"),
-    "no rate at all": ({"faults": {"split": [1, 1]}}, "faults", "give p_sa, or stuck_off and stuck_on"),
-    "rates sum above 1": ({"faults": {"stuck_off": 0.6, "stuck_on": 0.6}}, "faults", "at most 1"),
+    "p_sa and stuck_off": ({"faults__0__stuck_off": 0.001}, "faults.0.stuck-at", "give either p_sa or stuck_off/stuck_on, not both"),
+    "stuck_off alone": ({"faults": [{"kind": "stuck-at", "stuck_off": 0.01}]}, "faults.0.stuck-at", "stuck_off and stuck_on must be given together"),
+    "no rate at all": ({"faults": [{"kind": "stuck-at", "split": [1, 1]}]}, "faults.0.stuck-at", "give p_sa, or stuck_off and stuck_on"),
+    "rates sum above 1": ({"faults": [{"kind": "stuck-at", "stuck_off": 0.6, "stuck_on": 0.6}]}, "faults.0.stuck-at", "at most 1"),
     "acceptance rate not signed off": ({"signoff__acceptance__0__rate": 0.03}, "signoff", "acceptance rates [0.03] are not in rates"),
     "acceptance without limit": ({"signoff__acceptance": [{"rate": 0.01}]}, "signoff.acceptance.0", "set at least one of"),
     "progressive not ending at target": ({"training__progressive_rates": [0.01, 0.02]}, "training", "must end at target_rate 0.05"),
@@ -153,10 +162,10 @@ def test_missing_field(tmp_path):
 
 
 def test_one_line_per_error(tmp_path):
-    path = _write(tmp_path, _profile(signoff__chips=0, faults__p_sa=-1, training__lr="fast"))
+    path = _write(tmp_path, _profile(signoff__chips=0, faults__0__p_sa=-1, training__lr="fast"))
     lines = _error_lines(path)
     assert len(lines) == 3
-    assert {line.split(": ")[1] for line in lines} == {"signoff.chips", "faults.p_sa", "training.lr"}
+    assert {line.split(": ")[1] for line in lines} == {"signoff.chips", "faults.0.stuck-at.p_sa", "training.lr"}
     assert any("(found -1)" in line for line in lines)
 
 
@@ -175,9 +184,24 @@ def test_one_shot_does_not_need_rates_ending_at_target(tmp_path):
 
 
 def test_stuck_pair_is_accepted(tmp_path):
-    path = _write(tmp_path, _profile(faults={"stuck_off": 0.001, "stuck_on": 0.004}))
-    faults = load_profile(path).profile.faults
-    assert faults.pair == (0.001, 0.004) and faults.total == pytest.approx(0.005)
+    path = _write(tmp_path, _profile(faults=[{"kind": "stuck-at", "stuck_off": 0.001, "stuck_on": 0.004}]))
+    stuck = load_profile(path).profile.fault_model.stuck
+    assert stuck.pair == (0.001, 0.004) and stuck.total == pytest.approx(0.005)
+    # measured rates keep their own ratio at every sign-off rate: no silent default split
+    assert stuck.at_total(0.01).pair == pytest.approx((0.002, 0.008))
+
+
+def test_one_kind_may_be_written_as_a_mapping(tmp_path):
+    path = _write(tmp_path, _profile(faults={"kind": "stuck-at", "p_sa": 0.02}))
+    assert load_profile(path).profile.fault_model.stuck.total == 0.02
+
+
+def test_kinds_compose_in_stage_order(tmp_path):
+    faults = [{"kind": "read-noise", "sigma_rel": 0.01}, {"kind": "stuck-at", "p_sa": 0.01},
+              {"kind": "drift", "nu_mean": 0.05, "nu_std": 0.01, "at": "1 day"}, {"kind": "programming-variation", "sigma_uS": 0.5}]
+    model = load_profile(_write(tmp_path, _profile(faults=faults))).profile.fault_model
+    assert [k.kind for k in model.kinds] == ["programming-variation", "drift", "stuck-at", "read-noise"]
+    assert model.find(type(model.kinds[1])).at == 86400.0
 
 
 # --- extends: a profile written as what differs from another -------------------------------
@@ -349,11 +373,11 @@ def test_missing_and_undecodable_files(tmp_path):
         load_profile(path)
 
 
-def test_fault_rates_split():
-    f = FaultRates(p_sa=0.02, split=(1, 3))
-    assert f.pair == pytest.approx((0.005, 0.015)) and f.at(0.04) == pytest.approx((0.01, 0.03))
+def test_stuck_at_split():
+    f = StuckAt(p_sa=0.02, split=(1, 3))
+    assert f.pair == pytest.approx((0.005, 0.015)) and f.at_total(0.04).pair == pytest.approx((0.01, 0.03))
     with pytest.raises(ValueError, match="positive sum"):
-        FaultRates(p_sa=0.02, split=(0, 0))
+        StuckAt(p_sa=0.02, split=(0, 0))
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -438,13 +462,13 @@ def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
-    bad = _write(tmp_path, _profile(signoff__chips=0, faults__p_sa=2))
+    bad = _write(tmp_path, _profile(signoff__chips=0, faults__0__p_sa=2))
     code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", str(bad), str(PROFILES_DIR / "demo.yaml"))
     assert code == 2
     assert f"ok {PROFILES_DIR / 'demo.yaml'}: profile demo, target paper-diff8" in out
     lines = err.splitlines()
     assert len(lines) == 2, err
-    assert {line.split(": ")[2] for line in lines} == {"faults.p_sa", "signoff.chips"}
+    assert {line.split(": ")[2] for line in lines} == {"faults.0.stuck-at.p_sa", "signoff.chips"}
     assert all(line.startswith(f"error: {bad}: ") for line in lines)
     assert "Traceback" not in err
 

@@ -14,7 +14,7 @@ import torch
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.cli import main
 from ftdeploy.data import embedded_path, load_data
-from ftdeploy.faults import STUCK_ON, StuckAt
+from ftdeploy.nonideality import STUCK_ON, FaultModel, StuckAt
 from ftdeploy.models import democnn, deployed_layers
 from ftdeploy.profiles import load_profile
 from ftdeploy.prune import PruneConfig, keep_largest, prune
@@ -118,7 +118,7 @@ def test_stuck_on_cell_makes_a_pruned_weight_nonzero(pruned, target):
     pos = int(torch.nonzero(layer.codes.flatten() == 0)[0])
     states = [np.zeros(shape, np.uint8) for shape in net.cell_shapes]
     states[index].reshape(layer.cell_shape[0], -1)[0, pos] = STUCK_ON  # the positive cell of the pair
-    net.set_chip(states, StuckAt(0.0, 0.01))
+    net.load_chip(FaultModel([StuckAt.from_pair(0.0, 0.01)]), [[state] for state in states])
     faulty = layer.module.weight.detach().flatten()
     assert faulty[pos] != 0
     assert torch.equal(faulty[pos], (net.mapping.max_level * layer.scale).flatten()[0])

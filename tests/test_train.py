@@ -12,7 +12,8 @@ import torch
 
 from conftest import SHIPPED_TARGET_NAMES, demo_profile_with
 from ftdeploy.data import load_data
-from ftdeploy.faults import StuckAt, faulty_weight
+from ftdeploy.faults import faulty_weight
+from ftdeploy.nonideality import FaultModel, StuckAt
 from ftdeploy.mapping import make_mapping
 from ftdeploy.models import conv_bn_pairs, create_model, deployed_layers
 from ftdeploy.profiles import BatchNormPlacement, load_target
@@ -52,7 +53,7 @@ def _injector_states(model, mapping, nonideality, seed):
     draws first, one flat draw over all layers, cut back into layers."""
     layers = deployed_layers(model)
     total = sum(m.weight.numel() for _, m in layers)
-    states = nonideality.sample_torch((mapping.cells_per_weight, total), "cpu", torch.Generator().manual_seed(seed))
+    states = nonideality.draw_torch((mapping.cells_per_weight, total), "cpu", torch.Generator().manual_seed(seed))
     start = 0
     for name, module in layers:
         n = module.weight.numel()
@@ -70,7 +71,7 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
     _randomise_bn(model)
     freeze_batchnorm(model)
     inj = FaultInjector(model, target, bn_mode="frozen", seed=3)
-    inj.set_rate(0.05, SPLIT)
+    inj.set_rate(0.05)
     inj.attach()
     try:
         faulty = inj._draw_chip()
@@ -85,7 +86,7 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
             bn = modules[pairs[name]]
             k = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         k = k.view(-1, *([1] * (module.weight.dim() - 1)))
-        expected = faulty_weight(module.weight * k, mapping, StuckAt.from_total(0.05, SPLIT), state=state) / k
+        expected = faulty_weight(module.weight * k, mapping, FaultModel.stuck_at(0.05, SPLIT), states=[state]) / k
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
 
 
@@ -99,7 +100,7 @@ def test_injector_options_reach_the_fault_model():
     def chip(**options):
         model = create_model("democnn", width=8)
         inj = FaultInjector(model, target, seed=3, **options)
-        inj.set_rate(0.2, SPLIT)
+        inj.set_rate(0.2)
         inj.attach()
         try:
             faulty = inj._draw_chip()
@@ -111,7 +112,7 @@ def test_injector_options_reach_the_fault_model():
 
     model, unbiased, _ = chip(unbiased=True)
     for (name, module, state), got in zip(_injector_states(model, mapping, ni, 3), unbiased):
-        expected = faulty_weight(module.weight, mapping, ni, state=state, unbiased=True)
+        expected = faulty_weight(module.weight, mapping, FaultModel([ni]), states=[state], unbiased=True)
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
 
     def straight_through_only(grads):  # 1 (to float32 rounding of ×s÷s) or 0, nothing else
@@ -127,7 +128,7 @@ def test_injection_draws_a_new_chip_every_forward_and_detaches_cleanly():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 3, 32, 32)
     inj = FaultInjector(model, target)
-    inj.set_rate(0.1, SPLIT)
+    inj.set_rate(0.1)
     inj.attach()
     with torch.no_grad():
         a, b = model(x), model(x)
@@ -222,7 +223,7 @@ def test_fault_rate_ramps_in_over_the_warmup_then_holds(pretrained, small_data, 
     the rate ramps linearly from 0 over rate_warmup_epochs, then stays at the schedule's rate."""
     seen = []
     original = FaultInjector.set_rate
-    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (seen.append(p), original(self, p, split)))
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p: (seen.append(p), original(self, p)))
     target, _ = load_target("paper-diff8")
     cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=2, lr=0.01, batch_size=64,
                       rate_warmup_epochs=1, eval_chips=0, device="cpu")  # fmt: skip
@@ -317,7 +318,7 @@ def test_clean_steps_are_spread_evenly_and_override_the_ramp():
 def test_a_retraining_with_clean_steps_runs_every_other_step_fault_free(pretrained, small_data, tmp_path, monkeypatch):
     seen = []
     original = FaultInjector.set_rate
-    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (seen.append(p), original(self, p, split)))
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p: (seen.append(p), original(self, p)))
     target, _ = load_target("paper-diff8")
     cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=1, lr=0.01, batch_size=64,
                       rate_warmup_epochs=0, clean_steps=0.5, eval_chips=0, device="cpu")  # fmt: skip
@@ -425,7 +426,7 @@ def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tm
     (tmp_path / "resume.pt").unlink()
     rates = []
     original = FaultInjector.set_rate
-    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p, split: (rates.append(p), original(self, p, split)))
+    monkeypatch.setattr(FaultInjector, "set_rate", lambda self, p: (rates.append(p), original(self, p)))
     resumed = train(cfg, small_data, target, tmp_path, init=init, resume=True)
     assert resumed["epochs_done"] == 2 and rates[0] == 0.05, "epoch 2 trains at the second block's rate"
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -17,27 +17,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.cli import main
 from ftdeploy.data import load_data
 from ftdeploy.errors import ConfigError, DataError, VerifyError
 from ftdeploy.export import HASH_KEY, content_hash, export_onnx
-from ftdeploy.faults import StuckAt
+from ftdeploy.exported import load_export
+from ftdeploy.figures import NO_DEGRADATION, judge, stability_score, summarize_chips, t_quantile_975
+from ftdeploy.nonideality import FaultModel
+from ftdeploy.population import SimulatedChips, chip_accuracies
+from ftdeploy.runtime import OnnxBackend
 from ftdeploy.profiles import load_profile
 from ftdeploy.report import check_case_name, check_line, render_junit, render_markdown, to_json, verdict_lines, write_report
 from ftdeploy.train import load_checkpoint, model_from_checkpoint
-from ftdeploy.verify import (
-    NO_DEGRADATION,
-    judge,
-    load_export,
-    stability_score,
-    subset_indices,
-    subset_size,
-    summarize_chips,
-    t_quantile_975,
-    verify_onnx,
-)
+from ftdeploy.verify import evaluation_data, subset_indices, subset_size, verify_onnx
 
 from _quick_model import quick_checkpoint
 
@@ -49,7 +44,8 @@ PASSING = f"""\
 name: vtest
 target: paper-diff8
 faults:
-  p_sa: 0.01
+  - kind: stuck-at
+    p_sa: 0.01
 signoff:
   rates: {RATES}
   chips: {CHIPS}
@@ -140,12 +136,67 @@ def test_onnx_runtime_chips_equal_torch_fast_path_chips(report, torch_eval, reso
     accuracies agree exactly. Allowed slack (one image per chip) only because the two runtimes
     accumulate convolutions in different orders, which could flip an argmax on a near-exact tie."""
     net, x, y, mean, std = torch_eval
-    nonideality = StuckAt.from_total(rate, resolved.profile.faults.split)
-    expected = net.chip_accuracies(nonideality, rate, CHIPS, 0, x, y, mean, std)
+    chips = SimulatedChips(resolved.profile.fault_model.at_rate(rate), rate, 0, CHIPS)
+    expected = chip_accuracies(net.backend(x, y, mean, std), chips)
     got = next(r for r in report["figures"]["rates"] if r["rate"] == rate)["chip_accuracies"]
     one_image = 100.0 / len(y)
     assert len(got) == CHIPS
     assert max(abs(a - b) for a, b in zip(got, expected)) <= one_image + 1e-9, (got, expected)
+
+
+COMPOSED = [
+    [{"kind": "programming-variation", "sigma_rel": 0.1}],
+    [{"kind": "programming-variation", "sigma_uS": 2.0}, {"kind": "drift", "nu_mean": 0.05, "nu_std": 0.02, "at": "1 day"}],
+    [{"kind": "stuck-at", "p_sa": 0.01}, {"kind": "programming-variation", "sigma_rel": 0.05, "distribution": "lognormal"},
+     {"kind": "drift", "nu_mean": 0.03, "nu_std": 0.01, "at": "1 year"}, {"kind": "read-noise", "sigma_rel": 0.05}],
+]
+
+
+@pytest.mark.parametrize("faults", COMPOSED, ids=["variation", "variation+drift", "all-four"])
+def test_backends_agree_chip_for_chip_on_composed_non_idealities(faults, onnx_path, torch_eval, tmp_path):
+    """Continuous conductances go through the analog copy of the ONNX graph (float32 levels) and
+    through the PyTorch backend's decode: same chips, same per-batch read noise (both backends
+    read a noisy chip afresh for every batch of 64 images), same accuracies."""
+    net, x, y, mean, std = torch_eval
+    resolved = load_profile(_profile_with_faults(tmp_path, faults))
+    export = load_export(onnx_path)
+    data = evaluation_data(export, None, None, IMAGES)
+    onnx_backend = OnnxBackend(export, data.x, data.y, batch_size=64)
+    torch_backend = net.backend(x, y, mean, std, batch_size=64)
+    for rate in (0.0, 0.02):
+        chips = SimulatedChips(resolved.profile.fault_model.at_rate(rate), rate, 0, 2)
+        got, expected = chip_accuracies(onnx_backend, chips), chip_accuracies(torch_backend, chips)
+        assert max(abs(a - b) for a, b in zip(got, expected)) <= 100.0 / len(y) + 1e-9, (rate, got, expected)
+    clean = onnx_backend.accuracy()
+    assert clean == torch_backend.accuracy()
+    assert min(chip_accuracies(onnx_backend, SimulatedChips(resolved.profile.fault_model.at_rate(0.1), 0.1, 0, 2))) < clean
+
+
+def test_analog_graph_decodes_integer_levels_exactly_as_the_file(onnx_path, torch_eval):
+    """Integer levels fed as float32 to the analog graph give the file's own logits bit for bit:
+    the Sub/Mul that replaces DequantizeLinear computes what it computes."""
+    export = load_export(onnx_path)
+    data = evaluation_data(export, None, None, 50)
+    backend = OnnxBackend(export, data.x, data.y)
+    backend._load([lv.astype(np.float32) for lv in export.levels])
+    analog = backend._session.run(["logits"], {"input": data.x, **backend._feeds})[0]
+    backend._load(None)
+    plain = backend._session.run(["logits"], {"input": data.x})[0]
+    assert np.array_equal(analog, plain)
+
+
+def _profile_with_faults(folder, faults) -> Path:
+    path = folder / "composed.yaml"
+    path.write_text(PASSING.replace("faults:\n  - kind: stuck-at\n    p_sa: 0.01\n", "") + yaml.safe_dump({"faults": faults}))
+    return path
+
+
+def test_verify_reports_what_was_simulated_with_composed_kinds(onnx_path, tmp_path):
+    faults = COMPOSED[2]
+    rep = verify_onnx(onnx_path, load_profile(_profile_with_faults(tmp_path, faults)), chips=2, max_images=100)
+    assert "drift" in rep["signoff"]["faults"] and "read-noise" in rep["signoff"]["faults"]
+    zero = rep["figures"]["rates"][0]
+    assert zero["rate"] == 0.0 and len(set(zero["chip_accuracies"])) > 1, "variation and noise act at rate 0 too"
 
 
 def test_rate_zero_chips_are_the_clean_chip_exactly(report):

@@ -1,0 +1,159 @@
+"""The chip-population evaluator: chips from a *source*, measured on a *backend*.
+
+A chip source yields chips; each chip knows how it reads back the levels a network was
+programmed with. A backend (PyTorch: :class:`ftdeploy.chip.TorchBackend`; ONNX Runtime:
+:class:`ftdeploy.runtime.OnnxBackend`) holds one network and one image set, loads a chip's
+levels and counts correct predictions. :func:`chip_accuracies` is the one loop over chips that
+sign-off, the sweep, training's per-epoch check and the Python API share, and
+:meth:`Backend.accuracy` the one loop over images.
+
+Chip k of a source is the same chip on every backend: its states come from its own random
+stream (:func:`ftdeploy.nonideality.chip_rng`), drawn and applied in numpy over the layers in
+export order, so both backends load identical levels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .nonideality import CellRange, ChipDraw, FaultModel, chip_rng
+
+
+@dataclass(frozen=True)
+class ChipId:
+    """Which chip: a simulated chip is (stuck-at rate, seed, index) of its population."""
+
+    rate: float
+    seed: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"rate {self.rate:g}, seed {self.seed}, chip {self.index}"
+
+
+class ChipReading:
+    """How one chip reads back a network's programmed levels: fixed once programmed, except for
+    per-inference kinds (read noise), which each call of :meth:`levels` draws afresh from the
+    chip's own stream. Backends call it once per batch of images, in order, so a noisy chip gives
+    the same figures on every backend at the same batch size."""
+
+    def __init__(self, faults: FaultModel, programmed: Sequence[np.ndarray], draw: ChipDraw, rng: np.random.Generator,
+                 cells: CellRange):  # fmt: skip
+        self.faults = faults
+        self.cells = cells
+        self._rng = rng
+        self._held = faults.program(programmed, draw, cells)
+
+    @property
+    def per_inference(self) -> bool:
+        return bool(self.faults.read_kinds)
+
+    def levels(self) -> list[np.ndarray]:
+        if not self.per_inference:
+            return self._held
+        return self.faults.read(self._held, self._rng, self.cells)
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One chip of a source: its id and how its states are drawn."""
+
+    id: ChipId
+    faults: FaultModel
+
+    def reading(self, programmed: Sequence[np.ndarray], cells: CellRange) -> ChipReading:
+        rng = chip_rng(self.id.seed, self.id.rate, self.id.index)
+        draw = self.faults.draw([tuple(lv.shape) for lv in programmed], rng)
+        return ChipReading(self.faults, programmed, draw, rng, cells)
+
+
+class ChipSource(ABC):
+    """Where chips come from: simulated from a fault model, or (later) measured fault maps."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Chip]: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def is_identity(self) -> bool:
+        """True when every chip is the programmed one, exactly (nothing to simulate)."""
+
+
+@dataclass(frozen=True)
+class SimulatedChips(ChipSource):
+    """``count`` chips of a fault model at one stuck-at rate: chip k draws from
+    ``chip_rng(seed, rate, k)``. ``faults`` is the profile's population at that rate
+    (:meth:`FaultModel.at_rate`)."""
+
+    faults: FaultModel
+    rate: float
+    seed: int
+    count: int
+
+    def __iter__(self) -> Iterator[Chip]:
+        for index in range(self.count):
+            yield Chip(ChipId(self.rate, self.seed, index), self.faults)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def is_identity(self) -> bool:
+        return self.faults.is_identity
+
+
+class Backend(ABC):
+    """One network on one image set; any chip's levels can be loaded in place of the programmed
+    ones. Subclasses hold the data in their own form and implement :meth:`_load` and
+    :meth:`_correct`."""
+
+    #: Levels the network was programmed with, per layer in export order, (cells, *weight shape).
+    programmed: list[np.ndarray]
+    cells: CellRange
+    batch_size: int
+
+    @property
+    @abstractmethod
+    def n_images(self) -> int: ...
+
+    @abstractmethod
+    def _load(self, levels: list[np.ndarray] | None) -> None:
+        """Compute with these levels from now on; None: the programmed ones."""
+
+    @abstractmethod
+    def _correct(self, start: int, stop: int) -> int:
+        """Correct top-1 predictions on images ``start:stop`` with the levels loaded."""
+
+    def accuracy(self, reading: ChipReading | None = None) -> float:
+        """Top-1 accuracy in percent over the image set, on a chip (None: the programmed one).
+        A per-inference chip is read afresh for every batch."""
+        correct = 0
+        self._load(None if reading is None else reading.levels())
+        try:
+            for batch, start in enumerate(range(0, self.n_images, self.batch_size)):
+                if batch and reading is not None and reading.per_inference:
+                    self._load(reading.levels())
+                correct += self._correct(start, min(start + self.batch_size, self.n_images))
+        finally:
+            if reading is not None:
+                self._load(None)
+        return 100.0 * correct / self.n_images
+
+
+def chip_accuracies(backend: Backend, chips: ChipSource, on_chip: Callable[[], None] | None = None) -> list[float]:
+    """Accuracy (%) of every chip of ``chips`` on ``backend``, in source order. ``on_chip`` runs
+    after each chip (a progress bar, or a check that raises to stop early)."""
+    clean = backend.accuracy() if chips.is_identity else None  # every chip is the programmed one
+    accs = []
+    for chip in chips:
+        accs.append(clean if clean is not None else backend.accuracy(chip.reading(backend.programmed, backend.cells)))
+        if on_chip:
+            on_chip()
+    return accs
