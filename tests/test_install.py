@@ -17,6 +17,7 @@ installed package is the one slow test."""
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -61,14 +62,25 @@ def _run(cmd: list, cwd: Path, timeout: float = 180) -> subprocess.CompletedProc
     return proc
 
 
+#: What the build reads. Copied, not built in place: a build leaves ftdeploy.egg-info (its
+#: SOURCES.txt) and build/ in the tree, and the next build takes files from them, so a YAML file
+#: dropped from the package data would still reach the wheel after one good build.
+SOURCES = ("pyproject.toml", "README.md", "ftdeploy", "targets", "profiles")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    dist = tmp_path_factory.mktemp("dist")
+    src, dist = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(REPO / name, src / name)
     # The sdist first, as python -m build does: a file that reaches the wheel only when built in
     # the checkout would be missing from a wheel built from PyPI's sdist.
-    _run([sys.executable, "-c", "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])", dist], REPO)
+    _run([sys.executable, "-c", "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])", dist], src)
     (sdist,) = dist.glob("ftdeploy-*.tar.gz")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", dist, sdist], dist)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, sdist], dist)
     (whl,) = dist.glob("ftdeploy-*.whl")
     return whl
 
@@ -84,7 +96,7 @@ def venv(wheel, tmp_path_factory) -> dict[str, Path]:
     (purelib / "_host_site_packages.pth").write_text("".join(f"{p}\n" for p in host))
     # --ignore-installed: pip in the environment sees the host's ftdeploy metadata through the
     # .pth and must neither take it for this install nor try to uninstall it.
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", wheel], root)
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel], root)
     work = tmp_path_factory.mktemp("work")
     assert REPO not in work.parents and REPO != work
     return {"python": python, "purelib": purelib, "ftdeploy": scripts / "ftdeploy", "work": work}
