@@ -102,11 +102,15 @@ def _out_file(path: Path) -> Path:
     return path
 
 
-def _train_default(field: str):
-    """A training option's default is TrainConfig's, written once there."""
-    from .train import TrainConfig
+#: Defaults of the training options declared below, as TrainConfig has them (a test holds them
+#: equal). Not read from TrainConfig: ftdeploy.train imports torch, and the declarations run on
+#: every start, so each `ftdeploy --help` would wait a second or more for it.
+_TRAIN_DEFAULTS = {"eval_chips": 3}
 
-    return TrainConfig.model_fields[field].default
+
+def _train_default(field: str):
+    """A training option's default, TrainConfig's."""
+    return _TRAIN_DEFAULTS[field]
 
 
 def _given(value, default):
