@@ -14,12 +14,15 @@ from ftdeploy.data import load_validation
 from ftdeploy.profiles import ResolvedProfile, load_profile
 from ftdeploy.sweep import evaluation_subset
 
+import study_paths  # beside this script: the shared data, found from the repository root
+
 
 def probe_parser(doc: str, rates: str, chips: int) -> argparse.ArgumentParser:
     """A probe's command line with the options every probe takes; a probe adds its own."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="chen2015")
-    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
+    ap.add_argument("--data", default=study_paths.default_data(),
+                    help="ftdeploy data spec; default: the shared packed split beside the repository (%(default)s)")
     ap.add_argument("--rates", default=rates, help="stuck-at rates measured, comma separated")
     ap.add_argument("--chips", type=int, default=chips, help="simulated chips per rate")
     ap.add_argument("--max-images", type=int, default=2000, help="stratified subset of the validation images")
