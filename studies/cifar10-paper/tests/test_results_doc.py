@@ -934,6 +934,26 @@ def test_the_probes_measure_on_the_sweeps_stratified_subset_or_every_image_when_
     assert line.startswith("clean ") and "  P=0.01: " in line, line
 
 
+def test_the_probes_one_line_summary_is_the_sweeps_measurement():
+    """probe_common.accuracy_line, the study's own copy of DeployedNetwork.accuracy_line (a package
+    method only the probes used): the fault-free accuracy, then each rate's mean over the chips
+    the sweep would draw."""
+    from ftdeploy.chip import DeployedNetwork
+    from ftdeploy.faults import StuckAt
+    from ftdeploy.models import create_model
+    from ftdeploy.profiles import load_target
+
+    common = _script("probe_common")
+    torch.manual_seed(0)
+    net = DeployedNetwork(create_model("democnn", width=8).eval(), load_target("paper-diff8")[0])
+    x, y = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (16,))
+    mean, std = [0.5] * 3, [0.25] * 3
+    line = common.accuracy_line(net, [0.0, 0.5], (1.75, 9.04), 2, x, y, mean, std)
+    clean = net.accuracy(x, y, mean, std)
+    accs = net.chip_accuracies(StuckAt.from_total(0.5, (1.75, 9.04)), 0.5, 2, 0, x, y, mean, std)
+    assert line == f"clean {clean:.2f}  P=0: {clean:.2f}  P=0.5: {sum(accs) / len(accs):.2f}"
+
+
 def _results_file(path, label, clean, chips_by_rate, **measured):
     tests = {rate: {"mean": sum(chips) / len(chips), "chips": chips} for rate, chips in chips_by_rate.items()}
     path.write_text(json.dumps({"label": label, "acc_clean": clean, "tests": tests,
