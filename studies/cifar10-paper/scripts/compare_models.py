@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ftdeploy.verify import summarize_chips
+from ftdeploy.figures import summarize_chips
 
 
 class NotComparable(Exception):

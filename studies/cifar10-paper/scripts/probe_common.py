@@ -12,7 +12,8 @@ import torch
 
 from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import load_validation
-from ftdeploy.faults import StuckAt
+from ftdeploy.nonideality import FaultModel
+from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.profiles import ResolvedProfile, load_profile
 from ftdeploy.verify import subset_indices
 
@@ -48,17 +49,18 @@ class Probe:
     def measure(self, model: torch.nn.Module, normalization: dict) -> str:
         """'clean A  P=r: B ...' of ``model`` deployed on the profile's target."""
         net = DeployedNetwork(model, self.resolved.target, torch.device("cpu"))
-        return accuracy_line(net, self.rates, self.resolved.profile.faults.split, self.chips, self.val_x, self.val_y,
+        return accuracy_line(net, self.rates, self.resolved.profile.fault_model, self.chips, self.val_x, self.val_y,
                              normalization["mean"], normalization["std"])  # fmt: skip
 
 
-def accuracy_line(net: DeployedNetwork, rates: list[float], split: tuple[float, float], chips: int, x, y, mean, std,
+def accuracy_line(net: DeployedNetwork, rates: list[float], faults: FaultModel, chips: int, x, y, mean, std,
                   seed: int = 0) -> str:  # fmt: skip
     """'clean A  P=r: B ...': fault-free accuracy of ``net`` and the mean over ``chips`` chips per
-    stuck-at rate (drawn as the sweep draws them: chip seed ``seed``, stuck-off : stuck-on ``split``)."""
-    figures = [f"clean {net.accuracy(x, y, mean, std):.2f}"]
+    stuck-at rate (drawn as the sweep draws them: chip seed ``seed``, the profile's ``faults``)."""
+    backend = net.backend(x, y, mean, std)
+    figures = [f"clean {backend.accuracy():.2f}"]
     for rate in rates:
-        accs = net.chip_accuracies(StuckAt.from_total(rate, split), rate, chips, seed, x, y, mean, std)
+        accs = chip_accuracies(backend, SimulatedChips(faults.at_rate(rate), rate, seed, chips))
         figures.append(f"P={rate:g}: {sum(accs) / len(accs):.2f}")
     return "  ".join(figures)
 

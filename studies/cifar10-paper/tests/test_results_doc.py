@@ -939,8 +939,9 @@ def test_the_probes_one_line_summary_is_the_sweeps_measurement():
     method only the probes used): the fault-free accuracy, then each rate's mean over the chips
     the sweep would draw."""
     from ftdeploy.chip import DeployedNetwork
-    from ftdeploy.faults import StuckAt
     from ftdeploy.models import create_model
+    from ftdeploy.nonideality import FaultModel
+    from ftdeploy.population import SimulatedChips, chip_accuracies
     from ftdeploy.profiles import load_target
 
     common = _script("probe_common")
@@ -948,9 +949,9 @@ def test_the_probes_one_line_summary_is_the_sweeps_measurement():
     net = DeployedNetwork(create_model("democnn", width=8).eval(), load_target("paper-diff8")[0])
     x, y = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (16,))
     mean, std = [0.5] * 3, [0.25] * 3
-    line = common.accuracy_line(net, [0.0, 0.5], (1.75, 9.04), 2, x, y, mean, std)
+    line = common.accuracy_line(net, [0.0, 0.5], FaultModel.stuck_at(0.0, (1.75, 9.04)), 2, x, y, mean, std)
     clean = net.accuracy(x, y, mean, std)
-    accs = net.chip_accuracies(StuckAt.from_total(0.5, (1.75, 9.04)), 0.5, 2, 0, x, y, mean, std)
+    accs = chip_accuracies(net.backend(x, y, mean, std), SimulatedChips(FaultModel.stuck_at(0.5, (1.75, 9.04)), 0.5, 0, 2))
     assert line == f"clean {clean:.2f}  P=0: {clean:.2f}  P=0.5: {sum(accs) / len(accs):.2f}"
 
 
@@ -964,7 +965,7 @@ def _results_file(path, label, clean, chips_by_rate, **measured):
 def test_the_paired_comparison_differences_two_models_chip_by_chip_and_refuses_other_chips(tmp_path, capsys):
     """Chip i is the same fault map for both models, so A − B is taken per chip: here B trails A
     by exactly 1 on every chip (a zero-width CI) though its chips spread over 20 points."""
-    from ftdeploy.verify import summarize_chips
+    from ftdeploy.figures import summarize_chips
 
     compare = _script("compare_models")
     a = _results_file(tmp_path / "a.json", "A", 80.0, {"0": [80.0], "0.01": [70.0, 80.0, 90.0], "0.05": [50.0, 60.0, 40.0]})
@@ -991,7 +992,7 @@ def test_the_tuned_profile_retrains_as_the_run_whose_figures_the_readme_gives():
     profile, chen2015 = load_profile("chen2015-tuned").profile, load_profile("chen2015").profile
     training = profile.training
     assert (profile.target, profile.faults, profile.signoff) == (chen2015.target, chen2015.faults, chen2015.signoff)
-    assert list(profile.faults.split) == run["split"]
+    assert list(profile.fault_model.stuck.split) == run["split"]
     assert (training.method.value, training.target_rate, training.epochs, training.retrain_lr, training.batch_size) == \
         (run["method"], run["target_rate"], run["epochs"], run["lr"], run["batch_size"])
     assert training.recipe() == {f: run[f] for f in RetrainingRecipe.model_fields}
