@@ -426,6 +426,7 @@ def verify_cmd(
     from .verify import verify_onnx
 
     resolved = load_profile(profile)
+    _refuse_a_checkpoint(onnx_file, profile)
     with quiet_progress(True) as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
@@ -437,6 +438,29 @@ def verify_cmd(
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+
+
+def _refuse_a_checkpoint(path: Path, profile: str) -> None:
+    """verify reads the ONNX file that export writes: a checkpoint given instead (told by its
+    bytes, whatever its name) is one line with the command that exports it."""
+    import shlex
+
+    from .errors import VerifyError
+    from .files import torch_file_format
+
+    found = torch_file_format(path)
+    if found is None:
+        return
+    if found.startswith("ftdeploy-checkpoint/"):
+        what, ckpt = "a training checkpoint", path
+    elif found.startswith("ftdeploy-resume/"):  # a run's resume state: the run's model.pt is what exports
+        what, ckpt = "a run's resume file", path.with_name("model.pt")
+    else:
+        raise VerifyError(f"{path}: a PyTorch file, not an ONNX export; verify signs off the ONNX file that "
+                          "`ftdeploy export` writes from an ftdeploy checkpoint")  # fmt: skip
+    onnx_out = ckpt.with_suffix(".onnx") if ckpt.suffix != ".onnx" else ckpt.with_name(f"{ckpt.stem}-export.onnx")
+    export = " ".join(shlex.quote(str(arg)) for arg in ("ftdeploy", "export", ckpt, "--profile", profile, "-o", onnx_out))
+    raise VerifyError(f"{path}: {what}, not an ONNX export; export it first: {export} (then verify {onnx_out})")
 
 
 def _err(text: str) -> None:
@@ -523,6 +547,7 @@ def sweep_cmd(
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
     from .data import load_data
+    from .files import folder_given
     from .profiles import load_profile
     from .sweep import SweepSettings, run_sweep
     from .train import make_train_config
@@ -540,6 +565,8 @@ def sweep_cmd(
                   unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
                   distill=distill),
     )  # fmt: skip
+    if from_ckpt.is_dir():
+        raise ConfigError("--from: " + folder_given(from_ckpt, "a checkpoint file", "model.pt"))
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
     if jobs < 1:

@@ -1,0 +1,125 @@
+"""Bad input through the command line's error boundary (``ftdeploy.cli.main``): one line on
+stderr, no traceback, exit 2, nothing written, and the line says how to fix it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftdeploy.cli import main
+from ftdeploy.data import load_data
+from ftdeploy.export import export_onnx
+from ftdeploy.profiles import load_profile
+from ftdeploy.train import load_checkpoint
+
+from _quick_model import quick_checkpoint
+
+
+def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
+    """main() as the console script runs it: returning normally is exit status 0."""
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, argv)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _refused(monkeypatch, capsys, *argv) -> str:
+    """The one error line (without its ``error: `` prefix) of a command refused as bad input."""
+    code, out, err = _run_main(monkeypatch, capsys, *argv)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A run folder holding a (quick, pretrain-format) model.pt."""
+    folder = tmp_path_factory.mktemp("run")
+    quick_checkpoint(load_data(None), load_profile("demo").target, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> Path:
+    out = run / "model.onnx"
+    export_onnx(load_checkpoint(run / "model.pt"), load_profile("demo"), out)
+    return out
+
+
+# --- 1. a checkpoint where an export is expected, and the other way round -------------------
+
+
+def test_verify_of_a_checkpoint_gives_the_export_command(run, tmp_path, monkeypatch, capsys):
+    """Told by the file's bytes, not its name: a checkpoint called .onnx is still a checkpoint."""
+    monkeypatch.chdir(run)
+    line = _refused(monkeypatch, capsys, "verify", "model.pt", "--profile", "demo", "--out", tmp_path / "r")
+    assert line == ("model.pt: a training checkpoint, not an ONNX export; export it first: "
+                    "ftdeploy export model.pt --profile demo -o model.onnx (then verify model.onnx)")  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    disguised = tmp_path / "weights.onnx"
+    disguised.write_bytes((run / "model.pt").read_bytes())
+    line = _refused(monkeypatch, capsys, "verify", disguised, "--profile", "demo")
+    assert f"a training checkpoint, not an ONNX export; export it first: ftdeploy export {disguised} --profile demo " \
+           f"-o {tmp_path / 'weights-export.onnx'}" in line, "the suggested export must not overwrite its own input"
+
+
+def test_verify_of_a_resume_file_exports_the_runs_model(tmp_path, monkeypatch, capsys):
+    torch.save({"format": "ftdeploy-resume/1", "step": 3}, tmp_path / "resume.pt")
+    line = _refused(monkeypatch, capsys, "verify", tmp_path / "resume.pt", "--profile", "demo")
+    assert line.startswith(f"{tmp_path / 'resume.pt'}: a run's resume file, not an ONNX export; export it first: "
+                           f"ftdeploy export {tmp_path / 'model.pt'} --profile demo -o {tmp_path / 'model.onnx'}")  # fmt: skip
+
+
+def test_verify_of_another_pytorch_file_says_what_it_takes(tmp_path, monkeypatch, capsys):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "state.pt")
+    line = _refused(monkeypatch, capsys, "verify", tmp_path / "state.pt", "--profile", "demo")
+    assert line == f"{tmp_path / 'state.pt'}: a PyTorch file, not an ONNX export; verify signs off the ONNX file that " \
+                   "`ftdeploy export` writes from an ftdeploy checkpoint"
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "FILE", "--profile", "demo", "-o", "OUT/again.onnx"],
+    ["train", "--profile", "demo", "--from", "FILE", "--out", "OUT/run"],
+    ["sweep", "--from", "FILE", "--profile", "demo", "--out", "OUT/sweep"],
+    ["prune", "FILE", "--profile", "demo", "--method", "magnitude", "--sparsity", "0.5", "--out", "OUT/run"],
+])  # fmt: skip
+def test_an_onnx_file_given_for_a_checkpoint_is_already_an_export(command, exported, tmp_path, monkeypatch, capsys):
+    argv = [str(exported) if a == "FILE" else a.replace("OUT", str(tmp_path)) for a in command]
+    line = _refused(monkeypatch, capsys, *argv)
+    assert line.startswith(f"{exported}: an ONNX file, not a checkpoint: it is already exported; give the checkpoint"), line
+    assert f"ftdeploy verify {exported} --profile" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_pickled_module_is_one_line_and_is_not_unpickled(tmp_path, monkeypatch, capsys):
+    """weights_only's refusal runs to several styled lines of advice to allowlist the class."""
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    line = _refused(monkeypatch, capsys, "export", tmp_path / "whole.pt", "--profile", "demo", "-o", tmp_path / "m.onnx")
+    assert line == (f"{tmp_path / 'whole.pt'}: not a loadable checkpoint: torch.load raised UnpicklingError: Unsupported "
+                    "global: GLOBAL torch.nn.modules.linear.Linear was not an allowed global by default")  # fmt: skip
+
+
+def test_a_text_file_given_for_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    line = _refused(monkeypatch, capsys, "export", tmp_path / "notes.txt", "--profile", "demo", "-o", tmp_path / "m.onnx")
+    assert line.startswith(f"{tmp_path / 'notes.txt'}: not a loadable checkpoint: torch.load raised ")
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["export", "DIR", "--profile", "demo", "-o", "OUT/m.onnx"], "DIR: a folder, expected a checkpoint file; did you mean DIR/model.pt?"),
+    (["sweep", "--from", "DIR", "--profile", "demo", "--out", "OUT/s"],
+     "--from: DIR: a folder, expected a checkpoint file; did you mean DIR/model.pt?"),
+    (["verify", "DIR", "--profile", "demo", "--out", "OUT/r"], "DIR: a folder, expected the ONNX file that ftdeploy export wrote"),
+])  # fmt: skip
+def test_a_folder_given_for_a_file_says_so(command, expected, run, tmp_path, monkeypatch, capsys):
+    """Not 'file not found' for a folder that is there: a run folder given for its model.pt."""
+    argv = [a.replace("DIR", str(run)).replace("OUT", str(tmp_path)) for a in command]
+    assert _refused(monkeypatch, capsys, *argv) == expected.replace("DIR", str(run))
+    assert not any(tmp_path.iterdir())
