@@ -123,3 +123,42 @@ def test_a_folder_given_for_a_file_says_so(command, expected, run, tmp_path, mon
     argv = [a.replace("DIR", str(run)).replace("OUT", str(tmp_path)) for a in command]
     assert _refused(monkeypatch, capsys, *argv) == expected.replace("DIR", str(run))
     assert not any(tmp_path.iterdir())
+
+
+# --- 2. unknown profile and target names ----------------------------------------------------
+
+BUILTIN_PROFILES = "chen2015, chen2015-folded, chen2015-inverted, chen2015-tuned, demo, strict"
+BUILTIN_TARGETS = "diff8-folded, mlc2-bitsliced, offset-8, paper-diff8, paper-diff8-inverted"
+
+
+@pytest.mark.parametrize("command", [
+    ["verify", "model.onnx", "--profile", "demoo", "--out", "OUT/r"],
+    ["train", "--profile", "demoo", "--method", "pretrain", "--out", "OUT/run"],
+    ["demo", "--profile", "demoo", "--out", "OUT/demo"],
+    ["profile", "show", "demoo"],
+])  # fmt: skip
+def test_an_unknown_profile_name_lists_the_built_in_ones_and_the_closest(command, tmp_path, monkeypatch, capsys):
+    line = _refused(monkeypatch, capsys, *[a.replace("OUT", str(tmp_path)) for a in command])
+    assert line == (f"no built-in profile 'demoo' (did you mean demo?); built-in profiles: {BUILTIN_PROFILES}; "
+                    "or give the path of a profile .yaml file")  # fmt: skip
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_name_close_to_none_lists_them_without_a_guess(monkeypatch, capsys):
+    assert _refused(monkeypatch, capsys, "profile", "show", "production").startswith(
+        f"no built-in profile 'production'; built-in profiles: {BUILTIN_PROFILES}; ")
+
+
+def test_an_unknown_target_in_a_profile_lists_the_targets(tmp_path, monkeypatch, capsys):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("name: mine\nextends: demo\ntarget: paper-dif8\n")
+    line = _refused(monkeypatch, capsys, "profile", "validate", profile)
+    assert line == (f"{profile}: target: no built-in target 'paper-dif8' (did you mean paper-diff8?); built-in targets: "
+                    f"{BUILTIN_TARGETS}; or give the path of a target .yaml file")  # fmt: skip
+
+
+def test_an_unknown_base_profile_lists_the_profiles(tmp_path, monkeypatch, capsys):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("name: mine\nextends: chen2051\n")
+    line = _refused(monkeypatch, capsys, "profile", "show", profile)
+    assert line.startswith(f"{profile}: extends: no built-in profile 'chen2051' (did you mean chen2015?); built-in profiles: ")
