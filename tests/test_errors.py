@@ -162,3 +162,74 @@ def test_an_unknown_base_profile_lists_the_profiles(tmp_path, monkeypatch, capsy
     profile.write_text("name: mine\nextends: chen2051\n")
     line = _refused(monkeypatch, capsys, "profile", "show", profile)
     assert line.startswith(f"{profile}: extends: no built-in profile 'chen2051' (did you mean chen2015?); built-in profiles: ")
+
+
+# --- 3. --model package.module:factory --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_data(None)
+
+
+@pytest.fixture
+def embedded(bundle, monkeypatch):
+    """load_data as the embedded set, decoded once for the module."""
+    import ftdeploy.data
+
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: bundle)
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch) -> str:
+    """A user's package (unique name: imported modules stay cached) in tmp_path/code, not yet
+    on the path: ``build`` a factory, ``WIDTH`` a number, ``needs`` a module whose import fails."""
+    name = f"ftd_user_{abs(hash(tmp_path)) % 10**8}"
+    package = tmp_path / "code" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text("import torch.nn as nn\nWIDTH = 8\n\ndef build(num_classes=10):\n"
+                                       "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")  # fmt: skip
+    (package / "needs.py").write_text("import ftd_not_installed_dependency\n")
+    return name
+
+
+def _train_model(monkeypatch, capsys, tmp_path, spec) -> str:
+    line = _refused(monkeypatch, capsys, "train", "--profile", "demo", "--method", "pretrain", "--epochs", 1, "--model", spec,
+                    "--device", "cpu", "--out", tmp_path / "run")  # fmt: skip
+    assert not (tmp_path / "run").exists(), "nothing written"
+    return line
+
+
+def test_a_factory_module_not_on_the_path_says_set_pythonpath(user_package, embedded, tmp_path, monkeypatch, capsys):
+    line = _train_model(monkeypatch, capsys, tmp_path, f"{user_package}.models:build")
+    assert line == (f"model '{user_package}.models:build': cannot import module '{user_package}.models' (No module named "
+                    f"'{user_package}'); is its folder on PYTHONPATH? set PYTHONPATH to the folder that holds {user_package}/ "
+                    f"(or {user_package}.py): PYTHONPATH=. when run from there")  # fmt: skip
+
+
+def test_a_factory_module_whose_import_fails_names_what_it_lacks(user_package, embedded, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    line = _train_model(monkeypatch, capsys, tmp_path, f"{user_package}.needs:build")
+    assert line == (f"model '{user_package}.needs:build': module '{user_package}.needs' failed to import: No module named "
+                    "'ftd_not_installed_dependency', which it imports; install it, or put its folder on PYTHONPATH")  # fmt: skip
+    line = _train_model(monkeypatch, capsys, tmp_path, f"{user_package}.modles:build")
+    assert line.startswith(f"model '{user_package}.modles:build': cannot import module '{user_package}.modles' (No module "
+                           f"named '{user_package}.modles') (the package imported is {tmp_path / 'code' / user_package}")  # fmt: skip
+
+
+def test_a_factory_that_is_missing_or_not_callable_says_so(user_package, embedded, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    module_file = tmp_path / "code" / user_package / "models.py"
+    line = _train_model(monkeypatch, capsys, tmp_path, f"{user_package}.models:biuld")
+    assert line == (f"model '{user_package}.models:biuld': module '{user_package}.models' ({module_file}) has no attribute "
+                    f"'biuld'; did you mean {user_package}.models:build?")  # fmt: skip
+    line = _train_model(monkeypatch, capsys, tmp_path, f"{user_package}.models:WIDTH")
+    assert line == (f"model '{user_package}.models:WIDTH': {user_package}.models.WIDTH is not a function (type int); expected a "
+                    "factory fn(num_classes=...) -> torch.nn.Module")  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [":build", "pkg.models:", ".models:build"])
+def test_a_malformed_factory_spec_says_the_form(spec, embedded, tmp_path, monkeypatch, capsys):
+    assert _train_model(monkeypatch, capsys, tmp_path, spec) == (
+        f"model '{spec}': expected package.module:factory (a module's full dotted name, a colon, a function in it)")
