@@ -233,3 +233,98 @@ def test_a_factory_that_is_missing_or_not_callable_says_so(user_package, embedde
 def test_a_malformed_factory_spec_says_the_form(spec, embedded, tmp_path, monkeypatch, capsys):
     assert _train_model(monkeypatch, capsys, tmp_path, spec) == (
         f"model '{spec}': expected package.module:factory (a module's full dotted name, a colon, a function in it)")
+
+
+# --- 4. train --out onto a folder that holds a run ---------------------------------------------
+
+
+@pytest.fixture
+def small(bundle, monkeypatch):
+    """load_data as every 50th training and 20th validation image of the embedded set: a 1-epoch
+    run in about a second."""
+    import dataclasses
+
+    import ftdeploy.data
+
+    small = dataclasses.replace(bundle, train_x=bundle.train_x[::50], train_y=bundle.train_y[::50],
+                                val_x=bundle.val_x[::20], val_y=bundle.val_y[::20])  # fmt: skip
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small)
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+PRETRAIN = ("train", "--profile", "demo", "--method", "pretrain", "--device", "cpu")
+
+
+def _train(monkeypatch, capsys, *argv) -> str:
+    code, out, err = _run_main(monkeypatch, capsys, *argv)
+    assert code == 0, (out, err)
+    return out
+
+
+def test_a_finished_run_is_refused_without_force_or_resume(small, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _train(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run)
+    before = _snapshot(run)
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run)
+    assert line == (f"--out: {run} holds a finished pretrain run (model.pt, 1 of 1 epochs); --force retrains from scratch, "
+                    "replacing it; --resume keeps it as it is; or choose another --out")  # fmt: skip
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 2, "--out", run)
+    assert line == (f"--out: {run} holds a pretrain run trained otherwise (epochs: 1 there, 2 now); --force replaces it; "
+                    "or choose another --out"), "--resume would refuse another run's settings: not offered"  # fmt: skip
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run, "--resume", "--force")
+    assert line.startswith("--resume and --force: choose one")
+    assert _snapshot(run) == before, "refusing touched nothing"
+
+    _train(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run, "--resume")
+    assert _snapshot(run) == before, "--resume keeps a finished run as it is"
+
+    _train(monkeypatch, capsys, *PRETRAIN, "--epochs", 2, "--out", run, "--force")
+    assert load_checkpoint(run / "model.pt")["epochs_done"] == 2, "--force trained the new run in its place"
+    rows = (run / "log.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and '"started": "fresh"' in rows[0]
+
+
+def test_an_interrupted_run_is_refused_and_resume_is_offered(small, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _train(monkeypatch, capsys, *PRETRAIN, "--epochs", 2, "--out", run)
+    ckpt = load_checkpoint(run / "model.pt")
+    torch.save(dict(ckpt, epochs_done=1), run / "model.pt")  # as if stopped after epoch 1 (resume.pt lost)
+    (run / "resume.pt").unlink()
+    before = _snapshot(run)
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 2, "--out", run)
+    assert line == (f"--out: {run} holds an interrupted pretrain run (model.pt after epoch 1 of 2); --resume continues it; "
+                    "--force starts again from scratch, replacing it; or choose another --out")  # fmt: skip
+    assert _snapshot(run) == before
+    _train(monkeypatch, capsys, *PRETRAIN, "--epochs", 2, "--out", run, "--resume")
+    assert load_checkpoint(run / "model.pt")["epochs_done"] == 2
+
+
+def test_a_run_folder_with_only_resume_pt_or_a_torn_model_pt_is_refused(small, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resume.pt").write_bytes(b"")
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run)
+    assert line.startswith(f"--out: {run} holds an interrupted run (resume.pt, no model.pt yet); --resume continues it")
+    (run / "model.pt").write_text("my notes, not a checkpoint\n")
+    line = _refused(monkeypatch, capsys, *PRETRAIN, "--epochs", 1, "--out", run)
+    assert line.startswith(f"--out: {run} holds a model.pt that is not a readable checkpoint (")
+    assert line.endswith("); --force trains there anyway, replacing it; or choose another --out")
+    assert (run / "model.pt").read_text() == "my notes, not a checkpoint\n"
+
+
+def test_a_finished_pretraining_before_the_retraining_is_refused_too(small, tmp_path, monkeypatch, capsys):
+    """train without --from pretrains in OUT/pretrain first: that run is not silently redone either."""
+    from conftest import demo_profile_with
+
+    profile = demo_profile_with(tmp_path, training=dict(pretrain_epochs=1))
+    run = tmp_path / "run"
+    _train(monkeypatch, capsys, "train", "--profile", profile, "--method", "pretrain", "--device", "cpu", "--out", run / "pretrain")
+    before = _snapshot(run)
+    line = _refused(monkeypatch, capsys, "train", "--profile", profile, "--epochs", 1, "--device", "cpu", "--out", run)
+    assert line == (f"--out: {run / 'pretrain'} holds a finished pretrain run (model.pt, 1 of 1 epochs); --force retrains "
+                    "from scratch, replacing it; --resume keeps it and retrains from it; or choose another --out")  # fmt: skip
+    assert _snapshot(run) == before
