@@ -328,3 +328,50 @@ def test_a_finished_pretraining_before_the_retraining_is_refused_too(small, tmp_
     assert line == (f"--out: {run / 'pretrain'} holds a finished pretrain run (model.pt, 1 of 1 epochs); --force retrains "
                     "from scratch, replacing it; --resume keeps it and retrains from it; or choose another --out")  # fmt: skip
     assert _snapshot(run) == before
+
+
+# --- 5. other obvious bad input: one line each, nothing written -------------------------------
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["verify", "ONNX", "--profile", "demo", "--data", "embedded:cifar", "--out", "OUT/r"],
+     "--data: expected embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE, found 'embedded:cifar'"),
+    (["verify", "ONNX", "--profile", "demo", "--data", "imagefolder:/nonexistent", "--out", "OUT/r"],
+     "imagefolder:/nonexistent: folder not found (expected DIR/<class>/<image files>)"),
+    (["verify", "ONNX", "--profile", "demo", "--data", "cifar10:CORRUPT", "--out", "OUT/r"],
+     "cifar10:CORRUPT: cifar-10-batches-py/ is incomplete or corrupted (its files fail torchvision's checksums); "
+     "unpack the cifar-10-batches-py archive there again (no download at run time)"),
+    (["verify", "ONNX", "--profile", "demo", "--chips", "0", "--out", "OUT/r"], "--chips: expected at least 1, found 0"),
+    (["sweep", "--from", "CKPT", "--profile", "demo", "--chips", "0", "--no-train", "--out", "OUT/s"],
+     "--chips: expected at least 1, found 0"),
+    (["verify", "OUT/missing.onnx", "--profile", "demo"], "OUT/missing.onnx: file not found"),
+    (["export", "OUT/missing.pt", "--profile", "demo", "-o", "OUT/m.onnx"], "OUT/missing.pt: checkpoint not found"),
+    (["verify", "ONNX", "--profile", "BADYAML"], "BADYAML:2:1: not valid YAML: "),
+    (["verify", "ONNX", "--profile", "BINARY"], "BINARY: cannot read: 'utf-8' codec can't decode byte "),
+    (["verify", "ONNX", "--profile", "OUT"], "OUT: a folder, expected a YAML file"),
+])  # fmt: skip
+def test_other_bad_input_is_one_line(command, expected, run, exported, tmp_path, monkeypatch, capsys):
+    (tmp_path / "corrupt" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "corrupt" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"truncated")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    names = {"ONNX": exported, "CKPT": run / "model.pt", "CORRUPT": tmp_path / "corrupt", "BADYAML": tmp_path / "bad.yaml",
+             "BINARY": tmp_path / "binary.yaml", "OUT": tmp_path}  # fmt: skip
+
+    def fill(text: str) -> str:
+        for name, value in names.items():
+            text = text.replace(name, str(value))
+        return text
+
+    before = sorted(tmp_path.rglob("*"))
+    line = _refused(monkeypatch, capsys, *map(fill, command))
+    assert line.startswith(fill(expected)), line
+    assert sorted(tmp_path.rglob("*")) == before, "nothing written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+@pytest.mark.parametrize("command", [["train", "--profile", "demo", "--method", "pretrain"], ["demo"]])
+def test_cuda_on_a_machine_without_it_is_one_line(command, tmp_path, monkeypatch, capsys):
+    line = _refused(monkeypatch, capsys, *command, "--device", "cuda", "--out", tmp_path / "run")
+    assert line == "--device: cuda asked for, but this machine has no usable CUDA device; use cpu or auto"
+    assert not (tmp_path / "run").exists()
