@@ -240,7 +240,7 @@ def train_cmd(
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt and resume.pt are deleted as training starts).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt, resume.pt and summary.csv are deleted as training starts).")] = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
 
@@ -343,7 +343,7 @@ def _refuse_training_over_a_run(folders: dict, resume: bool, force: bool) -> Non
         raise ConfigError(f"--out: {folder} holds {words}; {fix}; or choose another --out")
 
 
-def _discard_runs(folders: list[Path]) -> None:
+def _discard_runs(folders: dict) -> None:
     """--force: the runs a fresh training replaces are deleted as it starts, so that an
     interruption cannot leave the old run's checkpoint beside the new run's config and log."""
     for folder in folders:
