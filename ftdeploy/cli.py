@@ -244,12 +244,13 @@ def train_cmd(
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt, resume.pt and summary.csv are deleted as training starts).")] = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
 
     Without --from and with a fault-tolerant method, pretrains first (out/pretrain) and then
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
-    finished one is kept as it is)."""
+    finished one is kept as it is). An --out that holds a run is refused without --resume or --force."""
     from .data import load_data
     from .profiles import RetrainingRecipe, load_profile
     from .train import check_model_fits, load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
@@ -283,8 +284,12 @@ def train_cmd(
         lr=_given(lr, d.lr if method == "pretrain" else d.retrain_lr), **common,
     )  # fmt: skip
     pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=_given(lr, d.lr), **common)
+    run_dirs = {out: cfg, out / "pretrain": pre_cfg} if init is None and method != "pretrain" else {out: cfg}
+    _refuse_training_over_a_run(run_dirs, resume, force)
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
+    if force:
+        _discard_runs(run_dirs)
     with quiet_progress(True) as progress:
         if init is None and method != "pretrain":
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
@@ -292,6 +297,62 @@ def train_cmd(
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
                      resume=resume)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+
+
+#: What a training leaves in its folder that a fresh one would write over or resume from.
+RUN_FILES = ("model.pt", "resume.pt", "summary.csv")
+
+
+def _run_held(folder: Path, config) -> tuple[str, str] | None:
+    """(state, words) of the run an earlier training left in ``folder``: state finished,
+    interrupted, other (settings other than ``config``'s, so not resumable) or unreadable; None
+    where it left no checkpoint."""
+    from .errors import ModelError
+    from .train import load_checkpoint, run_differences
+
+    if not (folder / "model.pt").is_file():
+        return ("interrupted", "an interrupted run (resume.pt, no model.pt yet)") if (folder / "resume.pt").is_file() else None
+    try:
+        ckpt = load_checkpoint(folder / "model.pt")
+    except ModelError as exc:
+        return "unreadable", f"a model.pt that is not a readable checkpoint ({exc})"
+    done, total, method = ckpt.get("epochs_done"), ckpt.get("epochs"), ckpt.get("method", "training")
+    differ = run_differences(ckpt, config)
+    if differ:
+        return "other", f"a {method} run trained otherwise ({differ})"
+    if isinstance(done, int) and isinstance(total, int) and done < total:
+        return "interrupted", f"an interrupted {method} run (model.pt after epoch {done} of {total})"
+    return "finished", f"a finished {method} run (model.pt, {done} of {total} epochs)"
+
+
+def _refuse_training_over_a_run(folders: dict, resume: bool, force: bool) -> None:
+    """A training never silently writes over the run in its folder (``folders``: --out, and
+    --out/pretrain where a pretraining runs first, each with the config it would train): without
+    --resume or --force one line says which to use, before any file there is touched."""
+    if resume and force:
+        raise ConfigError("--resume and --force: choose one (--resume continues the run in --out, --force starts it again "
+                          "from scratch, replacing it)")  # fmt: skip
+    if resume or force:
+        return
+    for folder, config in folders.items():
+        held = _run_held(folder, config)
+        if held is None:
+            continue
+        state, words = held
+        kept = "keeps it as it is" if folder == next(iter(folders)) else "keeps it and retrains from it"
+        fix = {"finished": f"--force retrains from scratch, replacing it; --resume {kept}",
+               "interrupted": "--resume continues it; --force starts again from scratch, replacing it",
+               "other": "--force replaces it",
+               "unreadable": "--force trains there anyway, replacing it"}[state]  # fmt: skip
+        raise ConfigError(f"--out: {folder} holds {words}; {fix}; or choose another --out")
+
+
+def _discard_runs(folders: dict) -> None:
+    """--force: the runs a fresh training replaces are deleted as it starts, so that an
+    interruption cannot leave the old run's checkpoint beside the new run's config and log."""
+    for folder in folders:
+        for name in RUN_FILES:
+            (folder / name).unlink(missing_ok=True)
 
 
 def screen_pass_lines(passes: list[tuple[str, Path]], profile) -> list[str]:
@@ -430,6 +491,7 @@ def verify_cmd(
     from .verify import verify_onnx
 
     resolved = load_profile(profile)
+    _refuse_a_checkpoint(onnx_file, profile)
     with quiet_progress(True) as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
@@ -441,6 +503,29 @@ def verify_cmd(
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+
+
+def _refuse_a_checkpoint(path: Path, profile: str) -> None:
+    """verify reads the ONNX file that export writes: a checkpoint given instead (told by its
+    bytes, whatever its name) is one line with the command that exports it."""
+    import shlex
+
+    from .errors import VerifyError
+    from .files import torch_file_format
+
+    found = torch_file_format(path)
+    if found is None:
+        return
+    if found.startswith("ftdeploy-checkpoint/"):
+        what, ckpt = "a training checkpoint", path
+    elif found.startswith("ftdeploy-resume/"):  # a run's resume state: the run's model.pt is what exports
+        what, ckpt = "a run's resume file", path.with_name("model.pt")
+    else:
+        raise VerifyError(f"{path}: a PyTorch file, not an ONNX export; verify signs off the ONNX file that "
+                          "`ftdeploy export` writes from an ftdeploy checkpoint")  # fmt: skip
+    onnx_out = ckpt.with_suffix(".onnx") if ckpt.suffix != ".onnx" else ckpt.with_name(f"{ckpt.stem}-export.onnx")
+    export = " ".join(shlex.quote(str(arg)) for arg in ("ftdeploy", "export", ckpt, "--profile", profile, "-o", onnx_out))
+    raise VerifyError(f"{path}: {what}, not an ONNX export; export it first: {export} (then verify {onnx_out})")
 
 
 def _err(text: str) -> None:
@@ -527,6 +612,7 @@ def sweep_cmd(
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
     from .data import load_data
+    from .files import folder_given
     from .profiles import load_profile
     from .sweep import SweepSettings, run_sweep
     from .train import make_train_config
@@ -544,6 +630,8 @@ def sweep_cmd(
                   unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
                   distill=distill),
     )  # fmt: skip
+    if from_ckpt.is_dir():
+        raise ConfigError("--from: " + folder_given(from_ckpt, "a checkpoint file", "model.pt"))
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
     if jobs < 1:

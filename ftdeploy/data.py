@@ -186,8 +186,9 @@ def _open_cifar(kind: str, root: Path) -> _Source:
         raise DataError(f"{kind}:{root}: expected torchvision's {folder}/ folder inside {root} (no download at run time)")
     try:
         ds = cls(root=str(root), train=True, download=False)
-    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
-        raise DataError(f"{kind}:{root}: {exc}") from None
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted. You can use download=True …"
+        raise DataError(f"{kind}:{root}: {folder}/ is incomplete or corrupted (its files fail torchvision's checksums); "
+                        f"unpack the {folder} archive there again (no download at run time)") from None  # fmt: skip
     x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # stored decoded
     return _Source(lambda idx: x[torch.from_numpy(idx)], np.asarray(ds.targets, dtype=np.int64), list(ds.classes),
                    f"torchvision {kind.upper()} training split from {root}")  # fmt: skip
@@ -216,7 +217,7 @@ def embedded_path() -> Path:
 
 def _open(spec: str, image_size: int) -> _Source:
     kind, _, arg = spec.partition(":")
-    if kind == "embedded":
+    if kind == "embedded" and not arg:  # embedded:ANYTHING would silently ignore what was typed
         return _open_npz(embedded_path(), EMBEDDED_PROVENANCE)
     if kind == "npz" and arg:
         return _open_npz(Path(arg), f"packed images from {arg}")

@@ -12,6 +12,7 @@ import onnx
 
 from . import __version__
 from .errors import VerifyError
+from .files import folder_given
 from .onnx_format import FORMAT, HASH_KEY, INPUT_NAME, PREFIX, TEXT_KEYS, content_hash, read_metadata
 from .mapping import Mapping, make_mapping
 from .nonideality import CellRange
@@ -81,6 +82,8 @@ def _input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
 
 
 def _read_onnx(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise VerifyError(folder_given(path, "the ONNX file that ftdeploy export wrote"))
     if not path.is_file():
         raise VerifyError(f"{path}: file not found")
     try:

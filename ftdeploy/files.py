@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,3 +57,67 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
         yield
+
+
+# --- what a file holds, told by its bytes, not by its name ----------------------------------
+
+#: The first bytes torch.save writes: a zip archive (PyTorch 1.6 and later) or, in the legacy
+#: format, a pickled magic number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_FTDEPLOY_FORMAT = re.compile(rb"ftdeploy-[a-z]+/[0-9]+")
+
+
+def torch_file_format(path: str | Path) -> str | None:
+    """Whether ``path`` is a file torch.save wrote, read from its bytes: the ftdeploy format it
+    declares (``ftdeploy-checkpoint/1``, ``ftdeploy-resume/1``), '' for another PyTorch file, None
+    for any other file (or none). Unpickles nothing: the format, the first value of an ftdeploy
+    file's dict, is found in the first bytes of the archive's pickle."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_LEGACY_TORCH_MAGIC))
+        if head == _LEGACY_TORCH_MAGIC:
+            return ""
+        if not head.startswith(_ZIP_MAGIC):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name == "data.pkl" or name.endswith("/data.pkl")]
+            if not pickles:
+                return None
+            with archive.open(pickles[0]) as pickled:
+                found = _FTDEPLOY_FORMAT.search(pickled.read(256))
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return found.group().decode() if found else ""
+
+
+def is_onnx_file(path: str | Path) -> bool:
+    """Whether ``path`` parses as an ONNX model with a graph, whatever its name."""
+    import onnx
+
+    try:
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # protobuf's DecodeError and onnx's own errors share no base class
+        return False
+
+
+def folder_given(path: str | Path, expected: str, usual: str | None = None) -> str:
+    """The line for a folder given where ``expected`` (a file) was: naming the ``usual`` file
+    inside it where there is one (a run folder given for its model.pt)."""
+    inside = Path(path) / usual if usual else None
+    hint = f"; did you mean {inside}?" if inside is not None and inside.is_file() else ""
+    return f"{path}: a folder, expected {expected}{hint}"
+
+
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def reason_line(exc: BaseException) -> str:
+    """One line of an exception's text for a user: styling removed, its first non-empty line, or
+    where torch's weights-only unpickler refused a file, its reason without its advice on
+    allowlisting what the file holds (ftdeploy never unpickles code)."""
+    lines = [line.strip() for line in _ANSI_STYLE.sub("", str(exc)).splitlines() if line.strip()]
+    refusal = next((line for line in lines if line.startswith("WeightsUnpickler error: ")), None)
+    if refusal:
+        return refusal.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]
+    return lines[0] if lines else ""

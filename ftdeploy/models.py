@@ -8,7 +8,9 @@ is folded into it for deployment, as the chip computes with fixed statistics.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import sys
 from fnmatch import fnmatch
 from typing import Callable
 
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ModelError
+from .files import reason_line
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -46,21 +49,54 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
             raise ModelError(f"model {name!r}: torchvision has no model {tv_name!r} (see torchvision.models.list_models())")
         return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # the user's module may fail to import in any way
-            raise ModelError(f"model {name!r}: cannot import factory {attr!r} from {module_name!r}: "
-                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+        factory = _user_factory(name)
         try:
             model = factory(num_classes=num_classes, **kwargs)
         except Exception as exc:  # nor is the factory ours
-            raise ModelError(f"model {name!r}: factory raised {type(exc).__name__}: {exc}") from None
+            raise ModelError(f"model {name!r}: factory raised {type(exc).__name__}: {reason_line(exc)}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
         return model
     known = ", ".join(sorted(_REGISTRY))
     raise ModelError(f"model {name!r}: unknown; use one of {known}, tv:NAME (torchvision) or package.module:factory")
+
+
+def _user_factory(name: str) -> Callable[..., nn.Module]:
+    """The function ``package.module:factory`` names, its module imported; each way that fails is
+    one line saying what to fix (the module not on the path, a module it needs missing, the
+    module's own error, no such function in it)."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or module_name.startswith(".") or not attr:
+        raise ModelError(f"model {name!r}: expected package.module:factory (a module's full dotted name, a colon, "
+                         "a function in it)")  # fmt: skip
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name.split(".")[0]:  # the module itself is not on the path
+            raise ModelError(f"model {name!r}: cannot import module {module_name!r} ({exc}); is its folder on PYTHONPATH? "
+                             f"set PYTHONPATH to the folder that holds {missing}/ (or {missing}.py): PYTHONPATH=. when "
+                             "run from there") from None  # fmt: skip
+        if module_name == missing or module_name.startswith(missing + "."):  # a package found, without this module
+            parent = sys.modules.get(missing.rpartition(".")[0])
+            where = f" (the package imported is {getattr(parent, '__file__', None) or parent})" if parent else ""
+            raise ModelError(f"model {name!r}: cannot import module {module_name!r} ({exc}){where}; is its folder on "
+                             "PYTHONPATH, ahead of any other package of the same name?") from None  # fmt: skip
+        raise ModelError(f"model {name!r}: module {module_name!r} failed to import: {exc}, which it imports; install it, "
+                         "or put its folder on PYTHONPATH") from None  # fmt: skip
+    except Exception as exc:  # the user's module may fail to import in any way
+        raise ModelError(f"model {name!r}: module {module_name!r} failed to import: {type(exc).__name__}: "
+                         f"{reason_line(exc)}") from None  # fmt: skip
+    if not hasattr(module, attr):
+        close = difflib.get_close_matches(attr, [n for n in dir(module) if not n.startswith("_")], n=1)
+        hint = f"; did you mean {module_name}:{close[0]}?" if close else ""
+        raise ModelError(f"model {name!r}: module {module_name!r} ({getattr(module, '__file__', None) or 'built in'}) "
+                         f"has no attribute {attr!r}{hint}")  # fmt: skip
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise ModelError(f"model {name!r}: {module_name}.{attr} is not a function (type {type(factory).__name__}); expected "
+                         "a factory fn(num_classes=...) -> torch.nn.Module")  # fmt: skip
+    return factory
 
 
 # --- CIFAR ResNets (He et al. 2016, option A shortcuts: 16-32-64 channels, 6n+2 layers) -----

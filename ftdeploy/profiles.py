@@ -332,6 +332,8 @@ def _validation_lines(path: Path, err: ValidationError) -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
@@ -374,8 +376,26 @@ def _resolve(ref: str | Path, folder: Path, relative_to: Path | None = None) -> 
     return folder / f"{ref_s}.yaml"
 
 
+class _UnknownName(ConfigError):
+    """A name (not a path) that no built-in file has."""
+
+
+def _unknown_name(kind: str, name: str, builtins: list[Path]) -> _UnknownName:
+    """No built-in ``kind`` called ``name``: the line lists the built-in ones and suggests the
+    closest, so a typo is fixed from the message alone."""
+    import difflib
+
+    names = sorted(p.stem for p in builtins)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return _UnknownName(f"no built-in {kind} {name!r}{hint}; built-in {kind}s: {', '.join(names)}; or give the path "
+                        f"of a {kind} .yaml file")  # fmt: skip
+
+
 def load_target(ref: str | Path, relative_to: Path | None = None) -> tuple[Target, Path]:
     path = _resolve(ref, TARGETS_DIR, relative_to)
+    if not _is_path(str(ref)) and not path.is_file():
+        raise _unknown_name("target", str(ref), builtin_targets())
     return _parse(Target, path), path
 
 
@@ -407,6 +427,8 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
     if base_path.resolve() in {p.resolve() for p in chain}:
         cycle = " -> ".join(str(p) for p in (*chain, base_path))
         raise ConfigError(f"{path}: extends: {ref} leads back to a profile already on the way ({cycle})")
+    if not _is_path(ref) and not base_path.is_file():
+        raise ConfigError(f"{path}: extends: {_unknown_name('profile', ref, builtin_profiles())}")
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends: no profile file {base_path} (expected a name in {PROFILES_DIR} or a path)")
     base, further = _profile_fields(base_path, chain)
@@ -421,10 +443,14 @@ def load_profile(ref: str | Path) -> ResolvedProfile:
     """Load and validate a profile (over the profiles it extends) and its target; raise
     ConfigError naming file and field."""
     path = _resolve(ref, PROFILES_DIR)
+    if not _is_path(str(ref)) and not path.is_file():
+        raise _unknown_name("profile", str(ref), builtin_profiles())
     fields, base_paths = _profile_fields(path)
     profile: Profile = _validated(Profile, fields, path)
     try:
         target, target_path = load_target(profile.target, relative_to=path.parent)
+    except _UnknownName as exc:
+        raise ConfigError(f"{path}: target: {exc}") from None
     except ConfigError as exc:
         if "file not found" in str(exc):
             raise ConfigError(

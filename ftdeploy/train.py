@@ -105,7 +105,7 @@ from .chip import DeployedNetwork
 from .data import DataBundle, augment, batches, normalize
 from .errors import ConfigError, ModelError
 from .faults import faulty_weight
-from .files import write_atomic
+from .files import folder_given, is_onnx_file, reason_line, write_atomic
 from .mapping import Mapping, make_mapping, scale_from_peak
 from .models import conv_bn_pairs, create_model, deployed_layers
 from .nonideality import FaultModel, StuckAt
@@ -457,6 +457,8 @@ def save_atomic(obj, path: Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(folder_given(path, "a checkpoint file", "model.pt"))
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     return _load_tensors_file(path, CHECKPOINT_FORMAT, "checkpoint")
@@ -467,8 +469,12 @@ def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle/zip/runtime errors alike for a bad file
-        # torch's own text alone can be a bare number (a pickle magic-number check): say what raised it.
-        raise ModelError(f"{path}: not a loadable {what}: torch.load raised {type(exc).__name__}: {exc}{hint}") from None
+        if is_onnx_file(path):
+            raise ModelError(f"{path}: an ONNX file, not a {what}: it is already exported; give the checkpoint it was "
+                             f"exported from (model.pt), or sign this file off with: ftdeploy verify {path} --profile NAME") from None  # fmt: skip
+        # torch's own text alone can be a bare number (a pickle magic-number check): say what raised
+        # it; one line of it (weights_only's refusal runs to several).
+        raise ModelError(f"{path}: not a loadable {what}: torch.load raised {type(exc).__name__}: {reason_line(exc)}{hint}") from None
     found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
     if found != expected_format:
         raise ModelError(f"{path}: format: expected {expected_format!r}, found {found!r}{hint}")

@@ -139,7 +139,9 @@ def test_missing_cifar_dirs(tmp_path):
     assert "cifar-100-python/" in _data_error(f"cifar100:{tmp_path / 'nope'}")
     (tmp_path / "cifar-10-batches-py").mkdir()  # folder there, files not: torchvision's own check
     msg = _data_error(f"cifar10:{tmp_path}")
-    assert msg.startswith(f"cifar10:{tmp_path}: Dataset not found or corrupted")
+    assert msg == (f"cifar10:{tmp_path}: cifar-10-batches-py/ is incomplete or corrupted (its files fail torchvision's "
+                   "checksums); unpack the cifar-10-batches-py archive there again (no download at run time)"), \
+        "not torchvision's advice to pass download=True, which the command line has no way to"
 
 
 def test_missing_or_empty_imagefolder(tmp_path):

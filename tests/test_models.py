@@ -131,14 +131,14 @@ def test_user_factory(user_module):
     model = create_model(f"{user_module}:tiny", num_classes=3, hidden=5)
     assert model(torch.zeros(2, 3, 4, 4)).shape == (2, 3)
     assert model[1].out_features == 5
-    with pytest.raises(ModelError, match=f"model '{user_module}:nope': cannot import factory 'nope' from '{user_module}'"):
+    with pytest.raises(ModelError, match=f"model '{user_module}:nope': module '{user_module}' \\(.*\\) has no attribute 'nope'"):
         create_model(f"{user_module}:nope")
     with pytest.raises(ModelError, match="factory returned str, expected a torch.nn.Module"):
         create_model(f"{user_module}:not_a_model")
-    with pytest.raises(ModelError, match="cannot import factory 'f' from 'no_such_package_xyz.models'"):
+    with pytest.raises(ModelError, match="cannot import module 'no_such_package_xyz.models' \\(No module named 'no_such_package_xyz'\\)"):
         create_model("no_such_package_xyz.models:f")
     # the user's code failing in any way is still one ModelError line
-    with pytest.raises(ModelError, match=f"cannot import factory 'f' from '{user_module}_bad': RuntimeError: this module needs a GPU"):
+    with pytest.raises(ModelError, match=f"module '{user_module}_bad' failed to import: RuntimeError: this module needs a GPU"):
         create_model(f"{user_module}_bad:f")
     with pytest.raises(ModelError, match=r"factory raised RuntimeError: no weights for this size"):
         create_model(f"{user_module}:broken")

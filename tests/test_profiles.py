@@ -256,7 +256,7 @@ def test_an_inherited_target_path_is_relative_to_the_base(tmp_path):
 
 
 @pytest.mark.parametrize("extends, fragment", [
-    ("nosuch", "extends: no profile file {profiles}/nosuch.yaml (expected a name in {profiles} or a path)"),
+    ("nosuch", "extends: no built-in profile 'nosuch'; built-in profiles: chen2015, chen2015-folded, "),
     ("sub/nosuch.yaml", "extends: no profile file {tmp}/sub/nosuch.yaml"),
     (3, "extends: expected the name of a profile in {profiles} or a path to one (found 3)"),
     ("", "extends: expected the name of a profile"),
@@ -293,7 +293,7 @@ def test_missing_target_file(tmp_path):
     path = _write(tmp_path, _profile(target="nosuch"))
     lines = _error_lines(path)
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}: target: no target file {TARGETS_DIR / 'nosuch.yaml'}")
+    assert lines[0].startswith(f"{path}: target: no built-in target 'nosuch'; built-in targets: diff8-folded, ")
     path = _write(tmp_path, _profile(target="sub/nosuch.yaml"), "bad2.yaml")
     assert _error_lines(path)[0].startswith(f"{path}: target: no target file {tmp_path / 'sub/nosuch.yaml'}")
 
@@ -365,7 +365,7 @@ def test_unreadable_files(tmp_path, text, where, fragment):
 def test_missing_and_undecodable_files(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml: file not found$"):
         load_profile(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match=r"profiles/nope\.yaml: file not found$"):
+    with pytest.raises(ConfigError, match=r"^no built-in profile 'nope'; built-in profiles: chen2015, "):
         load_profile("nope")
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
@@ -476,7 +476,7 @@ def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
     assert code == 0 and err == "" and out.count("\nok ") + out.startswith("ok ") == 2
 
     code, out, err = _run_main(monkeypatch, capsys, "profile", "show", "nosuch")
-    assert code == 2 and err == f"error: {PROFILES_DIR / 'nosuch.yaml'}: file not found\n"
+    assert code == 2 and err.startswith("error: no built-in profile 'nosuch'; built-in profiles: ") and err.count("\n") == 1
 
     code, out, err = _run_main(monkeypatch, capsys, "profile", "validate")  # click usage error
     assert code == 2 and "Missing argument" in err and "Traceback" not in err
