@@ -1,6 +1,8 @@
 """A user's own model for `--model examples.my_model:build` (run with PYTHONPATH=. from the
 repository root). The factory takes num_classes and returns an nn.Module; every Conv2d and
-Linear lands on crossbars, and a BatchNorm right after a conv is folded into it on export.
+Linear lands on crossbars. A BatchNorm right after a conv is placed as the profile's target says
+(`batchnorm`): the demo profile's target, paper-diff8, applies it in the digital periphery after
+the crossbar (the cells hold the conv weights); a `batchnorm: fold` target folds it into the cells.
 
     PYTHONPATH=. ftdeploy train --profile demo --model examples.my_model:build --method pretrain --out runs/mine
 """

@@ -70,17 +70,20 @@ class Target(_Strict):
 
     name: str = Field(description="Identifier of the chip family.")
     description: str = Field("", description="Free text.")
-    g_off_uS: float = Field(gt=0, description="Conductance of the lowest level (stuck-off cell), µS.")
-    g_on_uS: float = Field(gt=0, description="Conductance of the highest level (stuck-on cell), µS.")
-    bits_per_cell: int = Field(ge=1, le=8, description="Bits one cell stores: 2**bits levels.")
-    weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight.")
-    mapping: str = Field(description="How a weight is spread over cells: differential | differential-inverted | offset | bitsliced.")
-    scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor.")
+    g_off_uS: float = Field(gt=0, description="Conductance of the lowest level (level 0), µS; a stuck-off cell reads it.")
+    g_on_uS: float = Field(gt=0, description="Conductance of the highest level, µS; a stuck-on cell reads it.")
+    bits_per_cell: int = Field(ge=1, le=8, description="Bits one cell stores: 2**bits_per_cell linear levels between g_off and g_on.")
+    weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight: integer codes in [-Q, Q], Q = 2**(weight_bits - 1) - 1.")
+    mapping: str = Field(description="How a weight's code is laid onto cells: differential | differential-inverted | offset | bitsliced.")
+    scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor s = max|W|/Q (one DAC/ADC gain): layer, one per layer as the "
+                                   "paper's fault model assumes; channel, one per output channel, a finer periphery.")
     batchnorm: BatchNormPlacement = Field(
         BatchNormPlacement.fold,
-        description="fold: BatchNorm folded into the cells' weights; periphery: applied digitally after the crossbar.",
+        description="Where the BatchNorm after a conv is applied, with fixed statistics either way. fold: folded into the "
+                    "cells, which hold W·γ/σ (the bias absorbs β); periphery: applied per channel by the digital periphery "
+                    "after the crossbar, so the cells hold W.",
     )
-    tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile).")
+    tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile); export records the tiles each layer occupies.")
     tile_cols: int = Field(ge=1, description="Crossbar tile columns (cells per row per tile).")
 
     @model_validator(mode="after")
@@ -139,7 +142,7 @@ class AcceptanceLimit(_Strict):
     max_acc_drop_pct: float | None = Field(
         None, ge=0, le=100, description="Maximum Acc_pretrain − mean Acc_defect, percentage points."
     )
-    min_stability: float | None = Field(None, ge=0, description="Minimum Stability Score.")
+    min_stability: float | None = Field(None, ge=0, description="Minimum Stability Score, SS = Acc_retrain / (Acc_pretrain − mean Acc_defect); met when the chips lose nothing (SS is +inf).")
 
     def limits(self) -> dict[str, float]:
         """The limits set on this rate, by field name."""
@@ -160,14 +163,14 @@ class SignOff(_Strict):
 
     rates: list[Rate] = Field(
         min_length=1,
-        description="Total stuck-at rates to test, each split like the profile's stuck-at entry; every other kind "
-                    "in faults applies at each of them as stated.",
+        description="Total stuck-at rates (probability per cell) tested at sign-off, each split like the profile's "
+                    "stuck-at entry; every other kind in faults applies at each of them as stated.",
     )  # fmt: skip
-    chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate.")
-    seed: int = Field(0, ge=0, description="Seed of the chip population; same seed, same report.")
-    max_images: int | None = Field(None, ge=1, description="Evaluate on at most this many images (None: all).")
-    min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy, %.")
-    acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL.")
+    chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate, each with its own random faults.")
+    seed: int = Field(0, ge=0, description="Seed of the chip population: the same seed gives the same chips and the same report.")
+    max_images: int | None = Field(None, ge=1, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
+    min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy (Acc_retrain) of the exported model, %.")
+    acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL, each at one of the sign-off rates.")
 
     @model_validator(mode="after")
     def _check(self) -> "SignOff":
@@ -200,9 +203,17 @@ class RetrainingRecipe(BaseModel):
         2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
     )
     bn: Literal["frozen", "train"] = Field(
-        "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
+        "frozen",
+        description="Retraining BatchNorm. frozen: statistics stay at their pretrained values (γ and β train) and faults hit "
+                    "exactly the weights the cells hold, as on the deployed chip. train: training mode, which renormalises each "
+                    "batch and so absorbs the shift a stuck cell causes, as the chip never does.",
     )
-    stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
+    stuck_grad: Literal["block", "pass"] = Field(
+        "block",
+        description="Gradient of a weight with a stuck cell. block: none (on that chip the cell ignores programming, so "
+                    "its gradient is noise); pass: as if the cell were healthy. Healthy weights train through a "
+                    "straight-through quantiser at the target's weight bits either way.",
+    )  # fmt: skip
     scale_grad: Literal["learn", "detach"] = Field(
         "learn",
         description="Gradient through the full scale a stuck-on cell injects (max|W| of its layer or channel): "
@@ -248,20 +259,22 @@ class TrainingDefaults(RetrainingRecipe):
 
     model_config = ConfigDict(extra="forbid", frozen=True)  # as _Strict: a misspelt option is an error
 
-    model: str = Field("resnet20", description="Model registry name or package.module:factory.")
+    model: str = Field("resnet20", description="Model: a registered name (ftdeploy models), tv:NAME for a torchvision model, or package.module:factory for your own.")
     method: Method = Field(Method.progressive, description="one-shot: fixed rate; progressive: ascending rates.")
     target_rate: Rate = Field(0.05, description="P_sa^T, the (last) training stuck-at rate.")
     progressive_rates: list[Rate] = Field(
         default_factory=lambda: [0.01, 0.02, 0.05],
-        description="Ascending candidate rates of progressive training; the last must equal target_rate.",
+        description="Ascending rates of progressive training, the last equal to target_rate. Every progressive retraining to "
+                    "target_rate (train, sweep, demo) steps through them; one to another rate takes the two ladder rates "
+                    "below it (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, ...) and the rate itself.",
     )
     pretrain_epochs: int = Field(30, ge=0, description="Epochs of fault-free pretraining.")
     epochs: int = Field(
         20, ge=1, description="Epochs of fault-tolerant retraining (all progressive blocks together; per rate with progressive_blocks each)."
     )
-    lr: float = Field(0.1, gt=0, description="Peak learning rate of pretraining (cosine schedule).")
-    retrain_lr: float = Field(0.02, gt=0, description="Peak learning rate of fault-tolerant retraining.")
-    batch_size: int = Field(128, ge=1, description="Images per step.")
+    lr: float = Field(0.1, gt=0, description="Peak learning rate of pretraining (linear warm-up, cosine decay).")
+    retrain_lr: float = Field(0.02, gt=0, description="Peak learning rate of fault-tolerant retraining (linear warm-up, cosine decay).")
+    batch_size: int = Field(128, ge=1, description="Images per SGD step.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
 

@@ -21,7 +21,6 @@ from ftdeploy.profiles import (
     PROFILES_DIR,
     TARGETS_DIR,
     Method,
-    Profile,
     ResolvedProfile,
     RetrainingRecipe,
     Target,
@@ -514,33 +513,6 @@ def test_console_script_validate(tmp_path):
     ], proc.stderr
     assert lines[2:] == [f"error: {missing}: file not found"], proc.stderr
     assert proc.stdout == ""
-
-
-def _field_paths(model, prefix: str = ""):
-    """Dotted names of a config model's leaf fields, as the README's tables write them
-    (``signoff.acceptance[].rate`` for a list of sections)."""
-    import typing
-
-    from pydantic import BaseModel
-
-    for name, field in model.model_fields.items():
-        kinds = (field.annotation, *typing.get_args(field.annotation))
-        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
-        if section is None:
-            yield prefix + name
-        else:
-            listed = typing.get_origin(field.annotation) is list
-            yield from _field_paths(section, f"{prefix}{name}{'[]' if listed else ''}.")
-
-
-@pytest.mark.parametrize("model", [Profile, Target], ids=["profile", "target"])
-def test_the_readme_documents_every_field(model):
-    """Each profile and target field has a row in the README's format tables (an acceptance
-    limit's fields may be written as `…field`)."""
-    readme = (PROFILES_DIR.parent / "README.md").read_text()
-    paths = list(_field_paths(model))
-    missing = [p for p in paths if f"`{p}`" not in readme and f"`…{p.rsplit('.', 1)[-1]}`" not in readme]
-    assert len(paths) > 10 and not missing, missing
 
 
 @pytest.mark.parametrize("command, out, expected", [

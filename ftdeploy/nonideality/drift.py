@@ -40,7 +40,7 @@ class Drift(NonIdeality):
     """Power-law conductance drift with a per-cell exponent ν ~ N(nu_mean, nu_std), clipped at 0,
     read ``at`` seconds after programming."""
 
-    kind: Literal["drift"] = "drift"
+    kind: Literal["drift"] = Field("drift", description="Names this kind in a profile's faults list.")
     nu_mean: float = Field(ge=0, description="Mean drift exponent ν (dimensionless).")
     nu_std: float = Field(0.0, ge=0, description="Cell-to-cell standard deviation of ν.")
     t0_s: Seconds = Field(1.0, description="Time after programming at which G = G0 (the programmed conductance), s.")

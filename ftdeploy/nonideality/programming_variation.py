@@ -16,7 +16,7 @@ class ProgrammingVariation(ConductanceSpread):
     (µS, the same for every level), or relative to the cell's conductance with ``sigma_rel``
     (Gaussian ``G·(1 + σ·z)`` or lognormal ``G·exp(σ·z)``)."""
 
-    kind: Literal["programming-variation"] = "programming-variation"
+    kind: Literal["programming-variation"] = Field("programming-variation", description="Names this kind in a profile's faults list.")
     sigma_uS: float | None = Field(None, ge=0, description="Standard deviation of a programmed conductance, µS.")
     sigma_rel: float | None = Field(None, ge=0, description="Standard deviation relative to the programmed conductance (0.05: 5 %).")
     distribution: Literal["normal", "lognormal"] = Field(

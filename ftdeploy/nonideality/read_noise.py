@@ -14,7 +14,7 @@ class ReadNoise(ConductanceSpread):
     """Gaussian noise on each read conductance: ``sigma_uS`` (µS) or ``sigma_rel`` (relative to
     the conductance read)."""
 
-    kind: Literal["read-noise"] = "read-noise"
+    kind: Literal["read-noise"] = Field("read-noise", description="Names this kind in a profile's faults list.")
     sigma_uS: float | None = Field(None, ge=0, description="Standard deviation of a read conductance, µS.")
     sigma_rel: float | None = Field(None, ge=0, description="Standard deviation relative to the conductance read (0.01: 1 %).")
 

@@ -23,7 +23,7 @@ class StuckAt(NonIdeality):
     """Stuck-at rates per cell. Give ``stuck_off`` and ``stuck_on`` (as a chip family measures
     them), or a total ``p_sa`` split by ``split`` (stuck-off : stuck-on)."""
 
-    kind: Literal["stuck-at"] = "stuck-at"
+    kind: Literal["stuck-at"] = Field("stuck-at", description="Names this kind in a profile's faults list.")
     p_sa: Rate | None = Field(None, description="Total stuck-at probability per cell, split by `split`.")
     stuck_off: Rate | None = Field(None, description="Probability per cell of reading g_off whatever was programmed.")
     stuck_on: Rate | None = Field(None, description="Probability per cell of reading g_on whatever was programmed.")
