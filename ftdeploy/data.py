@@ -4,9 +4,8 @@ Specs:
   (none) / ``embedded``   the CIFAR-10 subset shipped inside the package (see EMBEDDED_PROVENANCE)
   ``cifar10:DIR``         torchvision's CIFAR10 files (DIR/cifar-10-batches-py), never downloaded
   ``cifar100:DIR``        torchvision's CIFAR100 files (DIR/cifar-100-python), never downloaded
-  ``imagefolder:DIR``     DIR/<class>/<image>, e.g. ../shared/data/cifar10/train
-  ``npz:FILE``            packed JPEGs (arrays jpeg, offsets, labels, classes), e.g.
-                          ../shared/data/cifar10-train-jpeg.npz
+  ``imagefolder:DIR``     DIR/<class>/<image> (torchvision's ImageFolder layout)
+  ``npz:FILE``            packed JPEGs (arrays jpeg, offsets, labels, classes)
 
 Small image datasets fit in memory many times over, so they are decoded once into one uint8
 tensor; augmentation (random crop with 4-pixel padding, horizontal flip) runs on whole batches

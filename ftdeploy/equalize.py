@@ -6,9 +6,8 @@ A target with one scale per layer (``scale: layer``) programs every weight as a 
 full scale whatever channel it sits in, and an output channel whose weights are all small
 spends few of the code levels and suffers the layer's largest damage. Convolutions followed by
 BatchNorm are scale-free per output channel (BN normalises it away), so their channels' ranges
-differ for no functional reason: in the CPU-pretrained ResNet-20 of docs/RESULTS.md the
-median channel of a layer peaks at 0.45 to 0.8 of the layer's peak (`ftdeploy equalize` prints
-the median gain per layer).
+differ for no functional reason, and in trained networks they do differ widely (`ftdeploy
+equalize` prints the median gain per layer).
 
 Where BN runs in the digital periphery (``batchnorm: periphery``), each channel can be scaled up
 to the layer's peak and its BN statistics scaled with it: the network computes exactly the same
