@@ -19,15 +19,39 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from enum import Enum
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from .arrays import array_namespace
 
-if TYPE_CHECKING:
-    from .profiles import Target
+
+class ScaleGranularity(str, Enum):
+    """Which weights share one conductance-to-weight scale factor (one DAC/ADC gain)."""
+
+    layer = "layer"  # one scale per layer, as the paper's fault model assumes
+    channel = "channel"  # one scale per output channel (column group), a finer periphery
+
+
+class TargetSpec(Protocol):
+    """What a mapping reads of a chip family. :class:`ftdeploy.profiles.Target` is one; this
+    module names only the fields it uses, so that the profile schema (which checks its mapping
+    name against :data:`MAPPINGS`) can import this module without this module importing it."""
+
+    mapping: str
+    bits_per_cell: int
+    weight_bits: int
+    scale: ScaleGranularity
+    tile_rows: int
+    tile_cols: int
+
+    @property
+    def levels_per_cell(self) -> int: ...
+
+    @property
+    def max_code(self) -> int: ...
 
 
 class Mapping(ABC):
@@ -36,13 +60,13 @@ class Mapping(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, target: "Target"):
+    def __init__(self, target: TargetSpec):
         self.target = target
         self.max_code = target.max_code
         self.max_level = target.levels_per_cell - 1
 
     @classmethod
-    def check_target(cls, target: "Target") -> None:
+    def check_target(cls, target: TargetSpec) -> None:
         """Raise ValueError when the target's cells cannot hold its weights this way."""
 
     @property
@@ -189,17 +213,15 @@ MAPPINGS: dict[str, type[Mapping]] = {
 }
 
 
-def make_mapping(target: "Target") -> Mapping:
+def make_mapping(target: TargetSpec) -> Mapping:
     return MAPPINGS[target.mapping](target)
 
 
-def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
+def scale_of(weight: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Weight per code step: max|W|/Q over the layer, or per output channel. Shaped to
     broadcast against ``weight``. Differentiable, so training can shrink the full-scale value
     a stuck-on cell produces. A zero layer (or channel) gets scale 1/Q (all codes 0) instead of
     dividing by 0."""
-    from .profiles import ScaleGranularity
-
     if target.scale is ScaleGranularity.channel:
         peak = weight.abs().flatten(1).amax(1)
         peak = peak.reshape(-1, *([1] * (weight.dim() - 1)))
@@ -208,18 +230,18 @@ def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
     return scale_from_peak(peak, target)
 
 
-def scale_from_peak(peak: torch.Tensor, target: "Target") -> torch.Tensor:
+def scale_from_peak(peak: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Scale of a group of weights from its largest magnitude; a zero group gets 1/Q."""
     return torch.where(peak > 0, peak, torch.ones_like(peak)) / target.max_code
 
 
-def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: "Target") -> torch.Tensor:
+def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Integer codes (as int32) of a weight at a scale; round half to even, clipped to ±Q."""
     q = torch.round(weight / scale).clamp(-target.max_code, target.max_code)
     return q.to(torch.int32)
 
 
-def crossbar_tiles(weight_shape: tuple[int, ...], target: "Target", mapping: Mapping) -> dict:
+def crossbar_tiles(weight_shape: tuple[int, ...], target: TargetSpec, mapping: Mapping) -> dict:
     """How a layer lands on tiles: inputs on rows, each output's cells on adjacent columns."""
     rows = int(np.prod(weight_shape[1:]))
     cols = int(weight_shape[0]) * mapping.cells_per_weight

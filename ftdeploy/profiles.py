@@ -23,6 +23,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .mapping import MAPPINGS, ScaleGranularity
 from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +35,6 @@ class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt limit must never be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScaleGranularity(str, Enum):
-    """Which weights share one conductance-to-weight scale factor (one DAC/ADC gain)."""
-
-    layer = "layer"  # one scale per layer, as the paper's fault model assumes
-    channel = "channel"  # one scale per output channel (column group), a finer periphery
 
 
 class BatchNormPlacement(str, Enum):
@@ -70,8 +64,6 @@ class Target(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Target":
-        from .mapping import MAPPINGS  # late import: mapping depends on this module's types
-
         if self.g_on_uS <= self.g_off_uS:
             raise ValueError(f"g_on_uS ({self.g_on_uS}) must exceed g_off_uS ({self.g_off_uS})")
         if self.mapping not in MAPPINGS:
@@ -445,7 +437,6 @@ __all__ = [
     "Profile",
     "ResolvedProfile",
     "RetrainingRecipe",
-    "ScaleGranularity",
     "SignOff",
     "Target",
     "TrainingDefaults",
