@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,7 +31,7 @@ ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validat
 def _checked_device(name: str) -> str:
     """--device is checked as the command line is read: a CUDA device this machine lacks is one
     line before any data loads, not a traceback from the first tensor moved there."""
-    from .train import pick_device
+    from .devices import pick_device
 
     pick_device(name)
     return name
@@ -104,7 +105,7 @@ def _out_file(path: Path) -> Path:
 
 def _train_default(field: str):
     """A training option's default is TrainConfig's, written once there."""
-    from .train import TrainConfig
+    from .training.config import TrainConfig
 
     return TrainConfig.model_fields[field].default
 
@@ -248,7 +249,9 @@ def train_cmd(
     finished one is kept as it is)."""
     from .data import load_data
     from .profiles import RetrainingRecipe, load_profile
-    from .train import check_model_fits, load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
+    from .training.checkpoint import check_model_fits, load_checkpoint
+    from .training.config import make_train_config, progressive_rates_for
+    from .training.loop import train
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -281,7 +284,7 @@ def train_cmd(
     pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=_given(lr, d.lr), **common)
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
-    with quiet_progress(True) as progress:
+    with _progress_bar() as progress:
         if init is None and method != "pretrain":
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
@@ -308,7 +311,7 @@ def _refuse_recipe_on_pretraining(typed: dict) -> None:
     """A pretraining injects no faults, so every retraining-recipe option would change nothing
     there: typed with --method pretrain it is a mistake (say, meant for the retraining that
     follows), and one line says so rather than a run that silently ignores it."""
-    from .train import TRAIN_OPTIONS
+    from .training.config import TRAIN_OPTIONS
 
     for field, value in typed.items():
         if value is None:
@@ -368,7 +371,7 @@ def equalize_cmd(
     from .equalize import check_equalizable, equalize_checkpoint
     from .files import sha256_file
     from .profiles import load_profile
-    from .train import load_checkpoint, save_atomic
+    from .training.checkpoint import load_checkpoint, save_atomic
 
     resolved = load_profile(profile)
     check_equalizable(resolved.target)  # before any data is decoded
@@ -394,7 +397,7 @@ def export_cmd(
     else in metadata."""
     from .export import export_onnx
     from .profiles import load_profile
-    from .train import load_checkpoint
+    from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
     ckpt_data = load_checkpoint(ckpt)
@@ -422,11 +425,10 @@ def verify_cmd(
     from .errors import SignOffFailed
     from .profiles import load_profile
     from .report import verdict_lines, write_report
-    from .train import quiet_progress
     from .verify import verify_onnx
 
     resolved = load_profile(profile)
-    with quiet_progress(True) as progress:
+    with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
                              progress=progress, log=log)  # fmt: skip
@@ -466,7 +468,7 @@ def prune_cmd(
     from .data import checkpoint_data
     from .profiles import load_profile
     from .prune import PruneConfig, prune
-    from .train import load_checkpoint, quiet_progress
+    from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -476,7 +478,7 @@ def prune_cmd(
                          device=device)  # fmt: skip
     bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
-    with quiet_progress(True) as progress:
+    with _progress_bar() as progress:
         log = progress.console.print if progress else _echo
         result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
                        log=log, resume=resume)  # fmt: skip
@@ -525,7 +527,7 @@ def sweep_cmd(
     from .data import load_data
     from .profiles import load_profile
     from .sweep import SweepSettings, run_sweep
-    from .train import make_train_config
+    from .training.config import make_train_config
 
     resolved = load_profile(profile)
     d = resolved.profile.training
@@ -612,6 +614,20 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     _echo(title)
     for line in [header, *rows]:
         _echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+
+
+@contextmanager
+def _progress_bar():
+    """A rich progress bar on a terminal, nothing (plain per-epoch lines) when piped."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as p:  # stdout stays clean for results
+        yield p
 
 
 def _interrupt(signum, frame):

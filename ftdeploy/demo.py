@@ -18,7 +18,8 @@ from .equalize import equalize_checkpoint, equalizes
 from .export import export_onnx
 from .profiles import ResolvedProfile
 from .report import write_report
-from .train import TrainConfig, progressive_rates_for, train
+from .training.config import TrainConfig, progressive_rates_for
+from .training.loop import train
 from .verify import verify_onnx
 
 #: The demo's models, in table order; "equalized" only where the target can equalise.

@@ -37,7 +37,7 @@ from .errors import ConfigError, DataError
 from .mapping import ScaleGranularity
 from .models import conv_bn_pairs
 from .profiles import BatchNormPlacement, Target
-from .train import clean_state_dict, model_from_checkpoint
+from .training.checkpoint import clean_state_dict, model_from_checkpoint
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,7 @@ class Method(str, Enum):
 class RetrainingRecipe(BaseModel):
     """How fault-tolerant retraining trains, beyond its method, rates, length and learning rate:
     the options the README's recipe section explains. Written once here, shared by a profile's
-    training defaults and by every run's :class:`ftdeploy.train.TrainConfig`."""
+    training defaults and by every run's :class:`ftdeploy.training.config.TrainConfig`."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -4,7 +4,7 @@ then test every model, the baseline included, on the same simulated chips at eve
 Resumable: a cell whose run folder holds a finished checkpoint is not retrained, and a cell
 whose results file measured the same checkpoint, target, chips and images is not re-evaluated,
 so an interrupted sweep picks up where it stopped (a cell interrupted mid-training continues from its last finished epoch, see
-``train.train(resume=True)``). Evaluation uses
+``training.loop.train(resume=True)``). Evaluation uses
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
 
@@ -41,8 +41,10 @@ from .figures import judge, rate_figures, stability_score, summarize_chips
 from .files import exclusive_lock, sha256_file, write_atomic
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
-from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device,
-                    progressive_rates_for, run_differences, train, train_argv)
+from .devices import pick_device
+from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
+from .training.config import RESUME_MAY_DIFFER, TrainConfig, progressive_rates_for, train_argv
+from .training.loop import train
 from .verify import check_chip_counts, subset_indices, subset_size
 
 

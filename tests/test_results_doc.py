@@ -475,7 +475,7 @@ def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_it
 
 def test_a_run_with_blocks_of_its_own_plans_its_epochs_per_rate(tmp_path):
     """The curves say "stopped after epoch k of N" with N the whole run's epochs."""
-    from ftdeploy.train import TrainConfig
+    from ftdeploy.training.config import TrainConfig
 
     render = _script("render_results")
     for blocks, method, planned in (("each", "progressive", 6), ("split", "progressive", 2), ("each", "one-shot", 2)):

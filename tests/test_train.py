@@ -17,16 +17,10 @@ from ftdeploy.nonideality import FaultModel, StuckAt
 from ftdeploy.mapping import make_mapping
 from ftdeploy.models import conv_bn_pairs, create_model, deployed_layers
 from ftdeploy.profiles import BatchNormPlacement, load_target
-from ftdeploy.train import (
-    FaultInjector,
-    TrainConfig,
-    default_progressive_rates,
-    distillation_loss,
-    freeze_batchnorm,
-    load_checkpoint,
-    progressive_rates_for,
-    train,
-)
+from ftdeploy.training.checkpoint import load_checkpoint
+from ftdeploy.training.config import TrainConfig, default_progressive_rates, progressive_rates_for
+from ftdeploy.training.injection import FaultInjector, freeze_batchnorm
+from ftdeploy.training.loop import distillation_loss, train
 
 SPLIT = (1.75, 9.04)
 
@@ -236,7 +230,7 @@ def test_fault_rate_ramps_in_over_the_warmup_then_holds(pretrained, small_data, 
 
 def _interrupt_after_epochs(monkeypatch, epochs: int):
     """Make training stop (as a Ctrl-C would) right after ``epochs`` epochs were saved."""
-    import ftdeploy.train as tr
+    import ftdeploy.training.loop as tr  # the loop saves through its own name for save_atomic
 
     saved = []
     original = tr.save_atomic
@@ -437,7 +431,7 @@ def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tm
 
 def test_bad_checkpoint_and_resume_files_are_one_clear_error(tmp_path):
     from ftdeploy.errors import ModelError
-    from ftdeploy.train import _load_resume_file
+    from ftdeploy.training.checkpoint import _load_resume_file
 
     garbage = tmp_path / "model.pt"
     garbage.write_bytes(b"not a torch file")
@@ -524,7 +518,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
     """A retraining uses its profile's recipe where no option is typed; a typed option wins; a
     pretraining takes none of it (distillation, say, needs a teacher a pretraining has not got)."""
     import ftdeploy.data
-    import ftdeploy.train
+    import ftdeploy.training.loop
     from typer.testing import CliRunner
 
     from ftdeploy.cli import app
@@ -533,7 +527,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
                                                         weight_clip=2.5))
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
-    monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
+    monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
     retrain = ["train", "--profile", profile, "--from", str(pretrained / "model.pt"), "--method", "progressive"]
     for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split", "--weight-clip", "0"]):
         result = CliRunner().invoke(app, [*retrain, *extra, "--out", str(tmp_path / "run")])
