@@ -14,6 +14,7 @@ import typer
 
 from . import __version__
 from .errors import ConfigError, FtdeployError
+from .training.config import TrainConfig
 
 # Markdown: a command's docstring wraps to the terminal as one paragraph, not at the line breaks
 # of its source (rich mode keeps those, leaving ragged half-lines in every --help).
@@ -28,16 +29,19 @@ DataOpt = Annotated[
     typer.Option("--data", help="embedded (default), cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE."),
 ]
 ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
-def _checked_device(name: str) -> str:
+def _checked_device(name: str | None) -> str | None:
     """--device is checked as the command line is read: a CUDA device this machine lacks is one
     line before any data loads, not a traceback from the first tensor moved there."""
-    from .devices import pick_device
+    if name is not None:
+        from .devices import pick_device
 
-    pick_device(name)
+        pick_device(name)
     return name
 
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].", callback=_checked_device)]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N]. Default: auto.", callback=_checked_device)
+]
 # The retraining recipe's options: each defaults to the profile's training section (built-in
 # defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
 FROM_PROFILE = " Default: the profile's training section."
@@ -66,7 +70,8 @@ ProgressiveBlocksOpt = Annotated[
 ]
 RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + FROM_PROFILE)]
 EvalChipsOpt = Annotated[
-    int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
+    Optional[int], typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
+                                                            f"Default: {TrainConfig.model_fields['eval_chips'].default}.")
 ]
 
 
@@ -101,24 +106,6 @@ def _out_file(path: Path) -> Path:
     if blocking is not None:
         raise ConfigError(f"--out: {blocking} is a file; expected a folder to write {path.name} into")
     return path
-
-
-def _train_default(field: str):
-    """A training option's default is TrainConfig's, written once there."""
-    from .training.config import TrainConfig
-
-    return TrainConfig.model_fields[field].default
-
-
-def _given(value, default):
-    """An option as typed, else its default. Not ``value or default``: a typed 0 (``--epochs 0``)
-    must reach the checks that refuse it, not turn silently into the profile's value."""
-    return default if value is None else value
-
-
-def _recipe(defaults, **given) -> dict:
-    """The retraining recipe: each option as given on the command line, else the profile's."""
-    return defaults.recipe() | {field: value for field, value in given.items() if value is not None}
 
 
 def _version(value: bool):
@@ -236,10 +223,10 @@ def train_cmd(
     weight_clip: WeightClipOpt = None,
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
-    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
+    eval_chips: EvalChipsOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initial weights, data order and training faults; default: the profile's. The validation split keeps its own seed.")] = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
@@ -248,44 +235,27 @@ def train_cmd(
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
     finished one is kept as it is)."""
     from .data import load_data
-    from .profiles import RetrainingRecipe, load_profile
+    from .profiles import load_profile
+    from .resolve import pretraining_config, train_config
     from .training.checkpoint import check_model_fits, load_checkpoint
-    from .training.config import make_train_config, progressive_rates_for
     from .training.loop import train
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    method = method or d.method.value
-    if method not in ("pretrain", "one-shot", "progressive"):
-        raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
-    typed_recipe = dict(progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
-                        unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
-                        rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
-    if method == "pretrain":
-        _refuse_recipe_on_pretraining(typed_recipe)
-    target_rate = d.target_rate if target_rate is None else target_rate
-    prog_rates = _parse_rates(rates, "--rates") if rates else progressive_rates_for(target_rate, d)
-    if method == "progressive" and prog_rates[-1] != target_rate:
-        raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
     init = load_checkpoint(from_ckpt) if from_ckpt else None
     if init and model:  # before the data load, not after it
         check_model_fits(model, init)
-    model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
-    common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
-                  seed=d.seed if seed is None else seed, device=device, faults=resolved.profile.training_faults)  # fmt: skip
-    # The profile's recipe is for retraining; a pretraining takes none of it (nor, above, a typed one).
-    recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), **typed_recipe)
+    typed = dict(model=model or (init["model"] if init else None),  # a retraining keeps its checkpoint's model
+                 method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
+                 epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
+                 scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
+                 rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=seed, device=device)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
-    cfg = make_train_config(
-        method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
-        epochs=_given(epochs, d.pretrain_epochs if method == "pretrain" else d.epochs),
-        lr=_given(lr, d.lr if method == "pretrain" else d.retrain_lr), **common,
-    )  # fmt: skip
-    pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=_given(lr, d.lr), **common)
+    cfg = train_config(resolved.profile, typed)
+    pre_cfg = pretraining_config(resolved.profile, typed) if init is None and cfg.method != "pretrain" else None
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     with _progress_bar() as progress:
-        if init is None and method != "pretrain":
+        if pre_cfg is not None:
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
@@ -305,22 +275,6 @@ def screen_pass_lines(passes: list[tuple[str, Path]], profile) -> list[str]:
             lines.append(f"passes the screen: {label}; its checkpoint {ckpt} is not in the folder (a row kept from an "
                          "archive): retrain it to sign it off")  # fmt: skip
     return lines
-
-
-def _refuse_recipe_on_pretraining(typed: dict) -> None:
-    """A pretraining injects no faults, so every retraining-recipe option would change nothing
-    there: typed with --method pretrain it is a mistake (say, meant for the retraining that
-    follows), and one line says so rather than a run that silently ignores it."""
-    from .training.config import TRAIN_OPTIONS
-
-    for field, value in typed.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):  # a flag pair: name the one typed
-            option, shown = TRAIN_OPTIONS[field].split("/")[0 if value else 1], ""
-        else:
-            option, shown = TRAIN_OPTIONS[field], f" (found {value:g})" if isinstance(value, float) else f" (found {value})"
-        raise ConfigError(f"{option}: a fault-tolerant retraining option; --method pretrain injects no faults and takes none{shown}")
 
 
 def _pct(v) -> str:
@@ -460,7 +414,7 @@ def prune_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec (as train); default: the one the checkpoint was trained on.")] = None,
     val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
@@ -468,14 +422,12 @@ def prune_cmd(
     from .data import checkpoint_data
     from .profiles import load_profile
     from .prune import PruneConfig, prune
+    from .resolve import prune_settings
     from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    epochs = d.epochs if epochs is None else epochs
-    config = PruneConfig(method=method, sparsity=sparsity, epochs=epochs, admm_epochs=epochs if admm_epochs is None else admm_epochs,
-                         lr=_given(lr, d.retrain_lr), batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
-                         device=device)  # fmt: skip
+    typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, device=device)
+    config = PruneConfig(method=method, sparsity=sparsity, **prune_settings(resolved.profile, typed))
     bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
     with _progress_bar() as progress:
@@ -515,33 +467,31 @@ def sweep_cmd(
     clean_steps: CleanStepsOpt = None,
     weight_clip: WeightClipOpt = None,
     distill: DistillOpt = None,
-    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
+    eval_chips: EvalChipsOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
     train_seed: Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of every retraining's data order and fault draws; default: the chip seed (--seed). Another one, on the same chips, says how much of a row is the luck of one training.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ):
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
     from .data import load_data
     from .profiles import load_profile
+    from .resolve import signoff_settings, train_config
     from .sweep import SweepSettings, run_sweep
-    from .training.config import make_train_config
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    seed = resolved.profile.signoff.seed if seed is None else seed
+    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=seed))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
-    # then sets its own method and rates (SweepSettings.train_config).
-    recipe = make_train_config(
-        method="one-shot", epochs=_given(epochs, d.epochs), lr=_given(lr, d.retrain_lr), batch_size=_given(batch_size, d.batch_size),
-        weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed if train_seed is None else train_seed, device=device,
-        **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
-                  unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
-                  distill=distill),
-    )  # fmt: skip
+    # then sets its own method, rates, model and faults (SweepSettings.train_config). The
+    # trainings' seed stands in for the profile's training seed with the chip seed.
+    typed = dict(method="one-shot", epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn,
+                 stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps,
+                 weight_clip=weight_clip, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed,
+                 device=device)  # fmt: skip
+    recipe = train_config(resolved.profile, typed, defaults={"seed": screen.seed})
     if not from_ckpt.is_file():
         raise ConfigError(f"--from: checkpoint {from_ckpt} not found")
     if jobs < 1:
@@ -549,7 +499,7 @@ def sweep_cmd(
     tested, trained = _parse_rates(test_rates, "--test-rates"), _parse_rates(train_rates, "--train-rates")
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
-        chips=_given(chips, resolved.profile.signoff.chips), seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
+        chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
@@ -571,7 +521,7 @@ def sweep_cmd(
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the three runs, ONNX files and reports.", callback=_out_folder)] = Path("demo-out"),
     profile: ProfileOpt = "demo",
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ):
     """Pretrain, retrain one-shot and progressive, export and sign off the models on the embedded
     data (the pretrained one also equalised, where the target allows), and print them side by

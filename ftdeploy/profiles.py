@@ -308,7 +308,9 @@ def _validation_lines(path: Path, err: ValidationError) -> list[str]:
     return lines
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds; ConfigError (one line naming the file) when it is missing,
+    unreadable, not YAML or not a mapping."""
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
@@ -324,7 +326,9 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _validated(model: type[BaseModel], data: dict, path: Path):
+def validated(model: type[BaseModel], data: dict, path: Path):
+    """``data`` read from ``path`` as ``model``; ConfigError with one line per bad field, each
+    naming the file and the field."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -332,7 +336,7 @@ def _validated(model: type[BaseModel], data: dict, path: Path):
 
 
 def _parse(model: type[BaseModel], path: Path):
-    return _validated(model, _read_yaml(path), path)
+    return validated(model, read_yaml(path), path)
 
 
 def _is_path(ref: str) -> bool:
@@ -373,7 +377,7 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
     """The fields of the profile at ``path`` over those of the profiles it extends, and those
     profiles' files, nearest first. Each base must be a valid profile on its own, so a bad field
     there is reported in its own file."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if "extends" not in data:
         return data, ()
     ref = data.pop("extends")
@@ -387,7 +391,7 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends: no profile file {base_path} (expected a name in {PROFILES_DIR} or a path)")
     base, further = _profile_fields(base_path, chain)
-    _validated(Profile, base, base_path)
+    validated(Profile, base, base_path)
     if "target" in base and _is_path(str(base["target"])):  # relative to the base, not to this file
         base["target"] = str((base_path.parent / base["target"]).resolve())
     inherited = {k: v for k, v in base.items() if k not in NOT_INHERITED}
@@ -399,7 +403,7 @@ def load_profile(ref: str | Path) -> ResolvedProfile:
     ConfigError naming file and field."""
     path = _resolve(ref, PROFILES_DIR)
     fields, base_paths = _profile_fields(path)
-    profile: Profile = _validated(Profile, fields, path)
+    profile: Profile = validated(Profile, fields, path)
     try:
         target, target_path = load_target(profile.target, relative_to=path.parent)
     except ConfigError as exc:
@@ -415,7 +419,7 @@ def is_target_file(path: Path) -> bool:
     """Whether a YAML file reads as a target (a chip family) rather than a profile: it names a
     mapping and no target of its own. Unreadable files count as profiles, whose loader says why."""
     try:
-        data = _read_yaml(path)
+        data = read_yaml(path)
     except ConfigError:
         return False
     return "mapping" in data and "target" not in data

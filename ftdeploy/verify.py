@@ -17,6 +17,7 @@ Figures (accuracy in %):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from .figures import NO_DEGRADATION, judge, rate_figures
 from .files import sha256_file
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
+from .resolve import signoff_settings
 from .runtime import OnnxBackend
 
 REPORT_SCHEMA = "ftdeploy-report/1"
@@ -118,9 +120,7 @@ def verify_onnx(
     ``log``: receives one plain line per rate. Raises ConfigError / VerifyError / DataError on
     bad input, before any chip runs."""
     signoff = resolved.profile.signoff
-    chips = signoff.chips if chips is None else chips
-    seed = signoff.seed if seed is None else seed
-    max_images = signoff.max_images if max_images is None else max_images
+    chips, seed, max_images = dataclasses.astuple(signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images)))
     _check_run_options(resolved, chips, seed, max_images, batch_size)
     export = load_export(onnx_path)
     _check_same_target(export, resolved)

@@ -4,13 +4,16 @@ its fault-rate schedule, and the command-line option of each field."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
+import yaml
 from pydantic import ConfigDict, Field, model_validator
 
 from ..errors import ConfigError
 from ..nonideality import FaultModel, StuckAt
-from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults
+from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults, read_yaml, recipe_last, validated
 
 #: Config fields a resumed run may change: where it runs and how closely each epoch is checked.
 RESUME_MAY_DIFFER = frozenset({"device", "eval_chips"})
@@ -163,3 +166,24 @@ def make_train_config(**fields) -> TrainConfig:
     except ValidationError as err:
         lines = [f"{option_name(str(e['loc'][0]))}: {e['msg']} (found {e.get('input')!r})" for e in err.errors()]
         raise ConfigError("\n".join(lines)) from None
+
+
+def config_yaml(config: TrainConfig) -> str:
+    """``config`` as the YAML of a run's config.yaml (the model and method first, the recipe last)."""
+    return yaml.safe_dump(recipe_last(config.model_dump(mode="json")), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The fields a TrainConfig YAML file sets (``train --config``), validated; the fields it
+    leaves out come from the profile and the defaults."""
+
+    path: Path | None
+    fields: dict[str, Any]
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """A TrainConfig YAML (a run's config.yaml, or the one a sweep starts each training with),
+    read with yaml.safe_load and validated; ConfigError naming the file and each bad field."""
+    config = validated(TrainConfig, read_yaml(path), path)
+    return ConfigFile(path, {field: getattr(config, field) for field in config.model_fields_set})

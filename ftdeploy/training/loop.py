@@ -14,17 +14,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.parametrize as parametrize
-import yaml
 
 from ..chip import deployed_accuracy
 from ..data import DataBundle, augment, batches, normalize
 from ..devices import pick_device
 from ..errors import ModelError
 from ..models import create_model, deployed_layers
-from ..profiles import Target, recipe_last
+from ..profiles import Target
 from .checkpoint import (ResumePoint, check_model_fits, checkpoint_record, clean_state_dict, load_checkpoint,
                          model_from_checkpoint, resume_state, save_atomic)
-from .config import TrainConfig
+from .config import TrainConfig, config_yaml
 from .injection import FaultInjector, freeze_batchnorm
 
 
@@ -93,7 +92,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     model.to(dist.device)
     if dist.is_main and not point:  # a resumed run keeps the config it was started with
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(recipe_last(config.model_dump(mode="json")), sort_keys=False))
+        (out_dir / "config.yaml").write_text(config_yaml(config))
     run = _Run(config, data, target, model, init, dist, prune_masks)
     start_epoch = run.restore(point) if point else 0
     logger = _RunLog(out_dir, config, progress, run.total_steps, point.log_rows if point else [], run.step,
