@@ -11,24 +11,66 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .errors import ConfigError, FtdeployError
+from .profiles import Method, RetrainingRecipe
+from .prune import PruneMethod
 from .training.config import TrainConfig
+
+class _FlagsTakeNoValue:
+    """typer labels every flag ``<bool>`` in --help (--help itself too), as if it took a value;
+    a flag takes none, so its label is left empty and --help shows the flag alone."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """A typer app whose commands are :class:`_Command` s."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
 
 # Markdown: a command's docstring wraps to the terminal as one paragraph, not at the line breaks
 # of its source (rich mode keeps those, leaving ragged half-lines in every --help).
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
-                  help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
-profile_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="List, show and validate deployment profiles.")
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+           help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
+profile_app = _App(cls=_Group, no_args_is_help=True, rich_markup_mode="markdown", help="List, show and validate deployment profiles.")
 app.add_typer(profile_app, name="profile")
 
+# --- options several commands share, declared once ---------------------------------------------
+# A default that comes from the profile names its field there; resolution: ftdeploy.resolve.
+
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
-DataOpt = Annotated[
-    Optional[str],
-    typer.Option("--data", help="embedded (default), cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE."),
+_DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
+DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
+CheckpointDataOpt = Annotated[
+    Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: the one the checkpoint was trained on.")
 ]
-ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
+_VAL_SPLIT = "Validation images held out (stratified, seeded)."
+ValSplitOpt = Annotated[
+    Optional[int],
+    typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the dataset's own held-out part where it has one, else a tenth of its images."),
+]
+CheckpointValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the checkpoint's split.")]
+
+
 def _checked_device(name: str | None) -> str | None:
     """--device is checked as the command line is read: a CUDA device this machine lacks is one
     line before any data loads, not a traceback from the first tensor moved there."""
@@ -40,35 +82,64 @@ def _checked_device(name: str | None) -> str | None:
 
 
 DeviceOpt = Annotated[
-    Optional[str], typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N]. Default: auto.", callback=_checked_device)
+    Optional[str],
+    typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {TrainConfig.model_fields['device'].default}.",
+                 callback=_checked_device),
 ]
+ChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Chips simulated per rate. Default: the profile's signoff.chips.")]
+
+
+def _max_images_opt(default: str):
+    return Annotated[Optional[int], typer.Option("--max-images", help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
+
+
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
+
+
+#: ``train --method``: TrainConfig's methods.
+TrainMethod = TrainConfig.model_fields["method"].annotation
+
 # The retraining recipe's options: each defaults to the profile's training section (built-in
-# defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
-FROM_PROFILE = " Default: the profile's training section."
-BnOpt = Annotated[Optional[str], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + FROM_PROFILE)]
-StuckGradOpt = Annotated[Optional[str], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + FROM_PROFILE)]
+# defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned
+# with; each choice option takes the values the recipe's field does.
+def _from_profile(field: str) -> str:
+    return f" Default: the profile's training.{field}."
+
+
+def _choices(field: str):
+    return RetrainingRecipe.model_fields[field].annotation
+
+
+BnOpt = Annotated[Optional[_choices("bn")], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
+StuckGradOpt = Annotated[
+    Optional[_choices("stuck_grad")], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
+]
 ScaleGradOpt = Annotated[
-    Optional[str], typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + FROM_PROFILE)
+    Optional[_choices("scale_grad")],
+    typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + _from_profile("scale_grad")),
 ]
 UnbiasOpt = Annotated[
     Optional[bool],
     typer.Option("--unbias-faults/--raw-faults",
-                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them." + FROM_PROFILE),
+                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them." + _from_profile("unbias_faults")),
 ]
 CleanStepsOpt = Annotated[
-    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + FROM_PROFILE)
+    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + _from_profile("clean_steps"))
 ]
 WeightClipOpt = Annotated[
-    Optional[float], typer.Option("--weight-clip", help="Clip each layer's weights, as its cells hold them, to ± K standard deviations after every retraining step; 0: off." + FROM_PROFILE)
+    Optional[float], typer.Option("--weight-clip", help="Clip each layer's weights, as its cells hold them, to ± K standard deviations after every retraining step; 0: off." + _from_profile("weight_clip"))
 ]
 DistillOpt = Annotated[
-    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + FROM_PROFILE)
+    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + _from_profile("distill"))
 ]
 ProgressiveBlocksOpt = Annotated[
-    Optional[str], typer.Option("--progressive-blocks",
-                                help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + FROM_PROFILE)
+    Optional[_choices("progressive_blocks")],
+    typer.Option("--progressive-blocks",
+                 help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + _from_profile("progressive_blocks")),
 ]
-RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + FROM_PROFILE)]
+RateWarmupOpt = Annotated[
+    Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + _from_profile("rate_warmup_epochs"))
+]
 EvalChipsOpt = Annotated[
     Optional[int], typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
                                                             f"Default: {TrainConfig.model_fields['eval_chips'].default}.")
@@ -205,16 +276,16 @@ def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry n
 def train_cmd(
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name; default: the profile's.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name. Default: the --from checkpoint's, else the profile's training.model.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="pretrain | one-shot | progressive.")] = None,
-    target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T; default: the profile's.")] = None,
-    rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    method: Annotated[Optional[TrainMethod], typer.Option("--method", help="pretrain (no faults), one-shot (P_sa^T throughout) or progressive (ascending rates). Default: the profile's training.method.")] = None,
+    target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T, the (last) training stuck-at rate. Default: the profile's training.target_rate.")] = None,
+    rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated, ending at P_sa^T. Default: the profile's training.progressive_rates where they end there, else the two ladder rates below P_sa^T, then P_sa^T.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the run (per rate with --progressive-blocks each). Default: the profile's training.epochs, or training.pretrain_epochs with --method pretrain.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (of the pretraining too, where one runs first). Default: the profile's training.retrain_lr, or training.lr for a pretraining.")] = None,
+    batch_size: BatchSizeOpt = None,
     bn: BnOpt = None,
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
@@ -314,8 +385,8 @@ def equalize_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to equalize (ftdeploy model.pt).")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).", callback=_out_file)],
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec to measure on; default: the checkpoint's.")] = None,
-    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
+    data: CheckpointDataOpt = None,
+    val_split: CheckpointValSplitOpt = None,
 ):
     """Equalize channel ranges for a target with BatchNorm in the periphery: each conv output
     channel scaled up to its layer's largest weight and its BatchNorm statistics with it. The
@@ -369,9 +440,9 @@ def verify_cmd(
     profile: ProfileOpt,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per rate; default: the profile's.")] = None,
+    chips: ChipsOpt = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N images.")] = None,
+    max_images: _max_images_opt("the profile's signoff.max_images (all images where it sets none)") = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
@@ -406,14 +477,14 @@ def _err(text: str) -> None:
 def prune_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to prune (ftdeploy model.pt, usually a pretrained one).")],
     profile: ProfileOpt,
-    method: Annotated[str, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) | admm (Zhang et al. 2018).")],
+    method: Annotated[PruneMethod, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) or admm (Zhang et al. 2018).")],
     sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of weights zeroed in each pruned layer, in (0, 1).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs; default: the profile's retraining epochs.")] = None,
-    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning; default: as --epochs.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec (as train); default: the one the checkpoint was trained on.")] = None,
-    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs. Default: the profile's training.epochs.")] = None,
+    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning. Default: as --epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning. Default: the profile's training.retrain_lr.")] = None,
+    data: CheckpointDataOpt = None,
+    val_split: CheckpointValSplitOpt = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
@@ -447,20 +518,20 @@ def sweep_cmd(
     from_ckpt: Annotated[Path, typer.Option("--from", help="Pretrained checkpoint: the baseline row and every retraining's start.")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).", callback=_out_folder)],
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: one-shot, progressive.")] = "one-shot,progressive",
+    methods: Annotated[str, typer.Option("--methods", metavar=f"<{'|'.join(m.value for m in Method)}>,...", help="Retraining methods, comma separated.")] = "one-shot,progressive",
     train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
     ss_rates: Annotated[Optional[str], typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated; each must be a --test-rates one. Default: 0.01 and 0.02 where tested.")] = None,
-    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    chips: ChipsOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each). Default: the profile's training.epochs.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of every retraining. Default: the profile's training.retrain_lr.")] = None,
+    batch_size: BatchSizeOpt = None,
     bn: BnOpt = None,
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
+    max_images: _max_images_opt("all of them (not the profile's signoff.max_images)") = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = None,
     unbias_faults: UnbiasOpt = None,
@@ -615,6 +686,9 @@ def _run_app() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        if isinstance(exc, _click_classes("BadParameter")):  # a value the option refuses (a choice, a range): one line
+            print(f"error: {exc.format_message().replace('Value error, ', '')}", file=sys.stderr)
+            sys.exit(2)
         if isinstance(exc, _click_classes("ClickException")):
             exc.show()
             sys.exit(2)

@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -56,7 +56,9 @@ from .profiles import Target
 from .training.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_atomic
 from .training.config import TrainConfig
 
-METHODS = ("magnitude", "admm")
+#: Pruning methods: one-shot magnitude pruning (Han et al. 2015), ADMM (Zhang et al. 2018).
+PruneMethod = Literal["magnitude", "admm"]
+METHODS = get_args(PruneMethod)
 
 
 @dataclass(frozen=True)
