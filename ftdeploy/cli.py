@@ -93,6 +93,17 @@ def _max_images_opt(default: str):
     return Annotated[Optional[int], typer.Option("--max-images", help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
 
 
+ChipSeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--chip-seed", min=0, help="Seed of the simulated chip population (same seed, same chips). Default: the profile's signoff.seed."),
+]
+
+
+def _train_seed_opt(default: str):
+    return Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of a training's initial weights, data order and fault draws "
+                                                                             f"(the validation split keeps its own). Default: {default}.")]
+
+
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
 
 
@@ -295,7 +306,7 @@ def train_cmd(
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initial weights, data order and training faults; default: the profile's. The validation split keeps its own seed.")] = None,
+    train_seed: _train_seed_opt("the profile's training.seed") = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
@@ -319,7 +330,7 @@ def train_cmd(
                  method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
                  epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
                  scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
-                 rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=seed, device=device)  # fmt: skip
+                 rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
     cfg = train_config(resolved.profile, typed)
     pre_cfg = pretraining_config(resolved.profile, typed) if init is None and cfg.method != "pretrain" else None
@@ -441,7 +452,7 @@ def verify_cmd(
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     chips: ChipsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
+    chip_seed: ChipSeedOpt = None,
     max_images: _max_images_opt("the profile's signoff.max_images (all images where it sets none)") = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
@@ -455,7 +466,7 @@ def verify_cmd(
     resolved = load_profile(profile)
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
-        report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
+        report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, val_split=val_split, max_images=max_images,
                              progress=progress, log=log)  # fmt: skip
     for line in verdict_lines(report):
         _echo(line)
@@ -485,6 +496,7 @@ def prune_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning. Default: the profile's training.retrain_lr.")] = None,
     data: CheckpointDataOpt = None,
     val_split: CheckpointValSplitOpt = None,
+    train_seed: _train_seed_opt("the profile's training.seed") = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
@@ -497,7 +509,7 @@ def prune_cmd(
     from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
-    typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, device=device)
+    typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, seed=train_seed, device=device)
     config = PruneConfig(method=method, sparsity=sparsity, **prune_settings(resolved.profile, typed))
     bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
@@ -539,8 +551,9 @@ def sweep_cmd(
     weight_clip: WeightClipOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
-    train_seed: Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of every retraining's data order and fault draws; default: the chip seed (--seed). Another one, on the same chips, says how much of a row is the luck of one training.")] = None,
+    chip_seed: ChipSeedOpt = None,
+    # Another training seed on the same chips says how much of a row is the luck of one training.
+    train_seed: _train_seed_opt("the chip seed (--chip-seed)") = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     device: DeviceOpt = None,
@@ -553,7 +566,7 @@ def sweep_cmd(
     from .sweep import SweepSettings, run_sweep
 
     resolved = load_profile(profile)
-    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=seed))
+    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method, rates, model and faults (SweepSettings.train_config). The

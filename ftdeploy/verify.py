@@ -173,7 +173,7 @@ def check_chip_counts(chips: int, max_images: int | None) -> None:
 def _check_run_options(resolved: ResolvedProfile, chips: int, seed: int, max_images: int | None, batch_size: int | None) -> None:
     check_chip_counts(chips, max_images)
     if seed < 0:
-        raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
+        raise ConfigError(f"--chip-seed: expected a non-negative integer, found {seed}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size: expected at least 1, found {batch_size}")
     needs_ci = [lim.rate for lim in resolved.profile.signoff.acceptance if lim.min_acc_defect_lower_ci_pct is not None]

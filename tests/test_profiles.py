@@ -478,6 +478,16 @@ def test_a_refused_choice_is_one_line_naming_the_option_and_the_value(monkeypatc
     assert code == 2 and err.strip().splitlines() == ["error: Invalid value for '--bn': 'sometimes' is not one of 'frozen', 'train'."]
 
 
+@pytest.mark.parametrize("command, seeds", [(["train", "--profile", "demo"], "--train-seed"), (["prune", "x.pt", "--profile", "demo"], "--train-seed"),
+                                            (["verify", "x.onnx", "--profile", "demo"], "--chip-seed"),
+                                            (["sweep", "--from", "x.pt", "--profile", "demo"], "--chip-seed, --train-seed")])  # fmt: skip
+def test_the_training_seed_and_the_chip_seed_are_named_apart(command, seeds):
+    """--seed was the training seed in train and the chip seed in verify and sweep: no command
+    takes it now, and each names the seeds it has instead."""
+    result = runner.invoke(app, [*command, "--seed", "1", "--out", "unused"])
+    assert result.exit_code == 2 and f"No such option: --seed (Possible options: {seeds})" in result.output, result.output
+
+
 def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
     """main() as the console script runs it: returning normally is exit status 0."""
     monkeypatch.setattr(sys, "argv", ["ftdeploy", *argv])

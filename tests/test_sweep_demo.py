@@ -232,7 +232,7 @@ def test_the_training_seed_is_the_chip_seed_unless_train_seed_is_typed(pretraine
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
     sweep = ["sweep", "--from", str(pretrained), "--profile", "demo", "--out", str(tmp_path / "s")]
-    for extra in ([], ["--seed", "4"], ["--train-seed", "2"], ["--seed", "4", "--train-seed", "2"]):
+    for extra in ([], ["--chip-seed", "4"], ["--train-seed", "2"], ["--chip-seed", "4", "--train-seed", "2"]):
         CliRunner().invoke(app, [*sweep, *extra])
     assert seen == [(0, 0), (4, 4), (0, 2), (4, 2)]
     result = CliRunner().invoke(app, [*sweep, "--train-seed", "-1"])

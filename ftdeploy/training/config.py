@@ -131,7 +131,7 @@ TRAIN_OPTIONS = {
     "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size",
     "bn": "--bn", "stuck_grad": "--stuck-grad", "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
     "weight_clip": "--weight-clip",
-    "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--seed",
+    "rate_warmup_epochs": "--rate-warmup", "distill": "--distill", "eval_chips": "--eval-chips", "seed": "--train-seed",
     "device": "--device",
 }  # fmt: skip
 
