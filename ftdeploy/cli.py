@@ -19,6 +19,7 @@ from .profiles import Method, RetrainingRecipe
 from .prune import PruneMethod
 from .training.config import TrainConfig
 
+
 class _FlagsTakeNoValue:
     """typer labels every flag ``<bool>`` in --help (--help itself too), as if it took a value;
     a flag takes none, so its label is left empty and --help shows the flag alone."""
@@ -93,6 +94,8 @@ def _max_images_opt(default: str):
     return Annotated[Optional[int], typer.Option("--max-images", help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
 
 
+SignOffMaxImagesOpt = _max_images_opt("the profile's signoff.max_images (all images where it sets none)")
+SweepMaxImagesOpt = _max_images_opt("all of them (not the profile's signoff.max_images)")
 ChipSeedOpt = Annotated[
     Optional[int],
     typer.Option("--chip-seed", min=0, help="Seed of the simulated chip population (same seed, same chips). Default: the profile's signoff.seed."),
@@ -104,29 +107,31 @@ def _train_seed_opt(default: str):
                                                                              f"(the validation split keeps its own). Default: {default}.")]
 
 
+TrainSeedOpt = _train_seed_opt("the profile's training.seed")
+# A sweep's trainings default to its chip seed: another training seed on the same chips says how
+# much of a row is the luck of one training.
+SweepTrainSeedOpt = _train_seed_opt("the chip seed (--chip-seed)")
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
-
-
 #: ``train --method``: TrainConfig's methods.
 TrainMethod = TrainConfig.model_fields["method"].annotation
 
+
 # The retraining recipe's options: each defaults to the profile's training section (built-in
 # defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned
-# with; each choice option takes the values the recipe's field does.
+# with; each choice option takes the values its recipe field does (a Literal there).
 def _from_profile(field: str) -> str:
     return f" Default: the profile's training.{field}."
 
 
-def _choices(field: str):
-    return RetrainingRecipe.model_fields[field].annotation
-
-
-BnOpt = Annotated[Optional[_choices("bn")], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
+BnChoice, StuckGradChoice, ScaleGradChoice, BlocksChoice = (
+    RetrainingRecipe.model_fields[field].annotation for field in ("bn", "stuck_grad", "scale_grad", "progressive_blocks")
+)
+BnOpt = Annotated[Optional[BnChoice], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
 StuckGradOpt = Annotated[
-    Optional[_choices("stuck_grad")], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
+    Optional[StuckGradChoice], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
 ]
 ScaleGradOpt = Annotated[
-    Optional[_choices("scale_grad")],
+    Optional[ScaleGradChoice],
     typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + _from_profile("scale_grad")),
 ]
 UnbiasOpt = Annotated[
@@ -144,7 +149,7 @@ DistillOpt = Annotated[
     Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + _from_profile("distill"))
 ]
 ProgressiveBlocksOpt = Annotated[
-    Optional[_choices("progressive_blocks")],
+    Optional[BlocksChoice],
     typer.Option("--progressive-blocks",
                  help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + _from_profile("progressive_blocks")),
 ]
@@ -287,6 +292,7 @@ def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry n
 def train_cmd(
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TrainConfig YAML file (a run's config.yaml): the fields it sets over the profile's defaults; options typed here over both.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Model name. Default: the --from checkpoint's, else the profile's training.model.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -306,7 +312,7 @@ def train_cmd(
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
-    train_seed: _train_seed_opt("the profile's training.seed") = None,
+    train_seed: TrainSeedOpt = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
@@ -318,22 +324,22 @@ def train_cmd(
     finished one is kept as it is)."""
     from .data import load_data
     from .profiles import load_profile
-    from .resolve import pretraining_config, train_config
-    from .training.checkpoint import check_model_fits, load_checkpoint
+    from .resolve import NO_FILE, pretraining_config, train_config
+    from .training.checkpoint import load_checkpoint
+    from .training.config import read_config_file
     from .training.loop import train
 
     resolved = load_profile(profile)
+    file = read_config_file(config) if config else NO_FILE
     init = load_checkpoint(from_ckpt) if from_ckpt else None
-    if init and model:  # before the data load, not after it
-        check_model_fits(model, init)
-    typed = dict(model=model or (init["model"] if init else None),  # a retraining keeps its checkpoint's model
-                 method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
+    typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
                  epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
                  scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
                  rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
-    cfg = train_config(resolved.profile, typed)
-    pre_cfg = pretraining_config(resolved.profile, typed) if init is None and cfg.method != "pretrain" else None
+    # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
+    cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
+    pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     with _progress_bar() as progress:
@@ -453,7 +459,7 @@ def verify_cmd(
     val_split: ValSplitOpt = None,
     chips: ChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
-    max_images: _max_images_opt("the profile's signoff.max_images (all images where it sets none)") = None,
+    max_images: SignOffMaxImagesOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
@@ -496,7 +502,7 @@ def prune_cmd(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning. Default: the profile's training.retrain_lr.")] = None,
     data: CheckpointDataOpt = None,
     val_split: CheckpointValSplitOpt = None,
-    train_seed: _train_seed_opt("the profile's training.seed") = None,
+    train_seed: TrainSeedOpt = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
@@ -543,7 +549,7 @@ def sweep_cmd(
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
-    max_images: _max_images_opt("all of them (not the profile's signoff.max_images)") = None,
+    max_images: SweepMaxImagesOpt = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = None,
     unbias_faults: UnbiasOpt = None,
@@ -552,8 +558,7 @@ def sweep_cmd(
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
-    # Another training seed on the same chips says how much of a row is the luck of one training.
-    train_seed: _train_seed_opt("the chip seed (--chip-seed)") = None,
+    train_seed: SweepTrainSeedOpt = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     device: DeviceOpt = None,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .profiles import Profile, RetrainingRecipe, SignOff
 from .training.config import TRAIN_OPTIONS, ConfigFile, TrainConfig, make_train_config, progressive_rates_for
 
@@ -47,14 +47,17 @@ def _profile_training(profile: Profile, method: str) -> dict[str, Any]:
 
 
 def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = NO_FILE, *,
-                 defaults: Mapping[str, Any] | None = None) -> TrainConfig:  # fmt: skip
+                 defaults: Mapping[str, Any] | None = None, start_model: str | None = None) -> TrainConfig:  # fmt: skip
     """The run asked for. ``typed``: TrainConfig fields as given on the command line (None: not
     given); ``file``: the fields a ``--config`` file sets; ``defaults``: values that stand in for
-    the profile's (the sweep's trainings default to its chip seed). The method, then the target
-    rate, then the progressive rates (the profile's list where it ends at that rate) are
-    resolved first, as each decides the next. A bad value is one ConfigError line naming its
-    option, before any work."""
+    the profile's (the sweep's trainings default to its chip seed); ``start_model``: the model of
+    the checkpoint a retraining starts from, which stands in for the profile's and which a given
+    model must be. The method, then the target rate, then the progressive rates (the profile's
+    list where it ends at that rate) are resolved first, as each decides the next. A bad value
+    is one error line naming its option (or the file's field), before any work."""
     given = layered(file.fields, typed)
+    if start_model is not None and given.get("model", start_model) != start_model:
+        raise ModelError(f"{_source('model', typed, file)} {given['model']!r} does not match the checkpoint's model {start_model!r}")
     d = profile.training
     method = given.get("method", d.method.value)
     if method == "pretrain":
@@ -66,7 +69,8 @@ def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = 
         raise ConfigError(f"{_source('progressive_rates', typed, file)}: progressive rates must end at "
                           f"{_source('target_rate', typed, file)} {target_rate:g}, found {found}")  # fmt: skip
     schedule = dict(method=method, target_rate=target_rate, progressive_rates=rates)
-    return make_train_config(**layered(_profile_training(profile, method), defaults or {}, given, schedule))
+    start = {"model": start_model}
+    return make_train_config(**layered(_profile_training(profile, method), start, defaults or {}, given, schedule))
 
 
 def pretraining_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = NO_FILE) -> TrainConfig:

@@ -43,7 +43,7 @@ from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
 from .devices import pick_device
 from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
-from .training.config import RESUME_MAY_DIFFER, TrainConfig, progressive_rates_for, train_argv
+from .training.config import RESUME_MAY_DIFFER, TrainConfig, config_yaml, progressive_rates_for
 from .training.loop import train
 from .verify import check_chip_counts, subset_indices, subset_size
 
@@ -152,10 +152,17 @@ def _finished(run_dir: Path, epochs: int) -> bool:
         return False
 
 
+#: The config a sweep starts each cell's ``ftdeploy train`` process with, in the cell's run folder
+#: (beside the run's own config.yaml, which a resumed run keeps as it was started).
+CELL_CONFIG = "cell-config.yaml"
+
+
 def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
-    """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path uses."""
-    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path), "--from", str(s.pretrained),
-           *train_argv(s.train_config(cell)), "--out", str(run_dir), "--resume"]  # fmt: skip
+    """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path
+    uses: written (atomically) to run_dir/cell-config.yaml and read back by ``train --config``."""
+    config = write_atomic(run_dir / CELL_CONFIG, config_yaml(s.train_config(cell)), ConfigError)
+    cmd = [sys.executable, "-m", "ftdeploy", "train", "--config", str(config), "--profile", str(s.profile.profile_path),
+           "--from", str(s.pretrained), "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:

@@ -281,8 +281,9 @@ def test_an_evaluation_error_reaches_the_caller(pretrained, small_data, tmp_path
 
 def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pretrained, small_data, tmp_path, monkeypatch):
     """--jobs 1 trains each cell in the sweep's process, --jobs N in `ftdeploy train` processes:
-    the command line must give the very config the in-process path uses (the per-epoch chip check
-    once differed: 3 chips in a process of its own, none in-process)."""
+    the process must train the very config the in-process path uses (the per-epoch chip check
+    once differed: 3 chips in a process of its own, none in-process). It gets that config as a
+    file in the run folder (train --config), not as options rebuilt from it."""
     import ftdeploy.data
     import ftdeploy.training.loop
     from ftdeploy.sweep import _train_command
@@ -291,7 +292,8 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
                             clean_steps=0.25, scale_grad="detach", seed=3, progressive_blocks="each")
     cell = plan(["progressive"], [0.05])[1]
     argv = _train_command(settings, cell, tmp_path / "run")
-    assert argv[1:3] == ["-m", "ftdeploy"]
+    assert argv[1:3] == ["-m", "ftdeploy"] and argv[argv.index("--config") + 1] == str(tmp_path / "run" / "cell-config.yaml")
+    assert not {"--epochs", "--lr", "--train-seed", "--eval-chips"} & set(argv)
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))

@@ -123,9 +123,8 @@ def progressive_rates_for(target_rate: float, defaults: TrainingDefaults) -> lis
 
 
 #: The ``ftdeploy train`` option of each TrainConfig field it sets (a flag pair for a bool), in
-#: one place: a bad value's message names the option the user typed, and the sweep writes each
-#: retraining's command line from its config (:func:`train_argv`). The other fields follow the
-#: profile (split, weight decay) or TrainConfig's defaults.
+#: one place: a bad value's message names the option the user typed. The other fields follow the
+#: profile (faults, weight decay), a ``--config`` file or TrainConfig's defaults.
 TRAIN_OPTIONS = {
     "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
     "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size",
@@ -139,21 +138,6 @@ TRAIN_OPTIONS = {
 def option_name(field: str) -> str:
     """The command-line option a user sets ``field`` with (its on-flag for a bool)."""
     return TRAIN_OPTIONS.get(field, "--" + field.replace("_", "-")).split("/")[0]
-
-
-def train_argv(config: TrainConfig) -> list[str]:
-    """``ftdeploy train`` options that give ``config`` (with the profile that fixes the rest)."""
-    argv = []
-    for field, option in TRAIN_OPTIONS.items():
-        value = getattr(config, field)
-        if isinstance(value, bool):
-            on, off = option.split("/")
-            argv.append(on if value else off)
-        elif isinstance(value, list):
-            argv += [option, ",".join(repr(v) for v in value)]
-        else:
-            argv += [option, repr(value) if isinstance(value, float) else str(value)]
-    return argv
 
 
 def make_train_config(**fields) -> TrainConfig:
