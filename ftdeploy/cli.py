@@ -8,16 +8,14 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
+from .choices import BatchNormMode, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
-from .profiles import Method, RetrainingRecipe
-from .prune import PruneMethod
-from .training.config import TrainConfig
 
 
 class _FlagsTakeNoValue:
@@ -56,7 +54,11 @@ profile_app = _App(cls=_Group, no_args_is_help=True, rich_markup_mode="markdown"
 app.add_typer(profile_app, name="profile")
 
 # --- options several commands share, declared once ---------------------------------------------
-# A default that comes from the profile names its field there; resolution: ftdeploy.resolve.
+# A default that comes from the profile names its field there; resolution: ftdeploy.resolve. The
+# declarations run on every start, `--help` included, so they import nothing heavy: choices come
+# from ftdeploy.choices, and these defaults are TrainConfig's (a test holds them equal; reading
+# them from TrainConfig would import pydantic, numpy and torch before any --help).
+_TRAIN_DEFAULTS = {"eval_chips": 3, "device": "auto"}
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
@@ -84,7 +86,7 @@ def _checked_device(name: str | None) -> str | None:
 
 DeviceOpt = Annotated[
     Optional[str],
-    typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {TrainConfig.model_fields['device'].default}.",
+    typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
                  callback=_checked_device),
 ]
 ChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Chips simulated per rate. Default: the profile's signoff.chips.")]
@@ -112,26 +114,21 @@ TrainSeedOpt = _train_seed_opt("the profile's training.seed")
 # much of a row is the luck of one training.
 SweepTrainSeedOpt = _train_seed_opt("the chip seed (--chip-seed)")
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
-#: ``train --method``: TrainConfig's methods.
-TrainMethod = TrainConfig.model_fields["method"].annotation
 
 
 # The retraining recipe's options: each defaults to the profile's training section (built-in
 # defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned
-# with; each choice option takes the values its recipe field does (a Literal there).
+# with; each choice option takes the values its recipe field does (ftdeploy.choices).
 def _from_profile(field: str) -> str:
     return f" Default: the profile's training.{field}."
 
 
-BnChoice, StuckGradChoice, ScaleGradChoice, BlocksChoice = (
-    RetrainingRecipe.model_fields[field].annotation for field in ("bn", "stuck_grad", "scale_grad", "progressive_blocks")
-)
-BnOpt = Annotated[Optional[BnChoice], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
+BnOpt = Annotated[Optional[BatchNormMode], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
 StuckGradOpt = Annotated[
-    Optional[StuckGradChoice], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
+    Optional[StuckGrad], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
 ]
 ScaleGradOpt = Annotated[
-    Optional[ScaleGradChoice],
+    Optional[ScaleGrad],
     typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + _from_profile("scale_grad")),
 ]
 UnbiasOpt = Annotated[
@@ -149,7 +146,7 @@ DistillOpt = Annotated[
     Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + _from_profile("distill"))
 ]
 ProgressiveBlocksOpt = Annotated[
-    Optional[BlocksChoice],
+    Optional[ProgressiveBlocks],
     typer.Option("--progressive-blocks",
                  help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + _from_profile("progressive_blocks")),
 ]
@@ -158,7 +155,7 @@ RateWarmupOpt = Annotated[
 ]
 EvalChipsOpt = Annotated[
     Optional[int], typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
-                                                            f"Default: {TrainConfig.model_fields['eval_chips'].default}.")
+                                                            f"Default: {_TRAIN_DEFAULTS['eval_chips']}.")
 ]
 
 
@@ -536,7 +533,7 @@ def sweep_cmd(
     from_ckpt: Annotated[Path, typer.Option("--from", help="Pretrained checkpoint: the baseline row and every retraining's start.")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).", callback=_out_folder)],
-    methods: Annotated[str, typer.Option("--methods", metavar=f"<{'|'.join(m.value for m in Method)}>,...", help="Retraining methods, comma separated.")] = "one-shot,progressive",
+    methods: Annotated[str, typer.Option("--methods", metavar=f"<{'|'.join(get_args(RetrainMethod))}>,...", help="Retraining methods, comma separated.")] = "one-shot,progressive",
     train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
     ss_rates: Annotated[Optional[str], typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated; each must be a --test-rates one. Default: 0.01 and 0.02 where tested.")] = None,

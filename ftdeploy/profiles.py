@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .choices import BatchNormMode, ProgressiveBlocks, ScaleGrad, StuckGrad
 from .errors import ConfigError
 from .mapping import MAPPINGS, ScaleGranularity
 from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
@@ -166,7 +167,7 @@ class RetrainingRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    progressive_blocks: Literal["split", "each"] = Field(
+    progressive_blocks: ProgressiveBlocks = Field(
         "split",
         description="How progressive retraining spends its epochs. split: the run's epochs divided among the rates, "
                     "under one learning-rate schedule. each: every rate gets the full epochs with its own warm-up and "
@@ -176,11 +177,11 @@ class RetrainingRecipe(BaseModel):
     rate_warmup_epochs: float = Field(
         2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
     )
-    bn: Literal["frozen", "train"] = Field(
+    bn: BatchNormMode = Field(
         "frozen", description="Retraining BatchNorm: frozen stats + faults on folded weights, or training mode."
     )
-    stuck_grad: Literal["block", "pass"] = Field("block", description="Gradient of a weight with a stuck cell.")
-    scale_grad: Literal["learn", "detach"] = Field(
+    stuck_grad: StuckGrad = Field("block", description="Gradient of a weight with a stuck cell.")
+    scale_grad: ScaleGrad = Field(
         "learn",
         description="Gradient through the full scale a stuck-on cell injects (max|W| of its layer or channel): "
                     "learn lets training shrink the layer's largest weights; detach holds it constant in each step.",

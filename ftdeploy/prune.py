@@ -41,13 +41,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Callable, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .chip import deployed_accuracy
+from .choices import PruneMethod
 from .data import DataBundle, augment, batches, normalize
 from .devices import pick_device
 from .errors import ConfigError, DataError, ModelError
@@ -56,8 +57,6 @@ from .profiles import Target
 from .training.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_atomic
 from .training.config import TrainConfig
 
-#: Pruning methods: one-shot magnitude pruning (Han et al. 2015), ADMM (Zhang et al. 2018).
-PruneMethod = Literal["magnitude", "admm"]
 METHODS = get_args(PruneMethod)
 
 

@@ -67,7 +67,7 @@ def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = 
     if method == "progressive" and rates[-1] != target_rate:
         found = ",".join(f"{r:g}" for r in rates)
         raise ConfigError(f"{_source('progressive_rates', typed, file)}: progressive rates must end at "
-                          f"{_source('target_rate', typed, file)} {target_rate:g}, found {found}")  # fmt: skip
+                          f"{_source('target_rate', typed, file, bare=True)} {target_rate:g}, found {found}")  # fmt: skip
     schedule = dict(method=method, target_rate=target_rate, progressive_rates=rates)
     start = {"model": start_model}
     return make_train_config(**layered(_profile_training(profile, method), start, defaults or {}, given, schedule))
@@ -82,10 +82,11 @@ def pretraining_config(profile: Profile, typed: Mapping[str, Any], file: ConfigF
     return make_train_config(**layered(_profile_training(profile, "pretrain"), shared, {"method": "pretrain"}))
 
 
-def _source(field: str, typed: Mapping[str, Any], file: ConfigFile) -> str:
-    """Where ``field``'s value came from, as a message names it: its option, or the file's field."""
+def _source(field: str, typed: Mapping[str, Any], file: ConfigFile, bare: bool = False) -> str:
+    """``field`` as a message names it: the file's field (after the file's path unless ``bare``)
+    where the value came from the ``--config`` file, else its option."""
     if typed.get(field) is None and field in file.fields:
-        return f"{file.path}: {field}"
+        return field if bare else f"{file.path}: {field}"
     return TRAIN_OPTIONS[field].split("/")[0]
 
 

@@ -31,10 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from .chip import DeployedNetwork
+from .choices import RetrainMethod
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .figures import judge, rate_figures, stability_score, summarize_chips
@@ -74,7 +76,7 @@ class Cell:
 
 
 #: Retraining methods, in the order the table lists them at each training rate.
-METHODS = ("one-shot", "progressive")
+METHODS = get_args(RetrainMethod)
 
 
 def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:

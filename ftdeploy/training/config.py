@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import ConfigDict, Field, model_validator
 
+from ..choices import TrainMethod
 from ..errors import ConfigError
 from ..nonideality import FaultModel, StuckAt
 from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults, read_yaml, recipe_last, validated
@@ -26,7 +27,7 @@ class TrainConfig(RetrainingRecipe):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("resnet20", description="Model registry name, tv:NAME or package.module:factory.")
-    method: Literal["pretrain", "one-shot", "progressive"] = Field(
+    method: TrainMethod = Field(
         "progressive", description="pretrain: no faults; one-shot: fixed rate; progressive: ascending rates."
     )
     target_rate: float = Field(0.05, ge=0, le=1, description="P_sa^T: the (last) training stuck-at rate per cell.")
