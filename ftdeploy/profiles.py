@@ -5,8 +5,9 @@ weight is spread over cells (the mapping) and the crossbar tile size. A *profile
 deployment of one target: the stuck-at rates expected on the shipped chips, the rates and chip
 count of sign-off, the acceptance limits a production line enforces, and training defaults.
 
-Built-in files live in the repository's top-level ``targets/`` and ``profiles/`` folders; a
-name (``chen2015``) resolves there, anything with a slash or a ``.yaml`` suffix is a path.
+Built-in files live in the repository's top-level ``targets/`` and ``profiles/`` folders (an
+installed wheel carries them as package data); a name (``chen2015``) resolves there, anything
+with a slash or a ``.yaml`` suffix is a path.
 
 A profile may ``extends:`` another (a name or a path relative to it): a deployment on another
 chip family, or with another recipe, then writes only what differs, and the fault population
@@ -28,8 +29,22 @@ from .mapping import MAPPINGS, ScaleGranularity
 from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGETS_DIR = REPO_ROOT / "targets"
-PROFILES_DIR = REPO_ROOT / "profiles"
+
+
+def _builtin_dir(kind: str) -> Path:
+    """The folder of built-in ``targets`` or ``profiles``. The repository's top-level folders are
+    their one copy: a wheel carries them as package data, ftdeploy/builtin/KIND (package-dir in
+    pyproject.toml); a source checkout, or an editable install of one, has no such folder and reads
+    them where they are. Located, not imported: setuptools' editable finder cannot import a
+    folder mapped from outside the package that has no ``__init__.py``."""
+    import importlib.resources
+
+    installed = Path(str(importlib.resources.files(__package__) / "builtin" / kind))
+    return installed if installed.is_dir() else REPO_ROOT / kind
+
+
+TARGETS_DIR = _builtin_dir("targets")
+PROFILES_DIR = _builtin_dir("profiles")
 
 
 class _Strict(BaseModel):

@@ -1,5 +1,6 @@
 """Build ftdeploy/data/cifar10-demo.npz, the embedded default dataset, from the shared packed
-CIFAR-10 training split. Run from the repository root:
+CIFAR-10 training split (written into this checkout's ftdeploy/data/, wherever it is run from).
+From the repository root:
 
     python scripts/make_embedded_data.py ../shared/data/cifar10-train-jpeg.npz
 
@@ -34,7 +35,7 @@ def main(src: str) -> None:
     split = np.concatenate([np.zeros(len(chosen_train), np.uint8), np.ones(len(chosen_val), np.uint8)])
     blobs = [jpeg[offsets[i] : offsets[i + 1]] for i in chosen]
     new_offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-    out = Path("ftdeploy/data") / EMBEDDED_NAME
+    out = Path(__file__).resolve().parents[1] / "ftdeploy" / "data" / EMBEDDED_NAME
     np.savez_compressed(out, jpeg=np.concatenate(blobs), offsets=new_offsets, labels=labels[chosen],
                         classes=classes, split=split, source_index=chosen.astype(np.int64))
     print(f"wrote {out}: {len(chosen)} images, {out.stat().st_size / 1e6:.1f} MB")

@@ -479,6 +479,9 @@ def test_demo_command_end_to_end(tmp_path):
         report = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())
         assert report["signoff"]["chips"] == 2
     lines = result.output.splitlines()
-    assert any(line.startswith("progressive") and "PASS" in line or "FAIL" in line for line in lines)
+    for name in ("baseline", "progressive"):  # each model's row ends with the verdict its report.json holds
+        verdict = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())["verdict"]["passed"]
+        row = next(line for line in lines if line.split() and line.split()[0] == name)
+        assert row.split()[-1] == ("PASS" if verdict else "FAIL"), row
     assert sum("the baseline under faults" in line for line in lines) == 2, "one line per retrained model"
     assert any(line.startswith("equalized: the baseline with its channel ranges equalised") for line in lines)

@@ -10,7 +10,7 @@ convolutions (the ones ``ftdeploy equalize`` can scale):
   - above half: the fraction of weights above half their layer's peak.
 The range over layers is shown; no data is needed.
 
-    python scripts/probe_weight_ranges.py runs/c10c/pretrain/model.pt runs/c10c/dense/runs/one-shot-0.05/model.pt
+    python studies/cifar10-paper/scripts/probe_weight_ranges.py runs/c10c/pretrain/model.pt runs/c10c/dense/runs/one-shot-0.05/model.pt
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ would restore clean accuracy. This script measures a retrained checkpoint as tra
 BatchNorm statistics re-estimated (5,000 training images, no faults, no augmentation), clean and
 on simulated chips, the sweep's way (deployed 8-bit weights on the profile's target).
 
-    python scripts/probe_bn_recalibration.py runs/c10p/dense/runs/one-shot-0.05/model.pt \\
+    python studies/cifar10-paper/scripts/probe_bn_recalibration.py runs/c10p/dense/runs/one-shot-0.05/model.pt \\
         --profile chen2015 --data npz:../shared/data/cifar10-train-jpeg.npz
 """
 

@@ -1,7 +1,8 @@
-"""docs/RESULTS.md (the study issue 3 is answered on, led by the tuned recipe), docs/RESULTS-plain-recipe.md
-(the first study on the paper-tracking target) and docs/RESULTS-diff8-folded.md (the first grid, on
-the BatchNorm-folded chip) are exactly what scripts/render_results.py makes of the archived
-artefacts in docs/results/: no figure in them is typed by hand."""
+"""The study's pages RESULTS.md (the study issue 3 is answered on, led by the tuned recipe),
+RESULTS-plain-recipe.md (the first study on the paper-tracking target) and RESULTS-diff8-folded.md
+(the first grid, on the BatchNorm-folded chip) are exactly what scripts/render_results.py makes of
+the archived artefacts in results/ (all beside tests/, in studies/cifar10-paper): no figure in them
+is typed by hand. The scripts that made and render them are tested here too."""
 
 import json
 import os
@@ -15,7 +16,8 @@ import yaml
 
 from ftdeploy.profiles import RetrainingRecipe, load_profile
 
-ROOT = Path(__file__).resolve().parent.parent
+#: studies/cifar10-paper: the study's pages, scripts/ and results/ (its archive).
+STUDY = Path(__file__).resolve().parents[1]
 #: The tuned recipe's grid, the one issue 3's limits are met with, leads the page of its study.
 TUNED_GRID = "clean-steps-0.75-weight-clip-2-progressive-each"
 #: page -> (archived study it is rendered from, the pages it links to, the grid it leads with)
@@ -31,10 +33,10 @@ def test_results_page_is_rendered_from_the_archived_artefacts(page, tmp_path):
     study, others, headline = PAGES[page]
     out = tmp_path / page
     see_also = [arg for other in others for arg in ("--see-also", other)]
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_results.py"), str(ROOT / "docs" / "results" / study),
+    subprocess.run([sys.executable, str(STUDY / "scripts" / "render_results.py"), str(STUDY / "results" / study),
                     "-o", str(out), *see_also, *(("--headline", headline) if headline else ())],
                    check=True, capture_output=True)  # fmt: skip
-    assert out.read_text() == (ROOT / "docs" / page).read_text()
+    assert out.read_text() == (STUDY / page).read_text()
     text = out.read_text()
     for section in ("## Table I (ours)", "## What the issue asked for", "## Training curves", *(f"]({o})" for o in others)):
         assert section in text
@@ -43,7 +45,7 @@ def test_results_page_is_rendered_from_the_archived_artefacts(page, tmp_path):
 def test_a_page_leads_with_the_grid_it_is_told_to_and_refuses_a_folder_without_a_section(tmp_path):
     """--headline FOLDER puts that grid's own rows and criteria ahead of Table I and names the
     section that repeats them; a folder with no section is one clear line, and no page is written."""
-    script, study = ROOT / "scripts" / "render_results.py", ROOT / "docs" / "results" / "c10c"
+    script, study = STUDY / "scripts" / "render_results.py", STUDY / "results" / "c10c"
     page = subprocess.run([sys.executable, str(script), str(study), "-o", str(tmp_path / "p.md"), "--headline", TUNED_GRID],
                           capture_output=True, text=True)  # fmt: skip
     assert page.returncode == 0, page.stderr
@@ -60,12 +62,12 @@ def test_a_page_leads_with_the_grid_it_is_told_to_and_refuses_a_folder_without_a
 
 
 def _script(name: str):
-    """scripts/NAME.py loaded as a module (the scripts are not a package)."""
+    """The study's scripts/NAME.py loaded as a module (the scripts are not a package)."""
     import importlib.util
 
-    if str(ROOT / "scripts") not in sys.path:  # as `python scripts/NAME.py` has it: the probes share probe_common
-        sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    if str(STUDY / "scripts") not in sys.path:  # as running scripts/NAME.py has it: the probes share probe_common
+        sys.path.insert(0, str(STUDY / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, STUDY / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -144,7 +146,7 @@ def test_a_study_reuses_an_earlier_studys_fault_free_models_and_says_so(tmp_path
 
 
 def test_a_study_restored_from_its_own_archive_keeps_its_steps_as_made_there(tmp_path):
-    """`--out runs/X --reuse docs/results/X` (the study's own archive) copies its models back;
+    """`--out runs/X --reuse studies/cifar10-paper/results/X` (the study's own archive) copies its models back;
     the pretraining and pruning were made by this study, so they are not recorded as reused."""
     import json
 
@@ -347,14 +349,14 @@ def test_a_grid_from_another_training_seed_has_a_folder_and_a_section_of_its_own
     plain = next(b for b in reproduce.sweep_branches(reproduce.parse_args(options), "one-shot", "0.05") if b.branch == "clean-steps-clip")
     assert plain.folder == "clean-steps-0.75-weight-clip-2" and "--train-seed" not in plain.argv(reproduce.parse_args(options))
 
-    archived = ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/table.json"
+    archived = STUDY / "results/c10c/clean-steps-0.75-weight-clip-2/table.json"
     for folder in ("clean-steps-0.75-weight-clip-2", branch.folder):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "table.json").write_text(archived.read_text())
     assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
     assert render.train_seed_folders(tmp_path) == [branch.folder]
     table = json.loads(archived.read_text())
-    dense = json.loads((ROOT / "docs/results/c10c/dense/table.json").read_text())
+    dense = json.loads((STUDY / "results/c10c/dense/table.json").read_text())
     section = render.train_seed_md(branch.folder, {**table, "train_seed": 1}, table, dense, {"steps": {}})
     assert section[0] == "## The `clean-steps-0.75-weight-clip-2` grid from training seed 1 (`--train-seed 1`)"
     models = [line.split(" | ")[0].lstrip("| ") for line in section if line.startswith("| one-shot P^T=0.05") and "±" in line]
@@ -377,7 +379,7 @@ def test_a_grid_with_algorithm_1_blocks_has_a_folder_and_a_section_beside_its_sp
     with pytest.raises(SystemExit):
         reproduce.parse_args([*options, "--progressive-blocks", "all"])
 
-    archived = ROOT / "docs/results/c10c/clean-steps-0.75-weight-clip-2/table.json"
+    archived = STUDY / "results/c10c/clean-steps-0.75-weight-clip-2/table.json"
     split = json.loads(archived.read_text())
     each = {**split, "epochs": 12, "progressive_blocks": "each"}
     folder = "clean-steps-0.75-weight-clip-2-progressive-each"
@@ -387,7 +389,7 @@ def test_a_grid_with_algorithm_1_blocks_has_a_folder_and_a_section_beside_its_sp
     assert render.blocks_each_folders(tmp_path) == [folder]
     assert render.clean_steps_clip_folders(tmp_path) == ["clean-steps-0.75-weight-clip-2"]
     assert render.clean_steps_folders(tmp_path) == [], "a clipped grid, with or without blocks, is not a clean-steps section"
-    dense = json.loads((ROOT / "docs/results/c10c/dense/table.json").read_text())
+    dense = json.loads((STUDY / "results/c10c/dense/table.json").read_text())
     section = render.blocks_each_md(folder, each, split, dense, {"steps": {}})
     assert section[0] == ("## The `clean-steps-0.75-weight-clip-2` grid with progressive as in the paper's Algorithm 1: "
                           "12 epochs at every rate (`--progressive-blocks each`)")
@@ -412,7 +414,7 @@ def test_a_grid_of_another_length_has_a_folder_and_a_section_beside_algorithm_1(
     plain = next(b for b in reproduce.sweep_branches(reproduce.parse_args(options), "one-shot", "0.05") if b.branch == "clean-steps-clip")
     assert plain.folder == "clean-steps-0.75-weight-clip-2"
 
-    results = ROOT / "docs/results/c10c"
+    results = STUDY / "results/c10c"
     split = json.loads((results / "clean-steps-0.75-weight-clip-2/table.json").read_text())
     each = json.loads((results / "clean-steps-0.75-weight-clip-2-progressive-each/table.json").read_text())
     progressive = next(r for r in each["rows"] if r["model"] == "progressive P^T=0.05")
@@ -547,9 +549,9 @@ def test_archiving_a_study_restored_from_its_archive_keeps_the_archives_earlier_
 def test_every_commands_block_of_the_results_pages_names_its_commands():
     """A figure without the command that made it is not published: no section's "Commands:" is empty."""
     for page in PAGES:
-        lines = (ROOT / "docs" / page).read_text().splitlines()
+        lines = (STUDY / page).read_text().splitlines()
         empty = [i + 1 for i, line in enumerate(lines) if line == "Commands:" and not lines[i + 2].startswith("    ")]
-        assert not empty, f"docs/{page}: empty Commands: blocks at lines {empty}"
+        assert not empty, f"{page}: empty Commands: blocks at lines {empty}"
 
 
 def test_reusing_a_folder_without_a_pretrained_model_is_refused_before_anything_runs(tmp_path):
@@ -682,7 +684,7 @@ def test_the_batchnorm_training_grid_takes_a_learning_rate_and_epochs_of_its_own
         with pytest.raises(SystemExit):
             reproduce.parse_args(bad)
 
-    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    dense = json.loads((STUDY / "results" / "c10c" / "dense" / "table.json").read_text())
     for lr, epochs, folder in ((0.1, 25, "bn-train-lr-0.1"), (0.02, 40, "bn-train-40-epochs"), (0.02, 25, "bn-train")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "lr": lr, "epochs": epochs}))
@@ -719,7 +721,7 @@ def test_a_grid_retrained_with_clipped_weights_has_a_folder_and_a_section_of_its
     with pytest.raises(SystemExit):
         reproduce.parse_args(["--weight-clip", "0"])
 
-    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    dense = json.loads((STUDY / "results" / "c10c" / "dense" / "table.json").read_text())
     for k, folder in ((3.0, "weight-clip-3"), (2.5, "weight-clip-2.5")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "table.json").write_text(json.dumps({**dense, "weight_clip": k}))
@@ -743,7 +745,7 @@ def test_fault_free_steps_with_clipped_weights_have_a_folder_and_a_section_besid
     assert argv[argv.index("--clean-steps") + 1] == "0.75" and argv[argv.index("--weight-clip") + 1] == "2"
     assert "--unbias-faults" in argv, "the same faulty steps as the clean-steps grid it is compared with"
 
-    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
+    dense = json.loads((STUDY / "results" / "c10c" / "dense" / "table.json").read_text())
     for folder, settings in (("clean-steps-0.75", {"clean_steps": 0.75}),
                              ("clean-steps-0.75-weight-clip-2", {"clean_steps": 0.75, "weight_clip": 2.0})):
         (tmp_path / folder).mkdir()
@@ -781,8 +783,8 @@ def test_the_pruned_model_retrained_with_the_tuned_recipe_has_a_folder_and_a_sec
     assert (whole_branch.methods, whole_branch.rates) == ("progressive", "0.05,0.1"), \
         "the whole grid's pruned rows follow the paper's Table II (P_sa^T >= 0.05)"
 
-    dense = json.loads((ROOT / "docs" / "results" / "c10c" / "dense" / "table.json").read_text())
-    tuned = json.loads((ROOT / "docs" / "results" / "c10c" / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
+    dense = json.loads((STUDY / "results" / "c10c" / "dense" / "table.json").read_text())
+    tuned = json.loads((STUDY / "results" / "c10c" / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
     pruned = {**tuned, "acc_pretrain": 85.0, "rows": [r for r in tuned["rows"] if r["method"] == "baseline" or r["model"] == "one-shot P^T=0.05"]}
     (tmp_path / branch.folder).mkdir()
     (tmp_path / branch.folder / "table.json").write_text(json.dumps(pruned))
@@ -809,7 +811,7 @@ def test_the_pruned_model_retrained_with_algorithm_1_blocks_has_the_pruned_secti
     assert branch.folder == f"pruned-{TUNED_GRID}"
     assert branch.argv(args)[branch.argv(args).index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
 
-    results = ROOT / "docs/results/c10c"
+    results = STUDY / "results/c10c"
     tuned = json.loads((results / TUNED_GRID / "table.json").read_text())
     split = json.loads((results / "pruned-clean-steps-0.75-weight-clip-2/table.json").read_text())
     each = {**tuned, "acc_pretrain": split["acc_pretrain"], "sparsity": split["sparsity"],
@@ -932,6 +934,27 @@ def test_the_probes_measure_on_the_sweeps_stratified_subset_or_every_image_when_
     assert line.startswith("clean ") and "  P=0.01: " in line, line
 
 
+def test_the_probes_one_line_summary_is_the_sweeps_measurement():
+    """probe_common.accuracy_line, the study's own copy of DeployedNetwork.accuracy_line (a package
+    method only the probes used): the fault-free accuracy, then each rate's mean over the chips
+    the sweep would draw."""
+    from ftdeploy.chip import DeployedNetwork
+    from ftdeploy.models import create_model
+    from ftdeploy.nonideality import FaultModel
+    from ftdeploy.population import SimulatedChips, chip_accuracies
+    from ftdeploy.profiles import load_target
+
+    common = _script("probe_common")
+    torch.manual_seed(0)
+    net = DeployedNetwork(create_model("democnn", width=8).eval(), load_target("paper-diff8")[0])
+    x, y = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (16,))
+    mean, std = [0.5] * 3, [0.25] * 3
+    line = common.accuracy_line(net, [0.0, 0.5], FaultModel.stuck_at(0.0, (1.75, 9.04)), 2, x, y, mean, std)
+    clean = net.accuracy(x, y, mean, std)
+    accs = chip_accuracies(net.backend(x, y, mean, std), SimulatedChips(FaultModel.stuck_at(0.5, (1.75, 9.04)), 0.5, 0, 2))
+    assert line == f"clean {clean:.2f}  P=0: {clean:.2f}  P=0.5: {sum(accs) / len(accs):.2f}"
+
+
 def _results_file(path, label, clean, chips_by_rate, **measured):
     tests = {rate: {"mean": sum(chips) / len(chips), "chips": chips} for rate, chips in chips_by_rate.items()}
     path.write_text(json.dumps({"label": label, "acc_clean": clean, "tests": tests,
@@ -942,7 +965,7 @@ def _results_file(path, label, clean, chips_by_rate, **measured):
 def test_the_paired_comparison_differences_two_models_chip_by_chip_and_refuses_other_chips(tmp_path, capsys):
     """Chip i is the same fault map for both models, so A − B is taken per chip: here B trails A
     by exactly 1 on every chip (a zero-width CI) though its chips spread over 20 points."""
-    from ftdeploy.verify import summarize_chips
+    from ftdeploy.figures import summarize_chips
 
     compare = _script("compare_models")
     a = _results_file(tmp_path / "a.json", "A", 80.0, {"0": [80.0], "0.01": [70.0, 80.0, 90.0], "0.05": [50.0, 60.0, 40.0]})
@@ -963,13 +986,13 @@ def test_the_tuned_profile_retrains_as_the_run_whose_figures_the_readme_gives():
     """profiles/chen2015-tuned.yaml ships the recipe of the archived one-shot P^T=0.05 run that
     meets issue 3's limits, pretrained as that run's model was, for chen2015's deployment; a
     profile drifting from that run would ship figures it never earned."""
-    study = ROOT / "docs/results/c10c"
+    study = STUDY / "results/c10c"
     run = yaml.safe_load((study / "clean-steps-0.75-weight-clip-2/runs/one-shot-0.05/config.yaml").read_text())
     pretrain = yaml.safe_load((study / "pretrain/config.yaml").read_text())
     profile, chen2015 = load_profile("chen2015-tuned").profile, load_profile("chen2015").profile
     training = profile.training
     assert (profile.target, profile.faults, profile.signoff) == (chen2015.target, chen2015.faults, chen2015.signoff)
-    assert list(profile.faults.split) == run["split"]
+    assert list(profile.fault_model.stuck.split) == run["split"]
     assert (training.method.value, training.target_rate, training.epochs, training.retrain_lr, training.batch_size) == \
         (run["method"], run["target_rate"], run["epochs"], run["lr"], run["batch_size"])
     assert training.recipe() == {f: run[f] for f in RetrainingRecipe.model_fields}
@@ -989,7 +1012,7 @@ def test_the_pruned_models_length_control_has_a_pruned_section_and_joins_the_hea
     folder = "pruned-clean-steps-0.75-weight-clip-2-epochs-36"
     assert branch.folder == folder and branch.argv(args)[branch.argv(args).index("--from") + 1] == str(tmp_path / "pruned70" / "model.pt")
 
-    results = ROOT / "docs/results/c10c"
+    results = STUDY / "results/c10c"
     names = (folder, "pruned-clean-steps-0.75-weight-clip-2", f"pruned-{TUNED_GRID}", "clean-steps-0.75-weight-clip-2-epochs-36")
     table, same, each, dense_same = (json.loads((results / name / "table.json").read_text()) for name in names)
     for name in names:
@@ -1027,7 +1050,7 @@ def test_the_page_names_the_models_trained_on_the_accelerator(tmp_path):
     assert render.trained_on_accelerator(tmp_path) == {"grid": ["one-shot-0.01", "progressive-0.1"]}
     line = render.accelerator_md(tmp_path)[0]
     assert line.endswith("`grid`: one-shot P^T=0.01, progressive P^T=0.1.") and "one-shot P^T=0.05" not in line
-    assert render.accelerator_md(ROOT / "docs/results/c10") == [], "every model of that study trained on the CPU"
+    assert render.accelerator_md(STUDY / "results/c10") == [], "every model of that study trained on the CPU"
 
 
 def test_progressive_against_one_shot_also_says_where_it_stands_chip_for_chip(tmp_path):
@@ -1035,7 +1058,7 @@ def test_progressive_against_one_shot_also_says_where_it_stands_chip_for_chip(tm
     every chip on the same chips, the verdict also says, per test rate, whether the per-chip
     difference's 95 % CI puts progressive ahead, level or behind (scripts/compare_models.py)."""
     render, compare = _script("render_results"), _script("compare_models")
-    results = ROOT / "docs/results/c10c"
+    results = STUDY / "results/c10c"
     each, long = render.load_table(results / TUNED_GRID), render.load_table(results / "clean-steps-0.75-weight-clip-2-epochs-36")
     prog = next(r for r in each["rows"] if r["model"] == "progressive P^T=0.01")
     one = next(r for r in long["rows"] if r["model"] == "one-shot P^T=0.01")
@@ -1106,7 +1129,7 @@ def test_the_pretraining_for_longer_pretrains_the_studys_seed_for_each_length_an
 
 def test_other_pretrained_models_baselines_sit_beside_the_studys_with_their_collapse_verdict(tmp_path):
     render, names = _script("render_results"), _script("study_folders")
-    archived = ROOT / "docs/results/c10c"
+    archived = STUDY / "results/c10c"
     (tmp_path / "baseline-chen2015").mkdir()
     (tmp_path / "baseline-chen2015" / "table.json").write_text((archived / "baseline-chen2015" / "table.json").read_text())
     (tmp_path / "pretrain").mkdir()
@@ -1131,7 +1154,7 @@ def test_a_longer_pretrainings_baseline_follows_the_seeds_and_stays_out_of_their
     """A model pretrained for longer is another model, not another draw of the study's: its row
     names its length and comes after the seeds', and the mean is of the models as long as the study's."""
     render, names = _script("render_results"), _script("study_folders")
-    archived = ROOT / "docs/results/c10c"
+    archived = STUDY / "results/c10c"
     table = json.loads((archived / "baseline-chen2015" / "table.json").read_text())
     for folder, config, at_001 in (("pretrain", {"seed": 0, "epochs": 30}, None), (names.pretrain_seed(1), {"seed": 1, "epochs": 30}, 41.0),
                                    (names.pretrain_length(60), {"seed": 0, "epochs": 60}, 20.0)):  # fmt: skip
@@ -1184,7 +1207,7 @@ def test_the_collapse_branch_measures_each_pretrained_model_on_more_chips_at_the
 
 def test_the_collapse_on_more_chips_gets_a_table_and_a_criterion_of_its_own(tmp_path):
     render = _script("render_results")
-    archived = ROOT / "docs/results/c10c"
+    archived = STUDY / "results/c10c"
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "pretrain" / "config.yaml").write_text((archived / "pretrain" / "config.yaml").read_text())
     table = json.loads((archived / "baseline-chen2015" / "table.json").read_text())
@@ -1236,7 +1259,7 @@ def test_a_grid_retrained_from_another_pretrained_model_has_a_folder_and_a_secti
         with pytest.raises(SystemExit):
             reproduce.parse_args(bad)
 
-    archived = ROOT / "docs/results/c10c"
+    archived = STUDY / "results/c10c"
     same = json.loads((archived / "clean-steps-0.75-weight-clip-2" / "table.json").read_text())
     model = str(tmp_path / "pretrain-length-60" / "model.pt")
     table = {**same, "pretrained": model, "acc_pretrain": 88.0, "rows": [same["rows"][0], same["rows"][2]]}

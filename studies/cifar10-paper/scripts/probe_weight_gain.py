@@ -9,7 +9,7 @@ gain and measures the deployed model the sweep's way (8-bit weights on the profi
 clean and on simulated chips. A clean accuracy that rises as the gain falls towards 1 − P_sa^T
 says the clean deficit is (partly) that gain.
 
-    python scripts/probe_weight_gain.py runs/c10p/dense/runs/one-shot-0.1/model.pt \\
+    python studies/cifar10-paper/scripts/probe_weight_gain.py runs/c10p/dense/runs/one-shot-0.1/model.pt \\
         --profile chen2015 --data npz:../shared/data/cifar10-train-jpeg.npz
 """
 

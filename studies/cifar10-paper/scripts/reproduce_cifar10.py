@@ -1,8 +1,14 @@
 """Reproduce the paper's CIFAR-10 / ResNet-20 study with ftdeploy's own commands, then render
-docs/RESULTS.md. Every step is an `ftdeploy` command line, recorded in OUT/manifest.json with
-its wall time, so each figure in RESULTS.md names the command that made it.
+studies/cifar10-paper/RESULTS.md. Every step is an `ftdeploy` command line, recorded in
+OUT/manifest.json with its wall time, so each figure in RESULTS.md names the command that made it.
+Run it from the repository root, as every recorded command was:
 
-    python scripts/reproduce_cifar10.py --data npz:../shared/data/cifar10-train-jpeg.npz --out runs/cifar10
+    python studies/cifar10-paper/scripts/reproduce_cifar10.py --data npz:../shared/data/cifar10-train-jpeg.npz --out runs/cifar10
+
+Its defaults (--data: ../shared/data/cifar10-train-jpeg.npz beside the repository; --out:
+runs/cifar10 and --results-md: the study's RESULTS.md) are found from the repository root
+wherever it is started from; paths given on the command line are taken as usual, from the
+working directory.
 
 Steps (each resumable: rerunning skips finished work, and a training cut short by the end of an
 accelerator window continues from its last finished epoch):
@@ -44,7 +50,7 @@ accelerator window continues from its last finished epoch):
         (pretrained first where missing) on --collapse-chips chips per rate (the paper's 100) at
         the rates the issue asks the collapse at, into collapse-chips-N/MODEL-FOLDER;
   3. ONNX export and ONNX Runtime sign-off of the progressive P_sa^T = 0.05 model (chen2015);
-  4. scripts/render_results.py writes docs/RESULTS.md from the tables.
+  4. render_results.py (beside this script) writes --results-md from the tables.
 `--progressive-blocks each` retrains the chosen branches as i does, into FOLDER-progressive-each.
 `--train-seed N` retrains the chosen branches from another training seed, on the same chips, into
 FOLDER-train-seed-N: how far one training's luck moves a row.
@@ -79,6 +85,7 @@ from pathlib import Path
 from ftdeploy.files import exclusive_lock, sha256_file  # the installed package (README's install command)
 
 import study_folders  # beside this script: the grid folders' names, shared with render_results.py
+import study_paths  # beside this script: the study's folders and the shared data, found from the repository root
 
 TEST_RATES = "0,0.001,0.005,0.01,0.02,0.05,0.1"
 BRANCHES = ("dense", "distill", "pruned", "bn-train", "ablation-grad", "baselines", "long", "unbiased", "clean-steps",
@@ -394,8 +401,10 @@ def parse_counts(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="npz:../shared/data/cifar10-train-jpeg.npz")
-    ap.add_argument("--out", type=Path, default=Path("runs/cifar10"))
+    ap.add_argument("--data", default=study_paths.default_data(),
+                    help="ftdeploy data spec; default: the shared packed split beside the repository (%(default)s)")
+    ap.add_argument("--out", type=Path, default=Path(study_paths.shown(study_paths.RUNS / "cifar10")),
+                    help="the study's run folder; default: runs/cifar10 in the repository root")
     ap.add_argument("--profile", default="chen2015")
     ap.add_argument("--model", default=None, help="model to pretrain; default: the profile's (resnet20)")
     ap.add_argument("--pretrain-epochs", type=int, default=40)
@@ -410,7 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--signoff-chips", type=int, default=30)
     ap.add_argument("--deadline-s", type=float, default=None, help="skip the ONNX sign-off step past this many seconds")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--results-md", type=Path, default=Path("docs/RESULTS.md"))
+    ap.add_argument("--results-md", type=Path, default=Path(study_paths.shown(study_paths.STUDY / "RESULTS.md")),
+                    help="the page rendered at the end; default: the study's RESULTS.md (%(default)s)")
     ap.add_argument("--max-images", type=int, default=None, help="evaluate sweeps on a stratified subset of the validation images")
     ap.add_argument("--only", default=None, help=f"comma-separated branches to run ({', '.join(BRANCHES)}); "
                     "default: all. E.g. a CPU session finishing the dense grid")
@@ -465,7 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:  # before any step runs
         ap.error(f"--only: unknown branch {', '.join(sorted(unknown))}; expected some of {', '.join(BRANCHES)}")
     if args.reuse and not (args.reuse / "pretrain" / "model.pt").is_file():  # else the study would pretrain anew, silently
-        ap.error(f"--reuse: {args.reuse} holds no pretrain/model.pt to start from (a study folder, or its archive in docs/results)")
+        ap.error(f"--reuse: {args.reuse} holds no pretrain/model.pt to start from "
+                 f"(a study folder, or its archive in {study_paths.repo_relative(study_paths.RESULTS)})")
     if not args.lr_study > 0:
         ap.error(f"--lr-study: expected a positive learning rate, got {args.lr_study:g}")
     if args.bn_train_lr is not None and not args.bn_train_lr > 0:

@@ -1,8 +1,11 @@
-"""Render docs/RESULTS.md from the artefacts of scripts/reproduce_cifar10.py: the sweep tables
-(table.json), the manifest of commands, and the ONNX Runtime sign-off report. No figure is
-typed in by hand; the paper's figures are quoted from ../shared/docs/PAPER-NOTES.md.
+"""Render a results page of the study (studies/cifar10-paper/RESULTS*.md) from the artefacts of
+reproduce_cifar10.py (beside this script): the sweep tables (table.json), the manifest of
+commands, and the ONNX Runtime sign-off report. No figure is typed in by hand; the paper's figures
+are quoted from ../shared/docs/PAPER-NOTES.md (beside the repository). From the repository root:
 
-    python scripts/render_results.py runs/cifar10 -o docs/RESULTS.md
+    python studies/cifar10-paper/scripts/render_results.py runs/cifar10 -o studies/cifar10-paper/RESULTS.md
+
+The study's README has the command that renders each archived page.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from ftdeploy.training.config import TrainConfig
 
 import compare_models  # beside this script: the paired, chip-by-chip comparison of two models
 import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py
+import study_paths  # beside this script: the study's folders, found from the repository root
 from study_folders import TRAIN_SEED, split_train_seed
+
+#: The study's scripts as the pages name them: from the repository root, where they are run.
+SCRIPTS = study_paths.repo_relative(study_paths.SCRIPTS)
+#: Where the study's files were when the archived studies ran, as their recorded commands name
+#: them (from the repository root), and where each is now; the first prefix that fits applies.
+FORMER_HOMES = {"scripts/": SCRIPTS + "/", "docs/results/": study_paths.repo_relative(study_paths.RESULTS) + "/",
+                "docs/": study_paths.repo_relative(study_paths.STUDY) + "/"}  # fmt: skip
 
 PAPER_TABLE_I = {  # CIFAR-10, ResNet-20, pretrained 92.53 % (paper, Table I)
     "baseline": [92.53, 90.17, 61.74, 25.83, 10.75, 9.69, 10.14],
@@ -234,7 +245,7 @@ def train_seed_md(folder: str, table: dict | None, base: dict | None, dense: dic
         f"The same recipe, pretrained model, epochs, learning rate, chips and images as the `{grid}` grid"
         + (f", whose rows are marked \"training seed {base_seed}\"" if base else "")
         + "; only the seed of the retrainings (their data order and training faults) differs, so the gap between "
-        "the two is what the luck of one training moves a row by (`scripts/compare_models.py` on the two results "
+        f"the two is what the luck of one training moves a row by (`{SCRIPTS}/compare_models.py` on the two results "
         "files pairs them chip by chip). The rows marked Table I are the plain recipe.",
         table, dense, manifest, [f"sweep-{folder}", f"eval-{folder}"], also=also)
 
@@ -664,7 +675,7 @@ def criteria(dense: dict, baselines: list[dict] = (), collapse: dict | None = No
 
 def _chip_for_chip(one: dict, prog: dict, rates: list[str]) -> str:
     """Where progressive stands against one-shot at ``rates`` on the same chips: ahead, level or
-    behind by the 95 % CI of the per-chip difference (scripts/compare_models.py), which removes the
+    behind by the 95 % CI of the per-chip difference (compare_models.py), which removes the
     chips' own spread that both rows' CIs share. "" unless both rows' results files hold every
     chip's accuracy, measured on the same chips and images."""
     try:
@@ -933,12 +944,12 @@ def _config(run: Path) -> dict | None:
 
 
 def warmup_md(out: Path) -> list[str]:
-    """The CPU-sized check of the fault-rate warm-up (scripts/check_rate_warmup.sh), if run."""
+    """The CPU-sized check of the fault-rate warm-up (check_rate_warmup.sh), if run."""
     tables = {ramp: load_table(out / "warmup-check" / f"ramp{ramp}") for ramp in ("0", "2")}
     if not all(tables.values()):
         return []
     md = ["## Fault-rate warm-up check (CPU-sized)", "",
-          "`bash scripts/check_rate_warmup.sh`: one-shot P^T=0.05 retraining of the pretrained model above on "
+          f"`bash {SCRIPTS}/check_rate_warmup.sh`: one-shot P^T=0.05 retraining of the pretrained model above on "
           "the embedded data (5,000 training images from the training part of its split; accuracy on the "
           f"{tables['0']['val_images']} embedded validation images, from the held-out part; "
           f"{tables['0']['chips']} chips per rate), {tables['0']['epochs']} epochs at batch 32, lr {tables['0']['lr']}, "
@@ -1053,14 +1064,15 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     inverted = load_table(out / "inverted")
     report = load(out / "signoff" / "report" / "report.json")
     model = (dense or {}).get("model", "resnet20")
-    invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", "python scripts/reproduce_cifar10.py")]
+    invocations = manifest["steps"].get("_invocations") or [manifest["steps"].get("_invocation", f"python {SCRIPTS}/reproduce_cifar10.py")]
     target = f", target `{dense['target']}`" if dense else ""
     # what sets this page apart from a plain Table I study
     changes = [c for c, table in (("channel ranges equalised", equalized), ("pairs programmed down from g_on", inverted)) if table]
     study = f"; what the mapping buys ({', '.join(changes)})" if changes else ""
     md = [f"# Results: fault-tolerant {model} on CIFAR-10{target}{study}", "",
-          "Generated by `scripts/render_results.py` from the artefacts of `scripts/reproduce_cifar10.py`; "
-          "nothing here is typed by hand. Produced by, in order:", "", *[f"    {i}" for i in invocations], ""]  # fmt: skip
+          f"Generated by `{SCRIPTS}/render_results.py` from the artefacts of `{SCRIPTS}/reproduce_cifar10.py`; "
+          "nothing here is typed by hand. Produced by, in order:", "", *[f"    {i}" for i in invocations], "",
+          *moved_scripts_note(invocations)]  # fmt: skip
     if see_also:
         md[2:2] = [f"See also: {', '.join(f'[{Path(p).name}]({p})' for p in see_also)}.", ""]
     md += [machines_line(envs), "", *accelerator_md(out)]
@@ -1253,10 +1265,23 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     return "\n".join(md).rstrip() + "\n"
 
 
+def moved_scripts_note(invocations: list[str]) -> list[str]:
+    """A line under commands recorded before the study moved (they name paths under a key of
+    FORMER_HOMES): they stay as they ran, and the line says where those paths are now."""
+    tokens = [t.split("=", 1)[-1] for i in invocations for t in i.split()]
+    named = [next((old for old in FORMER_HOMES if t.startswith(old)), None) for t in tokens]
+    former = [old for old in FORMER_HOMES if old in named]
+    if not former:
+        return []
+    moves = " and ".join(f"`{old}` there is `{FORMER_HOMES[old]}`" for old in former)
+    return [f"These commands ran from the repository root, as recorded; {moves} since the study moved out of the product.", ""]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("-o", "--output", type=Path, default=Path("docs/RESULTS.md"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="a reproduce_cifar10.py --out folder, or its archive under results/")
+    ap.add_argument("-o", "--output", type=Path, default=Path(study_paths.shown(study_paths.STUDY / "RESULTS.md")),
+                    help="the page to write; default: the study's RESULTS.md (%(default)s)")
     ap.add_argument("--see-also", action="append", default=[], metavar="PAGE",
                     help="link another results page (relative to the output's folder); repeatable")
     ap.add_argument("--headline", metavar="FOLDER", help="a grid folder of OUT whose rows and criteria lead the page")

@@ -6,8 +6,8 @@ much of each CI is the chips' own spread, shared by both. The difference chip by
 For every test rate this prints both means, the mean per-chip difference A − B with its 95 %
 Student-t CI, and on how many chips A was ahead.
 
-    python scripts/compare_models.py docs/results/c10c/weight-clip-2/results/progressive-0.05.json \\
-        docs/results/c10c/dense/results/progressive-0.05.json
+    python studies/cifar10-paper/scripts/compare_models.py studies/cifar10-paper/results/c10c/weight-clip-2/results/progressive-0.05.json \\
+        studies/cifar10-paper/results/c10c/dense/results/progressive-0.05.json
 
 Both files must come from sweeps on the same target, chips, seed, test rates and images
 (their ``measured`` fields, the checkpoint aside); otherwise chip i is not the same chip.
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ftdeploy.verify import summarize_chips
+from ftdeploy.figures import summarize_chips
 
 
 class NotComparable(Exception):

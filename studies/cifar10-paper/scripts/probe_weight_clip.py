@@ -7,7 +7,7 @@ clips a checkpoint's deployed weights with the trainer's own clip (``FaultInject
 what ``--weight-clip K`` applies after every retraining step) at each K, and measures the
 deployed model the sweep's way, clean and on simulated chips.
 
-    python scripts/probe_weight_clip.py docs/results/c10c/pretrain/model.pt \\
+    python studies/cifar10-paper/scripts/probe_weight_clip.py studies/cifar10-paper/results/c10c/pretrain/model.pt \\
         --profile chen2015 --data npz:../shared/data/cifar10-train-jpeg.npz
 """
 

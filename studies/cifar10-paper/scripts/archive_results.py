@@ -1,20 +1,23 @@
 """Copy the small artefacts of a reproduce_cifar10.py run folder (manifest, step logs, sweep
 tables and per-model results with every chip's accuracy, per-epoch training logs and configs)
-into the repository, so docs/RESULTS.md can be re-rendered and audited from a checkout:
+into the repository, so the study's pages (studies/cifar10-paper/RESULTS*.md) can be re-rendered
+and audited from a checkout. From the repository root:
 
-    python scripts/archive_results.py runs/c10c docs/results/c10c
-    python scripts/render_results.py docs/results/c10c -o docs/RESULTS.md ...   (README: each page's command)
+    python studies/cifar10-paper/scripts/archive_results.py runs/c10c studies/cifar10-paper/results/c10c
+    python studies/cifar10-paper/scripts/render_results.py studies/cifar10-paper/results/c10c \\
+        -o studies/cifar10-paper/RESULTS.md ...   (the study's README: each page's command)
 
 Of the checkpoints, only the fault-free models come along (the pretrained and the pruned model,
 and any pretrained again from another seed or for longer, about 1 MB each): run folders are not committed, and
 without them a later session could not continue the study (`reproduce_cifar10.py --reuse
-docs/results/c10 ...`). Retrained checkpoints, resume files and ONNX files stay behind, and so does
-the model.pt of a run stopped before its last epoch (train writes one after every epoch): it is
-no finished model.
+studies/cifar10-paper/results/c10 ...`). Retrained checkpoints, resume files and ONNX files stay
+behind, and so does the model.pt of a run stopped before its last epoch (train writes one after
+every epoch): it is no finished model.
 
 The manifest is merged into the archived one, not copied over it: a study restored from its own
-archive (`--out runs/X --reuse docs/results/X`) starts a manifest of its own, holding only what it
-runs now, and copying that over the archive would drop the commands of every figure made before.
+archive (`--out runs/X --reuse studies/cifar10-paper/results/X`) starts a manifest of its own,
+holding only what it runs now, and copying that over the archive would drop the commands of every
+figure made before.
 """
 
 import argparse
@@ -109,7 +112,7 @@ def main(src: str, dst: str) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="a reproduce_cifar10.py --out folder")
-    ap.add_argument("dst", help="where the artefacts go, e.g. docs/results/c10")
+    ap.add_argument("dst", help="where the artefacts go, e.g. studies/cifar10-paper/results/c10")
     args = ap.parse_args()
     if not (Path(args.src) / "manifest.json").is_file():
         ap.error(f"{args.src}: no manifest.json (expected a reproduce_cifar10.py --out folder)")

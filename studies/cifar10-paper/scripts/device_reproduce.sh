@@ -1,15 +1,18 @@
 #!/bin/bash
-# One call on a lent GPU machine: continue scripts/reproduce_cifar10.py for at most DEADLINE_S
+# One call on a lent GPU machine: continue reproduce_cifar10.py (beside this script) for at most DEADLINE_S
 # seconds, then pack the run folder (checkpoints, resume files, logs, tables) into $OUT, so the
 # next call, or a CPU session, continues exactly where this one stopped (train --resume).
 #
 # The machine is bare and sees only the working tree: carry the packed data, the wheels it lacks
 # (pydantic and its needs; see the device README) and the run folder so far, e.g.
 #   carry: [".gpu", ".whl", "runs/c10p"]
-#   command: DEADLINE_S=500 bash scripts/device_reproduce.sh --out runs/c10p \
+#   command: DEADLINE_S=500 bash studies/cifar10-paper/scripts/device_reproduce.sh --out runs/c10p \
 #            --data npz:.gpu/cifar10-train-jpeg.npz --profile chen2015 --only dense,pruned,baselines ...
 # and unpack what comes back here with: cat FILES_AT/runs.tgz.* | tar -xzf - -C runs
+# It runs from the repository root wherever it is started: its arguments' paths (--out, --data,
+# --reuse) and .whl/ are taken from there, as in the recorded commands.
 set -u
+cd "$(dirname -- "$0")/../../.." || exit 1
 if ! python3 -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
@@ -30,7 +33,7 @@ mkdir -p "$dest"
 # Its own process group, so the deadline stops exactly this run's steps (sweeps, trainings) and
 # nothing else on the machine. Each training saved its last finished epoch (model.pt and
 # resume.pt, written atomically): at most the epoch in flight is lost.
-setsid python3 scripts/reproduce_cifar10.py "$@" > "$dest/device-run.log" 2>&1 &
+setsid python3 studies/cifar10-paper/scripts/reproduce_cifar10.py "$@" > "$dest/device-run.log" 2>&1 &
 group=$!
 (
     trap 'kill $sleeper 2>/dev/null; exit 0' TERM

@@ -1,0 +1,93 @@
+"""The study stands on its own in studies/cifar10-paper: its pages' links and the repository paths
+they name resolve, and its scripts' defaults are found from the repository root wherever they
+are started."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STUDY = Path(__file__).resolve().parents[1]
+ROOT = STUDY.parents[1]
+PAGES = sorted([*STUDY.glob("*.md"), *STUDY.parent.glob("*.md")])
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+#: A single capital standing alone is a placeholder (`results/X`, `progressive-R.json`).
+PLACEHOLDER = re.compile(r"(?<![A-Za-z])[A-Z](?![A-Za-z])")
+
+
+def _script(name: str):
+    """The study's scripts/NAME.py as a module (the scripts import their neighbours by name)."""
+    import importlib
+
+    if str(STUDY / "scripts") not in sys.path:
+        sys.path.insert(0, str(STUDY / "scripts"))
+    return importlib.import_module(name)
+
+
+def test_the_study_has_its_pages_and_its_readme():
+    names = {p.relative_to(STUDY.parent).as_posix() for p in PAGES}
+    assert {"README.md", "cifar10-paper/README.md", "cifar10-paper/RESULTS.md", "cifar10-paper/RECIPE.md",
+            "cifar10-paper/RESULTS-plain-recipe.md", "cifar10-paper/RESULTS-diff8-folded.md"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(STUDY.parent).as_posix())
+def test_every_relative_link_of_a_page_resolves(page):
+    links = [t.split("#")[0] for t in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+    missing = [t for t in links if t and not (page.parent / t).exists()]
+    assert not missing, f"{page.name}: {missing}"
+
+
+def _code(text: str) -> tuple[list[str], list[str]]:
+    """(commands, other code) of a page: the lines of fenced and indented blocks and the inline
+    spans that start with `python` or `bash` are commands; the other inline spans are not."""
+    fence = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+    blocks = [line for block in fence.findall(text) for line in block.splitlines()]
+    rest = fence.sub("", text)
+    blocks += re.findall(r"^    (.+)$", rest, re.M)
+    spans = re.findall(r"`([^`]+)`", rest)
+    commands = [s for s in spans if re.match(r"(python3?|bash) ", s)]
+    return blocks + commands, [s for s in spans if s not in commands]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(STUDY.parent).as_posix())
+def test_every_repository_path_a_page_names_exists(page):
+    """Paths written from the repository root in code (`python studies/.../x.py studies/...`) exist,
+    placeholders and `.../` abbreviations aside; and no command names the study's old homes,
+    scripts/ and docs/ at the root, but for a rendered page's recorded commands, quoted as they ran."""
+    commands, other = _code(page.read_text())
+    tokens = [tok.rstrip(".,;:)") for code in commands + other for tok in code.split()]
+    paths = {t for t in tokens if t.startswith(("studies/", "ftdeploy/", "profiles/", "targets/", "tests/"))
+             and not PLACEHOLDER.search(t) and "*" not in t}  # fmt: skip
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"{page.name}: {missing}"
+    if not page.name.startswith("RESULTS"):
+        old = [t for code in commands for t in code.split() if t.startswith(("scripts/", "docs/"))]
+        assert not old, f"{page.name}: paths from before the study moved: {old}"
+
+
+def test_the_defaults_are_the_recorded_ones_from_the_root_and_resolve_from_anywhere(tmp_path, monkeypatch):
+    """From the repository root the defaults read as every recorded command has them; from any
+    other folder they still name the shared data, runs/ and the study's page."""
+    reproduce = _script("reproduce_cifar10")
+    monkeypatch.chdir(ROOT)
+    args = reproduce.parse_args([])
+    assert args.data == "npz:../shared/data/cifar10-train-jpeg.npz"
+    assert args.out == Path("runs/cifar10") and args.results_md == Path("studies/cifar10-paper/RESULTS.md")
+    for where in (STUDY / "scripts", tmp_path):
+        monkeypatch.chdir(where)
+        args = reproduce.parse_args([])
+        assert Path(args.data.removeprefix("npz:")).resolve() == ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.npz"
+        assert args.out.resolve() == ROOT / "runs" / "cifar10" and args.results_md.resolve() == STUDY / "RESULTS.md"
+        assert _script("probe_common").probe_parser("doc", "0.01", 1).parse_args([]).data == args.data
+
+
+def test_render_results_runs_from_another_folder_and_names_the_scripts_where_they_are(tmp_path):
+    page = tmp_path / "page.md"
+    run = subprocess.run([sys.executable, str(STUDY / "scripts" / "render_results.py"), str(STUDY / "results" / "c10"),
+                          "-o", str(page)], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = page.read_text()
+    assert "Generated by `studies/cifar10-paper/scripts/render_results.py`" in text
+    assert "`scripts/` there is `studies/cifar10-paper/scripts/`" in text, "the recorded commands name the old folder"
