@@ -11,7 +11,9 @@ which is what the crossbar periphery does (column currents subtracted and shifte
 ONNX expresses with DequantizeLinear/Sub/Add, and what keeps training differentiable.
 
 The code works on numpy arrays and torch tensors alike (the verifier uses numpy, the trainer
-torch), so the mapping is written once. Adding a mapping is one class and one registry line.
+torch), so the mapping is written once; torch is imported only where a tensor is handled, so
+reading a profile (which checks its target's mapping here) never loads it. Adding a mapping is
+one class and one registry line.
 What happens *to* cells (stuck-at faults, ...) is not here: see :mod:`ftdeploy.faults`.
 """
 
@@ -20,12 +22,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
-import torch
 
-from .arrays import array_namespace
+from .arrays import array_namespace, as_float32
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ScaleGranularity(str, Enum):
@@ -91,8 +95,7 @@ class Mapping(ABC):
 
     def decode(self, levels):
         """Levels (cells, ...) -> float32 codes. Exact: every term is a small integer."""
-        xp = array_namespace(levels)
-        f = levels.to(torch.float32) if xp is torch else levels.astype(np.float32)
+        f = as_float32(levels)
         code = f[0] * float(self.coefficients[0])
         for c in range(1, self.cells_per_weight):
             code = code + f[c] * float(self.coefficients[c])
@@ -232,11 +235,15 @@ def scale_of(weight: torch.Tensor, target: TargetSpec) -> torch.Tensor:
 
 def scale_from_peak(peak: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Scale of a group of weights from its largest magnitude; a zero group gets 1/Q."""
+    import torch
+
     return torch.where(peak > 0, peak, torch.ones_like(peak)) / target.max_code
 
 
 def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Integer codes (as int32) of a weight at a scale; round half to even, clipped to ±Q."""
+    import torch
+
     q = torch.round(weight / scale).clamp(-target.max_code, target.max_code)
     return q.to(torch.int32)
 
