@@ -1,10 +1,10 @@
 """How much slower is a fault-injected training epoch than a plain one? (requirement: <= 1.25x)
 
 All epochs run in this one process on the same model, the same images and the same number of
-steps at the same batch size, each step the trainer's own (``ftdeploy.train.sgd_step``). Three kinds:
+steps at the same batch size, each step the trainer's own (``ftdeploy.training.loop.sgd_step``). Three kinds:
 
 * ``plain``: retraining without faults: BatchNorm frozen, gradient-norm clipping;
-* ``faulty``: the same with ``train.FaultInjector`` attached at ``--rate`` (a new random chip
+* ``faulty``: the same with ``training.injection.FaultInjector`` attached at ``--rate`` (a new random chip
   every step);
 * ``pretrain``: pretraining: BatchNorm in training mode, no clipping;
 * ``distill`` (with ``--distill``): ``faulty`` plus distillation from a clean teacher
@@ -46,7 +46,10 @@ if __package__ in (None, ""):  # run as a script from a checkout that was not pi
 from ftdeploy.data import augment, normalize  # noqa: E402
 from ftdeploy.models import create_model
 from ftdeploy.profiles import load_profile
-from ftdeploy.train import FaultInjector, TrainConfig, freeze_batchnorm, pick_device, sgd_step
+from ftdeploy.devices import pick_device
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.injection import FaultInjector, freeze_batchnorm
+from ftdeploy.training.loop import sgd_step
 
 REQUIREMENT = 1.25  # product requirement on fault-injected / plain epoch time
 KINDS = ("plain", "faulty", "pretrain")

@@ -12,7 +12,7 @@ from ftdeploy.data import load_data
 from ftdeploy.figures import summarize_chips
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.profiles import load_profile
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 resolved = load_profile("demo")
 ckpt = load_checkpoint(sys.argv[1])

@@ -2,6 +2,7 @@
 the target's codes, codes laid onto cell levels. The exporter writes these levels into ONNX; the
 PyTorch backend of the chip-population evaluator (:class:`TorchBackend`) swaps in the levels of
 any chip, so chip k of a source is the same chip here and in the ONNX Runtime sign-off.
+:func:`deployed_accuracy` measures a model so (the trainer's per-epoch check, pruning's).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import normalize
+from .data import DataBundle, normalize
 from .mapping import Mapping, make_mapping, quantize_codes, scale_of
 from .models import deployed_layers, fold_batchnorm
 from .nonideality import CellRange, ChipDraw, FaultModel
-from .population import Backend
+from .population import Backend, SimulatedChips, chip_accuracies
 from .profiles import BatchNormPlacement, Target
 
 #: Images per forward pass of the PyTorch backend.
@@ -116,3 +117,18 @@ class TorchBackend(Backend):
         xb = normalize(self.x[start:stop].to(self.net.device), self.mean, self.std)
         pred = self.net.model(xb).argmax(1)
         return int((pred.cpu() == self.y[start:stop]).sum().item())
+
+
+def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device, chips: int = 0, rate: float = 0.0,
+                      faults: FaultModel | None = None, seed: int = 0) -> tuple[float, float | None]:  # fmt: skip
+    """(fault-free deployed accuracy, mean accuracy of ``chips`` chips of ``faults`` at stuck-at
+    ``rate``) on the validation split; no chips, no second figure."""
+    backend = DeployedNetwork(model, target, device).backend(data.val_x, data.val_y, data.mean, data.std)
+    clean = backend.accuracy()
+    if not chips:
+        return clean, None
+    population = (faults or FaultModel()).at_rate(rate)
+    if population.is_identity:
+        return clean, None
+    accs = chip_accuracies(backend, SimulatedChips(population, rate, seed, chips))
+    return clean, sum(accs) / len(accs)

@@ -6,66 +6,156 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
+from .choices import BatchNormMode, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
+
+
+class _FlagsTakeNoValue:
+    """typer labels every flag ``<bool>`` in --help (--help itself too), as if it took a value;
+    a flag takes none, so its label is left empty and --help shows the flag alone."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """A typer app whose commands are :class:`_Command` s."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
 
 # Markdown: a command's docstring wraps to the terminal as one paragraph, not at the line breaks
 # of its source (rich mode keeps those, leaving ragged half-lines in every --help).
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
-                  help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
-profile_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="List, show and validate deployment profiles.")
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+           help="Train, export and sign off DNNs for faulty ReRAM processing-in-memory chips.")  # fmt: skip
+profile_app = _App(cls=_Group, no_args_is_help=True, rich_markup_mode="markdown", help="List, show and validate deployment profiles.")
 app.add_typer(profile_app, name="profile")
 
+# --- options several commands share, declared once ---------------------------------------------
+# A default that comes from the profile names its field there; resolution: ftdeploy.resolve. The
+# declarations run on every start, `--help` included, so they import nothing heavy: choices come
+# from ftdeploy.choices, and these defaults are TrainConfig's (a test holds them equal; reading
+# them from TrainConfig would import pydantic, numpy and torch before any --help).
+_TRAIN_DEFAULTS = {"eval_chips": 3, "device": "auto"}
+
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
-DataOpt = Annotated[
-    Optional[str],
-    typer.Option("--data", help="embedded (default), cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE."),
+_DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
+DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
+CheckpointDataOpt = Annotated[
+    Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: the one the checkpoint was trained on.")
 ]
-ValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out (stratified, seeded).")]
-def _checked_device(name: str) -> str:
+_VAL_SPLIT = "Validation images held out (stratified, seeded)."
+ValSplitOpt = Annotated[
+    Optional[int],
+    typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the dataset's own held-out part where it has one, else a tenth of its images."),
+]
+CheckpointValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the checkpoint's split.")]
+
+
+def _checked_device(name: str | None) -> str | None:
     """--device is checked as the command line is read: a CUDA device this machine lacks is one
     line before any data loads, not a traceback from the first tensor moved there."""
-    from .train import pick_device
+    if name is not None:
+        from .devices import pick_device
 
-    pick_device(name)
+        pick_device(name)
     return name
 
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda[:N].", callback=_checked_device)]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
+                 callback=_checked_device),
+]
+ChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Chips simulated per rate. Default: the profile's signoff.chips.")]
+
+
+def _max_images_opt(default: str):
+    return Annotated[Optional[int], typer.Option("--max-images", help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
+
+
+SignOffMaxImagesOpt = _max_images_opt("the profile's signoff.max_images (all images where it sets none)")
+SweepMaxImagesOpt = _max_images_opt("all of them (not the profile's signoff.max_images)")
+ChipSeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--chip-seed", min=0, help="Seed of the simulated chip population (same seed, same chips). Default: the profile's signoff.seed."),
+]
+
+
+def _train_seed_opt(default: str):
+    return Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of a training's initial weights, data order and fault draws "
+                                                                             f"(the validation split keeps its own). Default: {default}.")]
+
+
+TrainSeedOpt = _train_seed_opt("the profile's training.seed")
+# A sweep's trainings default to its chip seed: another training seed on the same chips says how
+# much of a row is the luck of one training.
+SweepTrainSeedOpt = _train_seed_opt("the chip seed (--chip-seed)")
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
+
+
 # The retraining recipe's options: each defaults to the profile's training section (built-in
-# defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned with.
-FROM_PROFILE = " Default: the profile's training section."
-BnOpt = Annotated[Optional[str], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + FROM_PROFILE)]
-StuckGradOpt = Annotated[Optional[str], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + FROM_PROFILE)]
+# defaults: ftdeploy.profiles.RetrainingRecipe), so a profile can carry the recipe it was tuned
+# with; each choice option takes the values its recipe field does (ftdeploy.choices).
+def _from_profile(field: str) -> str:
+    return f" Default: the profile's training.{field}."
+
+
+BnOpt = Annotated[Optional[BatchNormMode], typer.Option("--bn", help="Retraining BatchNorm: frozen (deployment-exact) or train." + _from_profile("bn"))]
+StuckGradOpt = Annotated[
+    Optional[StuckGrad], typer.Option("--stuck-grad", help="Gradient of weights with a stuck cell: block or pass." + _from_profile("stuck_grad"))
+]
 ScaleGradOpt = Annotated[
-    Optional[str], typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + FROM_PROFILE)
+    Optional[ScaleGrad],
+    typer.Option("--scale-grad", help="Gradient through the full scale a stuck-on cell injects: learn or detach." + _from_profile("scale_grad")),
 ]
 UnbiasOpt = Annotated[
     Optional[bool],
     typer.Option("--unbias-faults/--raw-faults",
-                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them." + FROM_PROFILE),
+                 help="Training chips' weights divided by their expected shrink under faults (inverted-dropout style), or as the chip reads them." + _from_profile("unbias_faults")),
 ]
 CleanStepsOpt = Annotated[
-    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + FROM_PROFILE)
+    Optional[float], typer.Option("--clean-steps", help="Fraction (0-1) of retraining steps on a fault-free chip, spread evenly; 0: none." + _from_profile("clean_steps"))
 ]
 WeightClipOpt = Annotated[
-    Optional[float], typer.Option("--weight-clip", help="Clip each layer's weights, as its cells hold them, to ± K standard deviations after every retraining step; 0: off." + FROM_PROFILE)
+    Optional[float], typer.Option("--weight-clip", help="Clip each layer's weights, as its cells hold them, to ± K standard deviations after every retraining step; 0: off." + _from_profile("weight_clip"))
 ]
 DistillOpt = Annotated[
-    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + FROM_PROFILE)
+    Optional[float], typer.Option("--distill", help="Weight (0-1) of distillation from the --from model's clean outputs; 0: off." + _from_profile("distill"))
 ]
 ProgressiveBlocksOpt = Annotated[
-    Optional[str], typer.Option("--progressive-blocks",
-                                help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + FROM_PROFILE)
+    Optional[ProgressiveBlocks],
+    typer.Option("--progressive-blocks",
+                 help="Progressive epochs: split among the rates, or each: --epochs at every rate, the learning rate restarting (the paper's Algorithm 1)." + _from_profile("progressive_blocks")),
 ]
-RateWarmupOpt = Annotated[Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + FROM_PROFILE)]
+RateWarmupOpt = Annotated[
+    Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + _from_profile("rate_warmup_epochs"))
+]
 EvalChipsOpt = Annotated[
-    int, typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only.")
+    Optional[int], typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
+                                                            f"Default: {_TRAIN_DEFAULTS['eval_chips']}.")
 ]
 
 
@@ -100,28 +190,6 @@ def _out_file(path: Path) -> Path:
     if blocking is not None:
         raise ConfigError(f"--out: {blocking} is a file; expected a folder to write {path.name} into")
     return path
-
-
-#: Defaults of the training options declared below, as TrainConfig has them (a test holds them
-#: equal). Not read from TrainConfig: ftdeploy.train imports torch, and the declarations run on
-#: every start, so each `ftdeploy --help` would wait a second or more for it.
-_TRAIN_DEFAULTS = {"eval_chips": 3}
-
-
-def _train_default(field: str):
-    """A training option's default, TrainConfig's."""
-    return _TRAIN_DEFAULTS[field]
-
-
-def _given(value, default):
-    """An option as typed, else its default. Not ``value or default``: a typed 0 (``--epochs 0``)
-    must reach the checks that refuse it, not turn silently into the profile's value."""
-    return default if value is None else value
-
-
-def _recipe(defaults, **given) -> dict:
-    """The retraining recipe: each option as given on the command line, else the profile's."""
-    return defaults.recipe() | {field: value for field, value in given.items() if value is not None}
 
 
 def _version(value: bool):
@@ -221,16 +289,17 @@ def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry n
 def train_cmd(
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
-    model: Annotated[Optional[str], typer.Option("--model", help="Model name; default: the profile's.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TrainConfig YAML file (a run's config.yaml): the fields it sets over the profile's defaults; options typed here over both.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model name. Default: the --from checkpoint's, else the profile's training.model.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="pretrain | one-shot | progressive.")] = None,
-    target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T; default: the profile's.")] = None,
-    rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    method: Annotated[Optional[TrainMethod], typer.Option("--method", help="pretrain (no faults), one-shot (P_sa^T throughout) or progressive (ascending rates). Default: the profile's training.method.")] = None,
+    target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T, the (last) training stuck-at rate. Default: the profile's training.target_rate.")] = None,
+    rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated, ending at P_sa^T. Default: the profile's training.progressive_rates where they end there, else the two ladder rates below P_sa^T, then P_sa^T.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the run (per rate with --progressive-blocks each). Default: the profile's training.epochs, or training.pretrain_epochs with --method pretrain.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate; default: the profile's.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (of the pretraining too, where one runs first). Default: the profile's training.retrain_lr, or training.lr for a pretraining.")] = None,
+    batch_size: BatchSizeOpt = None,
     bn: BnOpt = None,
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
@@ -239,10 +308,10 @@ def train_cmd(
     weight_clip: WeightClipOpt = None,
     rate_warmup: RateWarmupOpt = None,
     distill: DistillOpt = None,
-    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initial weights, data order and training faults; default: the profile's. The validation split keeps its own seed.")] = None,
+    eval_chips: EvalChipsOpt = None,
+    train_seed: TrainSeedOpt = None,
     from_ckpt: Annotated[Optional[Path], typer.Option("--from", help="Pretrained checkpoint to retrain; without it, pretrain first.")] = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt, resume.pt and summary.csv are deleted as training starts).")] = False,
 ):
@@ -252,46 +321,31 @@ def train_cmd(
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
     finished one is kept as it is). An --out that holds a run is refused without --resume or --force."""
     from .data import load_data
-    from .profiles import RetrainingRecipe, load_profile
-    from .train import check_model_fits, load_checkpoint, make_train_config, progressive_rates_for, quiet_progress, train
+    from .profiles import load_profile
+    from .resolve import NO_FILE, pretraining_config, train_config
+    from .training.checkpoint import load_checkpoint
+    from .training.config import read_config_file
+    from .training.loop import train
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    method = method or d.method.value
-    if method not in ("pretrain", "one-shot", "progressive"):
-        raise ConfigError(f"--method: expected pretrain, one-shot or progressive, found {method!r}")
-    typed_recipe = dict(progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
-                        unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
-                        rate_warmup_epochs=rate_warmup, distill=distill)  # fmt: skip
-    if method == "pretrain":
-        _refuse_recipe_on_pretraining(typed_recipe)
-    target_rate = d.target_rate if target_rate is None else target_rate
-    prog_rates = _parse_rates(rates, "--rates") if rates else progressive_rates_for(target_rate, d)
-    if method == "progressive" and prog_rates[-1] != target_rate:
-        raise ConfigError(f"--rates: progressive rates must end at --target-rate {target_rate:g}, found {rates}")
+    file = read_config_file(config) if config else NO_FILE
     init = load_checkpoint(from_ckpt) if from_ckpt else None
-    if init and model:  # before the data load, not after it
-        check_model_fits(model, init)
-    model = model or (init["model"] if init else d.model)  # a retraining keeps its checkpoint's model
-    common = dict(model=model, batch_size=_given(batch_size, d.batch_size), weight_decay=d.weight_decay,
-                  seed=d.seed if seed is None else seed, device=device, faults=resolved.profile.training_faults)  # fmt: skip
-    # The profile's recipe is for retraining; a pretraining takes none of it (nor, above, a typed one).
-    recipe = _recipe(d if method != "pretrain" else RetrainingRecipe(), **typed_recipe)
+    typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
+                 epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
+                 scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
+                 rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
     # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
-    cfg = make_train_config(
-        method=method, target_rate=target_rate, progressive_rates=prog_rates, **recipe, eval_chips=eval_chips,
-        epochs=_given(epochs, d.pretrain_epochs if method == "pretrain" else d.epochs),
-        lr=_given(lr, d.lr if method == "pretrain" else d.retrain_lr), **common,
-    )  # fmt: skip
-    pre_cfg = make_train_config(method="pretrain", epochs=d.pretrain_epochs, lr=_given(lr, d.lr), **common)
-    run_dirs = {out: cfg, out / "pretrain": pre_cfg} if init is None and method != "pretrain" else {out: cfg}
+    # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
+    cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
+    pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
+    run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
     _refuse_training_over_a_run(run_dirs, resume, force)
     bundle = load_data(data, val_split)
     _echo(f"data: {bundle.description}")
     if force:
         _discard_runs(run_dirs)
-    with quiet_progress(True) as progress:
-        if init is None and method != "pretrain":
+    with _progress_bar() as progress:
+        if pre_cfg is not None:
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
@@ -308,7 +362,7 @@ def _run_held(folder: Path, config) -> tuple[str, str] | None:
     interrupted, other (settings other than ``config``'s, so not resumable) or unreadable; None
     where it left no checkpoint."""
     from .errors import ModelError
-    from .train import load_checkpoint, run_differences
+    from .training.checkpoint import load_checkpoint, run_differences
 
     if not (folder / "model.pt").is_file():
         return ("interrupted", "an interrupted run (resume.pt, no model.pt yet)") if (folder / "resume.pt").is_file() else None
@@ -369,22 +423,6 @@ def screen_pass_lines(passes: list[tuple[str, Path]], profile) -> list[str]:
     return lines
 
 
-def _refuse_recipe_on_pretraining(typed: dict) -> None:
-    """A pretraining injects no faults, so every retraining-recipe option would change nothing
-    there: typed with --method pretrain it is a mistake (say, meant for the retraining that
-    follows), and one line says so rather than a run that silently ignores it."""
-    from .train import TRAIN_OPTIONS
-
-    for field, value in typed.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):  # a flag pair: name the one typed
-            option, shown = TRAIN_OPTIONS[field].split("/")[0 if value else 1], ""
-        else:
-            option, shown = TRAIN_OPTIONS[field], f" (found {value:g})" if isinstance(value, float) else f" (found {value})"
-        raise ConfigError(f"{option}: a fault-tolerant retraining option; --method pretrain injects no faults and takes none{shown}")
-
-
 def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.2f} %"
 
@@ -422,8 +460,8 @@ def equalize_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to equalize (ftdeploy model.pt).")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).", callback=_out_file)],
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec to measure on; default: the checkpoint's.")] = None,
-    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
+    data: CheckpointDataOpt = None,
+    val_split: CheckpointValSplitOpt = None,
 ):
     """Equalize channel ranges for a target with BatchNorm in the periphery: each conv output
     channel scaled up to its layer's largest weight and its BatchNorm statistics with it. The
@@ -433,7 +471,7 @@ def equalize_cmd(
     from .equalize import check_equalizable, equalize_checkpoint
     from .files import sha256_file
     from .profiles import load_profile
-    from .train import load_checkpoint, save_atomic
+    from .training.checkpoint import load_checkpoint, save_atomic
 
     resolved = load_profile(profile)
     check_equalizable(resolved.target)  # before any data is decoded
@@ -459,7 +497,7 @@ def export_cmd(
     else in metadata."""
     from .export import export_onnx
     from .profiles import load_profile
-    from .train import load_checkpoint
+    from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
     ckpt_data = load_checkpoint(ckpt)
@@ -477,9 +515,9 @@ def verify_cmd(
     profile: ProfileOpt,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per rate; default: the profile's.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's.")] = None,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N images.")] = None,
+    chips: ChipsOpt = None,
+    chip_seed: ChipSeedOpt = None,
+    max_images: SignOffMaxImagesOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
@@ -487,14 +525,13 @@ def verify_cmd(
     from .errors import SignOffFailed
     from .profiles import load_profile
     from .report import verdict_lines, write_report
-    from .train import quiet_progress
     from .verify import verify_onnx
 
     resolved = load_profile(profile)
     _refuse_a_checkpoint(onnx_file, profile)
-    with quiet_progress(True) as progress:
+    with _progress_bar() as progress:
         log = progress.console.print if progress else _err
-        report = verify_onnx(onnx_file, resolved, data, chips, seed, val_split=val_split, max_images=max_images,
+        report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, val_split=val_split, max_images=max_images,
                              progress=progress, log=log)  # fmt: skip
     for line in verdict_lines(report):
         _echo(line)
@@ -539,15 +576,16 @@ def _err(text: str) -> None:
 def prune_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to prune (ftdeploy model.pt, usually a pretrained one).")],
     profile: ProfileOpt,
-    method: Annotated[str, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) | admm (Zhang et al. 2018).")],
+    method: Annotated[PruneMethod, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) or admm (Zhang et al. 2018).")],
     sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of weights zeroed in each pruned layer, in (0, 1).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs; default: the profile's retraining epochs.")] = None,
-    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning; default: as --epochs.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning; default: the profile's retrain_lr.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset spec (as train); default: the one the checkpoint was trained on.")] = None,
-    val_split: Annotated[Optional[int], typer.Option("--val-split", help="Validation images held out; default: the checkpoint's split.")] = None,
-    device: DeviceOpt = "auto",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs. Default: the profile's training.epochs.")] = None,
+    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning. Default: as --epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning. Default: the profile's training.retrain_lr.")] = None,
+    data: CheckpointDataOpt = None,
+    val_split: CheckpointValSplitOpt = None,
+    train_seed: TrainSeedOpt = None,
+    device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
@@ -555,17 +593,15 @@ def prune_cmd(
     from .data import checkpoint_data
     from .profiles import load_profile
     from .prune import PruneConfig, prune
-    from .train import load_checkpoint, quiet_progress
+    from .resolve import prune_settings
+    from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    epochs = d.epochs if epochs is None else epochs
-    config = PruneConfig(method=method, sparsity=sparsity, epochs=epochs, admm_epochs=epochs if admm_epochs is None else admm_epochs,
-                         lr=_given(lr, d.retrain_lr), batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed,
-                         device=device)  # fmt: skip
+    typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, seed=train_seed, device=device)
+    config = PruneConfig(method=method, sparsity=sparsity, **prune_settings(resolved.profile, typed))
     bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
-    with quiet_progress(True) as progress:
+    with _progress_bar() as progress:
         log = progress.console.print if progress else _echo
         result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
                        log=log, resume=resume)  # fmt: skip
@@ -582,54 +618,52 @@ def sweep_cmd(
     from_ckpt: Annotated[Path, typer.Option("--from", help="Pretrained checkpoint: the baseline row and every retraining's start.")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (runs/, results/, table.md/.csv/.json).", callback=_out_folder)],
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: one-shot, progressive.")] = "one-shot,progressive",
+    methods: Annotated[str, typer.Option("--methods", metavar=f"<{'|'.join(get_args(RetrainMethod))}>,...", help="Retraining methods, comma separated.")] = "one-shot,progressive",
     train_rates: Annotated[str, typer.Option("--train-rates", help="Comma-separated P_sa^T values.")] = "0.01,0.05,0.1",
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
     ss_rates: Annotated[Optional[str], typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated; each must be a --test-rates one. Default: 0.01 and 0.02 where tested.")] = None,
-    chips: Annotated[Optional[int], typer.Option("--chips", help="Chips per test rate; default: the profile's.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each); default: the profile's.")] = None,
+    chips: ChipsOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each). Default: the profile's training.epochs.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Retraining peak learning rate; default: the profile's.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step; default: the profile's.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of every retraining. Default: the profile's training.retrain_lr.")] = None,
+    batch_size: BatchSizeOpt = None,
     bn: BnOpt = None,
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Evaluate on a stratified subset of at most N validation images.")] = None,
+    max_images: SweepMaxImagesOpt = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = None,
     unbias_faults: UnbiasOpt = None,
     clean_steps: CleanStepsOpt = None,
     weight_clip: WeightClipOpt = None,
     distill: DistillOpt = None,
-    eval_chips: EvalChipsOpt = _train_default("eval_chips"),
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Chip population seed; default: the profile's sign-off seed.")] = None,
-    train_seed: Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of every retraining's data order and fault draws; default: the chip seed (--seed). Another one, on the same chips, says how much of a row is the luck of one training.")] = None,
+    eval_chips: EvalChipsOpt = None,
+    chip_seed: ChipSeedOpt = None,
+    train_seed: SweepTrainSeedOpt = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ):
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
     from .data import load_data
     from .files import folder_given
     from .profiles import load_profile
+    from .resolve import signoff_settings, train_config
     from .sweep import SweepSettings, run_sweep
-    from .train import make_train_config
 
     resolved = load_profile(profile)
-    d = resolved.profile.training
-    seed = resolved.profile.signoff.seed if seed is None else seed
+    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
-    # then sets its own method and rates (SweepSettings.train_config).
-    recipe = make_train_config(
-        method="one-shot", epochs=_given(epochs, d.epochs), lr=_given(lr, d.retrain_lr), batch_size=_given(batch_size, d.batch_size),
-        weight_decay=d.weight_decay, eval_chips=eval_chips, seed=seed if train_seed is None else train_seed, device=device,
-        **_recipe(d, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad, scale_grad=scale_grad,
-                  unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip, rate_warmup_epochs=rate_warmup,
-                  distill=distill),
-    )  # fmt: skip
+    # then sets its own method, rates, model and faults (SweepSettings.train_config). The
+    # trainings' seed stands in for the profile's training seed with the chip seed.
+    typed = dict(method="one-shot", epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn,
+                 stuck_grad=stuck_grad, scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps,
+                 weight_clip=weight_clip, rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed,
+                 device=device)  # fmt: skip
+    recipe = train_config(resolved.profile, typed, defaults={"seed": screen.seed})
     if from_ckpt.is_dir():
         raise ConfigError("--from: " + folder_given(from_ckpt, "a checkpoint file", "model.pt"))
     if not from_ckpt.is_file():
@@ -639,7 +673,7 @@ def sweep_cmd(
     tested, trained = _parse_rates(test_rates, "--test-rates"), _parse_rates(train_rates, "--train-rates")
     settings = SweepSettings(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
-        chips=_given(chips, resolved.profile.signoff.chips), seed=seed, recipe=recipe, data_spec=data, val_split=val_split,
+        chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
@@ -661,7 +695,7 @@ def sweep_cmd(
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the three runs, ONNX files and reports.", callback=_out_folder)] = Path("demo-out"),
     profile: ProfileOpt = "demo",
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
 ):
     """Pretrain, retrain one-shot and progressive, export and sign off the models on the embedded
     data (the pretrained one also equalised, where the target allows), and print them side by
@@ -706,6 +740,20 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         _echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
 
 
+@contextmanager
+def _progress_bar():
+    """A rich progress bar on a terminal, nothing (plain per-epoch lines) when piped."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as p:  # stdout stays clean for results
+        yield p
+
+
 def _interrupt(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second TERM must not cut the clean exit short
     raise KeyboardInterrupt
@@ -741,6 +789,9 @@ def _run_app() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        if isinstance(exc, _click_classes("BadParameter")):  # a value the option refuses (a choice, a range): one line
+            print(f"error: {exc.format_message().replace('Value error, ', '')}", file=sys.stderr)
+            sys.exit(2)
         if isinstance(exc, _click_classes("ClickException")):
             exc.show()
             sys.exit(2)

@@ -18,7 +18,8 @@ from .equalize import equalize_checkpoint, equalizes
 from .export import export_onnx
 from .profiles import ResolvedProfile
 from .report import write_report
-from .train import TrainConfig, progressive_rates_for, train
+from .resolve import pretraining_config, train_config
+from .training.loop import train
 from .verify import verify_onnx
 
 #: The demo's models, in table order; "equalized" only where the target can equalise.
@@ -27,25 +28,21 @@ RETRAINED = ("one-shot", "progressive")
 LEGEND = {"equalized": "the baseline with its channel ranges equalised (ftdeploy equalize), not retrained"}
 
 
-def run_demo(resolved: ResolvedProfile, out: Path, device: str = "auto", log: Callable[[str], None] = print) -> dict:
-    """Run every stage; return {model: report} (the ONNX Runtime sign-off reports)."""
-    d = resolved.profile.training
+def run_demo(resolved: ResolvedProfile, out: Path, device: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run every stage with the profile's training settings on ``device`` (default: auto);
+    return {model: report} (the ONNX Runtime sign-off reports)."""
     data = load_data(None)
     log(f"data: {data.description}")
-    common = dict(model=d.model, batch_size=d.batch_size, weight_decay=d.weight_decay, seed=d.seed, device=device,
-                  faults=resolved.profile.training_faults)  # fmt: skip
     runs = {}
-    log(f"[1/4] pretraining {d.model} for {d.pretrain_epochs} epochs")
-    pre = train(TrainConfig(method="pretrain", epochs=d.pretrain_epochs, lr=d.lr, **common), data, resolved.target,
-                out / "baseline", profile_name=resolved.profile.name)  # fmt: skip
+    pre_cfg = pretraining_config(resolved.profile, {"device": device})
+    log(f"[1/4] pretraining {pre_cfg.model} for {pre_cfg.epochs} epochs")
+    pre = train(pre_cfg, data, resolved.target, out / "baseline", profile_name=resolved.profile.name)
     runs["baseline"] = pre
     if equalizes(resolved.target):
         runs["equalized"] = equalize_checkpoint(pre, resolved.target, data)
-    prog_rates = progressive_rates_for(d.target_rate, d)
     for i, method in enumerate(RETRAINED, start=2):
-        log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {d.target_rate:g} for {d.epochs} epochs")
-        cfg = TrainConfig(method=method, target_rate=d.target_rate, progressive_rates=prog_rates, epochs=d.epochs,
-                          lr=d.retrain_lr, eval_chips=0, **d.recipe(), **common)  # fmt: skip
+        cfg = train_config(resolved.profile, dict(method=method, eval_chips=0, device=device))  # no per-epoch chips: the sign-off measures
+        log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {cfg.target_rate:g} for {cfg.epochs} epochs")
         runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name)
     log(f"[4/4] export to ONNX and sign-off on {resolved.profile.signoff.chips} chips per rate with ONNX Runtime")
     reports = {}

@@ -33,9 +33,10 @@ import torch.nn as nn
 from .chip import DeployedNetwork
 from .data import DataBundle, ValidationSet
 from .errors import ConfigError, DataError
+from .mapping import ScaleGranularity
 from .models import conv_bn_pairs
-from .profiles import BatchNormPlacement, ScaleGranularity, Target
-from .train import clean_state_dict, model_from_checkpoint
+from .profiles import BatchNormPlacement, Target
+from .training.checkpoint import clean_state_dict, model_from_checkpoint
 
 
 @dataclass(frozen=True)

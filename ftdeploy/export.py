@@ -60,6 +60,7 @@ from .mapping import Mapping, crossbar_tiles
 from .onnx_format import (FORMAT, HASH_KEY, INPUT_NAME, OUTPUT_NAME, PREFIX, TEXT_KEYS, cell_weight_name, content_hash,
                           read_metadata, zero_point_name)
 from .profiles import BatchNormPlacement, ResolvedProfile, Target
+from .training.checkpoint import model_from_checkpoint
 
 #: Parity of ONNX Runtime against PyTorch, on logits: |ort - torch| <= ATOL + RTOL * max|torch|.
 #: The weights are bit-identical (see module docstring); only the float32 accumulation order of
@@ -76,14 +77,12 @@ _REQUIRED_CKPT_KEYS = ("model", "num_classes", "state_dict", "normalization")
 
 
 def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True) -> dict:
-    """Export a loaded checkpoint (``train.load_checkpoint``) for ``resolved.target`` to ``out``.
+    """Export a loaded checkpoint (:func:`ftdeploy.training.checkpoint.load_checkpoint`) for ``resolved.target`` to ``out``.
 
     The file is checked (``onnx.checker`` full check and, with ``check_parity``, ONNX Runtime
     against PyTorch on a fixed random batch) and written atomically: on any failure nothing is
     left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals.
     Raises :class:`ExportError` (or ``ModelError`` for a checkpoint that does not fit)."""
-    from .train import model_from_checkpoint  # late: train imports much more than export needs
-
     out = Path(out)
     _check_checkpoint(ckpt)
     if out.is_dir():

@@ -11,7 +11,9 @@ which is what the crossbar periphery does (column currents subtracted and shifte
 ONNX expresses with DequantizeLinear/Sub/Add, and what keeps training differentiable.
 
 The code works on numpy arrays and torch tensors alike (the verifier uses numpy, the trainer
-torch), so the mapping is written once. Adding a mapping is one class and one registry line.
+torch), so the mapping is written once; torch is imported only where a tensor is handled, so
+reading a profile (which checks its target's mapping here) never loads it. Adding a mapping is
+one class and one registry line.
 What happens *to* cells (stuck-at faults, ...) is not here: see :mod:`ftdeploy.faults`.
 """
 
@@ -19,15 +21,41 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
-import torch
 
-from .arrays import array_namespace
+from .arrays import array_namespace, as_float32
 
 if TYPE_CHECKING:
-    from .profiles import Target
+    import torch
+
+
+class ScaleGranularity(str, Enum):
+    """Which weights share one conductance-to-weight scale factor (one DAC/ADC gain)."""
+
+    layer = "layer"  # one scale per layer, as the paper's fault model assumes
+    channel = "channel"  # one scale per output channel (column group), a finer periphery
+
+
+class TargetSpec(Protocol):
+    """What a mapping reads of a chip family. :class:`ftdeploy.profiles.Target` is one; this
+    module names only the fields it uses, so that the profile schema (which checks its mapping
+    name against :data:`MAPPINGS`) can import this module without this module importing it."""
+
+    mapping: str
+    bits_per_cell: int
+    weight_bits: int
+    scale: ScaleGranularity
+    tile_rows: int
+    tile_cols: int
+
+    @property
+    def levels_per_cell(self) -> int: ...
+
+    @property
+    def max_code(self) -> int: ...
 
 
 class Mapping(ABC):
@@ -36,13 +64,13 @@ class Mapping(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, target: "Target"):
+    def __init__(self, target: TargetSpec):
         self.target = target
         self.max_code = target.max_code
         self.max_level = target.levels_per_cell - 1
 
     @classmethod
-    def check_target(cls, target: "Target") -> None:
+    def check_target(cls, target: TargetSpec) -> None:
         """Raise ValueError when the target's cells cannot hold its weights this way."""
 
     @property
@@ -67,8 +95,7 @@ class Mapping(ABC):
 
     def decode(self, levels):
         """Levels (cells, ...) -> float32 codes. Exact: every term is a small integer."""
-        xp = array_namespace(levels)
-        f = levels.to(torch.float32) if xp is torch else levels.astype(np.float32)
+        f = as_float32(levels)
         code = f[0] * float(self.coefficients[0])
         for c in range(1, self.cells_per_weight):
             code = code + f[c] * float(self.coefficients[c])
@@ -189,17 +216,15 @@ MAPPINGS: dict[str, type[Mapping]] = {
 }
 
 
-def make_mapping(target: "Target") -> Mapping:
+def make_mapping(target: TargetSpec) -> Mapping:
     return MAPPINGS[target.mapping](target)
 
 
-def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
+def scale_of(weight: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Weight per code step: max|W|/Q over the layer, or per output channel. Shaped to
     broadcast against ``weight``. Differentiable, so training can shrink the full-scale value
     a stuck-on cell produces. A zero layer (or channel) gets scale 1/Q (all codes 0) instead of
     dividing by 0."""
-    from .profiles import ScaleGranularity
-
     if target.scale is ScaleGranularity.channel:
         peak = weight.abs().flatten(1).amax(1)
         peak = peak.reshape(-1, *([1] * (weight.dim() - 1)))
@@ -208,18 +233,22 @@ def scale_of(weight: torch.Tensor, target: "Target") -> torch.Tensor:
     return scale_from_peak(peak, target)
 
 
-def scale_from_peak(peak: torch.Tensor, target: "Target") -> torch.Tensor:
+def scale_from_peak(peak: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Scale of a group of weights from its largest magnitude; a zero group gets 1/Q."""
+    import torch
+
     return torch.where(peak > 0, peak, torch.ones_like(peak)) / target.max_code
 
 
-def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: "Target") -> torch.Tensor:
+def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """Integer codes (as int32) of a weight at a scale; round half to even, clipped to ±Q."""
+    import torch
+
     q = torch.round(weight / scale).clamp(-target.max_code, target.max_code)
     return q.to(torch.int32)
 
 
-def crossbar_tiles(weight_shape: tuple[int, ...], target: "Target", mapping: Mapping) -> dict:
+def crossbar_tiles(weight_shape: tuple[int, ...], target: TargetSpec, mapping: Mapping) -> dict:
     """How a layer lands on tiles: inputs on rows, each output's cells on adjacent columns."""
     rows = int(np.prod(weight_shape[1:]))
     cols = int(weight_shape[0]) * mapping.cells_per_weight

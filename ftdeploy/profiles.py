@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .choices import BatchNormMode, ProgressiveBlocks, ScaleGrad, StuckGrad
 from .errors import ConfigError
+from .mapping import MAPPINGS, ScaleGranularity
 from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,13 +51,6 @@ class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt limit must never be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScaleGranularity(str, Enum):
-    """Which weights share one conductance-to-weight scale factor (one DAC/ADC gain)."""
-
-    layer = "layer"  # one scale per layer, as the paper's fault model assumes
-    channel = "channel"  # one scale per output channel (column group), a finer periphery
 
 
 class BatchNormPlacement(str, Enum):
@@ -88,8 +83,6 @@ class Target(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Target":
-        from .mapping import MAPPINGS  # late import: mapping depends on this module's types
-
         if self.g_on_uS <= self.g_off_uS:
             raise ValueError(f"g_on_uS ({self.g_on_uS}) must exceed g_off_uS ({self.g_off_uS})")
         if self.mapping not in MAPPINGS:
@@ -187,12 +180,12 @@ class Method(str, Enum):
 
 class RetrainingRecipe(BaseModel):
     """How fault-tolerant retraining trains, beyond its method, rates, length and learning rate:
-    the options the README's recipe section explains. Written once here, shared by a profile's
-    training defaults and by every run's :class:`ftdeploy.train.TrainConfig`."""
+    the options ``ftdeploy.training`` explains. Written once here, shared by a profile's
+    training defaults and by every run's :class:`ftdeploy.training.config.TrainConfig`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    progressive_blocks: Literal["split", "each"] = Field(
+    progressive_blocks: ProgressiveBlocks = Field(
         "split",
         description="How progressive retraining spends its epochs. split: the run's epochs divided among the rates, "
                     "under one learning-rate schedule. each: every rate gets the full epochs with its own warm-up and "
@@ -202,19 +195,19 @@ class RetrainingRecipe(BaseModel):
     rate_warmup_epochs: float = Field(
         2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
     )
-    bn: Literal["frozen", "train"] = Field(
+    bn: BatchNormMode = Field(
         "frozen",
         description="Retraining BatchNorm. frozen: statistics stay at their pretrained values (γ and β train) and faults hit "
                     "exactly the weights the cells hold, as on the deployed chip. train: training mode, which renormalises each "
                     "batch and so absorbs the shift a stuck cell causes, as the chip never does.",
     )
-    stuck_grad: Literal["block", "pass"] = Field(
+    stuck_grad: StuckGrad = Field(
         "block",
         description="Gradient of a weight with a stuck cell. block: none (on that chip the cell ignores programming, so "
                     "its gradient is noise); pass: as if the cell were healthy. Healthy weights train through a "
                     "straight-through quantiser at the target's weight bits either way.",
     )  # fmt: skip
-    scale_grad: Literal["learn", "detach"] = Field(
+    scale_grad: ScaleGrad = Field(
         "learn",
         description="Gradient through the full scale a stuck-on cell injects (max|W| of its layer or channel): "
                     "learn lets training shrink the layer's largest weights; detach holds it constant in each step.",
@@ -344,7 +337,9 @@ def _validation_lines(path: Path, err: ValidationError) -> list[str]:
     return lines
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds; ConfigError (one line naming the file) when it is missing,
+    a folder, unreadable, not YAML or not a mapping."""
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, expected a YAML file")
     if not path.is_file():
@@ -362,7 +357,9 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _validated(model: type[BaseModel], data: dict, path: Path):
+def validated(model: type[BaseModel], data: dict, path: Path):
+    """``data`` read from ``path`` as ``model``; ConfigError with one line per bad field, each
+    naming the file and the field."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -370,7 +367,7 @@ def _validated(model: type[BaseModel], data: dict, path: Path):
 
 
 def _parse(model: type[BaseModel], path: Path):
-    return _validated(model, _read_yaml(path), path)
+    return validated(model, read_yaml(path), path)
 
 
 def _is_path(ref: str) -> bool:
@@ -429,7 +426,7 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
     """The fields of the profile at ``path`` over those of the profiles it extends, and those
     profiles' files, nearest first. Each base must be a valid profile on its own, so a bad field
     there is reported in its own file."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if "extends" not in data:
         return data, ()
     ref = data.pop("extends")
@@ -445,7 +442,7 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends: no profile file {base_path} (expected a name in {PROFILES_DIR} or a path)")
     base, further = _profile_fields(base_path, chain)
-    _validated(Profile, base, base_path)
+    validated(Profile, base, base_path)
     if "target" in base and _is_path(str(base["target"])):  # relative to the base, not to this file
         base["target"] = str((base_path.parent / base["target"]).resolve())
     inherited = {k: v for k, v in base.items() if k not in NOT_INHERITED}
@@ -459,7 +456,7 @@ def load_profile(ref: str | Path) -> ResolvedProfile:
     if not _is_path(str(ref)) and not path.is_file():
         raise _unknown_name("profile", str(ref), builtin_profiles())
     fields, base_paths = _profile_fields(path)
-    profile: Profile = _validated(Profile, fields, path)
+    profile: Profile = validated(Profile, fields, path)
     try:
         target, target_path = load_target(profile.target, relative_to=path.parent)
     except _UnknownName as exc:
@@ -477,7 +474,7 @@ def is_target_file(path: Path) -> bool:
     """Whether a YAML file reads as a target (a chip family) rather than a profile: it names a
     mapping and no target of its own. Unreadable files count as profiles, whose loader says why."""
     try:
-        data = _read_yaml(path)
+        data = read_yaml(path)
     except ConfigError:
         return False
     return "mapping" in data and "target" not in data
@@ -499,7 +496,6 @@ __all__ = [
     "Profile",
     "ResolvedProfile",
     "RetrainingRecipe",
-    "ScaleGranularity",
     "SignOff",
     "Target",
     "TrainingDefaults",

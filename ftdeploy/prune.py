@@ -18,9 +18,9 @@ Choices, and why:
   ``pruning["overall_sparsity"]`` counts every deployed layer.
 * **Exactly ``round(S·n)`` weights per layer** are zeroed (a stable sort of ``|w|``, not a
   threshold), so ties cannot change the achieved sparsity.
-* **Masked fine-tuning is the ordinary trainer** (``train.train``, method ``pretrain``) started
-  from the pruned checkpoint: its ``sparsity`` is set, so the trainer re-zeroes the pruned
-  weights after every step — here and in any later fault-tolerant retraining.
+* **Masked fine-tuning is the ordinary trainer** (``training.loop.train``, method ``pretrain``)
+  started from the pruned checkpoint: its ``sparsity`` is set, so the trainer re-zeroes the
+  pruned weights after every step — here and in any later fault-tolerant retraining.
 * **ADMM**: minimise ``loss + ρ/2·Σ‖W − Z + U‖²`` over W by SGD for one epoch, then
   ``Z = Π(W + U)`` (keep the largest ``1 − S`` of each layer) and ``U += W − Z``; repeat. ρ grows
   geometrically from ``rho_start`` = 1e-2 to ``rho_end`` = 1 (Zhang et al. also raise ρ, by
@@ -41,28 +41,23 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .chip import deployed_accuracy
+from .choices import PruneMethod
 from .data import DataBundle, augment, batches, normalize
+from .devices import pick_device
 from .errors import ConfigError, DataError, ModelError
 from .models import deployed_layers
 from .profiles import Target
-from .train import (
-    TrainConfig,
-    clean_state_dict,
-    deployed_accuracy,
-    load_checkpoint,
-    model_from_checkpoint,
-    pick_device,
-    save_atomic,
-    train,
-)
+from .training.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_atomic
+from .training.config import TrainConfig
 
-METHODS = ("magnitude", "admm")
+METHODS = get_args(PruneMethod)
 
 
 @dataclass(frozen=True)
@@ -234,7 +229,9 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
     acc_pruned, _ = deployed_accuracy(model, target, data, device)
     log(f"[prune] {config.method}: {sparsity:.1%} of the pruned layers' weights are zero; "
         f"{acc_pruned:.2f} % before fine-tuning")  # fmt: skip
-    # A truthy ``sparsity`` is what makes the trainer hold the zeros (train._masks_of_pruned).
+    from .training.loop import train  # the fine-tuning alone needs the trainer, not the rest of pruning
+
+    # A truthy ``sparsity`` is what makes the trainer hold the zeros (training.loop._masks_of_pruned).
     pruned = dict(parent, state_dict=clean_state_dict(model), sparsity=sparsity)
     finetune = TrainConfig(method="pretrain", model=parent["model"], epochs=config.epochs, lr=config.lr,
                            batch_size=config.batch_size, weight_decay=config.weight_decay, seed=config.seed,

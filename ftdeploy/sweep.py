@@ -4,7 +4,7 @@ then test every model, the baseline included, on the same simulated chips at eve
 Resumable: a cell whose run folder holds a finished checkpoint is not retrained, and a cell
 whose results file measured the same checkpoint, target, chips and images is not re-evaluated,
 so an interrupted sweep picks up where it stopped (a cell interrupted mid-training continues from its last finished epoch, see
-``train.train(resume=True)``). Evaluation uses
+``training.loop.train(resume=True)``). Evaluation uses
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
 
@@ -31,18 +31,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from .chip import DeployedNetwork
+from .choices import RetrainMethod
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .figures import judge, rate_figures, stability_score, summarize_chips
 from .files import exclusive_lock, sha256_file, write_atomic
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
-from .train import (RESUME_MAY_DIFFER, TrainConfig, load_checkpoint, model_from_checkpoint, pick_device,
-                    progressive_rates_for, run_differences, train, train_argv)
+from .devices import pick_device
+from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
+from .training.config import RESUME_MAY_DIFFER, TrainConfig, config_yaml, progressive_rates_for
+from .training.loop import train
 from .verify import check_chip_counts, subset_indices, subset_size
 
 
@@ -72,7 +76,7 @@ class Cell:
 
 
 #: Retraining methods, in the order the table lists them at each training rate.
-METHODS = ("one-shot", "progressive")
+METHODS = get_args(RetrainMethod)
 
 
 def plan(methods: list[str], train_rates: list[float]) -> list[Cell]:
@@ -150,10 +154,17 @@ def _finished(run_dir: Path, epochs: int) -> bool:
         return False
 
 
+#: The config a sweep starts each cell's ``ftdeploy train`` process with, in the cell's run folder
+#: (beside the run's own config.yaml, which a resumed run keeps as it was started).
+CELL_CONFIG = "cell-config.yaml"
+
+
 def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
-    """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path uses."""
-    cmd = [sys.executable, "-m", "ftdeploy", "train", "--profile", str(s.profile.profile_path), "--from", str(s.pretrained),
-           *train_argv(s.train_config(cell)), "--out", str(run_dir), "--resume"]  # fmt: skip
+    """The ``ftdeploy train`` process that trains ``cell`` with the config the in-process path
+    uses: written (atomically) to run_dir/cell-config.yaml and read back by ``train --config``."""
+    config = write_atomic(run_dir / CELL_CONFIG, config_yaml(s.train_config(cell)), ConfigError)
+    cmd = [sys.executable, "-m", "ftdeploy", "train", "--config", str(config), "--profile", str(s.profile.profile_path),
+           "--from", str(s.pretrained), "--out", str(run_dir), "--resume"]  # fmt: skip
     if s.data_spec:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
@@ -519,7 +530,7 @@ class _Stopped(Exception):
 class _BackgroundEvaluator:
     """Evaluates submitted rows one after another in a background thread, in submission order,
     while the sweep goes on scheduling trainings: measuring a row takes minutes, and a training
-    slot left idle that long wastes an accelerator window. A row submitted twice is evaluated
+    slot left idle that long wastes the machine. A row submitted twice is evaluated
     once. An interrupted sweep stops it (:meth:`stop`) after the chip in measurement: a thread
     still inside torch when the interpreter exits is torn down mid-operation and aborts the whole
     process (exit -6, "terminate called without an active exception"). Each results file is

@@ -17,6 +17,7 @@ Figures (accuracy in %):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from .figures import NO_DEGRADATION, judge, rate_figures
 from .files import sha256_file
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile
+from .resolve import signoff_settings
 from .runtime import OnnxBackend
 
 REPORT_SCHEMA = "ftdeploy-report/1"
@@ -118,9 +120,7 @@ def verify_onnx(
     ``log``: receives one plain line per rate. Raises ConfigError / VerifyError / DataError on
     bad input, before any chip runs."""
     signoff = resolved.profile.signoff
-    chips = signoff.chips if chips is None else chips
-    seed = signoff.seed if seed is None else seed
-    max_images = signoff.max_images if max_images is None else max_images
+    chips, seed, max_images = dataclasses.astuple(signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images)))
     _check_run_options(resolved, chips, seed, max_images, batch_size)
     export = load_export(onnx_path)
     _check_same_target(export, resolved)
@@ -173,7 +173,7 @@ def check_chip_counts(chips: int, max_images: int | None) -> None:
 def _check_run_options(resolved: ResolvedProfile, chips: int, seed: int, max_images: int | None, batch_size: int | None) -> None:
     check_chip_counts(chips, max_images)
     if seed < 0:
-        raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
+        raise ConfigError(f"--chip-seed: expected a non-negative integer, found {seed}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size: expected at least 1, found {batch_size}")
     needs_ci = [lim.rate for lim in resolved.profile.signoff.acceptance if lim.min_acc_defect_lower_ci_pct is not None]

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from ftdeploy.data import DataBundle, normalize
 from ftdeploy.models import create_model
 from ftdeploy.profiles import Target
-from ftdeploy.train import TrainConfig, _checkpoint, deployed_accuracy, save_atomic
+from ftdeploy.chip import deployed_accuracy
+from ftdeploy.training.checkpoint import checkpoint_record, save_atomic
+from ftdeploy.training.config import TrainConfig
 
 STEPS = 30
 BATCH = 32
@@ -36,7 +38,7 @@ def quick_checkpoint(bundle: DataBundle, target: Target, out: Path, seed: int = 
     config = TrainConfig(model="democnn", method="pretrain", epochs=1, device="cpu", seed=seed)
     clean, _ = deployed_accuracy(model, target, bundle, "cpu")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ckpt = _checkpoint(config, bundle, target, state, "demo", None, None, clean, 1)
+    ckpt = checkpoint_record(config, bundle, target, state, "demo", None, None, clean, 1)
     path = Path(out) / "model.pt"
     save_atomic(ckpt, path)
     return path

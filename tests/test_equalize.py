@@ -21,7 +21,9 @@ from ftdeploy.export import export_onnx, read_metadata
 from ftdeploy.nonideality import HEALTHY, STUCK_ON, FaultModel, StuckAt
 from ftdeploy.models import conv_bn_pairs, democnn, deployed_layers, fold_batchnorm
 from ftdeploy.profiles import load_profile
-from ftdeploy.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.loop import train
 
 from _quick_model import quick_checkpoint
 from conftest import make_target

@@ -13,7 +13,7 @@ from ftdeploy.cli import main
 from ftdeploy.data import load_data
 from ftdeploy.export import export_onnx
 from ftdeploy.profiles import load_profile
-from ftdeploy.train import load_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint
 
 from _quick_model import quick_checkpoint
 

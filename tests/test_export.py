@@ -5,6 +5,7 @@ atomically. One democnn is trained briefly per module (about a second on 2 cores
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ftdeploy.errors import ExportError
 from ftdeploy.export import FORMAT, HASH_KEY, LOGITS_ATOL, LOGITS_RTOL, content_hash, export_onnx, read_metadata
 from ftdeploy.mapping import make_mapping
 from ftdeploy.profiles import BatchNormPlacement, builtin_targets, load_profile
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 from _quick_model import quick_checkpoint
 
@@ -260,3 +261,12 @@ def test_cli_export_missing_checkpoint_exits_2(tmp_path, monkeypatch, capsys):
     assert info.value.code == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_prune_and_equalize_import_checkpoint_io_not_the_training_loop():
+    """Reading and writing checkpoints is ftdeploy.training.checkpoint's; only a training needs
+    the loop (prune's masked fine-tuning imports it when it runs)."""
+    code = ("import sys, ftdeploy.export, ftdeploy.prune, ftdeploy.equalize; "
+            "print(sorted(m for m in sys.modules if m.startswith('ftdeploy.training.')))")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['ftdeploy.training.checkpoint', 'ftdeploy.training.config']"

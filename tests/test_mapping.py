@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +247,26 @@ def test_crossbar_tiles_cover_the_layer_minimally(target, out, fan_in):
     # minimal: one row (column) of tiles fewer would not hold the layer
     assert (row_tiles - 1) * target.tile_rows < fan_in <= row_tiles * target.tile_rows
     assert (col_tiles - 1) * target.tile_cols < t["cols"] <= col_tiles * target.tile_cols
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Every ftdeploy module ``module``'s source imports, at the top, inside a function or under
+    TYPE_CHECKING alike."""
+    import ftdeploy
+
+    tree = ast.parse((Path(ftdeploy.__file__).parent / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            name = (node.module or "").removeprefix("ftdeploy.")
+            found |= {name} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.removeprefix("ftdeploy.") for alias in node.names}
+    return found
+
+
+def test_the_mapping_module_does_not_import_the_profile_schema():
+    """profiles checks a target's mapping against the registry here; the registry reads targets
+    through the TargetSpec protocol, so the two modules do not import each other, even lazily."""
+    assert "profiles" not in _imported_modules("mapping")
+    assert "mapping" in _imported_modules("profiles")

@@ -31,7 +31,8 @@ from ftdeploy.nonideality import (
 )
 from ftdeploy.population import Chip, ChipId
 from ftdeploy.profiles import load_target
-from ftdeploy.train import FaultInjector, TrainConfig
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.injection import FaultInjector
 
 CELLS = CellRange(max_level=127, g_off_uS=1.0, g_on_uS=100.0)
 N = 200_000

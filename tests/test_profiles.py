@@ -448,6 +448,45 @@ def test_help_wraps_each_command_summary_as_one_paragraph():
         assert start in summaries[command] and end in summaries[command], result.output
 
 
+COMMANDS = [["train"], ["sweep"], ["verify"], ["prune"], ["equalize"], ["export"], ["demo"], ["models"], ["profile", "list"],
+            ["profile", "show"], ["profile", "validate"], ["profile"], []]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ftdeploy")
+def test_no_help_labels_a_flag_as_taking_a_value(command):
+    """typer labels every flag `<bool>` (--help's too); a flag takes no value, so no --help shows one."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "--help" in result.output
+
+
+@pytest.mark.parametrize("command, option, choices", [
+    ("train", "--method", "<pretrain|one-shot|progressive>"), ("train", "--bn", "<frozen|train>"),
+    ("train", "--stuck-grad", "<block|pass>"), ("train", "--scale-grad", "<learn|detach>"),
+    ("train", "--progressive-blocks", "<split|each>"), ("sweep", "--bn", "<frozen|train>"),
+    ("sweep", "--methods", "<one-shot|progressive>,..."), ("prune", "--method", "<magnitude|admm>"),
+])  # fmt: skip
+def test_help_shows_the_choices_of_an_option_that_takes_a_fixed_set(command, option, choices):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+    line = next(line for line in result.output.splitlines() if line.lstrip("│ *").startswith(f"{option} "))  # its own row
+    assert choices in line, line
+
+
+def test_a_refused_choice_is_one_line_naming_the_option_and_the_value(monkeypatch, capsys):
+    code, _, err = _run_main(monkeypatch, capsys, "train", "--profile", "demo", "--bn", "sometimes", "--out", "unused")
+    assert code == 2 and err.strip().splitlines() == ["error: Invalid value for '--bn': 'sometimes' is not one of 'frozen', 'train'."]
+
+
+@pytest.mark.parametrize("command, seeds", [(["train", "--profile", "demo"], "--train-seed"), (["prune", "x.pt", "--profile", "demo"], "--train-seed"),
+                                            (["verify", "x.onnx", "--profile", "demo"], "--chip-seed"),
+                                            (["sweep", "--from", "x.pt", "--profile", "demo"], "--chip-seed, --train-seed")])  # fmt: skip
+def test_the_training_seed_and_the_chip_seed_are_named_apart(command, seeds):
+    """--seed was the training seed in train and the chip seed in verify and sweep: no command
+    takes it now, and each names the seeds it has instead."""
+    result = runner.invoke(app, [*command, "--seed", "1", "--out", "unused"])
+    assert result.exit_code == 2 and f"No such option: --seed (Possible options: {seeds})" in result.output, result.output
+
+
 def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
     """main() as the console script runs it: returning normally is exit status 0."""
     monkeypatch.setattr(sys, "argv", ["ftdeploy", *argv])

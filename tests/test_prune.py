@@ -18,7 +18,9 @@ from ftdeploy.nonideality import STUCK_ON, FaultModel, StuckAt
 from ftdeploy.models import democnn, deployed_layers
 from ftdeploy.profiles import load_profile
 from ftdeploy.prune import PruneConfig, keep_largest, prune
-from ftdeploy.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.loop import train
 
 
 def democnn8(num_classes: int = 10):

@@ -31,7 +31,7 @@ def _imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"], ["sweep", "--help"], ["verify", "--help"],
-                                  ["profile", "--help"]], ids=" ".join)  # fmt: skip
+                                  ["prune", "--help"], ["profile", "--help"]], ids=" ".join)  # fmt: skip
 def test_help_and_version_import_nothing_heavy(args):
     proc, imported = _imported(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,7 +48,18 @@ def test_package_import_is_light():
 
 
 def test_cli_training_defaults_are_train_configs():
-    """The CLI declares these defaults without importing ftdeploy.train; they must stay its."""
-    from ftdeploy.train import TrainConfig
+    """The CLI declares these defaults without importing ftdeploy.training.config; they must stay its."""
+    from ftdeploy.training.config import TrainConfig
 
     assert _TRAIN_DEFAULTS == {field: TrainConfig.model_fields[field].default for field in _TRAIN_DEFAULTS}
+
+
+@pytest.mark.parametrize("args", [["profile", "list"], ["profile", "show", "demo"],
+                                  ["profile", "validate", str(Path(ftdeploy.__file__).resolve().parent.parent / "profiles" / "demo.yaml")]],
+                         ids=lambda args: " ".join(args[:2]))  # fmt: skip
+def test_reading_profiles_imports_no_torch(args):
+    """A profile's target is checked against the mapping registry, which imports torch only where
+    a tensor is handled: listing, showing and validating profiles never load it."""
+    proc, imported = _imported(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ftdeploy" in imported and "torch" not in imported

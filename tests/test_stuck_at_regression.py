@@ -16,7 +16,7 @@ from ftdeploy.data import load_data
 from ftdeploy.mapping import make_mapping
 from ftdeploy.nonideality import CellRange, FaultModel, chip_rng
 from ftdeploy.profiles import load_target
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.verify import subset_indices
 

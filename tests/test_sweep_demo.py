@@ -15,7 +15,9 @@ from ftdeploy.errors import ConfigError, ModelError
 from ftdeploy.data import load_data
 from ftdeploy.profiles import load_profile
 from ftdeploy.sweep import SweepSettings, plan, render_markdown, run_sweep, signoff_screen
-from ftdeploy.train import TrainConfig, load_checkpoint, train
+from ftdeploy.training.checkpoint import load_checkpoint
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.loop import train
 
 TEST_RATES = [0.0, 0.02, 0.05]
 
@@ -138,7 +140,7 @@ def test_the_table_screens_each_model_with_the_verifiers_judgement_of_the_profil
 def test_sweep_continues_a_cell_cut_short_mid_training(pretrained, small_data, tmp_path, monkeypatch):
     """A cell interrupted after epoch 1 of 2 (an accelerator window closing) continues from that
     epoch when the sweep is rerun: its first epoch is kept, not trained again."""
-    import ftdeploy.train as tr
+    import ftdeploy.training.loop as tr  # the loop saves through its own name for save_atomic
 
     settings = _settings(pretrained, epochs=2)
     cell = plan(["one-shot"], [0.05])[1]
@@ -230,7 +232,7 @@ def test_the_training_seed_is_the_chip_seed_unless_train_seed_is_typed(pretraine
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
     monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
     sweep = ["sweep", "--from", str(pretrained), "--profile", "demo", "--out", str(tmp_path / "s")]
-    for extra in ([], ["--seed", "4"], ["--train-seed", "2"], ["--seed", "4", "--train-seed", "2"]):
+    for extra in ([], ["--chip-seed", "4"], ["--train-seed", "2"], ["--chip-seed", "4", "--train-seed", "2"]):
         CliRunner().invoke(app, [*sweep, *extra])
     assert seen == [(0, 0), (4, 4), (0, 2), (4, 2)]
     result = CliRunner().invoke(app, [*sweep, "--train-seed", "-1"])
@@ -279,20 +281,22 @@ def test_an_evaluation_error_reaches_the_caller(pretrained, small_data, tmp_path
 
 def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pretrained, small_data, tmp_path, monkeypatch):
     """--jobs 1 trains each cell in the sweep's process, --jobs N in `ftdeploy train` processes:
-    the command line must give the very config the in-process path uses (the per-epoch chip check
-    once differed: 3 chips in a process of its own, none in-process)."""
+    the process must train the very config the in-process path uses (the per-epoch chip check
+    once differed: 3 chips in a process of its own, none in-process). It gets that config as a
+    file in the run folder (train --config), not as options rebuilt from it."""
     import ftdeploy.data
-    import ftdeploy.train
+    import ftdeploy.training.loop
     from ftdeploy.sweep import _train_command
 
     settings = _with_recipe(_settings(pretrained), eval_chips=2, distill=0.5, rate_warmup_epochs=1.5, unbias_faults=True,
                             clean_steps=0.25, scale_grad="detach", seed=3, progressive_blocks="each")
     cell = plan(["progressive"], [0.05])[1]
     argv = _train_command(settings, cell, tmp_path / "run")
-    assert argv[1:3] == ["-m", "ftdeploy"]
+    assert argv[1:3] == ["-m", "ftdeploy"] and argv[argv.index("--config") + 1] == str(tmp_path / "run" / "cell-config.yaml")
+    assert not {"--epochs", "--lr", "--train-seed", "--eval-chips"} & set(argv)
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
-    monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))
+    monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))
     result = CliRunner().invoke(app, argv[3:])
     assert result.exit_code == 0, result.output
     assert seen == [settings.train_config(cell)]

@@ -16,17 +16,11 @@ from ftdeploy.faults import faulty_weight
 from ftdeploy.nonideality import FaultModel, StuckAt
 from ftdeploy.mapping import make_mapping
 from ftdeploy.models import conv_bn_pairs, create_model, deployed_layers
-from ftdeploy.profiles import BatchNormPlacement, load_target
-from ftdeploy.train import (
-    FaultInjector,
-    TrainConfig,
-    default_progressive_rates,
-    distillation_loss,
-    freeze_batchnorm,
-    load_checkpoint,
-    progressive_rates_for,
-    train,
-)
+from ftdeploy.profiles import BatchNormPlacement, load_profile, load_target
+from ftdeploy.training.checkpoint import load_checkpoint
+from ftdeploy.training.config import TrainConfig, config_yaml, default_progressive_rates, progressive_rates_for
+from ftdeploy.training.injection import FaultInjector, freeze_batchnorm
+from ftdeploy.training.loop import distillation_loss, train
 
 SPLIT = (1.75, 9.04)
 
@@ -236,7 +230,7 @@ def test_fault_rate_ramps_in_over_the_warmup_then_holds(pretrained, small_data, 
 
 def _interrupt_after_epochs(monkeypatch, epochs: int):
     """Make training stop (as a Ctrl-C would) right after ``epochs`` epochs were saved."""
-    import ftdeploy.train as tr
+    import ftdeploy.training.loop as tr  # the loop saves through its own name for save_atomic
 
     saved = []
     original = tr.save_atomic
@@ -437,7 +431,7 @@ def test_a_run_with_only_model_pt_resumes_on_schedule(pretrained, small_data, tm
 
 def test_bad_checkpoint_and_resume_files_are_one_clear_error(tmp_path):
     from ftdeploy.errors import ModelError
-    from ftdeploy.train import _load_resume_file
+    from ftdeploy.training.checkpoint import _load_resume_file
 
     garbage = tmp_path / "model.pt"
     garbage.write_bytes(b"not a torch file")
@@ -524,7 +518,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
     """A retraining uses its profile's recipe where no option is typed; a typed option wins; a
     pretraining takes none of it (distillation, say, needs a teacher a pretraining has not got)."""
     import ftdeploy.data
-    import ftdeploy.train
+    import ftdeploy.training.loop
     from typer.testing import CliRunner
 
     from ftdeploy.cli import app
@@ -533,7 +527,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
                                                         weight_clip=2.5))
     seen = []
     monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
-    monkeypatch.setattr(ftdeploy.train, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
+    monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
     retrain = ["train", "--profile", profile, "--from", str(pretrained / "model.pt"), "--method", "progressive"]
     for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split", "--weight-clip", "0"]):
         result = CliRunner().invoke(app, [*retrain, *extra, "--out", str(tmp_path / "run")])
@@ -545,6 +539,61 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
             from_profile.weight_clip) == (True, 0.25, "each", 0.5, 2.5)
     assert (typed.unbias_faults, typed.clean_steps, typed.progressive_blocks, typed.distill, typed.weight_clip) == (False, 0.0, "split", 0.5, 0.0)
     assert pretraining.method == "pretrain" and pretraining.recipe() == TrainConfig().recipe()
+
+
+def test_train_cli_reads_a_config_file_under_the_typed_options(pretrained, small_data, tmp_path, monkeypatch):
+    """--config FILE (a run's config.yaml, or the one a sweep starts a training with): the fields
+    it sets over the profile's, the options typed over both; a field it leaves out is the
+    profile's. A whole run's config.yaml gives that very run again."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import ftdeploy.data
+    import ftdeploy.training.loop
+    from ftdeploy.cli import app
+
+    seen = []
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None: small_data)
+    monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump({"method": "one-shot", "epochs": 3, "clean_steps": 0.25, "momentum": 0.8}))
+    retrain = ["train", "--profile", "demo", "--from", str(pretrained / "model.pt"), "--out", str(tmp_path / "run")]
+    for extra in ([], ["--epochs", "2", "--clean-steps", "0"]):
+        result = CliRunner().invoke(app, [*retrain, "--config", str(partial), *extra])
+        assert result.exit_code == 0, result.output
+    from_file, typed = seen
+    profile = load_profile("demo").profile.training
+    assert (from_file.method, from_file.epochs, from_file.clean_steps, from_file.momentum) == ("one-shot", 3, 0.25, 0.8)
+    assert (from_file.lr, from_file.batch_size, from_file.model) == (profile.retrain_lr, profile.batch_size, "democnn")
+    assert (typed.method, typed.epochs, typed.clean_steps, typed.momentum) == ("one-shot", 2, 0.0, 0.8)
+    whole = tmp_path / "config.yaml"
+    whole.write_text(config_yaml(from_file))
+    result = CliRunner().invoke(app, ["train", "--profile", "strict", "--from", str(pretrained / "model.pt"), "--config", str(whole),
+                                      "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == from_file, "every field from the file, none from another profile"
+
+
+@pytest.mark.parametrize("text, error", [
+    ("epochs: 0\n", "{file}: epochs: Input should be greater than or equal to 1 (found 0)"),
+    ("epoch: 3\n", "{file}: epoch: Extra inputs are not permitted (found 3)"),
+    ("bn: sometimes\n", "{file}: bn: Input should be 'frozen' or 'train' (found 'sometimes')"),
+    ("epochs: [3\n", "{file}:2:1: not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    ("- 3\n", "{file}: (top level): expected a mapping of fields, found list"),
+    (None, "{file}: file not found"),
+])  # fmt: skip
+def test_a_bad_config_file_is_refused_in_one_line_naming_the_file_and_field(text, error, tmp_path, monkeypatch, capsys):
+    from ftdeploy.cli import main
+
+    file = tmp_path / "config.yaml"
+    if text is not None:
+        file.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "train", "--profile", "demo", "--config", str(file), "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err == ["error: " + error.format(file=file)], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_sigterm_stops_a_training_like_ctrl_c_with_its_epochs_saved(tmp_path):

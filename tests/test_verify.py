@@ -31,7 +31,7 @@ from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.runtime import OnnxBackend
 from ftdeploy.profiles import load_profile
 from ftdeploy.report import check_case_name, check_line, render_junit, render_markdown, to_json, verdict_lines, write_report
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 from ftdeploy.verify import evaluation_data, subset_indices, subset_size, verify_onnx
 
 from _quick_model import quick_checkpoint

@@ -20,7 +20,7 @@ import torch
 from probe_common import probe_from_args, probe_parser
 
 from ftdeploy.data import load_data, normalize
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def main() -> None:

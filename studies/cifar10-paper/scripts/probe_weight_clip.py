@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from probe_common import probe_from_args, probe_parser
 
-from ftdeploy.train import FaultInjector, freeze_batchnorm, load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.injection import FaultInjector, freeze_batchnorm
 
 
 def main() -> None:

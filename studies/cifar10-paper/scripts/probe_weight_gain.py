@@ -21,7 +21,7 @@ import torch
 from probe_common import probe_from_args, probe_parser
 
 from ftdeploy.models import deployed_layers
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def main() -> None:

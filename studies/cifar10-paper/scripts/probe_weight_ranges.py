@@ -22,7 +22,7 @@ import torch
 
 from ftdeploy.equalize import channel_gains
 from ftdeploy.models import conv_bn_pairs
-from ftdeploy.train import load_checkpoint, model_from_checkpoint
+from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def layer_figures(weight: torch.Tensor) -> tuple[float, float, float]:

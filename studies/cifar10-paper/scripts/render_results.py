@@ -20,7 +20,7 @@ import yaml
 
 from ftdeploy.files import write_atomic  # the installed package (README's install command)
 from ftdeploy.sweep import Cell
-from ftdeploy.train import TrainConfig
+from ftdeploy.training.config import TrainConfig
 
 import compare_models  # beside this script: the paired, chip-by-chip comparison of two models
 import study_folders  # beside this script: the grid folders' names, shared with reproduce_cifar10.py

@@ -312,7 +312,7 @@ def pretrain_argv(args, out: Path, seed: int | None = None, epochs: int | None =
     --pretrain-epochs or ``epochs``."""
     return ["train", "--profile", args.profile, "--data", args.data, "--device", args.device, "--batch-size", str(args.batch_size),
             *(["--model", args.model] if args.model else []), "--method", "pretrain", "--epochs", str(epochs or args.pretrain_epochs),
-            "--lr", str(args.lr), *(["--seed", str(seed)] if seed is not None else []), "--out", str(out), "--resume"]  # fmt: skip
+            "--lr", str(args.lr), *(["--train-seed", str(seed)] if seed is not None else []), "--out", str(out), "--resume"]  # fmt: skip
 
 
 def pretrain_seed_steps(args) -> list[tuple]:

@@ -477,7 +477,7 @@ def test_a_clean_steps_grid_at_another_fraction_has_a_folder_and_a_section_of_it
 
 def test_a_run_with_blocks_of_its_own_plans_its_epochs_per_rate(tmp_path):
     """The curves say "stopped after epoch k of N" with N the whole run's epochs."""
-    from ftdeploy.train import TrainConfig
+    from ftdeploy.training.config import TrainConfig
 
     render = _script("render_results")
     for blocks, method, planned in (("each", "progressive", 6), ("split", "progressive", 2), ("each", "one-shot", 2)):
@@ -1079,7 +1079,7 @@ def test_progressive_against_one_shot_also_says_where_it_stands_chip_for_chip(tm
 
 
 def test_the_pretraining_again_from_other_seeds_pretrains_each_seed_and_measures_its_baseline(tmp_path):
-    """pretrain-seeds: for each seed, the study's pretraining command with --seed N into
+    """pretrain-seeds: for each seed, the study's pretraining command with --train-seed N into
     pretrain-seed-N, then that model's baseline with the study's chips, images and profile into
     pretrain-seed-N-baseline (not baseline-*: those are the study's model on other targets)."""
     reproduce = _script("reproduce_cifar10")
@@ -1089,8 +1089,8 @@ def test_the_pretraining_again_from_other_seeds_pretrains_each_seed_and_measures
     assert [s[0] for s in steps] == ["pretrain-seed-1", "pretrain-seed-1-baseline", "pretrain-seed-3", "pretrain-seed-3-baseline"]
     study = reproduce.pretrain_argv(args, tmp_path / "pretrain")
     name, argv, done = steps[0]
-    assert done == tmp_path / "pretrain-seed-1" / "model.pt" and argv[argv.index("--seed") + 1] == "1" and "--seed" not in study
-    assert [w for w in argv if w not in ("--seed", "1")] == [w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study]
+    assert done == tmp_path / "pretrain-seed-1" / "model.pt" and argv[argv.index("--train-seed") + 1] == "1" and "--train-seed" not in study
+    assert [w for w in argv if w not in ("--train-seed", "1")] == [w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study]
     baseline = steps[1][1]
     own = dict(reproduce.baseline_steps(args, tmp_path / "pretrain" / "model.pt"))["baseline-chen2015"]
     assert baseline[baseline.index("--from") + 1] == str(done)
@@ -1111,7 +1111,7 @@ def test_the_pretraining_for_longer_pretrains_the_studys_seed_for_each_length_an
     assert [s[0] for s in steps] == ["pretrain-length-14", "pretrain-length-14-baseline", "pretrain-length-21", "pretrain-length-21-baseline"]
     study = reproduce.pretrain_argv(args, tmp_path / "pretrain")
     name, argv, done = steps[0]
-    assert done == tmp_path / "pretrain-length-14" / "model.pt" and "--seed" not in argv
+    assert done == tmp_path / "pretrain-length-14" / "model.pt" and "--train-seed" not in argv
     assert argv == [w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study[:study.index("--epochs") + 1]] + [
         "14", *[w.replace(str(tmp_path / "pretrain"), str(done.parent)) for w in study[study.index("--epochs") + 2:]]]
     seed_baseline = reproduce.pretrain_seed_steps(args)[1][1]
