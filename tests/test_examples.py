@@ -44,3 +44,18 @@ def test_the_python_api_example_measures_a_checkpoint_on_the_profiles_rates(tmp_
     rates = [line.split(":")[0] for line in lines[2:]]
     assert rates == [f"P_sa={rate:g}" for rate in demo.profile.signoff.rates], lines
     assert all("over 5 chips" in line for line in lines[2:]), lines
+
+
+def test_the_readmes_faults_example_is_a_valid_faults_section():
+    import re
+
+    import yaml
+    from pydantic import TypeAdapter
+
+    from ftdeploy.nonideality import Drift, FaultModel
+    from ftdeploy.profiles import FaultList
+
+    block = re.search(r"```yaml\n(faults:.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    faults = FaultModel(TypeAdapter(FaultList).validate_python(yaml.safe_load(block)["faults"]))
+    assert [k.kind for k in faults.kinds] == ["programming-variation", "drift", "stuck-at"]
+    assert faults.find(Drift).at == 31557600.0 and faults.at_rate(0.01).stuck.pair == (0.002, 0.008)
