@@ -145,8 +145,22 @@ def test_export_and_verify_with_a_profile_of_ones_own(venv):
     assert report["signoff"]["chips"] == 2 and report["data"]["images"] == 200, report["signoff"]
 
 
+def test_demo_on_a_short_profile(venv):
+    """The demo command from the wheel, its whole path (train, export, sign-off of every model, the
+    table) on a profile of one's own that shortens the built-in demo's training and sign-off."""
+    work = venv["work"]
+    (work / "short-demo.yaml").write_text("name: short-demo\nextends: demo\ntraining:\n  pretrain_epochs: 1\n  epochs: 1\n"
+                                          "signoff:\n  chips: 2\n  max_images: 200\n")  # fmt: skip
+    proc = _run([venv["ftdeploy"], "demo", "--profile", "short-demo.yaml", "--device", "cpu", "--out", "short-out"], work,
+                timeout=1200)  # fmt: skip
+    assert "reports in short-out/reports" in proc.stdout, proc.stdout
+    for name in ("baseline", "one-shot", "progressive"):
+        report = yaml.safe_load((work / "short-out" / "reports" / name / "report.json").read_text())
+        assert report["signoff"]["chips"] == 2 and report["profile"]["name"] == "short-demo"
+
+
 # About 90 s on two idle cores, over 15 minutes on a busy shared box (even a 1-epoch demo took 76 s
-# there). test_sweep_demo covers the demo path, the test above the installed data and commands.
+# there). The short demo above covers the same path from the wheel.
 @pytest.mark.slow
 def test_demo(venv):
     """The full demo, as a user runs it first."""
