@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from .choices import BatchNormMode, ProgressiveBlocks, ScaleGrad, StuckGrad
 from .errors import ConfigError
 from .mapping import MAPPINGS, ScaleGranularity
-from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate, StuckAt
+from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,6 @@ from ftdeploy.errors import ConfigError, DataError, VerifyError
 from ftdeploy.export import HASH_KEY, content_hash, export_onnx
 from ftdeploy.exported import load_export
 from ftdeploy.figures import NO_DEGRADATION, judge, stability_score, summarize_chips, t_quantile_975
-from ftdeploy.nonideality import FaultModel
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.runtime import OnnxBackend
 from ftdeploy.profiles import load_profile
