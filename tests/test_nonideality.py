@@ -115,6 +115,12 @@ def test_durations(text, expected):
     assert seconds(text) == expected
 
 
+def test_reports_write_durations_back_readably():
+    assert Drift(nu_mean=0.1, at="1 year").describe() == "drift (nu_mean 0.1, nu_std 0, t0 1 s, read 1 year after programming)"
+    assert "read 2 days after" in Drift(nu_mean=0.1, at=172800).describe()
+    assert "read 1.5 h after" in Drift(nu_mean=0.1, at="90 min").describe()
+
+
 @pytest.mark.parametrize("bad", ["one day", "1 fortnight", "", "-1 h"])
 def test_bad_durations_are_refused(bad):
     with pytest.raises((ValueError, ValidationError)):

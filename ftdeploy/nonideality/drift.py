@@ -35,6 +35,18 @@ def seconds(value) -> float:
 
 Seconds = Annotated[float, BeforeValidator(seconds), Field(gt=0)]
 
+#: Units a duration is written back in, largest first.
+_READABLE = (("year", TIME_UNITS["year"]), ("day", TIME_UNITS["day"]), ("h", TIME_UNITS["h"]), ("min", TIME_UNITS["min"]))
+
+
+def readable(duration_s: float) -> str:
+    """A duration in the largest unit that keeps it at least 1: ``31557600`` -> ``'1 year'``."""
+    for unit, size in _READABLE:
+        if duration_s >= size:
+            n = duration_s / size
+            return f"{n:g} {unit}{'s' if n != 1 and unit in ('year', 'day') else ''}"
+    return f"{duration_s:g} s"
+
 
 class Drift(NonIdeality):
     """Power-law conductance drift with a per-cell exponent ν ~ N(nu_mean, nu_std), clipped at 0,
@@ -53,6 +65,10 @@ class Drift(NonIdeality):
         if self.at < self.t0_s:
             raise ValueError(f"drift: at ({self.at:g} s) must not come before t0_s ({self.t0_s:g} s)")
         return self
+
+    def describe(self) -> str:
+        return (f"drift (nu_mean {self.nu_mean:g}, nu_std {self.nu_std:g}, t0 {readable(self.t0_s)}, "
+                f"read {readable(self.at)} after programming)")
 
     @property
     def log_time(self) -> float:
