@@ -518,6 +518,7 @@ def verify_cmd(
     chips: ChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
     max_images: SignOffMaxImagesOpt = None,
+    all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
@@ -532,6 +533,7 @@ def verify_cmd(
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, val_split=val_split, max_images=max_images,
+                             all_images=all_images,
                              progress=progress, log=log)  # fmt: skip
     for line in verdict_lines(report):
         _echo(line)

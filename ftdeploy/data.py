@@ -14,6 +14,7 @@ on the training device. That keeps a 2-core CPU or a GPU busy with the model, no
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -271,10 +272,20 @@ class ValidationSet:
     val_split: int
 
 
-def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> ValidationSet:
+def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32,
+                    all_images: bool = False) -> ValidationSet:  # fmt: skip
     """The validation part alone, without decoding the training images (a tenth of the decoding
-    work on a default split)."""
-    spec, source, _, val_idx, description = _opened_split(spec, val_split, image_size)
+    work on a default split); with ``all_images``, every image of the source: a test set of
+    one's own, none of it held for training."""
+    if all_images:
+        if val_split is not None:
+            raise DataError("--all-images takes every image of --data: give it or --val-split, not both")
+        spec = spec or "embedded"
+        source = _open(spec, image_size)
+        val_idx = np.arange(len(source.labels))
+        description = f"{source.description} (every image: {len(val_idx)})"
+    else:
+        spec, source, _, val_idx, description = _opened_split(spec, val_split, image_size)
     return ValidationSet(val_x=source.take(val_idx), val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes,
                          spec=spec, description=description, val_split=len(val_idx))  # fmt: skip
 
@@ -291,6 +302,15 @@ def checkpoint_data(record: dict | None, spec: str | None, val_split: int | None
     if val_split is None and spec == record.get("data") and recorded_val and recorded_val != data.val_split:
         data = loader(spec, recorded_val)
     return data
+
+
+def image_set_fingerprint(x_uint8: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of an image set as measured: its shape, every pixel (uint8, in order) and every
+    label. Two reports with the same fingerprint were measured on the same images."""
+    digest = hashlib.sha256(repr((tuple(x_uint8.shape), str(x_uint8.dtype))).encode())
+    digest.update(np.ascontiguousarray(x_uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

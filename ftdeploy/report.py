@@ -89,8 +89,9 @@ def render_markdown(report: dict) -> str:
         f"| mapping | {model['mapping']} |",
         f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`){_bases(profile)} |",
         f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
-        f"| data | {data['spec']}: {data['images']} of {data['val_images']} validation images"
-        f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''} |",
+        f"| data | {data['spec']}: {data['images']} of {data['val_images']} {'images (every image)' if data.get('all_images') else 'validation images'}"
+        f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''}"
+        f"{'; image set sha256 `' + data['fingerprint'][:16] + '…`' if data.get('fingerprint') else ''} |",
         f"| chips | {signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
         f"{signoff['split'][0]:g} : {signoff['split'][1]:g} |",
         f"| faults | {signoff.get('faults', 'stuck-at')} |",

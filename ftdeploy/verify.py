@@ -49,16 +49,17 @@ class EvalData:
 
 
 def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: int | None = None,
-                    max_images: int | None = None) -> EvalData:  # fmt: skip
-    """The validation part of ``spec`` (default: the embedded dataset), preprocessed with the
-    file's normalisation; at most ``max_images``, a class-stratified subset (seed 0) in the
-    dataset's order, because validation parts may be sorted by class."""
-    from .data import SPLIT_SEED, load_validation, normalize_numpy
+                    max_images: int | None = None, all_images: bool = False) -> EvalData:  # fmt: skip
+    """The validation part of ``spec`` (default: the embedded dataset), or every image of it with
+    ``all_images``, preprocessed with the file's normalisation; at most ``max_images``, a
+    class-stratified subset (seed 0) in the dataset's order, because validation parts may be
+    sorted by class. The record gives the image count and the fingerprint of the images measured."""
+    from .data import SPLIT_SEED, image_set_fingerprint, load_validation, normalize_numpy
 
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
         raise VerifyError(f"{export.path}: input is {height}x{width}; only square images are supported")
-    bundle = load_validation(spec, val_split, image_size=height)  # a ValidationSet: training images stay undecoded
+    bundle = load_validation(spec, val_split, image_size=height, all_images=all_images)  # training images stay undecoded
     classes = export.meta["classes"]
     if list(bundle.classes) != list(classes):
         raise VerifyError(f"data {bundle.spec}: classes {_short(bundle.classes)} differ from the model's {_short(classes)}")
@@ -71,7 +72,8 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
         x, y = x[keep], y[keep]
     norm = export.meta["normalization"]
     record = {"spec": bundle.spec, "val_split": bundle.val_split, "split_seed": SPLIT_SEED, "images": int(len(y)),
-              "val_images": int(available), "max_images": max_images, "description": bundle.description,
+              "val_images": int(available), "max_images": max_images, "all_images": all_images,
+              "fingerprint": image_set_fingerprint(x, y), "description": bundle.description,
               "training_record": export.meta.get("data")}  # fmt: skip
     return EvalData(normalize_numpy(x, norm["mean"], norm["std"]), y, record)
 
@@ -107,6 +109,7 @@ def verify_onnx(
     *,
     val_split: int | None = None,
     max_images: int | None = None,
+    all_images: bool = False,
     batch_size: int | None = None,
     threads: int | None = None,
     progress=None,
@@ -116,7 +119,8 @@ def verify_onnx(
     ``verdict.passed`` says whether every limit holds). ``chips``, ``seed`` and ``max_images``
     default to the profile's sign-off; ``batch_size`` (images per ONNX Runtime call) to
     :func:`default_batch_size`; ``threads`` (intra-op) to the cores this process may use.
-    ``progress``: a rich Progress (one bar over all chips);
+    ``all_images``: measure on every image of ``data_spec`` (a test set of one's own), not its
+    validation part. ``progress``: a rich Progress (one bar over all chips);
     ``log``: receives one plain line per rate. Raises ConfigError / VerifyError / DataError on
     bad input, before any chip runs."""
     signoff = resolved.profile.signoff
@@ -124,7 +128,7 @@ def verify_onnx(
     _check_run_options(resolved, chips, seed, max_images, batch_size)
     export = load_export(onnx_path)
     _check_same_target(export, resolved)
-    data = evaluation_data(export, data_spec, val_split, max_images)
+    data = evaluation_data(export, data_spec, val_split, max_images, all_images)
 
     backend = OnnxBackend(export, data.x, data.y, threads, batch_size)
     t0 = time.perf_counter()

@@ -497,3 +497,40 @@ def test_cli_exit_2_for_a_missing_file(tmp_path, profiles, monkeypatch, capsys):
     code, _, err = _run_cli(monkeypatch, capsys, "verify", tmp_path / "missing.onnx", "--profile", profiles["pass"], "--out", tmp_path / "r")
     assert code == 2 and "file not found" in err
     assert not (tmp_path / "r").exists()
+
+
+# --- your own test set ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def test_folder(bundle, tmp_path_factory) -> Path:
+    """An ImageFolder of 30 embedded validation images, 3 per class: a whole test set of one's own."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mytest")
+    for c, name in enumerate(bundle.classes):
+        (root / name).mkdir()
+        for k, i in enumerate(np.flatnonzero(bundle.val_y.numpy() == c)[:3]):
+            Image.fromarray(bundle.val_x[i].permute(1, 2, 0).numpy()).save(root / name / f"{k}.png")
+    return root
+
+
+def test_all_images_measures_every_image_of_the_folder(onnx_path, resolved, test_folder):
+    rep = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, all_images=True, max_images=None)
+    assert rep["data"]["images"] == rep["data"]["val_images"] == 30 and rep["data"]["all_images"]
+    held_out = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, max_images=None)
+    assert held_out["data"]["images"] == 3, "without it, the folder's default held-out tenth"
+    assert rep["data"]["fingerprint"] != held_out["data"]["fingerprint"]
+    again = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, all_images=True, max_images=None)
+    assert again["data"]["fingerprint"] == rep["data"]["fingerprint"], "the same images, the same fingerprint"
+    assert f"image set sha256 `{rep['data']['fingerprint'][:16]}" in render_markdown(rep)
+
+
+def test_all_images_with_a_val_split_is_one_line_exit_2(onnx_path, profiles, test_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "verify", str(onnx_path), "--profile", str(profiles["pass"]), "--data",
+                                      f"imagefolder:{test_folder}", "--all-images", "--val-split", "5", "--out", str(tmp_path / "r")])  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "--all-images" in err[0] and "--val-split" in err[0], err
+    assert not (tmp_path / "r").exists()
