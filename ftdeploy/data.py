@@ -59,6 +59,10 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def val_fingerprint(self) -> str:
+        """:func:`image_set_fingerprint` of the validation images, as a sign-off measures them."""
+        return image_set_fingerprint(self.val_x.numpy(), self.val_y.numpy())
+
     def split_record(self) -> dict:
         """What a checkpoint or ONNX file records so evaluation uses the same images."""
         return {"data": self.spec, "val_split": self.val_split, "split_seed": SPLIT_SEED,

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from .chip import DeployedNetwork
-from .data import DataBundle, ValidationSet
+from .data import DataBundle, ValidationSet, image_set_fingerprint
 from .errors import ConfigError, DataError
 from .mapping import ScaleGranularity
 from .models import conv_bn_pairs
@@ -88,7 +88,10 @@ def equalize_checkpoint(ckpt: dict, target: Target, data: ValidationSet | DataBu
     accuracy_key = "acc_pretrain" if ckpt.get("acc_retrain") is None else "acc_retrain"
     record = {"target": target.name, "source_sha256": source_sha256, "images": len(data.val_y),
               "acc_before": before, "acc_after": after, "layers": [layer.record() for layer in layers]}  # fmt: skip
-    return dict(ckpt, state_dict=clean_state_dict(equalized), equalization=record, **{accuracy_key: after})
+    measured = {accuracy_key: after}
+    if accuracy_key == "acc_pretrain":
+        measured["acc_pretrain_images"] = image_set_fingerprint(data.val_x.numpy(), data.val_y.numpy())
+    return dict(ckpt, state_dict=clean_state_dict(equalized), equalization=record, **measured)
 
 
 def equalize_channel_ranges(model: nn.Module) -> tuple[nn.Module, list[LayerGains]]:

@@ -280,6 +280,7 @@ def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: l
         "method": str(ckpt.get("method", "unknown")),
         "schedule": list(ckpt.get("schedule") or []),
         "acc_pretrain": ckpt.get("acc_pretrain"),
+        "acc_pretrain_images": ckpt.get("acc_pretrain_images"),
         "acc_retrain": ckpt.get("acc_retrain"),
         "sparsity": ckpt.get("sparsity"),
         "equalization": ckpt.get("equalization"),

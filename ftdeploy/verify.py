@@ -135,8 +135,12 @@ def verify_onnx(
     acc_retrain = backend.accuracy()
     notes = []
     acc_pretrain = export.meta.get("acc_pretrain")
-    pretrain_source = "file metadata (measured at training time on the training validation split)"
+    pretrain_source, same_images = _pretrain_source(export.meta.get("acc_pretrain_images"), data.record["fingerprint"])
+    if acc_pretrain is not None and same_images is False:
+        notes.append("Acc_pretrain (file metadata) was measured at training time on other images than the ones measured "
+                     "here, so drops and stability scores compare two image sets.")  # fmt: skip
     if acc_pretrain is None:
+        same_images = None
         acc_pretrain = acc_retrain
         pretrain_source = "Acc_retrain (the file records no Acc_pretrain)"
         notes.append("The file records no Acc_pretrain; Acc_retrain is used in its place for drops and stability scores.")
@@ -156,9 +160,20 @@ def verify_onnx(
     if any(r["stability"] is None for r in rates):
         notes.append(f"A stability score of +inf (null in JSON) means {NO_DEGRADATION}; SS is undefined there, "
                      "and any min_stability limit counts as met.")  # fmt: skip
-    figures = {"acc_pretrain": acc_pretrain, "acc_pretrain_source": pretrain_source, "acc_retrain": acc_retrain, "rates": rates}
+    figures = {"acc_pretrain": acc_pretrain, "acc_pretrain_source": pretrain_source, "acc_pretrain_same_images": same_images,
+               "acc_retrain": acc_retrain, "rates": rates}  # fmt: skip
     verdict = judge(figures, resolved)
     return _report(export, resolved, data, chips, seed, figures, verdict, notes)
+
+
+def _pretrain_source(recorded: str | None, measured: str) -> tuple[str, bool | None]:
+    """Where the file's Acc_pretrain comes from, and whether it was measured on the images measured
+    here (None: the file does not say: exported before the fingerprint was recorded)."""
+    if recorded is None:
+        return "file metadata (measured at training time; the file does not record on which images)", None
+    if recorded == measured:
+        return "file metadata (measured at training time on these same images)", True
+    return "file metadata (measured at training time on other images than these)", False
 
 
 def _say(log, line: str) -> None:

@@ -534,3 +534,15 @@ def test_all_images_with_a_val_split_is_one_line_exit_2(onnx_path, profiles, tes
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "--all-images" in err[0] and "--val-split" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_says_whether_acc_pretrain_was_measured_on_the_same_images(report, onnx_path, resolved):
+    """The quick checkpoint measured Acc_pretrain on the whole embedded validation part; a sign-off
+    on a 200-image subset says it compares two image sets, one on the whole part says they are one."""
+    assert report["figures"]["acc_pretrain_same_images"] is False
+    assert "other images" in report["figures"]["acc_pretrain_source"]
+    assert any("two image sets" in note for note in report["notes"])
+    whole = verify_onnx(onnx_path, resolved, chips=2, max_images=1000)
+    assert whole["figures"]["acc_pretrain_same_images"] is True and whole["data"]["images"] == 1000
+    assert "these same images" in whole["figures"]["acc_pretrain_source"]
+    assert not any("two image sets" in note for note in whole["notes"])

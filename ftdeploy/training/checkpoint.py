@@ -103,6 +103,8 @@ def checkpoint_record(config, data, target, state, profile_name, init, acc_pretr
         "normalization": {"mean": list(data.mean), "std": list(data.std)},
         "data": data.split_record(),
         "acc_pretrain": val_clean if pretrain else acc_pretrain,
+        # the images Acc_pretrain was measured on, so a sign-off can tell whether it measures on the same
+        "acc_pretrain_images": data.val_fingerprint() if pretrain else (init or {}).get("acc_pretrain_images"),
         "acc_retrain": None if pretrain else val_clean,
         "sparsity": (init or {}).get("sparsity"),
         "pruning": (init or {}).get("pruning"),  # a pruned model's record survives its retraining
