@@ -75,3 +75,20 @@ class TinyNet(nn.Module):
 def tiny_net() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet()
+
+
+def run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
+    """``ftdeploy ARGV`` through main(), as the console script runs it: (exit status, stdout,
+    stderr); returning normally is exit status 0."""
+    import sys
+
+    from ftdeploy.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, argv)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

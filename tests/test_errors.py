@@ -3,36 +3,25 @@ stderr, no traceback, exit 2, nothing written, and the line says how to fix it."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ftdeploy.cli import main
 from ftdeploy.data import load_data
 from ftdeploy.export import export_onnx
 from ftdeploy.profiles import load_profile
 from ftdeploy.training.checkpoint import load_checkpoint
 
 from _quick_model import quick_checkpoint
+from conftest import run_main
 
 
-def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    """main() as the console script runs it: returning normally is exit status 0."""
-    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, argv)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _refused(monkeypatch, capsys, *argv) -> str:
     """The one error line (without its ``error: `` prefix) of a command refused as bad input."""
-    code, out, err = _run_main(monkeypatch, capsys, *argv)
+    code, out, err = run_main(monkeypatch, capsys, *argv)
     assert code == 2, (out, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err.removeprefix("error: ").rstrip("\n")
@@ -260,7 +249,7 @@ PRETRAIN = ("train", "--profile", "demo", "--method", "pretrain", "--device", "c
 
 
 def _train(monkeypatch, capsys, *argv) -> str:
-    code, out, err = _run_main(monkeypatch, capsys, *argv)
+    code, out, err = run_main(monkeypatch, capsys, *argv)
     assert code == 0, (out, err)
     return out
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ftdeploy.cli import app, main
+from conftest import run_main
+from ftdeploy.cli import app
 from ftdeploy.errors import ConfigError
 from ftdeploy.nonideality import StuckAt
 from ftdeploy.profiles import (
@@ -409,7 +410,7 @@ def test_profile_list_aligns_its_columns():
 def test_validate_reads_a_target_file_as_a_target(tmp_path, monkeypatch, capsys):
     """A chip-family file is checked as a target, not refused as a profile missing its fields."""
     bad = _write(tmp_path, dict(TARGET, bits_per_cell=9))
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", str(TARGETS_DIR / "paper-diff8-inverted.yaml"), str(bad))
+    code, out, err = run_main(monkeypatch, capsys, "profile", "validate", str(TARGETS_DIR / "paper-diff8-inverted.yaml"), str(bad))
     assert code == 2 and "ok " in out and "target paper-diff8-inverted" in out, out
     assert err.splitlines() == [f"error: {bad}: bits_per_cell: Input should be less than or equal to 8 (found 9)"]
 
@@ -473,7 +474,7 @@ def test_help_shows_the_choices_of_an_option_that_takes_a_fixed_set(command, opt
 
 
 def test_a_refused_choice_is_one_line_naming_the_option_and_the_value(monkeypatch, capsys):
-    code, _, err = _run_main(monkeypatch, capsys, "train", "--profile", "demo", "--bn", "sometimes", "--out", "unused")
+    code, _, err = run_main(monkeypatch, capsys, "train", "--profile", "demo", "--bn", "sometimes", "--out", "unused")
     assert code == 2 and err.strip().splitlines() == ["error: Invalid value for '--bn': 'sometimes' is not one of 'frozen', 'train'."]
 
 
@@ -487,21 +488,11 @@ def test_the_training_seed_and_the_chip_seed_are_named_apart(command, seeds):
     assert result.exit_code == 2 and f"No such option: --seed (Possible options: {seeds})" in result.output, result.output
 
 
-def _run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    """main() as the console script runs it: returning normally is exit status 0."""
-    monkeypatch.setattr(sys, "argv", ["ftdeploy", *argv])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
     bad = _write(tmp_path, _profile(signoff__chips=0, faults__0__p_sa=2))
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", str(bad), str(PROFILES_DIR / "demo.yaml"))
+    code, out, err = run_main(monkeypatch, capsys, "profile", "validate", str(bad), str(PROFILES_DIR / "demo.yaml"))
     assert code == 2
     assert f"ok {PROFILES_DIR / 'demo.yaml'}: profile demo, target paper-diff8" in out
     lines = err.splitlines()
@@ -510,13 +501,13 @@ def test_validate_through_the_error_boundary(tmp_path, monkeypatch, capsys):
     assert all(line.startswith(f"error: {bad}: ") for line in lines)
     assert "Traceback" not in err
 
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate", "demo", "chen2015")
+    code, out, err = run_main(monkeypatch, capsys, "profile", "validate", "demo", "chen2015")
     assert code == 0 and err == "" and out.count("\nok ") + out.startswith("ok ") == 2
 
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "show", "nosuch")
+    code, out, err = run_main(monkeypatch, capsys, "profile", "show", "nosuch")
     assert code == 2 and err.startswith("error: no built-in profile 'nosuch'; built-in profiles: ") and err.count("\n") == 1
 
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "validate")  # click usage error
+    code, out, err = run_main(monkeypatch, capsys, "profile", "validate")  # click usage error
     assert code == 2 and "Missing argument" in err and "Traceback" not in err
 
 
@@ -529,7 +520,7 @@ def test_ctrl_c_exits_130_not_0(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ftdeploy.profiles, "load_profile", interrupted)
-    code, out, err = _run_main(monkeypatch, capsys, "profile", "show", "chen2015")
+    code, out, err = run_main(monkeypatch, capsys, "profile", "show", "chen2015")
     assert code == 130
     assert err.strip().splitlines()[-1] == "interrupted: completed epochs are saved in the run folder"
     assert "Traceback" not in err
@@ -568,7 +559,7 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(comman
     naming the option, exit 2, and nothing started (not a traceback at the first write)."""
     (tmp_path / "a-file").write_text("someone's notes\n")
     (tmp_path / "a-folder").mkdir()
-    code, _, err = _run_main(monkeypatch, capsys, *command, "--out", str(tmp_path / out))
+    code, _, err = run_main(monkeypatch, capsys, *command, "--out", str(tmp_path / out))
     assert code == 2 and err.startswith("error: " + expected.format(tmp=tmp_path)), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert (tmp_path / "a-file").read_text() == "someone's notes\n" and not any((tmp_path / "a-folder").iterdir())
@@ -578,5 +569,5 @@ def test_an_optional_output_folder_left_out_is_not_in_the_way(tmp_path, monkeypa
     """verify without --out writes no report: nothing to check, and the file's own error shows."""
     junk = tmp_path / "junk.onnx"
     junk.write_text("not onnx\n")
-    code, _, err = _run_main(monkeypatch, capsys, "verify", str(junk), "--profile", "demo")
+    code, _, err = run_main(monkeypatch, capsys, "verify", str(junk), "--profile", "demo")
     assert code == 2 and err.startswith(f"error: {junk}: not a readable ONNX file"), err
