@@ -8,6 +8,7 @@ any chip, so chip k of a source is the same chip here and in the ONNX Runtime si
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +61,10 @@ class DeployedNetwork:
     def cell_shapes(self) -> list[tuple[int, ...]]:
         return [layer.cell_shape for layer in self.layers]
 
-    @property
+    @functools.cached_property
     def programmed(self) -> list[np.ndarray]:
-        """The levels each layer's cells are programmed with, as the exported file holds them."""
+        """The levels each layer's cells are programmed with, as the exported file holds them
+        (fixed once the network is built, so taken off the device once)."""
         return [layer.levels.cpu().numpy() for layer in self.layers]
 
     def clear(self) -> None:

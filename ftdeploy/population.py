@@ -132,10 +132,12 @@ class Backend(ABC):
         """Correct top-1 predictions on images ``start:stop`` with the levels loaded."""
 
     def accuracy(self, reading: ChipReading | None = None) -> float:
-        """Top-1 accuracy in percent over the image set, on a chip (None: the programmed one).
-        A per-inference chip is read afresh for every batch."""
+        """Top-1 accuracy in percent over the image set, on a chip (None: the levels loaded, the
+        programmed ones unless a caller loaded others). A per-inference chip is read afresh for
+        every batch; a chip's levels are unloaded after it."""
         correct = 0
-        self._load(None if reading is None else reading.levels())
+        if reading is not None:
+            self._load(reading.levels())
         try:
             for batch, start in enumerate(range(0, self.n_images, self.batch_size)):
                 if batch and reading is not None and reading.per_inference:

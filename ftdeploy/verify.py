@@ -135,15 +135,15 @@ def verify_onnx(
     acc_retrain = backend.accuracy()
     notes = []
     acc_pretrain = export.meta.get("acc_pretrain")
-    pretrain_source, same_images = _pretrain_source(export.meta.get("acc_pretrain_images"), data.record["fingerprint"])
-    if acc_pretrain is not None and same_images is False:
-        notes.append("Acc_pretrain (file metadata) was measured at training time on other images than the ones measured "
-                     "here, so drops and stability scores compare two image sets.")  # fmt: skip
     if acc_pretrain is None:
-        same_images = None
-        acc_pretrain = acc_retrain
+        acc_pretrain, same_images = acc_retrain, None
         pretrain_source = "Acc_retrain (the file records no Acc_pretrain)"
         notes.append("The file records no Acc_pretrain; Acc_retrain is used in its place for drops and stability scores.")
+    else:
+        pretrain_source, same_images = _pretrain_source(export.meta.get("acc_pretrain_images"), data.record["fingerprint"])
+        if same_images is False:
+            notes.append("Acc_pretrain (file metadata) was measured at training time on other images than the ones "
+                         "measured here, so drops and stability scores compare two image sets.")  # fmt: skip
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {acc_pretrain:.2f} %")
 
     task = progress.add_task("chips", total=chips * len(signoff.rates)) if progress else None
