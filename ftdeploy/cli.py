@@ -519,6 +519,8 @@ def verify_cmd(
     chip_seed: ChipSeedOpt = None,
     max_images: SignOffMaxImagesOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
+    chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
@@ -526,22 +528,44 @@ def verify_cmd(
     from .errors import SignOffFailed
     from .profiles import load_profile
     from .report import verdict_lines, write_report
-    from .verify import verify_onnx
+    from .verify import verify_chip, verify_onnx
 
     resolved = load_profile(profile)
     _refuse_a_checkpoint(onnx_file, profile)
+    if reference is not None:
+        _refuse_a_checkpoint(reference, profile)
+    if chip is not None:
+        one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
+                          max_images=max_images, all_images=all_images)  # fmt: skip
+        _echo(one["line"])
+        return
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
-        report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, val_split=val_split, max_images=max_images,
-                             all_images=all_images,
-                             progress=progress, log=log)  # fmt: skip
+        report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
+                             max_images=max_images, all_images=all_images, progress=progress, log=log)  # fmt: skip
     for line in verdict_lines(report):
         _echo(line)
     if out is not None:
         _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
+    else:
+        _echo("no report written (give --out DIR for report.json, report.md and report.xml)")
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+
+
+def _chip_option(text: str) -> tuple[float, int]:
+    """``--chip RATE:INDEX`` as (rate, index)."""
+    from .errors import ConfigError
+
+    rate, sep, index = text.partition(":")
+    try:
+        parsed = float(rate), int(index)
+    except ValueError:
+        parsed = None
+    if not sep or parsed is None or parsed[1] < 0 or not 0 <= parsed[0] <= 1:
+        raise ConfigError(f"--chip: expected RATE:INDEX, a sign-off rate and a chip index (e.g. 0.01:7), found {text!r}")
+    return parsed
 
 
 def _refuse_a_checkpoint(path: Path, profile: str) -> None:

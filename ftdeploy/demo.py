@@ -46,10 +46,10 @@ def run_demo(resolved: ResolvedProfile, out: Path, device: str | None = None, lo
         runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name)
     log(f"[4/4] export to ONNX and sign-off on {resolved.profile.signoff.chips} chips per rate with ONNX Runtime")
     reports = {}
-    for name in (m for m in MODELS if m in runs):
+    for name in (m for m in MODELS if m in runs):  # the baseline first: every model's Acc_pretrain is its accuracy
         onnx_path = out / f"{name}.onnx"
         export_onnx(runs[name], resolved, onnx_path)
-        reports[name] = verify_onnx(onnx_path, resolved, None)
+        reports[name] = verify_onnx(onnx_path, resolved, None, reference=out / "baseline.onnx")
         write_report(reports[name], out / "reports" / name)
     return reports
 

@@ -14,37 +14,27 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .errors import ConfigError
 from .nonideality import StuckAt
 
-#: Two-sided 95 % Student-t quantiles t(0.975, df). Exact for df <= 30; between table rows the
-#: quantile is interpolated linearly in 1/df (error < 1e-4 against scipy); df -> inf: normal.
-_T975 = {
-    1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 6: 2.446912, 7: 2.364624,
-    8: 2.306004, 9: 2.262157, 10: 2.228139, 11: 2.200985, 12: 2.178813, 13: 2.160369, 14: 2.144787,
-    15: 2.131450, 16: 2.119905, 17: 2.109816, 18: 2.100922, 19: 2.093024, 20: 2.085963, 21: 2.079614,
-    22: 2.073873, 23: 2.068658, 24: 2.063899, 25: 2.059539, 26: 2.055529, 27: 2.051831, 28: 2.048407,
-    29: 2.045230, 30: 2.042272, 40: 2.021075, 50: 2.008559, 60: 2.000298, 80: 1.990063, 100: 1.983972,
-    120: 1.979930, 200: 1.971896, 500: 1.964720, 1000: 1.962339,
-}  # fmt: skip
-_Z975 = 1.959964
-
 NO_DEGRADATION = "no degradation: Acc_defect >= Acc_pretrain"
+NO_PRETRAIN = "no Acc_pretrain on these images"
+
+#: Percentiles every rate reports, besides any a limit names.
+REPORTED_PERCENTILES = (5.0, 50.0)
+#: Chips listed by id as a rate's worst.
+WORST_CHIPS = 5
 
 
 def t_quantile_975(df: int) -> float:
     """t(0.975, df) of Student's t distribution, for a two-sided 95 % confidence interval."""
+    from scipy import stats
+
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, found {df}")
-    if df in _T975:
-        return _T975[df]
-    rows = sorted(_T975)
-    below = max(r for r in rows if r < df)
-    above = next((r for r in rows if r > df), None)
-    # Interpolate linearly in 1/df, where t is nearly linear; past the table, towards the normal.
-    x0, t0 = 1.0 / below, _T975[below]
-    x1, t1 = (1.0 / above, _T975[above]) if above else (0.0, _Z975)
-    return t0 + (x0 - 1.0 / df) / (x0 - x1) * (t1 - t0)
+    return float(stats.t.ppf(0.975, df))
 
 
 def stability_score(acc_retrain: float, acc_pretrain: float, acc_defect: float) -> float:
@@ -114,22 +104,62 @@ def _at_most(name, rate, value, limit, what) -> Check:
     return Check(name, rate, value, limit, "<=", ok, reason)
 
 
+def yield_bounds(meeting: int, chips: int, confidence: float) -> tuple[float, float]:
+    """Exact one-sided (Clopper-Pearson) lower and upper confidence bounds, in %, of the share of
+    chips meeting a spec, from ``meeting`` of ``chips``; each bound holds at ``confidence``."""
+    from scipy import stats
+
+    # A two-sided exact interval at 2c - 1 has each of its ends at one-sided confidence c.
+    ci = stats.binomtest(meeting, chips).proportion_ci(confidence_level=2 * confidence - 1, method="exact")
+    low, high = ci.low, ci.high
+    return 100.0 * float(low), 100.0 * float(high)
+
+
+def chip_yield(accs: list[float], threshold: float, spec: str, confidence: float) -> dict:
+    """The share of chips whose accuracy is at least ``threshold`` (%), with its one-sided lower
+    Clopper-Pearson bound at ``confidence`` (and the upper one, which decides a failing yield)."""
+    meeting = sum(a >= threshold for a in accs)
+    low, high = yield_bounds(meeting, len(accs), confidence)
+    return {"spec": spec, "threshold_pct": threshold, "meeting": meeting, "chips": len(accs),
+            "yield_pct": 100.0 * meeting / len(accs), "lower_bound_pct": low, "upper_bound_pct": high,
+            "confidence": confidence}  # fmt: skip
+
+
+def chip_percentile(accs: list[float], percentile: float) -> float:
+    """The accuracy of the ``percentile``-th percentile chip: a measured chip's own accuracy
+    (the smallest with at least ``percentile`` % of chips at or below it), not an interpolation."""
+    return float(np.percentile(np.asarray(accs, dtype=np.float64), percentile, method="inverted_cdf"))
+
+
+def worst_chips(accs: list[float], rate: float, seed: int | None, count: int = WORST_CHIPS) -> list[dict]:
+    """The ``count`` least accurate chips by id (rate, seed, index), worst first; ties by index."""
+    order = sorted(range(len(accs)), key=lambda i: (accs[i], i))[:count]
+    return [{"rate": rate, "seed": seed, "index": i, "acc": accs[i]} for i in order]
+
+
 def judge(figures: dict, resolved) -> Verdict:
-    """Apply the profile's limits (signoff.min_acc_retrain_pct and each acceptance entry) to
-    figures as :func:`verify_onnx` reports them."""
+    """Apply the profile's limits (chance margin, signoff.min_acc_retrain_pct and each acceptance
+    entry) to figures as :func:`verify_onnx` reports them."""
     signoff = resolved.profile.signoff
     verdict = Verdict()
+    chance = figures.get("chance_pct")
+    if chance is not None and signoff.chance_margin_pct > 0:
+        verdict.checks.append(_at_least("chance_margin_pct", None, figures["acc_retrain"] - chance, signoff.chance_margin_pct,
+                                        f"Acc_retrain − chance ({chance:.2f} %)"))  # fmt: skip
     if signoff.min_acc_retrain_pct is not None:
         verdict.checks.append(_at_least("min_acc_retrain_pct", None, figures["acc_retrain"], signoff.min_acc_retrain_pct, "Acc_retrain"))  # fmt: skip
-    by_rate = {r["rate"]: r for r in figures["rates"]}
     for lim in signoff.acceptance:
-        r = by_rate[lim.rate]
+        r = _figures_at(figures["rates"], lim.total)
         for name, limit in lim.limits().items():
-            verdict.checks.append(_check_one(name, lim.rate, limit, r))
+            verdict.checks.append(_check_one(name, r["rate"], limit, r, lim))
     return verdict
 
 
-def _check_one(name: str, rate: float, limit: float, r: dict) -> Check:
+def _figures_at(rates: list[dict], total: float) -> dict:
+    return min(rates, key=lambda r: abs(r["rate"] - total))
+
+
+def _check_one(name: str, rate: float, limit: float, r: dict, lim) -> Check:
     if name == "min_acc_defect_pct":
         return _at_least(name, rate, r["acc_defect_mean"], limit, "mean Acc_defect")
     if name == "min_acc_defect_lower_ci_pct":
@@ -140,16 +170,43 @@ def _check_one(name: str, rate: float, limit: float, r: dict) -> Check:
         if r["stability"] is None:  # +inf: the chips lose nothing, any minimum is met
             return Check(name, rate, None, limit, ">=", True, f"stability score is +inf ({NO_DEGRADATION})", NO_DEGRADATION)
         return _at_least(name, rate, r["stability"], limit, "stability score")
+    if name == "min_yield_pct":
+        y = r["yield"]
+        what = (f"yield {y['meeting']}/{y['chips']} chips = {y['yield_pct']:.2f} % ({y['spec']}); "
+                f"its {100 * y['confidence']:g} % lower bound")  # fmt: skip
+        return _at_least(name, rate, y["lower_bound_pct"], limit, what)
+    if name == "min_percentile_acc_pct":
+        value = r["percentiles"][_pkey(lim.percentile)]
+        return _at_least(name, rate, value, limit, f"accuracy of the {lim.percentile:g}th-percentile chip")
     raise ConfigError(f"acceptance: unknown limit {name!r}")
 
 
+def _pkey(percentile: float) -> str:
+    """A percentile as a JSON key: ``5``, ``2.5``."""
+    return f"{percentile:g}"
 
-def rate_figures(rate: float, stuck: StuckAt, accs: list[float], acc_pretrain: float, acc_retrain: float) -> dict:
+
+def rate_figures(rate: float, stuck: StuckAt, accs: list[float], acc_pretrain: float | None, acc_retrain: float, *,
+                 seed: int | None = None, signoff=None) -> dict:  # fmt: skip
     """One test rate's figures as a report gives them and :func:`judge` reads them, from the
-    accuracy (%) of every chip; ``stuck`` is the stuck-at population simulated at that rate."""
+    accuracy (%) of every chip; ``stuck`` is the stuck-at population simulated at that rate.
+    ``acc_pretrain`` None: not measured on these images, so no drop and no stability score.
+    ``signoff`` (the profile's :class:`ftdeploy.profiles.SignOff`): the yield against its chip
+    spec at its confidence, and the percentiles its limits name besides :data:`REPORTED_PERCENTILES`."""
+    chip_spec = signoff.chip_spec if signoff is not None else None
+    confidence = signoff.confidence if signoff is not None else None
+    percentiles = [lim.percentile for lim in signoff.acceptance if lim.min_percentile_acc_pct is not None] if signoff else []
     stats = summarize_chips(accs)
-    ss = stability_score(acc_retrain, acc_pretrain, stats["mean"])
     stuck_off, stuck_on = stuck.pair
+    if acc_pretrain is None:
+        drop, ss, ss_note = None, None, NO_PRETRAIN
+    else:
+        drop, ss = acc_pretrain - stats["mean"], stability_score(acc_retrain, acc_pretrain, stats["mean"])
+        ss, ss_note = (None, NO_DEGRADATION) if math.isinf(ss) else (ss, None)
+    chip_yield_ = None
+    if chip_spec is not None and (chip_spec.max_drop_pct is None or acc_pretrain is not None):
+        chip_yield_ = chip_yield(accs, chip_spec.threshold(acc_pretrain), chip_spec.describe(), confidence)
+    wanted = sorted({*REPORTED_PERCENTILES, *percentiles})
     return {
         "rate": rate,
         "stuck_off": stuck_off,
@@ -158,10 +215,11 @@ def rate_figures(rate: float, stuck: StuckAt, accs: list[float], acc_pretrain: f
         "acc_defect_mean": stats["mean"],
         "acc_defect_std": stats["std"],
         "acc_defect_ci95": stats["ci95"],
-        "acc_drop": acc_pretrain - stats["mean"],
-        "stability": None if math.isinf(ss) else ss,
-        "stability_note": NO_DEGRADATION if math.isinf(ss) else None,
+        "acc_drop": drop,
+        "stability": ss,
+        "stability_note": ss_note,
+        "yield": chip_yield_,
+        "percentiles": {_pkey(q): chip_percentile(accs, q) for q in wanted},
+        "worst_chips": worst_chips(accs, rate, seed),
         "chip_accuracies": accs,
     }
-
-

@@ -16,9 +16,10 @@ and sign-off it shares cannot drift from its base's.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -124,10 +125,82 @@ def _one_of_each(kinds: list) -> list:
 FaultList = Annotated[list[FaultSpec], BeforeValidator(_fault_list), AfterValidator(_one_of_each)]
 
 
+#: A sign-off rate as a chip family states it: a total stuck-at rate, split with the ratio of the
+#: profile's stuck-at entry, or a measured [stuck_off, stuck_on] pair, simulated as given.
+def _probability(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a probability per cell between 0 and 1, found {value!r}")
+    return float(value)
+
+
+def _signoff_rate(value):
+    """A total rate or a [stuck_off, stuck_on] pair, checked here so a bad one is one error line."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected a total rate or a [stuck_off, stuck_on] pair, found a list of {len(value)}")
+        pair = tuple(_probability(v) for v in value)
+        if sum(pair) > 1.0:
+            raise ValueError(f"stuck_off + stuck_on must be at most 1, found {sum(pair)}")
+        return pair
+    return _probability(value)
+
+
+StuckPair = tuple[Rate, Rate]
+SignOffRate = Annotated[Union[Rate, StuckPair], BeforeValidator(_signoff_rate)]  # noqa: UP007
+
+
+def rate_total(rate: float | tuple[float, float]) -> float:
+    """The total stuck-at probability of a sign-off rate: the rate, or stuck_off + stuck_on."""
+    return float(sum(rate)) if isinstance(rate, (tuple, list)) else float(rate)
+
+
+def rate_label(rate: float | tuple[float, float]) -> str:
+    """A sign-off rate as written: ``0.01`` or ``[0.0005, 0.002]``."""
+    return f"[{rate[0]:g}, {rate[1]:g}]" if isinstance(rate, (tuple, list)) else f"{rate:g}"
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+
+
+class ChipSpec(_Strict):
+    """What one shipped chip must achieve: the spec a yield counts chips against, and each
+    measured chip is judged by. Give one or both; a chip meets the spec when it meets every one
+    given."""
+
+    min_acc_pct: float | None = Field(None, ge=0, le=100, description="A chip meets the spec when its accuracy is at least this, %.")
+    max_drop_pct: float | None = Field(
+        None, ge=0, le=100,
+        description="A chip meets the spec when Acc_pretrain − its accuracy is at most this, percentage points "
+                    "(Acc_pretrain measured on the same images: from verify --reference, or the file's own figure "
+                    "when its image set is the one measured).",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChipSpec":
+        if self.min_acc_pct is None and self.max_drop_pct is None:
+            raise ValueError("set min_acc_pct, max_drop_pct or both")
+        return self
+
+    def threshold(self, acc_pretrain: float | None) -> float:
+        """The lowest accuracy (%) a chip may have and meet the spec."""
+        bounds = [b for b in (self.min_acc_pct, None if self.max_drop_pct is None else acc_pretrain - self.max_drop_pct) if b is not None]
+        return max(bounds)
+
+    def describe(self) -> str:
+        parts = [f"accuracy >= {self.min_acc_pct:.2f} %" if self.min_acc_pct is not None else None,
+                 f"Acc_pretrain − accuracy <= {self.max_drop_pct:.2f} pts" if self.max_drop_pct is not None else None]  # fmt: skip
+        return " and ".join(p for p in parts if p)
+
+
+#: Limits that compare against Acc_pretrain, so need it measured on the images signed off.
+NEEDS_PRETRAIN = ("max_acc_drop_pct", "min_stability")
+
+
 class AcceptanceLimit(_Strict):
     """One criterion of sign-off, at one failure rate. At least one limit must be set."""
 
-    rate: Rate = Field(description="Total stuck-at rate this limit applies to; must be a sign-off rate.")
+    rate: SignOffRate = Field(description="The sign-off rate this limit applies to: one of signoff.rates, as a total or as its [stuck_off, stuck_on] pair.")
     min_acc_defect_pct: float | None = Field(None, ge=0, le=100, description="Minimum mean Acc_defect, %.")
     min_acc_defect_lower_ci_pct: float | None = Field(
         None, ge=0, le=100, description="Minimum lower bound of the 95 % CI of Acc_defect, %."
@@ -136,17 +209,32 @@ class AcceptanceLimit(_Strict):
         None, ge=0, le=100, description="Maximum Acc_pretrain − mean Acc_defect, percentage points."
     )
     min_stability: float | None = Field(None, ge=0, description="Minimum Stability Score, SS = Acc_retrain / (Acc_pretrain − mean Acc_defect); met when the chips lose nothing (SS is +inf).")
+    min_yield_pct: float | None = Field(
+        None, ge=0, le=100,
+        description="Minimum yield, %: the share of chips meeting signoff.chip_spec, judged on its exact one-sided "
+                    "lower confidence bound (Clopper-Pearson) at signoff.confidence.",
+    )  # fmt: skip
+    min_percentile_acc_pct: float | None = Field(
+        None, ge=0, le=100, description="Minimum accuracy of the `percentile`-th percentile chip, % (the chip that only `percentile` % of chips fall below)."
+    )
+    percentile: float = Field(5.0, gt=0, lt=100, description="Which percentile min_percentile_acc_pct applies to, %.")
 
     def limits(self) -> dict[str, float]:
         """The limits set on this rate, by field name."""
-        names = ("min_acc_defect_pct", "min_acc_defect_lower_ci_pct", "max_acc_drop_pct", "min_stability")
+        names = ("min_acc_defect_pct", "min_acc_defect_lower_ci_pct", "max_acc_drop_pct", "min_stability", "min_yield_pct",
+                 "min_percentile_acc_pct")  # fmt: skip
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def total(self) -> float:
+        return rate_total(self.rate)
 
     @model_validator(mode="after")
     def _check(self) -> "AcceptanceLimit":
         if not self.limits():
             raise ValueError(
-                "set at least one of min_acc_defect_pct, min_acc_defect_lower_ci_pct, max_acc_drop_pct, min_stability"
+                "set at least one of min_acc_defect_pct, min_acc_defect_lower_ci_pct, max_acc_drop_pct, min_stability, "
+                "min_yield_pct, min_percentile_acc_pct"
             )
         return self
 
@@ -154,23 +242,63 @@ class AcceptanceLimit(_Strict):
 class SignOff(_Strict):
     """How a model is verified before shipping."""
 
-    rates: list[Rate] = Field(
+    rates: list[SignOffRate] = Field(
         min_length=1,
-        description="Total stuck-at rates (probability per cell) tested at sign-off, each split like the profile's "
-                    "stuck-at entry; every other kind in faults applies at each of them as stated.",
+        description="Stuck-at rates tested at sign-off: a total (probability per cell), split with the ratio of the "
+                    "profile's stuck-at entry, or a measured [stuck_off, stuck_on] pair, simulated as given. Every "
+                    "other kind in faults applies at each of them as stated.",
     )  # fmt: skip
     chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate, each with its own random faults.")
     seed: int = Field(0, ge=0, description="Seed of the chip population: the same seed gives the same chips and the same report.")
     max_images: int | None = Field(None, ge=1, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
     min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy (Acc_retrain) of the exported model, %.")
+    chance_margin_pct: float = Field(
+        10.0, ge=0, le=100,
+        description="Acc_retrain must exceed chance (100 / number of classes, %) by at least this many percentage "
+                    "points, or sign-off fails whatever the other limits say: a model that guesses loses nothing to "
+                    "faults and would otherwise pass. 0: off.",
+    )  # fmt: skip
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1,
+        description="Confidence of the yield's lower bound (one-sided, Clopper-Pearson).",
+    )  # fmt: skip
+    chip_spec: ChipSpec | None = Field(None, description="What one shipped chip must achieve; needed by min_yield_pct.")
     acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL, each at one of the sign-off rates.")
+
+    @property
+    def totals(self) -> list[float]:
+        """The total stuck-at probability of each sign-off rate, in order."""
+        return [rate_total(r) for r in self.rates]
+
+    def rate_for(self, limit: AcceptanceLimit) -> float | tuple[float, float] | None:
+        """The sign-off rate an acceptance entry names (by its total, and its pair where it gives one)."""
+        for rate in self.rates:
+            if _same_rate(rate_total(rate), limit.total) and (
+                not isinstance(limit.rate, tuple) or not isinstance(rate, tuple) or all(map(_same_rate, rate, limit.rate))
+            ):
+                return rate
+        return None
 
     @model_validator(mode="after")
     def _check(self) -> "SignOff":
-        missing = [lim.rate for lim in self.acceptance if lim.rate not in self.rates]
+        totals = self.totals
+        repeated = sorted({rate_label(r) for r, t in zip(self.rates, totals) if sum(_same_rate(t, u) for u in totals) > 1})
+        if repeated:
+            raise ValueError(f"rates: each total stuck-at rate may appear once (its chips are keyed by it), found {', '.join(repeated)} sharing one")
+        missing = [rate_label(lim.rate) for lim in self.acceptance if self.rate_for(lim) is None]
         if missing:
-            raise ValueError(f"acceptance rates {missing} are not in rates {self.rates}")
+            raise ValueError(f"acceptance rates [{', '.join(missing)}] are not in rates [{', '.join(map(rate_label, self.rates))}]")
+        if self.chip_spec is None and any(lim.min_yield_pct is not None for lim in self.acceptance):
+            raise ValueError("min_yield_pct counts chips meeting signoff.chip_spec: set chip_spec (min_acc_pct and/or max_drop_pct)")
         return self
+
+    @property
+    def needs_pretrain(self) -> list[str]:
+        """The limits set here that compare against Acc_pretrain."""
+        names = [f"rate={rate_label(lim.rate)} {n}" for lim in self.acceptance for n in lim.limits() if n in NEEDS_PRETRAIN]
+        if self.chip_spec is not None and self.chip_spec.max_drop_pct is not None:
+            names.append("chip_spec.max_drop_pct")
+        return names
 
 
 class Method(str, Enum):
@@ -299,6 +427,23 @@ class Profile(_Strict):
     def fault_model(self) -> FaultModel:
         """The chips' non-idealities composed (:class:`ftdeploy.nonideality.FaultModel`)."""
         return FaultModel(self.faults)
+
+    def signoff_faults(self, rate: float | tuple[float, float]) -> FaultModel:
+        """The chips simulated at one sign-off rate: a [stuck_off, stuck_on] pair as given, a total
+        split with the ratio of the stuck-at entry."""
+        if isinstance(rate, (tuple, list)):
+            return self.fault_model.at_pair(*rate)
+        return self.fault_model.at_rate(rate)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Profile":
+        if self.fault_model.stuck is None:
+            totals = [rate_label(r) for r in self.signoff.rates if not isinstance(r, tuple) and r > 0]
+            if totals:
+                raise ValueError(f"signoff.rates {', '.join(totals)}: a total stuck-at rate is split with the stuck-off : "
+                                 "stuck-on ratio of the stuck-at entry in faults, and faults has none; add one, or give "
+                                 "each rate as a measured [stuck_off, stuck_on] pair")  # fmt: skip
+        return self
 
     @property
     def training_faults(self) -> list:
@@ -491,6 +636,8 @@ def builtin_targets() -> list[Path]:
 __all__ = [
     "AcceptanceLimit",
     "CHEN2015_SPLIT",
+    "ChipSpec",
+    "SignOffRate",
     "FaultList",
     "Method",
     "Profile",

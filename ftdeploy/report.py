@@ -66,7 +66,20 @@ def _ci(ci: list[float] | None) -> str:
 
 
 def _ss(rate: dict) -> str:
-    return "+inf ¹" if rate["stability"] is None else f"{rate['stability']:.2f}"
+    if rate["stability"] is not None:
+        return f"{rate['stability']:.2f}"
+    return "n/a" if rate["acc_drop"] is None else "+inf ¹"
+
+
+def _yield(rate: dict) -> str:
+    y = rate.get("yield")
+    if not y:
+        return "n/a"
+    return f"{y['meeting']}/{y['chips']} = {y['yield_pct']:.1f} % (≥ {y['lower_bound_pct']:.1f})"
+
+
+def _drop(rate: dict) -> str:
+    return "n/a" if rate["acc_drop"] is None else f"{rate['acc_drop']:.2f}"
 
 
 def render_markdown(report: dict) -> str:
@@ -93,27 +106,36 @@ def render_markdown(report: dict) -> str:
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''}"
         f"{'; image set sha256 `' + data['fingerprint'][:16] + '…`' if data.get('fingerprint') else ''} |",
         f"| chips | {signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
-        f"{signoff['split'][0]:g} : {signoff['split'][1]:g} |",
+        f"{signoff['split'][0]:g} : {signoff['split'][1]:g} (a rate given as a pair: as given) |",
         f"| faults | {signoff.get('faults', 'stuck-at')} |",
+        *_reference_row(report),
+        *_chip_spec_row(signoff),
         f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
         "",
         "## Figures (accuracy, %)",
         "",
         f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
-        f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — fault-free ONNX model on the evaluation images",
+        f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — "
+        f"{fig.get('acc_retrain_source', 'fault-free ONNX model on the evaluation images')}",
+        *([f"- Acc_defect — {fig['acc_defect_source']}"] if fig.get("acc_defect_source") else []),
+        f"- Images: {_image_set(data)}",
         "",
-        "| P_sa | stuck-off | stuck-on | Acc_defect | std | 95 % CI | drop (pts) | SS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| P_sa | stuck-off | stuck-on | Acc_defect | std | 95 % CI | drop (pts) | SS | 5th pct chip | yield (lower bound) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in fig["rates"]:
+        p5 = (r.get("percentiles") or {}).get("5")
         lines.append(f"| {r['rate']:g} | {r['stuck_off']:.3g} | {r['stuck_on']:.3g} | {_pct(r['acc_defect_mean'])} | "
-                     f"{_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {r['acc_drop']:.2f} | {_ss(r)} |")  # fmt: skip
+                     f"{_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {_drop(r)} | {_ss(r)} | {_pct(p5)} | "
+                     f"{_yield(r)} |")  # fmt: skip
     lines += [
         "",
         "SS = Acc_retrain / (Acc_pretrain − Acc_defect). "
         "¹ When Acc_defect ≥ Acc_pretrain the score is undefined; it is reported as +inf "
         "(null in report.json) and any min_stability limit counts as met.",
         f"CI: {signoff['ci']}.",
+        *([f"Yield: chips meeting the chip spec, with its exact one-sided lower bound (Clopper-Pearson) at "
+           f"{100 * signoff['confidence']:g} % confidence."] if signoff.get("chip_spec") else []),
         "",
         "## Verdict",
         "",
@@ -131,11 +153,43 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
+    lines += _worst_chip_lines(fig["rates"])
     lines += ["## Per-chip accuracy (%)", ""]
     for r in fig["rates"]:
         lines.append(f"- P_sa {r['rate']:g}: " + ", ".join(f"{a:.2f}" for a in r["chip_accuracies"]))
     lines.append("")
     return "\n".join(lines)
+
+
+def _image_set(data: dict) -> str:
+    """Which images every figure was measured on."""
+    fingerprint = f", image set sha256 {data['fingerprint'][:16]}…" if data.get("fingerprint") else ""
+    return f"{data['images']} images of {data['spec']}{fingerprint}"
+
+
+def _reference_row(report: dict) -> list[str]:
+    ref = report.get("reference")
+    return [f"| reference | `{ref['file']}` (sha256 `{ref['sha256'][:16]}…`), Acc_pretrain measured on it |"] if ref else []
+
+
+def _chip_spec_row(signoff: dict) -> list[str]:
+    spec = signoff.get("chip_spec")
+    if not spec:
+        return []
+    parts = [f"accuracy ≥ {spec['min_acc_pct']:.2f} %" if spec.get("min_acc_pct") is not None else None,
+             f"Acc_pretrain − accuracy ≤ {spec['max_drop_pct']:.2f} pts" if spec.get("max_drop_pct") is not None else None]  # fmt: skip
+    return [f"| chip spec | {' and '.join(p for p in parts if p)} |"]
+
+
+def _worst_chip_lines(rates: list[dict]) -> list[str]:
+    """The least accurate chips of each rate by id: `verify --chip RATE:INDEX` reruns one."""
+    if not any(r.get("worst_chips") for r in rates):
+        return []
+    lines = ["## Worst chips", "", "Rerun one alone with `ftdeploy verify ... --chip RATE:INDEX`.", "",
+             "| P_sa | seed | chip | accuracy (%) |", "|---|---|---|---|"]  # fmt: skip
+    for r in rates:
+        lines += [f"| {w['rate']:g} | {w['seed']} | {w['index']} | {w['acc']:.2f} |" for w in r.get("worst_chips") or []]
+    return lines + [""]
 
 
 def _schedule(schedule: list[float] | None) -> str:

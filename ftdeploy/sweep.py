@@ -42,7 +42,7 @@ from .errors import ConfigError, ModelError
 from .figures import judge, rate_figures, stability_score, summarize_chips
 from .files import exclusive_lock, sha256_file, write_atomic
 from .population import SimulatedChips, chip_accuracies
-from .profiles import ResolvedProfile
+from .profiles import ResolvedProfile, rate_label
 from .devices import pick_device
 from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
 from .training.config import RESUME_MAY_DIFFER, TrainConfig, config_yaml, progressive_rates_for
@@ -363,15 +363,19 @@ def signoff_screen(s: SweepSettings, result: dict, acc_pretrain: float) -> dict:
     grid's test rates lack a rate a limit is set at, or a limit needs a confidence interval and
     the grid has one chip per rate."""
     faults, acceptance = s.profile.profile.fault_model, s.profile.profile.signoff.acceptance
-    needed = sorted({lim.rate for lim in acceptance})
+    pairs = [rate_label(lim.rate) for lim in acceptance if isinstance(s.profile.profile.signoff.rate_for(lim), tuple)]
+    if pairs:  # the grid tests totals split with the profile's ratio, not a pair given as measured
+        return {"verdict": "untested", "why": f"sign-off rates given as [stuck_off, stuck_on] pairs: {', '.join(pairs)}"}
+    needed = sorted({lim.total for lim in acceptance})
     missing = [f"{rate:g}" for rate in needed if f"{rate:g}" not in result["tests"]]
     if missing:
         return {"verdict": "untested", "why": f"not tested at P={', '.join(missing)}"}
     if s.chips < 2 and any(lim.min_acc_defect_lower_ci_pct is not None for lim in acceptance):
         return {"verdict": "untested", "why": "min_acc_defect_lower_ci_pct needs 2 or more chips per rate"}
     clean = result["acc_clean"]
+    signoff = s.profile.profile.signoff
     figures = {"acc_retrain": clean, "rates": [rate_figures(rate, faults.at_rate(rate).stuck, result["tests"][f"{rate:g}"]["chips"],
-                                                            acc_pretrain, clean) for rate in needed]}  # fmt: skip
+                                                            acc_pretrain, clean, seed=s.seed, signoff=signoff) for rate in needed]}  # fmt: skip
     verdict = judge(figures, s.profile)
     failed = [c.name if c.rate is None else f"{c.name}@{c.rate:g}" for c in verdict.checks if not c.passed]
     return {"verdict": "PASS" if verdict.passed else "FAIL", "failed": failed}
@@ -389,7 +393,7 @@ def signoff_limits(s: SweepSettings) -> dict:
     """The limits :func:`signoff_screen` applied, and on which chips, for the table's reader."""
     signoff = s.profile.profile.signoff
     limits = [f"min_acc_retrain_pct {signoff.min_acc_retrain_pct:g}"] if signoff.min_acc_retrain_pct is not None else []
-    limits += [f"{name} {limit:g} at P={lim.rate:g}" for lim in signoff.acceptance for name, limit in lim.limits().items()]
+    limits += [f"{name} {limit:g} at P={rate_label(lim.rate)}" for lim in signoff.acceptance for name, limit in lim.limits().items()]
     return {"profile": s.profile.profile.name, "limits": limits, "chips": s.chips, "signoff_chips": signoff.chips, "seed": s.seed}
 
 

@@ -8,16 +8,21 @@ Runtime backend (:class:`ftdeploy.runtime.OnnxBackend`); chip k is the same chip
 backend simulates, so the two agree chip by chip. Figures and verdicts come from
 :mod:`ftdeploy.figures`.
 
-Figures (accuracy in %):
-  Acc_pretrain  from the file's metadata (measured at training time); when absent, Acc_retrain
-  Acc_retrain   fault-free accuracy of the file, measured here on the evaluation images
+Figures (accuracy in %), all on the same images:
+  Acc_pretrain  the fault-free starting model: measured here on a reference export
+                (``--reference``), or the file's own figure where it was measured on these very
+                images (their fingerprint matches); otherwise none, and a limit that needs it is
+                refused. A file that records none uses Acc_retrain.
+  Acc_retrain   fault-free accuracy of the file, measured here
   Acc_defect    mean over chips at each rate, with sample std and a 95 % Student-t CI
   SS            Acc_retrain / (Acc_pretrain − Acc_defect); +inf when Acc_defect >= Acc_pretrain
+  yield         share of chips meeting the profile's chip spec, with its Clopper-Pearson bounds
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +35,9 @@ from .errors import ConfigError, VerifyError
 from .exported import ExportedModel, load_export
 from .figures import NO_DEGRADATION, judge, rate_figures
 from .files import sha256_file
+from .nonideality import StuckAt
 from .population import SimulatedChips, chip_accuracies
-from .profiles import ResolvedProfile
+from .profiles import ResolvedProfile, rate_label, rate_total
 from .resolve import signoff_settings
 from .runtime import OnnxBackend
 
@@ -41,11 +47,21 @@ REPORT_SCHEMA = "ftdeploy-report/1"
 
 @dataclass
 class EvalData:
-    """Normalised float32 images and int64 labels the chips are judged on, and where they came from."""
+    """Normalised float32 images and int64 labels the chips are judged on, and where they came
+    from; ``raw`` are the images before normalisation, for another model (a reference) to be
+    measured on the same ones with its own."""
 
     x: np.ndarray
     y: np.ndarray
     record: dict
+    raw: np.ndarray
+
+    def normalized_for(self, export: ExportedModel) -> np.ndarray:
+        """These images with ``export``'s normalisation."""
+        from .data import normalize_numpy
+
+        norm = export.meta["normalization"]
+        return normalize_numpy(self.raw, norm["mean"], norm["std"])
 
 
 def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: int | None = None,
@@ -54,15 +70,13 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     ``all_images``, preprocessed with the file's normalisation; at most ``max_images``, a
     class-stratified subset (seed 0) in the dataset's order, because validation parts may be
     sorted by class. The record gives the image count and the fingerprint of the images measured."""
-    from .data import SPLIT_SEED, image_set_fingerprint, load_validation, normalize_numpy
+    from .data import SPLIT_SEED, image_set_fingerprint, load_validation
 
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
         raise VerifyError(f"{export.path}: input is {height}x{width}; only square images are supported")
     bundle = load_validation(spec, val_split, image_size=height, all_images=all_images)  # training images stay undecoded
-    classes = export.meta["classes"]
-    if list(bundle.classes) != list(classes):
-        raise VerifyError(f"data {bundle.spec}: classes {_short(bundle.classes)} differ from the model's {_short(classes)}")
+    _check_classes(export, bundle.spec, bundle.classes)
     x, y = bundle.val_x.numpy(), bundle.val_y.numpy().astype(np.int64)
     if tuple(x.shape[1:]) != export.image_shape:
         raise VerifyError(f"data {bundle.spec}: images are {list(x.shape[1:])}, the model takes {list(export.image_shape)}")
@@ -70,12 +84,18 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     keep = subset_indices(y, max_images)
     if keep is not None:
         x, y = x[keep], y[keep]
-    norm = export.meta["normalization"]
     record = {"spec": bundle.spec, "val_split": bundle.val_split, "split_seed": SPLIT_SEED, "images": int(len(y)),
               "val_images": int(available), "max_images": max_images, "all_images": all_images,
               "fingerprint": image_set_fingerprint(x, y), "description": bundle.description,
               "training_record": export.meta.get("data")}  # fmt: skip
-    return EvalData(normalize_numpy(x, norm["mean"], norm["std"]), y, record)
+    data = EvalData(x, y, record, raw=x)
+    data.x = data.normalized_for(export)
+    return data
+
+
+def _check_classes(export: ExportedModel, spec: str, classes) -> None:
+    if list(classes) != list(export.meta["classes"]):
+        raise VerifyError(f"data {spec}: classes {_short(list(classes))} differ from {export.path.name}'s {_short(export.meta['classes'])}")
 
 
 def subset_indices(labels: np.ndarray, max_images: int | None) -> np.ndarray | None:
@@ -107,6 +127,7 @@ def verify_onnx(
     chips: int | None = None,
     seed: int | None = None,
     *,
+    reference: str | Path | None = None,
     val_split: int | None = None,
     max_images: int | None = None,
     all_images: bool = False,
@@ -119,61 +140,146 @@ def verify_onnx(
     ``verdict.passed`` says whether every limit holds). ``chips``, ``seed`` and ``max_images``
     default to the profile's sign-off; ``batch_size`` (images per ONNX Runtime call) to
     :func:`default_batch_size`; ``threads`` (intra-op) to the cores this process may use.
-    ``all_images``: measure on every image of ``data_spec`` (a test set of one's own), not its
-    validation part. ``progress``: a rich Progress (one bar over all chips);
-    ``log``: receives one plain line per rate. Raises ConfigError / VerifyError / DataError on
-    bad input, before any chip runs."""
+    ``reference``: the fault-free starting model, exported for the same target, whose accuracy
+    on these images is Acc_pretrain. ``all_images``: measure on every image of ``data_spec`` (a
+    test set of one's own), not its validation part. ``progress``: a rich Progress (one bar over
+    all chips); ``log``: receives one plain line per rate. Raises ConfigError / VerifyError /
+    DataError on bad input, before any chip runs."""
     signoff = resolved.profile.signoff
     chips, seed, max_images = dataclasses.astuple(signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images)))
     _check_run_options(resolved, chips, seed, max_images, batch_size)
-    export = load_export(onnx_path)
-    _check_same_target(export, resolved)
-    data = evaluation_data(export, data_spec, val_split, max_images, all_images)
-
-    backend = OnnxBackend(export, data.x, data.y, threads, batch_size)
     t0 = time.perf_counter()
-    acc_retrain = backend.accuracy()
-    notes = []
-    acc_pretrain = export.meta.get("acc_pretrain")
-    if acc_pretrain is None:
-        acc_pretrain, same_images = acc_retrain, None
-        pretrain_source = "Acc_retrain (the file records no Acc_pretrain)"
-        notes.append("The file records no Acc_pretrain; Acc_retrain is used in its place for drops and stability scores.")
-    else:
-        pretrain_source, same_images = _pretrain_source(export.meta.get("acc_pretrain_images"), data.record["fingerprint"])
-        if same_images is False:
-            notes.append("Acc_pretrain (file metadata) was measured at training time on other images than the ones "
-                         "measured here, so drops and stability scores compare two image sets.")  # fmt: skip
-    _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {acc_pretrain:.2f} %")
+    setup = _setup(onnx_path, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
+    acc_retrain, pretrain = setup.acc_retrain, setup.pretrain
+    notes = list(pretrain.notes)
+    _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
     task = progress.add_task("chips", total=chips * len(signoff.rates)) if progress else None
     tick = (lambda: progress.advance(task)) if progress else None
     rates = []
     for rate in signoff.rates:
         t_rate = time.perf_counter()
-        faults = resolved.profile.fault_model.at_rate(rate)
-        accs = chip_accuracies(backend, SimulatedChips(faults, rate, seed, chips), on_chip=tick)
-        rates.append(rate_figures(rate, faults.stuck, accs, acc_pretrain, acc_retrain))
-        _say(log, f"rate {rate:g}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {chips} chips "
+        faults, total = resolved.profile.signoff_faults(rate), rate_total(rate)
+        accs = chip_accuracies(backend, SimulatedChips(faults, total, seed, chips), on_chip=tick)
+        rates.append(rate_figures(total, faults.stuck, accs, pretrain.value, acc_retrain, seed=seed, signoff=signoff))
+        _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {chips} chips "
                   f"({time.perf_counter() - t_rate:.1f} s)")  # fmt: skip
     _say(log, f"{chips * len(signoff.rates)} chips in {time.perf_counter() - t0:.1f} s")
-    if any(r["stability"] is None for r in rates):
+    if any(r["stability_note"] == NO_DEGRADATION for r in rates):
         notes.append(f"A stability score of +inf (null in JSON) means {NO_DEGRADATION}; SS is undefined there, "
                      "and any min_stability limit counts as met.")  # fmt: skip
-    figures = {"acc_pretrain": acc_pretrain, "acc_pretrain_source": pretrain_source, "acc_pretrain_same_images": same_images,
-               "acc_retrain": acc_retrain, "rates": rates}  # fmt: skip
+    figures = {"acc_pretrain": pretrain.value, "acc_pretrain_source": pretrain.source, "acc_pretrain_same_images": pretrain.same_images,
+               "acc_retrain": acc_retrain, "acc_retrain_source": "measured here: this file on a fault-free chip, on these images",
+               "acc_defect_source": f"measured here: this file on {chips} simulated chips per rate, on these images",
+               "chance_pct": 100.0 / len(export.meta["classes"]), "rates": rates}  # fmt: skip
     verdict = judge(figures, resolved)
-    return _report(export, resolved, data, chips, seed, figures, verdict, notes)
+    return _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export)
 
 
-def _pretrain_source(recorded: str | None, measured: str) -> tuple[str, bool | None]:
-    """Where the file's Acc_pretrain comes from, and whether it was measured on the images measured
-    here (None: the file does not say: exported before the fingerprint was recorded)."""
+@dataclass
+class _Setup:
+    """What every sign-off measures first: the file, its reference, the images, the backend, and
+    the fault-free figures."""
+
+    export: ExportedModel
+    reference: ExportedModel | None
+    data: EvalData
+    backend: OnnxBackend
+    acc_retrain: float
+    pretrain: "AccPretrain"
+
+
+def _setup(onnx_path, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size) -> _Setup:
+    export = load_export(onnx_path)
+    _check_same_target(export, resolved)
+    ref_export = _load_reference(reference, export, resolved)
+    data = evaluation_data(export, data_spec, val_split, max_images, all_images)
+    backend = OnnxBackend(export, data.x, data.y, threads, batch_size)
+    acc_retrain = backend.accuracy()
+    pretrain = _acc_pretrain(export, ref_export, data, acc_retrain, resolved, threads, batch_size)
+    return _Setup(export, ref_export, data, backend, acc_retrain, pretrain)
+
+
+def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[float, int], data_spec: str | None = None,
+                seed: int | None = None, *, reference: str | Path | None = None, val_split: int | None = None,
+                max_images: int | None = None, all_images: bool = False) -> dict:  # fmt: skip
+    """Rerun one simulated chip alone, ``chip`` = (a sign-off rate's total, chip index), on the
+    images and seed a sign-off with the same options measures: the accuracy is the one that
+    sign-off reports for that chip. Returns {"id", "accuracy", "meets_spec", "line"}."""
+    from .population import Chip, ChipId
+
+    signoff = resolved.profile.signoff
+    total, index = chip
+    rate = next((r for r in signoff.rates if math.isclose(rate_total(r), total, rel_tol=1e-9, abs_tol=1e-15)), None)
+    if rate is None:
+        raise ConfigError(f"--chip {total:g}:{index}: {total:g} is not a sign-off rate of {resolved.profile.name} "
+                          f"({', '.join(rate_label(r) for r in signoff.rates)})")  # fmt: skip
+    settings = signoff_settings(signoff, dict(seed=seed, max_images=max_images))
+    _check_run_options(resolved, settings.chips, settings.seed, settings.max_images, None)
+    setup = _setup(onnx_path, resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None)
+    one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
+    accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
+    spec, meets = signoff.chip_spec, None
+    line = f"chip ({one.id}): accuracy {accuracy:.2f} % on {len(setup.data.y)} images"
+    if spec is not None and (spec.max_drop_pct is None or setup.pretrain.value is not None):
+        meets = accuracy >= spec.threshold(setup.pretrain.value)
+        line += f"; {'meets' if meets else 'fails'} the chip spec ({spec.describe()})"
+    return {"id": dataclasses.asdict(one.id), "accuracy": accuracy, "meets_spec": meets, "line": line}
+
+
+@dataclass
+class AccPretrain:
+    """Acc_pretrain as a report gives it: the figure (None: none on these images), where it comes
+    from, whether it was measured on the images measured here, and notes for the reader."""
+
+    value: float | None
+    source: str
+    same_images: bool | None
+    notes: tuple[str, ...] = ()
+
+
+def _load_reference(reference: str | Path | None, export: ExportedModel, resolved: ResolvedProfile) -> ExportedModel | None:
+    """The reference export, which must be for the same chips and the same classes and inputs."""
+    if reference is None:
+        return None
+    ref = load_export(reference)
+    if ref.target.model_dump(mode="json", exclude={"description"}) != export.target.model_dump(mode="json", exclude={"description"}):
+        raise VerifyError(f"--reference {ref.path}: exported for target {ref.target.name!r}, {export.path.name} for "
+                          f"{export.target.name!r}; export the reference for the same target")  # fmt: skip
+    if list(ref.meta["classes"]) != list(export.meta["classes"]) or ref.image_shape != export.image_shape:
+        raise VerifyError(f"--reference {ref.path}: its classes or input shape {list(ref.image_shape)} differ from "
+                          f"{export.path.name}'s; the reference must be the model this one was retrained from")  # fmt: skip
+    return ref
+
+
+def _acc_pretrain(export, ref_export, data: EvalData, acc_retrain: float, resolved, threads, batch_size) -> AccPretrain:
+    """Acc_pretrain on the images measured here: the reference's fault-free accuracy on them, or
+    the file's own figure where it was provably measured on them. Otherwise none, and a limit
+    that needs it is refused."""
+    if ref_export is not None:
+        value = OnnxBackend(ref_export, data.normalized_for(ref_export), data.y, threads, batch_size).accuracy()
+        return AccPretrain(value, f"measured here: the reference {ref_export.path.name} (sha256 "
+                                  f"{sha256_file(ref_export.path)[:16]}…) on a fault-free chip, on these images", True)  # fmt: skip
+    recorded = export.meta.get("acc_pretrain")
     if recorded is None:
-        return "file metadata (measured at training time; the file does not record on which images)", None
-    if recorded == measured:
-        return "file metadata (measured at training time on these same images)", True
-    return "file metadata (measured at training time on other images than these)", False
+        return AccPretrain(acc_retrain, "Acc_retrain (the file records no Acc_pretrain)", True,
+                           ("The file records no Acc_pretrain; Acc_retrain is used in its place for drops and stability scores.",))  # fmt: skip
+    if export.meta.get("acc_pretrain_images") == data.record["fingerprint"]:
+        return AccPretrain(recorded, "file metadata (measured at training time on these same images)", True)
+    needing = resolved.profile.signoff.needs_pretrain
+    why = "other images than these" if export.meta.get("acc_pretrain_images") else "images it does not record"
+    if needing:
+        raise ConfigError(f"{resolved.profile_path}: {', '.join(needing)} compare against Acc_pretrain, and {export.path.name} "
+                          f"records one measured at training time on {why}; give --reference PRE.onnx (the fault-free "
+                          "starting model, exported for this target) to measure it on these images")  # fmt: skip
+    note = (f"Acc_pretrain is not reported: the file's figure ({recorded:.2f} %) was measured at training time on {why}; "
+            "give --reference PRE.onnx to measure it on these images.")  # fmt: skip
+    return AccPretrain(None, f"none on these images (the file's was measured on {why})", False, (note,))
+
+
+def _pct_or_none(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
 
 
 def _say(log, line: str) -> None:
@@ -211,7 +317,7 @@ def _check_same_target(export: ExportedModel, resolved: ResolvedProfile) -> None
                           "export with this profile or verify with the export's")  # fmt: skip
 
 
-def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dict:
+def _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export=None) -> dict:
     """The report: everything needed to reproduce and audit the sign-off, no timestamps (same
     inputs and seed give a byte-identical report.json)."""
     import onnxruntime as ort
@@ -229,9 +335,16 @@ def _report(export, resolved, data, chips, seed, figures, verdict, notes) -> dic
                     "extends": [{"file": str(b), "sha256": sha256_file(b)} for b in resolved.base_paths],
                     "target": resolved.target.name, "target_file": str(resolved.target_path),
                     "target_sha256": sha256_file(resolved.target_path), "resolved": resolved.to_dict()},  # fmt: skip
+        "reference": None if ref_export is None else {"file": str(ref_export.path), "sha256": sha256_file(ref_export.path),
+                                                      "content_sha256": ref_export.meta.get("content_sha256"),
+                                                      "model": ref_export.meta.get("model"), "method": ref_export.meta.get("method")},
         "data": data.record,
         "signoff": {"seed": seed, "chips": chips, "rates": [r["rate"] for r in figures["rates"]],
-                    "split": list(resolved.profile.fault_model.at_rate(0.0).stuck.ratio),
+                    "rates_as_given": [list(r) if isinstance(r, tuple) else r for r in resolved.profile.signoff.rates],
+                    "split": list((resolved.profile.fault_model.stuck or StuckAt.from_total(0.0)).ratio),
+                    "confidence": resolved.profile.signoff.confidence,
+                    "chance_margin_pct": resolved.profile.signoff.chance_margin_pct,
+                    "chip_spec": None if resolved.profile.signoff.chip_spec is None else resolved.profile.signoff.chip_spec.model_dump(),
                     "faults": resolved.profile.fault_model.describe_at("P_sa"),
                     "ci": "95 % two-sided Student t: mean ± t(0.975, chips−1)·std/√chips, std with chips−1"},  # fmt: skip
         "figures": figures,

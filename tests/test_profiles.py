@@ -126,7 +126,7 @@ BAD_PROFILES = {
     "drift time without unit sense": ({"faults": [{"kind": "drift", "nu_mean": 0.1, "at": "one day"}]},
                                       "faults.0.drift.at", "expected a duration such as"),
     "rate above 1": ({"faults__0__p_sa": 1.5}, "faults.0.stuck-at.p_sa", "less than or equal to 1"),
-    "negative rate": ({"signoff__rates": [0.01, -0.1]}, "signoff.rates.1", "greater than or equal to 0"),
+    "negative rate": ({"signoff__rates": [0.01, -0.1]}, "signoff.rates.1", "expected a probability per cell between 0 and 1, found -0.1"),
     "p_sa and stuck_off": ({"faults__0__stuck_off": 0.001}, "faults.0.stuck-at", "give either p_sa or stuck_off/stuck_on, not both"),
     "stuck_off alone": ({"faults": [{"kind": "stuck-at", "stuck_off": 0.01}]}, "faults.0.stuck-at", "stuck_off and stuck_on must be given together"),
     "no rate at all": ({"faults": [{"kind": "stuck-at", "split": [1, 1]}]}, "faults.0.stuck-at", "give p_sa, or stuck_off and stuck_on"),

@@ -108,8 +108,20 @@ def onnx_path(ckpt, resolved, folder) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(onnx_path, resolved) -> dict:
-    return verify_onnx(onnx_path, resolved)
+def reference_path(bundle, resolved, folder) -> Path:
+    """Another quick model, exported for the same target: the fault-free reference whose accuracy
+    on the signed-off images is Acc_pretrain (the profile's 200-image subset is not the image set
+    the checkpoint measured its own Acc_pretrain on)."""
+    ref_folder = folder / "reference"
+    ref_folder.mkdir()
+    out = folder / "reference.onnx"
+    export_onnx(load_checkpoint(quick_checkpoint(bundle, resolved.target, ref_folder, seed=1)), resolved, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(onnx_path, resolved, reference_path) -> dict:
+    return verify_onnx(onnx_path, resolved, reference=reference_path)
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +197,19 @@ def test_analog_graph_decodes_integer_levels_exactly_as_the_file(onnx_path, torc
 
 
 def _profile_with_faults(folder, faults) -> Path:
+    """The passing profile with these faults; a stuck-at entry at 0 where they have none, to
+    give the sign-off rates their stuck-off : stuck-on ratio."""
+    if not any(f["kind"] == "stuck-at" for f in faults):
+        faults = [{"kind": "stuck-at", "p_sa": 0.0}, *faults]
     path = folder / "composed.yaml"
     path.write_text(PASSING.replace("faults:\n  - kind: stuck-at\n    p_sa: 0.01\n", "") + yaml.safe_dump({"faults": faults}))
     return path
 
 
-def test_verify_reports_what_was_simulated_with_composed_kinds(onnx_path, tmp_path):
+def test_verify_reports_what_was_simulated_with_composed_kinds(onnx_path, reference_path, tmp_path):
     faults = COMPOSED[2]
-    rep = verify_onnx(onnx_path, load_profile(_profile_with_faults(tmp_path, faults)), chips=2, max_images=100)
+    rep = verify_onnx(onnx_path, load_profile(_profile_with_faults(tmp_path, faults)), chips=2, max_images=100,
+                      reference=reference_path)
     assert "drift" in rep["signoff"]["faults"] and "read-noise" in rep["signoff"]["faults"]
     zero = rep["figures"]["rates"][0]
     assert zero["rate"] == 0.0 and len(set(zero["chip_accuracies"])) > 1, "variation and noise act at rate 0 too"
@@ -205,8 +222,8 @@ def test_rate_zero_chips_are_the_clean_chip_exactly(report):
     assert zero["acc_defect_std"] == 0.0
 
 
-def test_seed_selects_other_chips(onnx_path, resolved, report):
-    other = verify_onnx(onnx_path, resolved, seed=1)
+def test_seed_selects_other_chips(onnx_path, resolved, reference_path, report):
+    other = verify_onnx(onnx_path, resolved, seed=1, reference=reference_path)
     rate = lambda rep: rep["figures"]["rates"][-1]["chip_accuracies"]  # noqa: E731
     assert rate(other) != rate(report)
     assert other["signoff"]["seed"] == 1
@@ -230,9 +247,13 @@ def test_figures_follow_their_definitions(report):
             assert r["stability"] == pytest.approx(fig["acc_retrain"] / r["acc_drop"])
 
 
-def test_acc_pretrain_comes_from_the_file(report, ckpt):
-    assert report["figures"]["acc_pretrain"] == pytest.approx(ckpt["acc_pretrain"])
-    assert "metadata" in report["figures"]["acc_pretrain_source"]
+def test_acc_pretrain_is_the_references_accuracy_on_the_same_images(report, reference_path, resolved):
+    export = load_export(reference_path)
+    data = evaluation_data(export, None, None, IMAGES)
+    assert report["figures"]["acc_pretrain"] == OnnxBackend(export, data.x, data.y).accuracy()
+    assert report["figures"]["acc_pretrain_same_images"] is True
+    assert "reference.onnx" in report["figures"]["acc_pretrain_source"]
+    assert report["reference"]["sha256"] == hashlib.sha256(reference_path.read_bytes()).hexdigest()
 
 
 def test_stability_score_is_inf_without_degradation():
@@ -325,8 +346,8 @@ def test_subset_size_counts_the_images_the_subset_keeps(bundle):
         assert subset_size(len(labels), asked) == (len(labels) if keep is None else len(keep)), asked
 
 
-def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolved, tmp_path):
-    again = verify_onnx(onnx_path, resolved)
+def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolved, reference_path, tmp_path):
+    again = verify_onnx(onnx_path, resolved, reference=reference_path)
     for a, b in zip(write_report(report, tmp_path / "a"), write_report(again, tmp_path / "b")):
         assert a.read_bytes() == b.read_bytes(), a.name
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json", "report.md", "report.xml"], "no temporary files left"
@@ -389,9 +410,10 @@ def test_undefined_stability_is_null_in_json_and_inf_in_markdown(report):
 def test_verdict_lines_are_greppable(report):
     lines = verdict_lines(report)
     # A measured value may be negative: chips can beat Acc_pretrain on few images (a drop below 0).
-    pattern = re.compile(r"^(PASSED|FAILED) rate=[0-9.]+ [a-z_]+: (-?\d+\.\d\d|inf) (<=|>=|<|>) \d+\.\d\d( \(.*\))?$")
+    pattern = re.compile(r"^(PASSED|FAILED) (rate=[0-9.]+ )?[a-z_]+: (-?\d+\.\d\d|inf) (<=|>=|<|>) \d+\.\d\d( \(.*\))?$")
     assert all(pattern.match(line) for line in lines[:-1]), lines
-    assert lines[-1] == "PASSED sign-off: 3 of 3 limits met"
+    assert lines[0].startswith("PASSED chance_margin_pct: "), "a guessing model cannot pass: always checked"
+    assert lines[-1] == "PASSED sign-off: 4 of 4 limits met"
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -453,8 +475,9 @@ def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 CLI_FAST = ("--max-images", 100)
 
 
-def test_cli_exit_0_when_all_limits_pass(onnx_path, profiles, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["pass"], *CLI_FAST, "--out", tmp_path / "r")
+def test_cli_exit_0_when_all_limits_pass(onnx_path, reference_path, profiles, tmp_path, monkeypatch, capsys):
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["pass"], *CLI_FAST,
+                              "--reference", reference_path, "--out", tmp_path / "r")
     assert code == 0, out + err
     assert "PASSED sign-off" in out
     assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]["passed"] is True
@@ -462,8 +485,9 @@ def test_cli_exit_0_when_all_limits_pass(onnx_path, profiles, tmp_path, monkeypa
     assert f"wrote {tmp_path / 'r' / 'report.json'}, {tmp_path / 'r' / 'report.md'}, {tmp_path / 'r' / 'report.xml'}" in out
 
 
-def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, profiles, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST, "--out", tmp_path / "r")
+def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, reference_path, profiles, tmp_path, monkeypatch, capsys):
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST,
+                              "--reference", reference_path, "--out", tmp_path / "r")
     assert code == 1, err
     # the profile it extends is part of what was verified: named and hashed in the report
     recorded = json.loads((tmp_path / "r" / "report.json").read_text())["profile"]
@@ -471,7 +495,7 @@ def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, pr
     assert recorded["extends"] == [{"file": str(base), "sha256": hashlib.sha256(base.read_bytes()).hexdigest()}]
     assert f"extends `{base}` (sha256 `{recorded['extends'][0]['sha256'][:16]}…`)" in (tmp_path / "r" / "report.md").read_text()
     assert re.search(r"^FAILED rate=0.01 min_acc_defect_pct: \d+\.\d\d < 99\.00$", out, re.M), out
-    assert "FAILED sign-off: 1 of 4 limits failed" in out
+    assert "FAILED sign-off: 1 of 5 limits failed" in out
     assert "sign-off failed" in err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["verdict"]["passed"] is False
@@ -515,13 +539,14 @@ def test_folder(bundle, tmp_path_factory) -> Path:
     return root
 
 
-def test_all_images_measures_every_image_of_the_folder(onnx_path, resolved, test_folder):
-    rep = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, all_images=True, max_images=None)
+def test_all_images_measures_every_image_of_the_folder(onnx_path, resolved, reference_path, test_folder):
+    folder = dict(data_spec=f"imagefolder:{test_folder}", chips=2, max_images=None, reference=reference_path)
+    rep = verify_onnx(onnx_path, resolved, all_images=True, **folder)
     assert rep["data"]["images"] == rep["data"]["val_images"] == 30 and rep["data"]["all_images"]
-    held_out = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, max_images=None)
+    held_out = verify_onnx(onnx_path, resolved, **folder)
     assert held_out["data"]["images"] == 3, "without it, the folder's default held-out tenth"
     assert rep["data"]["fingerprint"] != held_out["data"]["fingerprint"]
-    again = verify_onnx(onnx_path, resolved, f"imagefolder:{test_folder}", chips=2, all_images=True, max_images=None)
+    again = verify_onnx(onnx_path, resolved, all_images=True, **folder)
     assert again["data"]["fingerprint"] == rep["data"]["fingerprint"], "the same images, the same fingerprint"
     assert f"image set sha256 `{rep['data']['fingerprint'][:16]}" in render_markdown(rep)
 
@@ -536,13 +561,29 @@ def test_all_images_with_a_val_split_is_one_line_exit_2(onnx_path, profiles, tes
     assert not (tmp_path / "r").exists()
 
 
-def test_the_report_says_whether_acc_pretrain_was_measured_on_the_same_images(report, onnx_path, resolved):
-    """The quick checkpoint measured Acc_pretrain on the whole embedded validation part; a sign-off
-    on a 200-image subset says it compares two image sets, one on the whole part says they are one."""
-    assert report["figures"]["acc_pretrain_same_images"] is False
-    assert "other images" in report["figures"]["acc_pretrain_source"]
-    assert any("two image sets" in note for note in report["notes"])
+NO_PRETRAIN_LIMITS = PASSING.replace("""      max_acc_drop_pct: 100.0
+""", "").replace("""    - rate: 0.05
+      min_stability: 0.0
+""", "")
+
+
+def test_acc_pretrain_from_the_file_only_on_the_images_it_was_measured_on(onnx_path, resolved, ckpt, tmp_path):
+    """The quick checkpoint measured Acc_pretrain on the whole embedded validation part: a
+    sign-off there takes the file's figure; one on a 200-image subset has no Acc_pretrain on its
+    images, so a limit that needs one is refused in one line naming --reference, and a profile
+    without such limits reports no drop and no stability score."""
     whole = verify_onnx(onnx_path, resolved, chips=2, max_images=1000)
-    assert whole["figures"]["acc_pretrain_same_images"] is True and whole["data"]["images"] == 1000
+    assert whole["data"]["images"] == 1000 and whole["figures"]["acc_pretrain_same_images"] is True
+    assert whole["figures"]["acc_pretrain"] == pytest.approx(ckpt["acc_pretrain"])
     assert "these same images" in whole["figures"]["acc_pretrain_source"]
-    assert not any("two image sets" in note for note in whole["notes"])
+    with pytest.raises(ConfigError, match=r"rate=0.01 max_acc_drop_pct, rate=0.05 min_stability compare against "
+                                          r"Acc_pretrain.*give --reference PRE.onnx") as refused:  # fmt: skip
+        verify_onnx(onnx_path, resolved, chips=2)
+    assert "\n" not in str(refused.value)
+    (tmp_path / "plain.yaml").write_text(NO_PRETRAIN_LIMITS)
+    subset = verify_onnx(onnx_path, load_profile(tmp_path / "plain.yaml"), chips=2)
+    fig = subset["figures"]
+    assert fig["acc_pretrain"] is None and fig["acc_pretrain_same_images"] is False
+    assert all(r["acc_drop"] is None and r["stability"] is None for r in fig["rates"])
+    assert any("--reference" in note for note in subset["notes"])
+    assert "n/a" in render_markdown(subset)

@@ -99,6 +99,10 @@ class FaultModel:
         stuck = self.stuck or StuckAt.from_total(0.0)
         return FaultModel([k for k in self.kinds if k is not self.stuck] + [stuck.at_total(p_sa)])
 
+    def at_pair(self, stuck_off: float, stuck_on: float) -> "FaultModel":
+        """This population with measured stuck-off and stuck-on rates, simulated as given."""
+        return FaultModel([k for k in self.kinds if k is not self.stuck] + [StuckAt.from_pair(stuck_off, stuck_on)])
+
     def describe(self) -> str:
         return "; ".join(k.describe() for k in self.active) or "fault-free"
 
