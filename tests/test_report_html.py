@@ -17,8 +17,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ftdeploy.report import check_line, overall_line
+from ftdeploy.report import REPORT_HTML, check_line, overall_line, render_markdown, write_report
 from ftdeploy.report_html import chip_threshold, image_set_caption, limit_accuracies, render_html
+
+# The verify tests' fixtures: a quick model exported and signed off on 3 chips, 200 images.
+from test_verify import bundle, ckpt, folder, onnx_path, profiles, report, resolved  # noqa: F401
 
 FINGERPRINT = "ab12cd34ef56" * 5 + "abcd"
 
@@ -334,6 +337,30 @@ def test_rendering_is_fast_enough_to_write_on_every_run():
     start = time.perf_counter()
     render_html(big)
     assert time.perf_counter() - start < 2.0
+
+
+# --- from a real sign-off -------------------------------------------------------------------------
+
+
+def test_written_with_the_other_files_from_a_real_sign_off(report, tmp_path):  # noqa: F811  (the fixture)
+    """A real verify run (3 chips, 200 images) with a yield and percentiles added at one rate."""
+    real = copy.deepcopy(report)
+    rate = real["figures"]["rates"][1]
+    accs = rate["chip_accuracies"]
+    rate["yield"] = {"threshold_pct": 10.0, "spec": "accuracy >= 10.00 %", "meeting": len(accs), "chips": len(accs),
+                     "yield_pct": 100.0, "lower_bound_pct": 29.24, "confidence": 0.95}  # fmt: skip
+    rate["percentiles"] = {"50": sorted(accs)[1]}
+    paths = write_report(real, tmp_path)
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.xml", REPORT_HTML]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md", "report.xml"]
+    page = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
+    assert page == render_html(json.loads((tmp_path / "report.json").read_text()))
+    text = _Page(page).all_text()
+    assert overall_line(real) in text and real["data"]["fingerprint"][:16] in text and "200 images" in text
+    for check in real["verdict"]["checks"]:
+        assert check_line(check) in text
+    assert "29.24 % at 95 % confidence" in text
+    assert render_markdown(real) == (tmp_path / "report.md").read_text(), "report.md ignores the fields it does not know"
 
 
 # --- in a browser -----------------------------------------------------------------------------------
