@@ -521,7 +521,7 @@ def verify_cmd(
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input."""
@@ -548,7 +548,7 @@ def verify_cmd(
     if out is not None:
         _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
     else:
-        _echo("no report written (give --out DIR for report.json, report.md and report.xml)")
+        _echo("no report written (give --out DIR for report.json, report.md, report.xml and report.html)")
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")

@@ -1,7 +1,7 @@
 """Sign-off reports. ``report.json`` is the one source of truth (built by
-:func:`ftdeploy.verify.verify_onnx`); ``report.md``, ``report.xml`` (JUnit, for CI servers) and
-the greppable verdict lines are rendered from that dict by pure functions here, so they can never
-disagree with it.
+:func:`ftdeploy.verify.verify_onnx`); ``report.md``, ``report.xml`` (JUnit, for CI servers),
+``report.html`` (:mod:`ftdeploy.report_html`, with figures) and the greppable verdict lines are
+rendered from that dict by pure functions, so they can never disagree with it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .errors import VerifyError
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_XML = "report.xml"
+REPORT_HTML = "report.html"
 
 
 def to_json(report: dict) -> str:
@@ -242,12 +243,14 @@ def render_junit(report: dict) -> str:
 # --- writing --------------------------------------------------------------------------------
 
 
-def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path, Path]:
-    """Write out_dir/report.json, report.md and report.xml, each via a temporary file and a
-    rename, so a reader never sees a torn file. Returns the three paths."""
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
+    """Write out_dir/report.json, report.md, report.xml and report.html, each via a temporary
+    file and a rename, so a reader never sees a torn file. Returns their paths, in that order."""
+    from .report_html import render_html  # imports matplotlib: only when a report is written
+
     out_dir = Path(out_dir)
     texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: render_markdown(report),
-             out_dir / REPORT_XML: render_junit(report)}
+             out_dir / REPORT_XML: render_junit(report), out_dir / REPORT_HTML: render_html(report)}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -16,7 +16,7 @@ import ftdeploy
 from ftdeploy.cli import _TRAIN_DEFAULTS
 
 #: Imported by the commands that need them, never on the way to --help or --version.
-HEAVY = {"torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "PIL"}
+HEAVY = {"torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "PIL", "matplotlib"}
 
 
 def _imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:

@@ -350,11 +350,11 @@ def test_report_json_is_byte_identical_for_same_inputs(report, onnx_path, resolv
     again = verify_onnx(onnx_path, resolved, reference=reference_path)
     for a, b in zip(write_report(report, tmp_path / "a"), write_report(again, tmp_path / "b")):
         assert a.read_bytes() == b.read_bytes(), a.name
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.json", "report.md", "report.xml"], "no temporary files left"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.html", "report.json", "report.md", "report.xml"], "no temporary files left"
 
 
 def test_markdown_is_rendered_from_the_json(report, tmp_path):
-    _, md, _ = write_report(report, tmp_path)
+    _, md, *_ = write_report(report, tmp_path)
     from_json = json.loads((tmp_path / "report.json").read_text())
     assert md.read_text() == render_markdown(from_json)
     text = md.read_text()
@@ -374,7 +374,7 @@ def _junit(text: str):
 def test_junit_xml_is_rendered_from_the_json_one_case_per_limit(report, tmp_path):
     """report.xml, for CI servers: one test case per limit, named by rate and limit; failures
     carry the verdict line; counts and properties agree with report.json."""
-    _, _, xml = write_report(report, tmp_path)
+    _, _, xml, _ = write_report(report, tmp_path)
     from_json = json.loads((tmp_path / "report.json").read_text())
     assert xml.read_text() == render_junit(from_json)
     checks = report["verdict"]["checks"]
@@ -481,8 +481,9 @@ def test_cli_exit_0_when_all_limits_pass(onnx_path, reference_path, profiles, tm
     assert code == 0, out + err
     assert "PASSED sign-off" in out
     assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]["passed"] is True
-    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.xml").is_file()
-    assert f"wrote {tmp_path / 'r' / 'report.json'}, {tmp_path / 'r' / 'report.md'}, {tmp_path / 'r' / 'report.xml'}" in out
+    written = [tmp_path / "r" / name for name in ("report.json", "report.md", "report.xml", "report.html")]
+    assert all(path.is_file() for path in written)
+    assert f"wrote {', '.join(map(str, written))}" in out
 
 
 def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, reference_path, profiles, tmp_path, monkeypatch, capsys):
