@@ -21,7 +21,7 @@ from ftdeploy.report import REPORT_HTML, check_line, overall_line, render_markdo
 from ftdeploy.report_html import chip_threshold, image_set_caption, limit_accuracies, render_html
 
 # The verify tests' fixtures: a quick model exported and signed off on 3 chips, 200 images.
-from test_verify import bundle, ckpt, folder, onnx_path, profiles, report, resolved  # noqa: F401
+from test_verify import bundle, ckpt, folder, onnx_path, profiles, reference_path, report, resolved  # noqa: F401
 
 FINGERPRINT = "ab12cd34ef56" * 5 + "abcd"
 
