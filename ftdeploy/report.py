@@ -115,7 +115,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Figures (accuracy, %)",
         "",
-        f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
+        f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — {fig['acc_pretrain_source']}",
         f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — "
         f"{fig.get('acc_retrain_source', 'fault-free ONNX model on the evaluation images')}",
         *([f"- Acc_defect — {fig['acc_defect_source']}"] if fig.get("acc_defect_source") else []),
@@ -229,7 +229,8 @@ def render_junit(report: dict) -> str:
     for name, value in (("model_sha256", report["model"]["sha256"]), ("profile", report["profile"]["name"]),
                         ("target", report["profile"]["target"]), ("chips", report["signoff"]["chips"]),
                         ("seed", report["signoff"]["seed"]), ("acc_pretrain", _pct(fig["acc_pretrain"])),
-                        ("acc_retrain", _pct(fig["acc_retrain"])), ("verdict", overall_line(report))):  # fmt: skip
+                        ("acc_retrain", _pct(fig["acc_retrain"])), ("acc_pretrain_source", fig.get("acc_pretrain_source")),
+                        ("images", _image_set(report["data"])), ("verdict", overall_line(report))):  # fmt: skip
         ET.SubElement(properties, "property", name=name, value=str(value))
     for check in checks:
         case = ET.SubElement(suite, "testcase", classname=f"ftdeploy.signoff.{report['profile']['name']}", name=check_case_name(check))

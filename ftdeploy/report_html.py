@@ -438,9 +438,11 @@ def _chip_spec_text(spec: dict) -> str:
 def _figures_intro(report: dict) -> str:
     fig = report["figures"]
     return ("<ul>\n"
-            f"<li>Acc_pretrain: <b>{_pct(fig.get('acc_pretrain'))}</b> — from {_e(fig.get('acc_pretrain_source', 'n/a'))}</li>\n"
-            f"<li>Acc_retrain: <b>{_pct(fig.get('acc_retrain'))}</b> — fault-free ONNX model on the evaluation images</li>\n"
-            "</ul>\n")  # fmt: skip
+            f"<li>Acc_pretrain: <b>{_pct(fig.get('acc_pretrain'))}</b> — {_e(fig.get('acc_pretrain_source', 'n/a'))}</li>\n"
+            f"<li>Acc_retrain: <b>{_pct(fig.get('acc_retrain'))}</b> — "
+            f"{_e(fig.get('acc_retrain_source', 'fault-free ONNX model on the evaluation images'))}</li>\n"
+            + (f"<li>Acc_defect — {_e(fig['acc_defect_source'])}</li>\n" if fig.get("acc_defect_source") else "")
+            + "</ul>\n")  # fmt: skip
 
 
 def _rates_table(report: dict) -> str:

@@ -1225,7 +1225,7 @@ def render(out: Path, see_also: list[str] = (), headline: str | None = None) -> 
     if report:
         md += ["## ONNX Runtime sign-off of the progressive P^T=0.05 model", "",
                "The exported file (cell-level uint8 tensors, stock ONNX Runtime) verified on its own chips:", "",
-               *command_lines(manifest, ["export", "verify"]), ""]  # fmt: skip
+               *command_lines(manifest, ["export", "export-reference", "verify"]), ""]  # fmt: skip
         report_md = out / "signoff" / "report" / "report.md"
         if report_md.is_file():
             md += ["<details><summary>report.md</summary>", "", report_md.read_text(), "</details>", ""]

@@ -545,8 +545,10 @@ def main() -> int:
     if args.deadline_s is not None and time.perf_counter() - t_start > args.deadline_s:
         print(f"[reproduce] past the {args.deadline_s:.0f} s deadline: ONNX sign-off skipped", flush=True)
     elif model.is_file():
+        reference = args.out / "signoff" / "pretrain.onnx"  # Acc_pretrain measured on the images signed off
         run("export", ["export", str(model), "--profile", args.profile, "-o", str(onnx_path)], done=onnx_path)
-        run("verify", ["verify", str(onnx_path), "--profile", args.profile, "--data", args.data,
+        run("export-reference", ["export", str(pre), "--profile", args.profile, "-o", str(reference)], done=reference)
+        run("verify", ["verify", str(onnx_path), "--profile", args.profile, "--data", args.data, "--reference", str(reference),
                        "--chips", str(args.signoff_chips), "--out", str(args.out / "signoff" / "report")], ok_codes=(0, 1))  # fmt: skip
     run.save()
     subprocess.run([sys.executable, str(Path(__file__).with_name("render_results.py")), str(args.out), "-o", str(args.results_md)], check=False)
