@@ -539,9 +539,9 @@ def verify_cmd(
     if reference is not None:
         _refuse_a_checkpoint(reference, profile)
     if fault_maps is not None:
-        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data=data, val_split=val_split, max_images=max_images,
-                           all_images=all_images, reference=reference, simulated_only={"--chips": chips, "--chip-seed": chip_seed,
-                                                                                      "--chip": chip})  # fmt: skip
+        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, val_split=val_split, max_images=max_images,
+                           all_images=all_images, reference=reference,
+                           simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip})  # fmt: skip
         return
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
@@ -644,12 +644,13 @@ def faultmap_simulate_cmd(
     placement = placement_of(export)
     written = simulate_fault_maps(placement, resolved.profile.signoff_faults(rate), rate, settings.seed, settings.chips, out,
                                   form, tiles)  # fmt: skip
-    _echo(f"wrote {len(written)} fault maps to {out} ({written[0].name} ... {written[-1].name}): chips {0}-{len(written) - 1} "
+    _echo(f"wrote {len(written)} fault maps to {out} ({written[0].name} ... {written[-1].name}): chips 0-{len(written) - 1} "
           f"at stuck-at rate {rate:g}, seed {settings.seed}, on {tiles or placement.tiles} tiles of "
           f"{placement.tile_rows} x {placement.tile_cols} cells")  # fmt: skip
 
 
-def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | None, *, simulated_only: dict, **options) -> None:
+def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | None, data: str | None, *, simulated_only: dict,
+                       **options) -> None:  # fmt: skip
     """``verify --fault-maps``: each measured chip PASSED/FAILED against the chip spec, then the
     lot's verdict; the report where --out says; exit 1 when a chip fails."""
     from .errors import SignOffFailed
@@ -662,7 +663,7 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
         raise ConfigError(f"{', '.join(given)}: simulated chips only; --fault-maps measures the chips its maps describe")
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
-        report = verify_lot(onnx_file, resolved, fault_maps, options.pop("data"), progress=progress, log=log, **options)
+        report = verify_lot(onnx_file, resolved, fault_maps, data, progress=progress, log=log, **options)
     for line in lot_lines(report):
         _echo(line)
     if out is not None:

@@ -74,8 +74,8 @@ def verify_lot(
                "chance_pct": 100.0 / len(setup.export.meta["classes"])}  # fmt: skip
     # The sign-off report's sections where they mean the same (tool, model, profile, reference, data);
     # its per-rate sign-off and verdict are replaced by the lot's.
-    report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), list(pretrain.notes),
-                     setup.reference)  # fmt: skip
+    notes = list(pretrain.notes) + _simulated_on_top(resolved)
+    report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
     report["figures"] = figures
     chip_records = [_chip_record(chip, acc, threshold) for chip, acc in zip(chips, accs)]
     report["schema"] = LOT_SCHEMA
@@ -97,9 +97,23 @@ def _chip_spec_only(resolved: ResolvedProfile) -> ResolvedProfile:
     return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"signoff": signoff})})
 
 
+def _other_kinds(resolved: ResolvedProfile) -> list:
+    """The profile's kinds besides stuck-at: what a measured chip suffers on top of its map."""
+    faults = resolved.profile.fault_model
+    return [k for k in faults.active if k is not faults.stuck]
+
+
+def _simulated_on_top(resolved: ResolvedProfile) -> list[str]:
+    others = _other_kinds(resolved)
+    if not others:
+        return []
+    return [f"Each chip's stuck cells are its map's; {'; '.join(k.describe() for k in others)} are simulated on top as the "
+            "profile states them, drawn from a stream seeded by the map file's SHA-256 (the same file gives the same chip)."]  # fmt: skip
+
+
 def _signoff_record(resolved: ResolvedProfile, threshold: float) -> dict:
     signoff = resolved.profile.signoff
-    others = [k for k in resolved.profile.fault_model.active if k is not resolved.profile.fault_model.stuck]
+    others = _other_kinds(resolved)
     return {
         "chips_from": "fault maps (measured chips)",
         "confidence": signoff.confidence,

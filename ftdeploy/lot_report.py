@@ -77,7 +77,7 @@ def render_lot_markdown(report: dict) -> str:
         "",
         f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
         f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — {fig['acc_retrain_source']}",
-        f"- Chip spec: {signoff['chip_spec_description']}, i.e. accuracy ≥ **{signoff['threshold_pct']:.2f}**",
+        f"- Chip spec: {signoff['chip_spec_description']}: a chip meets it with accuracy ≥ **{signoff['threshold_pct']:.2f}**",
         f"- Yield: {y['meeting']}/{y['chips']} = **{y['yield_pct']:.1f} %**, exact one-sided bounds (Clopper-Pearson) at "
         f"{100 * y['confidence']:g} % confidence: ≥ {y['lower_bound_pct']:.1f} %, ≤ {y['upper_bound_pct']:.1f} %",
         "",
