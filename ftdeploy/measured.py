@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .faultmap import SUFFIXES, FaultMap, check_fits, fault_map, read_fault_map, write_fault_map
+from .faultmap import SUFFIXES, FaultMap, check_fits, check_geometry, fault_map, read_fault_map, write_fault_map
 from .nonideality import STUCK_OFF, STUCK_ON, CellRange, FaultModel, StuckAt, chip_rng
 from .placement import Geometry, Placement
 from .population import ChipReading, ChipSource, MeasuredChipId
@@ -144,6 +144,10 @@ def simulate_fault_maps(placement: Placement, faults: FaultModel, rate: float, s
     geometry = placement.geometry(tiles)
     if geometry.tiles < placement.tiles:
         raise ConfigError(f"--tiles: {geometry.tiles}; expected at least the {placement.tiles} tiles the model occupies")
+    try:  # a map must be readable back: the same bounds as a tester's
+        check_geometry(geometry.tiles, geometry.tile_rows, geometry.tile_cols, "--tiles")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
     if form not in ("csv", "npz"):
         raise ConfigError(f"--format: {form!r}; expected csv or npz")
     out = Path(out)

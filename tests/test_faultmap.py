@@ -483,6 +483,18 @@ def test_cli_exit_2_on_bad_input_is_one_line(case, onnx_path, profiles, csv_maps
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--tiles", 3], "--tiles: 3; expected at least the 12 tiles the model occupies"),
+    (["--tiles", 1 << 21], "expected at most 1048576 tiles"),
+    (["--format", "xlsx"], "xlsx"),
+])  # fmt: skip
+def test_cli_simulate_exit_2_on_bad_input_is_one_line(extra, expected, onnx_path, profiles, placement, tmp_path, monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys, "faultmap", "simulate", onnx_path, "--profile", profiles["pass"], "--rate", RATE,
+                              "--out", tmp_path / "maps", *extra)  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert placement.tiles == 12 and not (tmp_path / "maps").exists()
+
+
 def test_cli_export_says_where_each_layer_sits(resolved, folder, tmp_path, monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "export", folder / "model.pt", "--profile", resolved.profile_path, "-o", tmp_path / "m.onnx")
     assert code == 0, err
