@@ -522,9 +522,9 @@ def verify_cmd(
     max_images: SignOffMaxImagesOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
+    fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md and report.xml (JUnit, for CI).", callback=_out_folder)] = None,
-    fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.

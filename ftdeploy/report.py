@@ -246,9 +246,7 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path, Path]:
     """Write out_dir/report.json, report.md and report.xml, each via a temporary file and a
     rename, so a reader never sees a torn file. Returns the three paths."""
     out_dir = Path(out_dir)
-    markdown, junit = _renderers(report)
-    texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: markdown(report),
-             out_dir / REPORT_XML: junit(report)}
+    texts = {out_dir / REPORT_JSON: to_json(report), **{out_dir / name: render(report) for name, render in _renderers(report).items()}}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -268,9 +266,11 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path, Path]:
     return tuple(texts)
 
 
-def _renderers(report: dict):
-    """(report.md, report.xml) renderers for the report's kind: a sign-off's, or a lot's
-    (measured chips, :mod:`ftdeploy.lot_report`)."""
+def _renderers(report: dict) -> dict:
+    """The files rendered from report.json's dict, by name, for the report's kind: a sign-off's,
+    or a lot's (measured chips, :mod:`ftdeploy.lot_report`)."""
     from .lot_report import is_lot_report, render_lot_junit, render_lot_markdown
 
-    return (render_lot_markdown, render_lot_junit) if is_lot_report(report) else (render_markdown, render_junit)
+    if is_lot_report(report):
+        return {REPORT_MD: render_lot_markdown, REPORT_XML: render_lot_junit}
+    return {REPORT_MD: render_markdown, REPORT_XML: render_junit}
