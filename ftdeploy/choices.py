@@ -22,3 +22,5 @@ ScaleGrad = Literal["learn", "detach"]
 ProgressiveBlocks = Literal["split", "each"]
 #: Pruning: one-shot magnitude (Han et al. 2015) or ADMM (Zhang et al. 2018).
 PruneMethod = Literal["magnitude", "admm"]
+#: The form a fault map is written in: CSV (a tester's spreadsheet) or npz (compact, for large chips).
+FaultMapForm = Literal["csv", "npz"]

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .choices import BatchNormMode, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
+from .choices import BatchNormMode, FaultMapForm, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
 
 
@@ -507,6 +507,8 @@ def export_cmd(
     summary = export_onnx(ckpt_data, resolved, out)
     _echo(f"wrote {out}: {len(summary['layers'])} crossbar layers, {summary['cells']:,} cells on {summary['tiles']} tiles "
           f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}")  # fmt: skip
+    for line in summary["placement"].describe(summary["cell_names"]):
+        _echo(line)
 
 
 @app.command("verify")
@@ -520,11 +522,13 @@ def verify_cmd(
     max_images: SignOffMaxImagesOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
+    fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
-    PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input."""
+    PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.
+    With --fault-maps, measures the chips the maps describe instead."""
     from .errors import SignOffFailed
     from .profiles import load_profile
     from .report import verdict_lines, write_report
@@ -534,6 +538,11 @@ def verify_cmd(
     _refuse_a_checkpoint(onnx_file, profile)
     if reference is not None:
         _refuse_a_checkpoint(reference, profile)
+    if fault_maps is not None:
+        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, val_split=val_split, max_images=max_images,
+                           all_images=all_images, reference=reference,
+                           simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip})  # fmt: skip
+        return
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
                           max_images=max_images, all_images=all_images)  # fmt: skip
@@ -593,6 +602,77 @@ def _refuse_a_checkpoint(path: Path, profile: str) -> None:
 
 def _err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+# --- fault maps: measured chips -----------------------------------------------------------------
+
+faultmap_app = _App(cls=_Group, no_args_is_help=True, rich_markup_mode="markdown",
+                    help="Fault maps: the stuck cells of physical chips, as a chip tester reports them (docs/fault-maps.md).")  # fmt: skip
+app.add_typer(faultmap_app, name="faultmap")
+
+
+@faultmap_app.command("simulate")
+def faultmap_simulate_cmd(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX file written by ftdeploy export: where the model's cells sit on the chip.")],
+    profile: ProfileOpt,
+    rate: Annotated[float, typer.Option("--rate", min=0.0, max=1.0, help="Total stuck-at probability per cell, split stuck-off : stuck-on as the profile's stuck-at entry states (as a sign-off rate is).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the maps to: chip-0000.csv, chip-0001.csv, ...", callback=_out_folder)],
+    chips: Annotated[Optional[int], typer.Option("--chips", min=1, help="Maps to write, one per chip. Default: the profile's signoff.chips.")] = None,
+    chip_seed: ChipSeedOpt = None,
+    form: Annotated[FaultMapForm, typer.Option("--format", help="csv (what a tester writes with a spreadsheet) or npz (compact, for large chips).")] = "csv",
+    tiles: Annotated[Optional[int], typer.Option("--tiles", min=1, help="Tiles of the chip. Default: the tiles the model occupies.")] = None,
+):
+    """Write the fault maps of simulated chips, as a chip tester would report them: map k lists
+    the stuck cells of the chip that sign-off simulates as chip k at this rate and seed, so
+    `verify --fault-maps` on these maps measures the very chips `verify` simulates. The chip's
+    cells that hold nothing of the model are stuck at the same rates too."""
+    from .exported import load_export
+    from .measured import simulate_fault_maps
+    from .placement import placement_of
+    from .profiles import load_profile
+    from .resolve import signoff_settings
+    from .verify import _check_same_target
+
+    resolved = load_profile(profile)
+    _refuse_a_checkpoint(onnx_file, profile)
+    if resolved.profile.fault_model.stuck is None and rate > 0:
+        raise ConfigError(f"--rate {rate:g}: a total stuck-at rate is split with the stuck-off : stuck-on ratio of the "
+                          f"stuck-at entry in the profile's faults, and {resolved.profile.name} has none; add one")  # fmt: skip
+    settings = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
+    export = load_export(onnx_file)
+    _check_same_target(export, resolved)
+    placement = placement_of(export)
+    written = simulate_fault_maps(placement, resolved.profile.signoff_faults(rate), rate, settings.seed, settings.chips, out,
+                                  form, tiles)  # fmt: skip
+    _echo(f"wrote {len(written)} fault maps to {out} ({written[0].name} ... {written[-1].name}): chips 0-{len(written) - 1} "
+          f"at stuck-at rate {rate:g}, seed {settings.seed}, on {tiles or placement.tiles} tiles of "
+          f"{placement.tile_rows} x {placement.tile_cols} cells")  # fmt: skip
+
+
+def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | None, data: str | None, *, simulated_only: dict,
+                       **options) -> None:  # fmt: skip
+    """``verify --fault-maps``: each measured chip PASSED/FAILED against the chip spec, then the
+    lot's verdict; the report where --out says; exit 1 when a chip fails."""
+    from .errors import SignOffFailed
+    from .lot import verify_lot
+    from .lot_report import lot_lines
+    from .report import write_report
+
+    given = [name for name, value in simulated_only.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: simulated chips only; --fault-maps measures the chips its maps describe")
+    with _progress_bar() as progress:
+        log = progress.console.print if progress else _err
+        report = verify_lot(onnx_file, resolved, fault_maps, data, progress=progress, log=log, **options)
+    for line in lot_lines(report):
+        _echo(line)
+    if out is not None:
+        _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
+    else:
+        _echo("no report written (give --out DIR for report.json, report.md and report.xml)")
+    if not report["verdict"]["passed"]:
+        where = f"; see {out / 'report.md'}" if out is not None else ""
+        raise SignOffFailed(f"measured chips failed: {report['verdict']['summary']}{where}")
 
 
 # --- prune ----------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ other ``ftdeploy.*`` value is JSON: ``target``, ``profile`` (resolved, defaults 
 ``mapping``, ``layers`` (ordered as :func:`models.deployed_layers`, the order of every
 simulated chip's random stream), ``normalization``, ``classes``, ``data`` (the training split
 record), ``schedule``, ``acc_pretrain``, ``acc_retrain``, ``sparsity``, ``equalization`` (the
-record of ``ftdeploy equalize``, null for a model never equalised), ``training``.
+record of ``ftdeploy equalize``, null for a model never equalised), ``training``, ``placement``
+(the tile, row and column of every cell: :mod:`ftdeploy.placement`).
 
 ``ftdeploy.content_sha256`` is the SHA-256 of the model serialised deterministically with that
 one property removed (:func:`content_hash`): it covers graph, initializers and all other
@@ -59,6 +60,7 @@ from .files import write_atomic
 from .mapping import Mapping, crossbar_tiles
 from .onnx_format import (FORMAT, HASH_KEY, INPUT_NAME, OUTPUT_NAME, PREFIX, TEXT_KEYS, cell_weight_name, content_hash,
                           read_metadata, zero_point_name)
+from .placement import placement_for
 from .profiles import BatchNormPlacement, ResolvedProfile, Target
 from .training.checkpoint import model_from_checkpoint
 
@@ -81,7 +83,8 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
 
     The file is checked (``onnx.checker`` full check and, with ``check_parity``, ONNX Runtime
     against PyTorch on a fixed random batch) and written atomically: on any failure nothing is
-    left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals.
+    left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals, and the
+    :class:`ftdeploy.placement.Placement` of every cell.
     Raises :class:`ExportError` (or ``ModelError`` for a checkpoint that does not fit)."""
     out = Path(out)
     _check_checkpoint(ckpt)
@@ -104,8 +107,9 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
     save_atomic(proto, out)
     cells = sum(r["tiles"]["cells"] for r in layer_records)
     return {"path": str(out), "content_sha256": read_metadata(proto)[HASH_KEY], "layers": layer_records,
-            "mapping": net.mapping.describe(), "cells": cells,
-            "tiles": sum(r["tiles"]["tiles"] for r in layer_records)}  # fmt: skip
+            "mapping": net.mapping.describe(), "cell_names": list(net.mapping.cell_names), "cells": cells,
+            "tiles": sum(r["tiles"]["tiles"] for r in layer_records),
+            "placement": placement_for(layer_records, resolved.target, net.mapping.cells_per_weight)}  # fmt: skip
 
 
 # --- checkpoint and tracing ---------------------------------------------------------------------
@@ -287,6 +291,7 @@ def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: l
         "training": {"profile": ckpt.get("profile"), "target": (ckpt.get("target") or {}).get("name"),
                      "epochs": ckpt.get("epochs"), "epochs_done": ckpt.get("epochs_done"), "seed": ckpt.get("seed"),
                      "split": ckpt.get("split")},  # fmt: skip
+        "placement": placement_for(layers, resolved.target, mapping.cells_per_weight).to_record(),
     }
 
 

@@ -10,6 +10,10 @@ sign-off, the sweep, training's per-epoch check and the Python API share, and
 Chip k of a source is the same chip on every backend: its states come from its own random
 stream (:func:`ftdeploy.nonideality.chip_rng`), drawn and applied in numpy over the layers in
 export order, so both backends load identical levels.
+
+A measured fault map is one more chip source (:class:`ftdeploy.measured.MeasuredChips`): its
+chips are physical ones, named by :class:`MeasuredChipId`, and any chip of any source is what
+:class:`ChipLike` says, an id and a reading.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -33,6 +38,19 @@ class ChipId:
 
     def __str__(self) -> str:
         return f"rate {self.rate:g}, seed {self.seed}, chip {self.index}"
+
+
+@dataclass(frozen=True)
+class MeasuredChipId:
+    """Which chip: a measured chip is the chip its fault map names, and the map file it came from
+    (name and SHA-256 of its bytes)."""
+
+    name: str
+    file: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"chip {self.name} (map {self.file}, sha256 {self.sha256[:16]}…)"
 
 
 class ChipReading:
@@ -71,11 +89,21 @@ class Chip:
         return ChipReading(self.faults, programmed, draw, rng, cells)
 
 
+class ChipLike(Protocol):
+    """What the evaluator needs of a chip of any source: its id, and how it reads back the levels
+    a network was programmed with (:class:`Chip` simulates one; a measured chip applies its map)."""
+
+    @property
+    def id(self) -> ChipId | MeasuredChipId: ...
+
+    def reading(self, programmed: Sequence[np.ndarray], cells: CellRange) -> ChipReading: ...
+
+
 class ChipSource(ABC):
-    """Where chips come from: simulated from a fault model, or (later) measured fault maps."""
+    """Where chips come from: simulated from a fault model, or measured fault maps."""
 
     @abstractmethod
-    def __iter__(self) -> Iterator[Chip]: ...
+    def __iter__(self) -> Iterator[ChipLike]: ...
 
     @abstractmethod
     def __len__(self) -> int: ...

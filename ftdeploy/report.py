@@ -247,11 +247,8 @@ def render_junit(report: dict) -> str:
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
     """Write out_dir/report.json, report.md, report.xml and report.html, each via a temporary
     file and a rename, so a reader never sees a torn file. Returns their paths, in that order."""
-    from .report_html import render_html  # imports matplotlib: only when a report is written
-
     out_dir = Path(out_dir)
-    texts = {out_dir / REPORT_JSON: to_json(report), out_dir / REPORT_MD: render_markdown(report),
-             out_dir / REPORT_XML: render_junit(report), out_dir / REPORT_HTML: render_html(report)}
+    texts = {out_dir / REPORT_JSON: to_json(report), **{out_dir / name: render(report) for name, render in _renderers(report).items()}}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -269,3 +266,14 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
     return tuple(texts)
+
+
+def _renderers(report: dict) -> dict:
+    """The files rendered from report.json's dict, by name, for the report's kind: a sign-off's,
+    or a lot's (measured chips, :mod:`ftdeploy.lot_report`)."""
+    from .lot_report import is_lot_report, render_lot_junit, render_lot_markdown
+    from .report_html import render_html  # imports matplotlib: only when a report is written
+
+    if is_lot_report(report):
+        return {REPORT_MD: render_lot_markdown, REPORT_XML: render_lot_junit}
+    return {REPORT_MD: render_markdown, REPORT_XML: render_junit, REPORT_HTML: render_html}

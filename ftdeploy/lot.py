@@ -1,0 +1,142 @@
+"""Measured sign-off: an exported model on a lot of physical chips, each given by the fault map
+its tester wrote, every chip judged against the profile's chip spec.
+
+Where :func:`ftdeploy.verify.verify_onnx` simulates a population, :func:`verify_lot` measures the
+chips a production line has: the same file, images, backend and Acc_pretrain (``--reference``)
+as sign-off (:func:`ftdeploy.verify._setup`), with :class:`ftdeploy.measured.MeasuredChips` as the
+chip source. Each chip passes or fails ``signoff.chip_spec``; the lot's yield is the share that
+pass, with its Clopper-Pearson bounds at ``signoff.confidence``. The report is a JSON-ready dict
+(schema ``ftdeploy-lot-report/1``) with the sign-off report's sections where they mean the same, and a
+``lot`` section with every chip; rendered by :mod:`ftdeploy.lot_report`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError
+from .exported import load_export
+from .figures import Verdict, chip_yield
+from .lot_report import LOT_SCHEMA
+from .measured import MeasuredChips
+from .placement import SCHEME, placement_of
+from .population import chip_accuracies
+from .profiles import ResolvedProfile
+from .resolve import signoff_settings
+from .verify import _check_same_target, _report, _setup, check_chip_counts
+
+
+def verify_lot(
+    onnx_path: str | Path,
+    resolved: ResolvedProfile,
+    fault_maps: str | Path,
+    data_spec: str | None = None,
+    *,
+    reference: str | Path | None = None,
+    val_split: int | None = None,
+    max_images: int | None = None,
+    all_images: bool = False,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    progress=None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Measure every chip of ``fault_maps`` (a folder of maps, one per chip) on the images a
+    sign-off with the same options measures; return the lot report, whose ``verdict.passed``
+    says whether every chip meets the chip spec. Every map is read and checked, and the profile's
+    chip spec required, before any chip runs (ConfigError / DataError / VerifyError)."""
+    spec = resolved.profile.signoff.chip_spec
+    if spec is None:
+        raise ConfigError(f"{resolved.profile_path}: verify --fault-maps judges each chip against signoff.chip_spec, and "
+                          f"profile {resolved.profile.name!r} sets none; add chip_spec (min_acc_pct and/or max_drop_pct)")  # fmt: skip
+    max_images = signoff_settings(resolved.profile.signoff, dict(max_images=max_images)).max_images
+    check_chip_counts(1, max_images)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size: expected at least 1, found {batch_size}")
+    export = load_export(onnx_path)
+    _check_same_target(export, resolved)
+    placement = placement_of(export)
+    chips = MeasuredChips.from_folder(fault_maps, placement, resolved.profile.fault_model)
+
+    t0 = time.perf_counter()
+    setup = _setup(onnx_path, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    pretrain = setup.pretrain
+    threshold = spec.threshold(pretrain.value)
+    task = progress.add_task("chips", total=len(chips)) if progress else None
+    accs = chip_accuracies(setup.backend, chips, on_chip=(lambda: progress.advance(task)) if progress else None)
+    if log:
+        log(f"{len(chips)} measured chips in {time.perf_counter() - t0:.1f} s")
+
+    figures = {"acc_pretrain": pretrain.value, "acc_pretrain_source": pretrain.source, "acc_pretrain_same_images": pretrain.same_images,
+               "acc_retrain": setup.acc_retrain, "acc_retrain_source": "measured here: this file on a fault-free chip, on these images",
+               "chance_pct": 100.0 / len(setup.export.meta["classes"])}  # fmt: skip
+    # The sign-off report's sections where they mean the same (tool, model, profile, reference, data);
+    # its per-rate sign-off and verdict are replaced by the lot's.
+    notes = list(pretrain.notes) + _simulated_on_top(resolved)
+    report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
+    report["figures"] = figures
+    chip_records = [_chip_record(chip, acc, threshold) for chip, acc in zip(chips, accs)]
+    report["schema"] = LOT_SCHEMA
+    report["signoff"] = _signoff_record(resolved, threshold)
+    report["lot"] = {
+        "fault_maps": str(fault_maps),
+        "placement": {"scheme": SCHEME, "tiles": placement.tiles, "tile_rows": placement.tile_rows, "tile_cols": placement.tile_cols},
+        "chips": chip_records,
+        "yield": chip_yield(accs, threshold, spec.describe(), resolved.profile.signoff.confidence),
+    }
+    report["verdict"] = _verdict(chip_records)
+    return report
+
+
+def _chip_spec_only(resolved: ResolvedProfile) -> ResolvedProfile:
+    """The profile as far as measured chips are judged: its chip spec, not the acceptance limits
+    of simulated rates, so Acc_pretrain is required only where the chip spec needs it."""
+    signoff = resolved.profile.signoff.model_copy(update={"acceptance": []})
+    return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"signoff": signoff})})
+
+
+def _other_kinds(resolved: ResolvedProfile) -> list:
+    """The profile's kinds besides stuck-at: what a measured chip suffers on top of its map."""
+    faults = resolved.profile.fault_model
+    return [k for k in faults.active if k is not faults.stuck]
+
+
+def _simulated_on_top(resolved: ResolvedProfile) -> list[str]:
+    others = _other_kinds(resolved)
+    if not others:
+        return []
+    return [f"Each chip's stuck cells are its map's; {'; '.join(k.describe() for k in others)} are simulated on top as the "
+            "profile states them, drawn from a stream seeded by the map file's SHA-256 (the same file gives the same chip)."]  # fmt: skip
+
+
+def _signoff_record(resolved: ResolvedProfile, threshold: float) -> dict:
+    signoff = resolved.profile.signoff
+    others = _other_kinds(resolved)
+    return {
+        "chips_from": "fault maps (measured chips)",
+        "confidence": signoff.confidence,
+        "chip_spec": signoff.chip_spec.model_dump(),
+        "chip_spec_description": signoff.chip_spec.describe(),
+        "threshold_pct": threshold,
+        "faults": "; ".join(k.describe() for k in others) or "none besides the map: each chip reads exactly its map",
+        "stream": "stuck cells from each chip's map; any other kind drawn from a stream seeded by the map file's SHA-256",
+    }
+
+
+def _chip_record(chip, accuracy: float, threshold: float) -> dict:
+    fmap = chip.fmap
+    g = fmap.geometry
+    return {"id": chip.id.name, "file": chip.id.file, "sha256": chip.id.sha256, "geometry": [g.tiles, g.tile_rows, g.tile_cols],
+            "stuck_off": fmap.stuck_off, "stuck_on": fmap.stuck_on, "stuck_off_in_model": chip.in_model[0],
+            "stuck_on_in_model": chip.in_model[1], "accuracy": accuracy, "meets_spec": bool(accuracy >= threshold)}  # fmt: skip
+
+
+def _verdict(chips: list[dict]) -> dict:
+    failing = [c["id"] for c in chips if not c["meets_spec"]]
+    if failing:
+        summary = f"{len(failing)} of {len(chips)} chips fail the chip spec ({', '.join(failing[:5])}{', ...' if len(failing) > 5 else ''})"
+    else:
+        summary = f"{len(chips)} of {len(chips)} chips meet the chip spec"
+    return {"passed": not failing, "summary": summary, "failing": failing}
