@@ -245,8 +245,9 @@ def render_junit(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
-    """Write out_dir/report.json, report.md, report.xml and report.html, each via a temporary
-    file and a rename, so a reader never sees a torn file. Returns their paths, in that order."""
+    """Write out_dir/report.json, report.md, report.xml and (a sign-off's) report.html, each via
+    a temporary file and a rename, so a reader never sees a torn file; all are rendered before
+    any is written. Returns their paths, in that order."""
     out_dir = Path(out_dir)
     texts = {out_dir / REPORT_JSON: to_json(report), **{out_dir / name: render(report) for name, render in _renderers(report).items()}}
     try:
