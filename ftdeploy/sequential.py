@@ -29,7 +29,9 @@ Every bound is therefore taken at the per-look confidence c_K = 1 − (1 − c)/
 ``signoff.confidence`` (Bonferroni). If a limit truly holds, wrongly deciding *fail* needs the
 upper bound to fall on the wrong side at some look; each look has a chance of at most (1 − c)/K,
 so all K together at most 1 − c, however the looks depend on one another (they share chips).
-Likewise for wrongly deciding *pass*. Bonferroni is conservative, since overlapping looks are
+Likewise for wrongly deciding *pass*. The guarantee is per limit, as the fixed count's yield
+bound is: with several limits at a rate, each is wrongly decided with a chance of at most
+1 − c. Bonferroni is conservative, since overlapping looks are
 strongly correlated; group-sequential boundaries (Pocock, O'Brien-Fleming) would stop a little
 sooner but rest on a normal approximation of the looks' joint law, which the exact binomial
 bounds used for yields and percentiles do not share. Bonferroni needs no such assumption and
@@ -78,13 +80,14 @@ and decides at once.
 
 Why a decided limit agrees with ``judge`` on the same chips: a mean limit's figure (the mean,
 the drop, the stability score) is monotone in the mean, and the pessimistic bound is no better
-than the mean itself (h ≥ 0, around the report's own mean), so the point figure passes whenever its bound does, and fails whenever the optimistic
-bound does. The 97.5 % bound is no higher than the report's interval's lower end because
-t(c', n − 1) ≥ t(0.975, n − 1) (where the two are equal, the report's own figure is checked too,
-so rounding cannot split them). The yield's lower bound at c_K ≥ c is no higher than the
-report's at c, and its upper bound no lower than the point share. The percentile's decision
-needs the share of chips at or above L strictly above (pass) or below (fail) 1 − p/100, which
-the exact bounds give with a whole chip to spare.
+than the mean itself (h ≥ 0, around the report's own mean), so the point figure passes
+whenever its bound does, and fails whenever the optimistic bound does. The 97.5 % bound is no
+higher than the report's interval's lower end because t(c', n − 1) ≥ t(0.975, n − 1) (where
+the two are equal, the report's own figure is checked too, so rounding cannot split them). The
+yield's lower bound at c_K ≥ c is no higher than the report's at c, and its upper bound no
+lower than the point share. The percentile's decision needs the share of chips at or above L
+strictly above (pass) or below (fail) 1 − p/100, which the exact bounds give with a whole chip
+to spare.
 """
 
 from __future__ import annotations
@@ -102,9 +105,8 @@ from .figures import stability_score, summarize_chips, yield_bounds
 MIN_CHIPS_FOR_MEAN = 5
 #: One-sided confidence of the lower end of the report's two-sided 95 % interval.
 CI_LOWER_END_CONFIDENCE = 0.975
-#: Limits decided with Student-t bounds on the mean; the rest with binomial bounds.
+#: Limits decided with Student-t bounds on the mean; yields and percentiles take binomial bounds.
 MEAN_LIMITS = ("min_acc_defect_pct", "min_acc_defect_lower_ci_pct", "max_acc_drop_pct", "min_stability")
-SHARE_LIMITS = ("min_yield_pct", "min_percentile_acc_pct")
 
 
 class Outcome(str, Enum):
@@ -286,10 +288,6 @@ class Stop:
     looks: int
     reason: str
     decisions: list[tuple[Limit, Outcome]] = field(default_factory=list)
-
-    @property
-    def early(self) -> bool:
-        return self.chips < self.cap
 
     def to_dict(self) -> dict:
         return {"chips": self.chips, "cap": self.cap, "looks": self.looks, "reason": self.reason,
