@@ -207,8 +207,8 @@ def test_a_folder_holding_a_run_trained_otherwise_is_refused_before_any_work(pre
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     run_dir = tmp_path / "runs" / "one-shot-0.05"
     for changed, differ in [(dict(seed=1), "seed: 0 there, 1 now"), (dict(clean_steps=0.5), "clean_steps: 0.0 there, 0.5 now")]:
-        for train in (True, False):
-            settings = dataclasses.replace(_with_recipe(_settings(pretrained), **changed), train=train)
+        for trains in (True, False):
+            settings = dataclasses.replace(_with_recipe(_settings(pretrained), **changed), train=trains)
             with pytest.raises(ConfigError) as exc:
                 run_sweep(settings, ["one-shot"], [0.05], tmp_path, small_data, **quiet)
             assert str(exc.value) == f"{run_dir}: a run of one-shot P^T=0.05 trained otherwise ({differ}); " \
