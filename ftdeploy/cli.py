@@ -90,6 +90,7 @@ DeviceOpt = Annotated[
                  callback=_checked_device),
 ]
 ChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Chips simulated per rate. Default: the profile's signoff.chips.")]
+SignOffChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Most chips simulated per rate (every one with --fixed-chips). Default: the profile's signoff.chips.")]
 
 
 def _max_images_opt(default: str):
@@ -517,12 +518,13 @@ def verify_cmd(
     profile: ProfileOpt,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
-    chips: ChipsOpt = None,
+    chips: SignOffChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
     max_images: SignOffMaxImagesOpt = None,
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
     fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
+    fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
 ):
@@ -541,7 +543,8 @@ def verify_cmd(
     if fault_maps is not None:
         _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, val_split=val_split, max_images=max_images,
                            all_images=all_images, reference=reference,
-                           simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip})  # fmt: skip
+                           simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
+                                           "--fixed-chips": fixed_chips or None})  # fmt: skip
         return
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
@@ -551,7 +554,8 @@ def verify_cmd(
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
-                             max_images=max_images, all_images=all_images, progress=progress, log=log)  # fmt: skip
+                             max_images=max_images, all_images=all_images, progress=progress, log=log,
+                             sequential=False if fixed_chips else None)  # fmt: skip
     for line in verdict_lines(report):
         _echo(line)
     if out is not None:

@@ -116,17 +116,19 @@ class ChipSource(ABC):
 
 @dataclass(frozen=True)
 class SimulatedChips(ChipSource):
-    """``count`` chips of a fault model at one stuck-at rate: chip k draws from
-    ``chip_rng(seed, rate, k)``. ``faults`` is the profile's population at that rate
+    """``count`` chips of a fault model at one stuck-at rate, from index ``start`` on: chip k
+    draws from ``chip_rng(seed, rate, k)``, so chips 0..n−1 are the first n of any longer run and
+    a population can be drawn in batches. ``faults`` is the profile's population at that rate
     (:meth:`FaultModel.at_rate`)."""
 
     faults: FaultModel
     rate: float
     seed: int
     count: int
+    start: int = 0
 
     def __iter__(self) -> Iterator[Chip]:
-        for index in range(self.count):
+        for index in range(self.start, self.start + self.count):
             yield Chip(ChipId(self.rate, self.seed, index), self.faults)
 
     def __len__(self) -> int:

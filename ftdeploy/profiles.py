@@ -248,7 +248,23 @@ class SignOff(_Strict):
                     "profile's stuck-at entry, or a measured [stuck_off, stuck_on] pair, simulated as given. Every "
                     "other kind in faults applies at each of them as stated.",
     )  # fmt: skip
-    chips: int = Field(30, ge=1, le=100_000, description="Monte-Carlo chips simulated per rate, each with its own random faults.")
+    chips: int = Field(
+        30, ge=1, le=100_000,
+        description="Monte-Carlo chips simulated per rate, each with its own random faults: the most a rate draws when "
+                    "sequential, exactly this many when not.",
+    )  # fmt: skip
+    sequential: bool = Field(
+        True,
+        description="Draw a rate's chips batch_chips at a time and stop as soon as every limit at that rate is decided "
+                    "(pass or fail) at `confidence`, its bounds corrected for the repeated looks; at most `chips` chips, "
+                    "judged as a fixed count where still undecided. A rate without limits draws one batch. false: "
+                    "always `chips` chips per rate (verify --fixed-chips). The verdict is judged on the chips drawn either way.",
+    )  # fmt: skip
+    batch_chips: int = Field(
+        10, ge=1, le=100_000,
+        description="Chips per batch of a sequential sign-off: a rate's limits are examined after every batch "
+                    "(each look costs confidence, so smaller batches stop sooner but decide at stricter bounds).",
+    )  # fmt: skip
     seed: int = Field(0, ge=0, description="Seed of the chip population: the same seed gives the same chips and the same report.")
     max_images: int | None = Field(None, ge=1, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
     min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy (Acc_retrain) of the exported model, %.")
@@ -260,7 +276,8 @@ class SignOff(_Strict):
     )  # fmt: skip
     confidence: float = Field(
         0.95, gt=0.5, lt=1,
-        description="Confidence of the yield's lower bound (one-sided, Clopper-Pearson).",
+        description="Confidence of the yield's lower bound (one-sided, Clopper-Pearson), and of a sequential sign-off's "
+                    "decisions: each is wrong with a chance of at most 1 − confidence over all its looks.",
     )  # fmt: skip
     chip_spec: ChipSpec | None = Field(None, description="What one shipped chip must achieve; needed by min_yield_pct.")
     acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL, each at one of the sign-off rates.")

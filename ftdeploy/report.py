@@ -106,7 +106,7 @@ def render_markdown(report: dict) -> str:
         f"| data | {data['spec']}: {data['images']} of {data['val_images']} {'images (every image)' if data.get('all_images') else 'validation images'}"
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''}"
         f"{'; image set sha256 `' + data['fingerprint'][:16] + '…`' if data.get('fingerprint') else ''} |",
-        f"| chips | {signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
+        f"| chips | {_chips_per_rate(signoff)}, seed {signoff['seed']}, stuck-off : stuck-on = "
         f"{signoff['split'][0]:g} : {signoff['split'][1]:g} (a rate given as a pair: as given) |",
         f"| faults | {signoff.get('faults', 'stuck-at')} |",
         *_reference_row(report),
@@ -130,6 +130,7 @@ def render_markdown(report: dict) -> str:
                      f"{_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {_drop(r)} | {_ss(r)} | {_pct(p5)} | "
                      f"{_yield(r)} |")  # fmt: skip
     lines += [
+        *_stopped_lines(fig["rates"]),
         "",
         "SS = Acc_retrain / (Acc_pretrain − Acc_defect). "
         "¹ When Acc_defect ≥ Acc_pretrain the score is undefined; it is reported as +inf "
@@ -160,6 +161,19 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- P_sa {r['rate']:g}: " + ", ".join(f"{a:.2f}" for a in r["chip_accuracies"]))
     lines.append("")
     return "\n".join(lines)
+
+
+def _chips_per_rate(signoff: dict) -> str:
+    seq = signoff.get("sequential") or {}
+    if not seq.get("sequential"):
+        return f"{signoff['chips']} per rate"
+    return f"at most {signoff['chips']} per rate, drawn {seq['batch_chips']} at a time until every limit is decided"
+
+
+def _stopped_lines(rates: list[dict]) -> list[str]:
+    """Chips each rate drew and why it stopped there (sequential sign-off)."""
+    stopped = [(r["rate"], r["stopped"]) for r in rates if r.get("stopped")]
+    return ["", *[f"- P_sa {rate:g}: {s['chips']} of at most {s['cap']} chips — {s['reason']}" for rate, s in stopped]] if stopped else []
 
 
 def _image_set(data: dict) -> str:

@@ -130,15 +130,19 @@ def prune_settings(profile: Profile, typed: Mapping[str, Any]) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class SignOffSettings:
-    """How many chips per rate, which chips (the population's seed) and how many images."""
+    """How many chips per rate (the most, when sequential), which chips (the population's seed),
+    how many images, and whether chips are drawn in batches until the limits are decided."""
 
     chips: int
     seed: int
     max_images: int | None
+    sequential: bool = True
+    batch_chips: int = 10
 
 
 def signoff_settings(signoff: SignOff, typed: Mapping[str, Any]) -> SignOffSettings:
-    """The profile's sign-off (``chips``, ``seed``, ``max_images``; SignOff's defaults where it
-    sets none) under what is typed."""
-    fields = layered(dict(chips=signoff.chips, seed=signoff.seed, max_images=signoff.max_images), typed)
-    return SignOffSettings(fields["chips"], fields["seed"], fields.get("max_images"))
+    """The profile's sign-off (``chips``, ``seed``, ``max_images``, ``sequential``,
+    ``batch_chips``; SignOff's defaults where it sets none) under what is typed."""
+    fields = layered(dict(chips=signoff.chips, seed=signoff.seed, max_images=signoff.max_images, sequential=signoff.sequential,
+                          batch_chips=signoff.batch_chips), typed)  # fmt: skip
+    return SignOffSettings(fields["chips"], fields["seed"], fields.get("max_images"), fields["sequential"], fields["batch_chips"])

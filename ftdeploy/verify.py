@@ -15,6 +15,8 @@ Figures (accuracy in %), all on the same images:
                 refused. A file that records none uses Acc_retrain.
   Acc_retrain   fault-free accuracy of the file, measured here
   Acc_defect    mean over chips at each rate, with sample std and a 95 % Student-t CI
+                (sequential sign-off, the default: chips are drawn in batches until every
+                limit at the rate is decided, at most signoff.chips; :mod:`ftdeploy.sequential`)
   SS            Acc_retrain / (Acc_pretrain − Acc_defect); +inf when Acc_defect >= Acc_pretrain
   yield         share of chips meeting the profile's chip spec, with its Clopper-Pearson bounds
 """
@@ -40,6 +42,7 @@ from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile, rate_label, rate_total
 from .resolve import signoff_settings
 from .runtime import OnnxBackend
+from .sequential import CleanFigures, Plan, limits_at, run_rate
 
 REPORT_SCHEMA = "ftdeploy-report/1"
 # --- evaluation data ----------------------------------------------------------------------------
@@ -135,19 +138,28 @@ def verify_onnx(
     threads: int | None = None,
     progress=None,
     log: Callable[[str], None] | None = None,
+    sequential: bool | None = None,
+    batch_chips: int | None = None,
 ) -> dict:
     """Sign off an ONNX export on simulated chips; return the report (a JSON-ready dict whose
-    ``verdict.passed`` says whether every limit holds). ``chips``, ``seed`` and ``max_images``
+    ``verdict.passed`` says whether every limit holds). ``chips`` (per rate; the cap when
+    ``sequential``), ``seed``, ``max_images``, ``sequential`` (draw chips ``batch_chips`` at a
+    time until every limit at a rate is decided, :mod:`ftdeploy.sequential`) and ``batch_chips``
     default to the profile's sign-off; ``batch_size`` (images per ONNX Runtime call) to
     :func:`default_batch_size`; ``threads`` (intra-op) to the cores this process may use.
     ``reference``: the fault-free starting model, exported for the same target, whose accuracy
     on these images is Acc_pretrain. ``all_images``: measure on every image of ``data_spec`` (a
     test set of one's own), not its validation part. ``progress``: a rich Progress (one bar over
-    all chips); ``log``: receives one plain line per rate. Raises ConfigError / VerifyError /
-    DataError on bad input, before any chip runs."""
+    all chips, shrunk where a rate stops early); ``log``: receives one plain line per rate.
+    Raises ConfigError / VerifyError / DataError on bad input, before any chip runs."""
     signoff = resolved.profile.signoff
-    chips, seed, max_images = dataclasses.astuple(signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images)))
+    settings = signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images, sequential=sequential,
+                                              batch_chips=batch_chips))  # fmt: skip
+    chips, seed, max_images = settings.chips, settings.seed, settings.max_images
     _check_run_options(resolved, chips, seed, max_images, batch_size)
+    if settings.batch_chips < 1:
+        raise ConfigError(f"batch_chips: expected at least 1, found {settings.batch_chips}")
+    plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     t0 = time.perf_counter()
     setup = _setup(onnx_path, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
     export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
@@ -155,26 +167,68 @@ def verify_onnx(
     notes = list(pretrain.notes)
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
-    task = progress.add_task("chips", total=chips * len(signoff.rates)) if progress else None
-    tick = (lambda: progress.advance(task)) if progress else None
+    bar = _ChipBar(progress, chips * len(signoff.rates))
+    clean = CleanFigures(pretrain.value, acc_retrain, _spec_threshold(signoff, pretrain.value))
     rates = []
     for rate in signoff.rates:
         t_rate = time.perf_counter()
         faults, total = resolved.profile.signoff_faults(rate), rate_total(rate)
-        accs = chip_accuracies(backend, SimulatedChips(faults, total, seed, chips), on_chip=tick)
+
+        def measure(start: int, stop: int, faults=faults, total=total) -> list[float]:
+            return chip_accuracies(backend, SimulatedChips(faults, total, seed, stop - start, start=start), on_chip=bar.tick)
+
+        accs, stop = run_rate(plan, limits_at(signoff, rate), clean, measure)
+        bar.skip(chips - stop.chips)
         rates.append(rate_figures(total, faults.stuck, accs, pretrain.value, acc_retrain, seed=seed, signoff=signoff))
-        _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {chips} chips "
-                  f"({time.perf_counter() - t_rate:.1f} s)")  # fmt: skip
-    _say(log, f"{chips * len(signoff.rates)} chips in {time.perf_counter() - t0:.1f} s")
+        rates[-1]["stopped"] = stop.to_dict()
+        _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {stop.chips} chips "
+                  f"({time.perf_counter() - t_rate:.1f} s); {stop.reason}")  # fmt: skip
+    used = sum(r["chips"] for r in rates)
+    _say(log, f"{used} chips in {time.perf_counter() - t0:.1f} s")
     if any(r["stability_note"] == NO_DEGRADATION for r in rates):
         notes.append(f"A stability score of +inf (null in JSON) means {NO_DEGRADATION}; SS is undefined there, "
                      "and any min_stability limit counts as met.")  # fmt: skip
     figures = {"acc_pretrain": pretrain.value, "acc_pretrain_source": pretrain.source, "acc_pretrain_same_images": pretrain.same_images,
                "acc_retrain": acc_retrain, "acc_retrain_source": "measured here: this file on a fault-free chip, on these images",
-               "acc_defect_source": f"measured here: this file on {chips} simulated chips per rate, on these images",
+               "acc_defect_source": f"measured here: this file on {_chip_counts(rates, plan)}, on these images",
                "chance_pct": 100.0 / len(export.meta["classes"]), "rates": rates}  # fmt: skip
-    verdict = judge(figures, resolved)
-    return _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export)
+    verdict = judge(figures, resolved)  # on the chips drawn, however many the sequential rule drew
+    return _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export, plan=plan, chips_used=used)
+
+
+class _ChipBar:
+    """One progress bar over every chip sign-off may draw; a rate that stops early takes the
+    chips it did not draw off the total, so the bar still ends full."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total = progress, total
+        self.task = progress.add_task("chips", total=total) if progress else None
+
+    def tick(self) -> None:
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def skip(self, chips: int) -> None:
+        self.total -= chips
+        if self.progress and chips:
+            self.progress.update(self.task, total=self.total)
+
+
+def _spec_threshold(signoff, acc_pretrain: float | None) -> float | None:
+    """The lowest accuracy a chip may have and meet the chip spec; None without a spec, or for
+    one that needs an Acc_pretrain there is none of (as figures.rate_figures decides)."""
+    spec = signoff.chip_spec
+    if spec is None or (spec.max_drop_pct is not None and acc_pretrain is None):
+        return None
+    return spec.threshold(acc_pretrain)
+
+
+def _chip_counts(rates: list[dict], plan: Plan) -> str:
+    """How many simulated chips each rate measured, in words."""
+    if not plan.sequential or len({r["chips"] for r in rates}) == 1 and rates[0]["chips"] == plan.cap:
+        return f"{rates[0]['chips']} simulated chips per rate"
+    counts = ", ".join(f"{r['chips']} at {r['rate']:g}" for r in rates)
+    return f"simulated chips drawn in batches of {plan.batch} until every limit was decided, at most {plan.cap} per rate ({counts})"
 
 
 @dataclass
@@ -317,7 +371,8 @@ def _check_same_target(export: ExportedModel, resolved: ResolvedProfile) -> None
                           "export with this profile or verify with the export's")  # fmt: skip
 
 
-def _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export=None) -> dict:
+def _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export=None, *, plan: Plan | None = None,
+            chips_used: int | None = None) -> dict:  # fmt: skip
     """The report: everything needed to reproduce and audit the sign-off, no timestamps (same
     inputs and seed give a byte-identical report.json)."""
     import onnxruntime as ort
@@ -339,7 +394,8 @@ def _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_ex
                                                       "content_sha256": ref_export.meta.get("content_sha256"),
                                                       "model": ref_export.meta.get("model"), "method": ref_export.meta.get("method")},
         "data": data.record,
-        "signoff": {"seed": seed, "chips": chips, "rates": [r["rate"] for r in figures["rates"]],
+        "signoff": {"seed": seed, "chips": chips, "chips_used": chips_used, "sequential": None if plan is None else plan.to_dict(),
+                    "rates": [r["rate"] for r in figures["rates"]],
                     "rates_as_given": [list(r) if isinstance(r, tuple) else r for r in resolved.profile.signoff.rates],
                     "split": list((resolved.profile.fault_model.stuck or StuckAt.from_total(0.0)).ratio),
                     "confidence": resolved.profile.signoff.confidence,

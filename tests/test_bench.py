@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_train_overhead.py"
+SEQUENTIAL_BENCH = BENCH.with_name("bench_sequential.py")
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train_overhead", BENCH)
+def _load_bench(path: Path = BENCH):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
@@ -41,3 +42,20 @@ def test_bench_times_distillation_when_asked(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert len(result["wall_s"]["distill"]) == 2 and result["distill_ratio"] > 0
     assert "DISTILL ratio distill/faulty" in capsys.readouterr().out
+
+
+def test_sequential_bench_compares_chips_drawn_with_the_fixed_count(tmp_path, capsys):
+    """--quick: a briefly trained model, 20 chips per rate in batches of 5. Both cases decide
+    before the cap and agree with the fixed count's verdict: the ratios are ratios of real runs."""
+    bench = _load_bench(SEQUENTIAL_BENCH)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cases = {c["case"]: c for c in result["cases"]}
+    assert set(cases) == {"clear-pass", "clear-fail"}
+    for case in cases.values():
+        assert case["chips_fixed"] == 2 * 20 and case["chips_sequential"] < case["chips_fixed"]
+        assert case["chip_ratio"] == case["chips_sequential"] / case["chips_fixed"] and case["wall_ratio"] > 0
+        assert case["verdict_sequential"] is case["verdict_fixed"]
+    assert cases["clear-pass"]["verdict_fixed"] is True and cases["clear-fail"]["verdict_fixed"] is False
+    assert "RATIO chips sequential/fixed" in capsys.readouterr().out

@@ -588,3 +588,101 @@ def test_acc_pretrain_from_the_file_only_on_the_images_it_was_measured_on(onnx_p
     assert all(r["acc_drop"] is None and r["stability"] is None for r in fig["rates"])
     assert any("--reference" in note for note in subset["notes"])
     assert "n/a" in render_markdown(subset)
+
+
+# --- sequential sign-off ----------------------------------------------------------------------
+
+#: A cap of 40 chips in batches of 10: one limit every chip clears, one no chip can, a rate without.
+SEQUENTIAL = f"""\
+name: vtest-seq
+target: paper-diff8
+faults:
+  - kind: stuck-at
+    p_sa: 0.01
+signoff:
+  rates: {RATES}
+  chips: 40
+  batch_chips: 10
+  max_images: 100
+  chance_margin_pct: 0
+  acceptance:
+    - rate: 0.01
+      min_acc_defect_pct: 1.0
+    - rate: 0.05
+      min_acc_defect_pct: 99.0
+"""
+
+
+class _Bar:
+    """What a rich Progress is told: the bar's total as it changes, and the chips advanced."""
+
+    def __init__(self):
+        self.totals, self.advanced = [], 0
+
+    def add_task(self, name, total):
+        self.totals.append(total)
+        return 0
+
+    def advance(self, task):
+        self.advanced += 1
+
+    def update(self, task, total):
+        self.totals.append(total)
+
+
+@pytest.fixture(scope="module")
+def sequential_profile(folder):
+    path = folder / "vtest-seq.yaml"
+    path.write_text(SEQUENTIAL)
+    return load_profile(path)
+
+
+def test_sequential_sign_off_stops_decided_rates_at_the_first_batch(onnx_path, sequential_profile, tmp_path):
+    """Both limits are decided by the first 10 chips, and the rate without limits draws one batch:
+    30 chips instead of 120, a prefix of the fixed count's chips, judged the same, and the
+    progress bar's total shrinks to what was drawn."""
+    bar = _Bar()
+    seq = verify_onnx(onnx_path, sequential_profile, progress=bar)
+    fixed = verify_onnx(onnx_path, sequential_profile, sequential=False)
+    assert [r["chips"] for r in seq["figures"]["rates"]] == [10, 10, 10]
+    assert [r["chips"] for r in fixed["figures"]["rates"]] == [40, 40, 40]
+    for s, f in zip(seq["figures"]["rates"], fixed["figures"]["rates"]):
+        assert s["chip_accuracies"] == f["chip_accuracies"][:10], "the same chips, fewer of them"
+    zero, clear_pass, clear_fail = (r["stopped"] for r in seq["figures"]["rates"])
+    assert zero["reason"].startswith("no limits at this rate") and zero["cap"] == 40
+    assert clear_pass == {"chips": 10, "cap": 40, "looks": 1, "limits": [{"name": "min_acc_defect_pct", "limit": 1.0, "decision": "pass"}],
+                          "reason": "every limit decided at 95 % confidence on 10 of 40 chips (min_acc_defect_pct pass)"}  # fmt: skip
+    assert clear_fail["limits"][0]["decision"] == "fail"
+    assert [c["passed"] for c in seq["verdict"]["checks"]] == [c["passed"] for c in fixed["verdict"]["checks"]] == [True, False]
+    assert bar.totals == [120, 90, 60, 30] and bar.advanced == 30
+    rule = seq["signoff"]["sequential"]
+    assert rule["looks"] == [10, 20, 30, 40] and rule["look_confidence"] == pytest.approx(1 - 0.05 / 4)
+    assert seq["signoff"]["chips"] == 40 and seq["signoff"]["chips_used"] == 30 and fixed["signoff"]["chips_used"] == 120
+    assert fixed["signoff"]["sequential"] == {"sequential": False, "cap": 40}
+    assert all(r["stopped"]["reason"] == "fixed count of 40 chips (sequential sign-off off)" for r in fixed["figures"]["rates"])
+    md = render_markdown(seq)
+    assert "| chips | at most 40 per rate, drawn 10 at a time until every limit is decided, seed 0" in md
+    assert f"- P_sa 0.01: 10 of at most 40 chips — {clear_pass['reason']}" in md
+    assert "10 at 0, 10 at 0.01, 10 at 0.05" in seq["figures"]["acc_defect_source"]
+    again = verify_onnx(onnx_path, sequential_profile)
+    for a, b in zip(write_report(seq, tmp_path / "a"), write_report(again, tmp_path / "b")):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_fixed_chips_on_the_command_line_draws_every_chip(onnx_path, folder, sequential_profile, tmp_path, monkeypatch, capsys):
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", sequential_profile.profile_path,
+                              "--max-images", 50, "--chips", 12, "--fixed-chips", "--out", tmp_path / "r")  # fmt: skip
+    assert code == 1, out + err  # the 99 % limit fails
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["chips"] for r in report["figures"]["rates"]] == [12, 12, 12]
+    assert report["signoff"]["sequential"] == {"sequential": False, "cap": 12}
+
+
+def test_a_chip_population_drawn_in_batches_is_the_same_population(onnx_path, resolved):
+    export = load_export(onnx_path)
+    data = evaluation_data(export, None, None, 50)
+    backend = OnnxBackend(export, data.x, data.y)
+    faults = resolved.profile.fault_model.at_rate(0.02)
+    batch = SimulatedChips(faults, 0.02, 0, 3, start=4)
+    assert [chip.id.index for chip in batch] == [4, 5, 6] and len(batch) == 3
+    assert chip_accuracies(backend, batch) == chip_accuracies(backend, SimulatedChips(faults, 0.02, 0, 7))[4:]
