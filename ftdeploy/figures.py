@@ -193,8 +193,6 @@ def rate_figures(rate: float, stuck: StuckAt, accs: list[float], acc_pretrain: f
     ``acc_pretrain`` None: not measured on these images, so no drop and no stability score.
     ``signoff`` (the profile's :class:`ftdeploy.profiles.SignOff`): the yield against its chip
     spec at its confidence, and the percentiles its limits name besides :data:`REPORTED_PERCENTILES`."""
-    chip_spec = signoff.chip_spec if signoff is not None else None
-    confidence = signoff.confidence if signoff is not None else None
     percentiles = [lim.percentile for lim in signoff.acceptance if lim.min_percentile_acc_pct is not None] if signoff else []
     stats = summarize_chips(accs)
     stuck_off, stuck_on = stuck.pair
@@ -203,9 +201,8 @@ def rate_figures(rate: float, stuck: StuckAt, accs: list[float], acc_pretrain: f
     else:
         drop, ss = acc_pretrain - stats["mean"], stability_score(acc_retrain, acc_pretrain, stats["mean"])
         ss, ss_note = (None, NO_DEGRADATION) if math.isinf(ss) else (ss, None)
-    chip_yield_ = None
-    if chip_spec is not None and (chip_spec.max_drop_pct is None or acc_pretrain is not None):
-        chip_yield_ = chip_yield(accs, chip_spec.threshold(acc_pretrain), chip_spec.describe(), confidence)
+    threshold = signoff.chip_threshold(acc_pretrain) if signoff is not None else None
+    chip_yield_ = None if threshold is None else chip_yield(accs, threshold, signoff.chip_spec.describe(), signoff.confidence)
     wanted = sorted({*REPORTED_PERCENTILES, *percentiles})
     return {
         "rate": rate,

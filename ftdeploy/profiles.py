@@ -309,6 +309,14 @@ class SignOff(_Strict):
             raise ValueError("min_yield_pct counts chips meeting signoff.chip_spec: set chip_spec (min_acc_pct and/or max_drop_pct)")
         return self
 
+    def chip_threshold(self, acc_pretrain: float | None) -> float | None:
+        """The lowest accuracy (%) a chip may have and meet ``chip_spec``; None without a spec, or
+        when the spec is a drop and there is no Acc_pretrain to drop from."""
+        spec = self.chip_spec
+        if spec is None or (spec.max_drop_pct is not None and acc_pretrain is None):
+            return None
+        return spec.threshold(acc_pretrain)
+
     @property
     def needs_pretrain(self) -> list[str]:
         """The limits set here that compare against Acc_pretrain."""

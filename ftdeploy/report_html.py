@@ -445,20 +445,27 @@ def _figures_intro(report: dict) -> str:
             + "</ul>\n")  # fmt: skip
 
 
+def _ss(rate: dict) -> str:
+    """The stability score; +inf where the chips lose nothing, n/a without an Acc_pretrain."""
+    if rate.get("stability") is not None:
+        return f"{rate['stability']:.2f}"
+    return "n/a" if rate.get("acc_drop") is None else "+inf"
+
+
 def _rates_table(report: dict) -> str:
     rows_in = report["figures"]["rates"]
     has_yield = any(r.get("yield") for r in rows_in)
     has_pct = any(r.get("percentiles") for r in rows_in)
     has_stop = any(r.get("stopped") for r in rows_in)
     header = ["P_sa", "stuck-off", "stuck-on", "chips", "Acc_defect", "std", "95 % CI", "drop (pts)", "SS"]
-    header += ["yield"] * has_yield + ["percentiles"] * has_pct + ["stopped early"] * has_stop
+    header += ["yield"] * has_yield + ["percentiles"] * has_pct + ["why it stopped"] * has_stop
     rows = []
     for r in rows_in:
         ci = r.get("acc_defect_ci95")
         row = [_td(f"{r['rate']:g}", True), _td(f"{r['stuck_off']:.3g}", True), _td(f"{r['stuck_on']:.3g}", True),
                _td(str(len(r["chip_accuracies"])), True), _td(_pct(r["acc_defect_mean"]), True), _td(_pct(r.get("acc_defect_std")), True),
-               _td("n/a (1 chip)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]", True), _td(f"{r['acc_drop']:.2f}", True),
-               _td("+inf" if r.get("stability") is None else f"{r['stability']:.2f}", True)]  # fmt: skip
+               _td("n/a (1 chip)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]", True), _td(_pct(r["acc_drop"]), True),
+               _td(_ss(r), True)]  # fmt: skip
         if has_yield:
             row.append(_td(_yield_text(r.get("yield"))))
         if has_pct:

@@ -168,7 +168,7 @@ def verify_onnx(
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
     bar = _ChipBar(progress, chips * len(signoff.rates))
-    clean = CleanFigures(pretrain.value, acc_retrain, _spec_threshold(signoff, pretrain.value))
+    clean = CleanFigures(pretrain.value, acc_retrain, signoff.chip_threshold(pretrain.value))
     rates = []
     for rate in signoff.rates:
         t_rate = time.perf_counter()
@@ -212,15 +212,6 @@ class _ChipBar:
         self.total -= chips
         if self.progress and chips:
             self.progress.update(self.task, total=self.total)
-
-
-def _spec_threshold(signoff, acc_pretrain: float | None) -> float | None:
-    """The lowest accuracy a chip may have and meet the chip spec; None without a spec, or for
-    one that needs an Acc_pretrain there is none of (as figures.rate_figures decides)."""
-    spec = signoff.chip_spec
-    if spec is None or (spec.max_drop_pct is not None and acc_pretrain is None):
-        return None
-    return spec.threshold(acc_pretrain)
 
 
 def _chip_counts(rates: list[dict], plan: Plan) -> str:
@@ -274,11 +265,11 @@ def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[fl
     setup = _setup(onnx_path, resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None)
     one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
     accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
-    spec, meets = signoff.chip_spec, None
+    threshold, meets = signoff.chip_threshold(setup.pretrain.value), None
     line = f"chip ({one.id}): accuracy {accuracy:.2f} % on {len(setup.data.y)} images"
-    if spec is not None and (spec.max_drop_pct is None or setup.pretrain.value is not None):
-        meets = accuracy >= spec.threshold(setup.pretrain.value)
-        line += f"; {'meets' if meets else 'fails'} the chip spec ({spec.describe()})"
+    if threshold is not None:
+        meets = accuracy >= threshold
+        line += f"; {'meets' if meets else 'fails'} the chip spec ({signoff.chip_spec.describe()})"
     return {"id": dataclasses.asdict(one.id), "accuracy": accuracy, "meets_spec": meets, "line": line}
 
 

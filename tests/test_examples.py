@@ -1,6 +1,7 @@
 """The examples stay runnable: their profile validates, the user-model factory plugs in, and the
 Python API example measures a checkpoint."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,47 @@ def test_the_readmes_faults_example_is_a_valid_faults_section():
     faults = FaultModel(TypeAdapter(FaultList).validate_python(yaml.safe_load(block)["faults"]))
     assert [k.kind for k in faults.kinds] == ["programming-variation", "drift", "stuck-at"]
     assert faults.find(Drift).at == 31557600.0 and faults.at_rate(0.01).stuck.pair == (0.002, 0.008)
+
+
+def _production_line() -> tuple[str, list[str]]:
+    """The README's production-line section: its profile and its commands, as written."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## On a production line"):text.index("## Commands")]
+    profile = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    commands = [line for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines() if line.startswith("ftdeploy ")]
+    return profile, commands
+
+
+def test_the_readme_production_line_runs_as_written(tmp_path, monkeypatch):
+    """Every command of the README's production line, run as written on its profile, shortened
+    only in training (1 epoch each) and images (200), which the profile's lines do not set: the
+    release is signed off with yield and percentile limits and its four report files, then a
+    simulated lot of fault maps is signed off chip by chip."""
+    import shlex
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from ftdeploy.cli import app
+
+    text, commands = _production_line()
+    profile = yaml.safe_load(text)
+    assert {"max_images", "batch_chips"}.isdisjoint(profile["signoff"]) and "training" not in profile
+    profile["training"] = {"pretrain_epochs": 1, "epochs": 1}
+    profile["signoff"]["max_images"] = 200
+    (tmp_path / "strict-demo.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.chdir(tmp_path)
+    assert [shlex.split(c)[1] for c in commands] == ["train", "export", "export", "verify", "faultmap", "verify"]
+    for command in commands:
+        result = CliRunner().invoke(app, shlex.split(command)[1:])
+        assert result.exit_code in ((0, 1) if command.startswith("ftdeploy verify") else (0,)), (command, result.output)
+    release = json.loads((tmp_path / "reports/release/report.json").read_text())
+    assert {c["name"] for c in release["verdict"]["checks"]} >= {"chance_margin_pct", "max_acc_drop_pct", "min_yield_pct",
+                                                                 "min_percentile_acc_pct"}  # fmt: skip
+    assert release["figures"]["acc_pretrain_same_images"] is True and "pretrain.onnx" in release["figures"]["acc_pretrain_source"]
+    assert release["figures"]["rates"][2]["stuck_off"] == 0.004, "a measured pair is simulated as given"
+    assert sorted(p.name for p in (tmp_path / "reports/release").iterdir()) == ["report.html", "report.json", "report.md", "report.xml"]
+    lot = json.loads((tmp_path / "reports/lot7/report.json").read_text())
+    assert len(lot["lot"]["chips"]) == 20 == len(list((tmp_path / "lot7").iterdir()))
