@@ -21,7 +21,7 @@ import math
 import re
 from pathlib import Path
 
-from .report import _num, _pct, _schedule, overall_line, verdict_lines
+from .report import _chips_per_rate, _num, _pct, _schedule, overall_line, verdict_lines
 
 # --- small text helpers -------------------------------------------------------------------------
 
@@ -414,7 +414,7 @@ def _inputs_table(report: dict) -> str:
         ("target", f"{_e(profile['target'])} (<code>{_e(profile['target_file'])}</code>, sha256 <code>{_e(profile['target_sha256'][:16])}…</code>)"),
         ("data", f"{_e(data['spec'])}: {data['images']} of {data['val_images']} {every}{subset}"),
         ("image set", f"sha256 <code>{_e(fingerprint)}</code>" if fingerprint else "not recorded"),
-        ("chips", f"{signoff['chips']} per rate, seed {signoff['seed']}, stuck-off : stuck-on = "
+        ("chips", f"{_e(_chips_per_rate(signoff))}, seed {signoff['seed']}, stuck-off : stuck-on = "
                   f"{signoff['split'][0]:g} : {signoff['split'][1]:g}"),
         ("faults", _e(signoff.get("faults", "stuck-at"))),
     ]  # fmt: skip
