@@ -6,6 +6,9 @@ Figures (accuracy in %):
   Acc_defect    mean over a rate's chips, with sample std and a 95 % Student-t CI
   drop          Acc_pretrain − Acc_defect, percentage points
   SS            Acc_retrain / (Acc_pretrain − Acc_defect); +inf when Acc_defect >= Acc_pretrain
+  yield         share of chips meeting the chip spec, with exact one-sided Clopper-Pearson bounds
+  percentiles   the accuracy of the p-th percentile chip (a measured chip, not an interpolation)
+  worst chips   the least accurate chips by id (rate, seed, index)
 """
 
 from __future__ import annotations
@@ -156,7 +159,8 @@ def judge(figures: dict, resolved) -> Verdict:
 
 
 def _figures_at(rates: list[dict], total: float) -> dict:
-    return min(rates, key=lambda r: abs(r["rate"] - total))
+    """The figures measured at the sign-off rate of this total stuck-at probability."""
+    return next(r for r in rates if math.isclose(r["rate"], total, rel_tol=1e-9, abs_tol=1e-15))
 
 
 def _check_one(name: str, rate: float, limit: float, r: dict, lim) -> Check:
