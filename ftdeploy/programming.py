@@ -1,0 +1,130 @@
+"""Fault-aware programming: program one chip around its own stuck cells.
+
+A production line tests each chip before programming it, so it knows which cells are stuck and at
+what (its fault map). A stuck cell reads its stuck level (stuck-off: 0, stuck-on: the top level L)
+whatever is programmed, but the weight's *other* cells are healthy and can be set to make up for
+it. Every mapping reads back linearly (``q = Σ_c coefficient[c]·level[c] + offset``), so for each
+weight with a stuck cell the healthy cells' levels are chosen to bring the decoded code as close
+as possible to the weight's target code. On a differential pair, a stuck-on ``neg`` cell is
+compensated by raising ``pos`` by L (exact wherever ``pos`` has the range); a stuck-off cell on the
+idle side already reads what it should and costs nothing.
+
+The choice is exact: all level combinations of the weight's healthy cells are enumerated
+(``(L+1)^k`` for ``k`` healthy cells: 128 for the partner of a 7-bit differential pair, 64 for
+three healthy cells of a 2-bit bit-sliced weight), in vectorised batches over the few weights that
+have a stuck cell. Among the combinations that reach the smallest error, the one closest to the
+planned levels wins (fewest changed cells, then least total conductance), so the planned levels
+are kept wherever they are already best: a programmed chip is never worse than an unprogrammed
+one, and weights without a stuck cell are left exactly as planned.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .mapping import Mapping
+from .nonideality import STUCK_OFF, STUCK_ON
+
+#: Most level combinations enumerated for one weight. Every shipped target needs at most 128;
+#: a target past this (many healthy cells of many levels) needs a smarter search, not patience.
+MAX_COMBINATIONS = 1 << 16
+#: Weights × combinations × cells handled at once: bounds the memory of one batch (~8 bytes each).
+BATCH_ELEMENTS = 1 << 22
+
+
+def stuck_levels(states: np.ndarray, max_level: int) -> np.ndarray:
+    """The level each cell reads because of its fault: 0 stuck-off, L stuck-on, -1 healthy."""
+    out = np.full(states.shape, -1, np.int64)
+    out[states == STUCK_OFF] = 0
+    out[states == STUCK_ON] = max_level
+    return out
+
+
+def read_levels(levels: np.ndarray, states: np.ndarray, max_level: int) -> np.ndarray:
+    """What a chip with ``states`` reads of programmed ``levels``: stuck cells their stuck level."""
+    stuck = stuck_levels(states, max_level)
+    return np.where(stuck >= 0, stuck, levels)
+
+
+def program_levels(mapping: Mapping, codes: np.ndarray, levels: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Levels to program on one chip's layer so each weight reads as close to its code as its
+    healthy cells allow.
+
+    ``codes``: target integer codes (weight shape); ``levels``: the planned levels, shape
+    ``(cells, *weight shape)`` (what ``mapping.encode(codes)`` gives); ``states``: the chip's
+    stuck-at state of every cell (same shape; HEALTHY, STUCK_OFF, STUCK_ON). Returns new levels
+    of ``levels``' shape and dtype: equal to the planned ones on every weight without a stuck cell,
+    and on stuck cells themselves (they read their stuck level whatever is programmed).
+    Raises ValueError where a weight would need more than :data:`MAX_COMBINATIONS` combinations."""
+    levels = np.asarray(levels)
+    states = np.asarray(states)
+    codes = np.asarray(codes)
+    if levels.shape != states.shape or levels.shape != (mapping.cells_per_weight, *codes.shape):
+        raise ValueError(f"levels {levels.shape}, states {states.shape} and codes {codes.shape} do not match "
+                         f"{mapping.cells_per_weight} cells per weight")  # fmt: skip
+    cells = mapping.cells_per_weight
+    flat_levels = levels.reshape(cells, -1)
+    flat_states = states.reshape(cells, -1)
+    faulty = np.flatnonzero((flat_states != 0).any(0))
+    out = flat_levels.copy()
+    if len(faulty) == 0:
+        return out.reshape(levels.shape)
+    planned = flat_levels[:, faulty].astype(np.int64).T  # (n, cells)
+    stuck = stuck_levels(flat_states[:, faulty], mapping.max_level).T  # (n, cells), -1 where healthy
+    target = codes.reshape(-1)[faulty].astype(np.int64)
+    # Weights sharing one pattern of healthy cells share one table of combinations.
+    healthy = stuck < 0
+    patterns, group = np.unique(healthy, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    for p, pattern in enumerate(patterns):
+        members = np.flatnonzero(group == p)
+        chosen = _best_levels(mapping, pattern, planned[members], stuck[members], target[members])
+        out[:, faulty[members]] = chosen.T.astype(out.dtype)
+    return out.reshape(levels.shape)
+
+
+def program_chip(mapping: Mapping, planned: Sequence[np.ndarray], states: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Every layer of a model programmed around one chip's stuck cells (levels and states per
+    layer, as :meth:`ftdeploy.measured.MeasuredChip.states` gives them). The target codes are
+    the planned levels decoded: an export holds each weight's levels for its code."""
+    return [program_levels(mapping, np.rint(mapping.decode(lv)).astype(np.int64), lv, st)
+            for lv, st in zip(planned, states)]  # fmt: skip
+
+
+def combinations(max_level: int, healthy_cells: int) -> np.ndarray:
+    """Every level setting of ``healthy_cells`` cells, shape (combinations, healthy_cells)."""
+    count = (max_level + 1) ** healthy_cells
+    if count > MAX_COMBINATIONS:
+        raise ValueError(f"programming around stuck cells would enumerate {count} level combinations per weight "
+                         f"({healthy_cells} healthy cells of {max_level + 1} levels); at most {MAX_COMBINATIONS} are supported")  # fmt: skip
+    grid = np.array(list(itertools.product(range(max_level + 1), repeat=healthy_cells)), np.int64)
+    return grid.reshape(count, healthy_cells)
+
+
+def _best_levels(mapping: Mapping, healthy: np.ndarray, planned: np.ndarray, stuck: np.ndarray,
+                 target: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Best levels (n, cells) for weights that share one pattern of ``healthy`` cells."""
+    coef = np.asarray(mapping.coefficients, np.int64)
+    chosen = planned.copy()
+    cols = np.flatnonzero(healthy)
+    if len(cols) == 0:  # every cell stuck: nothing to choose
+        return chosen
+    table = combinations(mapping.max_level, len(cols))  # (m, k)
+    table_code = table @ coef[cols]  # (m,)
+    table_total = table.sum(1)  # least total conductance breaks the last ties
+    fixed = np.where(healthy, 0, stuck) @ coef + int(mapping.offset)  # (n,) what the stuck cells read, plus offset
+    # One lexicographic key: error first, then changed cells, then total level; all small integers.
+    cells = len(cols)
+    total_span = cells * mapping.max_level + 1
+    batch = max(1, BATCH_ELEMENTS // (len(table) * cells))
+    for start in range(0, len(planned), batch):
+        part = slice(start, start + batch)
+        error = np.abs(fixed[part, None] + table_code[None, :] - target[part, None])  # (b, m)
+        changed = (table[None, :, :] != planned[part][:, None, cols]).sum(-1)  # (b, m)
+        key = (error * (cells + 1) + changed) * total_span + table_total[None, :]
+        best = key.argmin(1)
+        chosen[part, cols] = table[best]
+    return chosen

@@ -1,0 +1,131 @@
+"""Fault-aware programming, checked exhaustively on small cell states: for every code and every
+stuck pattern of a weight's cells, the programmed weight reads the best code any setting of its
+healthy cells reaches, never worse than the planned levels, and weights without a stuck cell are
+left as planned."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import SHIPPED_TARGET_NAMES, make_target
+from ftdeploy import programming
+from ftdeploy.mapping import make_mapping
+from ftdeploy.nonideality import STUCK_OFF, STUCK_ON
+from ftdeploy.profiles import load_target
+from ftdeploy.programming import program_chip, program_levels, read_levels
+
+#: Small targets of every mapping, including a differential pair with spare levels (L > Q).
+SMALL = {
+    "differential-2b": dict(mapping="differential", bits_per_cell=2, weight_bits=3),
+    "differential-spare": dict(mapping="differential", bits_per_cell=3, weight_bits=3),
+    "inverted-2b": dict(mapping="differential-inverted", bits_per_cell=2, weight_bits=3),
+    "offset-3b": dict(mapping="offset", bits_per_cell=3, weight_bits=3),
+    "bitsliced-1b": dict(mapping="bitsliced", bits_per_cell=1, weight_bits=3),
+    "bitsliced-2b": dict(mapping="bitsliced", bits_per_cell=2, weight_bits=4),
+}
+
+
+def _all_codes(mapping) -> np.ndarray:
+    return np.arange(-mapping.max_code, mapping.max_code + 1, dtype=np.int64)
+
+
+def _reachable(mapping, pattern: tuple[int, ...]) -> np.ndarray:
+    """Every code a weight with this stuck pattern can read, over every setting of all its cells
+    (an independent brute force: the stuck cells' settings are overridden by their faults)."""
+    settings = np.array(list(itertools.product(range(mapping.max_level + 1), repeat=mapping.cells_per_weight))).T
+    states = np.repeat(np.array(pattern, np.uint8)[:, None], settings.shape[1], 1)
+    return np.unique(mapping.decode(read_levels(settings, states, mapping.max_level)))
+
+
+def _check_every_code(mapping, patterns) -> None:
+    """Program every code under every pattern, as one layer, and check the result."""
+    codes = _all_codes(mapping)
+    cells = mapping.cells_per_weight
+    for pattern in patterns:
+        states = np.repeat(np.array(pattern, np.uint8)[:, None], len(codes), 1)
+        planned = np.asarray(mapping.encode(codes)).astype(np.uint8)
+        out = program_levels(mapping, codes, planned, states)
+        assert out.shape == planned.shape and out.dtype == planned.dtype
+        assert out.min() >= 0 and out.max() <= mapping.max_level
+        got = np.abs(mapping.decode(read_levels(out, states, mapping.max_level)) - codes)
+        before = np.abs(mapping.decode(read_levels(planned, states, mapping.max_level)) - codes)
+        reachable = _reachable(mapping, pattern)
+        best = np.abs(reachable[None, :] - codes[:, None]).min(1)
+        assert (got == best).all(), f"pattern {pattern}: not the best reachable code"
+        assert (got <= before).all()
+        stuck = np.array(pattern) != 0
+        if not stuck.any():
+            assert (out == planned).all()
+        # stuck cells keep the planned level: whatever is programmed there, they read their fault
+        assert (out[stuck] == planned[stuck]).all()
+        # where the planned levels are already best, nothing changes
+        assert (out[:, before == best] == planned[:, before == best]).all()
+        assert cells == len(pattern)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_code_under_every_stuck_pattern_reads_the_best_reachable_code(name):
+    mapping = make_mapping(make_target(**SMALL[name]))
+    patterns = itertools.product((0, STUCK_OFF, STUCK_ON), repeat=mapping.cells_per_weight)
+    _check_every_code(mapping, patterns)
+
+
+@pytest.mark.parametrize("name", SHIPPED_TARGET_NAMES)
+def test_shipped_targets_every_code_with_one_or_two_stuck_cells(name):
+    mapping = make_mapping(load_target(name)[0])
+    cells = mapping.cells_per_weight
+    patterns = [tuple(0 for _ in range(cells))]
+    for k in (1, 2) if cells <= 2 else (1,):  # bit-sliced: 4^8 settings per pattern in the brute force
+        for where in itertools.combinations(range(cells), k):
+            for faults in itertools.product((STUCK_OFF, STUCK_ON), repeat=k):
+                pattern = [0] * cells
+                for c, f in zip(where, faults):
+                    pattern[c] = f
+                patterns.append(tuple(pattern))
+    _check_every_code(mapping, patterns)
+
+
+def test_differential_pair_compensates_a_stuck_on_cell_with_its_partner():
+    mapping = make_mapping(make_target("differential", bits_per_cell=7, weight_bits=8))
+    L = mapping.max_level
+    codes = np.array([-40, 40, 0])
+    planned = np.asarray(mapping.encode(codes)).astype(np.uint8)
+    states = np.array([[0, 0, STUCK_OFF], [STUCK_ON, STUCK_ON, 0]], np.uint8)
+    out = program_levels(mapping, codes, planned, states)
+    # -40 with neg stuck at L: pos = L - 40 reads exactly; +40: pos at its top gets closest (0)
+    assert out[0].tolist() == [L - 40, L, 0]
+    assert mapping.decode(read_levels(out, states, L)).tolist() == [-40, 0, 0]
+    # a stuck-off cell on the idle side of a zero weight costs nothing: the weight is untouched
+    assert out[:, 2].tolist() == planned[:, 2].tolist()
+
+
+def test_weights_without_stuck_cells_are_untouched_in_a_random_layer():
+    mapping = make_mapping(make_target("bitsliced", bits_per_cell=2, weight_bits=8))
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-mapping.max_code, mapping.max_code + 1, (16, 3, 3, 3))
+    planned = np.asarray(mapping.encode(codes)).astype(np.uint8)
+    states = rng.choice([0, STUCK_OFF, STUCK_ON], planned.shape, p=[0.97, 0.01, 0.02]).astype(np.uint8)
+    (out,) = program_chip(mapping, [planned], [states])
+    clean = ~(states != 0).any(0)
+    assert (out[:, clean] == planned[:, clean]).all()
+    before = np.abs(mapping.decode(read_levels(planned, states, mapping.max_level)) - codes)
+    after = np.abs(mapping.decode(read_levels(out, states, mapping.max_level)) - codes)
+    assert (after <= before).all() and after.sum() < before.sum()
+
+
+def test_too_many_combinations_is_a_clear_error(monkeypatch):
+    mapping = make_mapping(make_target("bitsliced", bits_per_cell=2, weight_bits=4))
+    monkeypatch.setattr(programming, "MAX_COMBINATIONS", 10)
+    codes = np.array([3])
+    states = np.array([[STUCK_ON], [0], [0], [0]], np.uint8)
+    with pytest.raises(ValueError, match="level combinations"):
+        program_levels(mapping, codes, np.asarray(mapping.encode(codes)).astype(np.uint8), states)
+
+
+def test_shapes_must_match():
+    mapping = make_mapping(make_target())
+    with pytest.raises(ValueError, match="do not match"):
+        program_levels(mapping, np.zeros(3, np.int64), np.zeros((2, 4), np.uint8), np.zeros((2, 4), np.uint8))
