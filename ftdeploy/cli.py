@@ -679,6 +679,30 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
         raise SignOffFailed(f"measured chips failed: {report['verdict']['summary']}{where}")
 
 
+@app.command("program")
+def program_cmd(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX file written by ftdeploy export.")],
+    profile: ProfileOpt,
+    fault_map: Annotated[Path, typer.Option("--fault-map", help="The chip's fault map (*.csv, *.npz), as its tester reports its stuck cells (docs/fault-maps.md).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write for this chip (written atomically).", callback=_out_file)],
+):
+    """Program one chip around its own stuck cells: each weight with a stuck cell gets the levels
+    of its healthy cells that read closest to its code (never worse than the export's), and the
+    result is written as an export for that chip alone, recording its id and map's SHA-256."""
+    from .exported import load_export
+    from .profiles import load_profile
+    from .programming import program_export
+    from .verify import _check_same_target
+
+    resolved = load_profile(profile)
+    _refuse_a_checkpoint(onnx_file, profile)
+    _check_same_target(load_export(onnx_file), resolved)
+    record = program_export(onnx_file, fault_map, out)
+    _echo(f"wrote {out}: programmed for chip {record['chip']} (map sha256 {record['fault_map_sha256'][:16]}): "
+          f"{record['weights_reprogrammed']:,} of {record['weights_with_stuck_cells']:,} weights with stuck cells reprogrammed "
+          f"({record['cells_reprogrammed']:,} cells); weights reading their exact code {record['exact_before']:,} -> {record['exact_after']:,}")  # fmt: skip
+
+
 # --- prune ----------------------------------------------------------------------------------
 
 

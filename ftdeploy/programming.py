@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -128,3 +129,97 @@ def _best_levels(mapping: Mapping, healthy: np.ndarray, planned: np.ndarray, stu
         best = key.argmin(1)
         chosen[part, cols] = table[best]
     return chosen
+
+
+# --- one export, programmed for one chip ----------------------------------------------------------
+
+#: Metadata key (``ftdeploy.`` prefixed) of a file programmed for one chip: which chip, which map.
+PROGRAMMED_KEY = "programmed_for"
+
+
+def programmed_for(export) -> dict | None:
+    """The ``ftdeploy.programmed_for`` record of an export, or None for a plain export."""
+    return export.meta.get(PROGRAMMED_KEY)
+
+
+def program_export(onnx_path, fault_map_path, out) -> dict:
+    """Write ``out``: the export at ``onnx_path`` with its cells programmed around the stuck cells
+    of the chip that ``fault_map_path`` describes (:func:`program_chip`). Everything else is the
+    export's; the metadata gains ``ftdeploy.programmed_for`` (the chip, its map's SHA-256, what
+    changed) and the content hash is recomputed, so the file loads and verifies like any export.
+    Returns that record. Refuses a file already programmed for a chip: its levels are no longer
+    the planned ones."""
+    import onnx
+
+    from .errors import ExportError, VerifyError
+    from .exported import load_export
+    from .faultmap import check_fits, read_fault_map
+    from .placement import placement_of
+
+    export = load_export(onnx_path)
+    done = programmed_for(export)
+    if done is not None:
+        raise VerifyError(f"{onnx_path}: already programmed for chip {done['chip']!r}; program the export itself for each chip")
+    fmap = read_fault_map(fault_map_path)
+    placement = placement_of(export)
+    check_fits(fmap, placement)
+    states = placement.layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
+    try:
+        programmed = program_chip(export.mapping, export.levels, states)
+    except ValueError as exc:
+        raise ExportError(f"{onnx_path}: {exc}") from None
+    record = _record(export, fmap, states, programmed)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(export.proto)
+    _replace_cells(proto, export.layers, programmed)
+    _add_metadata(proto, PROGRAMMED_KEY, record)
+    from .files import write_atomic
+
+    write_atomic(out, proto.SerializeToString(), ExportError)
+    return record
+
+
+def _record(export, fmap, states, programmed) -> dict:
+    """What ``ftdeploy.programmed_for`` says: the chip and its map, and what programming did."""
+    mapping, top = export.mapping, export.mapping.max_level
+    weights = changed = cells = exact_before = exact_after = 0
+    for planned, st, new in zip(export.levels, states, programmed):
+        faulty = (st != 0).any(0)
+        codes = mapping.decode(planned)[faulty]
+        weights += int(faulty.sum())
+        cells += int(np.count_nonzero(new != planned))
+        changed += int(((new != planned).any(0)).sum())
+        exact_before += int((mapping.decode(read_levels(planned, st, top))[faulty] == codes).sum())
+        exact_after += int((mapping.decode(read_levels(new, st, top))[faulty] == codes).sum())
+    return {"chip": fmap.chip, "fault_map": Path(fmap.source).name if fmap.source else "",
+            "fault_map_sha256": fmap.sha256, "export_content_sha256": export.meta["content_sha256"],
+            "weights_with_stuck_cells": weights, "weights_reprogrammed": changed, "cells_reprogrammed": cells,
+            "exact_before": exact_before, "exact_after": exact_after}  # fmt: skip
+
+
+def _replace_cells(proto, layers: list[dict], programmed: Sequence[np.ndarray]) -> None:
+    """Put each layer's programmed levels into its ``<layer>.cells.<c>`` initializers."""
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in proto.graph.initializer}
+    for layer, levels in zip(layers, programmed):
+        for c, name in enumerate(layer["cells"]):
+            inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(levels[c], np.uint8), name))
+
+
+def _add_metadata(proto, key: str, value) -> None:
+    """Add one JSON ``ftdeploy.<key>`` property, keep the ftdeploy properties sorted as export
+    writes them, and recompute the content hash."""
+    import json
+
+    import onnx
+
+    from .onnx_format import HASH_KEY, PREFIX, content_hash, read_metadata
+
+    props = {k: v for k, v in read_metadata(proto).items() if k != HASH_KEY}
+    props[PREFIX + key] = json.dumps(value, ensure_ascii=False)
+    other = {k: v for k, v in props.items() if not k.startswith(PREFIX)}
+    ours = dict(sorted((k, v) for k, v in props.items() if k.startswith(PREFIX)))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, other | ours)
+    onnx.helper.set_model_props(proto, {**read_metadata(proto), HASH_KEY: content_hash(proto)})

@@ -6,6 +6,7 @@ left as planned."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,104 @@ def test_shapes_must_match():
     mapping = make_mapping(make_target())
     with pytest.raises(ValueError, match="do not match"):
         program_levels(mapping, np.zeros(3, np.int64), np.zeros((2, 4), np.uint8), np.zeros((2, 4), np.uint8))
+
+
+# --- `ftdeploy program`: one export, programmed for one chip --------------------------------------
+
+PROGRAM_RATE, PROGRAM_SEED, PROGRAM_IMAGES = 0.03, 11, 100
+PROFILE = f"""\
+name: program
+target: paper-diff8
+faults:
+  - kind: stuck-at
+    p_sa: 0.01
+signoff:
+  rates: [{PROGRAM_RATE}]
+  chips: 2
+  seed: {PROGRAM_SEED}
+  max_images: {PROGRAM_IMAGES}
+  chance_margin_pct: 0
+  chip_spec:
+    min_acc_pct: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory):
+    """A quick export, the map of one simulated chip (alone in its folder), and the profile."""
+    from _quick_model import quick_checkpoint
+    from ftdeploy.data import load_data
+    from ftdeploy.export import export_onnx
+    from ftdeploy.exported import load_export
+    from ftdeploy.measured import simulate_fault_maps
+    from ftdeploy.placement import placement_of
+    from ftdeploy.profiles import load_profile
+    from ftdeploy.training.checkpoint import load_checkpoint
+
+    folder = tmp_path_factory.mktemp("program")
+    profile = folder / "program.yaml"
+    profile.write_text(PROFILE)
+    resolved = load_profile(profile)
+    onnx_path = folder / "model.onnx"
+    export_onnx(load_checkpoint(quick_checkpoint(load_data(None), resolved.target, folder)), resolved, onnx_path)
+    maps = folder / "maps"
+    placement = placement_of(load_export(onnx_path))
+    (map_path,) = simulate_fault_maps(placement, resolved.profile.signoff_faults(PROGRAM_RATE), PROGRAM_RATE, PROGRAM_SEED, 1, maps)
+    return {"folder": folder, "profile": profile, "resolved": resolved, "onnx": onnx_path, "maps": maps, "map": map_path}
+
+
+@pytest.fixture(scope="module")
+def programmed(line) -> Path:
+    from ftdeploy.programming import program_export
+
+    out = line["folder"] / "chip-0000.onnx"
+    program_export(line["onnx"], line["map"], out)
+    return out
+
+
+def test_program_writes_an_export_for_that_one_chip(line, programmed):
+    from ftdeploy.exported import load_export
+    from ftdeploy.faultmap import read_fault_map
+    from ftdeploy.files import sha256_file
+    from ftdeploy.placement import placement_of
+
+    plain, chip = load_export(line["onnx"]), load_export(programmed)  # loads: the content hash was recomputed
+    record = chip.meta["programmed_for"]
+    fmap = read_fault_map(line["map"])
+    assert record["chip"] == fmap.chip and record["fault_map_sha256"] == sha256_file(line["map"])
+    assert record["export_content_sha256"] == plain.meta["content_sha256"]
+    assert 0 < record["weights_reprogrammed"] <= record["weights_with_stuck_cells"]
+    assert record["exact_after"] > record["exact_before"]
+    states = placement_of(plain).layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
+    assert all((a == b).all() for a, b in zip(chip.levels, program_chip(plain.mapping, plain.levels, states)))
+    for before, after, st in zip(plain.levels, chip.levels, states):
+        clean = ~(st != 0).any(0)
+        assert (before[:, clean] == after[:, clean]).all()
+    # everything but the cells and the record is the export's
+    assert {k: v for k, v in chip.meta.items() if k not in ("programmed_for", "content_sha256")} == \
+        {k: v for k, v in plain.meta.items() if k != "content_sha256"}
+
+
+def test_a_programmed_chip_measures_at_least_as_well_as_the_unprogrammed_one(line, programmed):
+    from ftdeploy.lot import verify_lot
+    from ftdeploy.verify import verify_onnx
+
+    before = verify_lot(line["onnx"], line["resolved"], line["maps"])["lot"]["chips"][0]["accuracy"]
+    after = verify_lot(programmed, line["resolved"], line["maps"])["lot"]["chips"][0]["accuracy"]
+    assert after >= before
+    assert verify_onnx(programmed, line["resolved"], chips=2)["verdict"] is not None  # verifies like any export
+
+
+def test_program_command(line, monkeypatch, capsys, tmp_path):
+    from conftest import run_main
+    from ftdeploy.exported import load_export
+
+    out = tmp_path / "chip.onnx"
+    code, stdout, err = run_main(monkeypatch, capsys, "program", line["onnx"], "--profile", line["profile"],
+                                 "--fault-map", line["map"], "-o", out)  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {out}: programmed for chip" in stdout and "exact code" in stdout
+    assert load_export(out).meta["programmed_for"]["fault_map"] == line["map"].name
+    code, _, err = run_main(monkeypatch, capsys, "program", out, "--profile", line["profile"], "--fault-map", line["map"],
+                            "-o", tmp_path / "again.onnx")  # fmt: skip
+    assert code == 2 and "already programmed for chip" in err
