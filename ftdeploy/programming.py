@@ -223,3 +223,42 @@ def _add_metadata(proto, key: str, value) -> None:
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, other | ours)
     onnx.helper.set_model_props(proto, {**read_metadata(proto), HASH_KEY: content_hash(proto)})
+
+
+# --- a lot of measured chips, each programmed around its own map ---------------------------------
+
+
+class ProgrammedChip:
+    """A measured chip (:class:`ftdeploy.measured.MeasuredChip`) programmed around its own stuck
+    cells: it reads back the levels :func:`program_chip` chooses for it instead of the planned
+    ones, with its faults (and any kinds simulated on top) applied as before."""
+
+    def __init__(self, chip, mapping: Mapping):
+        self.chip = chip
+        self.mapping = mapping
+
+    @property
+    def id(self):
+        return self.chip.id
+
+    def reading(self, programmed: Sequence[np.ndarray], cells):
+        return self.chip.reading(program_chip(self.mapping, programmed, self.chip.states()), cells)
+
+
+class ProgrammedChips:
+    """Every chip of a :class:`ftdeploy.measured.MeasuredChips`, each programmed around its own
+    map: a chip source for :func:`ftdeploy.population.chip_accuracies`."""
+
+    def __init__(self, chips, mapping: Mapping):
+        self.chips = chips
+        self.mapping = mapping
+
+    def __iter__(self):
+        return (ProgrammedChip(chip, self.mapping) for chip in self.chips)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.chips.is_identity  # no stuck cell anywhere: programming changes nothing

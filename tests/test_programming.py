@@ -231,3 +231,40 @@ def test_program_command(line, monkeypatch, capsys, tmp_path):
     code, _, err = run_main(monkeypatch, capsys, "program", out, "--profile", line["profile"], "--fault-map", line["map"],
                             "-o", tmp_path / "again.onnx")  # fmt: skip
     assert code == 2 and "already programmed for chip" in err
+
+
+# --- verify --fault-maps --program -----------------------------------------------------------------
+
+
+def test_verify_program_measures_each_chip_before_and_after(line, programmed):
+    from ftdeploy.lot import verify_lot
+    from ftdeploy.lot_report import lot_lines, render_lot_junit, render_lot_markdown
+
+    plain = verify_lot(line["onnx"], line["resolved"], line["maps"])
+    both = verify_lot(line["onnx"], line["resolved"], line["maps"], program=True)
+    alone = verify_lot(programmed, line["resolved"], line["maps"])
+    (chip,) = both["lot"]["chips"]
+    assert chip["accuracy"] == alone["lot"]["chips"][0]["accuracy"]  # as `ftdeploy program` then verify
+    assert chip["accuracy_unprogrammed"] == plain["lot"]["chips"][0]["accuracy"]
+    assert chip["accuracy"] >= chip["accuracy_unprogrammed"]
+    assert both["lot"]["programmed"] is True
+    assert both["lot"]["yield_unprogrammed"] == plain["lot"]["yield"]
+    assert "accuracy_unprogrammed" not in plain["lot"]["chips"][0] and "yield_unprogrammed" not in plain["lot"]
+    lines = lot_lines(both)
+    assert "(unprogrammed " in lines[0] and "unprogrammed yield" in lines[-1]
+    assert "unprogrammed (%)" in render_lot_markdown(both) and "yield_unprogrammed_pct" in render_lot_junit(both)
+    assert any("programmed around its own fault map" in n for n in both["notes"])
+
+
+def test_verify_program_command_and_its_refusals(line, programmed, monkeypatch, capsys, tmp_path):
+    from conftest import run_main
+
+    code, stdout, err = run_main(monkeypatch, capsys, "verify", line["onnx"], "--profile", line["profile"],
+                                 "--fault-maps", line["maps"], "--program", "-o", tmp_path / "lot")  # fmt: skip
+    assert code == 0, err
+    assert "unprogrammed yield" in stdout and (tmp_path / "lot" / "report.md").is_file()
+    code, _, err = run_main(monkeypatch, capsys, "verify", line["onnx"], "--profile", line["profile"], "--program")
+    assert code == 2 and "give --fault-maps" in err
+    code, _, err = run_main(monkeypatch, capsys, "verify", programmed, "--profile", line["profile"],
+                            "--fault-maps", line["maps"], "--program")  # fmt: skip
+    assert code == 2 and "already programmed" in err
