@@ -20,7 +20,7 @@ one, and weights without a stuck cell are left exactly as planned.
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,37 +97,66 @@ def program_chip(mapping: Mapping, planned: Sequence[np.ndarray], states: Sequen
 
 def combinations(max_level: int, healthy_cells: int) -> np.ndarray:
     """Every level setting of ``healthy_cells`` cells, shape (combinations, healthy_cells)."""
+    count = check_combinations(max_level, healthy_cells)
+    return np.indices((max_level + 1,) * healthy_cells).reshape(healthy_cells, count).T.astype(np.int64)
+
+
+def check_combinations(max_level: int, healthy_cells: int) -> int:
+    """The number of level settings of ``healthy_cells`` cells; ValueError past :data:`MAX_COMBINATIONS`."""
     count = (max_level + 1) ** healthy_cells
     if count > MAX_COMBINATIONS:
         raise ValueError(f"programming around stuck cells would enumerate {count} level combinations per weight "
                          f"({healthy_cells} healthy cells of {max_level + 1} levels); at most {MAX_COMBINATIONS} are supported")  # fmt: skip
-    grid = np.array(list(itertools.product(range(max_level + 1), repeat=healthy_cells)), np.int64)
-    return grid.reshape(count, healthy_cells)
+    return count
+
+
+@functools.lru_cache(maxsize=512)
+def _table(max_level: int, coefficients: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every setting of cells with these coefficients, grouped by the code it contributes:
+    (settings sorted by code, the distinct codes, where each code's settings start, how many)."""
+    table = combinations(max_level, len(coefficients))
+    code = table @ np.asarray(coefficients, np.int64)
+    order = np.argsort(code, kind="stable")
+    values, starts, counts = np.unique(code[order], return_index=True, return_counts=True)
+    return table[order], values, starts, counts
 
 
 def _best_levels(mapping: Mapping, healthy: np.ndarray, planned: np.ndarray, stuck: np.ndarray,
                  target: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Best levels (n, cells) for weights that share one pattern of ``healthy`` cells."""
+    """Best levels (n, cells) for weights that share one pattern of ``healthy`` cells.
+
+    Error first: the healthy cells should contribute ``want`` = code − what the stuck cells read;
+    the closest codes they can contribute are the two distinct codes around ``want`` (one when it
+    is reachable). Then, among the settings giving a closest code (a handful per code), the one
+    with the fewest cells changed from the plan, then the least total level."""
     coef = np.asarray(mapping.coefficients, np.int64)
     chosen = planned.copy()
     cols = np.flatnonzero(healthy)
     if len(cols) == 0:  # every cell stuck: nothing to choose
         return chosen
-    table = combinations(mapping.max_level, len(cols))  # (m, k)
-    table_code = table @ coef[cols]  # (m,)
-    table_total = table.sum(1)  # least total conductance breaks the last ties
-    fixed = np.where(healthy, 0, stuck) @ coef + int(mapping.offset)  # (n,) what the stuck cells read, plus offset
-    # One lexicographic key: error first, then changed cells, then total level; all small integers.
-    cells = len(cols)
-    total_span = cells * mapping.max_level + 1
-    batch = max(1, BATCH_ELEMENTS // (len(table) * cells))
-    for start in range(0, len(planned), batch):
-        part = slice(start, start + batch)
-        error = np.abs(fixed[part, None] + table_code[None, :] - target[part, None])  # (b, m)
-        changed = (table[None, :, :] != planned[part][:, None, cols]).sum(-1)  # (b, m)
-        key = (error * (cells + 1) + changed) * total_span + table_total[None, :]
-        best = key.argmin(1)
-        chosen[part, cols] = table[best]
+    check_combinations(mapping.max_level, len(cols))  # before the cache: a table past the limit is never built
+    table, values, starts, counts = _table(mapping.max_level, tuple(int(c) for c in coef[cols]))
+    want = target - (np.where(healthy, 0, stuck) @ coef + int(mapping.offset))  # (n,)
+    above = np.clip(np.searchsorted(values, want), 0, len(values) - 1)
+    near = np.stack([np.clip(above - 1, 0, None), above], 1)  # (n, 2) the distinct codes around want
+    error = np.abs(values[near] - want[:, None])
+    usable = error == error.min(1, keepdims=True)
+    usable[:, 1] &= near[:, 1] != near[:, 0]  # one code, not twice
+    widest = int(counts.max())
+    k = len(cols)
+    total_span = k * mapping.max_level + 1
+    batch = max(1, BATCH_ELEMENTS // (2 * widest * k))
+    slot = np.arange(widest)
+    for first in range(0, len(planned), batch):
+        part = slice(first, first + batch)
+        # (b, 2, widest) rows of the table: the settings of each usable code, padded
+        index = starts[near[part]][:, :, None] + slot
+        valid = usable[part][:, :, None] & (slot < counts[near[part]][:, :, None])
+        settings = table[np.minimum(index, len(table) - 1)].reshape(len(index), 2 * widest, k)
+        changed = (settings != planned[part][:, None, cols]).sum(-1)
+        key = changed * total_span + settings.sum(-1)
+        key = np.where(valid.reshape(len(index), -1), key, np.iinfo(np.int64).max)
+        chosen[part, cols] = settings[np.arange(len(index)), key.argmin(1)]
     return chosen
 
 
