@@ -14,8 +14,15 @@ The choice is exact: all level combinations of the weight's healthy cells are en
 three healthy cells of a 2-bit bit-sliced weight), in vectorised batches over the few weights that
 have a stuck cell. Among the combinations that reach the smallest error, the one closest to the
 planned levels wins (fewest changed cells, then least total conductance), so the planned levels
-are kept wherever they are already best: a programmed chip is never worse than an unprogrammed
-one, and weights without a stuck cell are left exactly as planned.
+are kept wherever they are already best: no weight of a programmed chip reads further from its
+code than it would unprogrammed, and weights without a stuck cell are left exactly as planned.
+That is a guarantee per weight, not per chip: the network's accuracy usually follows, but a
+faulty weight can by chance help a weak model, so a chip's measured accuracy can move either way
+by a few images.
+
+What it does not cover yet: faults that appear after programming (field faults: programming
+uses the map as tested), moving rows or outputs to healthier cells (a row permutation), and
+cells that are not stuck but off target (programming variation is simulated on top as before).
 """
 
 from __future__ import annotations
