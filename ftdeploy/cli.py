@@ -524,6 +524,7 @@ def verify_cmd(
     all_images: Annotated[bool, typer.Option("--all-images", help="Measure on every image of --data (a test set of your own), not on its held-out validation part; not with --val-split.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
     fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
+    program: Annotated[bool, typer.Option("--program", help="With --fault-maps: program each chip around its own map (as `ftdeploy program` does) and measure it again; the report shows each chip's accuracy and the lot's yield unprogrammed and programmed, and judges the programmed chips.")] = False,
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
@@ -542,10 +543,12 @@ def verify_cmd(
         _refuse_a_checkpoint(reference, profile)
     if fault_maps is not None:
         _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, val_split=val_split, max_images=max_images,
-                           all_images=all_images, reference=reference,
+                           all_images=all_images, reference=reference, program=program,
                            simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
                                            "--fixed-chips": fixed_chips or None})  # fmt: skip
         return
+    if program:
+        raise ConfigError("--program: programs each chip around its fault map; give --fault-maps DIR")
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
                           max_images=max_images, all_images=all_images)  # fmt: skip
@@ -677,6 +680,30 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"measured chips failed: {report['verdict']['summary']}{where}")
+
+
+@app.command("program")
+def program_cmd(
+    onnx_file: Annotated[Path, typer.Argument(help="ONNX file written by ftdeploy export.")],
+    profile: ProfileOpt,
+    fault_map: Annotated[Path, typer.Option("--fault-map", help="The chip's fault map (*.csv, *.npz), as its tester reports its stuck cells (docs/fault-maps.md).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write for this chip (written atomically).", callback=_out_file)],
+):
+    """Program one chip around its own stuck cells: each weight with a stuck cell gets the levels
+    of its healthy cells that read closest to its code (never worse than the export's), and the
+    result is written as an export for that chip alone, recording its id and map's SHA-256."""
+    from .exported import load_export
+    from .profiles import load_profile
+    from .programming import program_export
+    from .verify import _check_same_target
+
+    resolved = load_profile(profile)
+    _refuse_a_checkpoint(onnx_file, profile)
+    _check_same_target(load_export(onnx_file), resolved)
+    record = program_export(onnx_file, fault_map, out)
+    _echo(f"wrote {out}: programmed for chip {record['chip']} (map sha256 {record['fault_map_sha256'][:16]}): "
+          f"{record['weights_reprogrammed']:,} of {record['weights_with_stuck_cells']:,} weights with stuck cells reprogrammed "
+          f"({record['cells_reprogrammed']:,} cells); weights reading their exact code {record['exact_before']:,} -> {record['exact_after']:,}")  # fmt: skip
 
 
 # --- prune ----------------------------------------------------------------------------------

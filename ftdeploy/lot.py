@@ -42,11 +42,18 @@ def verify_lot(
     threads: int | None = None,
     progress=None,
     log: Callable[[str], None] | None = None,
+    program: bool = False,
 ) -> dict:
     """Measure every chip of ``fault_maps`` (a folder of maps, one per chip) on the images a
     sign-off with the same options measures; return the lot report, whose ``verdict.passed``
     says whether every chip meets the chip spec. Every map is read and checked, and the profile's
-    chip spec required, before any chip runs (ConfigError / DataError / VerifyError)."""
+    chip spec required, before any chip runs (ConfigError / DataError / VerifyError).
+
+    With ``program``, each chip is also programmed around its own map
+    (:mod:`ftdeploy.programming`) and measured again: each chip's ``accuracy`` and ``meets_spec``,
+    the lot's ``yield`` and the verdict are then the programmed chips' (what ships), and
+    ``accuracy_unprogrammed``, ``meets_spec_unprogrammed`` and ``yield_unprogrammed`` keep the
+    file's levels as given."""
     spec = resolved.profile.signoff.chip_spec
     if spec is None:
         raise ConfigError(f"{resolved.profile_path}: verify --fault-maps judges each chip against signoff.chip_spec, and "
@@ -58,6 +65,9 @@ def verify_lot(
     export = load_export(onnx_path)
     _check_same_target(export, resolved)
     placement = placement_of(export)
+    if program and export.meta.get("programmed_for") is not None:
+        raise ConfigError(f"{onnx_path}: --program programs each chip from the export itself, and this file is already "
+                          f"programmed for chip {export.meta['programmed_for']['chip']!r}")  # fmt: skip
     chips = MeasuredChips.from_folder(fault_maps, placement, resolved.profile.fault_model)
 
     t0 = time.perf_counter()
@@ -68,16 +78,22 @@ def verify_lot(
     accs = chip_accuracies(setup.backend, chips, on_chip=(lambda: progress.advance(task)) if progress else None)
     if log:
         log(f"{len(chips)} measured chips in {time.perf_counter() - t0:.1f} s")
+    unprogrammed = None
+    if program:
+        unprogrammed, accs = accs, _programmed_accuracies(setup, chips, progress, log)
 
     figures = {"acc_pretrain": pretrain.value, "acc_pretrain_source": pretrain.source, "acc_pretrain_same_images": pretrain.same_images,
                "acc_retrain": setup.acc_retrain, "acc_retrain_source": "measured here: this file on a fault-free chip, on these images",
                "chance_pct": 100.0 / len(setup.export.meta["classes"])}  # fmt: skip
     # The sign-off report's sections where they mean the same (tool, model, profile, reference, data);
     # its per-rate sign-off and verdict are replaced by the lot's.
-    notes = list(pretrain.notes) + _simulated_on_top(resolved)
+    notes = list(pretrain.notes) + _simulated_on_top(resolved) + ([PROGRAMMED_NOTE] if program else [])
     report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
     report["figures"] = figures
     chip_records = [_chip_record(chip, acc, threshold) for chip, acc in zip(chips, accs)]
+    if unprogrammed is not None:
+        for record, acc in zip(chip_records, unprogrammed):
+            record.update(accuracy_unprogrammed=acc, meets_spec_unprogrammed=bool(acc >= threshold))
     report["schema"] = LOT_SCHEMA
     report["signoff"] = _signoff_record(resolved, threshold)
     report["lot"] = {
@@ -86,8 +102,29 @@ def verify_lot(
         "chips": chip_records,
         "yield": chip_yield(accs, threshold, spec.describe(), resolved.profile.signoff.confidence),
     }
+    if unprogrammed is not None:
+        report["lot"]["programmed"] = True
+        report["lot"]["yield_unprogrammed"] = chip_yield(unprogrammed, threshold, spec.describe(), resolved.profile.signoff.confidence)
     report["verdict"] = _verdict(chip_records)
     return report
+
+
+PROGRAMMED_NOTE = ("Each chip was programmed around its own fault map (ftdeploy program): the weights with a stuck cell "
+                   "got the healthy cells' levels that read closest to their codes. Accuracy, result and yield are the "
+                   "programmed chips'; the unprogrammed figures are the same chips with the file's levels as given.")
+
+
+def _programmed_accuracies(setup, chips: MeasuredChips, progress, log) -> list[float]:
+    """Every chip's accuracy once programmed around its own map."""
+    from .programming import ProgrammedChips
+
+    t0 = time.perf_counter()
+    task = progress.add_task("programmed chips", total=len(chips)) if progress else None
+    accs = chip_accuracies(setup.backend, ProgrammedChips(chips, setup.export.mapping),
+                           on_chip=(lambda: progress.advance(task)) if progress else None)  # fmt: skip
+    if log:
+        log(f"{len(chips)} chips programmed around their maps and measured in {time.perf_counter() - t0:.1f} s")
+    return accs
 
 
 def _chip_spec_only(resolved: ResolvedProfile) -> ResolvedProfile:

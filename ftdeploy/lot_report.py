@@ -26,14 +26,21 @@ def chip_line(chip: dict, threshold: float) -> str:
     acc = f"{chip['accuracy']:.2f}"
     if acc == f"{threshold:.2f}" and not chip["meets_spec"]:  # 69.996 < 70.00 must not print as "70.00 < 70.00"
         acc = f"{chip['accuracy']:.6g}"
-    return f"{status} chip {chip['id']}: accuracy {acc} {relation} {threshold:.2f}"
+    line = f"{status} chip {chip['id']}: accuracy {acc} {relation} {threshold:.2f}"
+    if "accuracy_unprogrammed" in chip:  # verify --program: the same chip with the file's levels as given
+        line += f" (unprogrammed {chip['accuracy_unprogrammed']:.2f}, {'PASSED' if chip['meets_spec_unprogrammed'] else 'FAILED'})"
+    return line
 
 
 def lot_line(report: dict) -> str:
     """The last line: ``PASSED lot: 4 of 4 chips meet the chip spec; yield 100.0 % (lower bound 47.3 %)``."""
     verdict, y = report["verdict"], report["lot"]["yield"]
-    return (f"{'PASSED' if verdict['passed'] else 'FAILED'} lot: {verdict['summary']}; yield {y['yield_pct']:.1f} % "
+    line = (f"{'PASSED' if verdict['passed'] else 'FAILED'} lot: {verdict['summary']}; yield {y['yield_pct']:.1f} % "
             f"({100 * y['confidence']:g} % lower bound {y['lower_bound_pct']:.1f} %)")  # fmt: skip
+    before = report["lot"].get("yield_unprogrammed")
+    if before is not None:
+        line += f"; programmed around each chip's map, unprogrammed yield {before['yield_pct']:.1f} % (lower bound {before['lower_bound_pct']:.1f} %)"
+    return line
 
 
 def lot_lines(report: dict) -> list[str]:
@@ -80,20 +87,40 @@ def render_lot_markdown(report: dict) -> str:
         f"- Chip spec: {signoff['chip_spec_description']}: a chip meets it with accuracy ≥ **{signoff['threshold_pct']:.2f}**",
         f"- Yield: {y['meeting']}/{y['chips']} = **{y['yield_pct']:.1f} %**, exact one-sided bounds (Clopper-Pearson) at "
         f"{100 * y['confidence']:g} % confidence: ≥ {y['lower_bound_pct']:.1f} %, ≤ {y['upper_bound_pct']:.1f} %",
+        *_unprogrammed_yield(lot),
         "",
         "## Chips",
         "",
-        "| chip | map | sha256 | stuck-off | stuck-on | in the model (off / on) | accuracy (%) | result |",
-        "|---|---|---|---|---|---|---|---|",
+        *_chip_table(lot),
     ]
-    for c in lot["chips"]:
-        lines.append(f"| {c['id']} | `{Path(c['file']).name}` | `{c['sha256'][:16]}…` | {c['stuck_off']:,} | {c['stuck_on']:,} | "
-                     f"{c['stuck_off_in_model']:,} / {c['stuck_on_in_model']:,} | {c['accuracy']:.2f} | "
-                     f"{'PASSED' if c['meets_spec'] else 'FAILED'} |")  # fmt: skip
     lines += ["", "## Verdict", "", "```", *lot_lines(report), "```", ""]
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def _unprogrammed_yield(lot: dict) -> list[str]:
+    before = lot.get("yield_unprogrammed")
+    if before is None:
+        return []
+    return [f"- Programmed around each chip's map; unprogrammed (the file's levels as given): {before['meeting']}/{before['chips']} = "
+            f"**{before['yield_pct']:.1f} %**, ≥ {before['lower_bound_pct']:.1f} %, ≤ {before['upper_bound_pct']:.1f} %"]  # fmt: skip
+
+
+def _chip_table(lot: dict) -> list[str]:
+    """One row per chip; with --program, the unprogrammed accuracy and result beside the programmed ones."""
+    programmed = lot.get("programmed", False)
+    extra = " unprogrammed (%) | unprogrammed result |" if programmed else ""
+    rows = ["| chip | map | sha256 | stuck-off | stuck-on | in the model (off / on) | accuracy (%) | result |" + extra,
+            "|---|---|---|---|---|---|---|---|" + ("---|---|" if programmed else "")]  # fmt: skip
+    for c in lot["chips"]:
+        row = (f"| {c['id']} | `{Path(c['file']).name}` | `{c['sha256'][:16]}…` | {c['stuck_off']:,} | {c['stuck_on']:,} | "
+               f"{c['stuck_off_in_model']:,} / {c['stuck_on_in_model']:,} | {c['accuracy']:.2f} | "
+               f"{'PASSED' if c['meets_spec'] else 'FAILED'} |")  # fmt: skip
+        if programmed:
+            row += f" {c['accuracy_unprogrammed']:.2f} | {'PASSED' if c['meets_spec_unprogrammed'] else 'FAILED'} |"
+        rows.append(row)
+    return rows
 
 
 # --- JUnit XML ------------------------------------------------------------------------------------
@@ -115,6 +142,9 @@ def render_lot_junit(report: dict) -> str:
                         ("yield_pct", f"{y['yield_pct']:.2f}"), ("yield_lower_bound_pct", f"{y['lower_bound_pct']:.2f}"),
                         ("verdict", lot_line(report))):  # fmt: skip
         ET.SubElement(properties, "property", name=name, value=str(value))
+    before = report["lot"].get("yield_unprogrammed")
+    if before is not None:
+        ET.SubElement(properties, "property", name="yield_unprogrammed_pct", value=f"{before['yield_pct']:.2f}")
     for chip in chips:
         case = ET.SubElement(suite, "testcase", classname=f"ftdeploy.chips.{report['profile']['name']}", name=chip["id"])
         if not chip["meets_spec"]:
