@@ -61,6 +61,7 @@ app.add_typer(profile_app, name="profile")
 _TRAIN_DEFAULTS = {"eval_chips": 3, "device": "auto"}
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
+TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) the checkpoint names: it runs that module's code. Without it only registry and tv: models load from a file.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
 DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
 CheckpointDataOpt = Annotated[
@@ -315,12 +316,14 @@ def train_cmd(
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt, resume.pt and summary.csv are deleted as training starts).")] = False,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
 
     Without --from and with a fault-tolerant method, pretrains first (out/pretrain) and then
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
     finished one is kept as it is). An --out that holds a run is refused without --resume or --force."""
+    from .models import check_model_code_allowed
     from .data import load_data
     from .profiles import load_profile
     from .resolve import NO_FILE, pretraining_config, train_config
@@ -331,6 +334,10 @@ def train_cmd(
     resolved = load_profile(profile)
     file = read_config_file(config) if config else NO_FILE
     init = load_checkpoint(from_ckpt) if from_ckpt else None
+    # A factory typed as --model is the user's own choice; one only the --from checkpoint names is not.
+    allow_import = trust_model_code or model is not None
+    if init is not None:
+        check_model_code_allowed(init["model"], str(from_ckpt), allow_import)
     typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
                  epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
                  scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
@@ -349,8 +356,9 @@ def train_cmd(
         if pre_cfg is not None:
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
+            allow_import = True  # the pretraining just run built this model from the user's own settings
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
-                     resume=resume)  # fmt: skip
+                     resume=resume, allow_model_import=allow_import)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
 
 
@@ -463,11 +471,13 @@ def equalize_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).", callback=_out_file)],
     data: CheckpointDataOpt = None,
     val_split: CheckpointValSplitOpt = None,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Equalize channel ranges for a target with BatchNorm in the periphery: each conv output
     channel scaled up to its layer's largest weight and its BatchNorm statistics with it. The
     same function, every channel on the full code range, so a stuck-on cell costs each channel
     its own full scale, not the layer's. Writes a checkpoint for train --from, sweep --from and export."""
+    from .models import check_model_code_allowed
     from .data import checkpoint_data, load_validation
     from .equalize import check_equalizable, equalize_checkpoint
     from .files import sha256_file
@@ -477,8 +487,9 @@ def equalize_cmd(
     resolved = load_profile(profile)
     check_equalizable(resolved.target)  # before any data is decoded
     parent = load_checkpoint(ckpt)
+    check_model_code_allowed(parent["model"], str(ckpt), trust_model_code)
     val = checkpoint_data(parent.get("data"), data, val_split, loader=load_validation)
-    result = equalize_checkpoint(parent, resolved.target, val, source_sha256=sha256_file(ckpt))
+    result = equalize_checkpoint(parent, resolved.target, val, source_sha256=sha256_file(ckpt), allow_model_import=trust_model_code)
     save_atomic(result, out)
     record = result["equalization"]
     gains = [layer["median_gain"] for layer in record["layers"]]
@@ -492,20 +503,23 @@ def export_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to export (ftdeploy model.pt).")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).", callback=_out_file)],
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Export a checkpoint to ONNX: BatchNorm folded or kept as the target says, each weight as
     the uint8 levels of its cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything
     else in metadata."""
+    from .models import check_model_code_allowed
     from .export import export_onnx
     from .profiles import load_profile
     from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
     ckpt_data = load_checkpoint(ckpt)
+    check_model_code_allowed(ckpt_data["model"], str(ckpt), trust_model_code)
     trained_for = (ckpt_data.get("target") or {}).get("name")
     if trained_for and trained_for != resolved.target.name:
         _err(f"warning: {ckpt} was trained for target {trained_for}, exporting for {resolved.target.name}")
-    summary = export_onnx(ckpt_data, resolved, out)
+    summary = export_onnx(ckpt_data, resolved, out, allow_model_import=trust_model_code)
     _echo(f"wrote {out}: {len(summary['layers'])} crossbar layers, {summary['cells']:,} cells on {summary['tiles']} tiles "
           f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}")  # fmt: skip
     for line in summary["placement"].describe(summary["cell_names"]):
@@ -697,9 +711,11 @@ def prune_cmd(
     train_seed: TrainSeedOpt = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
     weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
+    from .models import check_model_code_allowed
     from .data import checkpoint_data
     from .profiles import load_profile
     from .prune import PruneConfig, prune
@@ -709,12 +725,14 @@ def prune_cmd(
     resolved = load_profile(profile)
     typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, seed=train_seed, device=device)
     config = PruneConfig(method=method, sparsity=sparsity, **prune_settings(resolved.profile, typed))
-    bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
+    parent = load_checkpoint(ckpt)
+    check_model_code_allowed(parent["model"], str(ckpt), trust_model_code)
+    bundle = checkpoint_data(parent.get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
     with _progress_bar() as progress:
         log = progress.console.print if progress else _echo
         result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
-                       log=log, resume=resume)  # fmt: skip
+                       log=log, resume=resume, allow_model_import=trust_model_code)  # fmt: skip
     before = result["pruning"]["acc_before_finetune"]
     _echo(f"wrote {out / 'model.pt'}: {method}, sparsity {result['sparsity']:.1%} (target {sparsity:.1%}), "
           f"Acc_pretrain {_pct(result['acc_pretrain'])} ({_pct(before)} before fine-tuning)")  # fmt: skip
@@ -754,6 +772,7 @@ def sweep_cmd(
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     device: DeviceOpt = None,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
@@ -785,6 +804,7 @@ def sweep_cmd(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
+        allow_model_import=trust_model_code,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split)

@@ -78,19 +78,21 @@ LOGITS_ATOL = 1e-5
 _REQUIRED_CKPT_KEYS = ("model", "num_classes", "state_dict", "normalization")
 
 
-def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True) -> dict:
+def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True,
+                allow_model_import: bool = False) -> dict:
     """Export a loaded checkpoint (:func:`ftdeploy.training.checkpoint.load_checkpoint`) for ``resolved.target`` to ``out``.
 
     The file is checked (``onnx.checker`` full check and, with ``check_parity``, ONNX Runtime
     against PyTorch on a fixed random batch) and written atomically: on any failure nothing is
     left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals, and the
     :class:`ftdeploy.placement.Placement` of every cell.
+    ``allow_model_import``: the user allowed the checkpoint's ``package.module:factory`` to be imported.
     Raises :class:`ExportError` (or ``ModelError`` for a checkpoint that does not fit)."""
     out = Path(out)
     _check_checkpoint(ckpt)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
-    net = DeployedNetwork(model_from_checkpoint(ckpt), resolved.target)
+    net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=allow_model_import), resolved.target)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     proto = _trace(net.model, example, fuse_batchnorm=resolved.target.batchnorm == BatchNormPlacement.fold)
     layer_records, decoders = [], []
