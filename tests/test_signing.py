@@ -283,3 +283,13 @@ def test_a_resigned_report_by_another_key_and_an_unsigned_one_are_refused(signed
 def test_sign_without_out_is_refused(signed, profile, keys, monkeypatch, capsys, no_chips_run):
     line = _refused(monkeypatch, capsys, "verify", signed, "--profile", profile, "--sign", keys["release"])
     assert line == "--sign: signs the report folder; give --out DIR too"
+
+
+def test_an_unsigned_report_written_over_a_signed_one_leaves_no_stale_signature(signed_report, tmp_path):
+    import shutil
+
+    from ftdeploy.report import write_report
+
+    copy = shutil.copytree(signed_report, tmp_path / "r")
+    written = write_report(json.loads((copy / "report.json").read_text()), copy)
+    assert not (copy / "report.sig").exists() and all(p.name != "report.sig" for p in written)
