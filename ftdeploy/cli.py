@@ -4,6 +4,7 @@ any :class:`~ftdeploy.errors.FtdeployError` into one line on stderr and its exit
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -61,6 +62,9 @@ app.add_typer(profile_app, name="profile")
 _TRAIN_DEFAULTS = {"eval_chips": 3, "device": "auto"}
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
+SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Sign with this private key (KEY.key from ftdeploy keygen; its passphrase, if any, in $FTDEPLOY_KEY_PASSPHRASE). See docs/signing.md.")]
+TrustOpt = Annotated[Optional[list[Path]], typer.Option("--trust", help="A trusted public key file (KEY.pub; a file may hold several; repeat for more): refuse a file that no trusted key signed. See docs/signing.md.")]
+TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) the checkpoint names: it runs that module's code. Without it only registry and tv: models load from a file.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
 DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
 CheckpointDataOpt = Annotated[
@@ -315,12 +319,14 @@ def train_cmd(
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its last finished epoch (same settings).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train from scratch in an --out that holds a run, finished or interrupted, replacing it (its model.pt, resume.pt and summary.csv are deleted as training starts).")] = False,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Pretrain, or retrain a pretrained checkpoint fault-tolerantly (one-shot or progressive).
 
     Without --from and with a fault-tolerant method, pretrains first (out/pretrain) and then
     retrains (out). With --resume, an interrupted run continues exactly where it stopped (a
     finished one is kept as it is). An --out that holds a run is refused without --resume or --force."""
+    from .models import check_model_code_allowed
     from .data import load_data
     from .profiles import load_profile
     from .resolve import NO_FILE, pretraining_config, train_config
@@ -331,6 +337,10 @@ def train_cmd(
     resolved = load_profile(profile)
     file = read_config_file(config) if config else NO_FILE
     init = load_checkpoint(from_ckpt) if from_ckpt else None
+    # A factory typed as --model is the user's own choice; one only the --from checkpoint names is not.
+    allow_import = trust_model_code or model is not None
+    if init is not None:
+        check_model_code_allowed(init["model"], str(from_ckpt), allow_import)
     typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
                  epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
                  scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
@@ -349,8 +359,9 @@ def train_cmd(
         if pre_cfg is not None:
             init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                          progress=progress, resume=resume)  # fmt: skip
+            allow_import = True  # the pretraining just run built this model from the user's own settings
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
-                     resume=resume)  # fmt: skip
+                     resume=resume, allow_model_import=allow_import)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
 
 
@@ -463,11 +474,13 @@ def equalize_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (written atomically).", callback=_out_file)],
     data: CheckpointDataOpt = None,
     val_split: CheckpointValSplitOpt = None,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Equalize channel ranges for a target with BatchNorm in the periphery: each conv output
     channel scaled up to its layer's largest weight and its BatchNorm statistics with it. The
     same function, every channel on the full code range, so a stuck-on cell costs each channel
     its own full scale, not the layer's. Writes a checkpoint for train --from, sweep --from and export."""
+    from .models import check_model_code_allowed
     from .data import checkpoint_data, load_validation
     from .equalize import check_equalizable, equalize_checkpoint
     from .files import sha256_file
@@ -477,8 +490,9 @@ def equalize_cmd(
     resolved = load_profile(profile)
     check_equalizable(resolved.target)  # before any data is decoded
     parent = load_checkpoint(ckpt)
+    check_model_code_allowed(parent["model"], str(ckpt), trust_model_code)
     val = checkpoint_data(parent.get("data"), data, val_split, loader=load_validation)
-    result = equalize_checkpoint(parent, resolved.target, val, source_sha256=sha256_file(ckpt))
+    result = equalize_checkpoint(parent, resolved.target, val, source_sha256=sha256_file(ckpt), allow_model_import=trust_model_code)
     save_atomic(result, out)
     record = result["equalization"]
     gains = [layer["median_gain"] for layer in record["layers"]]
@@ -492,22 +506,28 @@ def export_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint to export (ftdeploy model.pt).")],
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (written atomically).", callback=_out_file)],
+    trust_model_code: TrustModelCodeOpt = False,
+    sign: SignOpt = None,
 ):
     """Export a checkpoint to ONNX: BatchNorm folded or kept as the target says, each weight as
     the uint8 levels of its cells (decoded by standard DequantizeLinear/Add/Sub/Mul), everything
     else in metadata."""
+    from .models import check_model_code_allowed
     from .export import export_onnx
     from .profiles import load_profile
     from .training.checkpoint import load_checkpoint
 
     resolved = load_profile(profile)
+    key = _signing_key(sign)  # a wrong passphrase must not cost an export first
     ckpt_data = load_checkpoint(ckpt)
+    check_model_code_allowed(ckpt_data["model"], str(ckpt), trust_model_code)
     trained_for = (ckpt_data.get("target") or {}).get("name")
     if trained_for and trained_for != resolved.target.name:
         _err(f"warning: {ckpt} was trained for target {trained_for}, exporting for {resolved.target.name}")
-    summary = export_onnx(ckpt_data, resolved, out)
+    summary = export_onnx(ckpt_data, resolved, out, allow_model_import=trust_model_code, sign_with=key)
+    signed = f", signed by {summary['signer'][:16]}" if summary["signer"] else ""
     _echo(f"wrote {out}: {len(summary['layers'])} crossbar layers, {summary['cells']:,} cells on {summary['tiles']} tiles "
-          f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}")  # fmt: skip
+          f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}{signed}")  # fmt: skip
     for line in summary["placement"].describe(summary["cell_names"]):
         _echo(line)
 
@@ -528,6 +548,8 @@ def verify_cmd(
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
+    trust: TrustOpt = None,
+    sign: Annotated[Optional[Path], typer.Option("--sign", help="Sign the report with this private key: report.sig beside report.json (needs --out). See docs/signing.md.")] = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.
@@ -541,8 +563,14 @@ def verify_cmd(
     _refuse_a_checkpoint(onnx_file, profile)
     if reference is not None:
         _refuse_a_checkpoint(reference, profile)
+    if sign is not None and out is None:
+        raise ConfigError("--sign: signs the report folder; give --out DIR too")
+    report_key = _signing_key(sign)
+    # Before any chip runs: a file that no trusted key signed is refused, not measured.
+    signature = _checked_signatures(onnx_file, reference, trust)
     if fault_maps is not None:
-        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, val_split=val_split, max_images=max_images,
+        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
+                           val_split=val_split, max_images=max_images,
                            all_images=all_images, reference=reference, program=program,
                            simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
                                            "--fixed-chips": fixed_chips or None})  # fmt: skip
@@ -559,15 +587,46 @@ def verify_cmd(
         report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
                              max_images=max_images, all_images=all_images, progress=progress, log=log,
                              sequential=False if fixed_chips else None)  # fmt: skip
+    _record_signature(report, signature)
     for line in verdict_lines(report):
         _echo(line)
     if out is not None:
-        _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
+        _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
     else:
         _echo("no report written (give --out DIR for report.json, report.md, report.xml and report.html)")
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
         raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+
+
+def _signing_key(path: Path | None):
+    if path is None:
+        return None
+    from .signing import load_signing_key
+
+    return load_signing_key(path)
+
+
+def _checked_signatures(onnx_file: Path, reference: Path | None, trust: list[Path] | None) -> dict:
+    """The file's signature record; with --trust, checked (the reference's too: its accuracy
+    sets Acc_pretrain), raising one line for a file no trusted key signed."""
+    from .signing import load_trusted_keys, onnx_signature
+
+    trusted = load_trusted_keys(trust) if trust else None
+    record = onnx_signature(onnx_file, trusted)
+    if reference is not None and trusted is not None:
+        record["reference_signer"] = onnx_signature(reference, trusted)["signer"]
+    return record
+
+
+def _record_signature(report: dict, signature: dict) -> None:
+    """Put who signed the file, and whether it was checked, in the report; refuse a report of
+    another file than the one checked (replaced on disk between the check and the measurement)."""
+    from .errors import VerifyError
+
+    if signature["checked"] and report["model"]["sha256"] != signature["file_sha256"]:
+        raise VerifyError(f"{report['model']['file']}: changed on disk while it was verified; verify it again")
+    report["model"]["signature"] = {k: v for k, v in signature.items() if k != "file_sha256"}
 
 
 def _chip_option(text: str) -> tuple[float, int]:
@@ -609,6 +668,36 @@ def _refuse_a_checkpoint(path: Path, profile: str) -> None:
 
 def _err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+# --- signing: keys and signed reports -------------------------------------------------------
+
+
+@app.command("keygen")
+def keygen_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Key name: writes NAME.key (private, mode 0600) and NAME.pub (public); never overwrites.")],
+):
+    """Make an Ed25519 key pair for signing exports and reports. The private key stays with the
+    release engineer (encrypted with $FTDEPLOY_KEY_PASSPHRASE where set); the production line
+    gets only NAME.pub, to --trust. See docs/signing.md."""
+    from .signing import PASSPHRASE_ENV, generate_key_pair
+
+    key, pub, fp = generate_key_pair(out)
+    how = f"encrypted with ${PASSPHRASE_ENV}" if os.environ.get(PASSPHRASE_ENV) else f"not encrypted (set {PASSPHRASE_ENV} to encrypt)"
+    _echo(f"wrote {key} (private, mode 0600, {how}) and {pub} (public); fingerprint {fp}")
+
+
+@app.command("verify-report")
+def verify_report_cmd(
+    folder: Annotated[Path, typer.Argument(help="Report folder written by verify --sign KEY --out DIR.")],
+    trust: Annotated[list[Path], typer.Option("--trust", help="A trusted public key file (a file may hold several; repeat for more).")],
+):
+    """Check a signed report folder: report.sig names every report file with its SHA-256 and is
+    signed by a trusted key. Exit 0 when it holds, 2 (one line) when it does not."""
+    from .signing import check_report_folder, load_trusted_keys
+
+    record = check_report_folder(folder, load_trusted_keys(trust))
+    _echo(f"{folder}: {', '.join(record['files'])} signed by {record['signer']}: signature verified")
 
 
 # --- fault maps: measured chips -----------------------------------------------------------------
@@ -657,7 +746,7 @@ def faultmap_simulate_cmd(
 
 
 def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | None, data: str | None, *, simulated_only: dict,
-                       **options) -> None:  # fmt: skip
+                       signature: dict | None = None, report_key=None, **options) -> None:  # fmt: skip
     """``verify --fault-maps``: each measured chip PASSED/FAILED against the chip spec, then the
     lot's verdict; the report where --out says; exit 1 when a chip fails."""
     from .errors import SignOffFailed
@@ -671,10 +760,12 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_lot(onnx_file, resolved, fault_maps, data, progress=progress, log=log, **options)
+    if signature is not None:
+        _record_signature(report, signature)
     for line in lot_lines(report):
         _echo(line)
     if out is not None:
-        _echo(f"wrote {', '.join(map(str, write_report(report, out)))}")
+        _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
     else:
         _echo("no report written (give --out DIR for report.json, report.md and report.xml)")
     if not report["verdict"]["passed"]:
@@ -724,9 +815,11 @@ def prune_cmd(
     train_seed: TrainSeedOpt = None,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted fine-tuning in --out (the pruning itself is redone).")] = False,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Prune a checkpoint (first and last layer kept dense), then fine-tune with the pruned
     weights held at zero. Later fault-tolerant retraining (train --from) keeps them zero too."""
+    from .models import check_model_code_allowed
     from .data import checkpoint_data
     from .profiles import load_profile
     from .prune import PruneConfig, prune
@@ -736,12 +829,14 @@ def prune_cmd(
     resolved = load_profile(profile)
     typed = dict(epochs=epochs, admm_epochs=admm_epochs, lr=lr, seed=train_seed, device=device)
     config = PruneConfig(method=method, sparsity=sparsity, **prune_settings(resolved.profile, typed))
-    bundle = checkpoint_data(load_checkpoint(ckpt).get("data"), data, val_split)
+    parent = load_checkpoint(ckpt)
+    check_model_code_allowed(parent["model"], str(ckpt), trust_model_code)
+    bundle = checkpoint_data(parent.get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
     with _progress_bar() as progress:
         log = progress.console.print if progress else _echo
         result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
-                       log=log, resume=resume)  # fmt: skip
+                       log=log, resume=resume, allow_model_import=trust_model_code)  # fmt: skip
     before = result["pruning"]["acc_before_finetune"]
     _echo(f"wrote {out / 'model.pt'}: {method}, sparsity {result['sparsity']:.1%} (target {sparsity:.1%}), "
           f"Acc_pretrain {_pct(result['acc_pretrain'])} ({_pct(before)} before fine-tuning)")  # fmt: skip
@@ -781,6 +876,7 @@ def sweep_cmd(
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     device: DeviceOpt = None,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
@@ -812,6 +908,7 @@ def sweep_cmd(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
+        allow_model_import=trust_model_code,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split)

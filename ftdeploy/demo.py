@@ -37,18 +37,20 @@ def run_demo(resolved: ResolvedProfile, out: Path, device: str | None = None, lo
     pre_cfg = pretraining_config(resolved.profile, {"device": device})
     log(f"[1/4] pretraining {pre_cfg.model} for {pre_cfg.epochs} epochs")
     pre = train(pre_cfg, data, resolved.target, out / "baseline", profile_name=resolved.profile.name)
+    own = True  # every checkpoint below was built here from the chosen profile's model: no file named it
     runs["baseline"] = pre
     if equalizes(resolved.target):
-        runs["equalized"] = equalize_checkpoint(pre, resolved.target, data)
+        runs["equalized"] = equalize_checkpoint(pre, resolved.target, data, allow_model_import=own)
     for i, method in enumerate(RETRAINED, start=2):
         cfg = train_config(resolved.profile, dict(method=method, eval_chips=0, device=device))  # no per-epoch chips: the sign-off measures
         log(f"[{i}/4] {method} fault-tolerant retraining at P_sa^T = {cfg.target_rate:g} for {cfg.epochs} epochs")
-        runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name)
+        runs[method] = train(cfg, data, resolved.target, out / method, init=pre, profile_name=resolved.profile.name,
+                            allow_model_import=own)  # fmt: skip
     log(f"[4/4] export to ONNX and sign-off on {resolved.profile.signoff.chips} chips per rate with ONNX Runtime")
     reports = {}
     for name in (m for m in MODELS if m in runs):  # the baseline first: every model's Acc_pretrain is its accuracy
         onnx_path = out / f"{name}.onnx"
-        export_onnx(runs[name], resolved, onnx_path)
+        export_onnx(runs[name], resolved, onnx_path, allow_model_import=own)
         reports[name] = verify_onnx(onnx_path, resolved, None, reference=out / "baseline.onnx")
         write_report(reports[name], out / "reports" / name)
     return reports

@@ -72,7 +72,7 @@ def check_equalizable(target: Target) -> None:
 
 
 def equalize_checkpoint(ckpt: dict, target: Target, data: ValidationSet | DataBundle,
-                        source_sha256: str | None = None) -> dict:  # fmt: skip
+                        source_sha256: str | None = None, allow_model_import: bool = False) -> dict:  # fmt: skip
     """The checkpoint with its channel ranges equalised for ``target``, its deployed fault-free
     accuracy measured on ``data`` before and after, and an ``equalization`` record (which
     retraining, export and sign-off carry on). The measured accuracy replaces the checkpoint's
@@ -80,7 +80,7 @@ def equalize_checkpoint(ckpt: dict, target: Target, data: ValidationSet | DataBu
     check_equalizable(target)
     if len(data.classes) != ckpt["num_classes"]:
         raise DataError(f"--data: checkpoint has {ckpt['num_classes']} classes, {data.spec!r} has {len(data.classes)}")
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, allow_import=allow_model_import)
     equalized, layers = equalize_channel_ranges(model)
     norm = ckpt["normalization"]
     before, after = (DeployedNetwork(m, target).accuracy(data.val_x, data.val_y, norm["mean"], norm["std"])

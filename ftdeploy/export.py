@@ -37,7 +37,10 @@ record of ``ftdeploy equalize``, null for a model never equalised), ``training``
 
 ``ftdeploy.content_sha256`` is the SHA-256 of the model serialised deterministically with that
 one property removed (:func:`content_hash`): it covers graph, initializers and all other
-metadata, and the verifier recomputes it to refuse a file edited after export.
+metadata, and the verifier recomputes it to refuse a file edited after export. It detects
+corruption, not tampering: with ``--sign KEY`` the file also carries an Ed25519 signature
+(``ftdeploy.signer``, ``ftdeploy.signature``: :mod:`ftdeploy.signing`), which only the key's
+holder can make.
 """
 
 from __future__ import annotations
@@ -78,19 +81,22 @@ LOGITS_ATOL = 1e-5
 _REQUIRED_CKPT_KEYS = ("model", "num_classes", "state_dict", "normalization")
 
 
-def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True) -> dict:
+def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True,
+                allow_model_import: bool = False, sign_with=None) -> dict:
     """Export a loaded checkpoint (:func:`ftdeploy.training.checkpoint.load_checkpoint`) for ``resolved.target`` to ``out``.
 
     The file is checked (``onnx.checker`` full check and, with ``check_parity``, ONNX Runtime
     against PyTorch on a fixed random batch) and written atomically: on any failure nothing is
     left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals, and the
     :class:`ftdeploy.placement.Placement` of every cell.
+    ``sign_with``: a :class:`ftdeploy.signing.SigningKey` that signs the file (``ftdeploy.signer``,
+    ``ftdeploy.signature``). ``allow_model_import``: the user allowed the checkpoint's ``package.module:factory`` to be imported.
     Raises :class:`ExportError` (or ``ModelError`` for a checkpoint that does not fit)."""
     out = Path(out)
     _check_checkpoint(ckpt)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
-    net = DeployedNetwork(model_from_checkpoint(ckpt), resolved.target)
+    net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=allow_model_import), resolved.target)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     proto = _trace(net.model, example, fuse_batchnorm=resolved.target.batchnorm == BatchNormPlacement.fold)
     layer_records, decoders = [], []
@@ -101,6 +107,10 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
     _add_cell_constants(proto.graph, net.mapping)
     _prepend_nodes(proto.graph, decoders)
     _set_metadata(proto, _metadata(ckpt, resolved, net.mapping, layer_records))
+    if sign_with is not None:
+        from .signing import sign_proto
+
+        sign_proto(proto, sign_with)
     _run_checker(proto)
     if check_parity:
         _check_parity(proto, net.model, image_size)
@@ -109,7 +119,8 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
     return {"path": str(out), "content_sha256": read_metadata(proto)[HASH_KEY], "layers": layer_records,
             "mapping": net.mapping.describe(), "cell_names": list(net.mapping.cell_names), "cells": cells,
             "tiles": sum(r["tiles"]["tiles"] for r in layer_records),
-            "placement": placement_for(layer_records, resolved.target, net.mapping.cells_per_weight)}  # fmt: skip
+            "placement": placement_for(layer_records, resolved.target, net.mapping.cells_per_weight),
+            "signer": sign_with.fingerprint if sign_with is not None else None}  # fmt: skip
 
 
 # --- checkpoint and tracing ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .report import _bases, _chip_spec_row, _image_set, _pct, _reference_row, _schedule
+from .report import _bases, _chip_spec_row, _image_set, _pct, _reference_row, _schedule, _signature_row
 
 LOT_SCHEMA = "ftdeploy-lot-report/1"
 
@@ -67,6 +67,7 @@ def render_lot_markdown(report: dict) -> str:
         "|---|---|",
         f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
         f"| content hash | `{model['content_sha256']}` |",
+        *_signature_row(model),
         f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
         f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
         f"| mapping | {model['mapping']} |",

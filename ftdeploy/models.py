@@ -1,7 +1,9 @@
 """Model registry, CIFAR ResNets, and the graph helpers that find what lands on crossbars.
 
 Names resolve in order: a registered name (``resnet20``), ``tv:NAME`` for a torchvision model,
-or ``package.module:factory`` for a user's own model. Every Conv2d and Linear layer is a
+or ``package.module:factory`` for a user's own model. A name read from a file (a checkpoint, an
+ONNX export) goes through :func:`model_from_file_name`, which imports a ``package.module:factory``
+only when the caller says the user allowed it: a data file never runs code by naming it. Every Conv2d and Linear layer is a
 *deployed layer*: its weights live in crossbar cells. A BatchNorm that directly follows a conv
 is folded into it for deployment, as the chip computes with fixed statistics.
 """
@@ -37,8 +39,38 @@ def list_models(pattern: str = "*") -> list[tuple[str, str]]:
     return [(n, _DESCRIPTIONS[n]) for n in sorted(_REGISTRY) if fnmatch(n, pattern)]
 
 
+#: The command-line option that lets a file's ``package.module:factory`` be imported.
+TRUST_MODEL_CODE = "--trust-model-code"
+
+
+def imports_code(name: str) -> bool:
+    """Whether building model ``name`` would import a module: a ``package.module:factory``."""
+    return name not in _REGISTRY and not name.startswith("tv:") and ":" in name
+
+
+def check_model_code_allowed(name: str, source: str, allow_import: bool) -> None:
+    """Refuse a ``package.module:factory`` read from ``source`` unless the user allowed imports.
+
+    Importing a module runs its code, so a checkpoint or ONNX file that names one could run
+    anything on the machine that opens it; only the registry and torchvision are safe to
+    resolve from a file's say-so."""
+    if imports_code(name) and not allow_import:
+        raise ModelError(f"{source}: model factory {name!r} would import and run code from module "
+                         f"{name.partition(':')[0]!r}; ftdeploy imports a model's code only when you name it: give "
+                         f"{TRUST_MODEL_CODE} (or --model {name} where the command takes one) if you trust this file")  # fmt: skip
+
+
+def model_from_file_name(name: str, source: str, *, allow_import: bool, num_classes: int = 10) -> nn.Module:
+    """The model a file names (``source``, said in errors): every checkpoint's and export's model
+    string becomes a model here. ``allow_import``: the user allowed a ``package.module:factory``
+    (:data:`TRUST_MODEL_CODE`); without it only registry names and ``tv:NAME`` resolve."""
+    check_model_code_allowed(name, source, allow_import)
+    return create_model(name, num_classes=num_classes)
+
+
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a model by registry name, ``tv:NAME`` or ``package.module:factory``."""
+    """Build a model by registry name, ``tv:NAME`` or ``package.module:factory``: a name the user
+    typed (a file's names go through :func:`model_from_file_name`)."""
     if name in _REGISTRY:
         return _REGISTRY[name](num_classes=num_classes, **kwargs)
     if name.startswith("tv:"):

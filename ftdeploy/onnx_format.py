@@ -36,8 +36,12 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PREFIX = "ftdeploy."
 HASH_KEY = PREFIX + "content_sha256"
+#: A signed file's Ed25519 signature (base64) and its signer's key fingerprint (hex): see
+#: :mod:`ftdeploy.signing`. The content hash covers the signer, not the signature.
+SIGNATURE_KEY = PREFIX + "signature"
+SIGNER_KEY = PREFIX + "signer"
 #: Metadata values stored as plain text; every other ftdeploy.* value is JSON.
-TEXT_KEYS = frozenset(PREFIX + k for k in ("format", "version", "model", "method", "content_sha256"))
+TEXT_KEYS = frozenset(PREFIX + k for k in ("format", "version", "model", "method", "content_sha256", "signature", "signer"))
 
 
 def cell_weight_name(cell: str) -> str:
@@ -56,10 +60,11 @@ def read_metadata(proto: onnx.ModelProto) -> dict[str, str]:
 
 
 def content_hash(proto: onnx.ModelProto) -> str:
-    """SHA-256 of the model serialised deterministically without its ftdeploy.content_sha256."""
+    """SHA-256 of the model serialised deterministically without its ftdeploy.content_sha256 and
+    ftdeploy.signature (the signature is made over this hash, so cannot be part of it)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    kept = [p for p in copy.metadata_props if p.key != HASH_KEY]
+    kept = [p for p in copy.metadata_props if p.key not in (HASH_KEY, SIGNATURE_KEY)]
     del copy.metadata_props[:]
     copy.metadata_props.extend(kept)
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

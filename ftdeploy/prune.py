@@ -208,7 +208,8 @@ def _sgd(model: nn.Module, config: PruneConfig) -> torch.optim.Optimizer:
 
 
 def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Target, out_dir: Path, *,
-          profile_name: str = "", progress=None, log: Callable[[str], None] = print, resume: bool = False) -> dict:  # fmt: skip
+          profile_name: str = "", progress=None, log: Callable[[str], None] = print, resume: bool = False,
+          allow_model_import: bool = False) -> dict:  # fmt: skip
     """Prune a checkpoint, fine-tune with the masks held, write out_dir/model.pt (and the
     trainer's log.jsonl, summary.csv, config.yaml). Returns the checkpoint dict.
     ``resume``: continue an interrupted fine-tuning; the pruning is redone first, which gives the
@@ -218,7 +219,7 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
         raise DataError(f"--data: checkpoint has {parent['num_classes']} classes, {data.spec!r} has {data.num_classes}")
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    model = model_from_checkpoint(parent).to(device)
+    model = model_from_checkpoint(parent, allow_import=allow_model_import, source=str(parent_path)).to(device)
     layers = prunable_layers(model, config.keep_dense_ends)
     if config.method == "magnitude":
         masks = magnitude_masks(layers, config.sparsity)
@@ -236,7 +237,8 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
     finetune = TrainConfig(method="pretrain", model=parent["model"], epochs=config.epochs, lr=config.lr,
                            batch_size=config.batch_size, weight_decay=config.weight_decay, seed=config.seed,
                            eval_chips=0, device=config.device)  # fmt: skip
-    ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress, resume=resume)
+    ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress, resume=resume,
+                 allow_model_import=allow_model_import)  # fmt: skip
     names = [name for name, _ in layers]
     _check_masks_held(ckpt["state_dict"], names, masks)
     ckpt["sparsity"] = zero_fraction([ckpt["state_dict"][f"{n}.weight"] for n in names])

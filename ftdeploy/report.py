@@ -98,6 +98,7 @@ def render_markdown(report: dict) -> str:
         "|---|---|",
         f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
         f"| content hash | `{model['content_sha256']}` |",
+        *_signature_row(model),
         f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
         f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
         f"| mapping | {model['mapping']} |",
@@ -182,6 +183,17 @@ def _image_set(data: dict) -> str:
     return f"{data['images']} images of {data['spec']}{fingerprint}"
 
 
+def _signature_row(model: dict) -> list[str]:
+    """Who signed the file and whether verify checked it (absent from reports made without the CLI)."""
+    signature = model.get("signature")
+    if signature is None:
+        return []
+    if signature["signer"] is None:
+        return ["| signature | none (not signed) |"]
+    how = "verified against the trusted keys" if signature["checked"] else "not checked (no --trust)"
+    return [f"| signature | Ed25519 by key `{signature['signer']}`, {how} |"]
+
+
 def _reference_row(report: dict) -> list[str]:
     ref = report.get("reference")
     return [f"| reference | `{ref['file']}` (sha256 `{ref['sha256'][:16]}…`), Acc_pretrain measured on it |"] if ref else []
@@ -258,12 +270,18 @@ def render_junit(report: dict) -> str:
 # --- writing --------------------------------------------------------------------------------
 
 
-def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
+def write_report(report: dict, out_dir: str | Path, sign=None) -> tuple[Path, ...]:
     """Write out_dir/report.json, report.md, report.xml and (a sign-off's) report.html, each via
     a temporary file and a rename, so a reader never sees a torn file; all are rendered before
-    any is written. Returns their paths, in that order."""
+    any is written. ``sign``: a :class:`ftdeploy.signing.SigningKey`; report.sig, its signature
+    over all of them, is then written with them (an unsigned report removes a stale one).
+    Returns their paths, in that order."""
     out_dir = Path(out_dir)
     texts = {out_dir / REPORT_JSON: to_json(report), **{out_dir / name: render(report) for name, render in _renderers(report).items()}}
+    if sign is not None:
+        from .signing import REPORT_SIG, report_signature
+
+        texts[out_dir / REPORT_SIG] = report_signature({p.name: t.encode("utf-8") for p, t in texts.items()}, sign)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -280,6 +298,8 @@ def write_report(report: dict, out_dir: str | Path) -> tuple[Path, ...]:
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+    if sign is None:
+        (out_dir / "report.sig").unlink(missing_ok=True)  # a previous signed report's: it no longer matches
     return tuple(texts)
 
 

@@ -44,6 +44,7 @@ from .files import exclusive_lock, sha256_file, write_atomic
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile, rate_label
 from .devices import pick_device
+from .models import TRUST_MODEL_CODE, check_model_code_allowed
 from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
 from .training.config import RESUME_MAY_DIFFER, TrainConfig, config_yaml, progressive_rates_for
 from .training.loop import train
@@ -111,6 +112,7 @@ class SweepSettings:
     ss_rates: tuple[float, ...] = DEFAULT_SS_RATES
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
+    allow_model_import: bool = False  # the user allowed the checkpoint's package.module:factory (--trust-model-code)
 
     def __post_init__(self):
         # Refused here, before any folder or training: a bad count would otherwise surface as a
@@ -130,8 +132,11 @@ class SweepSettings:
 
     @functools.cached_property
     def pretrained_checkpoint(self) -> dict:
-        """The starting checkpoint, loaded once per sweep."""
-        return load_checkpoint(self.pretrained)
+        """The starting checkpoint, loaded once per sweep; its model refused here, before any
+        work, where it would import code the user did not allow."""
+        ckpt = load_checkpoint(self.pretrained)
+        check_model_code_allowed(ckpt["model"], str(self.pretrained), self.allow_model_import)
+        return ckpt
 
     @property
     def start_model(self) -> str:
@@ -169,6 +174,8 @@ def _train_command(s: SweepSettings, cell: Cell, run_dir: Path) -> list[str]:
         cmd += ["--data", s.data_spec]
     if s.val_split is not None:
         cmd += ["--val-split", str(s.val_split)]
+    if s.allow_model_import:
+        cmd += [TRUST_MODEL_CODE]
     return cmd
 
 
@@ -187,7 +194,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         for c in todo:
             log(f"[sweep] training {c.label}")
             train(s.train_config(c), data, s.profile.target, out / "runs" / c.key, init=pre,
-                  profile_name=s.profile.profile.name, resume=True)  # fmt: skip
+                  profile_name=s.profile.profile.name, resume=True, allow_model_import=s.allow_model_import)  # fmt: skip
             on_done(c)
         return
     running: list[tuple[Cell, subprocess.Popen, object]] = []
@@ -260,7 +267,8 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
                 continue
             log(f"[sweep] {c.label}: model, chips or images changed since it was evaluated; evaluating again")
         ckpt = load_checkpoint(ckpt_path)
-        net = DeployedNetwork(model_from_checkpoint(ckpt), s.profile.target, device)
+        net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=s.allow_model_import, source=str(ckpt_path)), s.profile.target,
+                              device)  # fmt: skip
         norm = ckpt["normalization"]  # preprocess exactly as the model was trained
         backend = net.backend(data.val_x, data.val_y, norm["mean"], norm["std"])
         t0 = time.perf_counter()

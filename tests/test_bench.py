@@ -59,3 +59,15 @@ def test_sequential_bench_compares_chips_drawn_with_the_fixed_count(tmp_path, ca
         assert case["verdict_sequential"] is case["verdict_fixed"]
     assert cases["clear-pass"]["verdict_fixed"] is True and cases["clear-fail"]["verdict_fixed"] is False
     assert "RATIO chips sequential/fixed" in capsys.readouterr().out
+
+
+def test_programming_bench_times_one_chip_against_reading_the_export(tmp_path, capsys):
+    """--quick: democnn, 2 chips. Every timing is measured and the ratios are of real runs."""
+    bench = _load_bench(BENCH.with_name("bench_programming.py"))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert all(len(values) == 2 for values in result["wall_s"].values())
+    assert result["ratio_program_to_read"] > 0 and isinstance(result["meets_goal"], bool)
+    assert result["weights_with_stuck_cells_median"] > 0
+    assert "RATIO ftdeploy program / read export" in capsys.readouterr().out

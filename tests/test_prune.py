@@ -56,7 +56,8 @@ def pretrained(tmp_path_factory, small_data, target):
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, pretrained, small_data, target):
     out = tmp_path_factory.mktemp("pruned")
-    prune(pretrained, PruneConfig("magnitude", 0.6, epochs=1, batch_size=100, device="cpu"), small_data, target, out, log=_quiet)
+    prune(pretrained, PruneConfig("magnitude", 0.6, epochs=1, batch_size=100, device="cpu"), small_data, target, out, log=_quiet,
+          allow_model_import=True)  # MODEL is this module's factory: ours to trust
     return out / "model.pt"
 
 
@@ -65,7 +66,7 @@ def _quiet(line: str) -> None:
 
 
 def _zero_sets(ckpt: dict) -> dict[str, torch.Tensor]:
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, allow_import=True)
     return {name: m.weight.detach() == 0 for name, m in deployed_layers(model)}
 
 
@@ -84,7 +85,7 @@ def test_rho_grows_geometrically_from_start_to_end():
 @pytest.mark.parametrize("method, sparsity", [("magnitude", 0.5), ("admm", 0.7)])
 def test_pruning_reaches_target_sparsity(method, sparsity, pretrained, small_data, target, tmp_path):
     config = PruneConfig(method, sparsity, epochs=1, admm_epochs=2, batch_size=100, device="cpu")
-    ckpt = prune(pretrained, config, small_data, target, tmp_path, log=_quiet)
+    ckpt = prune(pretrained, config, small_data, target, tmp_path, log=_quiet, allow_model_import=True)
     record = ckpt["pruning"]
     assert abs(ckpt["sparsity"] - sparsity) <= SPARSITY_TOLERANCE, ckpt["sparsity"]
     assert record["method"] == method and record["target_sparsity"] == sparsity
@@ -102,7 +103,7 @@ def test_fault_tolerant_retraining_keeps_pruned_weights_zero(recipe, pruned, sma
     before = load_checkpoint(pruned)
     config = TrainConfig(method="progressive", model=MODEL, progressive_rates=[0.01, 0.05], target_rate=0.05,
                          epochs=2, lr=0.01, batch_size=100, eval_chips=0, device="cpu", **recipe)  # fmt: skip
-    after = train(config, small_data, target, tmp_path, init=before)
+    after = train(config, small_data, target, tmp_path, init=before, allow_model_import=True)
     zeros_before, zeros_after = _zero_sets(before), _zero_sets(after)
     for name in zeros_before:
         assert torch.equal(zeros_before[name], zeros_after[name]), f"zero set of {name} changed"
@@ -114,7 +115,7 @@ def test_fault_tolerant_retraining_keeps_pruned_weights_zero(recipe, pruned, sma
 def test_stuck_on_cell_makes_a_pruned_weight_nonzero(pruned, target):
     """Pruned weights keep their cells on the chip, and those cells can fail stuck-on."""
     ckpt = load_checkpoint(pruned)
-    net = DeployedNetwork(model_from_checkpoint(ckpt), target)
+    net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=True), target)
     index = [layer.name for layer in net.layers].index(next(iter(ckpt["pruning"]["layers"])))
     layer = net.layers[index]
     pos = int(torch.nonzero(layer.codes.flatten() == 0)[0])
@@ -155,7 +156,8 @@ def _run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 def test_cli_writes_pruned_checkpoint(pretrained, small_npz, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     args = ["prune", str(pretrained), "--profile", "demo", "--method", "magnitude", "--sparsity", "0.5",
-            "--epochs", "1", "--data", f"npz:{small_npz}", "--device", "cpu", "--out", str(out)]  # fmt: skip
+            "--epochs", "1", "--data", f"npz:{small_npz}", "--device", "cpu", "--out", str(out),
+            "--trust-model-code"]  # MODEL is this module's factory: ours to trust  # fmt: skip
     code, stdout, stderr = _run_cli(args, monkeypatch, capsys)
     assert code == 0, stderr
     ckpt = load_checkpoint(out / "model.pt")

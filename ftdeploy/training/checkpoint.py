@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, ModelError
 from ..files import folder_given, is_onnx_file, reason_line, write_atomic
-from ..models import create_model
+from ..models import model_from_file_name
 from ..profiles import Target
 from .config import RESUME_MAY_DIFFER, TrainConfig
 
@@ -58,8 +58,10 @@ def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = 
     return obj
 
 
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    model = create_model(ckpt["model"], num_classes=ckpt["num_classes"])
+def model_from_checkpoint(ckpt: dict, *, allow_import: bool = False, source: str = "checkpoint") -> nn.Module:
+    """The checkpoint's model with its weights. ``allow_import``: the user allowed the checkpoint's
+    ``package.module:factory`` to be imported (see :func:`ftdeploy.models.model_from_file_name`)."""
+    model = model_from_file_name(ckpt["model"], source, allow_import=allow_import, num_classes=ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

@@ -45,7 +45,9 @@ def _lr_lambda(total_steps: int, warmup_steps: int, period: int | None = None):
 
 def _teacher(init: dict, device) -> nn.Module:
     """The starting checkpoint, fault-free and in eval mode: the function a faulty chip should keep."""
-    teacher = model_from_checkpoint(init).to(device).eval()
+    # train() built the starting model from this same checkpoint first (_starting_model), under
+    # the caller's allow_model_import: a factory that reaches here was already allowed.
+    teacher = model_from_checkpoint(init, allow_import=True).to(device).eval()
     teacher.requires_grad_(False)
     return teacher
 
@@ -69,19 +71,20 @@ def _masks_of_pruned(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, *, init: dict | None = None,
-          profile_name: str = "", progress=None, resume: bool = False) -> dict:  # fmt: skip
+          profile_name: str = "", progress=None, resume: bool = False, allow_model_import: bool = False) -> dict:  # fmt: skip
     """Run one training; write out_dir/model.pt (after every epoch), log.jsonl, summary.csv and
     config.yaml. ``init``: a loaded checkpoint to start from (required for retraining).
     ``resume``: continue the run already in out_dir from its last finished epoch (see
     ``ResumePoint``); a finished run is returned as it is, an empty folder starts afresh.
     Under torchrun (WORLD_SIZE > 1) each process takes its share of every batch and simulates
     its own random chips; gradients are averaged by DistributedDataParallel and only rank 0
-    evaluates and writes. Returns the final checkpoint dict."""
+    evaluates and writes. ``allow_model_import``: the user allowed ``init``'s ``package.module:factory``
+    to be imported (they named it with --model, or gave --trust-model-code). Returns the final checkpoint dict."""
     dist = _Distributed.from_env(config.device)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     torch.manual_seed(config.seed)
-    model, data = _starting_model(config, data, init)
+    model, data = _starting_model(config, data, init, allow_model_import)
     # Which weights pruning zeroed: read before a resumed run's weights replace the starting ones.
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     point = ResumePoint.find(out_dir, config, target) if resume else None
@@ -116,7 +119,7 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     return ckpt
 
 
-def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None) -> tuple[nn.Module, DataBundle]:
+def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None, allow_import: bool) -> tuple[nn.Module, DataBundle]:
     """The model a run starts from (``init``'s weights, or a fresh one for a pretraining) and the
     data normalised as that model was trained."""
     if init is None:
@@ -128,7 +131,7 @@ def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None) ->
     if norm:
         data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
     check_model_fits(config.model, init)
-    return model_from_checkpoint(init), data
+    return model_from_checkpoint(init, allow_import=allow_import), data
 
 
 class _Run:
