@@ -9,11 +9,12 @@ as possible to the weight's target code. On a differential pair, a stuck-on ``ne
 compensated by raising ``pos`` by L (exact wherever ``pos`` has the range); a stuck-off cell on the
 idle side already reads what it should and costs nothing.
 
-The choice is exact: all level combinations of the weight's healthy cells are enumerated
-(``(L+1)^k`` for ``k`` healthy cells: 128 for the partner of a 7-bit differential pair, 64 for
-three healthy cells of a 2-bit bit-sliced weight), in vectorised batches over the few weights that
-have a stuck cell. Among the combinations that reach the smallest error, the one closest to the
-planned levels wins (fewest changed cells, then least total conductance), so the planned levels
+The choice is exact: the level combinations of the weight's healthy cells (``(L+1)^k`` for ``k``
+healthy cells) are tabulated once per pattern of healthy cells, grouped by the code each gives,
+and only the settings of the one or two reachable codes nearest the target are compared (one on
+a differential pair, at most 64 on 2-bit bit-sliced cells), in vectorised batches over the few
+weights that have a stuck cell. Among the settings that reach the smallest error, the one
+closest to the planned levels wins (fewest changed cells, then least total conductance), so the planned levels
 are kept wherever they are already best: no weight of a programmed chip reads further from its
 code than it would unprogrammed, and weights without a stuck cell are left exactly as planned.
 That is a guarantee per weight, not per chip: the network's accuracy usually follows, but a
