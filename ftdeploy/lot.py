@@ -105,7 +105,7 @@ def verify_lot(
     if unprogrammed is not None:
         report["lot"]["programmed"] = True
         report["lot"]["yield_unprogrammed"] = chip_yield(unprogrammed, threshold, spec.describe(), resolved.profile.signoff.confidence)
-    report["verdict"] = _verdict(chip_records)
+    report["verdict"] = _verdict(chip_records, _chance_failure(figures, resolved.profile.signoff.chance_margin_pct))
     return report
 
 
@@ -170,10 +170,22 @@ def _chip_record(chip, accuracy: float, threshold: float) -> dict:
             "stuck_on_in_model": chip.in_model[1], "accuracy": accuracy, "meets_spec": bool(accuracy >= threshold)}  # fmt: skip
 
 
-def _verdict(chips: list[dict]) -> dict:
+def _chance_failure(figures: dict, margin: float) -> str | None:
+    """Why the model itself fails the lot, whatever its chips do: within ``margin`` points of
+    chance a model guesses, and a guessing model loses nothing to faults (None: it does not)."""
+    above = figures["acc_retrain"] - figures["chance_pct"]
+    if margin <= 0 or above >= margin:
+        return None
+    return (f"the model is {above:.2f} points above chance (Acc_retrain {figures['acc_retrain']:.2f} %, chance "
+            f"{figures['chance_pct']:.2f} %), below chance_margin_pct {margin:.2f}")
+
+
+def _verdict(chips: list[dict], chance_failure: str | None = None) -> dict:
     failing = [c["id"] for c in chips if not c["meets_spec"]]
     if failing:
         summary = f"{len(failing)} of {len(chips)} chips fail the chip spec ({', '.join(failing[:5])}{', ...' if len(failing) > 5 else ''})"
     else:
         summary = f"{len(chips)} of {len(chips)} chips meet the chip spec"
-    return {"passed": not failing, "summary": summary, "failing": failing}
+    if chance_failure:
+        summary = f"{chance_failure}; {summary}"
+    return {"passed": not failing and not chance_failure, "summary": summary, "failing": failing, "chance": chance_failure}

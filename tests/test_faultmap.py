@@ -506,3 +506,14 @@ def test_faultmap_help_imports_nothing_heavy():
 
     proc, imported = _imported("faultmap", "simulate", "--help")
     assert proc.returncode == 0 and "Usage" in proc.stdout and not imported & HEAVY
+
+
+def test_a_lot_fails_a_model_within_the_chance_margin(onnx_path, resolved, csv_maps, lot):
+    """Every chip may meet a lax spec, but a model this close to chance fails the lot: a guessing
+    model loses nothing to faults. The test profile turns the check off; 50 points turns it on."""
+    assert lot["verdict"]["passed"] and lot["verdict"]["chance"] is None
+    strict = resolved.model_copy(update={"profile": resolved.profile.model_copy(update={
+        "signoff": resolved.profile.signoff.model_copy(update={"chance_margin_pct": 50.0})})})  # fmt: skip
+    judged = verify_lot(onnx_path, strict, csv_maps)
+    assert not judged["verdict"]["passed"] and judged["verdict"]["failing"] == []
+    assert "points above chance" in judged["verdict"]["chance"] and judged["verdict"]["summary"].startswith("the model is")
