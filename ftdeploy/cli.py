@@ -779,10 +779,14 @@ def program_cmd(
     profile: ProfileOpt,
     fault_map: Annotated[Path, typer.Option("--fault-map", help="The chip's fault map (*.csv, *.npz), as its tester reports its stuck cells (docs/fault-maps.md).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write for this chip (written atomically).", callback=_out_file)],
+    trust: TrustOpt = None,
+    sign: SignOpt = None,
 ):
     """Program one chip around its own stuck cells: each weight with a stuck cell gets the levels
     of its healthy cells that read closest to its code (never worse than the export's), and the
-    result is written as an export for that chip alone, recording its id and map's SHA-256."""
+    result is written as an export for that chip alone, recording its id and map's SHA-256. With
+    --trust, the export must be signed by a trusted key; the chip's file is signed anew with --sign
+    (the export's signature does not cover its new cells and is dropped)."""
     from .exported import load_export
     from .profiles import load_profile
     from .programming import program_export
@@ -791,7 +795,8 @@ def program_cmd(
     resolved = load_profile(profile)
     _refuse_a_checkpoint(onnx_file, profile)
     _check_same_target(load_export(onnx_file), resolved)
-    record = program_export(onnx_file, fault_map, out)
+    _checked_signatures(onnx_file, None, trust)
+    record = program_export(onnx_file, fault_map, out, sign_with=_signing_key(sign))
     _echo(f"wrote {out}: programmed for chip {record['chip']} (map sha256 {record['fault_map_sha256'][:16]}): "
           f"{record['weights_reprogrammed']:,} of {record['weights_with_stuck_cells']:,} weights with stuck cells reprogrammed "
           f"({record['cells_reprogrammed']:,} cells); weights reading their exact code {record['exact_before']:,} -> {record['exact_after']:,}")  # fmt: skip

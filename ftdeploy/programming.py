@@ -179,13 +179,14 @@ def programmed_for(export) -> dict | None:
     return export.meta.get(PROGRAMMED_KEY)
 
 
-def program_export(onnx_path, fault_map_path, out) -> dict:
+def program_export(onnx_path, fault_map_path, out, sign_with=None) -> dict:
     """Write ``out``: the export at ``onnx_path`` with its cells programmed around the stuck cells
     of the chip that ``fault_map_path`` describes (:func:`program_chip`). Everything else is the
     export's; the metadata gains ``ftdeploy.programmed_for`` (the chip, its map's SHA-256, what
     changed) and the content hash is recomputed, so the file loads and verifies like any export.
     Returns that record. Refuses a file already programmed for a chip: its levels are no longer
-    the planned ones."""
+    the planned ones. The export's own signature does not cover the new cells, so it is dropped;
+    ``sign_with`` (a :class:`ftdeploy.signing.SigningKey`) signs the chip's file anew."""
     import onnx
 
     from .errors import ExportError, VerifyError
@@ -210,6 +211,10 @@ def program_export(onnx_path, fault_map_path, out) -> dict:
     proto.CopyFrom(export.proto)
     _replace_cells(proto, export.layers, programmed)
     _add_metadata(proto, PROGRAMMED_KEY, record)
+    if sign_with is not None:
+        from .signing import sign_proto
+
+        sign_proto(proto, sign_with)
     from .files import write_atomic
 
     write_atomic(out, proto.SerializeToString(), ExportError)
@@ -251,9 +256,10 @@ def _add_metadata(proto, key: str, value) -> None:
 
     import onnx
 
-    from .onnx_format import HASH_KEY, PREFIX, content_hash, read_metadata
+    from .onnx_format import HASH_KEY, PREFIX, SIGNATURE_KEY, SIGNER_KEY, content_hash, read_metadata
 
-    props = {k: v for k, v in read_metadata(proto).items() if k != HASH_KEY}
+    # A signature over the old content would only fail to verify: drop it (the caller may re-sign).
+    props = {k: v for k, v in read_metadata(proto).items() if k not in (HASH_KEY, SIGNATURE_KEY, SIGNER_KEY)}
     props[PREFIX + key] = json.dumps(value, ensure_ascii=False)
     other = {k: v for k, v in props.items() if not k.startswith(PREFIX)}
     ours = dict(sorted((k, v) for k, v in props.items() if k.startswith(PREFIX)))

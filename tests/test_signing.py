@@ -293,3 +293,29 @@ def test_an_unsigned_report_written_over_a_signed_one_leaves_no_stale_signature(
     copy = shutil.copytree(signed_report, tmp_path / "r")
     written = write_report(json.loads((copy / "report.json").read_text()), copy)
     assert not (copy / "report.sig").exists() and all(p.name != "report.sig" for p in written)
+
+
+def test_programming_a_chip_checks_the_export_and_signs_the_chips_file(signed, unsigned, profile, keys, tmp_path, monkeypatch, capsys):
+    """The export's signature does not cover a chip's new cells: `program --trust` checks the
+    export, drops its signature, and `--sign` signs the chip's file, which verify then trusts."""
+    from ftdeploy.measured import simulate_fault_maps
+    from ftdeploy.placement import placement_of
+
+    resolved = load_profile(profile)
+    simulate_fault_maps(placement_of(load_export(signed)), resolved.profile.signoff_faults(0.02), 0.02, 0, 1, tmp_path / "maps", "csv")
+    fmap = next((tmp_path / "maps").iterdir())
+    program = ("program", signed, "--profile", profile, "--fault-map", fmap, "--trust", keys["release.pub"])
+    code, _, err = run_main(monkeypatch, capsys, *program, "-o", tmp_path / "chip.onnx", "--sign", keys["release"])
+    assert code == 0, err
+    chip_meta = read_metadata(onnx.load(tmp_path / "chip.onnx"))
+    assert chip_meta[SIGNER_KEY] == read_metadata(onnx.load(signed))[SIGNER_KEY] and chip_meta[SIGNATURE_KEY]
+    code, out, err = run_main(monkeypatch, capsys, "verify", tmp_path / "chip.onnx", "--profile", profile, "--trust",
+                              keys["release.pub"], "--chips", 2)  # fmt: skip
+    assert code in (0, 1) and " sign-off: " in out, (out, err)  # trusted: it ran, whatever its verdict
+    code, _, err = run_main(monkeypatch, capsys, *program, "-o", tmp_path / "plain.onnx")
+    assert code == 0, err
+    assert SIGNATURE_KEY not in read_metadata(onnx.load(tmp_path / "plain.onnx")), "a stale signature would only fail"
+    assert "sign" in _refused(monkeypatch, capsys, "verify", tmp_path / "plain.onnx", "--profile", profile, "--trust", keys["release.pub"])
+    _refused(monkeypatch, capsys, "program", unsigned, "--profile", profile, "--fault-map", fmap, "--trust", keys["release.pub"],
+             "-o", tmp_path / "u.onnx")  # fmt: skip
+    assert not (tmp_path / "u.onnx").exists()
