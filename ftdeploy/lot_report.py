@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .report import _bases, _chip_spec_row, _image_set, _pct, _reference_row, _schedule, _signature_row
+from .report import _chip_spec_row, _image_set, _pct, _reference_row, model_rows, profile_rows
 
 LOT_SCHEMA = "ftdeploy-lot-report/1"
 
@@ -65,15 +65,9 @@ def render_lot_markdown(report: dict) -> str:
         "",
         "| input | |",
         "|---|---|",
-        f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
-        f"| content hash | `{model['content_sha256']}` |",
-        *_signature_row(model),
-        f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
-        f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
-        f"| mapping | {model['mapping']} |",
+        *model_rows(model),
         f"| placement | {place['scheme']}: tiles 0-{place['tiles'] - 1} of {place['tile_rows']} x {place['tile_cols']} cells |",
-        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`){_bases(profile)} |",
-        f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
+        *profile_rows(profile),
         f"| data | {_image_set(data)} |",
         f"| fault maps | `{lot['fault_maps']}`: {len(lot['chips'])} chips |",
         f"| simulated on top | {signoff['faults']} |",

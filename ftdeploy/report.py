@@ -96,14 +96,8 @@ def render_markdown(report: dict) -> str:
         "",
         "| input | |",
         "|---|---|",
-        f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
-        f"| content hash | `{model['content_sha256']}` |",
-        *_signature_row(model),
-        f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
-        f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
-        f"| mapping | {model['mapping']} |",
-        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`){_bases(profile)} |",
-        f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
+        *model_rows(model),
+        *profile_rows(profile),
         f"| data | {data['spec']}: {data['images']} of {data['val_images']} {'images (every image)' if data.get('all_images') else 'validation images'}"
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''}"
         f"{'; image set sha256 `' + data['fingerprint'][:16] + '…`' if data.get('fingerprint') else ''} |",
@@ -181,6 +175,26 @@ def _image_set(data: dict) -> str:
     """Which images every figure was measured on."""
     fingerprint = f", image set sha256 {data['fingerprint'][:16]}…" if data.get("fingerprint") else ""
     return f"{data['images']} images of {data['spec']}{fingerprint}"
+
+
+def model_rows(model: dict) -> list[str]:
+    """The Inputs table's rows on the model file: its hashes, signature, network and mapping."""
+    return [
+        f"| model file | `{model['file']}` (sha256 `{model['sha256']}`) |",
+        f"| content hash | `{model['content_sha256']}` |",
+        *_signature_row(model),
+        f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
+        f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
+        f"| mapping | {model['mapping']} |",
+    ]
+
+
+def profile_rows(profile: dict) -> list[str]:
+    """The Inputs table's rows on the profile and its target, each with its file and hash."""
+    return [
+        f"| profile | {profile['name']} (`{profile['file']}`, sha256 `{profile['sha256'][:16]}…`){_bases(profile)} |",
+        f"| target | {profile['target']} (`{profile['target_file']}`, sha256 `{profile['target_sha256'][:16]}…`) |",
+    ]
 
 
 def _signature_row(model: dict) -> list[str]:
