@@ -554,9 +554,8 @@ def verify_cmd(
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.
     With --fault-maps, measures the chips the maps describe instead."""
-    from .errors import SignOffFailed
     from .profiles import load_profile
-    from .report import verdict_lines, write_report
+    from .report import verdict_lines
     from .verify import verify_chip, verify_onnx
 
     resolved = load_profile(profile)
@@ -588,15 +587,25 @@ def verify_cmd(
                              max_images=max_images, all_images=all_images, progress=progress, log=log,
                              sequential=False if fixed_chips else None)  # fmt: skip
     _record_signature(report, signature)
-    for line in verdict_lines(report):
+    _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
+
+
+def _finish_verify(report: dict, lines: list[str], out: Path | None, report_key, failed: str) -> None:
+    """The end of every verify: its verdict lines, the report written where --out says (or a line
+    saying none was), and exit 1 (SignOffFailed, its message starting ``failed``) on a failed verdict."""
+    from .errors import SignOffFailed
+    from .report import report_files, write_report
+
+    for line in lines:
         _echo(line)
     if out is not None:
         _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
     else:
-        _echo("no report written (give --out DIR for report.json, report.md, report.xml and report.html)")
+        *names, last = report_files(report)
+        _echo(f"no report written (give --out DIR for {', '.join(names)} and {last})")
     if not report["verdict"]["passed"]:
         where = f"; see {out / 'report.md'}" if out is not None else ""
-        raise SignOffFailed(f"sign-off failed: {report['verdict']['summary']}{where}")
+        raise SignOffFailed(f"{failed}: {report['verdict']['summary']}{where}")
 
 
 def _signing_key(path: Path | None):
@@ -749,10 +758,8 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
                        signature: dict | None = None, report_key=None, **options) -> None:  # fmt: skip
     """``verify --fault-maps``: each measured chip PASSED/FAILED against the chip spec, then the
     lot's verdict; the report where --out says; exit 1 when a chip fails."""
-    from .errors import SignOffFailed
     from .lot import verify_lot
     from .lot_report import lot_lines
-    from .report import write_report
 
     given = [name for name, value in simulated_only.items() if value is not None]
     if given:
@@ -762,15 +769,7 @@ def _verify_fault_maps(onnx_file: Path, resolved, fault_maps: Path, out: Path | 
         report = verify_lot(onnx_file, resolved, fault_maps, data, progress=progress, log=log, **options)
     if signature is not None:
         _record_signature(report, signature)
-    for line in lot_lines(report):
-        _echo(line)
-    if out is not None:
-        _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
-    else:
-        _echo("no report written (give --out DIR for report.json, report.md and report.xml)")
-    if not report["verdict"]["passed"]:
-        where = f"; see {out / 'report.md'}" if out is not None else ""
-        raise SignOffFailed(f"measured chips failed: {report['verdict']['summary']}{where}")
+    _finish_verify(report, lot_lines(report), out, report_key, "measured chips failed")
 
 
 @app.command("program")

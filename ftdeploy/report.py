@@ -317,6 +317,11 @@ def write_report(report: dict, out_dir: str | Path, sign=None) -> tuple[Path, ..
     return tuple(texts)
 
 
+def report_files(report: dict) -> list[str]:
+    """The names of the files :func:`write_report` writes for this report (without a signature)."""
+    return [REPORT_JSON, *_renderers(report)]
+
+
 def _renderers(report: dict) -> dict:
     """The files rendered from report.json's dict, by name, for the report's kind: a sign-off's,
     or a lot's (measured chips, :mod:`ftdeploy.lot_report`)."""
