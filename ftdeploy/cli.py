@@ -731,12 +731,11 @@ def faultmap_simulate_cmd(
     the stuck cells of the chip that sign-off simulates as chip k at this rate and seed, so
     `verify --fault-maps` on these maps measures the very chips `verify` simulates. The chip's
     cells that hold nothing of the model are stuck at the same rates too."""
-    from .exported import load_export
     from .measured import simulate_fault_maps
     from .placement import placement_of
     from .profiles import load_profile
     from .resolve import signoff_settings
-    from .verify import _check_same_target
+    from .verify import load_for_profile
 
     resolved = load_profile(profile)
     _refuse_a_checkpoint(onnx_file, profile)
@@ -744,9 +743,7 @@ def faultmap_simulate_cmd(
         raise ConfigError(f"--rate {rate:g}: a total stuck-at rate is split with the stuck-off : stuck-on ratio of the "
                           f"stuck-at entry in the profile's faults, and {resolved.profile.name} has none; add one")  # fmt: skip
     settings = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
-    export = load_export(onnx_file)
-    _check_same_target(export, resolved)
-    placement = placement_of(export)
+    placement = placement_of(load_for_profile(onnx_file, resolved))
     written = simulate_fault_maps(placement, resolved.profile.signoff_faults(rate), rate, settings.seed, settings.chips, out,
                                   form, tiles)  # fmt: skip
     _echo(f"wrote {len(written)} fault maps to {out} ({written[0].name} ... {written[-1].name}): chips 0-{len(written) - 1} "
@@ -786,14 +783,13 @@ def program_cmd(
     result is written as an export for that chip alone, recording its id and map's SHA-256. With
     --trust, the export must be signed by a trusted key; the chip's file is signed anew with --sign
     (the export's signature does not cover its new cells and is dropped)."""
-    from .exported import load_export
     from .profiles import load_profile
     from .programming import program_export
-    from .verify import _check_same_target
+    from .verify import load_for_profile
 
     resolved = load_profile(profile)
     _refuse_a_checkpoint(onnx_file, profile)
-    _check_same_target(load_export(onnx_file), resolved)
+    load_for_profile(onnx_file, resolved)  # the profile's target, or one line before any work
     _checked_signatures(onnx_file, None, trust)
     record = program_export(onnx_file, fault_map, out, sign_with=_signing_key(sign))
     _echo(f"wrote {out}: programmed for chip {record['chip']} (map sha256 {record['fault_map_sha256'][:16]}): "

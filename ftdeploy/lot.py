@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError
-from .exported import load_export
 from .figures import Verdict, chip_yield
 from .lot_report import LOT_SCHEMA
 from .measured import MeasuredChips
@@ -25,7 +24,7 @@ from .placement import SCHEME, placement_of
 from .population import chip_accuracies
 from .profiles import ResolvedProfile
 from .resolve import signoff_settings
-from .verify import _check_same_target, _report, _setup, check_chip_counts
+from .verify import _report, _setup, check_chip_counts, load_for_profile
 
 
 def verify_lot(
@@ -62,8 +61,7 @@ def verify_lot(
     check_chip_counts(1, max_images)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size: expected at least 1, found {batch_size}")
-    export = load_export(onnx_path)
-    _check_same_target(export, resolved)
+    export = load_for_profile(onnx_path, resolved)
     placement = placement_of(export)
     if program and export.meta.get("programmed_for") is not None:
         raise ConfigError(f"{onnx_path}: --program programs each chip from the export itself, and this file is already "
@@ -71,7 +69,7 @@ def verify_lot(
     chips = MeasuredChips.from_folder(fault_maps, placement, resolved.profile.fault_model)
 
     t0 = time.perf_counter()
-    setup = _setup(onnx_path, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    setup = _setup(export, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
     pretrain = setup.pretrain
     threshold = spec.threshold(pretrain.value)
     task = progress.add_task("chips", total=len(chips)) if progress else None

@@ -161,7 +161,7 @@ def verify_onnx(
         raise ConfigError(f"batch_chips: expected at least 1, found {settings.batch_chips}")
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     t0 = time.perf_counter()
-    setup = _setup(onnx_path, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
     export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
     acc_retrain, pretrain = setup.acc_retrain, setup.pretrain
     notes = list(pretrain.notes)
@@ -235,9 +235,15 @@ class _Setup:
     pretrain: "AccPretrain"
 
 
-def _setup(onnx_path, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size) -> _Setup:
+def load_for_profile(onnx_path: str | Path, resolved: ResolvedProfile) -> ExportedModel:
+    """The export at ``onnx_path``, refused unless it was exported for the profile's target."""
     export = load_export(onnx_path)
     _check_same_target(export, resolved)
+    return export
+
+
+def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size) -> _Setup:
+    """``export`` as :func:`load_for_profile` returns it."""
     ref_export = _load_reference(reference, export, resolved)
     data = evaluation_data(export, data_spec, val_split, max_images, all_images)
     backend = OnnxBackend(export, data.x, data.y, threads, batch_size)
@@ -262,7 +268,7 @@ def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[fl
                           f"({', '.join(rate_label(r) for r in signoff.rates)})")  # fmt: skip
     settings = signoff_settings(signoff, dict(seed=seed, max_images=max_images))
     _check_run_options(resolved, settings.chips, settings.seed, settings.max_images, None)
-    setup = _setup(onnx_path, resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None)
+    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None)
     one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
     accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
     threshold, meets = signoff.chip_threshold(setup.pretrain.value), None
