@@ -92,7 +92,7 @@ def test_the_readme_production_line_runs_as_written(tmp_path, monkeypatch):
     profile["signoff"]["max_images"] = 200
     (tmp_path / "strict-demo.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.chdir(tmp_path)
-    assert [shlex.split(c)[1] for c in commands] == ["train", "export", "export", "verify", "faultmap", "verify"]
+    assert [shlex.split(c)[1] for c in commands] == ["train", "export", "export", "verify", "faultmap", "verify", "verify", "program"]
     for command in commands:
         result = CliRunner().invoke(app, shlex.split(command)[1:])
         assert result.exit_code in ((0, 1) if command.startswith("ftdeploy verify") else (0,)), (command, result.output)
@@ -104,3 +104,14 @@ def test_the_readme_production_line_runs_as_written(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "reports/release").iterdir()) == ["report.html", "report.json", "report.md", "report.xml"]
     lot = json.loads((tmp_path / "reports/lot7/report.json").read_text())
     assert len(lot["lot"]["chips"]) == 20 == len(list((tmp_path / "lot7").iterdir()))
+    programmed = json.loads((tmp_path / "reports/lot7-programmed/report.json").read_text())
+    assert programmed["lot"]["programmed"] is True and programmed["lot"]["yield_unprogrammed"]["chips"] == 20
+    assert [c["accuracy_unprogrammed"] for c in programmed["lot"]["chips"]] == [c["accuracy"] for c in lot["lot"]["chips"]], \
+        "before programming, each chip is the lot's own"
+    import onnx
+
+    from ftdeploy.files import sha256_file
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "chip-0000.onnx")).metadata_props}
+    programmed_for = json.loads(meta["ftdeploy.programmed_for"])
+    assert programmed_for["fault_map_sha256"] == sha256_file(tmp_path / "lot7/chip-0000.csv")
