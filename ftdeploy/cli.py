@@ -64,7 +64,7 @@ _TRAIN_DEFAULTS = {"eval_chips": 3, "device": "auto"}
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (profiles/NAME.yaml) or path.")]
 SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Sign with this private key (KEY.key from ftdeploy keygen; its passphrase, if any, in $FTDEPLOY_KEY_PASSPHRASE). See docs/signing.md.")]
 TrustOpt = Annotated[Optional[list[Path]], typer.Option("--trust", help="A trusted public key file (KEY.pub; a file may hold several; repeat for more): refuse a file that no trusted key signed. See docs/signing.md.")]
-TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) the checkpoint names: it runs that module's code. Without it only registry and tv: models load from a file.")]
+TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) a checkpoint, profile or --config file names: it runs that module's code. Without it only registry and tv: models load from a file.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
 DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
 CheckpointDataOpt = Annotated[
@@ -349,6 +349,8 @@ def train_cmd(
     # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
     cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
     pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
+    if init is None:  # the model is built from its name: one a profile or --config file names runs no code unasked
+        check_model_code_allowed(cfg.model, _model_named_by(resolved, file), allow_import)
     run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
     _refuse_training_over_a_run(run_dirs, resume, force)
     bundle = load_data(data, val_split)
@@ -363,6 +365,11 @@ def train_cmd(
         ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
                      resume=resume, allow_model_import=allow_import)  # fmt: skip
     _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+
+
+def _model_named_by(resolved, file) -> str:
+    """The file (and field) a run's model name came from when not typed as --model."""
+    return f"{file.path}: model" if "model" in file.fields else f"{resolved.profile_path}: training.model"
 
 
 #: What a training leaves in its folder that a fresh one would write over or resume from.
@@ -930,6 +937,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the three runs, ONNX files and reports.", callback=_out_folder)] = Path("demo-out"),
     profile: ProfileOpt = "demo",
     device: DeviceOpt = None,
+    trust_model_code: TrustModelCodeOpt = False,
 ):
     """Pretrain, retrain one-shot and progressive, export and sign off the models on the embedded
     data (the pretrained one also equalised, where the target allows), and print them side by
@@ -939,7 +947,10 @@ def demo_cmd(
     from .demo import LEGEND, comparison_rows, ft_beats_baseline, run_demo
     from .profiles import load_profile
 
+    from .models import check_model_code_allowed
+
     resolved = load_profile(profile)
+    check_model_code_allowed(resolved.profile.training.model, f"{resolved.profile_path}: training.model", trust_model_code)
     t0 = time.perf_counter()
     reports = run_demo(resolved, out, device, log=_echo)
     header, rows = comparison_rows(reports)

@@ -91,3 +91,44 @@ def test_trust_model_code_exports_a_legitimate_factory(tmp_path, monkeypatch, ca
     code, stdout, err = run_main(monkeypatch, capsys, "export", ckpt, "--profile", "demo", "-o", out, "--trust-model-code")
     assert code == 0, err
     assert out.is_file() and f"wrote {out}" in stdout
+
+
+def _profile_naming(spec: str, folder: Path) -> Path:
+    path = folder / "mine.yaml"
+    path.write_text(f"name: mine\nextends: demo\ntraining:\n  model: {spec}\n")
+    return path
+
+
+@pytest.mark.parametrize("command", [["train", "--method", "pretrain", "-o", "{tmp}/run"], ["demo", "-o", "{tmp}/demo"]])
+def test_a_profile_naming_a_module_is_refused_and_the_module_never_imported(command, planted, tmp_path, monkeypatch, capsys):
+    spec, witness = planted
+    profile = _profile_naming(spec, tmp_path)
+    line = _refused_line(monkeypatch, capsys, *[a.format(tmp=tmp_path) for a in command], "--profile", profile)
+    assert line.startswith(f"{profile}: training.model: model factory {spec!r} would import and run code"), line
+    assert not witness.exists() and spec.partition(":")[0] not in sys.modules
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_config_file_naming_a_module_is_refused(planted, tmp_path, monkeypatch, capsys):
+    spec, witness = planted
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {spec}\nmethod: pretrain\n")
+    line = _refused_line(monkeypatch, capsys, "train", "--profile", "demo", "--config", config, "-o", tmp_path / "run")
+    assert line.startswith(f"{config}: model: model factory {spec!r}"), line
+    assert not witness.exists()
+
+
+@pytest.mark.parametrize("allow", [["--trust-model-code"], ["--model", None]])
+def test_a_factory_typed_as_model_or_trusted_gets_to_training(allow, planted, tmp_path, monkeypatch, capsys):
+    """Naming the factory on the command line, or trusting the profile, is the user's choice: the
+    run gets past the check to training (replaced here by a stand-in that records its model)."""
+    import ftdeploy.training.loop as loop
+
+    spec, _ = planted
+    trained = []
+    monkeypatch.setattr(loop, "train", lambda cfg, *a, **k: trained.append(cfg.model) or {"acc_pretrain": 50.0, "acc_retrain": 50.0})
+    profile = _profile_naming(spec, tmp_path)
+    argv = [spec if a is None else a for a in allow]
+    code, out, err = run_main(monkeypatch, capsys, "train", "--profile", profile, "--method", "pretrain", *argv, "-o", tmp_path / "run")
+    assert code == 0, err
+    assert trained == [spec]
