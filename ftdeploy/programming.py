@@ -347,12 +347,13 @@ def program_export(onnx_path, fault_map_path, out, sign_with=None, permute_rows:
     done = programmed_for(export)
     if done is not None:
         raise VerifyError(f"{onnx_path}: already programmed for chip {done['chip']!r}; program the export itself for each chip")
+    if permute_rows:  # before the map is read: a target that cannot route rows is refused as such
+        check_row_permutation(export, onnx_path)
     fmap = read_fault_map(fault_map_path)
     placement = placement_of(export)
     check_fits(fmap, placement)
     try:
         if permute_rows:
-            check_row_permutation(export, onnx_path)
             perm, before, after = choose_row_permutation(export.mapping, placement, export.levels, fmap.tile, fmap.row, fmap.col, fmap.state)
             placement = placement.with_row_permutation(perm)
         states = placement.layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
