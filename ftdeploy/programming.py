@@ -260,8 +260,11 @@ def _tile_cost(mapping: Mapping, codes: np.ndarray, states: np.ndarray) -> np.nd
     faulty_row, faulty_weight = np.nonzero(slots.any(-1))  # row-major: physical rows ascending
     if len(faulty_row) == 0:
         return None
-    patterns, which = np.unique(slots[faulty_row, faulty_weight], axis=0, return_inverse=True)
-    table = residual_table(mapping, patterns)  # (patterns, codes)
+    # A pattern as one base-3 number (a weight's cells' states as digits): unique over integers
+    # is several times quicker than over rows, and a bit-sliced tile has hundreds of faulty slots.
+    digits = 3 ** np.arange(cells, dtype=np.int64)
+    ids, which = np.unique(slots[faulty_row, faulty_weight].astype(np.int64) @ digits, return_inverse=True)
+    table = residual_table(mapping, (ids[:, None] // digits) % 3)  # (patterns, codes)
     # contribution[i, f]: logical row i's weight at faulty slot f's column, on slot f's cells
     contribution = table[which.reshape(-1)[None, :], codes[:, faulty_weight] + mapping.max_code]
     starts = np.flatnonzero(np.r_[True, faulty_row[1:] != faulty_row[:-1]])
