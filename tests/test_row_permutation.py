@@ -201,3 +201,21 @@ def test_cli_program_permute_rows_and_its_refusals(line, monkeypatch, capsys, tm
     assert code == 2 and "give --program too" in err
     code, _, err = run_main(monkeypatch, capsys, "verify", line["onnx"], "--profile", profile, "--permute-rows")
     assert code == 2 and "give --fault-maps" in err
+
+
+def test_field_faults_sit_on_the_same_physical_cells_however_rows_are_routed(line):
+    from dataclasses import replace
+
+    from ftdeploy.measured import FieldFaults, MeasuredChips
+    from ftdeploy.nonideality import StuckAt
+
+    field = FieldFaults(StuckAt.from_total(0.05), 0)
+    (chip, *_) = MeasuredChips.from_folder(line["maps"], line["placement"], line["resolved"].profile.fault_model).with_field(field)
+    perm = np.stack([np.random.default_rng(t).permutation(32) for t in range(line["placement"].tiles)])
+    routed = replace(chip, placement=line["placement"].with_row_permutation(perm))
+    assert all((a == b).all() for a, b in zip(chip.field_cells(), routed.field_cells()))
+    # and the routed chip reads them (with its map) at each logical row's physical row
+    tile, row, col, state = chip.field_cells()
+    fmap = chip.fmap
+    every = [np.concatenate([a, b]) for a, b in zip((fmap.tile, fmap.row, fmap.col, fmap.state), (tile, row, col, state))]
+    assert all((a == b).all() for a, b in zip(routed.read_states(), routed.placement.layer_states(*every)))
