@@ -24,7 +24,7 @@ from .lot_report import LOT_SCHEMA
 from .measured import FieldFaults, MeasuredChips
 from .nonideality import STUCK_OFF, STUCK_ON
 from .placement import SCHEME, placement_of
-from .programming import check_row_permutation
+from .programming import ProgrammedChips, check_row_permutation
 from .population import chip_accuracies
 from .profiles import ResolvedProfile
 from .resolve import signoff_settings
@@ -156,14 +156,13 @@ def field_note(field, program: bool) -> str:
             f"(signoff.field_rate {field.total:g}), drawn per chip from a stream seeded by the map file's SHA-256 and "
             f"signoff.seed, on cells its map does not list, and added to its measured faults"
             f"{'; programming sees only the map' if program else ''}. Accuracy, result and yield are the {shipped} "
-            "with field faults (as shipped); 'without field faults' are the same chips with their measured faults alone: "
-            "what fault-tolerant training must still absorb is the difference.")  # fmt: skip
+            "with field faults (as shipped); 'without field faults' are the same chips with their measured faults alone. "
+            "The drop between the two is what field faults cost, which no programming can recover and only "
+            "fault-tolerant training can absorb.")  # fmt: skip
 
 
 def _programmed(chips: MeasuredChips, setup, permute_rows: bool):
     """The chips, each programmed around its own map (its rows permuted too where asked)."""
-    from .programming import ProgrammedChips
-
     return ProgrammedChips(chips, setup.export.mapping, permute_rows)
 
 
