@@ -552,6 +552,7 @@ def verify_cmd(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="The fault-free starting model (the pretrained model, exported for the same target): Acc_pretrain is its accuracy on the images measured here.")] = None,
     fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
     program: Annotated[bool, typer.Option("--program", help="With --fault-maps: program each chip around its own map (as `ftdeploy program` does) and measure it again; the report shows each chip's accuracy and the lot's yield unprogrammed and programmed, and judges the programmed chips.")] = False,
+    permute_rows: Annotated[bool, typer.Option("--permute-rows", help="With --program, on a target with row_permutation: also permute each tile's rows as `ftdeploy program --permute-rows` does.")] = False,
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
@@ -577,12 +578,13 @@ def verify_cmd(
     if fault_maps is not None:
         _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
                            val_split=val_split, max_images=max_images,
-                           all_images=all_images, reference=reference, program=program,
+                           all_images=all_images, reference=reference, program=program, permute_rows=permute_rows,
                            simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
                                            "--fixed-chips": fixed_chips or None})  # fmt: skip
         return
-    if program:
-        raise ConfigError("--program: programs each chip around its fault map; give --fault-maps DIR")
+    if program or permute_rows:
+        flag = "--program" if program else "--permute-rows"
+        raise ConfigError(f"{flag}: programs each chip around its fault map; give --fault-maps DIR")
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
                           max_images=max_images, all_images=all_images)  # fmt: skip
@@ -782,6 +784,7 @@ def program_cmd(
     profile: ProfileOpt,
     fault_map: Annotated[Path, typer.Option("--fault-map", help="The chip's fault map (*.csv, *.npz), as its tester reports its stuck cells (docs/fault-maps.md).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write for this chip (written atomically).", callback=_out_file)],
+    permute_rows: Annotated[bool, typer.Option("--permute-rows", help="Also route each tile's rows to the physical rows where the chip's stuck cells cost its weights least (a target with row_permutation: true); the file records where each row goes (docs/fault-maps.md).")] = False,
     trust: TrustOpt = None,
     sign: SignOpt = None,
 ):
@@ -798,7 +801,10 @@ def program_cmd(
     _refuse_a_checkpoint(onnx_file, profile)
     load_for_profile(onnx_file, resolved)  # the profile's target, or one line before any work
     _checked_signatures(onnx_file, None, trust)
-    record = program_export(onnx_file, fault_map, out, sign_with=_signing_key(sign))
+    record = program_export(onnx_file, fault_map, out, sign_with=_signing_key(sign), permute_rows=permute_rows)
+    if permute_rows:
+        _echo(f"rows permuted: {record['rows_moved']:,} rows moved in {len(record['row_permutation']):,} tiles; summed residual "
+              f"error {record['residual_unpermuted']:,} -> {record['residual_permuted']:,} codes")  # fmt: skip
     _echo(f"wrote {out}: programmed for chip {record['chip']} (map sha256 {record['fault_map_sha256'][:16]}): "
           f"{record['weights_reprogrammed']:,} of {record['weights_with_stuck_cells']:,} weights with stuck cells reprogrammed "
           f"({record['cells_reprogrammed']:,} cells); weights reading their exact code {record['exact_before']:,} -> {record['exact_after']:,}")  # fmt: skip

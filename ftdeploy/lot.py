@@ -16,11 +16,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .errors import ConfigError
 from .figures import Verdict, chip_yield
 from .lot_report import LOT_SCHEMA
-from .measured import MeasuredChips
+from .measured import FieldFaults, MeasuredChips
+from .nonideality import STUCK_OFF, STUCK_ON
 from .placement import SCHEME, placement_of
+from .programming import ProgrammedChips, check_row_permutation
 from .population import chip_accuracies
 from .profiles import ResolvedProfile
 from .resolve import signoff_settings
@@ -42,6 +46,7 @@ def verify_lot(
     progress=None,
     log: Callable[[str], None] | None = None,
     program: bool = False,
+    permute_rows: bool = False,
 ) -> dict:
     """Measure every chip of ``fault_maps`` (a folder of maps, one per chip) on the images a
     sign-off with the same options measures; return the lot report, whose ``verdict.passed``
@@ -49,10 +54,16 @@ def verify_lot(
     chip spec required, before any chip runs (ConfigError / DataError / VerifyError).
 
     With ``program``, each chip is also programmed around its own map
-    (:mod:`ftdeploy.programming`) and measured again: each chip's ``accuracy`` and ``meets_spec``,
-    the lot's ``yield`` and the verdict are then the programmed chips' (what ships), and
-    ``accuracy_unprogrammed``, ``meets_spec_unprogrammed`` and ``yield_unprogrammed`` keep the
-    file's levels as given."""
+    (:mod:`ftdeploy.programming`; its rows permuted too with ``permute_rows``) and measured again:
+    each chip's ``accuracy`` and ``meets_spec``, the lot's ``yield`` and the verdict are then the
+    programmed chips' (what ships), and ``accuracy_unprogrammed``, ``meets_spec_unprogrammed`` and
+    ``yield_unprogrammed`` keep the file's levels as given.
+
+    Where the profile states field faults (``signoff.field_rate``), the chips as shipped are
+    measured once more with them on top of their maps (:class:`ftdeploy.measured.FieldFaults`;
+    programming, where asked, still sees only the map): ``accuracy``, ``meets_spec``, ``yield``
+    and the verdict are then those, and ``accuracy_without_field``, ``meets_spec_without_field``
+    and ``yield_without_field`` the same chips with their measured faults alone."""
     spec = resolved.profile.signoff.chip_spec
     if spec is None:
         raise ConfigError(f"{resolved.profile_path}: verify --fault-maps judges each chip against signoff.chip_spec, and "
@@ -66,7 +77,12 @@ def verify_lot(
     if program and export.meta.get("programmed_for") is not None:
         raise ConfigError(f"{onnx_path}: --program programs each chip from the export itself, and this file is already "
                           f"programmed for chip {export.meta['programmed_for']['chip']!r}")  # fmt: skip
+    if permute_rows and not program:
+        raise ConfigError("--permute-rows: permutes each chip's rows as it is programmed; give --program too")
+    if permute_rows:
+        check_row_permutation(export, onnx_path)
     chips = MeasuredChips.from_folder(fault_maps, placement, resolved.profile.fault_model)
+    field = resolved.profile.field_faults
 
     t0 = time.perf_counter()
     setup = _setup(export, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
@@ -76,22 +92,33 @@ def verify_lot(
     accs = chip_accuracies(setup.backend, chips, on_chip=(lambda: progress.advance(task)) if progress else None)
     if log:
         log(f"{len(chips)} measured chips in {time.perf_counter() - t0:.1f} s")
-    unprogrammed = None
+    unprogrammed = without_field = None
     if program:
-        unprogrammed, accs = accs, _programmed_accuracies(setup, chips, progress, log)
+        unprogrammed, accs = accs, _measured(setup, _programmed(chips, setup, permute_rows), "programmed chips", progress, log)
+    if field is not None:
+        shipped = chips.with_field(FieldFaults(field, resolved.profile.signoff.seed))
+        without_field, accs = accs, _measured(setup, _programmed(shipped, setup, permute_rows) if program else shipped,
+                                              "chips with field faults", progress, log)  # fmt: skip
 
     figures = {"acc_pretrain": pretrain.value, "acc_pretrain_source": pretrain.source, "acc_pretrain_same_images": pretrain.same_images,
                "acc_retrain": setup.acc_retrain, "acc_retrain_source": "measured here: this file on a fault-free chip, on these images",
                "chance_pct": 100.0 / len(setup.export.meta["classes"])}  # fmt: skip
     # The sign-off report's sections where they mean the same (tool, model, profile, reference, data);
     # its per-rate sign-off and verdict are replaced by the lot's.
-    notes = list(pretrain.notes) + _simulated_on_top(resolved) + ([PROGRAMMED_NOTE] if program else [])
+    notes = (list(pretrain.notes) + _simulated_on_top(resolved) + ([PROGRAMMED_NOTE] if program else [])
+             + ([PERMUTED_NOTE] if permute_rows else []) + ([field_note(field, program)] if field is not None else []))
     report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
     report["figures"] = figures
     chip_records = [_chip_record(chip, acc, threshold) for chip, acc in zip(chips, accs)]
     if unprogrammed is not None:
         for record, acc in zip(chip_records, unprogrammed):
             record.update(accuracy_unprogrammed=acc, meets_spec_unprogrammed=bool(acc >= threshold))
+    if without_field is not None:
+        for record, acc, chip in zip(chip_records, without_field, shipped):
+            _, _, _, state = chip.field_cells()
+            record.update(accuracy_without_field=acc, meets_spec_without_field=bool(acc >= threshold),
+                          field_stuck_off_in_model=int(np.count_nonzero(state == STUCK_OFF)),
+                          field_stuck_on_in_model=int(np.count_nonzero(state == STUCK_ON)))  # fmt: skip
     report["schema"] = LOT_SCHEMA
     report["signoff"] = _signoff_record(resolved, threshold)
     report["lot"] = {
@@ -100,9 +127,14 @@ def verify_lot(
         "chips": chip_records,
         "yield": chip_yield(accs, threshold, spec.describe(), resolved.profile.signoff.confidence),
     }
+    confidence = resolved.profile.signoff.confidence
     if unprogrammed is not None:
         report["lot"]["programmed"] = True
-        report["lot"]["yield_unprogrammed"] = chip_yield(unprogrammed, threshold, spec.describe(), resolved.profile.signoff.confidence)
+        report["lot"]["rows_permuted"] = permute_rows
+        report["lot"]["yield_unprogrammed"] = chip_yield(unprogrammed, threshold, spec.describe(), confidence)
+    if without_field is not None:
+        report["lot"]["field_rate"] = field.total
+        report["lot"]["yield_without_field"] = chip_yield(without_field, threshold, spec.describe(), confidence)
     report["verdict"] = _verdict(chip_records, _chance_failure(figures, resolved.profile.signoff.chance_margin_pct))
     return report
 
@@ -112,16 +144,35 @@ PROGRAMMED_NOTE = ("Each chip was programmed around its own fault map (ftdeploy 
                    "programmed chips'; the unprogrammed figures are the same chips with the file's levels as given.")
 
 
-def _programmed_accuracies(setup, chips: MeasuredChips, progress, log) -> list[float]:
-    """Every chip's accuracy once programmed around its own map."""
-    from .programming import ProgrammedChips
+PERMUTED_NOTE = ("Each chip's rows were permuted as it was programmed (ftdeploy program --permute-rows): per tile, the "
+                 "logical rows were routed to the physical rows where the chip's stuck cells cost the weights least.")
 
+
+def field_note(field, program: bool) -> str:
+    """What the field faults of a lot's sign-off are, and which figures have them."""
+    off, on = field.pair
+    shipped = "programmed chips" if program else "chips"
+    return (f"Field faults: cells that fail after programming, stuck-off {off:.3g} and stuck-on {on:.3g} per cell "
+            f"(signoff.field_rate {field.total:g}), drawn per chip from a stream seeded by the map file's SHA-256 and "
+            f"signoff.seed, on cells its map does not list, and added to its measured faults"
+            f"{'; programming sees only the map' if program else ''}. Accuracy, result and yield are the {shipped} "
+            "with field faults (as shipped); 'without field faults' are the same chips with their measured faults alone. "
+            "The drop between the two is what field faults cost, which no programming can recover and only "
+            "fault-tolerant training can absorb.")  # fmt: skip
+
+
+def _programmed(chips: MeasuredChips, setup, permute_rows: bool):
+    """The chips, each programmed around its own map (its rows permuted too where asked)."""
+    return ProgrammedChips(chips, setup.export.mapping, permute_rows)
+
+
+def _measured(setup, source, what: str, progress, log) -> list[float]:
+    """Every chip's accuracy, from a chip source other than the plain measured chips."""
     t0 = time.perf_counter()
-    task = progress.add_task("programmed chips", total=len(chips)) if progress else None
-    accs = chip_accuracies(setup.backend, ProgrammedChips(chips, setup.export.mapping),
-                           on_chip=(lambda: progress.advance(task)) if progress else None)  # fmt: skip
+    task = progress.add_task(what, total=len(source)) if progress else None
+    accs = chip_accuracies(setup.backend, source, on_chip=(lambda: progress.advance(task)) if progress else None)
     if log:
-        log(f"{len(chips)} chips programmed around their maps and measured in {time.perf_counter() - t0:.1f} s")
+        log(f"{len(source)} {what} measured in {time.perf_counter() - t0:.1f} s")
     return accs
 
 
@@ -157,6 +208,7 @@ def _signoff_record(resolved: ResolvedProfile, threshold: float) -> dict:
         "threshold_pct": threshold,
         "faults": "; ".join(k.describe() for k in others) or "none besides the map: each chip reads exactly its map",
         "stream": "stuck cells from each chip's map; any other kind drawn from a stream seeded by the map file's SHA-256",
+        "field_rate": signoff.field_rate,
     }
 
 

@@ -20,6 +20,22 @@ def is_lot_report(report: dict) -> bool:
 # --- verdict lines --------------------------------------------------------------------------------
 
 
+#: The figures a lot may measure each chip with besides the judged one, in the order they are
+#: taken: (suffix of the chip's ``accuracy_*`` / ``meets_spec_*`` and the lot's ``yield_*``, what it is).
+EARLIER_COLUMNS = (("unprogrammed", "unprogrammed"), ("without_field", "without field faults"))
+
+
+def columns(lot: dict) -> list[tuple[str, str]]:
+    """Every figure of the lot's chips, in the order taken, the judged one (as shipped) last, its
+    key suffix ""; as (key suffix, heading)."""
+    programmed, field = lot.get("programmed", False), "field_rate" in lot
+    headings = {"unprogrammed": "unprogrammed, measured faults" if field else "unprogrammed",
+                "without_field": "programmed, measured faults" if programmed else "measured faults"}
+    shipped = ("programmed + field faults" if programmed else "measured + field faults") if field else \
+        ("programmed" if programmed else "")  # fmt: skip
+    return [(key, headings[key]) for key, _ in EARLIER_COLUMNS if f"yield_{key}" in lot] + [("", shipped)]
+
+
 def chip_line(chip: dict, threshold: float) -> str:
     """``PASSED chip D112: 81.20 >= 70.00`` or ``FAILED chip D113: 61.20 < 70.00``."""
     status, relation = ("PASSED", ">=") if chip["meets_spec"] else ("FAILED", "<")
@@ -27,19 +43,25 @@ def chip_line(chip: dict, threshold: float) -> str:
     if acc == f"{threshold:.2f}" and not chip["meets_spec"]:  # 69.996 < 70.00 must not print as "70.00 < 70.00"
         acc = f"{chip['accuracy']:.6g}"
     line = f"{status} chip {chip['id']}: accuracy {acc} {relation} {threshold:.2f}"
-    if "accuracy_unprogrammed" in chip:  # verify --program: the same chip with the file's levels as given
-        line += f" (unprogrammed {chip['accuracy_unprogrammed']:.2f}, {'PASSED' if chip['meets_spec_unprogrammed'] else 'FAILED'})"
-    return line
+    # verify --program: the same chip with the file's levels as given; field faults: without them
+    earlier = [f"{label} {chip['accuracy_' + key]:.2f}, {'PASSED' if chip['meets_spec_' + key] else 'FAILED'}"
+               for key, label in EARLIER_COLUMNS if f"accuracy_{key}" in chip]  # fmt: skip
+    return line + (f" ({'; '.join(earlier)})" if earlier else "")
 
 
 def lot_line(report: dict) -> str:
     """The last line: ``PASSED lot: 4 of 4 chips meet the chip spec; yield 100.0 % (lower bound 47.3 %)``."""
-    verdict, y = report["verdict"], report["lot"]["yield"]
+    verdict, y, lot = report["verdict"], report["lot"]["yield"], report["lot"]
     line = (f"{'PASSED' if verdict['passed'] else 'FAILED'} lot: {verdict['summary']}; yield {y['yield_pct']:.1f} % "
             f"({100 * y['confidence']:g} % lower bound {y['lower_bound_pct']:.1f} %)")  # fmt: skip
-    before = report["lot"].get("yield_unprogrammed")
-    if before is not None:
-        line += f"; programmed around each chip's map, unprogrammed yield {before['yield_pct']:.1f} % (lower bound {before['lower_bound_pct']:.1f} %)"
+    if "field_rate" in lot:
+        line += f" with field faults at {lot['field_rate']:g}"
+    if lot.get("programmed"):
+        line += "; programmed around each chip's map"
+    for key, label in EARLIER_COLUMNS:
+        before = lot.get(f"yield_{key}")
+        if before is not None:
+            line += f"; {label} yield {before['yield_pct']:.1f} % (lower bound {before['lower_bound_pct']:.1f} %)"
     return line
 
 
@@ -95,25 +117,34 @@ def render_lot_markdown(report: dict) -> str:
 
 
 def _unprogrammed_yield(lot: dict) -> list[str]:
-    before = lot.get("yield_unprogrammed")
-    if before is None:
+    """The yield of every figure besides the judged one, and which figure is judged."""
+    cols = columns(lot)
+    if len(cols) == 1:
         return []
-    return [f"- Programmed around each chip's map; unprogrammed (the file's levels as given): {before['meeting']}/{before['chips']} = "
-            f"**{before['yield_pct']:.1f} %**, ≥ {before['lower_bound_pct']:.1f} %, ≤ {before['upper_bound_pct']:.1f} %"]  # fmt: skip
+    lines = [f"- The yield above is the chips {cols[-1][1]} (as shipped); the same chips"]
+    for key, label in cols[:-1]:
+        y = lot[f"yield_{key}"]
+        lines.append(f"  - {label}: {y['meeting']}/{y['chips']} = **{y['yield_pct']:.1f} %**, ≥ {y['lower_bound_pct']:.1f} %, "
+                     f"≤ {y['upper_bound_pct']:.1f} %")  # fmt: skip
+    return lines
 
 
 def _chip_table(lot: dict) -> list[str]:
-    """One row per chip; with --program, the unprogrammed accuracy and result beside the programmed ones."""
-    programmed = lot.get("programmed", False)
-    extra = " unprogrammed (%) | unprogrammed result |" if programmed else ""
+    """One row per chip: the judged accuracy and result, then every other figure taken (with
+    --program the unprogrammed one; with field faults the one without them) and, with field
+    faults, how many the chip got."""
+    cols, field = columns(lot), "field_rate" in lot
+    extra = "".join(f" {label} (%) | {label} result |" for _, label in cols[:-1]) + (" field faults (off / on) |" if field else "")
     rows = ["| chip | map | sha256 | stuck-off | stuck-on | in the model (off / on) | accuracy (%) | result |" + extra,
-            "|---|---|---|---|---|---|---|---|" + ("---|---|" if programmed else "")]  # fmt: skip
+            "|---|---|---|---|---|---|---|---|" + "---|---|" * (len(cols) - 1) + ("---|" if field else "")]  # fmt: skip
     for c in lot["chips"]:
         row = (f"| {c['id']} | `{Path(c['file']).name}` | `{c['sha256'][:16]}…` | {c['stuck_off']:,} | {c['stuck_on']:,} | "
                f"{c['stuck_off_in_model']:,} / {c['stuck_on_in_model']:,} | {c['accuracy']:.2f} | "
                f"{'PASSED' if c['meets_spec'] else 'FAILED'} |")  # fmt: skip
-        if programmed:
-            row += f" {c['accuracy_unprogrammed']:.2f} | {'PASSED' if c['meets_spec_unprogrammed'] else 'FAILED'} |"
+        for key, _ in cols[:-1]:
+            row += f" {c['accuracy_' + key]:.2f} | {'PASSED' if c['meets_spec_' + key] else 'FAILED'} |"
+        if field:
+            row += f" {c['field_stuck_off_in_model']:,} / {c['field_stuck_on_in_model']:,} |"
         rows.append(row)
     return rows
 
@@ -137,9 +168,12 @@ def render_lot_junit(report: dict) -> str:
                         ("yield_pct", f"{y['yield_pct']:.2f}"), ("yield_lower_bound_pct", f"{y['lower_bound_pct']:.2f}"),
                         ("verdict", lot_line(report))):  # fmt: skip
         ET.SubElement(properties, "property", name=name, value=str(value))
-    before = report["lot"].get("yield_unprogrammed")
-    if before is not None:
-        ET.SubElement(properties, "property", name="yield_unprogrammed_pct", value=f"{before['yield_pct']:.2f}")
+    for key, _ in EARLIER_COLUMNS:
+        before = report["lot"].get(f"yield_{key}")
+        if before is not None:
+            ET.SubElement(properties, "property", name=f"yield_{key}_pct", value=f"{before['yield_pct']:.2f}")
+    if "field_rate" in report["lot"]:
+        ET.SubElement(properties, "property", name="field_rate", value=f"{report['lot']['field_rate']:g}")
     for chip in chips:
         case = ET.SubElement(suite, "testcase", classname=f"ftdeploy.chips.{report['profile']['name']}", name=chip["id"])
         if not chip["meets_spec"]:

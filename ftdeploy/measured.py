@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,30 @@ from .population import ChipReading, ChipSource, MeasuredChipId
 MEASURED_STREAM = 0x6D6170  # "map"
 #: Last word of the stream a simulated map draws the cells outside the model from.
 OUTSIDE_STREAM = 1
+#: First word of every measured chip's field-fault stream: never its other kinds' stream.
+FIELD_STREAM = 0x6669656C64  # "field"
 
 
 def measured_rng(sha256: str) -> np.random.Generator:
     """The random stream of a measured chip's simulated kinds: seeded by all 256 bits of its map
     file's SHA-256."""
     return np.random.default_rng([MEASURED_STREAM, *(int(sha256[i : i + 8], 16) for i in range(0, 64, 8))])
+
+
+def field_rng(sha256: str, seed: int) -> np.random.Generator:
+    """The random stream of a measured chip's field faults: seeded by its map file's SHA-256 and
+    the sign-off seed, and apart from :func:`measured_rng`, so adding field faults leaves every
+    other kind's draw of the chip unchanged."""
+    return np.random.default_rng([FIELD_STREAM, int(seed), *(int(sha256[i : i + 8], 16) for i in range(0, 64, 8))])
+
+
+@dataclass(frozen=True)
+class FieldFaults:
+    """Faults that appear after programming (the profile's ``signoff.field_rate``): stuck-at
+    cells drawn at ``stuck``'s rates with ``seed``, on top of a chip's measured map."""
+
+    stuck: StuckAt
+    seed: int
 
 
 def cells_in_model(fmap: FaultMap, placement: Placement) -> tuple[int, int]:
@@ -57,19 +75,47 @@ class MeasuredChip:
     placement: Placement
     faults: FaultModel
     in_model: tuple[int, int]  # (stuck-off, stuck-on) cells holding a weight
+    field: FieldFaults | None = None
 
     def states(self) -> list[np.ndarray]:
-        """Per layer, the stuck-at state of every cell (uint8, the cell shape)."""
+        """Per layer, the stuck-at state of every cell as the map gives it (uint8, the cell
+        shape): what a production line knows, and programs around."""
         return self.placement.layer_states(self.fmap.tile, self.fmap.row, self.fmap.col, self.fmap.state)
+
+    def field_cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tile, row, column, state) of the chip's field faults among the model's cells; none
+        where the map already lists a cell (a stuck cell stays as measured). Drawn layer by layer
+        over the model's cells in their unpermuted place, so a chip's field faults sit on the same
+        physical cells however its rows are routed."""
+        empty = np.zeros(0, np.int64)
+        if self.field is None:
+            return empty, empty, empty, empty.astype(np.uint8)
+        place = self.placement.unpermuted
+        measured = place.layer_states(self.fmap.tile, self.fmap.row, self.fmap.col, self.fmap.state)
+        rng = field_rng(self.id.sha256, self.field.seed)
+        parts = []
+        for layer, known in enumerate(measured):
+            state = self.field.stuck.draw(known.shape, rng).reshape(-1)
+            state[known.reshape(-1) != 0] = 0
+            flat = np.flatnonzero(state)
+            parts.append((*place.to_physical(layer, flat), state[flat]))
+        return tuple(np.concatenate([p[i] for p in parts]) if parts else empty for i in range(4))
+
+    def read_states(self) -> list[np.ndarray]:
+        """Per layer, the stuck-at state the chip reads with: its map's, and its field faults."""
+        tile, row, col, state = self.field_cells()
+        fmap = self.fmap
+        return self.placement.layer_states(np.concatenate([fmap.tile, tile]), np.concatenate([fmap.row, row]),
+                                           np.concatenate([fmap.col, col]), np.concatenate([fmap.state, state]))  # fmt: skip
 
     def reading(self, programmed: Sequence[np.ndarray], cells: CellRange) -> ChipReading:
         shapes = [tuple(lv.shape) for lv in programmed]
         if shapes != self.placement.cell_shapes:
             raise ValueError(f"programmed levels {shapes} are not the placed layers' {self.placement.cell_shapes}")
         rng = measured_rng(self.id.sha256)
-        # The map stands in for the stuck-at draw; every other chip-level kind draws in the order a
-        # simulated chip would (layer by layer, stage order), from this chip's stream.
-        states = self.states()
+        # The map (and field faults) stand in for the stuck-at draw; every other chip-level kind
+        # draws in the order a simulated chip would (layer by layer, stage order), from this chip's stream.
+        states = self.read_states()
         draw = [[st if isinstance(kind, StuckAt) else kind.draw(shape, rng) for kind in self.faults.chip_kinds]
                 for shape, st in zip(shapes, states)]  # fmt: skip
         return ChipReading(self.faults, programmed, draw, rng, cells)
@@ -105,6 +151,20 @@ class MeasuredChips(ChipSource):
                 raise DataError(f"{fmap.source}: chip {fmap.chip!r} is also the chip of {seen[fmap.chip]}; expected one map per chip")
             seen[fmap.chip] = fmap.source
         return cls.from_maps(maps, placement, population)
+
+    def with_field(self, field: FieldFaults) -> "MeasuredChips":
+        """The same chips with field faults on top of their maps. Each chip's stuck-at rates are
+        set to what the map and field faults give together on average (the kind stays active
+        where the map lists nothing); the cells themselves are the map's and :meth:`MeasuredChip.field_cells`."""
+        off_f, on_f = field.stuck.pair
+        chips = []
+        for chip in self.chips:
+            cells = sum(math.prod(s) for s in chip.placement.cell_shapes)
+            off, on = (n / cells for n in chip.in_model)
+            healthy = 1.0 - off - on
+            faults = chip.faults.at_pair(off + healthy * off_f, on + healthy * on_f)
+            chips.append(replace(chip, faults=faults, field=field))
+        return MeasuredChips(tuple(chips))
 
     def __iter__(self) -> Iterator[MeasuredChip]:
         return iter(self.chips)

@@ -22,8 +22,9 @@ vectorised numpy, so a chip of millions of cells maps in one pass.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -95,6 +96,10 @@ class Placement:
     tile_rows: int
     tile_cols: int
     layers: tuple[LayerPlacement, ...]
+    #: Where the chip family routes a tile's inputs to other rows (``ftdeploy program
+    #: --permute-rows``): per tile the model occupies, the physical row of each logical row
+    #: ``r % tile_rows``. None: every logical row on its own physical row.
+    row_permutation: tuple[tuple[int, ...], ...] | None = None
 
     @classmethod
     def compute(cls, layers: list[tuple[str, tuple[int, ...]]], tile_rows: int, tile_cols: int, cells_per_weight: int) -> "Placement":
@@ -121,6 +126,41 @@ class Placement:
     def cell_shapes(self) -> list[tuple[int, ...]]:
         return [layer.cell_shape for layer in self.layers]
 
+    # --- row permutation ------------------------------------------------------------------------
+
+    def with_row_permutation(self, perm: np.ndarray | None) -> "Placement":
+        """This placement with each tile's logical rows on the physical rows ``perm`` gives
+        (shape (tiles, tile_rows), each row a permutation of 0..tile_rows−1); None: unpermuted."""
+        if perm is None:
+            return self.unpermuted
+        perm = np.asarray(perm, np.int64)
+        if perm.shape != (self.tiles, self.tile_rows) or not (np.sort(perm, 1) == np.arange(self.tile_rows)).all():
+            raise ValueError(f"row permutation of shape {perm.shape}: expected a permutation of 0..{self.tile_rows - 1} "
+                             f"for each of the {self.tiles} tiles")  # fmt: skip
+        return replace(self, row_permutation=tuple(tuple(int(v) for v in row) for row in perm))
+
+    @property
+    def unpermuted(self) -> "Placement":
+        """Every logical row on its own physical row (the rule of the module docstring)."""
+        return replace(self, row_permutation=None) if self.row_permutation is not None else self
+
+    @functools.cached_property
+    def _perm(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(physical row of each logical row, logical row of each physical row), per tile."""
+        if self.row_permutation is None:
+            return None
+        perm = np.array(self.row_permutation, np.int64).reshape(self.tiles, self.tile_rows)
+        return perm, np.argsort(perm, 1)
+
+    def _routed(self, tile: np.ndarray, row: np.ndarray, inverse: bool) -> np.ndarray:
+        """``row`` through the row permutation of ``tile`` (its inverse: physical to logical);
+        tiles past the model's are never permuted."""
+        if self._perm is None or self.tiles == 0:
+            return row
+        table = self._perm[1 if inverse else 0]
+        ours = tile < self.tiles
+        return np.where(ours, table[np.clip(tile, 0, self.tiles - 1), row], row)
+
     def to_record(self) -> dict:
         """The export's ``ftdeploy.placement`` metadata: enough to rebuild every cell's place."""
         return {"scheme": SCHEME, "tile_rows": self.tile_rows, "tile_cols": self.tile_cols, "tiles": self.tiles,
@@ -134,8 +174,9 @@ class Placement:
         lp = self.layers[layer]
         c, o, r = np.unravel_index(np.asarray(flat, dtype=np.int64), (lp.cells_per_weight, lp.outputs, lp.rows))
         k = o * lp.cells_per_weight + c  # each output's cells on adjacent columns
-        tile = lp.first_tile + (r // self.tile_rows) * lp.grid[1] + k // self.tile_cols
-        return tile.astype(np.int64), (r % self.tile_rows).astype(np.int64), (k % self.tile_cols).astype(np.int64)
+        tile = (lp.first_tile + (r // self.tile_rows) * lp.grid[1] + k // self.tile_cols).astype(np.int64)
+        row = self._routed(tile, (r % self.tile_rows).astype(np.int64), inverse=False)
+        return tile, row, (k % self.tile_cols).astype(np.int64)
 
     # --- chip -> cell array ---------------------------------------------------------------------
 
@@ -144,6 +185,7 @@ class Placement:
         cell holds nothing of the model (past its tiles, or in the unused part of a tile).
         Coordinates must be within the chip (non-negative, row < tile_rows, col < tile_cols)."""
         tile, row, col = (np.asarray(a, dtype=np.int64) for a in (tile, row, col))
+        row = self._routed(tile, row, inverse=True)
         if not self.layers:
             return np.full(tile.shape, -1, np.int64), np.zeros(tile.shape, np.int64)
         first = np.array([lp.first_tile for lp in self.layers], np.int64)
@@ -206,4 +248,20 @@ def placement_of(export) -> Placement:
         scheme = recorded.get("scheme") if isinstance(recorded, dict) else None
         raise VerifyError(f"{export.path}: metadata {METADATA_KEY} ({scheme or 'no scheme'}) differs from the placement "
                           f"{SCHEME} computes for its layers on target {export.target.name!r}")  # fmt: skip
-    return placement
+    return _routed_as_programmed(export, placement)
+
+
+def _routed_as_programmed(export, placement: Placement) -> Placement:
+    """A file programmed for one chip with its rows permuted (``programmed_for.row_permutation``)
+    sits on that chip's rows as routed: its cells at logical row r are on the physical row the
+    record names."""
+    programmed = export.meta.get("programmed_for")
+    record = programmed.get("row_permutation") if isinstance(programmed, dict) else None
+    if not record:
+        return placement
+    from .programming import permutation_from_record
+
+    if not getattr(export.target, "row_permutation", False):
+        raise VerifyError(f"{export.path}: programmed_for.row_permutation moves rows, and target {export.target.name!r} "
+                          "does not set row_permutation: true")  # fmt: skip
+    return placement.with_row_permutation(permutation_from_record(record, placement, export.path))

@@ -81,6 +81,12 @@ class Target(_Strict):
     )
     tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile); export records the tiles each layer occupies.")
     tile_cols: int = Field(ge=1, description="Crossbar tile columns (cells per row per tile).")
+    row_permutation: bool = Field(
+        False,
+        description="The chip family can route each of a tile's inputs to any of its physical rows: `ftdeploy program "
+                    "--permute-rows` may then move a tile's rows so its weights land where stuck cells hurt least, and "
+                    "records where each row went. false: every input drives its own fixed row.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> "Target":
@@ -281,6 +287,14 @@ class SignOff(_Strict):
     )  # fmt: skip
     chip_spec: ChipSpec | None = Field(None, description="What one shipped chip must achieve; needed by min_yield_pct.")
     acceptance: list[AcceptanceLimit] = Field(default_factory=list, description="Limits that decide PASS/FAIL, each at one of the sign-off rates.")
+    field_rate: Rate = Field(
+        0.0,
+        description="Field faults: total stuck-at probability per cell of the faults that appear after programming, "
+                    "split stuck-off : stuck-on with the ratio of the profile's stuck-at entry. Signing off measured "
+                    "chips (verify --fault-maps) adds them on top of each chip's map, drawn per chip from a stream "
+                    "seeded by the map file's SHA-256 and `seed`, on cells the map does not list; programming sees "
+                    "only the map. 0: none.",
+    )  # fmt: skip
 
     @property
     def totals(self) -> list[float]:
@@ -468,7 +482,18 @@ class Profile(_Strict):
                 raise ValueError(f"signoff.rates {', '.join(totals)}: a total stuck-at rate is split with the stuck-off : "
                                  "stuck-on ratio of the stuck-at entry in faults, and faults has none; add one, or give "
                                  "each rate as a measured [stuck_off, stuck_on] pair")  # fmt: skip
+            if self.signoff.field_rate > 0:
+                raise ValueError(f"signoff.field_rate {self.signoff.field_rate:g}: field faults are split with the stuck-off : "
+                                 "stuck-on ratio of the stuck-at entry in faults, and faults has none; add one")  # fmt: skip
         return self
+
+    @property
+    def field_faults(self):
+        """The stuck-at kind of field faults (:attr:`SignOff.field_rate`, split with the stuck-at
+        entry's ratio), or None when the profile states none."""
+        if self.signoff.field_rate <= 0:
+            return None
+        return self.fault_model.stuck.at_total(self.signoff.field_rate)
 
     @property
     def training_faults(self) -> list:

@@ -21,8 +21,16 @@ That is a guarantee per weight, not per chip: the network's accuracy usually fol
 faulty weight can by chance help a weak model, so a chip's measured accuracy can move either way
 by a few images.
 
-What it does not cover yet: faults that appear after programming (field faults: programming
-uses the map as tested), moving rows or outputs to healthier cells (a row permutation), and
+Where the chip family can route a tile's inputs to any of its physical rows (the target's
+``row_permutation``), :func:`choose_row_permutation` also moves each tile's logical rows onto the
+physical rows where the stuck cells cost least: per tile, the assignment of logical to physical
+rows that minimises the summed residual ``|read − code|`` (in codes) after per-weight programming,
+an assignment problem solved exactly (:func:`scipy.optimize.linear_sum_assignment`). The residual
+of a weight depends only on its code and its cells' stuck pattern, so one table per pattern
+(every code, programmed as above) prices every pairing of a logical row with a physical row.
+
+Not covered: faults that appear after programming (programming uses the map as tested; a lot's
+sign-off adds them on top, :class:`ftdeploy.measured.FieldFaults`), moving outputs (columns), and
 cells that are not stuck but off target (programming variation is simulated on top as before).
 """
 
@@ -168,6 +176,145 @@ def _best_levels(mapping: Mapping, healthy: np.ndarray, planned: np.ndarray, stu
     return chosen
 
 
+# --- row permutation ------------------------------------------------------------------------------
+
+#: Residual error of every code under one stuck pattern, per mapping: (mapping key, pattern) -> errors.
+_RESIDUALS: dict[tuple, np.ndarray] = {}
+
+
+def _mapping_key(mapping: Mapping) -> tuple:
+    return (type(mapping).__name__, tuple(mapping.coefficients), int(mapping.offset), mapping.max_level, mapping.max_code)
+
+
+def residual_table(mapping: Mapping, patterns: np.ndarray) -> np.ndarray:
+    """``|read − code|`` of every code ``-Q..Q`` (columns) programmed under each stuck pattern
+    (rows of ``patterns``, shape (n, cells): HEALTHY / STUCK_OFF / STUCK_ON): the error a weight
+    keeps however its healthy cells are set. Cached per mapping and pattern (a lot repeats them)."""
+    key = _mapping_key(mapping)
+    codes = np.arange(-mapping.max_code, mapping.max_code + 1, dtype=np.int64)
+    missing = [tuple(int(v) for v in p) for p in patterns if (key, tuple(int(v) for v in p)) not in _RESIDUALS]
+    missing = list(dict.fromkeys(missing))
+    if missing:
+        states = np.repeat(np.array(missing, np.uint8).T, len(codes), axis=1)  # (cells, patterns × codes)
+        tiled = np.tile(codes, len(missing))
+        planned = np.asarray(mapping.encode(tiled)).astype(np.uint8)
+        read = mapping.decode(read_levels(program_levels(mapping, tiled, planned, states), states, mapping.max_level))
+        errors = np.abs(np.rint(read).astype(np.int64) - tiled).reshape(len(missing), len(codes))
+        for pattern, row in zip(missing, errors):
+            _RESIDUALS[(key, pattern)] = row
+    return np.stack([_RESIDUALS[(key, tuple(int(v) for v in p))] for p in patterns]) if len(patterns) else \
+        np.zeros((0, len(codes)), np.int64)  # fmt: skip
+
+
+def check_row_permutation(export, where) -> None:
+    """A row permutation needs a chip family that routes inputs to any row (``row_permutation``
+    in its target) and whole weights in every tile (a weight's cells in one tile, so rows of
+    different tiles can move apart)."""
+    from .errors import ConfigError
+
+    target, cells = export.target, export.mapping.cells_per_weight
+    if not getattr(target, "row_permutation", False):
+        raise ConfigError(f"--permute-rows: target {target.name!r} does not set row_permutation: true (its chips route each "
+                          "input to one fixed row); program without --permute-rows")  # fmt: skip
+    if target.tile_cols % cells:
+        raise ConfigError(f"{where}: target {target.name!r}: --permute-rows needs tile_cols ({target.tile_cols}) a multiple of "
+                          f"the {cells} cells of a weight")  # fmt: skip
+
+
+def choose_row_permutation(mapping: Mapping, placement, levels: Sequence[np.ndarray], tile, row, col, state) -> tuple[np.ndarray, int, int]:
+    """Per tile the model occupies, the physical row of each logical row that minimises the
+    tile's summed residual error once every weight is programmed around the stuck cells listed
+    (``tile, row, col, state``: physical cells, as a fault map lists them). Returns (permutation
+    of shape (tiles, tile_rows), the summed residual unpermuted, and permuted; in codes). A tile
+    without a stuck cell, and any tile where moving gains nothing, keeps its rows in place: among
+    assignments of least error the one moving fewest rows wins."""
+    placement = placement.unpermuted
+    tr, tc, cells = placement.tile_rows, placement.tile_cols, mapping.cells_per_weight
+    physical = np.zeros((placement.tiles, tr, tc), np.uint8)
+    ours = np.asarray(tile) < placement.tiles
+    physical[np.asarray(tile)[ours], np.asarray(row)[ours], np.asarray(col)[ours]] = np.asarray(state)[ours]
+    perm = np.tile(np.arange(tr, dtype=np.int64), (placement.tiles, 1))
+    before = after = 0
+    for lp, lv in zip(placement.layers, levels):
+        codes = np.rint(mapping.decode(lv)).astype(np.int64).reshape(lp.outputs, lp.rows)
+        for band in range(lp.grid[0]):
+            for block in range(lp.grid[1]):
+                t = lp.first_tile + band * lp.grid[1] + block
+                rows = slice(band * tr, min((band + 1) * tr, lp.rows))
+                outs = slice(block * tc // cells, min((block + 1) * tc // cells, lp.outputs))
+                tile_codes = codes[outs, rows].T  # (logical rows, weights)
+                cost = _tile_cost(mapping, tile_codes, physical[t, :, : tile_codes.shape[1] * cells])
+                if cost is None:
+                    continue
+                perm[t], identity, best = _assign(cost)
+                before, after = before + identity, after + best
+    return perm, before, after
+
+
+def _tile_cost(mapping: Mapping, codes: np.ndarray, states: np.ndarray) -> np.ndarray | None:
+    """cost[i, j]: the summed residual of logical row i's weights (``codes``, (rows, weights))
+    programmed onto physical row j (``states``, (tile rows, weights × cells)); None when the
+    tile has no stuck cell under the model's weights (nothing to gain)."""
+    cells = mapping.cells_per_weight
+    slots = states.reshape(states.shape[0], -1, cells)  # (physical rows, weights, cells)
+    faulty_row, faulty_weight = np.nonzero(slots.any(-1))  # row-major: physical rows ascending
+    if len(faulty_row) == 0:
+        return None
+    # A pattern as one base-3 number (a weight's cells' states as digits): unique over integers
+    # is several times quicker than over rows, and a bit-sliced tile has hundreds of faulty slots.
+    digits = 3 ** np.arange(cells, dtype=np.int64)
+    ids, which = np.unique(slots[faulty_row, faulty_weight].astype(np.int64) @ digits, return_inverse=True)
+    table = residual_table(mapping, (ids[:, None] // digits) % 3)  # (patterns, codes)
+    # contribution[i, f]: logical row i's weight at faulty slot f's column, on slot f's cells
+    contribution = table[which.reshape(-1)[None, :], codes[:, faulty_weight] + mapping.max_code]
+    starts = np.flatnonzero(np.r_[True, faulty_row[1:] != faulty_row[:-1]])
+    cost = np.zeros((codes.shape[0], states.shape[0]), np.int64)
+    cost[:, faulty_row[starts]] = np.add.reduceat(contribution, starts, axis=1)
+    return cost
+
+
+def _assign(cost: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The physical row of every logical row (a full permutation of the tile's rows; logical
+    rows past the layer's take the physical rows left, in order), and the cost unpermuted and
+    chosen. Least cost first, then fewest rows moved: an integer key keeps both exact."""
+    from scipy.optimize import linear_sum_assignment
+
+    logical, physical = cost.shape
+    moved = np.ones(cost.shape, np.int64)
+    moved[np.arange(logical), np.arange(logical)] = 0
+    key = cost * (logical + 1) + moved
+    _, chosen = linear_sum_assignment(key)
+    rest = np.setdiff1d(np.arange(physical), chosen)
+    identity = int(cost[np.arange(logical), np.arange(logical)].sum())
+    return np.concatenate([chosen, rest]), identity, int(cost[np.arange(logical), chosen].sum())
+
+
+def permutation_record(placement) -> dict:
+    """The ``row_permutation`` of a programmed file's ``programmed_for``: per tile whose rows
+    moved, its number (a string, JSON's keys) and the physical row of each logical row."""
+    if placement.row_permutation is None:
+        return {}
+    identity = tuple(range(placement.tile_rows))
+    return {str(t): list(p) for t, p in enumerate(placement.row_permutation) if p != identity}
+
+
+def permutation_from_record(record, placement, where) -> np.ndarray:
+    """The (tiles, tile_rows) permutation a ``row_permutation`` record gives; VerifyError (one
+    line) for a tile past the model's or rows that are not a permutation."""
+    from .errors import VerifyError
+
+    perm = np.tile(np.arange(placement.tile_rows, dtype=np.int64), (placement.tiles, 1))
+    if not isinstance(record, dict):
+        raise VerifyError(f"{where}: programmed_for.row_permutation: expected an object of tile -> rows")
+    for key, rows in record.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < placement.tiles) or not isinstance(rows, list) or \
+                sorted(r if isinstance(r, int) and not isinstance(r, bool) else -1 for r in rows) != list(range(placement.tile_rows)):  # fmt: skip
+            raise VerifyError(f"{where}: programmed_for.row_permutation[{key[:20]!r}]: expected a tile 0..{placement.tiles - 1} "
+                              f"and a permutation of rows 0..{placement.tile_rows - 1}")  # fmt: skip
+        perm[int(key)] = rows
+    return perm
+
+
 # --- one export, programmed for one chip ----------------------------------------------------------
 
 #: Metadata key (``ftdeploy.`` prefixed) of a file programmed for one chip: which chip, which map.
@@ -179,14 +326,19 @@ def programmed_for(export) -> dict | None:
     return export.meta.get(PROGRAMMED_KEY)
 
 
-def program_export(onnx_path, fault_map_path, out, sign_with=None) -> dict:
+def program_export(onnx_path, fault_map_path, out, sign_with=None, permute_rows: bool = False) -> dict:
     """Write ``out``: the export at ``onnx_path`` with its cells programmed around the stuck cells
     of the chip that ``fault_map_path`` describes (:func:`program_chip`). Everything else is the
     export's; the metadata gains ``ftdeploy.programmed_for`` (the chip, its map's SHA-256, what
     changed) and the content hash is recomputed, so the file loads and verifies like any export.
     Returns that record. Refuses a file already programmed for a chip: its levels are no longer
     the planned ones. The export's own signature does not cover the new cells, so it is dropped;
-    ``sign_with`` (a :class:`ftdeploy.signing.SigningKey`) signs the chip's file anew."""
+    ``sign_with`` (a :class:`ftdeploy.signing.SigningKey`) signs the chip's file anew.
+
+    With ``permute_rows`` (a target with ``row_permutation``), each tile's rows are first routed
+    to the physical rows where the stuck cells cost least (:func:`choose_row_permutation`); the
+    file's weights stay in logical order, its cells hold what each physical row is programmed
+    with, and the record's ``row_permutation`` tells the programmer where each row goes."""
     import onnx
 
     from .errors import ExportError, VerifyError
@@ -198,15 +350,24 @@ def program_export(onnx_path, fault_map_path, out, sign_with=None) -> dict:
     done = programmed_for(export)
     if done is not None:
         raise VerifyError(f"{onnx_path}: already programmed for chip {done['chip']!r}; program the export itself for each chip")
+    if permute_rows:  # before the map is read: a target that cannot route rows is refused as such
+        check_row_permutation(export, onnx_path)
     fmap = read_fault_map(fault_map_path)
     placement = placement_of(export)
     check_fits(fmap, placement)
-    states = placement.layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
     try:
+        if permute_rows:
+            perm, before, after = choose_row_permutation(export.mapping, placement, export.levels, fmap.tile, fmap.row, fmap.col, fmap.state)
+            placement = placement.with_row_permutation(perm)
+        states = placement.layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
         programmed = program_chip(export.mapping, export.levels, states)
     except ValueError as exc:
         raise ExportError(f"{onnx_path}: {exc}") from None
     record = _record(export, fmap, states, programmed)
+    if permute_rows:
+        moved = permutation_record(placement)
+        record.update(row_permutation=moved, rows_moved=sum(sum(p != r for r, p in enumerate(rows)) for rows in moved.values()),
+                      residual_unpermuted=before, residual_permuted=after)  # fmt: skip
     proto = onnx.ModelProto()
     proto.CopyFrom(export.proto)
     _replace_cells(proto, export.layers, programmed)
@@ -276,28 +437,37 @@ class ProgrammedChip:
     cells: it reads back the levels :func:`program_chip` chooses for it instead of the planned
     ones, with its faults (and any kinds simulated on top) applied as before."""
 
-    def __init__(self, chip, mapping: Mapping):
+    def __init__(self, chip, mapping: Mapping, permute_rows: bool = False):
         self.chip = chip
         self.mapping = mapping
+        self.permute_rows = permute_rows
 
     @property
     def id(self):
         return self.chip.id
 
     def reading(self, programmed: Sequence[np.ndarray], cells):
-        return self.chip.reading(program_chip(self.mapping, programmed, self.chip.states()), cells)
+        chip = self.chip
+        if self.permute_rows:  # routed as `ftdeploy program --permute-rows` routes it: from the map alone
+            from dataclasses import replace
+
+            fmap = chip.fmap
+            perm, _, _ = choose_row_permutation(self.mapping, chip.placement, programmed, fmap.tile, fmap.row, fmap.col, fmap.state)
+            chip = replace(chip, placement=chip.placement.with_row_permutation(perm))
+        return chip.reading(program_chip(self.mapping, programmed, chip.states()), cells)
 
 
 class ProgrammedChips:
     """Every chip of a :class:`ftdeploy.measured.MeasuredChips`, each programmed around its own
     map: a chip source for :func:`ftdeploy.population.chip_accuracies`."""
 
-    def __init__(self, chips, mapping: Mapping):
+    def __init__(self, chips, mapping: Mapping, permute_rows: bool = False):
         self.chips = chips
         self.mapping = mapping
+        self.permute_rows = permute_rows
 
     def __iter__(self):
-        return (ProgrammedChip(chip, self.mapping) for chip in self.chips)
+        return (ProgrammedChip(chip, self.mapping, self.permute_rows) for chip in self.chips)
 
     def __len__(self) -> int:
         return len(self.chips)

@@ -70,4 +70,6 @@ def test_programming_bench_times_one_chip_against_reading_the_export(tmp_path, c
     assert all(len(values) == 2 for values in result["wall_s"].values())
     assert result["ratio_program_to_read"] > 0 and isinstance(result["meets_goal"], bool)
     assert result["weights_with_stuck_cells_median"] > 0
-    assert "RATIO ftdeploy program / read export" in capsys.readouterr().out
+    assert isinstance(result["meets_goal_permuted"], bool)
+    assert all(p <= u for p, u in zip(result["residual_codes"]["permuted"], result["residual_codes"]["unpermuted"]))
+    assert "ftdeploy program --permute-rows" in capsys.readouterr().out
