@@ -553,6 +553,7 @@ def verify_cmd(
     fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
     program: Annotated[bool, typer.Option("--program", help="With --fault-maps: program each chip around its own map (as `ftdeploy program` does) and measure it again; the report shows each chip's accuracy and the lot's yield unprogrammed and programmed, and judges the programmed chips.")] = False,
     permute_rows: Annotated[bool, typer.Option("--permute-rows", help="With --program, on a target with row_permutation: also permute each tile's rows as `ftdeploy program --permute-rows` does.")] = False,
+    field_rate: Annotated[Optional[float], typer.Option("--field-rate", min=0.0, max=1.0, help="With --fault-maps: field faults (cells failing after programming), total stuck-at probability per cell added on top of each chip's map. Default: the profile's signoff.field_rate.")] = None,
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
@@ -566,7 +567,9 @@ def verify_cmd(
     from .report import verdict_lines
     from .verify import verify_chip, verify_onnx
 
-    resolved = load_profile(profile)
+    from .resolve import with_field_rate
+
+    resolved = with_field_rate(load_profile(profile), field_rate)
     _refuse_a_checkpoint(onnx_file, profile)
     if reference is not None:
         _refuse_a_checkpoint(reference, profile)
@@ -582,6 +585,9 @@ def verify_cmd(
                            simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
                                            "--fixed-chips": fixed_chips or None})  # fmt: skip
         return
+    if field_rate is not None:
+        raise ConfigError("--field-rate: adds field faults to measured chips; give --fault-maps DIR (simulated sign-off "
+                          "draws every fault at its rates)")  # fmt: skip
     if program or permute_rows:
         flag = "--program" if program else "--permute-rows"
         raise ConfigError(f"{flag}: programs each chip around its fault map; give --fault-maps DIR")

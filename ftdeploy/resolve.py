@@ -146,3 +146,16 @@ def signoff_settings(signoff: SignOff, typed: Mapping[str, Any]) -> SignOffSetti
     fields = layered(dict(chips=signoff.chips, seed=signoff.seed, max_images=signoff.max_images, sequential=signoff.sequential,
                           batch_chips=signoff.batch_chips), typed)  # fmt: skip
     return SignOffSettings(fields["chips"], fields["seed"], fields.get("max_images"), fields["sequential"], fields["batch_chips"])
+
+
+def with_field_rate(resolved, field_rate: float | None):
+    """``resolved`` (a ResolvedProfile) with ``signoff.field_rate`` as typed (``--field-rate``)
+    over the profile's; validated as the profile's own field is (a rate above 0 needs a stuck-at
+    entry to take its stuck-off : stuck-on ratio from)."""
+    if field_rate is None:
+        return resolved
+    if field_rate > 0 and resolved.profile.fault_model.stuck is None:
+        raise ConfigError(f"--field-rate {field_rate:g}: field faults are split with the stuck-off : stuck-on ratio of the "
+                          f"profile's stuck-at entry, and {resolved.profile_path} has none")  # fmt: skip
+    signoff = resolved.profile.signoff.model_copy(update={"field_rate": field_rate})
+    return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"signoff": signoff})})

@@ -187,3 +187,22 @@ def test_a_bad_field_rate_is_refused(change, expected, tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match=expected):
         load_profile(path)
+
+
+def test_field_rate_typed_on_the_command_line_is_the_profiles_field_rate(line, monkeypatch, capsys, tmp_path):
+    """--field-rate over a profile without field faults signs a lot off exactly as the profile
+    stating that rate does; without --fault-maps it is refused in one line."""
+    without, with_field = _profile(tmp_path, 0.0, "without"), _profile(tmp_path, FIELD, "with")
+    code, _, err = run_main(monkeypatch, capsys, "faultmap", "simulate", line["onnx"], "--profile", without,
+                            "--rate", RATE, "--chips", 2, "--out", tmp_path / "maps")  # fmt: skip
+    assert code == 0, err
+    reports = {}
+    for name, profile, typed in (("typed", without, ["--field-rate", FIELD]), ("profile", with_field, [])):
+        code, _, err = run_main(monkeypatch, capsys, "verify", line["onnx"], "--profile", profile, "--fault-maps", tmp_path / "maps",
+                                "--program", *typed, "--out", tmp_path / name)  # fmt: skip
+        assert code in (0, 1), err
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert [c["accuracy"] for c in reports["typed"]["lot"]["chips"]] == [c["accuracy"] for c in reports["profile"]["lot"]["chips"]]
+    assert reports["typed"]["lot"]["field_rate"] == FIELD
+    code, _, err = run_main(monkeypatch, capsys, "verify", line["onnx"], "--profile", without, "--field-rate", FIELD)
+    assert code == 2 and err.startswith("error: --field-rate: adds field faults to measured chips") and len(err.splitlines()) == 1
