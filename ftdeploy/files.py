@@ -164,13 +164,8 @@ def writable_folder_problem(folder: str | Path) -> str | None:
 
 # --- run folders: one writer at a time, and what a killed writer left -------------------------
 
-#: The lock file inside a run folder. It stays there (an unlinked lock file would let two
-#: processes lock two different files of one name); it holds the pid of the process writing the
-#: folder, for the message that refuses a second one.
-LOCK_NAME = ".ftdeploy.lock"
-
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
-_held: dict[str, list] = {}  # resolved folder -> [open lock file, depth]: this process's locks
+_held: dict[str, list] = {}  # resolved folder -> [its locked descriptor, depth]: this process's locks
 
 
 def pid_alive(pid: int) -> bool:
@@ -213,34 +208,50 @@ def remove_stale_temps(folder: str | Path, depth: int = 2) -> list[Path]:
     return removed
 
 
-def lock_holder(folder: str | Path) -> int | None:
-    """The pid of the live process holding ``folder``'s lock, None where none holds it (this
-    process's own lock counts as none). Takes no lock."""
-    path = Path(folder) / LOCK_NAME
-    if str(Path(folder).resolve()) in _held:
-        return None
+def _open_folder(folder: Path) -> int:
+    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding an flock on the file open as ``fd``, from the kernel's list of locks
+    (/proc/locks on Linux); None where it cannot be told."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found = None
     try:
-        handle = open(path, "r+")
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{st.st_ino}") and fields[4].isdigit():
+                    if fields[5] == device:
+                        return int(fields[4])
+                    found = found or int(fields[4])  # the device numbered otherwise (an overlay file system)
     except OSError:
         return None
-    with handle:
+    return found
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of the process holding ``folder``'s lock (-1 where it cannot be told which), None
+    where none holds it (this process's own lock counts as none). Takes no lock."""
+    folder = Path(folder)
+    if not folder.is_dir() or str(folder.resolve()) in _held:
+        return None
+    try:
+        fd = _open_folder(folder)
+    except OSError:
+        return None
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _pid_in(handle) or -1
+            return _flock_holder(fd) or -1
         except OSError:
             return None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
-
-
-def _pid_in(handle) -> int | None:
-    try:
-        handle.seek(0)
-        text = handle.read().strip()
-        return int(text) if text.isdigit() else None
-    except (OSError, ValueError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return None
+    finally:
+        os.close(fd)
 
 
 def _holder_words(pid: int | None) -> str:
@@ -252,9 +263,9 @@ def run_folder_lock(folder: str | Path, error: type[FtdeployError] = FtdeployErr
     """Hold ``folder``'s lock (the folder made if missing) for the block: one process writes a
     run folder at a time. Another process holding it is refused at once, in one line naming the
     folder and its pid (``error``). Re-entrant within a process (a training inside a command
-    that already holds its folder). The lock is an ``flock``: it dies with its process, so a
-    killed run never leaves a stale lock. Acquiring it removes the temporary files killed
-    writers left (:func:`remove_stale_temps`)."""
+    that already holds its folder). The lock is an ``flock`` on the folder itself: no lock file
+    is written, and it dies with its process, so a killed run never leaves a stale lock.
+    Acquiring it removes the temporary files killed writers left (:func:`remove_stale_temps`)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -269,30 +280,25 @@ def run_folder_lock(folder: str | Path, error: type[FtdeployError] = FtdeployErr
             _held[key][1] -= 1
         return
     try:
-        handle = open(folder / LOCK_NAME, "a+")
+        fd = _open_folder(folder)
     except OSError as exc:
-        raise error(f"{folder}: cannot write: {exc.strerror}") from None
+        raise error(f"{folder}: cannot open folder: {exc.strerror}") from None
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise error(f"{folder}: {what} in use by {_holder_words(_pid_in(handle))}; wait for it to end, or stop it "
+            raise error(f"{folder}: {what} in use by {_holder_words(_flock_holder(fd))}; wait for it to end, or stop it "
                         f"(a second run there would interleave their files)") from None  # fmt: skip
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
         except OSError:
-            pass  # the pid is for messages only; the flock is the lock
+            pass  # a file system without flock (some network mounts): the run goes unlocked
         remove_stale_temps(folder)
-        _held[key] = [handle, 1]
+        _held[key] = [fd, 1]
         try:
             yield folder
         finally:
             del _held[key]
     finally:
-        handle.close()  # releases the flock
+        os.close(fd)  # releases the flock
 
 
 def sha256_file(path: str | Path) -> str:

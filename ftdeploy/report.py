@@ -7,7 +7,6 @@ rendered from that dict by pure functions, so they can never disagree with it.
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
