@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional, get_args
 
@@ -183,7 +183,46 @@ def _out_folder(path: Path | None) -> Path | None:
         raise ConfigError(f"--out: {path} is a file; expected a folder (new or existing)")
     if blocking is not None:
         raise ConfigError(f"--out: {blocking} is a file; expected a folder there to make {path} in")
+    _refuse_unwritable(path)
     return path
+
+
+def _refuse_unwritable(folder: Path) -> None:
+    """Refuse, before any work, an --out whose folder cannot be written (read-only permissions or
+    file system): the run would otherwise fail at its first write, after the work."""
+    from .files import writable_folder_problem
+
+    problem = writable_folder_problem(folder)
+    if problem:
+        raise ConfigError(f"--out: {problem}")
+
+
+def _writes_folders() -> bool:
+    """Whether this process writes its run folder: all but the non-zero ranks of a torchrun."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _hold(stack, folder: Path | None, *, create: bool) -> None:
+    """Hold ``folder``'s lock (:func:`ftdeploy.files.run_folder_lock`) until ``stack`` closes:
+    a second process writing it is refused in one line. ``create``: make the folder where it is
+    missing; without it a missing folder is left alone (taken later, once the inputs are checked:
+    a run refused for its inputs leaves nothing behind)."""
+    from .files import run_folder_lock
+
+    if folder is None or not _writes_folders() or (not create and not folder.is_dir()):
+        return
+    if not folder.exists():  # made here: a command that fails before writing in it leaves no empty folder
+
+        def remove_if_empty(exc_type, exc, tb) -> bool:
+            if exc_type is not None:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass  # not empty (or not ours to remove): left as it is
+            return False
+
+        stack.push(remove_if_empty)
+    stack.enter_context(run_folder_lock(folder, ConfigError))
 
 
 def _out_file(path: Path) -> Path:
@@ -194,6 +233,7 @@ def _out_file(path: Path) -> Path:
     blocking = _blocking_ancestor(path.parent)
     if blocking is not None:
         raise ConfigError(f"--out: {blocking} is a file; expected a folder to write {path.name} into")
+    _refuse_unwritable(path.parent)
     return path
 
 
@@ -334,37 +374,48 @@ def train_cmd(
     from .training.config import read_config_file
     from .training.loop import train
 
-    resolved = load_profile(profile)
-    file = read_config_file(config) if config else NO_FILE
-    init = load_checkpoint(from_ckpt) if from_ckpt else None
-    # A factory typed as --model is the user's own choice; one only the --from checkpoint names is not.
-    allow_import = trust_model_code or model is not None
-    if init is not None:
-        check_model_code_allowed(init["model"], str(from_ckpt), allow_import)
-    typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
-                 epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
-                 scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
-                 rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
-    # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
-    # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
-    cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
-    pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
-    if init is None:  # the model is built from its name: one a profile or --config file names runs no code unasked
-        check_model_code_allowed(cfg.model, _model_named_by(resolved, file), allow_import)
-    run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
-    _refuse_training_over_a_run(run_dirs, resume, force)
-    bundle = load_data(data, val_split)
-    _echo(f"data: {bundle.description}")
-    if force:
-        _discard_runs(run_dirs)
-    with _progress_bar() as progress:
-        if pre_cfg is not None:
-            init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
-                         progress=progress, resume=resume)  # fmt: skip
-            allow_import = True  # the pretraining just run built this model from the user's own settings
-        ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
-                     resume=resume, allow_model_import=allow_import)  # fmt: skip
-    _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+    with ExitStack() as held:
+        # An existing folder is held at once: a second run there is refused before any work. A new
+        # one is made and held by the training itself (training.loop.train), once the model is built:
+        # a run refused for its inputs leaves nothing behind.
+        _hold(held, out, create=False)
+        resolved = load_profile(profile)
+        file = read_config_file(config) if config else NO_FILE
+        init = load_checkpoint(from_ckpt) if from_ckpt else None
+        # A factory typed as --model is the user's own choice; one only the --from checkpoint names is not.
+        allow_import = trust_model_code or model is not None
+        if init is not None:
+            check_model_code_allowed(init["model"], str(from_ckpt), allow_import)
+        typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
+                     epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
+                     scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
+                     rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
+        # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
+        # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
+        cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
+        pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
+        if init is None:  # the model is built from its name: one a profile or --config file names runs no code unasked
+            check_model_code_allowed(cfg.model, _model_named_by(resolved, file), allow_import)
+        run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
+        _refuse_training_over_a_run(run_dirs, resume, force)
+        bundle = load_data(data, val_split)
+        if init is not None and init.get("num_classes") not in (None, bundle.num_classes):
+            from .errors import DataError
+
+            raise DataError(f"--data: the --from checkpoint has {init['num_classes']} classes, "
+                            f"{data or 'embedded'} has {bundle.num_classes}")  # fmt: skip
+        _echo(f"data: {bundle.description}")
+        if force:
+            _discard_runs(run_dirs)
+        with _progress_bar() as progress:
+            if pre_cfg is not None:
+                init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
+                             progress=progress, resume=resume)  # fmt: skip
+                allow_import = True  # the pretraining just run built this model from the user's own settings
+                _hold(held, out, create=True)  # made by the pretraining: held from here to the end
+            ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
+                         resume=resume, allow_model_import=allow_import)  # fmt: skip
+        _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
 
 
 def _model_named_by(resolved, file) -> str:
@@ -567,42 +618,44 @@ def verify_cmd(
     from .report import verdict_lines
     from .verify import verify_chip, verify_onnx
 
-    from .resolve import with_field_rate
+    with ExitStack() as held:
+        _hold(held, out, create=False)  # an existing report folder at once: a second verify is refused before any work
+        from .resolve import with_field_rate
 
-    resolved = with_field_rate(load_profile(profile), field_rate)
-    _refuse_a_checkpoint(onnx_file, profile)
-    if reference is not None:
-        _refuse_a_checkpoint(reference, profile)
-    if sign is not None and out is None:
-        raise ConfigError("--sign: signs the report folder; give --out DIR too")
-    report_key = _signing_key(sign)
-    # Before any chip runs: a file that no trusted key signed is refused, not measured.
-    signature = _checked_signatures(onnx_file, reference, trust)
-    if fault_maps is not None:
-        _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
-                           val_split=val_split, max_images=max_images,
-                           all_images=all_images, reference=reference, program=program, permute_rows=permute_rows,
-                           simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
-                                           "--fixed-chips": fixed_chips or None})  # fmt: skip
-        return
-    if field_rate is not None:
-        raise ConfigError("--field-rate: adds field faults to measured chips; give --fault-maps DIR (simulated sign-off "
-                          "draws every fault at its rates)")  # fmt: skip
-    if program or permute_rows:
-        flag = "--program" if program else "--permute-rows"
-        raise ConfigError(f"{flag}: programs each chip around its fault map; give --fault-maps DIR")
-    if chip is not None:
-        one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
-                          max_images=max_images, all_images=all_images)  # fmt: skip
-        _echo(one["line"])
-        return
-    with _progress_bar() as progress:
-        log = progress.console.print if progress else _err
-        report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
-                             max_images=max_images, all_images=all_images, progress=progress, log=log,
-                             sequential=False if fixed_chips else None)  # fmt: skip
-    _record_signature(report, signature)
-    _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
+        resolved = with_field_rate(load_profile(profile), field_rate)
+        _refuse_a_checkpoint(onnx_file, profile)
+        if reference is not None:
+            _refuse_a_checkpoint(reference, profile)
+        if sign is not None and out is None:
+            raise ConfigError("--sign: signs the report folder; give --out DIR too")
+        report_key = _signing_key(sign)
+        # Before any chip runs: a file that no trusted key signed is refused, not measured.
+        signature = _checked_signatures(onnx_file, reference, trust)
+        if fault_maps is not None:
+            _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
+                               val_split=val_split, max_images=max_images,
+                               all_images=all_images, reference=reference, program=program, permute_rows=permute_rows,
+                               simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
+                                               "--fixed-chips": fixed_chips or None})  # fmt: skip
+            return
+        if field_rate is not None:
+            raise ConfigError("--field-rate: adds field faults to measured chips; give --fault-maps DIR (simulated sign-off "
+                              "draws every fault at its rates)")  # fmt: skip
+        if program or permute_rows:
+            flag = "--program" if program else "--permute-rows"
+            raise ConfigError(f"{flag}: programs each chip around its fault map; give --fault-maps DIR")
+        if chip is not None:
+            one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
+                              max_images=max_images, all_images=all_images)  # fmt: skip
+            _echo(one["line"])
+            return
+        with _progress_bar() as progress:
+            log = progress.console.print if progress else _err
+            report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
+                                 max_images=max_images, all_images=all_images, progress=progress, log=log,
+                                 sequential=False if fixed_chips else None)  # fmt: skip
+        _record_signature(report, signature)
+        _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
 
 
 def _finish_verify(report: dict, lines: list[str], out: Path | None, report_key, failed: str) -> None:
@@ -614,7 +667,9 @@ def _finish_verify(report: dict, lines: list[str], out: Path | None, report_key,
     for line in lines:
         _echo(line)
     if out is not None:
-        _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
+        with ExitStack() as held:
+            _hold(held, out, create=True)  # held already where it existed before the verify began
+            _echo(f"wrote {', '.join(map(str, write_report(report, out, sign=report_key)))}")
     else:
         *names, last = report_files(report)
         _echo(f"no report written (give --out DIR for {', '.join(names)} and {last})")
@@ -759,8 +814,10 @@ def faultmap_simulate_cmd(
                           f"stuck-at entry in the profile's faults, and {resolved.profile.name} has none; add one")  # fmt: skip
     settings = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
     placement = placement_of(load_for_profile(onnx_file, resolved))
-    written = simulate_fault_maps(placement, resolved.profile.signoff_faults(rate), rate, settings.seed, settings.chips, out,
-                                  form, tiles)  # fmt: skip
+    with ExitStack() as held:
+        _hold(held, out, create=True)
+        written = simulate_fault_maps(placement, resolved.profile.signoff_faults(rate), rate, settings.seed, settings.chips,
+                                      out, form, tiles)  # fmt: skip
     _echo(f"wrote {len(written)} fault maps to {out} ({written[0].name} ... {written[-1].name}): chips 0-{len(written) - 1} "
           f"at stuck-at rate {rate:g}, seed {settings.seed}, on {tiles or placement.tiles} tiles of "
           f"{placement.tile_rows} x {placement.tile_cols} cells")  # fmt: skip
@@ -852,7 +909,8 @@ def prune_cmd(
     check_model_code_allowed(parent["model"], str(ckpt), trust_model_code)
     bundle = checkpoint_data(parent.get("data"), data, val_split)
     _echo(f"data: {bundle.description}")
-    with _progress_bar() as progress:
+    with ExitStack() as held, _progress_bar() as progress:
+        _hold(held, out, create=False)  # a new folder: made and held by prune itself, its inputs checked
         log = progress.console.print if progress else _echo
         result = prune(ckpt, config, bundle, resolved.target, out, profile_name=resolved.profile.name, progress=progress,
                        log=log, resume=resume, allow_model_import=trust_model_code)  # fmt: skip
@@ -964,7 +1022,9 @@ def demo_cmd(
     resolved = load_profile(profile)
     check_model_code_allowed(resolved.profile.training.model, f"{resolved.profile_path}: training.model", trust_model_code)
     t0 = time.perf_counter()
-    reports = run_demo(resolved, out, device, log=_echo)
+    with ExitStack() as held:
+        _hold(held, out, create=True)
+        reports = run_demo(resolved, out, device, log=_echo)
     header, rows = comparison_rows(reports)
     signoff = resolved.profile.signoff
     title = (f"{resolved.profile.name} on {resolved.target.name}: accuracy on {reports['baseline']['data']['images']} "
@@ -1022,6 +1082,9 @@ def main() -> None:
     SIGTERM (a job scheduler, a deadline, ``kill``) stops a run the way Ctrl-C does: completed
     epochs stay saved and the exit status is 130. A process started in the background by a
     non-interactive shell ignores SIGINT, so for such runs SIGTERM is the way to stop them."""
+    from .files import die_with_parent
+
+    die_with_parent()  # a training a sweep started ends with the sweep
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _run_app()

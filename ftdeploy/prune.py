@@ -52,6 +52,7 @@ from .choices import PruneMethod
 from .data import DataBundle, augment, batches, normalize
 from .devices import pick_device
 from .errors import ConfigError, DataError, ModelError
+from .files import run_folder_lock
 from .models import deployed_layers
 from .profiles import Target
 from .training.checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint, save_atomic
@@ -237,14 +238,15 @@ def prune(parent_path: Path, config: PruneConfig, data: DataBundle, target: Targ
     finetune = TrainConfig(method="pretrain", model=parent["model"], epochs=config.epochs, lr=config.lr,
                            batch_size=config.batch_size, weight_decay=config.weight_decay, seed=config.seed,
                            eval_chips=0, device=config.device)  # fmt: skip
-    ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress, resume=resume,
-                 allow_model_import=allow_model_import)  # fmt: skip
-    names = [name for name, _ in layers]
-    _check_masks_held(ckpt["state_dict"], names, masks)
-    ckpt["sparsity"] = zero_fraction([ckpt["state_dict"][f"{n}.weight"] for n in names])
-    ckpt["method"] = f"prune-{config.method}"  # the fine-tuning ran as "pretrain": no faults
-    ckpt["pruning"] = pruning_record(config, ckpt["state_dict"], model, names, acc_pruned)
-    save_atomic(ckpt, out_dir / "model.pt")
+    with run_folder_lock(out_dir, ModelError):  # the fine-tuning's folder and the pruned model.pt written after it
+        ckpt = train(finetune, data, target, out_dir, init=pruned, profile_name=profile_name, progress=progress, resume=resume,
+                     allow_model_import=allow_model_import)  # fmt: skip
+        names = [name for name, _ in layers]
+        _check_masks_held(ckpt["state_dict"], names, masks)
+        ckpt["sparsity"] = zero_fraction([ckpt["state_dict"][f"{n}.weight"] for n in names])
+        ckpt["method"] = f"prune-{config.method}"  # the fine-tuning ran as "pretrain": no faults
+        ckpt["pruning"] = pruning_record(config, ckpt["state_dict"], model, names, acc_pruned)
+        save_atomic(ckpt, out_dir / "model.pt")
     return ckpt
 
 

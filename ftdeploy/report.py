@@ -7,11 +7,11 @@ rendered from that dict by pure functions, so they can never disagree with it.
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .errors import VerifyError
+from .files import replace_together
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -285,9 +285,10 @@ def render_junit(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: str | Path, sign=None) -> tuple[Path, ...]:
-    """Write out_dir/report.json, report.md, report.xml and (a sign-off's) report.html, each via
-    a temporary file and a rename, so a reader never sees a torn file; all are rendered before
-    any is written. ``sign``: a :class:`ftdeploy.signing.SigningKey`; report.sig, its signature
+    """Write out_dir/report.json, report.md, report.xml and (a sign-off's) report.html together
+    (:func:`ftdeploy.files.replace_together`): all are rendered and written to temporary files
+    before any is renamed into place, and a failure (a full disk, a read-only folder) leaves the
+    previous report as it was and no temporary file. ``sign``: a :class:`ftdeploy.signing.SigningKey`; report.sig, its signature
     over all of them, is then written with them (an unsigned report removes a stale one).
     Returns their paths, in that order."""
     out_dir = Path(out_dir)
@@ -300,20 +301,11 @@ def write_report(report: dict, out_dir: str | Path, sign=None) -> tuple[Path, ..
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VerifyError(f"{out_dir}: cannot create report folder: {exc.strerror}") from None
-    tmps = {}
+    stale_sig = [] if sign is not None else [out_dir / "report.sig"]  # a previous signed report's: it would not match
     try:
-        for path, text in texts.items():  # render and write all before renaming any
-            tmps[path] = tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
+        replace_together({path: text.encode("utf-8") for path, text in texts.items()}, remove=stale_sig)
     except OSError as exc:
         raise VerifyError(f"{out_dir}: cannot write report: {exc.strerror}") from None
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-    if sign is None:
-        (out_dir / "report.sig").unlink(missing_ok=True)  # a previous signed report's: it no longer matches
     return tuple(texts)
 
 

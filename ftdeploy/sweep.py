@@ -8,6 +8,11 @@ so an interrupted sweep picks up where it stopped (a cell interrupted mid-traini
 the torch fast path (:class:`chip.DeployedNetwork`) with the verifier's chip streams, so its
 chips are the chips ``ftdeploy verify`` simulates for the same seed.
 
+Each training holds its run folder (:func:`files.run_folder_lock`); the training processes of
+``--jobs`` end with the sweep, even one killed outright (:func:`files.die_with_parent`), and a
+rerun refuses a cell another process still trains (:func:`refuse_runs_in_use`; see
+docs/run-folders.md).
+
 The table describes the folder, not one invocation: sweeps sharing a folder (one training rate
 per machine, say) each add the rows the others measured alike (:func:`rows_from_other_sweeps`).
 Each row also says whether the profile's sign-off limits hold on the sweep's chips
@@ -23,6 +28,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import queue
 import subprocess
 import sys
@@ -40,7 +46,7 @@ from .choices import RetrainMethod
 from .data import DataBundle
 from .errors import ConfigError, ModelError
 from .figures import judge, rate_figures, stability_score, summarize_chips
-from .files import exclusive_lock, sha256_file, write_atomic
+from .files import PARENT_PID_ENV, exclusive_lock, lock_holder, remove_stale_temps, sha256_file, write_atomic
 from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile, rate_label
 from .devices import pick_device
@@ -190,6 +196,7 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         if c.method != "baseline" and c not in todo:
             log(f"[sweep] {c.label}: finished checkpoint found, not retrained")
             on_done(c)
+    refuse_runs_in_use([out / "runs" / c.key for c in todo])
     if jobs <= 1:
         for c in todo:
             log(f"[sweep] training {c.label}")
@@ -211,6 +218,25 @@ def train_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBundle
         raise
 
 
+#: How long a sweep waits for a run folder that another process holds before refusing it: the
+#: trainings of a sweep just killed take a few seconds to save and stop.
+IN_USE_WAIT_S = 30.0
+
+
+def refuse_runs_in_use(run_dirs: list[Path], wait_s: float | None = None) -> None:
+    """Refuse (one line naming the folder and the pid) a run folder that a live process still
+    trains: a training left from an interrupted sweep, or another sweep training the same cell.
+    Waits up to ``wait_s`` (:data:`IN_USE_WAIT_S`) first, for trainings that are stopping."""
+    deadline = time.monotonic() + (IN_USE_WAIT_S if wait_s is None else wait_s)
+    for run_dir in run_dirs:
+        while (pid := lock_holder(run_dir)) is not None:
+            if time.monotonic() >= deadline:
+                who = f"process {pid}" if pid > 0 else "another process"
+                raise ConfigError(f"{run_dir}: still being trained by {who} (a training of an earlier sweep, or "
+                                  "another sweep's); wait for it to end, or stop it, and run the sweep again")  # fmt: skip
+            time.sleep(0.2)
+
+
 def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs: int, log, on_done) -> None:
     """Keep ``jobs`` training processes busy until ``todo`` is empty and all have finished."""
     failed = []
@@ -221,7 +247,10 @@ def _schedule(s: SweepSettings, todo: list[Cell], running: list, out: Path, jobs
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "train.log", "a")  # a resumed run adds to its log
             log(f"[sweep] training {c.label} (log: {run_dir / 'train.log'})")
-            running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT), logf))
+            # The child ends with this process, even one killed outright (files.die_with_parent).
+            env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+            running.append((c, subprocess.Popen(_train_command(s, c, run_dir), stdout=logf, stderr=subprocess.STDOUT, env=env),
+                            logf))  # fmt: skip
         time.sleep(1.0)
         for item in list(running):
             c, proc, logf = item
@@ -496,7 +525,10 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     cells = plan(methods, train_rates)
     s.pretrained_checkpoint  # a file that is no checkpoint is refused before OUT is made
     check_runs_are_this_grids(s, cells, out)
+    if s.train:  # before any work: a cell another process still trains is refused, not trained twice
+        refuse_runs_in_use([out / "runs" / c.key for c in cells[1:]])
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what writers killed mid-write left (their pids dead; a live one's are kept)
     results: dict[str, dict] = {}
 
     def evaluate(cell: Cell, on_chip: Callable[[], None]) -> None:

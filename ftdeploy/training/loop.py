@@ -3,6 +3,7 @@ by epoch, writing its checkpoint after every one (see the package docstring for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,7 +19,8 @@ import torch.nn.utils.parametrize as parametrize
 from ..chip import deployed_accuracy
 from ..data import DataBundle, augment, batches, normalize
 from ..devices import pick_device
-from ..errors import ModelError
+from ..errors import DataError, ModelError
+from ..files import append_line, run_folder_lock, write_atomic
 from ..models import create_model, deployed_layers
 from ..profiles import Target
 from .checkpoint import (ResumePoint, check_model_fits, checkpoint_record, clean_state_dict, load_checkpoint,
@@ -85,6 +87,16 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     torch.manual_seed(config.seed)
     model, data = _starting_model(config, data, init, allow_model_import)
+    # Only rank 0 writes the folder, so only rank 0 holds it: a second writer is refused here,
+    # before the folder is read or written.
+    with run_folder_lock(out_dir, ModelError) if dist.is_main else contextlib.nullcontext():
+        return _train_locked(config, data, target, out_dir, model, dist, init=init, profile_name=profile_name,
+                             progress=progress, resume=resume)  # fmt: skip
+
+
+def _train_locked(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, model: nn.Module,
+                  dist: "_Distributed", *, init, profile_name, progress, resume) -> dict:  # fmt: skip
+    """:func:`train` once its folder is held: every check before the folder's first file."""
     # Which weights pruning zeroed: read before a resumed run's weights replace the starting ones.
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     point = ResumePoint.find(out_dir, config, target) if resume else None
@@ -93,15 +105,14 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     if point:
         model.load_state_dict(point.state_dict)
     model.to(dist.device)
-    if dist.is_main and not point:  # a resumed run keeps the config it was started with
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_yaml(config))
     run = _Run(config, data, target, model, init, dist, prune_masks)
-    start_epoch = run.restore(point) if point else 0
-    logger = _RunLog(out_dir, config, progress, run.total_steps, point.log_rows if point else [], run.step,
-                     point.how if point else "fresh") if dist.is_main else None  # fmt: skip
-    ckpt: dict = {}
     try:
+        start_epoch = run.restore(point) if point else 0
+        if dist.is_main and not point:  # a resumed run keeps the config it was started with
+            write_atomic(out_dir / "config.yaml", config_yaml(config), ModelError)
+        logger = _RunLog(out_dir, config, progress, run.total_steps, point.log_rows if point else [], run.step,
+                         point.how if point else "fresh") if dist.is_main else None  # fmt: skip
+        ckpt: dict = {}
         for epoch in range(start_epoch, config.run_epochs):
             t0 = time.perf_counter()
             train_loss, train_acc = run.train_epoch(epoch, logger)
@@ -126,6 +137,8 @@ def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None, al
         if config.method != "pretrain":
             raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
         return create_model(config.model, num_classes=data.num_classes), data
+    if init.get("num_classes") not in (None, data.num_classes):
+        raise DataError(f"--data: the checkpoint has {init['num_classes']} classes, the data {data.num_classes}")
     # Keep the parent's input normalisation: the weights were trained for it.
     norm = init.get("normalization") or {}
     if norm:
@@ -291,7 +304,7 @@ class _RunLog:
         self.started: str | None = started  # recorded on this process's first row
         self.task = progress.add_task(config.method, total=total_steps, completed=steps_done) if progress else None
         self.rows: list[dict] = [dict(r) for r in rows]
-        (out_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        write_atomic(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows), ModelError)
 
     def step(self) -> None:
         if self.progress:
@@ -302,11 +315,10 @@ class _RunLog:
         if self.started:
             row["started"], self.started = self.started, None
         self.rows.append(row)
-        with (self.out_dir / "log.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_line(self.out_dir / "log.jsonl", json.dumps(row), ModelError)
         lines = [",".join(self.COLUMNS)]
         lines += [",".join("" if r[k] is None else f"{r[k]:.6g}" for k in self.COLUMNS) for r in self.rows]
-        (self.out_dir / "summary.csv").write_text("\n".join(lines) + "\n")
+        write_atomic(self.out_dir / "summary.csv", "\n".join(lines) + "\n", ModelError)
         faulty = f", {val_faulty:.2f} % at rate {self.config.target_rate:g}" if val_faulty is not None else ""
         line = (f"[{self.config.method}] epoch {epoch + 1}/{self.config.run_epochs} rate {rate:g} "
                 f"loss {train_loss:.3f} val {val_clean:.2f} %{faulty} ({seconds:.1f} s)")  # fmt: skip
