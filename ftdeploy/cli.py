@@ -97,12 +97,12 @@ DeviceOpt = Annotated[
     typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
                  callback=_checked_device),
 ]
-ChipsOpt = Annotated[Optional[int], typer.Option("--chips", min=1, max=MAX_CHIPS, help="Chips simulated per rate. Default: the profile's signoff.chips.")]
-SignOffChipsOpt = Annotated[Optional[int], typer.Option("--chips", min=1, max=MAX_CHIPS, help="Most chips simulated per rate (every one with --fixed-chips). Default: the profile's signoff.chips.")]
+ChipsOpt = Annotated[Optional[int], typer.Option("--chips", max=MAX_CHIPS, help="Chips simulated per rate. Default: the profile's signoff.chips.")]
+SignOffChipsOpt = Annotated[Optional[int], typer.Option("--chips", max=MAX_CHIPS, help="Most chips simulated per rate (every one with --fixed-chips). Default: the profile's signoff.chips.")]
 
 
 def _max_images_opt(default: str):
-    return Annotated[Optional[int], typer.Option("--max-images", min=1, max=MAX_IMAGES, help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
+    return Annotated[Optional[int], typer.Option("--max-images", max=MAX_IMAGES, help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
 
 
 SignOffMaxImagesOpt = _max_images_opt("the profile's signoff.max_images (all images where it sets none)")
