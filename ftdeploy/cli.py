@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__
 from .choices import BatchNormMode, FaultMapForm, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
-from .limits import MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGES, MAX_JOBS, MAX_SEED, MAX_TILES
+from .limits import MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGES, MAX_JOBS, MAX_SEED
 
 
 class _FlagsTakeNoValue:
@@ -729,7 +729,7 @@ def faultmap_simulate_cmd(
     chips: Annotated[Optional[int], typer.Option("--chips", min=1, max=MAX_CHIPS, help="Maps to write, one per chip. Default: the profile's signoff.chips.")] = None,
     chip_seed: ChipSeedOpt = None,
     form: Annotated[FaultMapForm, typer.Option("--format", help="csv (what a tester writes with a spreadsheet) or npz (compact, for large chips).")] = "csv",
-    tiles: Annotated[Optional[int], typer.Option("--tiles", min=1, max=MAX_TILES, help="Tiles of the chip. Default: the tiles the model occupies.")] = None,
+    tiles: Annotated[Optional[int], typer.Option("--tiles", min=1, help="Tiles of the chip. Default: the tiles the model occupies.")] = None,
 ):
     """Write the fault maps of simulated chips, as a chip tester would report them: map k lists
     the stuck cells of the chip that sign-off simulates as chip k at this rate and seed, so

@@ -222,7 +222,7 @@ def _check_declared_sizes(path: Path, archive) -> None:
                     raise ValueError(f"npy version {version}")
                 shape, _, dtype = read(fp)
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: {name}: not a readable .npy array ({str(exc)[:200]})") from None
+            raise DataError(f"{path}: damaged archive member: {name}: {str(exc)[:200]}") from None
         size = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if size > MAX_NPZ_ARRAY_BYTES:
             raise DataError(f"{path}: {name}: declares shape {shown(tuple(shape))} ({size:,} bytes); expected at most "
