@@ -545,9 +545,10 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # merge keys (<<) first, as the base class does
             seen = set()
-            for key_node, _ in node.value:
+            for key_node, _ in node.value:  # as written: a key a merge (<<) brings in may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, (list, dict)):
                     continue  # unhashable: the base class reports it

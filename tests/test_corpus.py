@@ -67,3 +67,13 @@ def test_refused_cleanly(name, monkeypatch, capsys):
     assert len(line) <= MAX_LINE, f"{len(line)} characters: {line[:200]}..."
     if case.out is not None:
         assert not case.out.exists(), f"{case.out} was left behind"
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    """Duplicate keys are refused as written: a key a YAML merge (``<<: *base``) brings in may
+    still be set again beside it, as YAML intends."""
+    from ftdeploy.profiles import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {a: 1, c: 2}\nx:\n  <<: *b\n  a: 5\n")
+    assert read_yaml(path)["x"] == {"a": 5, "c": 2}
