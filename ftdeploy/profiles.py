@@ -506,7 +506,9 @@ def _validation_lines(path: Path, err: ValidationError) -> list[str]:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         found = e.get("input")
-        found_txt = "" if e["type"] in ("missing",) or isinstance(found, dict) else f" (found {shown(found)})"
+        # a message of our own validators already says what it found
+        said = e["type"] in ("missing",) or isinstance(found, dict) or "found" in msg
+        found_txt = "" if said else f" (found {shown(found)})"
         lines.append(f"{path}: {_format_loc(e['loc'])}: {msg[:300]}{found_txt}")
     return lines
 
@@ -604,7 +606,8 @@ def read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping of fields, found {type(data).__name__}")
+        found = "an empty file (or only comments)" if data is None else type(data).__name__
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields, found {found}")
     return data
 
 
