@@ -113,7 +113,7 @@ def decode_jpegs(blobs: list[bytes], image_size: int | None = None, ids=None) ->
     out = np.empty((len(blobs), 3, image_size or 0, image_size or 0), np.uint8) if image_size else None
     arrays = []
     for i, blob in enumerate(blobs):
-        img = _decoded_image(blob, f"image {i if ids is None else ids[i]}")
+        img = _decoded_image(blob, f"image {i}" if ids is None else str(ids[i]))
         if image_size is not None and img.size != (image_size, image_size):
             img = _resize_center_crop(img, image_size)
         arr = np.asarray(img).transpose(2, 0, 1)
@@ -145,7 +145,9 @@ def _decoded_image(blob: bytes, where: str):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{where}: refused as a decompression bomb ({str(exc).split(',')[0]}); expected at most "
                         f"{MAX_IMAGE_PIXELS:,} pixels per image") from None  # fmt: skip
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's plugins raise all of these
+    except UnidentifiedImageError:  # its text names an in-memory buffer, not the image
+        raise DataError(f"{where}: cannot decode: not in an image format Pillow reads") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's plugins raise all of these
         raise DataError(f"{where}: cannot decode: {str(exc)[:200]}") from None
 
 
@@ -173,6 +175,8 @@ class _Source:
 
 
 def _open_npz(path: Path, description: str) -> _Source:
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; expected an .npz file of packed arrays jpeg, offsets, labels, classes")
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected packed arrays jpeg, offsets, labels, classes)")
     try:
@@ -292,7 +296,7 @@ def _open_imagefolder(root: Path, image_size: int) -> _Source:
     paths = [p for p, _ in ds.samples]
 
     def take(idx: np.ndarray) -> torch.Tensor:
-        return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[paths[i] for i in idx])
+        return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[f"image {paths[i]}" for i in idx])
 
     return _Source(take, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), f"ImageFolder {root}")
 

@@ -226,27 +226,27 @@ def profile_cases(c: _Corpus) -> None:
     # extends
     ext_missing = c.file("profiles/extends-missing.yaml", "extends: ./no-such-base.yaml\nname: x\n")
     c.add("profile-extends-missing", ["export", b.ckpt, "--profile", ext_missing, "-o", c.out("ext-missing.onnx")],
-          [ext_missing.name, "extends"], c.out("ext-missing.onnx"))
+          [ext_missing.name, "extends:"], c.out("ext-missing.onnx"))
     ext_number = c.file("profiles/extends-number.yaml", "extends: 5\nname: x\n")
     c.add("profile-extends-number", ["export", b.ckpt, "--profile", ext_number, "-o", c.out("ext-number.onnx")],
-          [ext_number.name, "extends"], c.out("ext-number.onnx"))
+          [ext_number.name, "extends:"], c.out("ext-number.onnx"))
     ext_self = c.file("profiles/extends-self.yaml", "extends: ./extends-self.yaml\nname: x\n")
     c.add("profile-extends-self", ["export", b.ckpt, "--profile", ext_self, "-o", c.out("ext-self.onnx")],
-          [ext_self.name, "extends"], c.out("ext-self.onnx"))
+          [ext_self.name, "extends:"], c.out("ext-self.onnx"))
     c.file("profiles/cycle-a.yaml", "extends: ./cycle-b.yaml\nname: a\n")
     cycle_b = c.file("profiles/cycle-b.yaml", "extends: ./cycle-a.yaml\nname: b\n")
     c.add("profile-extends-cycle", ["export", b.ckpt, "--profile", cycle_b, "-o", c.out("ext-cycle.onnx")],
-          [cycle_b.name, "extends"], c.out("ext-cycle.onnx"))
+          [cycle_b.name, "extends:"], c.out("ext-cycle.onnx"))
     ext_dir = c.file("profiles/extends-folder.yaml", f"extends: {c.folder / 'profiles'}/\nname: x\n")
     c.add("profile-extends-folder", ["export", b.ckpt, "--profile", ext_dir, "-o", c.out("ext-folder.onnx")],
-          [ext_dir.name, "extends"], c.out("ext-folder.onnx"))
+          [ext_dir.name, "extends:"], c.out("ext-folder.onnx"))
     deep = c.folder / "profiles" / "deep"
     deep.mkdir(parents=True, exist_ok=True)
     (deep / "p0.yaml").write_text(_yaml(_with(good, "name", "p0")))
     for i in range(1, 1500):
         (deep / f"p{i}.yaml").write_text(f"extends: ./p{i - 1}.yaml\nname: p{i}\n")
     c.add("profile-extends-1500-deep", ["export", b.ckpt, "--profile", deep / "p1499.yaml", "-o", c.out("ext-deep.onnx")],
-          ["p1499.yaml", "extends"], c.out("ext-deep.onnx"))
+          ["p1499.yaml", "extends:"], c.out("ext-deep.onnx"))
     bad_base = c.file("profiles/bad-base.yaml", _yaml(_with(good, "signoff.chips", -5)))
     derived = c.file("profiles/derived-of-bad-base.yaml", f"extends: ./{bad_base.name}\nname: derived\n")
     c.add("profile-extends-bad-base", ["export", b.ckpt, "--profile", derived, "-o", c.out("ext-bad-base.onnx")],
@@ -282,7 +282,8 @@ def checkpoint_cases(c: _Corpus) -> None:
 
     def refused(name: str, path: Path, field_: str | None = None):
         out = c.out(f"ckpt-{name}.onnx")
-        c.add(f"checkpoint-{name}", ["export", path, "--profile", b.profile, "-o", out], [path.name, *([field_] if field_ else [])], out)
+        # ": FIELD" as the line writes it after the file: the bare word may be part of the file's name
+        c.add(f"checkpoint-{name}", ["export", path, "--profile", b.profile, "-o", out], [path.name, *([f": {field_}"] if field_ else [])], out)
 
     def saved(name: str, obj, field_: str | None = None):
         buffer = io.BytesIO()
@@ -394,7 +395,7 @@ def export_cases(c: _Corpus) -> None:
             props[f"ftdeploy.{key}"] = value
         del p.metadata_props[:]
         onnx.helper.set_model_props(p, props)
-        crafted(name, p, field_ or key)
+        crafted(name, p, field_ or f"ftdeploy.{key}")
 
     refused("empty", c.file("exports/empty.onnx", b""))
     refused("garbage", c.file("exports/garbage.onnx", bytes(range(256)) * 16))
@@ -419,12 +420,12 @@ def export_cases(c: _Corpus) -> None:
     meta("target-missing", "target", ...)
     meta("target-bad-bits", "target", json.dumps({**json.loads(_prop(raw, "target")), "bits_per_cell": "seven"}), "bits_per_cell")
     meta("mapping-string", "mapping", json.dumps("differential"))
-    meta("mapping-empty", "mapping", "{}", "mapping")
+    meta("mapping-empty", "mapping", "{}", "ftdeploy.mapping")
     meta("mapping-no-coefficients", "mapping", json.dumps({k: v for k, v in json.loads(_prop(raw, "mapping")).items()
-                                                          if k != "coefficients"}), "coefficients")
+                                                          if k != "coefficients"}), "ftdeploy.mapping.coefficients")
     meta("mapping-coefficients-string", "mapping", json.dumps({**json.loads(_prop(raw, "mapping")), "coefficients": "ab"}),
-         "coefficients")
-    meta("mapping-offset-list", "mapping", json.dumps({**json.loads(_prop(raw, "mapping")), "offset": [0]}), "offset")
+         "ftdeploy.mapping.coefficients")
+    meta("mapping-offset-list", "mapping", json.dumps({**json.loads(_prop(raw, "mapping")), "offset": [0]}), "ftdeploy.mapping.offset")
     layers = json.loads(_prop(raw, "layers"))
     meta("layers-string", "layers", json.dumps("all"))
     meta("layers-numbers", "layers", "[1, 2]", "layers.0")
@@ -441,19 +442,18 @@ def export_cases(c: _Corpus) -> None:
     meta("layer-name-missing-cell", "layers", json.dumps([{**layers[0], "cells": ["nowhere", layers[0]["cells"][1]]}, *layers[1:]]), "nowhere")
     meta("layer-name-number", "layers", json.dumps([{**layers[0], "name": 5}, *layers[1:]]), "layers.0.name")
     meta("normalization-string", "normalization", json.dumps("imagenet"))
-    meta("normalization-mean-strings", "normalization", json.dumps({"mean": "abc", "std": [0.2] * 3}), "mean")
-    meta("normalization-short", "normalization", json.dumps({"mean": [0.5], "std": [0.2]}), "normalization")
-    meta("normalization-std-zero", "normalization", json.dumps({"mean": [0.5] * 3, "std": [0.0] * 3}), "std")
-    meta("normalization-nan", "normalization", '{"mean": [NaN, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}', "mean")
+    meta("normalization-mean-strings", "normalization", json.dumps({"mean": "abc", "std": [0.2] * 3}), "ftdeploy.normalization.mean")
+    meta("normalization-short", "normalization", json.dumps({"mean": [0.5], "std": [0.2]}), "ftdeploy.normalization")
+    meta("normalization-std-zero", "normalization", json.dumps({"mean": [0.5] * 3, "std": [0.0] * 3}), "ftdeploy.normalization.std")
+    meta("normalization-nan", "normalization", '{"mean": [NaN, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}', "ftdeploy.normalization.mean")
     meta("classes-number", "classes", "10")
     meta("classes-empty", "classes", "[]")
-    meta("classes-numbers", "classes", "[1, 2, 3]", "classes")
+    meta("classes-numbers", "classes", "[1, 2, 3]", "ftdeploy.classes")
     meta("classes-huge", "classes", json.dumps(["c"] * 200_001), "classes")
     meta("acc-pretrain-string", "acc_pretrain", json.dumps("high"))
     meta("acc-pretrain-nan", "acc_pretrain", "NaN")
     meta("data-string", "data", json.dumps("embedded"))
     meta("placement-string", "placement", json.dumps("tiles"))
-    meta("placement-empty", "placement", "{}", "placement")
     meta("schedule-string", "schedule", json.dumps("progressive"))
     meta("training-list", "training", "[1]")
     meta("sparsity-string", "sparsity", json.dumps("half"))
@@ -586,7 +586,8 @@ def data_cases(c: _Corpus) -> None:
 
     def npz(name: str, content: bytes, field_: str | None = None, extra: list | None = None):
         path = c.file(f"data/{name}.npz", content)
-        refused(name, f"npz:{path}", [path.name, *([field_] if field_ else [])], extra)
+        # ": FIELD" as the line writes it after the file: the bare word may be part of the file's name
+        refused(name, f"npz:{path}", [path.name, *([f": {field_}"] if field_ else [])], extra)
 
     good = _packed()
     npz("empty", b"")
@@ -616,15 +617,15 @@ def data_cases(c: _Corpus) -> None:
     blobs[39] = b"not an image at all"
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in blobs])]).astype(np.int64)
     npz("undecodable-image", _npz(**{**good, "jpeg": np.frombuffer(b"".join(blobs), np.uint8), "offsets": offsets,
-                                     "split": np.array([0] * 39 + [1], np.int8)}), "39", ["--all-images"])
+                                     "split": np.array([0] * 39 + [1], np.int8)}), "image 39", ["--all-images"])
     blobs[39] = _png(100_000, 100_000)
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in blobs])]).astype(np.int64)
     npz("decompression-bomb", _npz(**{**good, "jpeg": np.frombuffer(b"".join(blobs), np.uint8), "offsets": offsets,
-                                      "split": np.array([0] * 39 + [1], np.int8)}), "39", ["--all-images"])
+                                      "split": np.array([0] * 39 + [1], np.int8)}), "image 39", ["--all-images"])
     blobs[39] = _png(10_000, 10_000)  # under PIL's own limit: a warning, and 100 MB decoded
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in blobs])]).astype(np.int64)
     npz("large-image", _npz(**{**good, "jpeg": np.frombuffer(b"".join(blobs), np.uint8), "offsets": offsets,
-                               "split": np.array([0] * 39 + [1], np.int8)}), "39", ["--all-images"])
+                               "split": np.array([0] * 39 + [1], np.int8)}), "image 39", ["--all-images"])
     npz("huge-declared-array", _npz_declaring("labels", (10**12,)) , "labels")
     npz("damaged-member", _damaged_npz(_npz(**good)))
     folder_npz = c.folder / "data" / "folder.npz"
