@@ -411,7 +411,7 @@ def export_cases(c: _Corpus) -> None:
     p = proto()
     del p.metadata_props[:]
     refused("no-metadata", c.file("exports/no-metadata.onnx", p.SerializeToString()), "ftdeploy.format")
-    meta("format-other", "format", "ftdeploy-onnx/99")
+    meta("format-other", "format", "ftdeploy-onnx/99", "format 'ftdeploy-onnx/99'")
     meta("invalid-json", "layers", "[{", "ftdeploy.layers")
     meta("deep-json", "classes", "[" * 100_000 + "]" * 100_000, "ftdeploy.classes")
     meta("target-string", "target", json.dumps("paper-diff8"))
@@ -593,7 +593,8 @@ def data_cases(c: _Corpus) -> None:
     npz("empty", b"")
     npz("garbage", bytes(range(256)) * 4)
     npz("a-npy", _npy(np.zeros(3)))
-    npz("missing-labels", _npz(**_packed(labels=None)), "labels")
+    missing = c.file("data/missing-labels.npz", _npz(**_packed(labels=None)))
+    refused("missing-labels", f"npz:{missing}", [missing.name, "missing arrays ['labels']"])
     npz("labels-out-of-range", _npz(**{**good, "labels": np.full(40, 7) * 0 + np.arange(40) % 12}), "labels")
     npz("labels-negative", _npz(**{**good, "labels": -np.ones(40, np.int64)}), "labels")
     npz("labels-float", _npz(**{**good, "labels": np.linspace(0, 9, 40)}), "labels")
