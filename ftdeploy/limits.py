@@ -18,6 +18,7 @@ MAX_CLASSES = 100_000  # classes of a model or dataset
 MAX_IMAGE_SIDE = 4096  # pixels per side of a model's input
 MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one encoded image, checked before it is decoded
 MAX_TILE_SIDE = 65_536  # rows or columns of one crossbar tile
+MAX_TILES = 1 << 20  # tiles of one chip (a fault map's geometry, faultmap simulate --tiles)
 MAX_TENSOR_ELEMENTS = 1 << 31  # elements of one layer's weights (8 GiB of float32)
 MAX_RATES = 1_000  # sign-off or training rates in one list
 MAX_WARMUP_EPOCHS = float(MAX_EPOCHS)
@@ -45,4 +46,3 @@ def shown(value) -> str:
         return f"a {type(value).__name__} of {len(value)}"
     text = repr(value)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
-MAX_TILES = 1 << 20  # tiles of one chip (a fault map's geometry, faultmap simulate --tiles)
