@@ -17,6 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__
 from .choices import BatchNormMode, FaultMapForm, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
+from .limits import MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGES, MAX_JOBS, MAX_SEED
 
 
 class _FlagsTakeNoValue:
@@ -70,12 +71,15 @@ DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATA
 CheckpointDataOpt = Annotated[
     Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: the one the checkpoint was trained on.")
 ]
+# Every count option has an upper bound (ftdeploy.limits): a typo of a few zeros is one line
+# before any work, not a run that never ends or a MemoryError. Lower bounds stay with the
+# settings' own checks where those name the option and say what it means.
 _VAL_SPLIT = "Validation images held out (stratified, seeded)."
 ValSplitOpt = Annotated[
     Optional[int],
-    typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the dataset's own held-out part where it has one, else a tenth of its images."),
+    typer.Option("--val-split", max=MAX_IMAGES, help=f"{_VAL_SPLIT} Default: the dataset's own held-out part where it has one, else a tenth of its images."),
 ]
-CheckpointValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", help=f"{_VAL_SPLIT} Default: the checkpoint's split.")]
+CheckpointValSplitOpt = Annotated[Optional[int], typer.Option("--val-split", max=MAX_IMAGES, help=f"{_VAL_SPLIT} Default: the checkpoint's split.")]
 
 
 def _checked_device(name: str | None) -> str | None:
@@ -93,24 +97,24 @@ DeviceOpt = Annotated[
     typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
                  callback=_checked_device),
 ]
-ChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Chips simulated per rate. Default: the profile's signoff.chips.")]
-SignOffChipsOpt = Annotated[Optional[int], typer.Option("--chips", help="Most chips simulated per rate (every one with --fixed-chips). Default: the profile's signoff.chips.")]
+ChipsOpt = Annotated[Optional[int], typer.Option("--chips", max=MAX_CHIPS, help="Chips simulated per rate. Default: the profile's signoff.chips.")]
+SignOffChipsOpt = Annotated[Optional[int], typer.Option("--chips", max=MAX_CHIPS, help="Most chips simulated per rate (every one with --fixed-chips). Default: the profile's signoff.chips.")]
 
 
 def _max_images_opt(default: str):
-    return Annotated[Optional[int], typer.Option("--max-images", help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
+    return Annotated[Optional[int], typer.Option("--max-images", max=MAX_IMAGES, help=f"Evaluate on a stratified subset of at most N validation images. Default: {default}.")]
 
 
 SignOffMaxImagesOpt = _max_images_opt("the profile's signoff.max_images (all images where it sets none)")
 SweepMaxImagesOpt = _max_images_opt("all of them (not the profile's signoff.max_images)")
 ChipSeedOpt = Annotated[
     Optional[int],
-    typer.Option("--chip-seed", min=0, help="Seed of the simulated chip population (same seed, same chips). Default: the profile's signoff.seed."),
+    typer.Option("--chip-seed", min=0, max=MAX_SEED, help="Seed of the simulated chip population (same seed, same chips). Default: the profile's signoff.seed."),
 ]
 
 
 def _train_seed_opt(default: str):
-    return Annotated[Optional[int], typer.Option("--train-seed", min=0, help="Seed of a training's initial weights, data order and fault draws "
+    return Annotated[Optional[int], typer.Option("--train-seed", min=0, max=MAX_SEED, help="Seed of a training's initial weights, data order and fault draws "
                                                                              f"(the validation split keeps its own). Default: {default}.")]
 
 
@@ -118,7 +122,7 @@ TrainSeedOpt = _train_seed_opt("the profile's training.seed")
 # A sweep's trainings default to its chip seed: another training seed on the same chips says how
 # much of a row is the luck of one training.
 SweepTrainSeedOpt = _train_seed_opt("the chip seed (--chip-seed)")
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per SGD step. Default: the profile's training.batch_size.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", max=MAX_BATCH_SIZE, help="Images per SGD step. Default: the profile's training.batch_size.")]
 
 
 # The retraining recipe's options: each defaults to the profile's training section (built-in
@@ -159,7 +163,7 @@ RateWarmupOpt = Annotated[
     Optional[float], typer.Option("--rate-warmup", help="Epochs over which the fault rate ramps in from 0." + _from_profile("rate_warmup_epochs"))
 ]
 EvalChipsOpt = Annotated[
-    Optional[int], typer.Option("--eval-chips", min=0, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
+    Optional[int], typer.Option("--eval-chips", min=0, max=MAX_EVAL_CHIPS, help="Chips at P_sa^T measured after each retraining epoch (the log's faulty column); 0: clean only. "
                                                             f"Default: {_TRAIN_DEFAULTS['eval_chips']}.")
 ]
 
@@ -341,7 +345,7 @@ def train_cmd(
     method: Annotated[Optional[TrainMethod], typer.Option("--method", help="pretrain (no faults), one-shot (P_sa^T throughout) or progressive (ascending rates). Default: the profile's training.method.")] = None,
     target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T, the (last) training stuck-at rate. Default: the profile's training.target_rate.")] = None,
     rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated, ending at P_sa^T. Default: the profile's training.progressive_rates where they end there, else the two ladder rates below P_sa^T, then P_sa^T.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the run (per rate with --progressive-blocks each). Default: the profile's training.epochs, or training.pretrain_epochs with --method pretrain.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", max=MAX_EPOCHS, help="Epochs of the run (per rate with --progressive-blocks each). Default: the profile's training.epochs, or training.pretrain_epochs with --method pretrain.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (of the pretraining too, where one runs first). Default: the profile's training.retrain_lr, or training.lr for a pretraining.")] = None,
     batch_size: BatchSizeOpt = None,
@@ -717,8 +721,8 @@ def _chip_option(text: str) -> tuple[float, int]:
         parsed = float(rate), int(index)
     except ValueError:
         parsed = None
-    if not sep or parsed is None or parsed[1] < 0 or not 0 <= parsed[0] <= 1:
-        raise ConfigError(f"--chip: expected RATE:INDEX, a sign-off rate and a chip index (e.g. 0.01:7), found {text!r}")
+    if not sep or parsed is None or not 0 <= parsed[1] < MAX_CHIPS or not 0 <= parsed[0] <= 1:
+        raise ConfigError(f"--chip: expected RATE:INDEX, a sign-off rate and a chip index below {MAX_CHIPS:,} (e.g. 0.01:7), found {text[:80]!r}")
     return parsed
 
 
@@ -792,7 +796,7 @@ def faultmap_simulate_cmd(
     profile: ProfileOpt,
     rate: Annotated[float, typer.Option("--rate", min=0.0, max=1.0, help="Total stuck-at probability per cell, split stuck-off : stuck-on as the profile's stuck-at entry states (as a sign-off rate is).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the maps to: chip-0000.csv, chip-0001.csv, ...", callback=_out_folder)],
-    chips: Annotated[Optional[int], typer.Option("--chips", min=1, help="Maps to write, one per chip. Default: the profile's signoff.chips.")] = None,
+    chips: Annotated[Optional[int], typer.Option("--chips", min=1, max=MAX_CHIPS, help="Maps to write, one per chip. Default: the profile's signoff.chips.")] = None,
     chip_seed: ChipSeedOpt = None,
     form: Annotated[FaultMapForm, typer.Option("--format", help="csv (what a tester writes with a spreadsheet) or npz (compact, for large chips).")] = "csv",
     tiles: Annotated[Optional[int], typer.Option("--tiles", min=1, help="Tiles of the chip. Default: the tiles the model occupies.")] = None,
@@ -883,8 +887,8 @@ def prune_cmd(
     method: Annotated[PruneMethod, typer.Option("--method", help="magnitude (one-shot, Han et al. 2015) or admm (Zhang et al. 2018).")],
     sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of weights zeroed in each pruned layer, in (0, 1).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (model.pt, log.jsonl, summary.csv, config.yaml).", callback=_out_folder)],
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Masked fine-tuning epochs. Default: the profile's training.epochs.")] = None,
-    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", help="ADMM epochs before hard pruning. Default: as --epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", max=MAX_EPOCHS, help="Masked fine-tuning epochs. Default: the profile's training.epochs.")] = None,
+    admm_epochs: Annotated[Optional[int], typer.Option("--admm-epochs", max=MAX_EPOCHS, help="ADMM epochs before hard pruning. Default: as --epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of ADMM and fine-tuning. Default: the profile's training.retrain_lr.")] = None,
     data: CheckpointDataOpt = None,
     val_split: CheckpointValSplitOpt = None,
@@ -932,14 +936,14 @@ def sweep_cmd(
     test_rates: Annotated[str, typer.Option("--test-rates", help="Comma-separated test rates (0 = clean).")] = "0,0.001,0.005,0.01,0.02,0.05,0.1",
     ss_rates: Annotated[Optional[str], typer.Option("--ss-rates", help="Test rates whose Stability Score is tabulated; each must be a --test-rates one. Default: 0.01 and 0.02 where tested.")] = None,
     chips: ChipsOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Retraining epochs per model (per rate with --progressive-blocks each). Default: the profile's training.epochs.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", max=MAX_EPOCHS, help="Retraining epochs per model (per rate with --progressive-blocks each). Default: the profile's training.epochs.")] = None,
     progressive_blocks: ProgressiveBlocksOpt = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of every retraining. Default: the profile's training.retrain_lr.")] = None,
     batch_size: BatchSizeOpt = None,
     bn: BnOpt = None,
     stuck_grad: StuckGradOpt = None,
     scale_grad: ScaleGradOpt = None,
-    jobs: Annotated[int, typer.Option("--jobs", help="Retrainings run at once (separate processes).")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", max=MAX_JOBS, help="Retrainings run at once (separate processes).")] = 1,
     max_images: SweepMaxImagesOpt = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Train nothing: tabulate the checkpoints already in OUT/runs as they are.")] = False,
     rate_warmup: RateWarmupOpt = None,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .limits import MAX_CLASSES, MAX_IMAGE_PIXELS, MAX_IMAGES, shown
 
 EMBEDDED_NAME = "cifar10-demo.npz"
 EMBEDDED_PROVENANCE = (
@@ -109,17 +110,10 @@ def decode_jpegs(blobs: list[bytes], image_size: int | None = None, ids=None) ->
     (torchvision's own decoders are deprecated since 0.29.) Images of another size are
     resized (shorter side) and centre-cropped to ``image_size``. ``ids`` name the images in
     errors (default: their positions in ``blobs``)."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
     out = np.empty((len(blobs), 3, image_size or 0, image_size or 0), np.uint8) if image_size else None
     arrays = []
     for i, blob in enumerate(blobs):
-        try:
-            img = Image.open(io.BytesIO(blob)).convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {i if ids is None else ids[i]}: cannot decode: {exc}") from None
+        img = _decoded_image(blob, f"image {i}" if ids is None else str(ids[i]))
         if image_size is not None and img.size != (image_size, image_size):
             img = _resize_center_crop(img, image_size)
         arr = np.asarray(img).transpose(2, 0, 1)
@@ -128,6 +122,33 @@ def decode_jpegs(blobs: list[bytes], image_size: int | None = None, ids=None) ->
         else:
             arrays.append(arr)
     return torch.from_numpy(out if out is not None else np.stack(arrays))
+
+
+def _decoded_image(blob: bytes, where: str):
+    """One encoded image as RGB, its size checked from the header before any pixel is decoded: a
+    decompression bomb (a few kB declaring 100,000 x 100,000 pixels) is refused, never inflated.
+    PIL's own guard warns only above 89 million pixels and refuses above twice that; both are
+    turned into this refusal rather than a warning or an escaping exception."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(blob))
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{where}: {width} x {height} pixels; expected at most {MAX_IMAGE_PIXELS:,} pixels per image")
+            return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{where}: refused as a decompression bomb ({str(exc).split(',')[0]}); expected at most "
+                        f"{MAX_IMAGE_PIXELS:,} pixels per image") from None  # fmt: skip
+    except UnidentifiedImageError:  # its text names an in-memory buffer, not the image
+        raise DataError(f"{where}: cannot decode: not in an image format Pillow reads") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's plugins raise all of these
+        raise DataError(f"{where}: cannot decode: {str(exc)[:200]}") from None
 
 
 def _resize_center_crop(img, size: int):
@@ -154,11 +175,13 @@ class _Source:
 
 
 def _open_npz(path: Path, description: str) -> _Source:
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; expected an .npz file of packed arrays jpeg, offsets, labels, classes")
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected packed arrays jpeg, offsets, labels, classes)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # EOFError: an empty file
         archive = None
     if not hasattr(archive, "files"):  # unreadable, or a single .npy array
         raise DataError(f"{path}: not an .npz archive (expected packed arrays jpeg, offsets, labels, classes)")
@@ -166,20 +189,83 @@ def _open_npz(path: Path, description: str) -> _Source:
         missing = {"jpeg", "offsets", "labels", "classes"} - set(z.files)
         if missing:
             raise DataError(f"{path}: missing arrays {sorted(missing)} (expected jpeg, offsets, labels, classes)")
+        _check_declared_sizes(path, z)
         try:  # members are read lazily: a damaged one fails only here
             arrays = {name: z[name] for name in z.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: damaged archive member: {exc}") from None
-    jpeg, offsets, labels = arrays["jpeg"], arrays["offsets"].astype(np.int64), arrays["labels"]
-    if len(offsets) != len(labels) + 1 or np.any(np.diff(offsets) < 0) or (len(offsets) and offsets[-1] > len(jpeg)):
+            raise DataError(f"{path}: damaged archive member: {str(exc)[:200]}") from None
+    jpeg, labels, classes = _packed_arrays(path, arrays)
+    offsets = arrays["offsets"].astype(np.int64)
+    if len(offsets) != len(labels) + 1 or np.any(np.diff(offsets) < 0) or (len(offsets) and (offsets[0] < 0 or offsets[-1] > len(jpeg))):
         raise DataError(f"{path}: offsets: expected {len(labels) + 1} ascending byte offsets into jpeg "
                         f"({len(jpeg)} bytes), found {len(offsets)}")  # fmt: skip
+    split = _fixed_split(path, arrays.get("split"), len(labels))
 
     def take(idx: np.ndarray) -> torch.Tensor:
-        return decode_jpegs([jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in idx], 32, ids=idx)
+        return decode_jpegs([jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in idx], 32, ids=[f"{path}: image {i}" for i in idx])
 
-    classes = [str(c) for c in arrays["classes"]]
-    return _Source(take, labels.astype(np.int64), classes, description, arrays.get("split"))
+    return _Source(take, labels.astype(np.int64), classes, description, split)
+
+
+#: Bytes one array of a packed dataset may declare (the full CIFAR-10 training split as JPEGs is
+#: about 150 MB): checked from each member's header, before anything is allocated.
+MAX_NPZ_ARRAY_BYTES = 8 << 30
+
+
+def _check_declared_sizes(path: Path, archive) -> None:
+    """Each member's declared shape bounded from its .npy header alone: np.load allocates what
+    the header says before it reads a byte, so a 100-byte member declaring 10**12 labels would
+    be an 8 TB allocation."""
+    for member in archive.zip.namelist():
+        name = member.removesuffix(".npy")
+        try:
+            with archive.zip.open(member) as fp:
+                version = np.lib.format.read_magic(fp)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise ValueError(f"npy version {version}")
+                shape, _, dtype = read(fp)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{path}: damaged archive member: {name}: {str(exc)[:200]}") from None
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > MAX_NPZ_ARRAY_BYTES:
+            raise DataError(f"{path}: {name}: declares shape {shown(tuple(shape))} ({size:,} bytes); expected at most "
+                            f"{MAX_NPZ_ARRAY_BYTES:,} bytes per array")  # fmt: skip
+
+
+def _packed_arrays(path: Path, arrays: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(jpeg, labels, classes) of a packed dataset, each of the dtype and shape its readers
+    assume; labels each name one of the classes (else training fails on the first batch holding
+    one, as cross-entropy's index error)."""
+    jpeg, offsets, labels, classes = (arrays[k] for k in ("jpeg", "offsets", "labels", "classes"))
+    if jpeg.dtype != np.uint8 or jpeg.ndim != 1:
+        raise DataError(f"{path}: jpeg: {jpeg.dtype}{list(jpeg.shape)}; expected the encoded images' bytes, one uint8 array")
+    if not np.issubdtype(offsets.dtype, np.integer) or offsets.ndim != 1:
+        raise DataError(f"{path}: offsets: {offsets.dtype}{list(offsets.shape)}; expected a 1-d integer array")
+    if classes.ndim != 1 or not 1 <= len(classes) <= MAX_CLASSES or classes.dtype.kind not in "U":
+        raise DataError(f"{path}: classes: {classes.dtype}{list(classes.shape)}; expected 1 to {MAX_CLASSES:,} class names, "
+                        "one 1-d string array")  # fmt: skip
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1 or len(labels) > MAX_IMAGES:
+        raise DataError(f"{path}: labels: {labels.dtype}{list(labels.shape)}; expected a 1-d integer array, one label per image "
+                        f"(at most {MAX_IMAGES:,})")  # fmt: skip
+    bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if len(bad):
+        raise DataError(f"{path}: labels: image {bad[0]} has label {labels[bad[0]]}; expected 0..{len(classes) - 1} "
+                        f"(one of the {len(classes)} classes)")  # fmt: skip
+    return jpeg, labels, [str(c) for c in classes]
+
+
+def _fixed_split(path: Path, split: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The file's own split: 0 (training) or 1 (validation) per image, the validation part not empty."""
+    if split is None:
+        return None
+    if split.ndim != 1 or len(split) != n or split.dtype.kind not in "biu":
+        raise DataError(f"{path}: split: {split.dtype}{list(split.shape)}; expected {n} integers, 0 (training) or 1 (validation) per image")
+    if not np.isin(split, (0, 1)).all():
+        raise DataError(f"{path}: split: values {shown(sorted(set(np.unique(split).tolist()) - {0, 1}))}; expected 0 (training) or 1 (validation)")
+    if not (split == 1).any():
+        raise DataError(f"{path}: split: no image marked 1; expected a validation part of at least 1 image")
+    return split
 
 
 def _open_cifar(kind: str, root: Path) -> _Source:
@@ -210,7 +296,7 @@ def _open_imagefolder(root: Path, image_size: int) -> _Source:
     paths = [p for p, _ in ds.samples]
 
     def take(idx: np.ndarray) -> torch.Tensor:
-        return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[paths[i] for i in idx])
+        return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[f"image {paths[i]}" for i in idx])
 
     return _Source(take, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), f"ImageFolder {root}")
 
@@ -255,6 +341,8 @@ def _opened_split(spec: str | None, val_split: int | None, image_size: int):
 def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
     """Load a dataset spec into memory and split it (see module docstring)."""
     spec, source, train_idx, val_idx, description = _opened_split(spec, val_split, image_size)
+    if not len(train_idx):  # the file's own split may mark every image for validation
+        raise DataError(f"{spec}: split: no image marked 0; expected a training part of at least 1 image")
     train_x = source.take(train_idx)
     mean, std = channel_stats(train_x)
     return DataBundle(train_x=train_x, train_y=torch.from_numpy(source.labels[train_idx]), val_x=source.take(val_idx),

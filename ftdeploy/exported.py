@@ -3,7 +3,6 @@ metadata, as both the verifier and any tool that reprograms a chip need them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import onnx
 
 from . import __version__
 from .errors import VerifyError
+from .export_metadata import check_graph, check_initializers, checked_input_shape, decode_metadata
 from .files import folder_given
 from .onnx_format import FORMAT, HASH_KEY, INPUT_NAME, PREFIX, TEXT_KEYS, content_hash, read_metadata
 from .mapping import Mapping, make_mapping
@@ -59,17 +59,27 @@ def load_export(path: str | Path) -> ExportedModel:
         raise VerifyError(f"{path}: format {fmt!r} is not supported by ftdeploy {__version__} (expected {FORMAT!r})")
     if raw.get(HASH_KEY) != content_hash(proto):
         raise VerifyError(f"{path}: content hash mismatch: the file was modified after export")
-    meta = _decode_metadata(path, raw)
+    meta = decode_metadata(path, raw)  # every field type-checked (export_metadata.ExportMetadata) before use
     try:
         target = Target.model_validate(meta["target"])
     except ValueError as exc:
-        raise VerifyError(f"{path}: metadata target is invalid: {str(exc).splitlines()[0]}") from None
-    if not all(_input_shape(proto)):
-        raise VerifyError(f"{path}: input {INPUT_NAME!r} must be [N, C, H, W] with fixed C, H, W")
+        raise VerifyError(f"{path}: metadata {PREFIX}target is invalid: {_first_error(exc)}") from None
+    checked_input_shape(path, _input_shape(proto), meta)
+    check_graph(path, proto)
+    check_initializers(path, proto)
     mapping = make_mapping(target)
     if list(mapping.coefficients) != meta["mapping"]["coefficients"] or mapping.offset != meta["mapping"]["offset"]:
         raise VerifyError(f"{path}: mapping {meta['mapping']['description']!r} differs from this version's {mapping.describe()!r}")
-    return ExportedModel(path, proto, meta, target, mapping, _programmed_levels(path, proto, meta["layers"]))
+    return ExportedModel(path, proto, meta, target, mapping, _programmed_levels(path, proto, meta["layers"], target.levels_per_cell - 1))
+
+
+def _first_error(exc: ValueError) -> str:
+    """The first field and message of a pydantic error, on one line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')[:200]}"
+    return str(exc).splitlines()[0][:200]
 
 
 def _input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
@@ -87,40 +97,33 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise VerifyError(f"{path}: file not found")
     try:
-        return onnx.load(str(path))
+        # External data would make the loader read whatever file the graph names: refused
+        # (check_initializers), never followed.
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no base class
         raise VerifyError(f"{path}: not a readable ONNX file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-_REQUIRED_META = ("target", "mapping", "layers", "normalization", "classes")
-
-
-def _decode_metadata(path: Path, raw: dict[str, str]) -> dict:
-    meta = {}
-    for key, value in raw.items():
-        if not key.startswith(PREFIX):
-            continue
-        try:
-            meta[key.removeprefix(PREFIX)] = value if key in TEXT_KEYS else json.loads(value)
-        except json.JSONDecodeError:
-            raise VerifyError(f"{path}: metadata {key} is not valid JSON") from None
-    missing = [k for k in _REQUIRED_META if k not in meta]
-    if missing:
-        raise VerifyError(f"{path}: metadata lacks {', '.join(PREFIX + k for k in missing)}")
-    return meta
-
-
-def _programmed_levels(path: Path, proto: onnx.ModelProto, layers: list[dict]) -> list[np.ndarray]:
+def _programmed_levels(path: Path, proto: onnx.ModelProto, layers: list[dict], max_level: int) -> list[np.ndarray]:
+    """Each layer's cells, (cells, *weight shape) uint8, every cell initializer checked on its
+    own (present, uint8, the weight's shape, levels the target's cells can hold) before stacking."""
     inits = {init.name: init for init in proto.graph.initializer}
     levels = []
     for layer in layers:
-        missing = [name for name in layer["cells"] if name not in inits]
-        if missing:
-            raise VerifyError(f"{path}: layer {layer['name']!r}: cell initializer {missing[0]!r} not in the graph")
-        stacked = np.stack([onnx.numpy_helper.to_array(inits[name]) for name in layer["cells"]])
-        if stacked.dtype != np.uint8 or list(stacked.shape) != layer["cell_shape"]:
-            raise VerifyError(f"{path}: layer {layer['name']!r}: cells are {stacked.dtype}{list(stacked.shape)}, "
-                              f"metadata says uint8{layer['cell_shape']}")  # fmt: skip
-        levels.append(stacked)
+        cells = [_cell_levels(path, layer, name, inits.get(name), max_level) for name in layer["cells"]]
+        levels.append(np.stack(cells))
     return levels
 
+
+def _cell_levels(path: Path, layer: dict, name: str, init, max_level: int) -> np.ndarray:
+    if init is None:
+        raise VerifyError(f"{path}: layer {layer['name']!r}: cell initializer {name!r} not in the graph")
+    levels = onnx.numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.UINT8 else None
+    if levels is None or list(levels.shape) != layer["weight_shape"]:
+        found = f"{onnx.helper.tensor_dtype_to_np_dtype(init.data_type)}{list(init.dims)}" if init.data_type else f"untyped{list(init.dims)}"
+        raise VerifyError(f"{path}: layer {layer['name']!r}: cell initializer {name!r} is {found}, "
+                          f"metadata says uint8{layer['weight_shape']}")  # fmt: skip
+    if levels.size and int(levels.max()) > max_level:  # a level no cell can be programmed to
+        raise VerifyError(f"{path}: layer {layer['name']!r}: cell initializer {name!r} holds level {int(levels.max())}; "
+                          f"expected levels 0..{max_level} (the target's cells)")  # fmt: skip
+    return levels

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .errors import DataError
 from .files import sha256_file, write_atomic
 from .nonideality import STUCK_OFF, STUCK_ON
@@ -46,7 +47,7 @@ SUFFIXES = (".csv", ".npz")
 # Bounds checked before anything is allocated: a declared geometry or array length beyond them
 # is refused, never attempted.
 MAX_TILE_SIDE = 1 << 16  # rows or columns of one tile
-MAX_TILES = 1 << 20
+MAX_TILES = limits.MAX_TILES
 MAX_CHIP_CELLS = 1 << 40
 MAX_LISTED = 1 << 26  # stuck cells one map may list (67,108,864)
 MAX_CHIP_ID = 200  # characters

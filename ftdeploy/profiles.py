@@ -26,6 +26,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .choices import BatchNormMode, ProgressiveBlocks, ScaleGrad, StuckGrad
 from .errors import ConfigError
+from .limits import (MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EXTENDS, MAX_IMAGES, MAX_RATES, MAX_SEED, MAX_TILE_SIDE,
+                     MAX_WARMUP_EPOCHS, MAX_YAML_DEPTH, MAX_YAML_NODES, shown)
 from .mapping import MAPPINGS, ScaleGranularity
 from .nonideality import CHEN2015_SPLIT, NONIDEALITIES, FaultModel, FaultSpec, Rate
 
@@ -51,7 +53,9 @@ PROFILES_DIR = _builtin_dir("profiles")
 class _Strict(BaseModel):
     """Unknown keys are errors: a misspelt limit must never be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN passes no bound (every comparison with it is false) and inf passes a lower one: neither
+    # is ever a meaningful rate, count or conductance.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BatchNormPlacement(str, Enum):
@@ -68,8 +72,8 @@ class Target(_Strict):
     description: str = Field("", description="Free text.")
     g_off_uS: float = Field(gt=0, description="Conductance of the lowest level (level 0), µS; a stuck-off cell reads it.")
     g_on_uS: float = Field(gt=0, description="Conductance of the highest level, µS; a stuck-on cell reads it.")
-    bits_per_cell: int = Field(ge=1, le=8, description="Bits one cell stores: 2**bits_per_cell linear levels between g_off and g_on.")
-    weight_bits: int = Field(ge=2, le=16, description="Signed bits of a quantised weight: integer codes in [-Q, Q], Q = 2**(weight_bits - 1) - 1.")
+    bits_per_cell: int = Field(strict=True, ge=1, le=8, description="Bits one cell stores: 2**bits_per_cell linear levels between g_off and g_on.")
+    weight_bits: int = Field(strict=True, ge=2, le=16, description="Signed bits of a quantised weight: integer codes in [-Q, Q], Q = 2**(weight_bits - 1) - 1.")
     mapping: str = Field(description="How a weight's code is laid onto cells: differential | differential-inverted | offset | bitsliced.")
     scale: ScaleGranularity = Field(ScaleGranularity.layer, description="Weights sharing one scale factor s = max|W|/Q (one DAC/ADC gain): layer, one per layer as the "
                                    "paper's fault model assumes; channel, one per output channel, a finer periphery.")
@@ -79,10 +83,10 @@ class Target(_Strict):
                     "cells, which hold W·γ/σ (the bias absorbs β); periphery: applied per channel by the digital periphery "
                     "after the crossbar, so the cells hold W.",
     )
-    tile_rows: int = Field(ge=1, description="Crossbar tile rows (inputs per tile); export records the tiles each layer occupies.")
-    tile_cols: int = Field(ge=1, description="Crossbar tile columns (cells per row per tile).")
+    tile_rows: int = Field(strict=True, ge=1, le=MAX_TILE_SIDE, description="Crossbar tile rows (inputs per tile); export records the tiles each layer occupies.")
+    tile_cols: int = Field(strict=True, ge=1, le=MAX_TILE_SIDE, description="Crossbar tile columns (cells per row per tile).")
     row_permutation: bool = Field(
-        False,
+        False, strict=True,
         description="The chip family can route each of a tile's inputs to any of its physical rows: `ftdeploy program "
                     "--permute-rows` may then move a tile's rows so its weights land where stuck cells hurt least, and "
                     "records where each row went. false: every input drives its own fixed row.",
@@ -249,13 +253,13 @@ class SignOff(_Strict):
     """How a model is verified before shipping."""
 
     rates: list[SignOffRate] = Field(
-        min_length=1,
+        min_length=1, max_length=MAX_RATES,
         description="Stuck-at rates tested at sign-off: a total (probability per cell), split with the ratio of the "
                     "profile's stuck-at entry, or a measured [stuck_off, stuck_on] pair, simulated as given. Every "
                     "other kind in faults applies at each of them as stated.",
     )  # fmt: skip
     chips: int = Field(
-        30, ge=1, le=100_000,
+        30, strict=True, ge=1, le=MAX_CHIPS,
         description="Monte-Carlo chips simulated per rate, each with its own random faults: the most a rate draws when "
                     "sequential, exactly this many when not.",
     )  # fmt: skip
@@ -267,12 +271,12 @@ class SignOff(_Strict):
                     "always `chips` chips per rate (verify --fixed-chips). The verdict is judged on the chips drawn either way.",
     )  # fmt: skip
     batch_chips: int = Field(
-        10, ge=1, le=100_000,
+        10, strict=True, ge=1, le=MAX_CHIPS,
         description="Chips per batch of a sequential sign-off: a rate's limits are examined after every batch "
                     "(each look costs confidence, so smaller batches stop sooner but decide at stricter bounds).",
     )  # fmt: skip
-    seed: int = Field(0, ge=0, description="Seed of the chip population: the same seed gives the same chips and the same report.")
-    max_images: int | None = Field(None, ge=1, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
+    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="Seed of the chip population: the same seed gives the same chips and the same report.")
+    max_images: int | None = Field(None, strict=True, ge=1, le=MAX_IMAGES, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
     min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy (Acc_retrain) of the exported model, %.")
     chance_margin_pct: float = Field(
         10.0, ge=0, le=100,
@@ -350,7 +354,7 @@ class RetrainingRecipe(BaseModel):
     the options ``ftdeploy.training`` explains. Written once here, shared by a profile's
     training defaults and by every run's :class:`ftdeploy.training.config.TrainConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as _Strict
 
     progressive_blocks: ProgressiveBlocks = Field(
         "split",
@@ -360,7 +364,7 @@ class RetrainingRecipe(BaseModel):
                     "from the block before, and the run is len(progressive_rates) × epochs long.",
     )  # fmt: skip
     rate_warmup_epochs: float = Field(
-        2.0, ge=0, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
+        2.0, ge=0, le=MAX_WARMUP_EPOCHS, description="Epochs over which the fault rate ramps linearly from 0 to the first scheduled rate."
     )
     bn: BatchNormMode = Field(
         "frozen",
@@ -417,26 +421,26 @@ class TrainingDefaults(RetrainingRecipe):
     """Defaults of ``ftdeploy train`` and ``sweep``, the retraining recipe included; every one can be
     overridden on the command line."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)  # as _Strict: a misspelt option is an error
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as _Strict: a misspelt option is an error
 
     model: str = Field("resnet20", description="Model: a registered name (ftdeploy models), tv:NAME for a torchvision model, or package.module:factory for your own.")
     method: Method = Field(Method.progressive, description="one-shot: fixed rate; progressive: ascending rates.")
     target_rate: Rate = Field(0.05, description="P_sa^T, the (last) training stuck-at rate.")
     progressive_rates: list[Rate] = Field(
-        default_factory=lambda: [0.01, 0.02, 0.05],
+        default_factory=lambda: [0.01, 0.02, 0.05], max_length=MAX_RATES,
         description="Ascending rates of progressive training, the last equal to target_rate. Every progressive retraining to "
                     "target_rate (train, sweep, demo) steps through them; one to another rate takes the two ladder rates "
                     "below it (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, ...) and the rate itself.",
     )
-    pretrain_epochs: int = Field(30, ge=0, description="Epochs of fault-free pretraining.")
+    pretrain_epochs: int = Field(30, strict=True, ge=0, le=MAX_EPOCHS, description="Epochs of fault-free pretraining.")
     epochs: int = Field(
-        20, ge=1, description="Epochs of fault-tolerant retraining (all progressive blocks together; per rate with progressive_blocks each)."
+        20, strict=True, ge=1, le=MAX_EPOCHS, description="Epochs of fault-tolerant retraining (all progressive blocks together; per rate with progressive_blocks each)."
     )
     lr: float = Field(0.1, gt=0, description="Peak learning rate of pretraining (linear warm-up, cosine decay).")
     retrain_lr: float = Field(0.02, gt=0, description="Peak learning rate of fault-tolerant retraining (linear warm-up, cosine decay).")
-    batch_size: int = Field(128, ge=1, description="Images per SGD step.")
+    batch_size: int = Field(128, strict=True, ge=1, le=MAX_BATCH_SIZE, description="Images per SGD step.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
-    seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
+    seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="Seed of initialisation, data order and fault draws.")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingDefaults":
@@ -527,28 +531,108 @@ def _validation_lines(path: Path, err: ValidationError) -> list[str]:
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         found = e.get("input")
-        found_txt = "" if e["type"] in ("missing",) or isinstance(found, dict) else f" (found {found!r})"
-        lines.append(f"{path}: {_format_loc(e['loc'])}: {msg}{found_txt}")
+        # a message of our own validators already says what it found
+        said = e["type"] in ("missing",) or isinstance(found, dict) or "found" in msg
+        found_txt = "" if said else f" (found {shown(found)})"
+        lines.append(f"{path}: {_format_loc(e['loc'])}: {msg[:300]}{found_txt}")
     return lines
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: no tag constructs an object or runs code), made
+    strict where the safe loader is lenient:
+
+    * a key given twice in one mapping is an error: the safe loader keeps the last, so a second
+      ``chips:`` lower in a file would silently replace the first;
+    * nesting deeper than MAX_YAML_DEPTH is an error before PyYAML's recursive composer runs
+      out of stack;
+    * aliases may not expand past MAX_YAML_NODES values ("billion laughs": a few lines of
+      ``&a [*b, *b, ...]`` expand to billions of values once validated or printed).
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)  # fmt: skip
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:  # as written: a key a merge (<<) brings in may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    continue  # unhashable: the base class reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)} (each key once per mapping)",
+                                                            key_node.start_mark)  # fmt: skip
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_expansion(root) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES values. Each node's expanded
+    size is counted once (memoised), so the check itself costs one pass over the nodes as written."""
+    sizes: dict[int, int] = {}
+    order, stack = [], [root]
+    while stack:  # post-order without recursion: the document may be deep
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = 0
+        order.append(node)
+        stack.extend(_children(node))
+    for node in reversed(order):
+        size = 1 + sum(sizes[id(child)] for child in _children(node))
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"expands to more than {MAX_YAML_NODES:,} values (aliases "
+                                              "repeated within aliases)", node.start_mark)  # fmt: skip
+        sizes[id(node)] = size
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def read_yaml(path: Path) -> dict:
     """The mapping a YAML file holds; ConfigError (one line naming the file) when it is missing,
-    a folder, unreadable, not YAML or not a mapping."""
+    a folder, unreadable, not YAML (or YAML that :class:`_StrictLoader` refuses) or not a mapping."""
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem[:200]}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        raise ConfigError(f"{path}: cannot read: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping of fields, found {type(data).__name__}")
+        found = "an empty file (or only comments)" if data is None else type(data).__name__
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields, found {found}")
     return data
 
 
@@ -626,9 +710,11 @@ def _profile_fields(path: Path, extended_by: tuple[Path, ...] = ()) -> tuple[dic
         return data, ()
     ref = data.pop("extends")
     if not isinstance(ref, str) or not ref:
-        raise ConfigError(f"{path}: extends: expected the name of a profile in {PROFILES_DIR} or a path to one (found {ref!r})")
+        raise ConfigError(f"{path}: extends: expected the name of a profile in {PROFILES_DIR} or a path to one (found {shown(ref)})")
     base_path = _resolve(ref, PROFILES_DIR, relative_to=path.parent)
     chain = (*extended_by, path)
+    if len(chain) > MAX_EXTENDS:  # a chain this long is a generated mistake; each level costs a stack frame
+        raise ConfigError(f"{chain[0]}: extends: a chain of more than {MAX_EXTENDS} profiles (at {path}); expected at most {MAX_EXTENDS}")
     if base_path.resolve() in {p.resolve() for p in chain}:
         cycle = " -> ".join(str(p) for p in (*chain, base_path))
         raise ConfigError(f"{path}: extends: {ref} leads back to a profile already on the way ({cycle})")

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from .errors import VerifyError
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME, with_analog_cell_inputs, with_cell_inputs
 from .population import Backend
@@ -64,7 +65,7 @@ class OnnxBackend(Backend):
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.log_severity_level = 3  # ORT warns that overridable initializers block constant folding: intended
             proto = derive(self.export.proto, self.export.layers)
-            self._sessions[analog] = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            self._sessions[analog] = _session(self.export, proto, opts)
         return self._sessions[analog]
 
     def _load(self, levels: list[np.ndarray] | None) -> None:
@@ -80,6 +81,18 @@ class OnnxBackend(Backend):
     def _correct(self, start: int, stop: int) -> int:
         logits = self._session.run([OUTPUT_NAME], {INPUT_NAME: self.x[start:stop], **self._feeds})[0]
         return int((logits.argmax(1) == self.y[start:stop]).sum())
+
+
+def _session(export: ExportedModel, proto, opts):
+    """An ONNX Runtime session of ``proto``; a graph the checks at load passed but ONNX Runtime
+    still refuses (an operator it lacks, types that do not fit) is one line naming the file."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind errors (Fail, InvalidGraph, NotImplemented, ...) share no public base
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise VerifyError(f"{export.path}: graph: ONNX Runtime cannot run it: {reason[:300]}") from None
 
 
 def available_cores() -> int:

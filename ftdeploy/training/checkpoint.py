@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, ModelError
 from ..files import folder_given, is_onnx_file, reason_line, write_atomic
+from ..limits import MAX_CLASSES, shown
 from ..models import model_from_file_name
 from ..profiles import Target
 from .config import RESUME_MAY_DIFFER, TrainConfig
@@ -38,7 +40,85 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ModelError(folder_given(path, "a checkpoint file", "model.pt"))
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
-    return _load_tensors_file(path, CHECKPOINT_FORMAT, "checkpoint")
+    ckpt = _load_tensors_file(path, CHECKPOINT_FORMAT, "checkpoint")
+    check_checkpoint(path, ckpt)
+    return ckpt
+
+
+# --- what a checkpoint must hold ---------------------------------------------------------------
+# torch.load(weights_only=True) runs no code, but what it returns is whatever the file holds: the
+# fields every reader uses are checked here, once, so a bad file is one line naming the file and
+# the field, not a KeyError in export or a NaN that trains for an epoch before anyone notices.
+
+
+def check_checkpoint(path: Path, ckpt: dict) -> None:
+    """ModelError naming ``path`` and the field when ``ckpt`` lacks a field its readers use, has
+    one of the wrong type, or holds a weight that is NaN, infinite or does not fit its model."""
+    model = ckpt.get("model")
+    if not isinstance(model, str) or not model:
+        raise ModelError(f"{path}: model: expected the model's name (a string), found {shown(model)}")
+    classes = ckpt.get("num_classes")
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise ModelError(f"{path}: num_classes: expected a whole number from 1 to {MAX_CLASSES:,}, found {shown(classes)}")
+    names = ckpt.get("classes")
+    if names is not None and (not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names)):
+        raise ModelError(f"{path}: classes: expected {classes} class names (strings), found {shown(names)}")
+    for field in ("target", "config", "data", "normalization"):
+        if ckpt.get(field) is not None and not isinstance(ckpt[field], dict):
+            raise ModelError(f"{path}: {field}: expected a mapping, found {shown(ckpt[field])}")
+    _check_normalization(path, ckpt.get("normalization"))
+    _check_state_dict(path, ckpt.get("state_dict"))
+    _check_fits_model(path, model, classes, ckpt["state_dict"])
+
+
+def _check_normalization(path: Path, norm: dict | None) -> None:
+    if norm is None:
+        return
+    for field in ("mean", "std"):
+        values = norm.get(field)
+        ok = isinstance(values, (list, tuple)) and 1 <= len(values) <= 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (field == "mean" or v > 0) for v in values)
+        if not ok:
+            what = "positive finite numbers" if field == "std" else "finite numbers"
+            raise ModelError(f"{path}: normalization.{field}: expected 1 to 4 {what}, one per channel, found {shown(values)}")
+
+
+def _check_state_dict(path: Path, state) -> None:
+    """Weights are tensors under string names, every floating one finite."""
+    if not isinstance(state, dict) or not state:
+        raise ModelError(f"{path}: state_dict: expected the model's weights (a mapping of names to tensors), found {shown(state)}")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(f"{path}: state_dict: {shown(name)}: expected a tensor under a name, found {type(value).__name__}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelError(f"{path}: state_dict: {name}: holds NaN or infinite values; expected finite weights "
+                             "(the run that wrote it diverged)")  # fmt: skip
+
+
+def _check_fits_model(path: Path, model: str, classes: int, state: dict) -> None:
+    """The weights fit the model the checkpoint names, key by key and shape by shape. Only for
+    models that build without running a file's code (the registry, torchvision); a
+    package.module:factory is built, and checked by load_state_dict, once the user allows it."""
+    from ..models import imports_code
+
+    if imports_code(model):
+        return
+    from ..models import create_model
+
+    try:
+        built = create_model(model, num_classes=classes)
+    except ModelError as exc:  # an unknown name: say which file names it
+        raise ModelError(f"{path}: model: {exc}") from None
+    expected = {k.replace("parametrizations.weight.original", "weight"): v.shape for k, v in built.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ModelError(f"{path}: state_dict: {missing[0]}: missing; model {model!r} has it ({len(missing)} missing in all)")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise ModelError(f"{path}: state_dict: {extra[0]}: not a weight of model {model!r} ({len(extra)} such in all)")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise ModelError(f"{path}: state_dict: {key}: shape {list(state[key].shape)}; model {model!r} expects {list(shape)}")
 
 
 def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = "") -> dict:

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from ..choices import TrainMethod
 from ..errors import ConfigError
+from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_RATES, MAX_SEED, MAX_WARMUP_EPOCHS
 from ..nonideality import FaultModel, StuckAt
 from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults, read_yaml, recipe_last, validated
 
@@ -32,7 +33,7 @@ class TrainConfig(RetrainingRecipe):
     )
     target_rate: float = Field(0.05, ge=0, le=1, description="P_sa^T: the (last) training stuck-at rate per cell.")
     progressive_rates: list[float] = Field(
-        default_factory=lambda: [0.01, 0.02, 0.05], description="Ascending rates of progressive blocks."
+        default_factory=lambda: [0.01, 0.02, 0.05], max_length=MAX_RATES, description="Ascending rates of progressive blocks."
     )
     faults: FaultList = Field(
         default_factory=lambda: [StuckAt.from_total(0.0)],
@@ -40,18 +41,18 @@ class TrainConfig(RetrainingRecipe):
                     "stuck-off : stuck-on ratio, its rate is the schedule's.",
     )  # fmt: skip
     epochs: int = Field(
-        20, ge=1,
+        20, ge=1, le=MAX_EPOCHS,
         description="Epochs of this run (all progressive blocks together), or of each block with progressive_blocks each.",
     )  # fmt: skip
     lr: float = Field(0.02, gt=0, description="Peak learning rate (linear warm-up, then cosine to 0).")
-    warmup_epochs: float = Field(1.0, ge=0, description="Epochs of linear learning-rate warm-up.")
-    batch_size: int = Field(128, ge=1, description="Images per step.")
+    warmup_epochs: float = Field(1.0, ge=0, le=MAX_WARMUP_EPOCHS, description="Epochs of linear learning-rate warm-up.")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE, description="Images per step.")
     weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum.")
     grad_clip: float | None = Field(5.0, gt=0, description="Gradient-norm clipping of retraining (None: off).")
     distill_temperature: float = Field(4.0, gt=0, description="Softmax temperature of distillation (distill).")
-    seed: int = Field(0, ge=0, description="Seed of initialisation, data order and fault draws.")
-    eval_chips: int = Field(3, ge=0, description="Chips at the target rate for the per-epoch fault check.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of initialisation, data order and fault draws.")
+    eval_chips: int = Field(3, ge=0, le=MAX_EVAL_CHIPS, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
 
     @model_validator(mode="before")
