@@ -140,6 +140,8 @@ def verify_onnx(
     log: Callable[[str], None] | None = None,
     sequential: bool | None = None,
     batch_chips: int | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> dict:
     """Sign off an ONNX export on simulated chips; return the report (a JSON-ready dict whose
     ``verdict.passed`` says whether every limit holds). ``chips`` (per rate; the cap when
@@ -151,7 +153,9 @@ def verify_onnx(
     on these images is Acc_pretrain. ``all_images``: measure on every image of ``data_spec`` (a
     test set of one's own), not its validation part. ``progress``: a rich Progress (one bar over
     all chips, shrunk where a rate stops early); ``log``: receives one plain line per rate.
-    Raises ConfigError / VerifyError / DataError on bad input, before any chip runs."""
+    ``ray``: measure the chips on Ray workers (:mod:`ftdeploy.distributed`): ``"local"`` starts
+    a Ray here, else the address of a cluster; ``ray_workers`` actors (default: one per CPU).
+    The report is the one a single process writes. Raises ConfigError / VerifyError / DataError on bad input, before any chip runs."""
     signoff = resolved.profile.signoff
     settings = signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images, sequential=sequential,
                                               batch_chips=batch_chips))  # fmt: skip
@@ -159,6 +163,10 @@ def verify_onnx(
     _check_run_options(resolved, chips, seed, max_images, batch_size)
     if settings.batch_chips < 1:
         raise ConfigError(f"batch_chips: expected at least 1, found {settings.batch_chips}")
+    if ray is not None:  # before any image is read: a missing extra is one line, not a traceback later
+        from .distributed import require_ray
+
+        require_ray()
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     t0 = time.perf_counter()
     setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
@@ -167,6 +175,7 @@ def verify_onnx(
     notes = list(pretrain.notes)
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
+    pool = _ray_chips(ray, ray_workers, setup)
     bar = _ChipBar(progress, chips * len(signoff.rates))
     clean = CleanFigures(pretrain.value, acc_retrain, signoff.chip_threshold(pretrain.value))
     rates = []
@@ -175,6 +184,8 @@ def verify_onnx(
         faults, total = resolved.profile.signoff_faults(rate), rate_total(rate)
 
         def measure(start: int, stop: int, faults=faults, total=total) -> list[float]:
+            if pool is not None:  # one round of Ray tasks per look of the sequential rule
+                return pool.measure(faults, total, seed, start, stop, on_chip=bar.tick)
             return chip_accuracies(backend, SimulatedChips(faults, total, seed, stop - start, start=start), on_chip=bar.tick)
 
         accs, stop = run_rate(plan, limits_at(signoff, rate), clean, measure)
@@ -183,6 +194,8 @@ def verify_onnx(
         rates[-1]["stopped"] = stop.to_dict()
         _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {stop.chips} chips "
                   f"({time.perf_counter() - t_rate:.1f} s); {stop.reason}")  # fmt: skip
+    if pool is not None:
+        pool.close()
     used = sum(r["chips"] for r in rates)
     _say(log, f"{used} chips in {time.perf_counter() - t0:.1f} s")
     if any(r["stability_note"] == NO_DEGRADATION for r in rates):
@@ -250,6 +263,19 @@ def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max
     acc_retrain = backend.accuracy()
     pretrain = _acc_pretrain(export, ref_export, data, acc_retrain, resolved, threads, batch_size)
     return _Setup(export, ref_export, data, backend, acc_retrain, pretrain)
+
+
+def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
+    """The Ray actors that measure this sign-off's chips (:class:`ftdeploy.distributed.RayChips`),
+    or None without ``address``."""
+    if address is None:
+        return None
+    from .distributed import RayChips, connect
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--ray-workers: expected at least 1, found {workers}")
+    backend = setup.backend
+    return RayChips(connect(address), setup.export, backend.x, backend.y, backend.batch_size, workers)
 
 
 def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[float, int], data_spec: str | None = None,
