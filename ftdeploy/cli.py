@@ -83,6 +83,7 @@ TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Imp
 #: Options that may be given without a value, and the value they then take (see _OptionalValues).
 _OPTIONAL_VALUE = {"--ray": "local"}
 RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Measure the chips on Ray workers (needs the ray extra; docs/ray.md): alone, a Ray started on this machine; with an ADDRESS (auto, ray://HOST:10001), that cluster. The report is the one a single process writes.")]
+StreamOpt = Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="imagefolder:DIR: read the image files batch by batch for every chip (memory stays flat however many there are), or decode them into memory once. Default: stream when the decoded images would take more than 2 GiB.")]
 RayWorkersOpt = Annotated[Optional[int], typer.Option("--ray-workers", help="With --ray: Ray workers measuring chips. Default: one per CPU of the cluster.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
 DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
@@ -571,6 +572,7 @@ def verify_cmd(
     sign: Annotated[Optional[Path], typer.Option("--sign", help="Sign the report with this private key: report.sig beside report.json (needs --out). See docs/signing.md.")] = None,
     ray: RayOpt = None,
     ray_workers: RayWorkersOpt = None,
+    stream: StreamOpt = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.
@@ -588,6 +590,8 @@ def verify_cmd(
     report_key = _signing_key(sign)
     # Before any chip runs: a file that no trusted key signed is refused, not measured.
     signature = _checked_signatures(onnx_file, reference, trust)
+    if fault_maps is not None and stream is not None:
+        raise ConfigError("--stream/--in-memory: for simulated chips; --fault-maps decodes its images into memory")
     if fault_maps is not None:
         _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
                            val_split=val_split, max_images=max_images,
@@ -603,14 +607,15 @@ def verify_cmd(
         if ray is not None:
             raise ConfigError("--ray: spreads many chips over workers; --chip reruns one, here")
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
-                          max_images=max_images, all_images=all_images)  # fmt: skip
+                          max_images=max_images, all_images=all_images, stream=stream)  # fmt: skip
         _echo(one["line"])
         return
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
                              max_images=max_images, all_images=all_images, progress=progress, log=log,
-                             sequential=False if fixed_chips else None, ray=ray, ray_workers=ray_workers)  # fmt: skip
+                             sequential=False if fixed_chips else None, ray=ray, ray_workers=ray_workers,
+                             stream=stream)  # fmt: skip
     _record_signature(report, signature)
     _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
 
