@@ -98,8 +98,11 @@ class StreamedImages:
     def fingerprint(self, batch_size: int = 256) -> str:
         """:func:`ftdeploy.data.image_set_fingerprint` of these images, one batch in memory at a time."""
         digest = ImageSetHash(self.shape)
-        for x in self.batches(batch_size):
-            digest.update(x)
+        try:
+            for x in self.batches(batch_size):
+                digest.update(x)
+        finally:  # one pass only: its workers need not wait for another
+            self._loaders.pop(batch_size, None)
         return digest.hexdigest(self.labels)
 
 

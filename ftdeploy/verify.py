@@ -204,7 +204,8 @@ def verify_onnx(
     a Ray here, else the address of a cluster; ``ray_workers`` actors (default: one per CPU).
     The report is the one a single process writes. ``stream``: read an image folder's files
     batch by batch for every chip (:mod:`ftdeploy.streaming`) rather than decode them into
-    memory; None (default): when they would not fit the memory budget decoded. Raises ConfigError / VerifyError / DataError on bad input, before any chip runs."""
+    memory; None (default): when they would not fit the memory budget decoded. Raises
+    ConfigError / VerifyError / DataError on bad input, before any chip runs."""
     signoff = resolved.profile.signoff
     settings = signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images, sequential=sequential,
                                               batch_chips=batch_chips))  # fmt: skip
@@ -244,7 +245,7 @@ def verify_onnx(
         rates[-1]["stopped"] = stop.to_dict()
         _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {stop.chips} chips "
                   f"({time.perf_counter() - t_rate:.1f} s); {stop.reason}")  # fmt: skip
-    if pool is not None:
+    if pool is not None:  # on an exception the actors go when their handles do, with this frame
         pool.close()
     used = sum(r["chips"] for r in rates)
     _say(log, f"{used} chips in {time.perf_counter() - t0:.1f} s")
