@@ -217,6 +217,8 @@ def verify_onnx(
         from .distributed import require_ray
 
         require_ray()
+        if ray_workers is not None and ray_workers < 1:
+            raise ConfigError(f"--ray-workers: expected at least 1, found {ray_workers}")
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     t0 = time.perf_counter()
     setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
@@ -324,8 +326,6 @@ def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
         return None
     from .distributed import RayChips, connect
 
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--ray-workers: expected at least 1, found {workers}")
     backend = setup.backend
     if setup.data.images is not None:
         raise ConfigError("--ray: sends the decoded images to its workers through Ray's object store, and these are "
