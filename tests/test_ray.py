@@ -3,6 +3,7 @@ byte. One local Ray cluster (two CPUs) for the module: starting Ray costs second
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -78,11 +79,13 @@ needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip in
 @pytest.fixture(scope="module")
 def cluster():
     started = not ray.is_initialized()
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own, which outlives shutdown
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.fixture(scope="module")
