@@ -32,7 +32,22 @@ class _FlagsTakeNoValue:
         return params
 
 
-class _Command(_FlagsTakeNoValue, TyperCommand):
+class _OptionalValues:
+    """Options whose value may be left out (``--ray`` alone, or ``--ray ADDRESS``): typer's parser
+    has no such option, so one given last or before another option gets its default value
+    written in (``--ray=local``) before parsing. Options and values: :data:`_OPTIONAL_VALUE`."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":  # what follows is positional
+                break
+            if arg in _OPTIONAL_VALUE and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = f"{arg}={_OPTIONAL_VALUE[arg]}"
+        return super().parse_args(ctx, args)
+
+
+class _Command(_OptionalValues, _FlagsTakeNoValue, TyperCommand):
     pass
 
 
@@ -66,6 +81,11 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name (
 SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Sign with this private key (KEY.key from ftdeploy keygen; its passphrase, if any, in $FTDEPLOY_KEY_PASSPHRASE). See docs/signing.md.")]
 TrustOpt = Annotated[Optional[list[Path]], typer.Option("--trust", help="A trusted public key file (KEY.pub; a file may hold several; repeat for more): refuse a file that no trusted key signed. See docs/signing.md.")]
 TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) a checkpoint, profile or --config file names: it runs that module's code. Without it only registry and tv: models load from a file.")]
+#: Options that may be given without a value, and the value they then take (see _OptionalValues).
+_OPTIONAL_VALUE = {"--ray": "local"}
+RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Measure the chips on Ray workers (needs the ray extra; docs/ray.md): alone, a Ray started on this machine; with an ADDRESS (auto, ray://HOST:10001), that cluster. The report is the one a single process writes.")]
+StreamOpt = Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="imagefolder:DIR: read the image files batch by batch for every chip (memory stays flat however many there are), or decode them into memory once. Default: stream when the decoded images would take more than 2 GiB.")]
+RayWorkersOpt = Annotated[Optional[int], typer.Option("--ray-workers", help="With --ray: Ray workers measuring chips. Default: one per CPU of the cluster.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
 DataOpt = Annotated[Optional[str], typer.Option("--data", help=f"Dataset: {_DATASETS}. Default: embedded.")]
 CheckpointDataOpt = Annotated[
@@ -614,6 +634,9 @@ def verify_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
     trust: TrustOpt = None,
     sign: Annotated[Optional[Path], typer.Option("--sign", help="Sign the report with this private key: report.sig beside report.json (needs --out). See docs/signing.md.")] = None,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    stream: StreamOpt = None,
 ):
     """Sign off an ONNX export on simulated faulty chips with ONNX Runtime. Prints one
     PASSED/FAILED line per acceptance limit; exit 0 when all pass, 1 when one fails, 2 on bad input.
@@ -635,12 +658,14 @@ def verify_cmd(
         report_key = _signing_key(sign)
         # Before any chip runs: a file that no trusted key signed is refused, not measured.
         signature = _checked_signatures(onnx_file, reference, trust)
+        if fault_maps is not None and stream is not None:
+            raise ConfigError("--stream/--in-memory: for simulated chips; --fault-maps decodes its images into memory")
         if fault_maps is not None:
             _verify_fault_maps(onnx_file, resolved, fault_maps, out, data, signature=signature, report_key=report_key,
                                val_split=val_split, max_images=max_images,
                                all_images=all_images, reference=reference, program=program, permute_rows=permute_rows,
                                simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
-                                               "--fixed-chips": fixed_chips or None})  # fmt: skip
+                                               "--fixed-chips": fixed_chips or None, "--ray": ray})  # fmt: skip
             return
         if field_rate is not None:
             raise ConfigError("--field-rate: adds field faults to measured chips; give --fault-maps DIR (simulated sign-off "
@@ -648,16 +673,21 @@ def verify_cmd(
         if program or permute_rows:
             flag = "--program" if program else "--permute-rows"
             raise ConfigError(f"{flag}: programs each chip around its fault map; give --fault-maps DIR")
+        if ray_workers is not None and ray is None:
+            raise ConfigError("--ray-workers: sets the workers of --ray; give --ray too")
         if chip is not None:
+            if ray is not None:
+                raise ConfigError("--ray: spreads many chips over workers; --chip reruns one, here")
             one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
-                              max_images=max_images, all_images=all_images)  # fmt: skip
+                              max_images=max_images, all_images=all_images, stream=stream)  # fmt: skip
             _echo(one["line"])
             return
         with _progress_bar() as progress:
             log = progress.console.print if progress else _err
             report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
                                  max_images=max_images, all_images=all_images, progress=progress, log=log,
-                                 sequential=False if fixed_chips else None)  # fmt: skip
+                                 sequential=False if fixed_chips else None, ray=ray, ray_workers=ray_workers,
+                                 stream=stream)  # fmt: skip
         _record_signature(report, signature)
         _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
 

@@ -172,6 +172,7 @@ class _Source:
     classes: list[str]
     description: str
     fixed_split: np.ndarray | None = None  # 0 train, 1 validation, as the file itself says
+    paths: list[str] | None = None  # image files, where there are files to stream (imagefolder)
 
 
 def _open_npz(path: Path, description: str) -> _Source:
@@ -298,7 +299,7 @@ def _open_imagefolder(root: Path, image_size: int) -> _Source:
     def take(idx: np.ndarray) -> torch.Tensor:
         return decode_jpegs([Path(paths[i]).read_bytes() for i in idx], image_size, ids=[f"image {paths[i]}" for i in idx])
 
-    return _Source(take, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), f"ImageFolder {root}")
+    return _Source(take, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), f"ImageFolder {root}", paths=paths)
 
 
 def embedded_path() -> Path:
@@ -369,17 +370,23 @@ def load_validation(spec: str | None = None, val_split: int | None = None, image
     """The validation part alone, without decoding the training images (a tenth of the decoding
     work on a default split); with ``all_images``, every image of the source: a test set of
     one's own, none of it held for training."""
-    if all_images:
-        if val_split is not None:
-            raise DataError("--all-images takes every image of --data: give it or --val-split, not both")
-        spec = spec or "embedded"
-        source = _open(spec, image_size)
-        val_idx = np.arange(len(source.labels))
-        description = f"{source.description} (every image: {len(val_idx)})"
-    else:
-        spec, source, _, val_idx, description = _opened_split(spec, val_split, image_size)
+    spec, source, val_idx, description = validation_part(spec, val_split, image_size, all_images)
     return ValidationSet(val_x=source.take(val_idx), val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes,
                          spec=spec, description=description, val_split=len(val_idx))  # fmt: skip
+
+
+def validation_part(spec: str | None, val_split: int | None, image_size: int, all_images: bool):
+    """(spec, opened source, indices of the validation images, description), nothing decoded:
+    what :func:`load_validation` decodes, and what a streamed evaluation reads file by file."""
+    if not all_images:
+        spec, source, _, val_idx, description = _opened_split(spec, val_split, image_size)
+        return spec, source, val_idx, description
+    if val_split is not None:
+        raise DataError("--all-images takes every image of --data: give it or --val-split, not both")
+    spec = spec or "embedded"
+    source = _open(spec, image_size)
+    val_idx = np.arange(len(source.labels))
+    return spec, source, val_idx, f"{source.description} (every image: {len(val_idx)})"
 
 
 def checkpoint_data(record: dict | None, spec: str | None, val_split: int | None, loader=load_data):
@@ -399,10 +406,24 @@ def checkpoint_data(record: dict | None, spec: str | None, val_split: int | None
 def image_set_fingerprint(x_uint8: np.ndarray, labels: np.ndarray) -> str:
     """SHA-256 of an image set as measured: its shape, every pixel (uint8, in order) and every
     label. Two reports with the same fingerprint were measured on the same images."""
-    digest = hashlib.sha256(repr((tuple(x_uint8.shape), str(x_uint8.dtype))).encode())
-    digest.update(np.ascontiguousarray(x_uint8).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    return ImageSetHash(x_uint8.shape, x_uint8.dtype).update(x_uint8).hexdigest(labels)
+
+
+class ImageSetHash:
+    """:func:`image_set_fingerprint` computed batch by batch, for images streamed from files that
+    never sit in memory together: the same hash when the batches, in order, are the whole set."""
+
+    def __init__(self, shape: tuple[int, ...], dtype=np.uint8):
+        self._digest = hashlib.sha256(repr((tuple(shape), str(np.dtype(dtype)))).encode())
+
+    def update(self, x_uint8: np.ndarray) -> "ImageSetHash":
+        self._digest.update(np.ascontiguousarray(x_uint8).tobytes())
+        return self
+
+    def hexdigest(self, labels: np.ndarray) -> str:
+        digest = self._digest.copy()
+        digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

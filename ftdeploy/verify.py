@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from .resolve import signoff_settings
 from .runtime import OnnxBackend
 from .sequential import CleanFigures, Plan, limits_at, run_rate
 
+if TYPE_CHECKING:
+    from .streaming import StreamedImages
+
 REPORT_SCHEMA = "ftdeploy-report/1"
 # --- evaluation data ----------------------------------------------------------------------------
 
@@ -54,10 +57,14 @@ class EvalData:
     from; ``raw`` are the images before normalisation, for another model (a reference) to be
     measured on the same ones with its own."""
 
-    x: np.ndarray
+    x: np.ndarray | None
     y: np.ndarray
     record: dict
-    raw: np.ndarray
+    raw: np.ndarray | None
+    #: Streamed instead (an image folder bigger than memory): x and raw are None.
+    images: "StreamedImages | None" = None
+    #: The export ``x`` is normalised for.
+    export: ExportedModel | None = None
 
     def normalized_for(self, export: ExportedModel) -> np.ndarray:
         """These images with ``export``'s normalisation."""
@@ -66,34 +73,73 @@ class EvalData:
         norm = export.meta["normalization"]
         return normalize_numpy(self.raw, norm["mean"], norm["std"])
 
+    def backend_for(self, export: ExportedModel, threads: int | None = None, batch_size: int | None = None) -> OnnxBackend:
+        """``export`` on these images, held in memory or streamed from their files."""
+        if self.images is not None:
+            from .streaming import StreamedOnnxBackend
+
+            return StreamedOnnxBackend(export, self.images, threads, batch_size)
+        x = self.x if export is self.export else self.normalized_for(export)
+        return OnnxBackend(export, x, self.y, threads, batch_size)
+
 
 def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: int | None = None,
-                    max_images: int | None = None, all_images: bool = False) -> EvalData:  # fmt: skip
+                    max_images: int | None = None, all_images: bool = False, stream: bool | None = False) -> EvalData:  # fmt: skip
     """The validation part of ``spec`` (default: the embedded dataset), or every image of it with
     ``all_images``, preprocessed with the file's normalisation; at most ``max_images``, a
     class-stratified subset (seed 0) in the dataset's order, because validation parts may be
-    sorted by class. The record gives the image count and the fingerprint of the images measured."""
-    from .data import SPLIT_SEED, image_set_fingerprint, load_validation
+    sorted by class. The record gives the image count and the fingerprint of the images measured.
+    ``stream``: read an image folder's files batch by batch at every pass rather than decode them
+    into memory (:mod:`ftdeploy.streaming`; the same images, in the same order); None: when the
+    decoded images would exceed :data:`ftdeploy.streaming.STREAM_ABOVE_BYTES`."""
+    from .data import SPLIT_SEED, image_set_fingerprint, validation_part
 
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
         raise VerifyError(f"{export.path}: input is {height}x{width}; only square images are supported")
-    bundle = load_validation(spec, val_split, image_size=height, all_images=all_images)  # training images stay undecoded
-    _check_classes(export, bundle.spec, bundle.classes)
-    x, y = bundle.val_x.numpy(), bundle.val_y.numpy().astype(np.int64)
-    if tuple(x.shape[1:]) != export.image_shape:
-        raise VerifyError(f"data {bundle.spec}: images are {list(x.shape[1:])}, the model takes {list(export.image_shape)}")
-    available = len(y)
-    keep = subset_indices(y, max_images)
-    if keep is not None:
-        x, y = x[keep], y[keep]
-    record = {"spec": bundle.spec, "val_split": bundle.val_split, "split_seed": SPLIT_SEED, "images": int(len(y)),
+    spec, source, val_idx, description = validation_part(spec, val_split, height, all_images)  # training images stay undecoded
+    _check_classes(export, spec, source.classes)
+    available = len(val_idx)
+    images = _streamed(spec, source, val_idx, height, stream)
+    if images is not None:
+        _check_shape(export, spec, images.shape)
+        images = images.subset(subset_indices(images.labels, max_images))
+        x, y, fingerprint = None, images.labels, images.fingerprint()
+    else:
+        x, y = source.take(val_idx).numpy(), source.labels[val_idx].astype(np.int64)
+        _check_shape(export, spec, x.shape)
+        keep = subset_indices(y, max_images)
+        if keep is not None:
+            x, y = x[keep], y[keep]
+        fingerprint = image_set_fingerprint(x, y)
+    record = {"spec": spec, "val_split": available, "split_seed": SPLIT_SEED, "images": int(len(y)),
               "val_images": int(available), "max_images": max_images, "all_images": all_images,
-              "fingerprint": image_set_fingerprint(x, y), "description": bundle.description,
+              "fingerprint": fingerprint, "description": description,
               "training_record": export.meta.get("data")}  # fmt: skip
-    data = EvalData(x, y, record, raw=x)
-    data.x = data.normalized_for(export)
+    data = EvalData(x, y, record, raw=x, images=images, export=export)
+    if x is not None:
+        data.x = data.normalized_for(export)
     return data
+
+
+def _streamed(spec: str, source, val_idx: np.ndarray, image_size: int, stream: bool | None) -> "StreamedImages | None":
+    """The held-out images as files to stream, where ``stream`` asks for it (None: where they
+    would not fit the memory budget decoded); None to decode them into memory."""
+    from .streaming import STREAM_ABOVE_BYTES, StreamedImages
+
+    if stream is False:
+        return None
+    if source.paths is None:
+        if stream:
+            raise ConfigError(f"--stream: streams the image files of imagefolder:DIR; {spec} is not an image folder")
+        return None
+    images = StreamedImages([source.paths[i] for i in val_idx], source.labels[val_idx].astype(np.int64), image_size)
+    return images if stream or images.nbytes() > STREAM_ABOVE_BYTES else None
+
+
+def _check_shape(export: ExportedModel, spec: str, shape: tuple[int, ...]) -> None:
+    if tuple(shape[1:]) != export.image_shape:
+        raise VerifyError(f"data {spec}: images are {list(shape[1:])}, the model takes {list(export.image_shape)}")
 
 
 def _check_classes(export: ExportedModel, spec: str, classes) -> None:
@@ -140,6 +186,9 @@ def verify_onnx(
     log: Callable[[str], None] | None = None,
     sequential: bool | None = None,
     batch_chips: int | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    stream: bool | None = None,
 ) -> dict:
     """Sign off an ONNX export on simulated chips; return the report (a JSON-ready dict whose
     ``verdict.passed`` says whether every limit holds). ``chips`` (per rate; the cap when
@@ -151,7 +200,12 @@ def verify_onnx(
     on these images is Acc_pretrain. ``all_images``: measure on every image of ``data_spec`` (a
     test set of one's own), not its validation part. ``progress``: a rich Progress (one bar over
     all chips, shrunk where a rate stops early); ``log``: receives one plain line per rate.
-    Raises ConfigError / VerifyError / DataError on bad input, before any chip runs."""
+    ``ray``: measure the chips on Ray workers (:mod:`ftdeploy.distributed`): ``"local"`` starts
+    a Ray here, else the address of a cluster; ``ray_workers`` actors (default: one per CPU).
+    The report is the one a single process writes. ``stream``: read an image folder's files
+    batch by batch for every chip (:mod:`ftdeploy.streaming`) rather than decode them into
+    memory; None (default): when they would not fit the memory budget decoded. Raises
+    ConfigError / VerifyError / DataError on bad input, before any chip runs."""
     signoff = resolved.profile.signoff
     settings = signoff_settings(signoff, dict(chips=chips, seed=seed, max_images=max_images, sequential=sequential,
                                               batch_chips=batch_chips))  # fmt: skip
@@ -159,14 +213,22 @@ def verify_onnx(
     _check_run_options(resolved, chips, seed, max_images, batch_size)
     if settings.batch_chips < 1:
         raise ConfigError(f"batch_chips: expected at least 1, found {settings.batch_chips}")
+    if ray is not None:  # before any image is read: a missing extra is one line, not a traceback later
+        from .distributed import require_ray
+
+        require_ray()
+        if ray_workers is not None and ray_workers < 1:
+            raise ConfigError(f"--ray-workers: expected at least 1, found {ray_workers}")
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     t0 = time.perf_counter()
-    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
+                   stream)  # fmt: skip
     export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
     acc_retrain, pretrain = setup.acc_retrain, setup.pretrain
     notes = list(pretrain.notes)
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
+    pool = _ray_chips(ray, ray_workers, setup)
     bar = _ChipBar(progress, chips * len(signoff.rates))
     clean = CleanFigures(pretrain.value, acc_retrain, signoff.chip_threshold(pretrain.value))
     rates = []
@@ -175,6 +237,8 @@ def verify_onnx(
         faults, total = resolved.profile.signoff_faults(rate), rate_total(rate)
 
         def measure(start: int, stop: int, faults=faults, total=total) -> list[float]:
+            if pool is not None and not faults.is_identity:  # one round of Ray tasks per look of the sequential rule
+                return pool.measure(faults, total, seed, start, stop, on_chip=bar.tick)
             return chip_accuracies(backend, SimulatedChips(faults, total, seed, stop - start, start=start), on_chip=bar.tick)
 
         accs, stop = run_rate(plan, limits_at(signoff, rate), clean, measure)
@@ -183,6 +247,8 @@ def verify_onnx(
         rates[-1]["stopped"] = stop.to_dict()
         _say(log, f"rate {rate_label(rate)}: Acc_defect {rates[-1]['acc_defect_mean']:.2f} % over {stop.chips} chips "
                   f"({time.perf_counter() - t_rate:.1f} s); {stop.reason}")  # fmt: skip
+    if pool is not None:  # on an exception the actors go when their handles do, with this frame
+        pool.close()
     used = sum(r["chips"] for r in rates)
     _say(log, f"{used} chips in {time.perf_counter() - t0:.1f} s")
     if any(r["stability_note"] == NO_DEGRADATION for r in rates):
@@ -242,19 +308,34 @@ def load_for_profile(onnx_path: str | Path, resolved: ResolvedProfile) -> Export
     return export
 
 
-def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size) -> _Setup:
-    """``export`` as :func:`load_for_profile` returns it."""
+def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
+           stream: bool | None = False) -> _Setup:  # fmt: skip
+    """``export`` as :func:`load_for_profile` returns it; ``stream`` as :func:`evaluation_data` takes it."""
     ref_export = _load_reference(reference, export, resolved)
-    data = evaluation_data(export, data_spec, val_split, max_images, all_images)
-    backend = OnnxBackend(export, data.x, data.y, threads, batch_size)
+    data = evaluation_data(export, data_spec, val_split, max_images, all_images, stream)
+    backend = data.backend_for(export, threads, batch_size)
     acc_retrain = backend.accuracy()
     pretrain = _acc_pretrain(export, ref_export, data, acc_retrain, resolved, threads, batch_size)
     return _Setup(export, ref_export, data, backend, acc_retrain, pretrain)
 
 
+def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
+    """The Ray actors that measure this sign-off's chips (:class:`ftdeploy.distributed.RayChips`),
+    or None without ``address``."""
+    if address is None:
+        return None
+    from .distributed import RayChips, connect
+
+    backend = setup.backend
+    if setup.data.images is not None:
+        raise ConfigError("--ray: sends the decoded images to its workers through Ray's object store, and these are "
+                          "streamed from their files (too large to hold in memory); give --in-memory to decode them, or drop --ray")  # fmt: skip
+    return RayChips(connect(address), setup.export, backend.x, backend.y, backend.batch_size, workers)
+
+
 def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[float, int], data_spec: str | None = None,
                 seed: int | None = None, *, reference: str | Path | None = None, val_split: int | None = None,
-                max_images: int | None = None, all_images: bool = False) -> dict:  # fmt: skip
+                max_images: int | None = None, all_images: bool = False, stream: bool | None = None) -> dict:  # fmt: skip
     """Rerun one simulated chip alone, ``chip`` = (a sign-off rate's total, chip index), on the
     images and seed a sign-off with the same options measures: the accuracy is the one that
     sign-off reports for that chip. Returns {"id", "accuracy", "meets_spec", "line"}."""
@@ -268,7 +349,8 @@ def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[fl
                           f"({', '.join(rate_label(r) for r in signoff.rates)})")  # fmt: skip
     settings = signoff_settings(signoff, dict(seed=seed, max_images=max_images))
     _check_run_options(resolved, settings.chips, settings.seed, settings.max_images, None)
-    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None)
+    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None,
+                   stream)  # fmt: skip
     one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
     accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
     threshold, meets = signoff.chip_threshold(setup.pretrain.value), None
@@ -309,7 +391,7 @@ def _acc_pretrain(export, ref_export, data: EvalData, acc_retrain: float, resolv
     the file's own figure where it was provably measured on them. Otherwise none, and a limit
     that needs it is refused."""
     if ref_export is not None:
-        value = OnnxBackend(ref_export, data.normalized_for(ref_export), data.y, threads, batch_size).accuracy()
+        value = data.backend_for(ref_export, threads, batch_size).accuracy()
         return AccPretrain(value, f"measured here: the reference {ref_export.path.name} (sha256 "
                                   f"{sha256_file(ref_export.path)[:16]}…) on a fault-free chip, on these images", True)  # fmt: skip
     recorded = export.meta.get("acc_pretrain")

@@ -72,4 +72,18 @@ def test_programming_bench_times_one_chip_against_reading_the_export(tmp_path, c
     assert result["weights_with_stuck_cells_median"] > 0
     assert isinstance(result["meets_goal_permuted"], bool)
     assert all(p <= u for p, u in zip(result["residual_codes"]["permuted"], result["residual_codes"]["unpermuted"]))
-    assert "ftdeploy program --permute-rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ftdeploy program --permute-rows" in printed and "RATIO ftdeploy program / read export" in printed
+
+
+def test_streaming_bench_measures_peak_memory_at_two_folder_sizes(tmp_path, capsys):
+    """--quick: 40 and 400 images, streamed, each signed off in a fresh process. No memory goal
+    is asserted (a shared box's allocator varies); the figures are of real sign-offs."""
+    bench = _load_bench(BENCH.with_name("bench_streaming.py"))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["folder_images"], r["stream"]) for r in result["rows"]] == [(40, True), (400, True)]
+    assert [r["images"] for r in result["rows"]] == [40, 400]
+    assert all(r["peak_rss_mib"] > 0 for r in result["rows"]) and result["ratio_streamed"] > 0
+    assert "RATIO peak RSS 400/40 images, streamed" in capsys.readouterr().out

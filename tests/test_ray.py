@@ -1,0 +1,127 @@
+"""verify --ray: chips spread over Ray workers give the report a single process writes, to the
+byte. One local Ray cluster (two CPUs) for the module: starting Ray costs seconds."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+
+from ftdeploy.cli import _record_signature, main
+from ftdeploy.data import load_data
+from ftdeploy.distributed import MISSING_RAY, split_range
+from ftdeploy.errors import ConfigError
+from ftdeploy.export import export_onnx
+from ftdeploy.profiles import load_profile
+from ftdeploy.report import write_report
+from ftdeploy.signing import onnx_signature
+from ftdeploy.training.checkpoint import load_checkpoint
+from ftdeploy.verify import verify_onnx
+
+from _quick_model import quick_checkpoint
+
+#: Read noise too: a per-inference chip draws afresh per batch of images, so a worker must use the
+#: driver's batch size for chip k to stay chip k.
+PROFILE = """\
+name: raytest
+target: paper-diff8
+faults:
+  - kind: stuck-at
+    p_sa: 0.01
+  - kind: read-noise
+    sigma_rel: 0.02
+signoff:
+  rates: [0.0, 0.02]
+  chips: 5
+  batch_chips: 2
+  seed: 3
+  max_images: 60
+  acceptance:
+    - rate: 0.02
+      min_acc_defect_pct: 0.0
+"""
+
+
+def test_ranges_are_contiguous_in_order_and_cover_every_chip():
+    assert split_range(4, 11, 3) == [(4, 7), (7, 9), (9, 11)]
+    assert split_range(0, 2, 4) == [(0, 1), (1, 2)]
+    for start, stop, parts in [(0, 1, 1), (3, 20, 4), (0, 100, 7)]:
+        ranges = split_range(start, stop, parts)
+        assert [i for lo, hi in ranges for i in range(lo, hi)] == list(range(start, stop))
+
+
+def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, args)])
+    with pytest.raises(SystemExit) as info:
+        main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_without_ray_installed_ray_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
+    """Before the file is even read: the line names the extra that installs Ray."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ConfigError, match="ftdeploy\\[ray\\]"):
+        verify_onnx(tmp_path / "absent.onnx", load_profile("demo"), ray="local")
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", tmp_path / "absent.onnx", "--profile", "demo", "--ray")
+    assert code == 2 and err.strip() == f"error: {MISSING_RAY}", err
+
+
+try:
+    import ray
+except ImportError:  # the tests above still run: they are what a user without Ray sees
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install -e '.[test]' installs it)")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own, which outlives shutdown
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """(export path, resolved profile) of a quickly trained demo CNN."""
+    folder = tmp_path_factory.mktemp("ray")
+    (folder / "raytest.yaml").write_text(PROFILE)
+    resolved = load_profile(folder / "raytest.yaml")
+    out = folder / "model.onnx"
+    export_onnx(load_checkpoint(quick_checkpoint(load_data(None), resolved.target, folder)), resolved, out)
+    return out, resolved
+
+
+def _report_bytes(report: dict, folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in write_report(report, folder) if p.suffix in (".json", ".md", ".xml")}
+
+
+@needs_ray
+def test_ray_report_is_byte_identical_to_one_process(cluster, signed, tmp_path):
+    """Two workers, chips in batches of 2 (looks at 2, 4, 5 chips: ranges of one and two chips),
+    read noise drawn per batch of images: every figure of the report is the single process's."""
+    onnx_path, resolved = signed
+    alone = verify_onnx(onnx_path, resolved)
+    spread = verify_onnx(onnx_path, resolved, ray="local", ray_workers=2)
+    assert spread["figures"]["rates"][1]["chips"] >= 2
+    assert _report_bytes(spread, tmp_path / "ray") == _report_bytes(alone, tmp_path / "alone")
+
+
+@needs_ray
+def test_cli_ray_without_an_address_uses_the_running_ray(cluster, signed, tmp_path, monkeypatch, capsys):
+    """``--ray`` alone takes no value: the next option is not taken for an address."""
+    onnx_path, resolved = signed
+    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--ray", "--profile", resolved.profile_path,
+                              "--fixed-chips", "--out", tmp_path / "ray")  # fmt: skip
+    assert code == 0, out + err
+    alone = verify_onnx(onnx_path, resolved, sequential=False)
+    _record_signature(alone, onnx_signature(onnx_path, None))  # what the CLI adds to every report
+    written = (tmp_path / "ray" / "report.json").read_bytes()
+    assert written == _report_bytes(alone, tmp_path / "alone")["report.json"]
