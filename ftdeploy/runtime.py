@@ -12,13 +12,11 @@ use.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME, with_analog_cell_inputs, with_cell_inputs
-from .population import Backend
+from .population import Backend, available_cores
 
 #: Images per ONNX Runtime call for 32x32 inputs: large batches keep both cores busy inside each
 #: convolution and amortise the per-call decode of the cells (ResNet-20, 5,000 images, 2 loaded
@@ -81,9 +79,3 @@ class OnnxBackend(Backend):
         logits = self._session.run([OUTPUT_NAME], {INPUT_NAME: self.x[start:stop], **self._feeds})[0]
         return int((logits.argmax(1) == self.y[start:stop]).sum())
 
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
