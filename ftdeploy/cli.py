@@ -872,6 +872,7 @@ def sweep_cmd(
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
+    chip_batch: Annotated[Optional[int], typer.Option("--chip-batch", help="Chips evaluated in one forward pass (their weights stacked; the same chips either way): more keeps a GPU busy. Default: the profile's signoff.chip_batch.")] = None,
     train_seed: SweepTrainSeedOpt = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -887,7 +888,7 @@ def sweep_cmd(
     from .sweep import SweepSettings, run_sweep
 
     resolved = load_profile(profile)
-    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
+    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed, chip_batch=chip_batch))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method, rates, model and faults (SweepSettings.train_config). The
@@ -908,7 +909,7 @@ def sweep_cmd(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
-        allow_model_import=trust_model_code,
+        allow_model_import=trust_model_code, chip_batch=screen.chip_batch,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split)

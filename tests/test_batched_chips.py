@@ -133,3 +133,32 @@ def test_chip_batch_must_be_positive(setup):
     net, x, y, mean, std, _ = setup
     with pytest.raises(ValueError, match="chip_batch"):
         net.backend(x, y, mean, std, chip_batch=0)
+
+
+# --- the chip_batch setting: profile, then command line ---------------------------------------
+
+
+def test_chip_batch_comes_from_the_profile_then_the_command_line(tmp_path):
+    from ftdeploy.errors import ConfigError
+    from ftdeploy.resolve import signoff_settings
+
+    (tmp_path / "p.yaml").write_text(PROFILE.format(target="paper-diff8") + "  chip_batch: 16\n")
+    signoff = load_profile(tmp_path / "p.yaml").profile.signoff
+    assert signoff_settings(signoff, {}).chip_batch == 16
+    assert signoff_settings(signoff, {"chip_batch": 4}).chip_batch == 4
+    with pytest.raises(ConfigError, match="^--chip-batch: expected at least 1"):
+        signoff_settings(signoff, {"chip_batch": 0})
+
+
+def test_sweep_chip_batch_0_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ftdeploy.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "sweep", "--from", str(tmp_path / "m.pt"), "--profile", "demo",
+                                      "--out", str(tmp_path / "s"), "--chip-batch", "0"])  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: --chip-batch:") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
