@@ -88,6 +88,16 @@ def _checked_device(name: str | None) -> str | None:
     return name
 
 
+def _checked_onnx_device(name: str | None) -> str | None:
+    """verify's --device, checked as the command line is read: a GPU this ONNX Runtime cannot
+    use is one line (exit 2) before any file or data loads."""
+    if name is not None:
+        from .runtime import execution_providers
+
+        execution_providers(name)
+    return name
+
+
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
@@ -546,6 +556,7 @@ def verify_cmd(
     fault_maps: Annotated[Optional[Path], typer.Option("--fault-maps", help="Measure physical chips instead: a folder of fault maps (*.csv, *.npz), one per chip, as a chip tester reports its stuck cells (docs/fault-maps.md); each chip is judged against the profile's signoff.chip_spec, one line (and one JUnit test case) per chip; exit 1 when any chip fails it.")] = None,
     program: Annotated[bool, typer.Option("--program", help="With --fault-maps: program each chip around its own map (as `ftdeploy program` does) and measure it again; the report shows each chip's accuracy and the lot's yield unprogrammed and programmed, and judges the programmed chips.")] = False,
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="Where ONNX Runtime runs the chips: cpu, cuda[:N] (its CUDA execution provider: pip install 'ftdeploy[gpu]'), or auto (CUDA where available, else the CPU, saying so). Default: cpu.", callback=_checked_onnx_device)] = None,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
     trust: TrustOpt = None,
@@ -572,20 +583,20 @@ def verify_cmd(
                            val_split=val_split, max_images=max_images,
                            all_images=all_images, reference=reference, program=program,
                            simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
-                                           "--fixed-chips": fixed_chips or None})  # fmt: skip
+                                           "--fixed-chips": fixed_chips or None, "--device": device})  # fmt: skip
         return
     if program:
         raise ConfigError("--program: programs each chip around its fault map; give --fault-maps DIR")
     if chip is not None:
         one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
-                          max_images=max_images, all_images=all_images)  # fmt: skip
+                          max_images=max_images, all_images=all_images, device=device)  # fmt: skip
         _echo(one["line"])
         return
     with _progress_bar() as progress:
         log = progress.console.print if progress else _err
         report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
                              max_images=max_images, all_images=all_images, progress=progress, log=log,
-                             sequential=False if fixed_chips else None)  # fmt: skip
+                             sequential=False if fixed_chips else None, device=device)  # fmt: skip
     _record_signature(report, signature)
     _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
 

@@ -162,3 +162,44 @@ def test_sweep_chip_batch_0_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("error: --chip-batch:") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
+
+
+# --- ONNX Runtime on a GPU: --device ------------------------------------------------------------
+
+
+def test_onnx_device_names_their_execution_providers(monkeypatch):
+    import onnxruntime as ort
+
+    from ftdeploy.errors import ConfigError
+    from ftdeploy.runtime import CPU, CUDA, execution_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
+    assert execution_providers(None) == ([CPU], None) and execution_providers("cpu") == ([CPU], None)
+    providers, note = execution_providers("auto")
+    assert providers == [CPU] and "running on the CPU" in note
+    with pytest.raises(ConfigError, match=r"^--device: cuda asked for, but ONNX Runtime here has no CUDA execution provider"):
+        execution_providers("cuda")
+    for bad in ("gpu", "cuda:x", "cpu:1"):
+        with pytest.raises(ConfigError, match=r"^--device: expected auto, cpu or cuda\[:N\]"):
+            execution_providers(bad)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    assert execution_providers("cuda:1") == ([(CUDA, {"device_id": 1}), CPU], None)
+    assert execution_providers("auto") == ([(CUDA, {"device_id": 0}), CPU], None)
+
+
+def test_verify_device_cuda_without_cuda_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import onnxruntime as ort
+
+    from ftdeploy.cli import main
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine's ONNX Runtime has CUDA")
+    monkeypatch.setattr(sys, "argv", ["ftdeploy", "verify", str(tmp_path / "m.onnx"), "--profile", "demo", "--device", "cuda",
+                                      "--out", str(tmp_path / "r")])  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: --device: cuda asked for") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
