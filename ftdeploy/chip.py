@@ -8,7 +8,8 @@ With ``chip_batch`` K > 1 the backend runs K chips in one forward pass: their we
 stacked along a chip dimension and the network is mapped over it (``torch.func.vmap`` of
 ``functional_call``, which turns each convolution into one grouped convolution). The weights are
 the one-at-a-time weights bit for bit; the logits may differ in the last bits, because a grouped
-convolution sums in another order, so an argmax on a near-exact tie can flip.
+convolution sums in another order, so an argmax on a near-exact tie can flip. A pass holds at
+most :meth:`TorchBackend.pairs_per_pass` (chip, image) pairs, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -108,6 +109,21 @@ class DeployedNetwork:
 
         return vmap(one_chip, in_dims=(0, None))(weights, x)
 
+    def activation_bytes(self, image_shape: tuple[int, ...]) -> int:
+        """Bytes of float32 activations one image of ``image_shape`` (C, H, W) can hold at once,
+        bounded above by the sum of every module's output (inference frees most of them sooner):
+        what a pass's memory grows by per (chip, image) pair."""
+        sizes: list[int] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
+                 for m in self.model.modules()]  # fmt: skip
+        try:
+            with torch.no_grad():
+                self.model(torch.zeros(1, *image_shape, device=self.device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return 4 * sum(sizes)
+
     def load_chip(self, faults: FaultModel, draw: ChipDraw) -> None:
         """Compute as the chip with the drawn states ``draw`` of ``faults`` (per layer, one state
         per chip-level kind)."""
@@ -156,8 +172,8 @@ class TorchBackend(Backend):
         """Accuracy (%) of each chip, all of them in each forward pass. Images go in the same
         batches of ``batch_size`` as one chip at a time, and a per-inference chip is read afresh
         for every batch, in the same order, so each chip reads what it reads alone. Each batch
-        runs in passes of ``batch_size // chips`` images: a pass holds as many (chip, image) pairs
-        as one chip's batch, so activation memory does not grow with the chips."""
+        runs in passes of at most :meth:`pairs_per_pass` (chip, image) pairs, so memory stays
+        bounded however many chips are asked for."""
         if len(readings) == 1:
             return [self.accuracy(readings[0])]
         correct = torch.zeros(len(readings), dtype=torch.int64)
@@ -168,11 +184,25 @@ class TorchBackend(Backend):
             correct += self._correct_chips(weights, start, min(start + self.batch_size, self.n_images))
         return [100.0 * int(c) / self.n_images for c in correct]
 
+    def pairs_per_pass(self, chips: int) -> int:
+        """(chip, image) pairs one forward pass may hold. On the CPU, one chip's batch: the cores
+        are busy at that size already, and memory stays that of one chip. On a GPU, as many as
+        half its free memory holds (:meth:`DeployedNetwork.activation_bytes` per pair), between
+        one chip's batch and every chip on a whole batch: there the extra pairs are the speed-up."""
+        if self.net.device.type != "cuda":
+            return self.batch_size
+        free, _ = torch.cuda.mem_get_info(self.net.device)
+        return pairs_within(free // 2, self._pair_bytes, self.batch_size, chips)
+
+    @functools.cached_property
+    def _pair_bytes(self) -> int:
+        return self.net.activation_bytes(tuple(self.x.shape[1:]))
+
     @torch.no_grad()
     def _correct_chips(self, weights: dict[str, torch.Tensor], start: int, stop: int) -> torch.Tensor:
         """Correct top-1 predictions per chip on images ``start:stop``."""
         chips = next(iter(weights.values())).shape[0]
-        per_pass = max(1, self.batch_size // chips)
+        per_pass = max(1, self.pairs_per_pass(chips) // chips)
         correct = torch.zeros(chips, dtype=torch.int64)
         for lo in range(start, stop, per_pass):
             hi = min(lo + per_pass, stop)
@@ -180,6 +210,12 @@ class TorchBackend(Backend):
             pred = self.net.chips_logits(weights, xb).argmax(-1).cpu()  # (chips, images)
             correct += (pred == self.y[lo:hi]).sum(1)
         return correct
+
+
+def pairs_within(budget_bytes: int, pair_bytes: int, batch_size: int, chips: int) -> int:
+    """(chip, image) pairs per pass that ``budget_bytes`` holds at ``pair_bytes`` each, at least
+    one chip's batch (``batch_size``) and at most ``chips`` chips on a whole batch."""
+    return max(batch_size, min(chips * batch_size, budget_bytes // max(1, pair_bytes)))
 
 
 def deployed_accuracy(model: nn.Module, target: Target, data: DataBundle, device, chips: int = 0, rate: float = 0.0,

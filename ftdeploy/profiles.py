@@ -268,9 +268,9 @@ class SignOff(_Strict):
     chip_batch: int = Field(
         1, ge=1, le=4096,
         description="Chips the PyTorch backend (the sweep's evaluation) runs in one forward pass, their weights "
-                    "stacked along a chip dimension: more keeps a GPU busy. A pass holds no more (chip, image) pairs "
-                    "than one chip's batch of images, so memory grows only by the chips' weights. Chip k is the same "
-                    "chip either way; ONNX Runtime (verify) runs one chip at a time.",
+                    "stacked along a chip dimension: more keeps a GPU busy. A pass holds as many (chip, image) pairs "
+                    "as half the GPU's free memory allows (on the CPU, one chip's batch of images), so memory stays "
+                    "bounded. Chip k is the same chip either way; ONNX Runtime (verify) runs one chip at a time.",
     )  # fmt: skip
     seed: int = Field(0, ge=0, description="Seed of the chip population: the same seed gives the same chips and the same report.")
     max_images: int | None = Field(None, ge=1, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")

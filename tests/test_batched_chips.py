@@ -203,3 +203,18 @@ def test_verify_device_cuda_without_cuda_is_one_line_exit_2(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("error: --device: cuda asked for") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_pass_holds_what_memory_allows_between_one_chips_batch_and_every_chip(setup):
+    """On the CPU a pass holds one chip's batch of (chip, image) pairs; on a GPU as many as half
+    its free memory holds, measured per image from the network's own activations."""
+    from ftdeploy.chip import pairs_within
+
+    net, x, y, mean, std, _ = setup
+    backend = net.backend(x, y, mean, std, batch_size=64, chip_batch=8)
+    assert backend.pairs_per_pass(8) == 64
+    per_image = net.activation_bytes((3, 32, 32))
+    assert per_image >= 4 * 3 * 32 * 32  # at least the first layer's input-sized output
+    assert pairs_within(10 * per_image, per_image, 4, 8) == 10
+    assert pairs_within(per_image, per_image, 4, 8) == 4, "never less than one chip's batch"
+    assert pairs_within(10**12, per_image, 4, 8) == 32, "never more than every chip on a whole batch"

@@ -71,3 +71,18 @@ def test_programming_bench_times_one_chip_against_reading_the_export(tmp_path, c
     assert result["ratio_program_to_read"] > 0 and isinstance(result["meets_goal"], bool)
     assert result["weights_with_stuck_cells_median"] > 0
     assert "RATIO ftdeploy program / read export" in capsys.readouterr().out
+
+
+def test_signoff_bench_measures_every_ratio_and_never_fakes_the_gpu_campaign(tmp_path, capsys):
+    """--quick: democnn, 64 random images, 4 chips. Each ratio is of real runs; batched chips are
+    the one-at-a-time chips; the campaign is run only on a GPU, and says so otherwise."""
+    bench = _load_bench(BENCH.with_name("bench_signoff.py"))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["a_chip_over_plain"]["ratio"] > 0 and len(result["a_chip_over_plain"]["wall_s"]["chip"]) == 2
+    b = result["b_batched_over_single"]
+    assert b["speedup"] > 0 and b["device"] == "cpu" and b["goal"] is None and b["max_accuracy_difference_pct"] <= 100 / 64
+    assert result["c_campaign"] is None and result["d_train_epoch"]["ratio"] > 0
+    printed = capsys.readouterr().out
+    assert "not run: no GPU" in printed and "RATIO batched / one-at-a-time" in printed
