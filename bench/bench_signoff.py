@@ -129,7 +129,7 @@ def chip_over_plain(s: Setup, repeats: int) -> dict:
     times = {"plain": [], "chip": []}
     for k in range(repeats):
         times["plain"].append(_timed(run_plain))
-        times["chip"].append(_timed(lambda: run_chip(k + 1)))
+        times["chip"].append(_timed(lambda k=k: run_chip(k + 1)))
     ratio = statistics.median(c / p for c, p in zip(times["chip"], times["plain"]))
     return {"wall_s": times, "ratio": ratio, "goal": GOAL_CHIP_OVER_PLAIN, "meets_goal": ratio <= GOAL_CHIP_OVER_PLAIN,
             "threads": backend.threads, "device": "cpu"}  # fmt: skip

@@ -24,7 +24,6 @@ chips are physical ones, named by :class:`MeasuredChipId`, and any chip of any s
 from __future__ import annotations
 
 import os
-
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError, VerifyError
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME, with_analog_cell_inputs, with_cell_inputs
-from .errors import ConfigError, VerifyError
 from .population import Backend, available_cores
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

@@ -11,8 +11,6 @@ the same slack the PyTorch and ONNX Runtime backends are allowed against each ot
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
