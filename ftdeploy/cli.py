@@ -112,6 +112,16 @@ def _checked_device(name: str | None) -> str | None:
     return name
 
 
+def _checked_onnx_device(name: str | None) -> str | None:
+    """verify's --device, checked as the command line is read: a GPU this ONNX Runtime cannot
+    use is one line (exit 2) before any file or data loads."""
+    if name is not None:
+        from .runtime import execution_providers
+
+        execution_providers(name)
+    return name
+
+
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option("--device", help=f"auto (CUDA if present), cpu or cuda[:N]. Default: {_TRAIN_DEFAULTS['device']}.",
@@ -630,6 +640,7 @@ def verify_cmd(
     permute_rows: Annotated[bool, typer.Option("--permute-rows", help="With --program, on a target with row_permutation: also permute each tile's rows as `ftdeploy program --permute-rows` does.")] = False,
     field_rate: Annotated[Optional[float], typer.Option("--field-rate", min=0.0, max=1.0, help="With --fault-maps: field faults (cells failing after programming), total stuck-at probability per cell added on top of each chip's map. Default: the profile's signoff.field_rate.")] = None,
     fixed_chips: Annotated[bool, typer.Option("--fixed-chips", help="Simulate every one of --chips chips at each rate, rather than drawing them in batches and stopping a rate once its limits are decided (the profile's signoff.sequential).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="Where ONNX Runtime runs the chips: cpu, cuda[:N] (its CUDA execution provider: pip install 'ftdeploy[gpu]'), or auto (CUDA where available, else the CPU, saying so). Default: cpu.", callback=_checked_onnx_device)] = None,
     chip: Annotated[Optional[str], typer.Option("--chip", help="Rerun one simulated chip alone, RATE:INDEX (a sign-off rate's total and the chip's index, as the report lists its worst chips); prints its accuracy and whether it meets the chip spec.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder: report.json (source of truth), report.md, report.xml (JUnit, for CI) and report.html (one page with figures).", callback=_out_folder)] = None,
     trust: TrustOpt = None,
@@ -665,7 +676,7 @@ def verify_cmd(
                                val_split=val_split, max_images=max_images,
                                all_images=all_images, reference=reference, program=program, permute_rows=permute_rows,
                                simulated_only={"--chips": chips, "--chip-seed": chip_seed, "--chip": chip,
-                                               "--fixed-chips": fixed_chips or None, "--ray": ray})  # fmt: skip
+                                               "--fixed-chips": fixed_chips or None, "--ray": ray, "--device": device})  # fmt: skip
             return
         if field_rate is not None:
             raise ConfigError("--field-rate: adds field faults to measured chips; give --fault-maps DIR (simulated sign-off "
@@ -679,7 +690,7 @@ def verify_cmd(
             if ray is not None:
                 raise ConfigError("--ray: spreads many chips over workers; --chip reruns one, here")
             one = verify_chip(onnx_file, resolved, _chip_option(chip), data, chip_seed, reference=reference, val_split=val_split,
-                              max_images=max_images, all_images=all_images, stream=stream)  # fmt: skip
+                              max_images=max_images, all_images=all_images, stream=stream, device=device)  # fmt: skip
             _echo(one["line"])
             return
         with _progress_bar() as progress:
@@ -687,7 +698,7 @@ def verify_cmd(
             report = verify_onnx(onnx_file, resolved, data, chips, chip_seed, reference=reference, val_split=val_split,
                                  max_images=max_images, all_images=all_images, progress=progress, log=log,
                                  sequential=False if fixed_chips else None, ray=ray, ray_workers=ray_workers,
-                                 stream=stream)  # fmt: skip
+                                 stream=stream, device=device)  # fmt: skip
         _record_signature(report, signature)
         _finish_verify(report, verdict_lines(report), out, report_key, "sign-off failed")
 
@@ -983,6 +994,7 @@ def sweep_cmd(
     distill: DistillOpt = None,
     eval_chips: EvalChipsOpt = None,
     chip_seed: ChipSeedOpt = None,
+    chip_batch: Annotated[Optional[int], typer.Option("--chip-batch", help="Chips evaluated in one forward pass (their weights stacked; the same chips either way): more keeps a GPU busy. Default: the profile's signoff.chip_batch.")] = None,
     train_seed: SweepTrainSeedOpt = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
@@ -998,7 +1010,7 @@ def sweep_cmd(
     from .sweep import SweepSettings, run_sweep
 
     resolved = load_profile(profile)
-    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed))
+    screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed, chip_batch=chip_batch))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
     # a bad value must not surface after the data load and the baseline's evaluation. Each cell
     # then sets its own method, rates, model and faults (SweepSettings.train_config). The
@@ -1019,7 +1031,7 @@ def sweep_cmd(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
-        allow_model_import=trust_model_code,
+        allow_model_import=trust_model_code, chip_batch=screen.chip_batch,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split)

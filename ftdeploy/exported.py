@@ -13,7 +13,7 @@ from . import __version__
 from .errors import VerifyError
 from .export_metadata import check_graph, check_initializers, checked_input_shape, decode_metadata
 from .files import folder_given
-from .onnx_format import FORMAT, HASH_KEY, INPUT_NAME, PREFIX, TEXT_KEYS, content_hash, read_metadata
+from .onnx_format import FORMAT, HASH_KEY, INPUT_NAME, PREFIX, content_hash, read_metadata
 from .mapping import Mapping, make_mapping
 from .nonideality import CellRange
 from .profiles import Target

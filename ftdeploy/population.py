@@ -11,6 +11,11 @@ Chip k of a source is the same chip on every backend: its states come from its o
 stream (:func:`ftdeploy.nonideality.chip_rng`), drawn and applied in numpy over the layers in
 export order, so both backends load identical levels.
 
+A backend may run several chips in one pass (``chip_batch``; the PyTorch backend stacks their
+weights along a chip dimension): :func:`chip_accuracies` then draws a group's chips at once, each
+from its own stream on its own thread, and hands the group to :meth:`Backend.accuracies`. Chip k
+is drawn exactly as alone, so grouping changes which chips share a pass, never a chip.
+
 A measured fault map is one more chip source (:class:`ftdeploy.measured.MeasuredChips`): its
 chips are physical ones, named by :class:`MeasuredChipId`, and any chip of any source is what
 :class:`ChipLike` says, an id and a reading.
@@ -18,9 +23,12 @@ chips are physical ones, named by :class:`MeasuredChipId`, and any chip of any s
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 import numpy as np
@@ -148,6 +156,8 @@ class Backend(ABC):
     programmed: list[np.ndarray]
     cells: CellRange
     batch_size: int
+    #: Chips :meth:`accuracies` runs in one pass; 1: one at a time (what every backend can do).
+    chip_batch: int = 1
 
     @property
     @abstractmethod
@@ -178,14 +188,47 @@ class Backend(ABC):
                 self._load(None)
         return 100.0 * correct / self.n_images
 
+    def accuracies(self, readings: Sequence[ChipReading]) -> list[float]:
+        """Accuracy (%) of each chip of a group of at most ``chip_batch``; a backend that runs
+        several chips in one pass overrides it, and must give what :meth:`accuracy` gives."""
+        return [self.accuracy(reading) for reading in readings]
+
 
 def chip_accuracies(backend: Backend, chips: ChipSource, on_chip: Callable[[], None] | None = None) -> list[float]:
-    """Accuracy (%) of every chip of ``chips`` on ``backend``, in source order. ``on_chip`` runs
-    after each chip (a progress bar, or a check that raises to stop early)."""
-    clean = backend.accuracy() if chips.is_identity else None  # every chip is the programmed one
+    """Accuracy (%) of every chip of ``chips`` on ``backend``, in source order, measured
+    ``backend.chip_batch`` chips at a time. ``on_chip`` runs after each chip (a progress bar, or
+    a check that raises to stop early; with groups, once per chip after its group)."""
+    if chips.is_identity:  # every chip is the programmed one
+        clean = backend.accuracy()
+        accs = []
+        for _ in chips:
+            accs.append(clean)
+            if on_chip:
+                on_chip()
+        return accs
     accs = []
-    for chip in chips:
-        accs.append(clean if clean is not None else backend.accuracy(chip.reading(backend.programmed, backend.cells)))
-        if on_chip:
-            on_chip()
+    it = iter(chips)
+    while group := list(islice(it, max(1, backend.chip_batch))):
+        for acc in backend.accuracies(draw_readings(group, backend.programmed, backend.cells)):
+            accs.append(acc)
+            if on_chip:
+                on_chip()
     return accs
+
+
+def draw_readings(chips: Sequence[ChipLike], programmed: Sequence[np.ndarray], cells: CellRange) -> list[ChipReading]:
+    """Each chip's reading of ``programmed``, drawn concurrently: every chip draws from its own
+    stream, so the order threads run in changes nothing, and numpy releases the GIL while it
+    fills a layer's draws and applies them, so K chips draw in about K / cores the time of one."""
+    if len(chips) == 1:
+        return [chips[0].reading(programmed, cells)]
+    with ThreadPoolExecutor(max_workers=min(len(chips), available_cores())) as pool:
+        return list(pool.map(lambda chip: chip.reading(programmed, cells), chips))
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -275,6 +275,13 @@ class SignOff(_Strict):
         description="Chips per batch of a sequential sign-off: a rate's limits are examined after every batch "
                     "(each look costs confidence, so smaller batches stop sooner but decide at stricter bounds).",
     )  # fmt: skip
+    chip_batch: int = Field(
+        1, strict=True, ge=1, le=4096,
+        description="Chips the PyTorch backend (the sweep's evaluation) runs in one forward pass, their weights "
+                    "stacked along a chip dimension: more keeps a GPU busy. A pass holds as many (chip, image) pairs "
+                    "as half the GPU's free memory allows (on the CPU, one chip's batch of images), so memory stays "
+                    "bounded. Chip k is the same chip either way; ONNX Runtime (verify) runs one chip at a time.",
+    )  # fmt: skip
     seed: int = Field(0, strict=True, ge=0, le=MAX_SEED, description="Seed of the chip population: the same seed gives the same chips and the same report.")
     max_images: int | None = Field(None, strict=True, ge=1, le=MAX_IMAGES, description="Evaluate on a class-stratified subset of at most this many validation images (none: all).")
     min_acc_retrain_pct: float | None = Field(None, ge=0, le=100, description="Minimum fault-free accuracy (Acc_retrain) of the exported model, %.")

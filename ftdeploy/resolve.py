@@ -138,14 +138,19 @@ class SignOffSettings:
     max_images: int | None
     sequential: bool = True
     batch_chips: int = 10
+    chip_batch: int = 1  # chips per forward pass of the PyTorch backend
 
 
 def signoff_settings(signoff: SignOff, typed: Mapping[str, Any]) -> SignOffSettings:
     """The profile's sign-off (``chips``, ``seed``, ``max_images``, ``sequential``,
-    ``batch_chips``; SignOff's defaults where it sets none) under what is typed."""
+    ``batch_chips``, ``chip_batch``; SignOff's defaults where it sets none) under what is typed.
+    A typed ``chip_batch`` below 1 is refused here, naming its option."""
     fields = layered(dict(chips=signoff.chips, seed=signoff.seed, max_images=signoff.max_images, sequential=signoff.sequential,
-                          batch_chips=signoff.batch_chips), typed)  # fmt: skip
-    return SignOffSettings(fields["chips"], fields["seed"], fields.get("max_images"), fields["sequential"], fields["batch_chips"])
+                          batch_chips=signoff.batch_chips, chip_batch=signoff.chip_batch), typed)  # fmt: skip
+    if fields["chip_batch"] < 1:
+        raise ConfigError(f"--chip-batch: expected at least 1 chip per forward pass, found {fields['chip_batch']}")
+    return SignOffSettings(fields["chips"], fields["seed"], fields.get("max_images"), fields["sequential"], fields["batch_chips"],
+                           fields["chip_batch"])  # fmt: skip
 
 
 def with_field_rate(resolved, field_rate: float | None):

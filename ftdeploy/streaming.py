@@ -24,7 +24,8 @@ from .data import ImageSetHash, decode_jpegs, normalize_numpy
 from .errors import DataError
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME
-from .runtime import OnnxBackend, available_cores
+from .population import available_cores
+from .runtime import OnnxBackend
 
 #: Decoded held-out images above this many bytes are streamed rather than held in memory, unless
 #: the caller says which (a sign-off's --stream / --in-memory).
@@ -117,8 +118,9 @@ class StreamedOnnxBackend(OnnxBackend):
     """The ONNX Runtime backend on streamed images: each pass over the images (one per chip)
     decodes them batch by batch and normalises each batch with the export's normalisation."""
 
-    def __init__(self, export: ExportedModel, images: StreamedImages, threads: int | None = None, batch_size: int | None = None):
-        super().__init__(export, None, images.labels, threads, batch_size)
+    def __init__(self, export: ExportedModel, images: StreamedImages, threads: int | None = None, batch_size: int | None = None,
+                 device: str | None = None):  # fmt: skip
+        super().__init__(export, None, images.labels, threads, batch_size, device)
         self.images = images
         self._pass: Iterator[np.ndarray] | None = None
 

@@ -119,6 +119,7 @@ class SweepSettings:
     max_images: int | None = None  # evaluate on a stratified subset of the validation images
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
     allow_model_import: bool = False  # the user allowed the checkpoint's package.module:factory (--trust-model-code)
+    chip_batch: int = 1  # chips per forward pass of the evaluation (signoff.chip_batch, --chip-batch)
 
     def __post_init__(self):
         # Refused here, before any folder or training: a bad count would otherwise surface as a
@@ -299,7 +300,7 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=s.allow_model_import, source=str(ckpt_path)), s.profile.target,
                               device)  # fmt: skip
         norm = ckpt["normalization"]  # preprocess exactly as the model was trained
-        backend = net.backend(data.val_x, data.val_y, norm["mean"], norm["std"])
+        backend = net.backend(data.val_x, data.val_y, norm["mean"], norm["std"], chip_batch=s.chip_batch)
         t0 = time.perf_counter()
         clean = backend.accuracy()
         tests = {}

@@ -73,14 +73,15 @@ class EvalData:
         norm = export.meta["normalization"]
         return normalize_numpy(self.raw, norm["mean"], norm["std"])
 
-    def backend_for(self, export: ExportedModel, threads: int | None = None, batch_size: int | None = None) -> OnnxBackend:
-        """``export`` on these images, held in memory or streamed from their files."""
+    def backend_for(self, export: ExportedModel, threads: int | None = None, batch_size: int | None = None,
+                    device: str | None = None) -> OnnxBackend:  # fmt: skip
+        """``export`` on these images, held in memory or streamed from their files, on ``device``."""
         if self.images is not None:
             from .streaming import StreamedOnnxBackend
 
-            return StreamedOnnxBackend(export, self.images, threads, batch_size)
+            return StreamedOnnxBackend(export, self.images, threads, batch_size, device)
         x = self.x if export is self.export else self.normalized_for(export)
-        return OnnxBackend(export, x, self.y, threads, batch_size)
+        return OnnxBackend(export, x, self.y, threads, batch_size, device)
 
 
 def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: int | None = None,
@@ -189,6 +190,7 @@ def verify_onnx(
     ray: str | None = None,
     ray_workers: int | None = None,
     stream: bool | None = None,
+    device: str | None = None,
 ) -> dict:
     """Sign off an ONNX export on simulated chips; return the report (a JSON-ready dict whose
     ``verdict.passed`` says whether every limit holds). ``chips`` (per rate; the cap when
@@ -196,7 +198,8 @@ def verify_onnx(
     time until every limit at a rate is decided, :mod:`ftdeploy.sequential`) and ``batch_chips``
     default to the profile's sign-off; ``batch_size`` (images per ONNX Runtime call) to
     :func:`default_batch_size`; ``threads`` (intra-op) to the cores this process may use.
-    ``reference``: the fault-free starting model, exported for the same target, whose accuracy
+    ``device``: where ONNX Runtime runs the chips (:func:`ftdeploy.runtime.execution_providers`;
+    default the CPU). ``reference``: the fault-free starting model, exported for the same target, whose accuracy
     on these images is Acc_pretrain. ``all_images``: measure on every image of ``data_spec`` (a
     test set of one's own), not its validation part. ``progress``: a rich Progress (one bar over
     all chips, shrunk where a rate stops early); ``log``: receives one plain line per rate.
@@ -220,12 +223,13 @@ def verify_onnx(
         if ray_workers is not None and ray_workers < 1:
             raise ConfigError(f"--ray-workers: expected at least 1, found {ray_workers}")
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
+    device_notes = _device_notes(device, log)  # a device this machine lacks is refused before any work
     t0 = time.perf_counter()
     setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
-                   stream)  # fmt: skip
+                   stream, device)  # fmt: skip
     export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
     acc_retrain, pretrain = setup.acc_retrain, setup.pretrain
-    notes = list(pretrain.notes)
+    notes = list(pretrain.notes) + device_notes
     _say(log, f"Acc_retrain {acc_retrain:.2f} % on {len(data.y)} images (fault-free), Acc_pretrain {_pct_or_none(pretrain.value)}")
 
     pool = _ray_chips(ray, ray_workers, setup)
@@ -309,11 +313,12 @@ def load_for_profile(onnx_path: str | Path, resolved: ResolvedProfile) -> Export
 
 
 def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
-           stream: bool | None = False) -> _Setup:  # fmt: skip
-    """``export`` as :func:`load_for_profile` returns it; ``stream`` as :func:`evaluation_data` takes it."""
+           stream: bool | None = False, device: str | None = None) -> _Setup:  # fmt: skip
+    """``export`` as :func:`load_for_profile` returns it; ``stream`` as :func:`evaluation_data` takes it;
+    the chips run on ``device`` (the reference's fault-free accuracy stays on the CPU)."""
     ref_export = _load_reference(reference, export, resolved)
     data = evaluation_data(export, data_spec, val_split, max_images, all_images, stream)
-    backend = data.backend_for(export, threads, batch_size)
+    backend = data.backend_for(export, threads, batch_size, device)
     acc_retrain = backend.accuracy()
     pretrain = _acc_pretrain(export, ref_export, data, acc_retrain, resolved, threads, batch_size)
     return _Setup(export, ref_export, data, backend, acc_retrain, pretrain)
@@ -335,10 +340,12 @@ def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
 
 def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[float, int], data_spec: str | None = None,
                 seed: int | None = None, *, reference: str | Path | None = None, val_split: int | None = None,
-                max_images: int | None = None, all_images: bool = False, stream: bool | None = None) -> dict:  # fmt: skip
+                max_images: int | None = None, all_images: bool = False, stream: bool | None = None,
+                device: str | None = None) -> dict:  # fmt: skip
     """Rerun one simulated chip alone, ``chip`` = (a sign-off rate's total, chip index), on the
     images and seed a sign-off with the same options measures: the accuracy is the one that
-    sign-off reports for that chip. Returns {"id", "accuracy", "meets_spec", "line"}."""
+    sign-off reports for that chip (on the same ``device``: a GPU's convolutions round otherwise).
+    Returns {"id", "accuracy", "meets_spec", "line"}."""
     from .population import Chip, ChipId
 
     signoff = resolved.profile.signoff
@@ -349,8 +356,9 @@ def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[fl
                           f"({', '.join(rate_label(r) for r in signoff.rates)})")  # fmt: skip
     settings = signoff_settings(signoff, dict(seed=seed, max_images=max_images))
     _check_run_options(resolved, settings.chips, settings.seed, settings.max_images, None)
+    _device_notes(device, None)  # a device this machine lacks is refused before any work
     setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None,
-                   stream)  # fmt: skip
+                   stream, device)  # fmt: skip
     one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
     accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
     threshold, meets = signoff.chip_threshold(setup.pretrain.value), None
@@ -409,6 +417,22 @@ def _acc_pretrain(export, ref_export, data: EvalData, acc_retrain: float, resolv
     note = (f"Acc_pretrain is not reported: the file's figure ({recorded:.2f} %) was measured at training time on {why}; "
             "give --reference PRE.onnx to measure it on these images.")  # fmt: skip
     return AccPretrain(None, f"none on these images (the file's was measured on {why})", False, (note,))
+
+
+def _device_notes(device: str | None, log) -> list[str]:
+    """The report's note on where the chips ran: none on the CPU, the reference arithmetic; on a
+    GPU, that its convolutions round differently (so ``--chip`` reruns there to match). ``--device
+    auto`` without CUDA says in the log that it runs on the CPU."""
+    from .runtime import execution_providers, on_gpu
+
+    providers, fallback = execution_providers(device)
+    if fallback:
+        _say(log, fallback)
+    if not on_gpu(providers):
+        return []
+    return [f"Chips ran on ONNX Runtime's CUDA execution provider (--device {device}): its convolutions round in another "
+            "order than the CPU's, so an accuracy may differ from a CPU sign-off's by an image on a near-tie; rerun a "
+            "chip (--chip) with the same --device to reproduce it."]  # fmt: skip
 
 
 def _pct_or_none(value: float | None) -> str:

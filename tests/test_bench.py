@@ -87,3 +87,18 @@ def test_streaming_bench_measures_peak_memory_at_two_folder_sizes(tmp_path, caps
     assert [r["images"] for r in result["rows"]] == [40, 400]
     assert all(r["peak_rss_mib"] > 0 for r in result["rows"]) and result["ratio_streamed"] > 0
     assert "RATIO peak RSS 400/40 images, streamed" in capsys.readouterr().out
+
+
+def test_signoff_bench_measures_every_ratio_and_never_fakes_the_gpu_campaign(tmp_path, capsys):
+    """--quick: democnn, 64 random images, 4 chips. Each ratio is of real runs; batched chips are
+    the one-at-a-time chips; the campaign is run only on a GPU, and says so otherwise."""
+    bench = _load_bench(BENCH.with_name("bench_signoff.py"))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["a_chip_over_plain"]["ratio"] > 0 and len(result["a_chip_over_plain"]["wall_s"]["chip"]) == 2
+    b = result["b_batched_over_single"]
+    assert b["speedup"] > 0 and b["device"] == "cpu" and b["goal"] is None and b["max_accuracy_difference_pct"] <= 100 / 64
+    assert result["c_campaign"] is None and result["d_train_epoch"]["ratio"] > 0
+    printed = capsys.readouterr().out
+    assert "not run: no GPU" in printed and "RATIO batched / one-at-a-time" in printed
