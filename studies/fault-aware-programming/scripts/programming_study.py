@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--models", type=lambda t: [m for m in t.split(",") if m], default=list(MODELS),
                        help=f"models measured, comma separated (default: {','.join(MODELS)})")
     p_run.add_argument("--chips", type=int, default=20, help="tested chips per rate")
-    p_run.add_argument("--max-images", type=int, default=2000, help="held-out images measured")
+    p_run.add_argument("--max-images", type=int, default=1000, help="held-out images measured")
     p_archive = sub.add_parser("archive", help="copy a run folder's small artefacts into results/")
     p_archive.add_argument("out", help="the run folder")
     p_archive.add_argument("--to", default=str(RESULTS), help="archive folder (default: the study's results/)")
