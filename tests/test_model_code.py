@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftdeploy.data import load_data
 from ftdeploy.errors import ModelError
@@ -38,7 +39,9 @@ def _checkpoint_naming(spec: str, folder: Path, state: dict | None = None) -> Pa
     """A checkpoint in train's format whose model is ``spec`` (weights ``state``, else none)."""
     bundle = load_data(None)
     config = TrainConfig(model=spec, method="pretrain", epochs=1, device="cpu")
-    ckpt = checkpoint_record(config, bundle, load_profile("demo").target, state or {}, "demo", None, None, 50.0, 1)
+    # Some weights (a file's weights are checked before its model name is), none a model would load.
+    weights = state or {"1.weight": torch.zeros(10, 3 * 32 * 32), "1.bias": torch.zeros(10)}
+    ckpt = checkpoint_record(config, bundle, load_profile("demo").target, weights, "demo", None, None, 50.0, 1)
     path = folder / "model.pt"
     save_atomic(ckpt, path)
     return path
