@@ -110,4 +110,4 @@ def test_an_unreadable_file_is_one_line_naming_it(tmp_path):
     images = StreamedImages([str(bad)], np.array([0]), 32, workers=1)
     with pytest.raises(DataError) as info:
         images.fingerprint()
-    assert str(info.value).startswith(f"image {bad}: cannot decode") and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{bad}: cannot decode") and "\n" not in str(info.value)
