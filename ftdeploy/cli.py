@@ -654,12 +654,11 @@ def verify_cmd(
     With --fault-maps, measures the chips the maps describe instead."""
     from .profiles import load_profile
     from .report import verdict_lines
+    from .resolve import with_field_rate
     from .verify import verify_chip, verify_onnx
 
     with ExitStack() as held:
         _hold(held, out, create=False)  # an existing report folder at once: a second verify is refused before any work
-        from .resolve import with_field_rate
-
         resolved = with_field_rate(load_profile(profile), field_rate)
         _refuse_a_checkpoint(onnx_file, profile)
         if reference is not None:
