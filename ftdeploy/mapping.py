@@ -107,7 +107,8 @@ class Mapping(ABC):
 
 
 def _positive_part(code):
-    return code * (code > 0)
+    xp = array_namespace(code)
+    return xp.maximum(code, 0) if xp is np else code.clamp(min=0)
 
 
 class DifferentialPair(Mapping):

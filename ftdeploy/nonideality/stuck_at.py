@@ -98,14 +98,18 @@ class StuckAt(NonIdeality):
     def state_from_uniform(self, u):
         """uint8 HEALTHY / STUCK_OFF / STUCK_ON from uniform draws in [0, 1) (numpy or torch)."""
         off_rate, on_rate = self.pair
-        off = u < off_rate
-        on = (u >= off_rate) & (u < off_rate + on_rate)
-        state = off * STUCK_OFF + on * STUCK_ON
+        # Written straight into uint8, the stuck-on band first and stuck-off over it: no int64
+        # temporaries, which at a real-size model's 10**8 cells per chip cost more than the draw.
         if array_namespace(u) is np:
-            return state.astype(np.uint8)
+            state = np.full(u.shape, HEALTHY, np.uint8)
+            state[u < off_rate + on_rate] = STUCK_ON
+            state[u < off_rate] = STUCK_OFF
+            return state
         import torch
 
-        return state.to(torch.uint8)
+        state = torch.full(u.shape, HEALTHY, dtype=torch.uint8, device=u.device)
+        state.masked_fill_(u < off_rate + on_rate, STUCK_ON)
+        return state.masked_fill_(u < off_rate, STUCK_OFF)
 
     def draw(self, shape, rng: np.random.Generator) -> np.ndarray:
         return self.state_from_uniform(rng.random(shape, dtype=np.float64))
