@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__
 from .choices import BatchNormMode, FaultMapForm, ProgressiveBlocks, PruneMethod, RetrainMethod, ScaleGrad, StuckGrad, TrainMethod
 from .errors import ConfigError, FtdeployError
-from .limits import MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGES, MAX_JOBS, MAX_SEED
+from .limits import MAX_BATCH_SIZE, MAX_CHIPS, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGE_SIDE, MAX_IMAGES, MAX_JOBS, MAX_SEED
 
 
 class _FlagsTakeNoValue:
@@ -357,7 +357,7 @@ def models_cmd(pattern: Annotated[str, typer.Argument(help="Glob over registry n
 
     for name, desc in list_models(pattern):
         _echo(f"{name:<10} {desc}")
-    _echo("tv:NAME    any torchvision classification model, e.g. tv:resnet18")
+    _echo("tv:NAME    any torchvision classification model, e.g. tv:resnet18 (train --weights FILE: from its published weights)")
     _echo("pkg.mod:fn your own factory fn(num_classes=...) -> nn.Module")
 
 
@@ -372,6 +372,8 @@ def train_cmd(
     model: Annotated[Optional[str], typer.Option("--model", help="Model name. Default: the --from checkpoint's, else the profile's training.model.")] = None,
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, max=MAX_IMAGE_SIDE, help="Side in pixels each image is resized (shorter side) and centre-cropped to: the model's input size, recorded in its checkpoint and export. Default: 32, or the --from checkpoint's.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start the pretraining from this weights file (a torchvision .pth state dict of the --model) instead of random weights; the classifier starts afresh where the data has another class count.")] = None,
     method: Annotated[Optional[TrainMethod], typer.Option("--method", help="pretrain (no faults), one-shot (P_sa^T throughout) or progressive (ascending rates). Default: the profile's training.method.")] = None,
     target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T, the (last) training stuck-at rate. Default: the profile's training.target_rate.")] = None,
     rates: Annotated[Optional[str], typer.Option("--rates", help="Progressive rates, comma separated, ending at P_sa^T. Default: the profile's training.progressive_rates where they end there, else the two ladder rates below P_sa^T, then P_sa^T.")] = None,
@@ -404,7 +406,7 @@ def train_cmd(
     from .data import load_data
     from .profiles import load_profile
     from .resolve import NO_FILE, pretraining_config, train_config
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import checkpoint_image_size, load_checkpoint
     from .training.config import read_config_file
     from .training.loop import train
 
@@ -420,19 +422,20 @@ def train_cmd(
         allow_import = trust_model_code or model is not None
         if init is not None:
             check_model_code_allowed(init["model"], str(from_ckpt), allow_import)
-        typed = dict(model=model, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
+        typed = dict(model=model, image_size=image_size, weights=str(weights) if weights else None, method=method, target_rate=target_rate, progressive_rates=_parse_rates(rates, "--rates") if rates else None,
                      epochs=epochs, lr=lr, batch_size=batch_size, progressive_blocks=progressive_blocks, bn=bn, stuck_grad=stuck_grad,
                      scale_grad=scale_grad, unbias_faults=unbias_faults, clean_steps=clean_steps, weight_clip=weight_clip,
                      rate_warmup_epochs=rate_warmup, distill=distill, eval_chips=eval_chips, seed=train_seed, device=device)  # fmt: skip
         # Both configs are checked before any work: a bad value must not cost a data load or a pretraining.
         # A retraining keeps its checkpoint's model (a model given otherwise is refused here, before the data load).
-        cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None)
+        cfg = train_config(resolved.profile, typed, file, start_model=init["model"] if init else None,
+                           start_image_size=checkpoint_image_size(init) if init else None)  # fmt: skip
         pre_cfg = pretraining_config(resolved.profile, typed, file) if init is None and cfg.method != "pretrain" else None
         if init is None:  # the model is built from its name: one a profile or --config file names runs no code unasked
             check_model_code_allowed(cfg.model, _model_named_by(resolved, file), allow_import)
         run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
         _refuse_training_over_a_run(run_dirs, resume, force)
-        bundle = load_data(data, val_split)
+        bundle = load_data(data, val_split, image_size=cfg.image_size)
         if init is not None and init.get("num_classes") not in (None, bundle.num_classes):
             from .errors import DataError
 
@@ -445,11 +448,21 @@ def train_cmd(
             if pre_cfg is not None:
                 init = train(pre_cfg, bundle, resolved.target, out / "pretrain", profile_name=resolved.profile.name,
                              progress=progress, resume=resume)  # fmt: skip
+                _say_initial_weights(init)
                 allow_import = True  # the pretraining just run built this model from the user's own settings
                 _hold(held, out, create=True)  # made by the pretraining: held from here to the end
             ckpt = train(cfg, bundle, resolved.target, out, init=init, profile_name=resolved.profile.name, progress=progress,
                          resume=resume, allow_model_import=allow_import)  # fmt: skip
+        if cfg.method == "pretrain":
+            _say_initial_weights(ckpt)
         _echo(f"wrote {out / 'model.pt'}: Acc_pretrain {_pct(ckpt['acc_pretrain'])}, Acc_retrain {_pct(ckpt['acc_retrain'])}")
+
+
+def _say_initial_weights(ckpt: dict) -> None:
+    from .weights import describe
+
+    if ckpt.get("initial_weights"):
+        _echo(describe(ckpt["initial_weights"]))
 
 
 def _model_named_by(resolved, file) -> str:
@@ -620,8 +633,21 @@ def export_cmd(
     signed = f", signed by {summary['signer'][:16]}" if summary["signer"] else ""
     _echo(f"wrote {out}: {len(summary['layers'])} crossbar layers, {summary['cells']:,} cells on {summary['tiles']} tiles "
           f"({summary['mapping']}), content sha256 {summary['content_sha256'][:16]}{signed}")  # fmt: skip
+    _echo(_digital_line(summary))
     for line in summary["placement"].describe(summary["cell_names"]):
         _echo(line)
+
+
+def _digital_line(summary: dict) -> str:
+    """Which weights are on cells and what stays in the digital periphery, by module type."""
+    by_type: dict[str, int] = {}
+    for record in summary["digital"]:
+        by_type[record["type"]] = by_type.get(record["type"], 0) + record["values"]
+    on_cells, digital = summary["weights_on_cells"], sum(by_type.values())
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(by_type.items(), key=lambda kv: -kv[1]))
+    share = 100.0 * on_cells / (on_cells + digital)
+    return (f"on cells: {on_cells:,} weights ({share:.1f} % of the parameters); digital: {digital:,} values"
+            + (f" ({kinds})" if kinds else ""))
 
 
 @app.command("verify")
@@ -1003,6 +1029,7 @@ def sweep_cmd(
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
     from .data import load_data
+    from .training.checkpoint import checkpoint_image_size
     from .files import folder_given
     from .profiles import load_profile
     from .resolve import signoff_settings, train_config
@@ -1033,7 +1060,7 @@ def sweep_cmd(
         allow_model_import=trust_model_code, chip_batch=screen.chip_batch,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
-    bundle = load_data(data, val_split)
+    bundle = load_data(data, val_split, image_size=checkpoint_image_size(settings.pretrained_checkpoint))
     table = run_sweep(settings, [m.strip() for m in methods.split(",") if m.strip()], trained, out, bundle, jobs)
     from .sweep import render_markdown, screen_passes
 

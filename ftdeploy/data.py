@@ -36,6 +36,9 @@ EMBEDDED_PROVENANCE = (
     "training split, so models trained on the full split never saw the embedded validation images."
 )
 
+#: Side of CIFAR images, and the image size of every model unless a training says otherwise.
+CIFAR_SIDE = 32
+
 #: Default validation split of the full 50,000-image training split (stratified, seed 0).
 FULL_VAL_SPLIT = 5000
 SPLIT_SEED = 0
@@ -64,10 +67,16 @@ class DataBundle:
         """:func:`image_set_fingerprint` of the validation images, as a sign-off measures them."""
         return image_set_fingerprint(self.val_x.numpy(), self.val_y.numpy())
 
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of every image (square, as loaded)."""
+        return int(self.val_x.shape[-1])
+
     def split_record(self) -> dict:
-        """What a checkpoint or ONNX file records so evaluation uses the same images."""
+        """What a checkpoint or ONNX file records so evaluation uses the same images, preprocessed
+        the same way (the side they are resized and centre-cropped to)."""
         return {"data": self.spec, "val_split": self.val_split, "split_seed": SPLIT_SEED,
-                "train_images": len(self.train_y), "val_images": len(self.val_y)}  # fmt: skip
+                "train_images": len(self.train_y), "val_images": len(self.val_y), "image_size": self.image_size}  # fmt: skip
 
 
 def stratified_split(labels: np.ndarray, n_val: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +184,7 @@ class _Source:
     paths: list[str] | None = None  # image files, where there are files to stream (imagefolder)
 
 
-def _open_npz(path: Path, description: str) -> _Source:
+def _open_npz(path: Path, description: str, image_size: int = 32) -> _Source:
     if path.is_dir():
         raise DataError(f"{path}: a folder; expected an .npz file of packed arrays jpeg, offsets, labels, classes")
     if not path.is_file():
@@ -203,7 +212,8 @@ def _open_npz(path: Path, description: str) -> _Source:
     split = _fixed_split(path, arrays.get("split"), len(labels))
 
     def take(idx: np.ndarray) -> torch.Tensor:
-        return decode_jpegs([jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in idx], 32, ids=[f"{path}: image {i}" for i in idx])
+        return decode_jpegs([jpeg[offsets[i] : offsets[i + 1]].tobytes() for i in idx], image_size,
+                            ids=[f"{path}: image {i}" for i in idx])  # fmt: skip
 
     return _Source(take, labels.astype(np.int64), classes, description, split)
 
@@ -309,10 +319,13 @@ def embedded_path() -> Path:
 def _open(spec: str, image_size: int) -> _Source:
     kind, _, arg = spec.partition(":")
     if kind == "embedded" and not arg:  # embedded:ANYTHING would silently ignore what was typed
-        return _open_npz(embedded_path(), EMBEDDED_PROVENANCE)
+        return _open_npz(embedded_path(), EMBEDDED_PROVENANCE, image_size)
     if kind == "npz" and arg:
-        return _open_npz(Path(arg), f"packed images from {arg}")
+        return _open_npz(Path(arg), f"packed images from {arg}", image_size)
     if kind in ("cifar10", "cifar100") and arg:
+        if image_size != CIFAR_SIDE:  # stored decoded at 32x32: resizing them up would only blur
+            raise DataError(f"{spec}: its images are {CIFAR_SIDE}x{CIFAR_SIDE}; expected image size {CIFAR_SIDE}, "
+                            f"found {image_size} (give npz:FILE or imagefolder:DIR to resize)")  # fmt: skip
         return _open_cifar(kind, Path(arg))
     if kind == "imagefolder" and arg:
         return _open_imagefolder(Path(arg), image_size)
@@ -339,7 +352,7 @@ def _opened_split(spec: str | None, val_split: int | None, image_size: int):
     return spec, source, train_idx, val_idx, source.description + how
 
 
-def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = 32) -> DataBundle:
+def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = CIFAR_SIDE) -> DataBundle:
     """Load a dataset spec into memory and split it (see module docstring)."""
     spec, source, train_idx, val_idx, description = _opened_split(spec, val_split, image_size)
     if not len(train_idx):  # the file's own split may mark every image for validation
@@ -365,7 +378,7 @@ class ValidationSet:
     val_split: int
 
 
-def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = 32,
+def load_validation(spec: str | None = None, val_split: int | None = None, image_size: int = CIFAR_SIDE,
                     all_images: bool = False) -> ValidationSet:  # fmt: skip
     """The validation part alone, without decoding the training images (a tenth of the decoding
     work on a default split); with ``all_images``, every image of the source: a test set of
@@ -396,11 +409,19 @@ def checkpoint_data(record: dict | None, spec: str | None, val_split: int | None
     validation images."""
     record = record or {}
     spec = spec or record.get("data")
-    data = loader(spec, val_split)
+    size = recorded_image_size(record)
+    data = loader(spec, val_split, image_size=size)
     recorded_val = record.get("val_split")
     if val_split is None and spec == record.get("data") and recorded_val and recorded_val != data.val_split:
-        data = loader(spec, recorded_val)
+        data = loader(spec, recorded_val, image_size=size)
     return data
+
+
+def recorded_image_size(record: dict | None) -> int:
+    """The image side a checkpoint's or export's data record says its model was trained at
+    (records from before image sizes were recorded: 32, the only size then)."""
+    size = (record or {}).get("image_size", CIFAR_SIDE)
+    return size if isinstance(size, int) and not isinstance(size, bool) else CIFAR_SIDE
 
 
 def image_set_fingerprint(x_uint8: np.ndarray, labels: np.ndarray) -> str:

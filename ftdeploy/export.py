@@ -15,7 +15,7 @@ Then every deployed layer's float weight initializer is replaced by the cells th
 decoded with standard operators only, so stock ONNX Runtime runs the file:
 
     code   = DequantizeLinear(cells.<c0>, |k0|, zp0)  (+|-)  DequantizeLinear(cells.<c1>, |k1|, zp1) ...
-    weight = Mul(code, <layer>.scale)
+    weight = Mul(code, <layer>.scale)            (then Transpose, where the graph multiplies by W^T)
 
 Each DequantizeLinear uses the cell's integer coefficient ``|k_c|`` as its scale, so every term
 and every partial sum is a small integer, exact in float32; a negative coefficient becomes a
@@ -33,7 +33,8 @@ other ``ftdeploy.*`` value is JSON: ``target``, ``profile`` (resolved, defaults 
 simulated chip's random stream), ``normalization``, ``classes``, ``data`` (the training split
 record), ``schedule``, ``acc_pretrain``, ``acc_retrain``, ``sparsity``, ``equalization`` (the
 record of ``ftdeploy equalize``, null for a model never equalised), ``training``, ``placement``
-(the tile, row and column of every cell: :mod:`ftdeploy.placement`).
+(the tile, row and column of every cell: :mod:`ftdeploy.placement`), ``digital`` (the parameters
+the digital periphery holds instead: :func:`ftdeploy.models.digital_parameters`).
 
 ``ftdeploy.content_sha256`` is the SHA-256 of the model serialised deterministically with that
 one property removed (:func:`content_hash`): it covers graph, initializers and all other
@@ -48,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,8 @@ from .onnx_format import (FORMAT, HASH_KEY, INPUT_NAME, OUTPUT_NAME, PREFIX, TEX
                           read_metadata, zero_point_name)
 from .placement import placement_for
 from .profiles import BatchNormPlacement, ResolvedProfile, Target
-from .training.checkpoint import model_from_checkpoint
+from .models import digital_parameters
+from .training.checkpoint import checkpoint_image_size, model_from_checkpoint
 
 #: Parity of ONNX Runtime against PyTorch, on logits: |ort - torch| <= ATOL + RTOL * max|torch|.
 #: The weights are bit-identical (see module docstring); only the float32 accumulation order of
@@ -81,14 +84,15 @@ LOGITS_ATOL = 1e-5
 _REQUIRED_CKPT_KEYS = ("model", "num_classes", "state_dict", "normalization")
 
 
-def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int = 32, check_parity: bool = True,
+def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size: int | None = None, check_parity: bool = True,
                 allow_model_import: bool = False, sign_with=None) -> dict:
     """Export a loaded checkpoint (:func:`ftdeploy.training.checkpoint.load_checkpoint`) for ``resolved.target`` to ``out``.
 
     The file is checked (``onnx.checker`` full check and, with ``check_parity``, ONNX Runtime
     against PyTorch on a fixed random batch) and written atomically: on any failure nothing is
-    left at ``out``. Returns a summary: path, content hash, layers, cell and tile totals, and the
-    :class:`ftdeploy.placement.Placement` of every cell.
+    left at ``out``. ``image_size``: the input's side (default: the one the checkpoint was
+    trained at). Returns a summary: path, content hash, layers, cell and tile totals, the
+    :class:`ftdeploy.placement.Placement` of every cell, and the parameters left digital.
     ``sign_with``: a :class:`ftdeploy.signing.SigningKey` that signs the file (``ftdeploy.signer``,
     ``ftdeploy.signature``). ``allow_model_import``: the user allowed the checkpoint's ``package.module:factory`` to be imported.
     Raises :class:`ExportError` (or ``ModelError`` for a checkpoint that does not fit)."""
@@ -97,6 +101,8 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the .onnx file to write")
     net = DeployedNetwork(model_from_checkpoint(ckpt, allow_import=allow_model_import), resolved.target)
+    image_size = image_size or checkpoint_image_size(ckpt)
+    digital = digital_parameters(net.model)
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     proto = _trace(net.model, example, fuse_batchnorm=resolved.target.batchnorm == BatchNormPlacement.fold)
     layer_records, decoders = [], []
@@ -106,7 +112,7 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
         decoders.extend(nodes)
     _add_cell_constants(proto.graph, net.mapping)
     _prepend_nodes(proto.graph, decoders)
-    _set_metadata(proto, _metadata(ckpt, resolved, net.mapping, layer_records))
+    _set_metadata(proto, _metadata(ckpt, resolved, net.mapping, layer_records, digital))
     if sign_with is not None:
         from .signing import sign_proto
 
@@ -120,7 +126,8 @@ def export_onnx(ckpt: dict, resolved: ResolvedProfile, out: Path, *, image_size:
             "mapping": net.mapping.describe(), "cell_names": list(net.mapping.cell_names), "cells": cells,
             "tiles": sum(r["tiles"]["tiles"] for r in layer_records),
             "placement": placement_for(layer_records, resolved.target, net.mapping.cells_per_weight),
-            "signer": sign_with.fingerprint if sign_with is not None else None}  # fmt: skip
+            "signer": sign_with.fingerprint if sign_with is not None else None, "digital": digital,
+            "weights_on_cells": sum(math.prod(r["weight_shape"]) for r in layer_records)}  # fmt: skip
 
 
 # --- checkpoint and tracing ---------------------------------------------------------------------
@@ -190,20 +197,24 @@ def _add_cell_constants(graph: onnx.GraphProto, mapping: Mapping) -> None:
         graph.initializer.append(numpy_helper.from_array(np.array(mapping.offset, np.float32), f"{PREFIX}offset"))
 
 
-def _find_weight(graph: onnx.GraphProto, layer: DeployedLayer, expected: np.ndarray) -> onnx.TensorProto:
-    """The initializer holding ``layer``'s weight: by the exporter's usual name, else by exact
-    value (exporters rename initializers between versions; the values are ours). Layers already
-    replaced are no longer initializers, so no weight is matched twice."""
+def _find_weight(graph: onnx.GraphProto, layer: DeployedLayer, expected: np.ndarray) -> tuple[onnx.TensorProto, bool]:
+    """The initializer holding ``layer``'s weight, and whether it holds it transposed: by the
+    exporter's usual name, else by exact value (exporters rename initializers between versions;
+    the values are ours). A Linear layer applied to a sequence (a transformer's tokens) becomes a
+    MatMul whose constant is the weight transposed. Layers already replaced are no longer
+    initializers, so no weight is matched twice."""
     by_name = {init.name: init for init in graph.initializer}
     for name in (f"{layer.name}.weight", f"{layer.name.replace('.', '_')}_weight"):
         init = by_name.get(name)
         if init is not None and np.array_equal(numpy_helper.to_array(init), expected):
-            return init
-    for init in graph.initializer:
-        if tuple(init.dims) != expected.shape or init.data_type != TensorProto.FLOAT:
-            continue
-        if np.array_equal(numpy_helper.to_array(init), expected):
-            return init
+            return init, False
+    candidates = [(expected, False)] + ([(expected.T, True)] if expected.ndim == 2 else [])
+    for value, transposed in candidates:
+        for init in graph.initializer:
+            if tuple(init.dims) != value.shape or init.data_type != TensorProto.FLOAT:
+                continue
+            if np.array_equal(numpy_helper.to_array(init), value):
+                return init, transposed
     raise ExportError(
         f"layer {layer.name!r}: its weight {list(expected.shape)} is not an initializer of the exported graph "
         "(transposed, reshaped, or shared with an identical layer: not supported)"
@@ -214,7 +225,7 @@ def _replace_weight(graph: onnx.GraphProto, layer: DeployedLayer, mapping: Mappi
     """Swap one layer's float weight initializer for its cells; return its metadata record and
     the decoder nodes that rebuild the weight under the initializer's old name."""
     expected = (layer.codes.to(torch.float32) * layer.scale).numpy()  # as DeployedNetwork.clear()
-    weight = _find_weight(graph, layer, expected)
+    weight, transposed = _find_weight(graph, layer, expected)
     weight_name = weight.name
     graph.initializer.remove(weight)
     for i, value_info in enumerate(graph.input):  # old IR versions list initializers as inputs too
@@ -239,12 +250,16 @@ def _replace_weight(graph: onnx.GraphProto, layer: DeployedLayer, mapping: Mappi
         "weight_shape": list(expected.shape),
         "cell_shape": list(levels.shape),
         "tiles": crossbar_tiles(tuple(expected.shape), target, mapping),
+        "onnx_transposed": transposed,
     }
-    return record, _decoder_nodes(layer.name, cell_inits, scale_name, weight_name, mapping)
+    return record, _decoder_nodes(layer.name, cell_inits, scale_name, weight_name, mapping, transposed)
 
 
-def _decoder_nodes(layer: str, cell_inits: list[str], scale_name: str, weight_name: str, mapping: Mapping) -> list:
-    """code = Σ ±DequantizeLinear(cell, |k|, zp) [+ offset]; weight = code · scale."""
+def _decoder_nodes(layer: str, cell_inits: list[str], scale_name: str, weight_name: str, mapping: Mapping,
+                   transposed: bool = False) -> list:  # fmt: skip
+    """code = Σ ±DequantizeLinear(cell, |k|, zp) [+ offset]; weight = code · scale (then
+    transposed, where the graph multiplies by the weight transposed: the cells keep the layer's
+    own layout)."""
     nodes = []
     terms = []
     for cell, init in zip(mapping.cell_names, cell_inits):
@@ -263,7 +278,11 @@ def _decoder_nodes(layer: str, cell_inits: list[str], scale_name: str, weight_na
     if mapping.offset and _offset_host(mapping)[0] is None:
         nodes.append(helper.make_node("Add", [code, f"{PREFIX}offset"], [f"{layer}.code"], name=f"{layer}/code/offset"))
         code = f"{layer}.code"
-    nodes.append(helper.make_node("Mul", [code, scale_name], [weight_name], name=f"{layer}/weight"))
+    if transposed:
+        nodes.append(helper.make_node("Mul", [code, scale_name], [f"{layer}.decoded"], name=f"{layer}/weight"))
+        nodes.append(helper.make_node("Transpose", [f"{layer}.decoded"], [weight_name], perm=[1, 0], name=f"{layer}/transpose"))
+    else:
+        nodes.append(helper.make_node("Mul", [code, scale_name], [weight_name], name=f"{layer}/weight"))
     return nodes
 
 
@@ -277,7 +296,8 @@ def _prepend_nodes(graph: onnx.GraphProto, nodes: list) -> None:
 # --- metadata -----------------------------------------------------------------------------------
 
 
-def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: list[dict]) -> dict[str, object]:
+def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: list[dict],
+              digital: list[dict]) -> dict[str, object]:  # fmt: skip
     norm = ckpt["normalization"]
     return {
         "format": FORMAT,
@@ -288,6 +308,7 @@ def _metadata(ckpt: dict, resolved: ResolvedProfile, mapping: Mapping, layers: l
                     "coefficients": list(mapping.coefficients), "offset": int(mapping.offset),
                     "max_level": int(mapping.max_level)},  # fmt: skip
         "layers": layers,
+        "digital": digital,
         "normalization": {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]},
         "classes": list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))]),
         "data": ckpt.get("data"),

@@ -106,6 +106,7 @@ class ExportMetadata(_Checked):
     target: dict[str, Any]  # validated as a profiles.Target by the loader
     mapping: MappingRecord
     layers: list[LayerRecord] = Field(min_length=1, max_length=10_000)
+    digital: list[dict[str, Any]] | None = Field(None, max_length=100_000)  # absent in files from before it was recorded
     normalization: Normalization
     classes: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=MAX_CLASSES)
     data: dict[str, Any] | None = None

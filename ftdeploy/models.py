@@ -60,17 +60,20 @@ def check_model_code_allowed(name: str, source: str, allow_import: bool) -> None
                          f"{TRUST_MODEL_CODE} (or --model {name} where the command takes one) if you trust this file")  # fmt: skip
 
 
-def model_from_file_name(name: str, source: str, *, allow_import: bool, num_classes: int = 10) -> nn.Module:
+def model_from_file_name(name: str, source: str, *, allow_import: bool, num_classes: int = 10,
+                         image_size: int | None = None) -> nn.Module:  # fmt: skip
     """The model a file names (``source``, said in errors): every checkpoint's and export's model
     string becomes a model here. ``allow_import``: the user allowed a ``package.module:factory``
     (:data:`TRUST_MODEL_CODE`); without it only registry names and ``tv:NAME`` resolve."""
     check_model_code_allowed(name, source, allow_import)
-    return create_model(name, num_classes=num_classes)
+    return create_model(name, num_classes=num_classes, image_size=image_size)
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, image_size: int | None = None, **kwargs) -> nn.Module:
     """Build a model by registry name, ``tv:NAME`` or ``package.module:factory``: a name the user
-    typed (a file's names go through :func:`model_from_file_name`)."""
+    typed (a file's names go through :func:`model_from_file_name`). ``image_size``: the side of
+    its input images, given to the models whose shape depends on it (torchvision's vision
+    transformers, whose position embedding has one entry per patch); the others ignore it."""
     if name in _REGISTRY:
         return _REGISTRY[name](num_classes=num_classes, **kwargs)
     if name.startswith("tv:"):
@@ -79,7 +82,12 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         tv_name = name[3:]
         if tv_name not in tvm.list_models():
             raise ModelError(f"model {name!r}: torchvision has no model {tv_name!r} (see torchvision.models.list_models())")
-        return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        if image_size is not None and takes_image_size(name):
+            kwargs["image_size"] = image_size
+        try:
+            return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        except (ValueError, TypeError, AssertionError) as exc:  # e.g. an image size the patches do not divide
+            raise ModelError(f"model {name!r}: torchvision cannot build it{_for_size(image_size)}: {reason_line(exc)}") from None
     if ":" in name:
         factory = _user_factory(name)
         try:
@@ -91,6 +99,20 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         return model
     known = ", ".join(sorted(_REGISTRY))
     raise ModelError(f"model {name!r}: unknown; use one of {known}, tv:NAME (torchvision) or package.module:factory")
+
+
+def takes_image_size(name: str) -> bool:
+    """Whether torchvision model ``tv:NAME`` is built for one input size (a vision transformer:
+    one position embedding per patch); convolutional models take any size."""
+    if not name.startswith("tv:"):
+        return False
+    import torchvision.models as tvm
+
+    return tvm.get_model_builder(name[3:]).__module__.endswith(".vision_transformer")
+
+
+def _for_size(image_size: int | None) -> str:
+    return f" for {image_size}x{image_size} images" if image_size is not None else ""
 
 
 def _user_factory(name: str) -> Callable[..., nn.Module]:
@@ -234,6 +256,23 @@ def deployed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every Conv2d and Linear, in module order: the canonical order of layers in the chip,
     the ONNX metadata and the random stream of each simulated chip."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DEPLOYED_TYPES)]
+
+
+def digital_parameters(model: nn.Module) -> list[dict]:
+    """Every parameter that is not a crossbar layer's weight, by module: what the chip's digital
+    periphery holds and computes with (biases, norms, a vision transformer's class token and
+    position embedding, and an attention block's fused input projection, whose weight is a plain
+    parameter rather than a Linear layer's). Products of two activations (attention's scores
+    and their weighting of the values) have no weights and are digital too. Each record: module
+    name, its type, the parameter names and their element count."""
+    on_cells = {id(m.weight) for _, m in deployed_layers(model)}
+    records = []
+    for name, module in model.named_modules():
+        own = [(p_name, p) for p_name, p in module.named_parameters(recurse=False) if id(p) not in on_cells]
+        if own:
+            records.append({"name": name or "(model)", "type": type(module).__name__,
+                            "parameters": [p_name for p_name, _ in own], "values": sum(p.numel() for _, p in own)})  # fmt: skip
+    return records
 
 
 def conv_bn_pairs(model: nn.Module) -> dict[str, str]:

@@ -47,19 +47,28 @@ def _profile_training(profile: Profile, method: str) -> dict[str, Any]:
 
 
 def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = NO_FILE, *,
-                 defaults: Mapping[str, Any] | None = None, start_model: str | None = None) -> TrainConfig:  # fmt: skip
+                 defaults: Mapping[str, Any] | None = None, start_model: str | None = None,
+                 start_image_size: int | None = None) -> TrainConfig:  # fmt: skip
     """The run asked for. ``typed``: TrainConfig fields as given on the command line (None: not
     given); ``file``: the fields a ``--config`` file sets; ``defaults``: values that stand in for
     the profile's (the sweep's trainings default to its chip seed); ``start_model``: the model of
     the checkpoint a retraining starts from, which stands in for the profile's and which a given
-    model must be. The method, then the target rate, then the progressive rates (the profile's
+    model must be (``start_image_size`` likewise: the image size it was trained at). The method, then the target rate, then the progressive rates (the profile's
     list where it ends at that rate) are resolved first, as each decides the next. A bad value
     is one error line naming its option (or the file's field), before any work."""
     given = layered(file.fields, typed)
     if start_model is not None and given.get("model", start_model) != start_model:
         raise ModelError(f"{_source('model', typed, file)} {given['model']!r} does not match the checkpoint's model {start_model!r}")
+    if start_image_size is not None and given.get("image_size", start_image_size) != start_image_size:
+        raise ConfigError(f"{_source('image_size', typed, file)}: {given['image_size']}; the checkpoint's model was trained "
+                          f"at {start_image_size} (a retraining keeps its checkpoint's image size)")  # fmt: skip
     d = profile.training
     method = given.get("method", d.method.value)
+    if given.get("weights") is not None and (start_model is not None or method != "pretrain"):
+        given.pop("weights")  # starts the pretraining that runs first, if any (pretraining_config)
+        if start_model is not None:
+            raise ConfigError(f"{_source('weights', typed, file)}: starts a pretraining from a weights file; a retraining "
+                              "starts from its --from checkpoint")  # fmt: skip
     if method == "pretrain":
         _refuse_recipe_on_pretraining(typed, file)
     target_rate = given.get("target_rate", d.target_rate)
@@ -69,16 +78,17 @@ def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = 
         raise ConfigError(f"{_source('progressive_rates', typed, file)}: progressive rates must end at "
                           f"{_source('target_rate', typed, file, bare=True)} {target_rate:g}, found {found}")  # fmt: skip
     schedule = dict(method=method, target_rate=target_rate, progressive_rates=rates)
-    start = {"model": start_model}
+    start = {"model": start_model, "image_size": start_image_size}
     return make_train_config(**layered(_profile_training(profile, method), start, defaults or {}, given, schedule))
 
 
 def pretraining_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = NO_FILE) -> TrainConfig:
     """The pretraining a retraining without a starting checkpoint runs first (``train`` without
-    ``--from``, ``demo``): the profile's pretraining, with the model, batch size, training seed,
-    device and learning rate given for the run; its length and everything else are the
+    ``--from``, ``demo``): the profile's pretraining, with the model, image size, initial weights,
+    batch size, training seed, device and learning rate given for the run; its length and everything else are the
     profile's (the given epochs are the retraining's)."""
-    shared = {k: v for k, v in layered(file.fields, typed).items() if k in ("model", "batch_size", "seed", "device", "lr")}
+    shared = {k: v for k, v in layered(file.fields, typed).items()
+              if k in ("model", "image_size", "weights", "batch_size", "seed", "device", "lr")}  # fmt: skip
     return make_train_config(**layered(_profile_training(profile, "pretrain"), shared, {"method": "pretrain"}))
 
 

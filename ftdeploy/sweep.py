@@ -51,7 +51,7 @@ from .population import SimulatedChips, chip_accuracies
 from .profiles import ResolvedProfile, rate_label
 from .devices import pick_device
 from .models import TRUST_MODEL_CODE, check_model_code_allowed
-from .training.checkpoint import load_checkpoint, model_from_checkpoint, run_differences
+from .training.checkpoint import checkpoint_image_size, load_checkpoint, model_from_checkpoint, run_differences
 from .training.config import RESUME_MAY_DIFFER, TrainConfig, config_yaml, progressive_rates_for
 from .training.loop import train
 from .verify import check_chip_counts, subset_indices, subset_size
@@ -128,7 +128,8 @@ class SweepSettings:
 
     def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(
-            model=self.start_model, method=cell.method, target_rate=cell.train_rate,
+            model=self.start_model, image_size=checkpoint_image_size(self.pretrained_checkpoint), method=cell.method,
+            target_rate=cell.train_rate,
             progressive_rates=progressive_rates_for(cell.train_rate, self.profile.profile.training),
             faults=self.profile.profile.training_faults,
         ))  # fmt: skip

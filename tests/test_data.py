@@ -48,7 +48,7 @@ def test_embedded_dataset(embedded):
     assert b.spec == "embedded" and b.description.startswith(EMBEDDED_PROVENANCE)
     assert "600 per class" in EMBEDDED_PROVENANCE and "file's own held-out part" in b.description
     assert b.split_record() == {"data": "embedded", "val_split": 1000, "split_seed": 0,
-                                "train_images": 5000, "val_images": 1000}  # fmt: skip
+                                "train_images": 5000, "val_images": 1000, "image_size": 32}  # fmt: skip
     # real photographs, not a constant: per-channel stats of CIFAR-10 (~0.49/0.48/0.45)
     assert b.mean == pytest.approx((0.49, 0.48, 0.45), abs=0.03)
     assert all(0.2 < s < 0.3 for s in b.std)
@@ -372,3 +372,11 @@ def test_normalize_torch_and_numpy_agree():
 def test_validation_alone_of_the_embedded_set(embedded):
     alone = load_validation()
     assert torch.equal(alone.val_x, embedded.val_x) and torch.equal(alone.val_y, embedded.val_y)
+
+
+def test_packed_images_are_resized_and_centre_cropped_to_the_image_size_asked():
+    small, large = load_data(val_split=100), load_data(val_split=100, image_size=48)
+    assert large.train_x.shape[1:] == (3, 48, 48) and large.image_size == 48 and large.split_record()["image_size"] == 48
+    assert torch.equal(small.train_y, large.train_y)  # the same images, in the same order
+    # the CIFAR images are 32x32: upscaled by 1.5, their mean colour stays within a level or two
+    assert (small.train_x[:20].float().mean((2, 3)) - large.train_x[:20].float().mean((2, 3))).abs().max() < 3

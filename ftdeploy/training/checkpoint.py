@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data import CIFAR_SIDE, recorded_image_size
 from ..errors import ConfigError, ModelError
 from ..files import folder_given, is_onnx_file, reason_line, write_atomic
-from ..limits import MAX_CLASSES, shown
+from ..limits import MAX_CLASSES, MAX_IMAGE_SIDE, shown
 from ..models import model_from_file_name
 from ..profiles import Target
 from .config import RESUME_MAY_DIFFER, TrainConfig
@@ -67,8 +68,15 @@ def check_checkpoint(path: Path, ckpt: dict) -> None:
         if ckpt.get(field) is not None and not isinstance(ckpt[field], dict):
             raise ModelError(f"{path}: {field}: expected a mapping, found {shown(ckpt[field])}")
     _check_normalization(path, ckpt.get("normalization"))
+    _check_image_size(path, ckpt.get("data"))
     _check_state_dict(path, ckpt.get("state_dict"))
-    _check_fits_model(path, model, classes, ckpt["state_dict"])
+    _check_fits_model(path, model, classes, ckpt["state_dict"], checkpoint_image_size(ckpt))
+
+
+def _check_image_size(path: Path, record: dict | None) -> None:
+    size = (record or {}).get("image_size", CIFAR_SIDE)
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMAGE_SIDE:
+        raise ModelError(f"{path}: data.image_size: expected a whole number of pixels from 8 to {MAX_IMAGE_SIDE}, found {shown(size)}")
 
 
 def _check_normalization(path: Path, norm: dict | None) -> None:
@@ -95,7 +103,7 @@ def _check_state_dict(path: Path, state) -> None:
                              "(the run that wrote it diverged)")  # fmt: skip
 
 
-def _check_fits_model(path: Path, model: str, classes: int, state: dict) -> None:
+def _check_fits_model(path: Path, model: str, classes: int, state: dict, image_size: int) -> None:
     """The weights fit the model the checkpoint names, key by key and shape by shape. Only for
     models that build without running a file's code (the registry, torchvision); a
     package.module:factory is built, and checked by load_state_dict, once the user allows it."""
@@ -106,7 +114,7 @@ def _check_fits_model(path: Path, model: str, classes: int, state: dict) -> None
     from ..models import create_model
 
     try:
-        built = create_model(model, num_classes=classes)
+        built = create_model(model, num_classes=classes, image_size=image_size)
     except ModelError as exc:  # an unknown name: say which file names it
         raise ModelError(f"{path}: model: {exc}") from None
     expected = {k.replace("parametrizations.weight.original", "weight"): v.shape for k, v in built.state_dict().items()}
@@ -141,12 +149,18 @@ def _load_tensors_file(path: Path, expected_format: str, what: str, hint: str = 
 def model_from_checkpoint(ckpt: dict, *, allow_import: bool = False, source: str = "checkpoint") -> nn.Module:
     """The checkpoint's model with its weights. ``allow_import``: the user allowed the checkpoint's
     ``package.module:factory`` to be imported (see :func:`ftdeploy.models.model_from_file_name`)."""
-    model = model_from_file_name(ckpt["model"], source, allow_import=allow_import, num_classes=ckpt["num_classes"])
+    model = model_from_file_name(ckpt["model"], source, allow_import=allow_import, num_classes=ckpt["num_classes"],
+                                 image_size=checkpoint_image_size(ckpt))  # fmt: skip
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise ModelError(f"checkpoint does not fit model {ckpt['model']!r}: {str(exc).splitlines()[0]}") from None
     return model
+
+
+def checkpoint_image_size(ckpt: dict) -> int:
+    """The image side the checkpoint's model was trained at (its data record's)."""
+    return recorded_image_size(ckpt.get("data"))
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -163,9 +177,11 @@ def check_model_fits(model: str, init: dict) -> None:
         raise ModelError(f"--model {model!r} does not match the checkpoint's model {init['model']!r}")
 
 
-def checkpoint_record(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epochs_done) -> dict:
+def checkpoint_record(config, data, target, state, profile_name, init, acc_pretrain, val_clean, epochs_done,
+                      initial_weights: dict | None = None) -> dict:  # fmt: skip
     """The checkpoint of ``config``'s run after ``epochs_done`` epochs: master weights ``state``
-    and everything export, sign-off and a later retraining read from it."""
+    and everything export, sign-off and a later retraining read from it. ``initial_weights``: the
+    record of the weights file a pretraining started from (:func:`ftdeploy.weights.load_initial_weights`)."""
     pretrain = config.method == "pretrain"
     return {
         "format": CHECKPOINT_FORMAT,
@@ -192,6 +208,8 @@ def checkpoint_record(config, data, target, state, profile_name, init, acc_pretr
         "pruning": (init or {}).get("pruning"),  # a pruned model's record survives its retraining
         "equalization": (init or {}).get("equalization"),  # so does an equalised one's (ftdeploy equalize)
         "parent": (init or {}).get("config"),
+        # the published weights at the root of the lineage, kept through every retraining
+        "initial_weights": initial_weights if initial_weights is not None else (init or {}).get("initial_weights"),
     }
 
 

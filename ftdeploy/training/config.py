@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from ..choices import TrainMethod
 from ..errors import ConfigError
-from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_RATES, MAX_SEED, MAX_WARMUP_EPOCHS
+from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGE_SIDE, MAX_RATES, MAX_SEED, MAX_WARMUP_EPOCHS
 from ..nonideality import FaultModel, StuckAt
 from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults, read_yaml, recipe_last, validated
 
@@ -28,6 +28,16 @@ class TrainConfig(RetrainingRecipe):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("resnet20", description="Model registry name, tv:NAME or package.module:factory.")
+    image_size: int = Field(
+        32, ge=8, le=MAX_IMAGE_SIDE,
+        description="Side in pixels every image is resized (shorter side) and centre-cropped to: the model's input, "
+                    "recorded in its checkpoint and export. A retraining keeps its checkpoint's.",
+    )  # fmt: skip
+    weights: str | None = Field(
+        None,
+        description="Weights file a pretraining starts from instead of random weights (a torchvision .pth state dict; "
+                    "the classifier starts afresh for another class count). None: random initialisation.",
+    )  # fmt: skip
     method: TrainMethod = Field(
         "progressive", description="pretrain: no faults; one-shot: fixed rate; progressive: ascending rates."
     )
@@ -128,7 +138,7 @@ def progressive_rates_for(target_rate: float, defaults: TrainingDefaults) -> lis
 #: one place: a bad value's message names the option the user typed. The other fields follow the
 #: profile (faults, weight decay), a ``--config`` file or TrainConfig's defaults.
 TRAIN_OPTIONS = {
-    "model": "--model", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
+    "model": "--model", "image_size": "--image-size", "weights": "--weights", "method": "--method", "target_rate": "--target-rate", "progressive_rates": "--rates",
     "epochs": "--epochs", "progressive_blocks": "--progressive-blocks", "lr": "--lr", "batch_size": "--batch-size",
     "bn": "--bn", "stuck_grad": "--stuck-grad", "scale_grad": "--scale-grad", "unbias_faults": "--unbias-faults/--raw-faults", "clean_steps": "--clean-steps",
     "weight_clip": "--weight-clip",

@@ -23,6 +23,7 @@ from ..errors import DataError, ModelError
 from ..files import append_line, run_folder_lock, write_atomic
 from ..models import create_model, deployed_layers
 from ..profiles import Target
+from ..weights import load_initial_weights
 from .checkpoint import (ResumePoint, check_model_fits, checkpoint_record, clean_state_dict, load_checkpoint,
                          model_from_checkpoint, resume_state, save_atomic)
 from .config import TrainConfig, config_yaml
@@ -86,16 +87,16 @@ def train(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, 
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     torch.manual_seed(config.seed)
-    model, data = _starting_model(config, data, init, allow_model_import)
+    model, data, initial_weights = _starting_model(config, data, init, allow_model_import)
     # Only rank 0 writes the folder, so only rank 0 holds it: a second writer is refused here,
     # before the folder is read or written.
     with run_folder_lock(out_dir, ModelError) if dist.is_main else contextlib.nullcontext():
         return _train_locked(config, data, target, out_dir, model, dist, init=init, profile_name=profile_name,
-                             progress=progress, resume=resume)  # fmt: skip
+                             progress=progress, resume=resume, initial_weights=initial_weights)  # fmt: skip
 
 
 def _train_locked(config: TrainConfig, data: DataBundle, target: Target, out_dir: Path, model: nn.Module,
-                  dist: "_Distributed", *, init, profile_name, progress, resume) -> dict:  # fmt: skip
+                  dist: "_Distributed", *, init, profile_name, progress, resume, initial_weights=None) -> dict:  # fmt: skip
     """:func:`train` once its folder is held: every check before the folder's first file."""
     # Which weights pruning zeroed: read before a resumed run's weights replace the starting ones.
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
@@ -105,7 +106,7 @@ def _train_locked(config: TrainConfig, data: DataBundle, target: Target, out_dir
     if point:
         model.load_state_dict(point.state_dict)
     model.to(dist.device)
-    run = _Run(config, data, target, model, init, dist, prune_masks)
+    run = _Run(config, data, target, model, init, dist, prune_masks, initial_weights)
     try:
         start_epoch = run.restore(point) if point else 0
         if dist.is_main and not point:  # a resumed run keeps the config it was started with
@@ -130,13 +131,18 @@ def _train_locked(config: TrainConfig, data: DataBundle, target: Target, out_dir
     return ckpt
 
 
-def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None, allow_import: bool) -> tuple[nn.Module, DataBundle]:
-    """The model a run starts from (``init``'s weights, or a fresh one for a pretraining) and the
-    data normalised as that model was trained."""
+def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None,
+                    allow_import: bool) -> tuple[nn.Module, DataBundle, dict | None]:  # fmt: skip
+    """The model a run starts from (``init``'s weights, or for a pretraining a fresh one or the
+    ``config.weights`` file's), the data normalised as that model was trained, and the record of
+    the weights file loaded (None: none)."""
+    if data.image_size != config.image_size:
+        raise DataError(f"--data: images are {data.image_size}x{data.image_size}; the run is at --image-size {config.image_size}")
     if init is None:
         if config.method != "pretrain":
             raise ModelError("fault-tolerant retraining needs a pretrained checkpoint (--from)")
-        return create_model(config.model, num_classes=data.num_classes), data
+        model = create_model(config.model, num_classes=data.num_classes, image_size=config.image_size)
+        return model, data, (load_initial_weights(model, Path(config.weights)) if config.weights else None)
     if init.get("num_classes") not in (None, data.num_classes):
         raise DataError(f"--data: the checkpoint has {init['num_classes']} classes, the data {data.num_classes}")
     # Keep the parent's input normalisation: the weights were trained for it.
@@ -144,7 +150,7 @@ def _starting_model(config: TrainConfig, data: DataBundle, init: dict | None, al
     if norm:
         data = dataclasses.replace(data, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
     check_model_fits(config.model, init)
-    return model_from_checkpoint(init, allow_import=allow_import), data
+    return model_from_checkpoint(init, allow_import=allow_import), data, None
 
 
 class _Run:
@@ -154,8 +160,10 @@ class _Run:
     it epoch by epoch."""
 
     def __init__(self, config: TrainConfig, data: DataBundle, target: Target, model: nn.Module, init: dict | None,
-                 dist: "_Distributed", prune_masks: dict[str, torch.Tensor] | None = None):  # fmt: skip
+                 dist: "_Distributed", prune_masks: dict[str, torch.Tensor] | None = None,
+                 initial_weights: dict | None = None):  # fmt: skip
         self.config, self.data, self.target, self.model, self.init, self.dist = config, data, target, model, init, dist
+        self.initial_weights = initial_weights
         device = self.device = dist.device
         self.retraining = config.method != "pretrain"
         # Pruned weights stay zero (re-zeroed after every step), on the model's device.
@@ -236,7 +244,7 @@ class _Run:
         """Deployed validation accuracy of the master weights ``state``: clean, and mean over
         ``eval_chips`` chips at P_sa^T (retraining only)."""
         config = self.config
-        eval_model = create_model(config.model, num_classes=self.data.num_classes)
+        eval_model = create_model(config.model, num_classes=self.data.num_classes, image_size=config.image_size)
         eval_model.load_state_dict(state)
         chips = config.eval_chips if self.retraining else 0
         return deployed_accuracy(eval_model, self.target, self.data, self.device, chips, config.target_rate, config.fault_model,
@@ -247,7 +255,7 @@ class _Run:
         """Write the checkpoint (master weights ``state``) of the epoch just finished, and what
         resuming after it needs."""
         ckpt = checkpoint_record(self.config, self.data, self.target, state, profile_name, self.init,
-                           self.acc_pretrain, val_clean, epochs_done)  # fmt: skip
+                                 self.acc_pretrain, val_clean, epochs_done, self.initial_weights)  # fmt: skip
         # resume.pt first: whichever file an interruption leaves older, resuming restarts
         # from a complete epoch (resume.pt carries its own copy of the weights).
         save_atomic(resume_state(ckpt, self.step, self.opt, self.sched, self.gen, self.aug_gen, self.injector, log_rows),
