@@ -29,6 +29,9 @@ STUDY = SCRIPTS.parent
 REPO_ROOT = STUDY.parents[1]
 RESULTS = STUDY / "results"
 PROFILE = STUDY / "profiles" / "programming-study.yaml"
+#: The same deployment on paper-diff8 with row routing (the study's targets/paper-diff8-rows.yaml):
+#: what the chips allow there is programming with each tile's rows permuted.
+PROFILE_ROWS = STUDY / "profiles" / "programming-study-rows.yaml"
 #: The fault-free ResNet-20 of the paper study (60 epochs), archived there with its log.
 PRETRAINED = REPO_ROOT / "studies" / "cifar10-paper" / "results" / "c10c" / "pretrain-length-60" / "model.pt"
 #: The packed CIFAR-10 training split beside the repository (the official test split is not used).
@@ -36,6 +39,10 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.npz"
 
 RATES = (0.005, 0.01, 0.02, 0.05)
 MODELS = ("baseline", "fault-tolerant")
+#: How each tested chip is programmed: in place (every weight on its own cells, the study's
+#: profile), or with each tile's rows permuted first (`--permute-rows`, on the row-routing target).
+IN_PLACE, ROWS_PERMUTED = "in-place", "rows-permuted"
+VARIANTS = (IN_PLACE, ROWS_PERMUTED)
 FT_RUN = "ft-one-shot-0.05"
 #: The fault-tolerant retraining: the tuned recipe of the paper study (one-shot at P = 0.05,
 #: three quarters of the steps fault-free, unbiased faults, weights clipped to 2 sigma), 12 epochs
@@ -62,6 +69,23 @@ def field_folder(rate: float, field: float | None) -> str:
     return rate_folder(rate) + (f"-field-{field:g}" if field else "")
 
 
+def lots_folder(variant: str) -> str:
+    """Where a variant's lot reports go in a run folder or archive: lots/MODEL/P-…/ (in place),
+    lots-rows-permuted/MODEL/P-…/ (rows permuted)."""
+    return "lots" if variant == IN_PLACE else f"lots-{variant}"
+
+
+def lot_step(model: str, rate: float, field: float | None, variant: str = IN_PLACE) -> str:
+    """The manifest's name of a lot's sign-off."""
+    return f"lot-{model}-{field_folder(rate, field)}" + ("" if variant == IN_PLACE else f"-{variant}")
+
+
+def model_file(models: Path, model: str, variant: str = IN_PLACE) -> Path:
+    """A model's export for a variant's target: models/NAME.onnx (paper-diff8), models/rows-permuted/
+    NAME.onnx (paper-diff8-rows; verify takes only a file exported for the profile's chips)."""
+    return models / f"{model}.onnx" if variant == IN_PLACE else models / variant / f"{model}.onnx"
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -74,29 +98,42 @@ def study_steps(args) -> list[Step]:
     out, data = Path(args.out), f"npz:{rel(Path(args.data))}"
     models = out / "models"
     ft_model = out / FT_RUN / "model.pt"
-    steps = [Step("export-baseline", ["export", rel(PRETRAINED), "--profile", "chen2015", "--out", rel(models / "baseline.onnx")],
-                  models / "baseline.onnx")]  # fmt: skip
+    variants = [v for v in VARIANTS if v in getattr(args, "variants", VARIANTS)]
+    rows = ROWS_PERMUTED in variants
+
+    def export(model: str, source: Path) -> list[Step]:
+        # the same checkpoint exported for each variant's target: the same cells and levels, only the target differs
+        steps = [Step(f"export-{model}", ["export", rel(source), "--profile", "chen2015", "--out", rel(model_file(models, model))],
+                      model_file(models, model))]  # fmt: skip
+        if rows:
+            target = model_file(models, model, ROWS_PERMUTED)
+            steps.append(Step(f"export-{model}-{ROWS_PERMUTED}", ["export", rel(source), "--profile", rel(PROFILE_ROWS), "--out", rel(target)], target))
+        return steps
+
+    steps = export("baseline", PRETRAINED)
     if "fault-tolerant" in args.models:
-        steps += [
-            Step("train-fault-tolerant", ["train", *FT_TRAINING, "--data", data, "--from", rel(PRETRAINED), "--out", rel(out / FT_RUN), "--resume"], ft_model),
-            Step("export-fault-tolerant", ["export", rel(ft_model), "--profile", "chen2015", "--out", rel(models / "fault-tolerant.onnx")], models / "fault-tolerant.onnx"),
-        ]  # fmt: skip
+        steps += [Step("train-fault-tolerant", ["train", *FT_TRAINING, "--data", data, "--from", rel(PRETRAINED), "--out", rel(out / FT_RUN), "--resume"], ft_model),
+                  *export("fault-tolerant", ft_model)]  # fmt: skip
     for rate in args.rates:
         maps = out / "maps" / rate_folder(rate)
         # One lot per rate, shared by both models (same network, same target, so the same cells):
-        # the comparison is chip for chip.
+        # the comparison is chip for chip. The row-routing target places the model on the same
+        # cells (same tiles; a map records only the tile geometry), so it reads the same maps.
         steps.append(Step(f"maps-{rate:g}", ["faultmap", "simulate", rel(models / "baseline.onnx"), "--profile", rel(PROFILE),
                                              "--rate", f"{rate:g}", "--chips", str(args.chips), "--format", "npz",
                                              "--out", rel(maps)], maps / f"chip-{args.chips - 1:04d}.npz"))  # fmt: skip
         for model in (m for m in MODELS if m in args.models):
-            # One sign-off gives the three figures of each chip: unprogrammed, programmed, and
-            # programmed with field faults on top (as shipped).
-            lot = out / "lots" / model / field_folder(rate, args.field_rate)
-            argv = ["verify", rel(models / f"{model}.onnx"), "--profile", rel(PROFILE), "--fault-maps", rel(maps), "--program",
-                    "--reference", rel(models / "baseline.onnx"), "--data", data, "--max-images", str(args.max_images),
-                    *(["--field-rate", f"{args.field_rate:g}"] if args.field_rate else []), "--out", rel(lot)]  # fmt: skip
-            # exit 1 is a lot that fails its chip spec: a result, not an error
-            steps.append(Step(f"lot-{model}-{field_folder(rate, args.field_rate)}", argv, lot / "report.json", ok_codes=(0, 1)))
+            for variant in variants:
+                # One sign-off gives the three figures of each chip: unprogrammed, programmed, and
+                # programmed with field faults on top (as shipped).
+                lot = out / lots_folder(variant) / model / field_folder(rate, args.field_rate)
+                profile, permute = (PROFILE, []) if variant == IN_PLACE else (PROFILE_ROWS, ["--permute-rows"])
+                argv = ["verify", rel(model_file(models, model, variant)), "--profile", rel(profile), "--fault-maps", rel(maps), "--program",
+                        *permute, "--reference", rel(model_file(models, "baseline", variant)), "--data", data,
+                        "--max-images", str(args.max_images), *(["--field-rate", f"{args.field_rate:g}"] if args.field_rate else []),
+                        "--out", rel(lot)]  # fmt: skip
+                # exit 1 is a lot that fails its chip spec: a result, not an error
+                steps.append(Step(lot_step(model, rate, args.field_rate, variant), argv, lot / "report.json", ok_codes=(0, 1)))
     return steps
 
 
@@ -336,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--field-rate", type=float, default=0.001, help="field faults added on top of the programmed chips (0: none)")
     p_run.add_argument("--models", type=lambda t: [m for m in t.split(",") if m], default=list(MODELS),
                        help=f"models measured, comma separated (default: {','.join(MODELS)})")
+    p_run.add_argument("--variants", type=lambda t: [v for v in t.split(",") if v], default=list(VARIANTS),
+                       help=f"how each chip is programmed, comma separated (default: {','.join(VARIANTS)})")
     p_run.add_argument("--chips", type=int, default=20, help="tested chips per rate")
     p_run.add_argument("--max-images", type=int, default=1000, help="held-out images measured")
     p_archive = sub.add_parser("archive", help="copy a run folder's small artefacts into results/")
