@@ -399,7 +399,7 @@ def render(folder: Path) -> str:
     if field:
         page += ["## Field faults on top of programmed chips", "",
                  "Cells that fail after programming (random stuck-at faults at the field rate, the profile's split, "
-                 "drawn per chip, the same cells in both variants) are unknown to the programming: what remains is what "
+                 "drawn per chip on its physical cells, the same in both variants) are unknown to the programming: what remains is what "
                  "fault-tolerant training must absorb.",
                  "", *field, ""]  # fmt: skip
     page += ["## Commands", "", "Every step, in order, run from the repository root (exit 1 is a lot that fails its chip spec):",
