@@ -24,7 +24,7 @@ from .lot_report import LOT_SCHEMA
 from .measured import FieldFaults, MeasuredChips
 from .nonideality import STUCK_OFF, STUCK_ON
 from .placement import SCHEME, placement_of
-from .programming import ProgrammedChips, check_row_permutation
+from .programming import ProgrammedChip, ProgrammedChips, check_row_permutation
 from .population import chip_accuracies
 from .profiles import ResolvedProfile
 from .resolve import signoff_settings
@@ -115,7 +115,8 @@ def verify_lot(
             record.update(accuracy_unprogrammed=acc, meets_spec_unprogrammed=bool(acc >= threshold))
     if without_field is not None:
         for record, acc, chip in zip(chip_records, without_field, shipped):
-            _, _, _, state = chip.field_cells()
+            # the field faults among the model's cells as the chip holds them (its rows routed, where permuted)
+            _, _, _, state = (ProgrammedChip(chip, export.mapping, permute_rows).routed(export.levels) if program else chip).field_cells()
             record.update(accuracy_without_field=acc, meets_spec_without_field=bool(acc >= threshold),
                           field_stuck_off_in_model=int(np.count_nonzero(state == STUCK_OFF)),
                           field_stuck_on_in_model=int(np.count_nonzero(state == STUCK_ON)))  # fmt: skip

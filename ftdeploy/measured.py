@@ -84,14 +84,20 @@ class MeasuredChip:
 
     def field_cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(tile, row, column, state) of the chip's field faults among the model's cells; none
-        where the map already lists a cell (a stuck cell stays as measured). Drawn layer by layer
-        over the model's cells in their unpermuted place, so a chip's field faults sit on the same
-        physical cells however its rows are routed."""
+        where the map already lists a cell (a stuck cell stays as measured).
+
+        Field faults fall on physical cells, wherever the chip routes its rows: they are drawn
+        layer by layer over the model's cells in their unpermuted place, then (the same stream
+        going on) over every other cell of the model's tiles, tile by tile in row-major order; the
+        cells returned are those of the draw that hold a weight as this chip places the model. So
+        rows routed onto a tile's spare rows (``--permute-rows``) meet field faults as any other
+        row does, and a chip with its rows in place has exactly the cells of the first draw."""
         empty = np.zeros(0, np.int64)
         if self.field is None:
             return empty, empty, empty, empty.astype(np.uint8)
         place = self.placement.unpermuted
-        measured = place.layer_states(self.fmap.tile, self.fmap.row, self.fmap.col, self.fmap.state)
+        fmap = self.fmap
+        measured = place.layer_states(fmap.tile, fmap.row, fmap.col, fmap.state)
         rng = field_rng(self.id.sha256, self.field.seed)
         parts = []
         for layer, known in enumerate(measured):
@@ -99,7 +105,21 @@ class MeasuredChip:
             state[known.reshape(-1) != 0] = 0
             flat = np.flatnonzero(state)
             parts.append((*place.to_physical(layer, flat), state[flat]))
-        return tuple(np.concatenate([p[i] for p in parts]) if parts else empty for i in range(4))
+        if self.placement.row_permutation is not None and place.tiles:
+            # the rest of the model's tiles: cells no weight occupies in place, where routed rows may go
+            g = place.geometry()
+            spare = self.field.stuck.draw((g.tiles, g.tile_rows, g.tile_cols), rng)
+            tile, row, col = (a.reshape(-1) for a in np.indices(spare.shape))
+            spare[place.to_logical(tile, row, col)[0].reshape(spare.shape) >= 0] = 0  # drawn above
+            ours = np.asarray(fmap.tile) < g.tiles
+            spare[np.asarray(fmap.tile)[ours], np.asarray(fmap.row)[ours], np.asarray(fmap.col)[ours]] = 0  # measured
+            found = np.nonzero(spare)
+            parts.append((*(a.astype(np.int64) for a in found), spare[found]))
+        cells = tuple(np.concatenate([p[i] for p in parts]) if parts else empty for i in range(4))
+        if self.placement.row_permutation is None:
+            return cells
+        held = self.placement.to_logical(*cells[:3])[0] >= 0
+        return tuple(a[held] for a in cells)
 
     def read_states(self) -> list[np.ndarray]:
         """Per layer, the stuck-at state the chip reads with: its map's, and its field faults."""

@@ -446,14 +446,21 @@ class ProgrammedChip:
     def id(self):
         return self.chip.id
 
-    def reading(self, programmed: Sequence[np.ndarray], cells):
+    def routed(self, programmed: Sequence[np.ndarray]):
+        """The measured chip with its rows where ``programmed`` (the file's levels) goes on it: routed
+        as `ftdeploy program --permute-rows` routes them, from the map alone, where rows are
+        permuted; else the chip itself."""
         chip = self.chip
-        if self.permute_rows:  # routed as `ftdeploy program --permute-rows` routes it: from the map alone
-            from dataclasses import replace
+        if not self.permute_rows:
+            return chip
+        from dataclasses import replace
 
-            fmap = chip.fmap
-            perm, _, _ = choose_row_permutation(self.mapping, chip.placement, programmed, fmap.tile, fmap.row, fmap.col, fmap.state)
-            chip = replace(chip, placement=chip.placement.with_row_permutation(perm))
+        fmap = chip.fmap
+        perm, _, _ = choose_row_permutation(self.mapping, chip.placement, programmed, fmap.tile, fmap.row, fmap.col, fmap.state)
+        return replace(chip, placement=chip.placement.with_row_permutation(perm))
+
+    def reading(self, programmed: Sequence[np.ndarray], cells):
+        chip = self.routed(programmed)
         return chip.reading(program_chip(self.mapping, programmed, chip.states()), cells)
 
 

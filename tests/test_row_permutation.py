@@ -210,12 +210,59 @@ def test_field_faults_sit_on_the_same_physical_cells_however_rows_are_routed(lin
     from ftdeploy.nonideality import StuckAt
 
     field = FieldFaults(StuckAt.from_total(0.05), 0)
-    (chip, *_) = MeasuredChips.from_folder(line["maps"], line["placement"], line["resolved"].profile.fault_model).with_field(field)
-    perm = np.stack([np.random.default_rng(t).permutation(32) for t in range(line["placement"].tiles)])
-    routed = replace(chip, placement=line["placement"].with_row_permutation(perm))
-    assert all((a == b).all() for a, b in zip(chip.field_cells(), routed.field_cells()))
+    placement = line["placement"]
+    (chip, *_) = MeasuredChips.from_folder(line["maps"], placement, line["resolved"].profile.fault_model).with_field(field)
+    perm = np.stack([np.random.default_rng(t).permutation(32) for t in range(placement.tiles)])
+    routed = replace(chip, placement=placement.with_row_permutation(perm))
+    g = placement.geometry()
+    every_cell = [a.reshape(-1) for a in np.indices((g.tiles, g.tile_rows, g.tile_cols))]
+
+    def footprint(place):  # the physical cells that hold a weight
+        return (place.to_logical(*every_cell)[0] >= 0).reshape(g.tiles, g.tile_rows, g.tile_cols)
+
+    def on_grid(cells):
+        grid = np.zeros((g.tiles, g.tile_rows, g.tile_cols), np.uint8)
+        grid[cells[0], cells[1], cells[2]] = cells[3]
+        return grid
+
+    fixed_cells, routed_cells = chip.field_cells(), routed.field_cells()
+    for cells, place in ((fixed_cells, placement), (routed_cells, routed.placement)):
+        assert (place.to_logical(*cells[:3])[0] >= 0).all(), "only cells that hold a weight as the chip places the model"
+        assert not (on_grid(cells) & on_grid((chip.fmap.tile, chip.fmap.row, chip.fmap.col, chip.fmap.state))).any(), \
+            "never on a cell the map lists"  # fmt: skip
+    fixed_grid, routed_grid = on_grid(fixed_cells), on_grid(routed_cells)
+    both = footprint(placement) & footprint(routed.placement)
+    assert (fixed_grid[both] == routed_grid[both]).all() and fixed_grid[both].any(), "the same physical cells fail"
+    # rows routed onto a tile's spare rows meet field faults too, at the field rate (the tiles here are partly used)
+    spare = footprint(routed.placement) & ~footprint(placement)
+    assert spare.sum() > 500 and 0.02 < np.count_nonzero(routed_grid[spare]) / spare.sum() < 0.09
+    # rows routed in place: exactly the cells of the unpermuted chip
+    in_place = replace(chip, placement=placement.with_row_permutation(np.tile(np.arange(32), (placement.tiles, 1))))
+    assert all((a == b).all() for a, b in zip(in_place.field_cells(), fixed_cells))
     # and the routed chip reads them (with its map) at each logical row's physical row
-    tile, row, col, state = chip.field_cells()
+    tile, row, col, state = routed_cells
     fmap = chip.fmap
     every = [np.concatenate([a, b]) for a, b in zip((fmap.tile, fmap.row, fmap.col, fmap.state), (tile, row, col, state))]
     assert all((a == b).all() for a, b in zip(routed.read_states(), routed.placement.layer_states(*every)))
+
+def test_a_lot_with_rows_permuted_counts_the_field_faults_its_routed_chips_hold(line, tmp_path):
+    from ftdeploy.exported import load_export
+    from ftdeploy.lot import verify_lot
+    from ftdeploy.measured import FieldFaults, MeasuredChips
+    from ftdeploy.programming import ProgrammedChip
+    from ftdeploy.resolve import with_field_rate
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    map_path = sorted(line["maps"].iterdir())[0]
+    (folder / map_path.name).write_bytes(map_path.read_bytes())
+    resolved = with_field_rate(line["resolved"], 0.05)
+    lot = verify_lot(line["onnx"], resolved, folder, program=True, permute_rows=True)
+    record = lot["lot"]["chips"][0]
+    export = load_export(line["onnx"])
+    field = FieldFaults(resolved.profile.field_faults, resolved.profile.signoff.seed)
+    (chip,) = MeasuredChips.from_folder(folder, line["placement"], resolved.profile.fault_model).with_field(field)
+    routed = ProgrammedChip(chip, export.mapping, permute_rows=True).routed(export.levels)
+    assert routed.placement != chip.placement, "rows moved"
+    _, _, _, state = routed.field_cells()
+    assert (record["field_stuck_off_in_model"], record["field_stuck_on_in_model"]) == (int((state == STUCK_OFF).sum()), int((state == STUCK_ON).sum()))
