@@ -53,9 +53,11 @@ def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = 
     given); ``file``: the fields a ``--config`` file sets; ``defaults``: values that stand in for
     the profile's (the sweep's trainings default to its chip seed); ``start_model``: the model of
     the checkpoint a retraining starts from, which stands in for the profile's and which a given
-    model must be (``start_image_size`` likewise: the image size it was trained at). The method, then the target rate, then the progressive rates (the profile's
-    list where it ends at that rate) are resolved first, as each decides the next. A bad value
-    is one error line naming its option (or the file's field), before any work."""
+    model must be (``start_image_size`` likewise: the image size it was trained at). The method,
+    then the target rate, then the progressive rates (the profile's list where it ends at that
+    rate) are resolved first, as each decides the next. A weights file (``weights``) starts only
+    a pretraining. A bad value is one error line naming its option (or the file's field), before
+    any work."""
     given = layered(file.fields, typed)
     if start_model is not None and given.get("model", start_model) != start_model:
         raise ModelError(f"{_source('model', typed, file)} {given['model']!r} does not match the checkpoint's model {start_model!r}")
@@ -85,8 +87,8 @@ def train_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = 
 def pretraining_config(profile: Profile, typed: Mapping[str, Any], file: ConfigFile = NO_FILE) -> TrainConfig:
     """The pretraining a retraining without a starting checkpoint runs first (``train`` without
     ``--from``, ``demo``): the profile's pretraining, with the model, image size, initial weights,
-    batch size, training seed, device and learning rate given for the run; its length and everything else are the
-    profile's (the given epochs are the retraining's)."""
+    batch size, training seed, device and learning rate given for the run; its length and
+    everything else are the profile's (the given epochs are the retraining's)."""
     shared = {k: v for k, v in layered(file.fields, typed).items()
               if k in ("model", "image_size", "weights", "batch_size", "seed", "device", "lr")}  # fmt: skip
     return make_train_config(**layered(_profile_training(profile, "pretrain"), shared, {"method": "pretrain"}))
