@@ -72,6 +72,7 @@ class Result:
     profile: str
     repeats: int
     kinds: tuple[str, ...] = KINDS
+    image_size: int = 32
     wall_s: dict[str, list[float]] = field(default_factory=dict)  # per epoch
     cpu_s: dict[str, list[float]] = field(default_factory=dict)  # this process
 
@@ -104,7 +105,7 @@ class Epochs:
     def __init__(self, args, device: torch.device):
         self.device, self.steps, self.batch_size = device, args.steps, args.batch_size
         torch.manual_seed(0)
-        self.model = create_model(args.model).to(device)
+        self.model = create_model(args.model, image_size=args.image_size).to(device)
         resolved = load_profile(args.profile)
         self.injector = FaultInjector(self.model, resolved.target, bn_mode="frozen", seed=0, device=device,
                                       faults=resolved.profile.fault_model)  # fmt: skip
@@ -113,7 +114,8 @@ class Epochs:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
         gen = torch.Generator(device=device).manual_seed(0)
         pool = min(args.steps, 8) * args.batch_size  # a few batches, cycled: the data is not timed
-        self.images = torch.randint(0, 256, (pool, 3, 32, 32), dtype=torch.uint8, device=device, generator=gen)
+        size = args.image_size
+        self.images = torch.randint(0, 256, (pool, 3, size, size), dtype=torch.uint8, device=device, generator=gen)
         self.labels = torch.randint(0, 10, (pool,), device=device, generator=gen)
         self.aug_gen = torch.Generator(device=device).manual_seed(1)
         self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)  # its weights do not change the cost
@@ -188,7 +190,7 @@ def measure(args) -> Result:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     kinds = KINDS + ((DISTILL,) if args.distill else ())
     result = Result(args.model, str(device), name, torch.__version__, torch.get_num_threads(), args.batch_size,
-                    args.steps, args.rate, args.profile, args.repeats, kinds)  # fmt: skip
+                    args.steps, args.rate, args.profile, args.repeats, kinds, args.image_size)  # fmt: skip
     for kind in kinds:  # warm-up: allocator, kernels, autotuning, first-call overheads
         epochs.run(kind, args.warmup_steps)
     orders = itertools.cycle(itertools.permutations(kinds))  # each kind in each position in turn
@@ -207,7 +209,8 @@ def measure(args) -> Result:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20", help="Model registry name (default resnet20).")
+    p.add_argument("--model", default="resnet20", help="Model registry name or tv:NAME (default resnet20).")
+    p.add_argument("--image-size", type=int, default=32, help="Side of the (random) training images (224 for ImageNet-size models).")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="Steps per timed epoch.")
     p.add_argument("--repeats", type=int, default=6, help="Repetitions (each runs every kind once); medians are reported.")
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     s = measure(args).summary()
     verdict = "meets" if s["meets_requirement"] else "EXCEEDS"
     ms = s["ms_per_step"]
-    print(f"{s['model']} on {s['device']} ({s['device_name']}, {s['threads']} threads), batch {s['batch_size']}, "
+    print(f"{s['model']} at {s['image_size']}x{s['image_size']} on {s['device']} ({s['device_name']}, {s['threads']} threads), batch {s['batch_size']}, "
           f"{s['steps']} steps x {s['repeats']}, rate {s['rate']:g}: ms/step plain {ms['plain']:.1f}, "
           f"faulty {ms['faulty']:.1f}, pretrain {ms['pretrain']:.1f}")  # fmt: skip
     print(f"RATIO faulty/plain {s['ratio']:.3f} ({verdict} the {REQUIREMENT} requirement); "
