@@ -18,6 +18,8 @@ from ftdeploy.export import export_onnx
 from ftdeploy.profiles import load_profile
 from ftdeploy.report import write_report
 from ftdeploy.signing import onnx_signature
+from ftdeploy.sweep import Cell, SweepSettings, evaluate_cells
+from ftdeploy.training.config import TrainConfig
 from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.verify import verify_onnx
 
@@ -154,12 +156,14 @@ def test_sweep_on_ray_writes_the_results_and_table_of_one_process(cluster, train
     read noise: results/baseline.json and table.{json,md,csv} are the single process's, to the
     byte. The single-process sweep runs with ray unimportable: without --ray it is never imported."""
     ckpt, resolved = trained
-    rounds = []
-    measure = RayChips.measure
+    rounds, closed = [], []
+    measure, close = RayChips.measure, RayChips.close
     monkeypatch.setattr(RayChips, "measure", lambda self, *a, **k: rounds.append(a[3:5]) or measure(self, *a, **k))
+    monkeypatch.setattr(RayChips, "close", lambda self: closed.append(len(self.actors)) or close(self))
     code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "ray"), "--ray", "--ray-workers", 2)
     assert code == 0, out + err
     assert rounds == [(0, 4), (4, 5)] * 3  # every rate's chips went to the workers (rate 0 too: its read noise)
+    assert closed == [2]  # the row's two actors, released when it was done
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "ray", None)  # import ray raises ImportError
         code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "alone"))
@@ -178,3 +182,23 @@ def test_sweep_ray_options_are_refused_in_one_line(trained, tmp_path, monkeypatc
     code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "s"), "--ray")
     assert code == 2 and err.strip() == f"error: {MISSING_RAY}", err
     assert not (tmp_path / "s").exists()
+
+
+@needs_ray
+def test_a_stopped_sweep_evaluation_releases_the_rows_workers(cluster, trained, tmp_path, monkeypatch):
+    """The evaluator's stop check raising after the first round: the row is not written and its
+    actors are killed, not left holding the cluster's CPUs."""
+    ckpt, resolved = trained
+    settings = SweepSettings(pretrained=ckpt, profile=resolved, test_rates=[0.02], chips=4, seed=0,
+                             recipe=TrainConfig(method="one-shot", epochs=1, device="cpu"), data_spec=None, val_split=None,
+                             max_images=60, ray="local", ray_workers=2)  # fmt: skip
+    closed = []
+    close = RayChips.close
+    monkeypatch.setattr(RayChips, "close", lambda self: closed.append(len(self.actors)) or close(self))
+
+    def stop():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_cells(settings, [Cell("baseline", None)], tmp_path, load_data(None), log=lambda line: None, on_chip=stop)
+    assert closed == [2] and not (tmp_path / "results" / "baseline.json").exists()
