@@ -83,7 +83,7 @@ TrustOpt = Annotated[Optional[list[Path]], typer.Option("--trust", help="A trust
 TrustModelCodeOpt = Annotated[bool, typer.Option("--trust-model-code", help="Import the model factory (package.module:factory) a checkpoint, profile or --config file names: it runs that module's code. Without it only registry and tv: models load from a file.")]
 #: Options that may be given without a value, and the value they then take (see _OptionalValues).
 _OPTIONAL_VALUE = {"--ray": "local"}
-RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Measure the chips on Ray workers (needs the ray extra; docs/ray.md): alone, a Ray started on this machine; with an ADDRESS (auto, ray://HOST:10001), that cluster. The report is the one a single process writes.")]
+RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Measure the chips on Ray workers (needs the ray extra; docs/ray.md): alone, a Ray started on this machine; with an ADDRESS (auto, ray://HOST:10001), that cluster. The report (verify) or the results and table (sweep) are those a single process writes.")]
 StreamOpt = Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="imagefolder:DIR: read the image files batch by batch for every chip (memory stays flat however many there are), or decode them into memory once. Default: stream when the decoded images would take more than 2 GiB.")]
 RayWorkersOpt = Annotated[Optional[int], typer.Option("--ray-workers", help="With --ray: Ray workers measuring chips. Default: one per CPU of the cluster.")]
 _DATASETS = "embedded, cifar10:DIR, cifar100:DIR, imagefolder:DIR or npz:FILE"
@@ -1025,6 +1025,8 @@ def sweep_cmd(
     val_split: ValSplitOpt = None,
     device: DeviceOpt = None,
     trust_model_code: TrustModelCodeOpt = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
 ):
     """Retrain a grid (methods × training rates) from one pretrained model and write a Table
     I-style table (Markdown, CSV, JSON). Resumable: rerun the same command after an interruption."""
@@ -1035,6 +1037,8 @@ def sweep_cmd(
     from .resolve import signoff_settings, train_config
     from .sweep import SweepSettings, run_sweep
 
+    if ray_workers is not None and ray is None:
+        raise ConfigError("--ray-workers: sets the workers of --ray; give --ray too")
     resolved = load_profile(profile)
     screen = signoff_settings(resolved.profile.signoff, dict(chips=chips, seed=chip_seed, chip_batch=chip_batch))
     # The shared recipe is checked before any work, with the same rules and messages as `train`'s:
@@ -1057,7 +1061,7 @@ def sweep_cmd(
         pretrained=from_ckpt, profile=resolved, test_rates=tested,
         chips=screen.chips, seed=screen.seed, recipe=recipe, data_spec=data, val_split=val_split,
         ss_rates=_ss_rates(ss_rates, tested), max_images=max_images, train=not no_train,
-        allow_model_import=trust_model_code, chip_batch=screen.chip_batch,
+        allow_model_import=trust_model_code, chip_batch=screen.chip_batch, ray=ray, ray_workers=ray_workers,
     )  # fmt: skip
     settings.pretrained_checkpoint  # loaded once, and a bad file refused before the data loads
     bundle = load_data(data, val_split, image_size=checkpoint_image_size(settings.pretrained_checkpoint))

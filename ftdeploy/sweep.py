@@ -120,11 +120,19 @@ class SweepSettings:
     train: bool = True  # False: tabulate the checkpoints already in runs/ as they are, train nothing
     allow_model_import: bool = False  # the user allowed the checkpoint's package.module:factory (--trust-model-code)
     chip_batch: int = 1  # chips per forward pass of the evaluation (signoff.chip_batch, --chip-batch)
+    ray: str | None = None  # measure the chips on Ray workers: "local" (a Ray started here) or a cluster's address (--ray)
+    ray_workers: int | None = None  # Ray actors measuring chips (default: one per CPU of the cluster)
 
     def __post_init__(self):
         # Refused here, before any folder or training: a bad count would otherwise surface as a
         # traceback from the first evaluation, after the grid had trained.
         check_chip_counts(self.chips, self.max_images)
+        if self.ray is not None:  # a missing extra is one line now, not a traceback after the trainings
+            from .distributed import require_ray
+
+            require_ray()
+            if self.ray_workers is not None and self.ray_workers < 1:
+                raise ConfigError(f"--ray-workers: expected at least 1, found {self.ray_workers}")
 
     def train_config(self, cell: Cell) -> TrainConfig:
         return self.recipe.model_copy(update=dict(
@@ -282,7 +290,8 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
                    on_chip: Callable[[], None] | None = None) -> dict[str, dict]:  # fmt: skip
     """Measure each cell's model on the sweep's chips and images, writing its results file; a
     results file measured alike is kept. ``on_chip`` runs after each chip (the background
-    evaluator's stop check)."""
+    evaluator's stop check). With ``s.ray``, each rate's chips are measured on Ray workers
+    (:func:`_ray_chips`; the fault-free accuracy here), giving the same figures."""
     device = pick_device(s.recipe.device)
     data = evaluation_subset(data, s.max_images)
     results = {}
@@ -303,13 +312,22 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         norm = ckpt["normalization"]  # preprocess exactly as the model was trained
         backend = net.backend(data.val_x, data.val_y, norm["mean"], norm["std"], chip_batch=s.chip_batch)
         t0 = time.perf_counter()
-        clean = backend.accuracy()
-        tests = {}
-        for rate in s.test_rates:
-            at_rate = faults.at_rate(rate)
-            chips = SimulatedChips(at_rate, rate, s.seed, 1 if at_rate.is_identity else s.chips)
-            accs = chip_accuracies(backend, chips, on_chip=on_chip)
-            tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
+        # The workers start (and build their model) while the fault-free accuracy is measured here.
+        pool = _ray_chips(s, ckpt, ckpt_path, data, backend) if s.ray is not None else None
+        try:
+            clean = backend.accuracy()
+            tests = {}
+            for rate in s.test_rates:
+                at_rate = faults.at_rate(rate)
+                if pool is not None and not at_rate.is_identity:
+                    accs = _measure_in_rounds(pool, at_rate, rate, s.seed, s.chips, s.chip_batch, on_chip)
+                else:
+                    chips = SimulatedChips(at_rate, rate, s.seed, 1 if at_rate.is_identity else s.chips)
+                    accs = chip_accuracies(backend, chips, on_chip=on_chip)
+                tests[f"{rate:g}"] = {**summarize_chips(accs), "chips": accs}
+        finally:  # the workers' CPUs are free again after each row, stopped or failed alike
+            if pool is not None:
+                pool.close()
         res = {"label": c.label, "method": c.method, "train_rate": c.train_rate, "acc_clean": clean, "recipe": _recipe(s),
                "epochs": None if c.method == "baseline" else ckpt.get("epochs"),
                "epochs_done": None if c.method == "baseline" else ckpt.get("epochs_done"), "schedule": ckpt.get("schedule"),
@@ -318,6 +336,27 @@ def evaluate_cells(s: SweepSettings, cells: list[Cell], out: Path, data: DataBun
         log(f"[sweep] evaluated {c.label}: clean {clean:.2f} % ({time.perf_counter() - t0:.0f} s)")
         results[c.key] = res
     return results
+
+
+def _ray_chips(s: SweepSettings, ckpt: dict, ckpt_path: Path, data: DataBundle, backend):
+    """Ray actors measuring one row's chips (:meth:`ftdeploy.distributed.RayChips.torch`): its
+    model and the evaluation images go to the object store once, and each worker evaluates them
+    on the CPU in the batches of images and chips ``backend`` (the row's own) uses."""
+    from .distributed import RayChips, connect
+
+    return RayChips.torch(connect(s.ray), ckpt, s.profile.target, data.val_x.numpy(), data.val_y.numpy(), backend.batch_size,
+                          s.chip_batch, s.allow_model_import, str(ckpt_path), s.ray_workers)  # fmt: skip
+
+
+def _measure_in_rounds(pool, faults, rate: float, seed: int, chips: int, chip_batch: int, on_chip) -> list[float]:
+    """Chips 0..chips-1 of ``faults`` at ``rate`` on the Ray workers, in rounds of one group of
+    ``chip_batch`` chips per worker: ``on_chip`` (the evaluator's stop check) runs after each
+    round's chips, so a stopped sweep waits for one round, not for the whole rate."""
+    step = len(pool.actors) * chip_batch
+    accs: list[float] = []
+    for start in range(0, chips, step):
+        accs += pool.measure(faults, rate, seed, start, min(start + step, chips), on_chip=on_chip)
+    return accs
 
 
 def _measurement(s: SweepSettings, ckpt_path: Path, data: DataBundle) -> dict:
@@ -529,6 +568,10 @@ def run_sweep(s: SweepSettings, methods: list[str], train_rates: list[float], ou
     check_runs_are_this_grids(s, cells, out)
     if s.train:  # before any work: a cell another process still trains is refused, not trained twice
         refuse_runs_in_use([out / "runs" / c.key for c in cells[1:]])
+    if s.ray is not None:  # once per sweep, here: a cluster that cannot be reached is refused before any work
+        from .distributed import connect
+
+        connect(s.ray)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # what writers killed mid-write left (their pids dead; a live one's are kept)
     results: dict[str, dict] = {}

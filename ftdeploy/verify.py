@@ -335,7 +335,7 @@ def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
     if setup.data.images is not None:
         raise ConfigError("--ray: sends the decoded images to its workers through Ray's object store, and these are "
                           "streamed from their files (too large to hold in memory); give --in-memory to decode them, or drop --ray")  # fmt: skip
-    return RayChips(connect(address), setup.export, backend.x, backend.y, backend.batch_size, workers)
+    return RayChips.onnx(connect(address), setup.export, backend.x, backend.y, backend.batch_size, workers)
 
 
 def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[float, int], data_spec: str | None = None,
