@@ -4,7 +4,8 @@ Names resolve in order: a registered name (``resnet20``), ``tv:NAME`` for a torc
 or ``package.module:factory`` for a user's own model. A name read from a file (a checkpoint, an
 ONNX export) goes through :func:`model_from_file_name`, which imports a ``package.module:factory``
 only when the caller says the user allowed it: a data file never runs code by naming it. Every Conv2d and Linear layer is a
-*deployed layer*: its weights live in crossbar cells. A BatchNorm that directly follows a conv
+*deployed layer*: its weights live in crossbar cells (an attention block's fused input projection
+is made one: :class:`CrossbarMultiheadAttention`). A BatchNorm that directly follows a conv
 is folded into it for deployment, as the chip computes with fixed statistics.
 """
 
@@ -85,9 +86,10 @@ def create_model(name: str, num_classes: int = 10, image_size: int | None = None
         if image_size is not None and takes_image_size(name):
             kwargs["image_size"] = image_size
         try:
-            return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+            model = tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
         except (ValueError, TypeError, AssertionError) as exc:  # e.g. an image size the patches do not divide
             raise ModelError(f"model {name!r}: torchvision cannot build it{_for_size(image_size)}: {reason_line(exc)}") from None
+        return attention_projections_as_layers(model)
     if ":" in name:
         factory = _user_factory(name)
         try:
@@ -96,7 +98,7 @@ def create_model(name: str, num_classes: int = 10, image_size: int | None = None
             raise ModelError(f"model {name!r}: factory raised {type(exc).__name__}: {reason_line(exc)}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
-        return model
+        return attention_projections_as_layers(model)
     known = ", ".join(sorted(_REGISTRY))
     raise ModelError(f"model {name!r}: unknown; use one of {known}, tv:NAME (torchvision) or package.module:factory")
 
@@ -247,6 +249,65 @@ def democnn(num_classes: int = 10, width: int = 16) -> nn.Module:
     )  # fmt: skip
 
 
+# --- attention's input projection as a layer -----------------------------------------------
+
+
+class CrossbarMultiheadAttention(nn.MultiheadAttention):
+    """``torch.nn.MultiheadAttention`` whose fused query/key/value input projection is a
+    ``Linear`` layer (``in_proj``) rather than a bare parameter, so that it is a crossbar layer
+    like every other weight-stationary product: faulted in training, programmed into cells on
+    export. It computes exactly what the original does (``in_proj_weight`` and ``in_proj_bias``
+    read the layer's), and loads state dicts written either way."""
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        return self.in_proj.weight
+
+    @property
+    def in_proj_bias(self) -> torch.Tensor | None:
+        return self.in_proj.bias
+
+
+#: State-dict names of the fused projection in ``torch.nn.MultiheadAttention`` and here.
+FUSED_PROJECTION_KEYS = {"in_proj_weight": "in_proj.weight", "in_proj_bias": "in_proj.bias"}
+
+
+def attention_projections_as_layers(model: nn.Module) -> nn.Module:
+    """``model`` with every ``torch.nn.MultiheadAttention`` that fuses its input projection
+    (query, key and value of one size) turned, in place, into a
+    :class:`CrossbarMultiheadAttention` holding the same weights."""
+    for module in model.modules():
+        if type(module) is not nn.MultiheadAttention or not module._qkv_same_embed_dim:
+            continue
+        weight = module._parameters.pop("in_proj_weight")
+        bias = module._parameters.pop("in_proj_bias", None)
+        projection = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                               device=weight.device, dtype=weight.dtype)  # fmt: skip
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+            if bias is not None:
+                projection.bias.copy_(bias)
+        module.__class__ = CrossbarMultiheadAttention
+        module.in_proj = projection
+    return model
+
+
+def with_layer_names(state: dict, model: nn.Module) -> dict:
+    """``state`` with the fused attention projections' parameters under the names ``model``
+    gives them (``...in_proj.weight``): a state dict saved from a plain torchvision model (its
+    published weights) names them ``...in_proj_weight``."""
+    prefixes = {name + "." for name, m in model.named_modules() if isinstance(m, CrossbarMultiheadAttention)}
+    if not prefixes:
+        return state
+    renamed = {}
+    for key, value in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix + "." in prefixes and leaf in FUSED_PROJECTION_KEYS:
+            key = f"{prefix}.{FUSED_PROJECTION_KEYS[leaf]}"
+        renamed[key] = value
+    return renamed
+
+
 # --- what lands on the crossbars ------------------------------------------------------------
 
 DEPLOYED_TYPES = (nn.Conv2d, nn.Linear)
@@ -261,10 +322,9 @@ def deployed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def digital_parameters(model: nn.Module) -> list[dict]:
     """Every parameter that is not a crossbar layer's weight, by module: what the chip's digital
     periphery holds and computes with (biases, norms, a vision transformer's class token and
-    position embedding, and an attention block's fused input projection, whose weight is a plain
-    parameter rather than a Linear layer's). Products of two activations (attention's scores
-    and their weighting of the values) have no weights and are digital too. Each record: module
-    name, its type, the parameter names and their element count."""
+    position embedding). Products of two activations (attention's scores and their weighting of
+    the values) have no weights and are digital too. Each record: module name, its type, the
+    parameter names and their element count."""
     on_cells = {id(m.weight) for _, m in deployed_layers(model)}
     records = []
     for name, module in model.named_modules():
@@ -281,7 +341,7 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     Found on the traced graph (torch.fx) rather than by naming convention, so a user's model
     works as long as it traces."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _traced(model).graph
     except Exception as exc:  # fx raises many types; the user needs to know tracing failed
         raise ModelError(f"cannot trace model to find conv→BatchNorm pairs: {exc}") from None
     modules = dict(model.named_modules())
@@ -305,10 +365,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     was_training = model.training
     model.eval()
     try:
-        folded = fuse(copy.deepcopy(model))
+        folded = fuse(_traced(copy.deepcopy(model)), inplace=True, no_trace=True)
     finally:
         model.train(was_training)
     return folded.eval()
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, keeping every attention block whole as it keeps torch's own (its forward
+    branches on its inputs, which symbolic tracing cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.MultiheadAttention) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _traced(model: nn.Module) -> torch.fx.GraphModule:
+    return torch.fx.GraphModule(model, _Tracer().trace(model))
 
 
 def count_weights(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from .errors import ModelError
 from .files import reason_line, sha256_file
 from .limits import shown
-from .models import deployed_layers
+from .models import deployed_layers, with_layer_names
 
 #: Buffers a weights file may leave out: the model keeps its own (BatchNorm's step counter is
 #: not a weight, and older torchvision files do not store it).
@@ -37,7 +37,7 @@ def load_initial_weights(model: nn.Module, path: Path) -> dict:
     done, for the checkpoint's lineage: the file, its SHA-256, and the weights started afresh
     or resampled."""
     path = Path(path)
-    state = _read(path)
+    state = with_layer_names(_read(path), model)
     own = model.state_dict()
     _check_names(path, state, own)
     state, resized = _resample_position_embedding(path, model, state, own)

@@ -8,6 +8,7 @@ their weights are the real ones."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -19,7 +20,7 @@ from ftdeploy.chip import DeployedNetwork
 from ftdeploy.data import embedded_path
 from ftdeploy.errors import ModelError
 from ftdeploy.exported import load_export
-from ftdeploy.models import create_model, deployed_layers, digital_parameters
+from ftdeploy.models import attention_projections_as_layers, create_model, deployed_layers, digital_parameters, with_layer_names
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.profiles import load_profile
 from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -97,8 +98,9 @@ def test_a_torchvision_model_retrains_from_its_weights_file_exports_and_signs_of
     model = model_from_checkpoint(ckpt)
     assert [r["name"] for r in layers] == [n for n, _ in deployed_layers(model)]
     kinds = {r["type"] for r in digital}
-    if name == "vit_b_16":  # norms and attention stay digital; every Linear and the patch conv are on cells
-        assert {"LayerNorm", "MultiheadAttention"} <= kinds
+    if name == "vit_b_16":  # norms stay digital; every Linear, the attention projections and the patch conv are on cells
+        assert "LayerNorm" in kinds and "MultiheadAttention" not in kinds
+        assert "encoder.layers.encoder_layer_0.self_attention.in_proj" in [r["name"] for r in layers]
         assert any(r["onnx_transposed"] for r in layers)  # the token MLPs multiply by W^T
     else:  # biases, and BatchNorm where the target keeps it in the periphery
         assert kinds <= {"BatchNorm2d", "Conv2d", "Linear"}
@@ -219,8 +221,31 @@ def test_digital_parameters_are_everything_not_on_cells():
     on_cells = sum(m.weight.numel() for _, m in deployed_layers(model))
     digital = sum(r["values"] for r in digital_parameters(model))
     assert on_cells + digital == sum(p.numel() for p in model.parameters())
-    attention = [r for r in digital_parameters(model) if r["type"] == "MultiheadAttention"]
-    assert len(attention) == 12 and all("in_proj_weight" in r["parameters"] for r in attention)
+    # attention's fused input projections are layers on cells: what stays digital is norms,
+    # biases, the class token and the position embedding
+    assert {r["type"] for r in digital_parameters(model)} == {"VisionTransformer", "Encoder", "LayerNorm", "Conv2d", "Linear",
+                                                             "NonDynamicallyQuantizableLinear"}  # fmt: skip
+    assert digital < 0.002 * on_cells
+    projections = [n for n, _ in deployed_layers(model) if n.endswith("self_attention.in_proj")]
+    assert len(projections) == 12
+
+
+def test_attention_with_its_projection_as_a_layer_computes_as_torchs_and_loads_its_weights():
+    """The fused query/key/value projection made a Linear layer changes nothing the model
+    computes, in training and inference, and a torchvision state dict (``in_proj_weight``) loads."""
+    torch.manual_seed(0)
+    plain = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    layer = attention_projections_as_layers(copy.deepcopy(plain))
+    assert isinstance(layer.in_proj, torch.nn.Linear) and "in_proj_weight" not in dict(layer.named_parameters())
+    x = torch.randn(2, 5, 32)
+    for train in (True, False):
+        plain.train(train), layer.train(train)
+        with torch.set_grad_enabled(train):
+            assert torch.equal(plain(x, x, x, need_weights=False)[0], layer(x, x, x, need_weights=False)[0])
+    state = with_layer_names(plain.state_dict(), torch.nn.Sequential(layer))  # as inside a model: prefixed
+    assert state.keys() == plain.state_dict().keys()  # no prefix matched: unchanged
+    renamed = with_layer_names({f"0.{k}": v for k, v in plain.state_dict().items()}, torch.nn.Sequential(layer))
+    assert set(renamed) == {f"0.{k}" for k in layer.state_dict()}
 
 
 # --- bad input: one line, exit 2, nothing written -------------------------------------------
