@@ -116,25 +116,25 @@ def test_a_streamed_pretraining_is_the_in_memory_one_to_the_bit(pretrained):
 
 def test_a_streamed_retraining_resumes_exactly_and_is_the_in_memory_one(bundles, pretrained, tmp_path, monkeypatch):
     """Fault-tolerant retraining (faulty chips measured on the streamed validation images every
-    epoch), interrupted after its first epoch and resumed: bit-identical to an uninterrupted
-    streamed run and to the in-memory run."""
+    epoch), interrupted after its first epoch and resumed: bit-identical to the uninterrupted run
+    (in memory, which a streamed uninterrupted run equals: the pretraining above)."""
     memory, streamed = bundles
     target, _ = load_target("paper-diff8")
     init = pretrained[0][0]
     cfg = _config(method="progressive", target_rate=0.05, progressive_rates=[0.01, 0.05], epochs=2, lr=0.01,
                   rate_warmup_epochs=1.5, eval_chips=2)  # fmt: skip
-    straight = train(cfg, streamed, target, tmp_path / "straight", init=init)
+    straight = train(cfg, memory, target, tmp_path / "straight", init=init)
     with monkeypatch.context() as m:
         _interrupt_after_epochs(m, 1)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, streamed, target, tmp_path / "cut", init=init)
     assert load_checkpoint(tmp_path / "cut" / "model.pt")["epochs_done"] == 1
     resumed = train(cfg, streamed, target, tmp_path / "cut", init=init, resume=True)
-    in_memory = train(cfg, memory, target, tmp_path / "memory", init=init)
+    assert resumed["epochs_done"] == 2
     for key, value in straight["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]) and torch.equal(value, in_memory["state_dict"][key]), key
-    assert _log(tmp_path / "straight") == _log(tmp_path / "cut") == _log(tmp_path / "memory")
-    assert all(row[-1] is not None for row in _log(tmp_path / "straight")), "faulty chips were measured"
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert _log(tmp_path / "straight") == _log(tmp_path / "cut")
+    assert all(row[-1] is not None for row in _log(tmp_path / "cut")), "faulty chips were measured"
 
 
 def test_chips_batched_in_one_pass_measure_streamed_images_as_in_memory(bundles):
