@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from .models import deployed_layers, fold_batchnorm
 from .nonideality import CellRange, ChipDraw, FaultModel
 from .population import Backend, ChipReading, SimulatedChips, chip_accuracies
 from .profiles import BatchNormPlacement, Target
+
+if TYPE_CHECKING:
+    from .streaming import StreamedImages
 
 #: Images per forward pass of the PyTorch backend.
 DEFAULT_BATCH = 1000
@@ -142,9 +146,10 @@ class DeployedNetwork:
 
 class TorchBackend(Backend):
     """The PyTorch backend: a :class:`DeployedNetwork` whose weights are swapped per chip, on
-    uint8 images normalised batch by batch (on its device); ``chip_batch`` chips per pass."""
+    uint8 images (held in memory, or streamed from their files) normalised batch by batch (on its
+    device); ``chip_batch`` chips per pass."""
 
-    def __init__(self, net: DeployedNetwork, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = DEFAULT_BATCH,
+    def __init__(self, net: DeployedNetwork, x: "torch.Tensor | StreamedImages", y: torch.Tensor, mean, std, batch_size: int = DEFAULT_BATCH,
                  chip_batch: int = 1):  # fmt: skip
         if chip_batch < 1:
             raise ValueError(f"chip_batch: expected at least 1, found {chip_batch}")
@@ -162,9 +167,17 @@ class TorchBackend(Backend):
     def _load(self, levels: list[np.ndarray] | None) -> None:
         self.net.load_levels(levels)
 
+    def _images(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 images ``start:stop``: held in memory, or the next batch of a pass over images
+        streamed from their files (:class:`ftdeploy.streaming.StreamedImages`: every pass of
+        :meth:`accuracy` and :meth:`accuracies` goes through the batches in order from image 0)."""
+        if isinstance(self.x, torch.Tensor):
+            return self.x[start:stop]
+        return torch.from_numpy(self.x.batch(start, stop, self.batch_size))
+
     @torch.no_grad()
     def _correct(self, start: int, stop: int) -> int:
-        xb = normalize(self.x[start:stop].to(self.net.device), self.mean, self.std)
+        xb = normalize(self._images(start, stop).to(self.net.device), self.mean, self.std)
         pred = self.net.model(xb).argmax(1)
         return int((pred.cpu() == self.y[start:stop]).sum().item())
 
@@ -204,9 +217,10 @@ class TorchBackend(Backend):
         chips = next(iter(weights.values())).shape[0]
         per_pass = max(1, self.pairs_per_pass(chips) // chips)
         correct = torch.zeros(chips, dtype=torch.int64)
+        images = self._images(start, stop)
         for lo in range(start, stop, per_pass):
             hi = min(lo + per_pass, stop)
-            xb = normalize(self.x[lo:hi].to(self.net.device), self.mean, self.std)
+            xb = normalize(images[lo - start : hi - start].to(self.net.device), self.mean, self.std)
             pred = self.net.chips_logits(weights, xb).argmax(-1).cpu()  # (chips, images)
             correct += (pred == self.y[lo:hi]).sum(1)
         return correct

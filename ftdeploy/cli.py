@@ -373,6 +373,7 @@ def train_cmd(
     data: DataOpt = None,
     val_split: ValSplitOpt = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, max=MAX_IMAGE_SIDE, help="Side in pixels each image is resized (shorter side) and centre-cropped to: the model's input size, recorded in its checkpoint and export. Default: 32, or the --from checkpoint's.")] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="imagefolder:DIR: read the training and validation images from their files batch by batch at every epoch, decoded by DataLoader workers in the order the in-memory run takes them (memory stays flat however many there are), or decode them into memory once. Default: stream when the decoded training images would take more than 2 GiB.")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Start the pretraining from this weights file (a torchvision .pth state dict of the --model) instead of random weights; the classifier starts afresh where the data has another class count.")] = None,
     method: Annotated[Optional[TrainMethod], typer.Option("--method", help="pretrain (no faults), one-shot (P_sa^T throughout) or progressive (ascending rates). Default: the profile's training.method.")] = None,
     target_rate: Annotated[Optional[float], typer.Option("--target-rate", help="P_sa^T, the (last) training stuck-at rate. Default: the profile's training.target_rate.")] = None,
@@ -435,13 +436,13 @@ def train_cmd(
             check_model_code_allowed(cfg.model, _model_named_by(resolved, file), allow_import)
         run_dirs = {out: cfg, **({out / "pretrain": pre_cfg} if pre_cfg is not None else {})}
         _refuse_training_over_a_run(run_dirs, resume, force)
-        bundle = load_data(data, val_split, image_size=cfg.image_size)
+        bundle = load_data(data, val_split, image_size=cfg.image_size, stream=stream)
         if init is not None and init.get("num_classes") not in (None, bundle.num_classes):
             from .errors import DataError
 
             raise DataError(f"--data: the --from checkpoint has {init['num_classes']} classes, "
                             f"{data or 'embedded'} has {bundle.num_classes}")  # fmt: skip
-        _echo(f"data: {bundle.description}")
+        _echo(f"data: {bundle.description}" + ("; streamed from its files at every epoch" if bundle.streamed else ""))
         if force:
             _discard_runs(run_dirs)
         with _progress_bar() as progress:

@@ -10,23 +10,30 @@ Specs:
 Small image datasets fit in memory many times over, so they are decoded once into one uint8
 tensor; augmentation (random crop with 4-pixel padding, horizontal flip) runs on whole batches
 on the training device. That keeps a 2-core CPU or a GPU busy with the model, not the loader.
+An image folder too large for that is streamed instead (:mod:`ftdeploy.streaming`): its images
+are decoded from their files batch by batch at every pass, the same images in the same order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import DataError
 from .limits import MAX_CLASSES, MAX_IMAGE_PIXELS, MAX_IMAGES, shown
+
+if TYPE_CHECKING:
+    from .streaming import StreamedImages
 
 EMBEDDED_NAME = "cifar10-demo.npz"
 EMBEDDED_PROVENANCE = (
@@ -46,11 +53,14 @@ SPLIT_SEED = 0
 
 @dataclass
 class DataBundle:
-    """Images (uint8, N×C×H×W) and labels of the training and validation parts."""
+    """Images (uint8, N×C×H×W) and labels of the training and validation parts. The images are
+    held in memory, or (an image folder too large for that) streamed from their files at every
+    pass: :func:`batches`, :func:`channel_stats` and :func:`ftdeploy.chip.deployed_accuracy` take
+    either."""
 
-    train_x: torch.Tensor
+    train_x: "torch.Tensor | StreamedImages"
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: "torch.Tensor | StreamedImages"
     val_y: torch.Tensor
     classes: list[str]
     spec: str
@@ -65,7 +75,14 @@ class DataBundle:
 
     def val_fingerprint(self) -> str:
         """:func:`image_set_fingerprint` of the validation images, as a sign-off measures them."""
+        if not isinstance(self.val_x, torch.Tensor):  # streamed
+            return self.val_x.fingerprint()
         return image_set_fingerprint(self.val_x.numpy(), self.val_y.numpy())
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are read from their files at every pass rather than held in memory."""
+        return not isinstance(self.train_x, torch.Tensor)
 
     @property
     def image_size(self) -> int:
@@ -352,14 +369,26 @@ def _opened_split(spec: str | None, val_split: int | None, image_size: int):
     return spec, source, train_idx, val_idx, source.description + how
 
 
-def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = CIFAR_SIDE) -> DataBundle:
-    """Load a dataset spec into memory and split it (see module docstring)."""
+def load_data(spec: str | None = None, val_split: int | None = None, image_size: int = CIFAR_SIDE,
+              stream: bool | None = False) -> DataBundle:  # fmt: skip
+    """Load a dataset spec into memory and split it (see module docstring). ``stream``: read an
+    image folder's images from their files batch by batch at every pass, training and
+    validation images alike (:mod:`ftdeploy.streaming`), rather than decode them into memory;
+    None: when its decoded training images would exceed
+    :data:`ftdeploy.streaming.STREAM_ABOVE_BYTES`. Either way the same images, in the same order,
+    and the same normalisation statistics."""
+    from .streaming import streamed_part
+
     spec, source, train_idx, val_idx, description = _opened_split(spec, val_split, image_size)
     if not len(train_idx):  # the file's own split may mark every image for validation
         raise DataError(f"{spec}: split: no image marked 0; expected a training part of at least 1 image")
-    train_x = source.take(train_idx)
+    train_x = streamed_part(spec, source, train_idx, image_size, stream)
+    if train_x is None:
+        train_x, val_x = source.take(train_idx), source.take(val_idx)
+    else:  # the held-out part of a folder that large may be large too
+        val_x = streamed_part(spec, source, val_idx, image_size, True)
     mean, std = channel_stats(train_x)
-    return DataBundle(train_x=train_x, train_y=torch.from_numpy(source.labels[train_idx]), val_x=source.take(val_idx),
+    return DataBundle(train_x=train_x, train_y=torch.from_numpy(source.labels[train_idx]), val_x=val_x,
                       val_y=torch.from_numpy(source.labels[val_idx]), classes=source.classes, spec=spec,
                       description=description, mean=mean, std=std, val_split=len(val_idx))  # fmt: skip
 
@@ -447,10 +476,25 @@ class ImageSetHash:
         return digest.hexdigest()
 
 
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units."""
-    f = x.to(torch.float64).div_(255.0)
-    return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
+def channel_stats(x: "torch.Tensor | StreamedImages") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (unbiased) of uint8 images, in [0, 1] units: images held in
+    memory, or streamed from their files in one pass. Each channel's pixel values are counted
+    (a histogram of the 256 levels, in integers) batch by batch and the figures computed from
+    the exact sums, so they are the same however the images come batched: streamed or not."""
+    parts: Iterable = x.split(256) if isinstance(x, torch.Tensor) else x.once(256)
+    counts = None
+    for xb in parts:
+        xb = torch.as_tensor(xb)
+        hist = torch.stack([torch.bincount(xb[:, c].reshape(-1), minlength=256) for c in range(xb.shape[1])])
+        counts = hist if counts is None else counts + hist
+    mean, std = [], []
+    for hist in counts.tolist():
+        n = sum(hist)
+        s1 = sum(v * h for v, h in enumerate(hist))
+        s2 = sum(v * v * h for v, h in enumerate(hist))
+        mean.append(s1 / (255 * n))  # exact integers: one rounding
+        std.append(math.sqrt((n * s2 - s1 * s1) / (n * (n - 1) * 255 * 255)))
+    return tuple(mean), tuple(std)
 
 
 def normalize(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -482,9 +526,17 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int 
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-    """Yield (x, y) batches; the last partial batch is kept."""
+def batches(x: "torch.Tensor | StreamedImages", y: torch.Tensor, batch_size: int, shuffle: bool,
+            generator: torch.Generator | None = None):  # fmt: skip
+    """Yield (x, y) batches; the last partial batch is kept. Streamed images are read in the same
+    order (the shuffle drawn from ``generator`` as for images in memory) and each batch moved to
+    ``y``'s device."""
     n = len(y)
+    if not isinstance(x, torch.Tensor):  # streamed (ftdeploy.streaming.StreamedImages)
+        order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n)
+        for i, xb in enumerate(x.batches(batch_size, order)):
+            yield torch.from_numpy(xb).to(y.device), y[order[i * batch_size : (i + 1) * batch_size].to(y.device)]
+        return
     order = torch.randperm(n, generator=generator, device="cpu").to(x.device) if shuffle else torch.arange(n, device=x.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]

@@ -1,5 +1,5 @@
 """Image folders bigger than memory: decoded batch by batch by a DataLoader's workers, never all at
-once.
+once, for a sign-off and for a training alike.
 
 An ``imagefolder:DIR`` (ImageNet's layout: DIR/<class>/<image>) is split as :mod:`ftdeploy.data`
 splits it, and its held-out images are read file by file in that same order, decoded by the same
@@ -9,7 +9,11 @@ fingerprint (computed batch by batch, :class:`ftdeploy.data.ImageSetHash`) is th
 
 Sign-off streams its images once per chip: memory holds a few batches whatever the folder's
 size, and each chip pays for decoding the images again (for large images, little beside the
-model's own work on them).
+model's own work on them). A training streams its training images once per epoch, in the
+order the in-memory path visits them (:func:`ftdeploy.data.batches` draws the same shuffle from
+the same generator and hands it to :meth:`StreamedImages.batches`), and its validation images
+once per evaluation; its normalisation statistics take one more pass
+(:func:`ftdeploy.data.channel_stats`).
 """
 
 from __future__ import annotations
@@ -21,15 +25,31 @@ import numpy as np
 import torch
 
 from .data import ImageSetHash, decode_jpegs, normalize_numpy
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME
 from .population import available_cores
 from .runtime import OnnxBackend
 
-#: Decoded held-out images above this many bytes are streamed rather than held in memory, unless
-#: the caller says which (a sign-off's --stream / --in-memory).
+#: Decoded images above this many bytes (a sign-off's held-out images, a training's training
+#: images) are streamed rather than held in memory, unless the caller says which (--stream /
+#: --in-memory).
 STREAM_ABOVE_BYTES = 2 * 1024**3
+
+
+def streamed_part(spec: str, source, idx: np.ndarray, image_size: int, stream: bool | None) -> "StreamedImages | None":
+    """Images ``idx`` of an opened dataset (:func:`ftdeploy.data._open`) as files to stream, where
+    ``stream`` asks for it (None: where they would take more than :data:`STREAM_ABOVE_BYTES`
+    decoded); None: decode them into memory. Only an image folder has files to stream: --stream
+    on another source is refused."""
+    if stream is False:
+        return None
+    if source.paths is None:
+        if stream:
+            raise ConfigError(f"--stream: streams the image files of imagefolder:DIR; {spec} is not an image folder")
+        return None
+    images = StreamedImages([source.paths[i] for i in idx], source.labels[idx].astype(np.int64), image_size)
+    return images if stream or images.nbytes() > STREAM_ABOVE_BYTES else None
 
 
 class _DecodeFiles(torch.utils.data.Dataset):
@@ -51,6 +71,21 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays)  # numpy, not tensors: the ONNX Runtime backend wants arrays
 
 
+class _Order(torch.utils.data.Sampler):
+    """The image indices a loader's next pass reads, in order: 0, 1, ... unless a pass set its
+    own (a training epoch's shuffle). Indices are drawn in the main process at every pass, so one
+    loader with persistent workers serves every epoch's order."""
+
+    def __init__(self, n: int):
+        self.n, self.order = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n) if self.order is None else self.order)
+
+
 @dataclass
 class StreamedImages:
     """Image files and their labels, in the order they are measured, decoded on demand to
@@ -61,6 +96,8 @@ class StreamedImages:
     image_size: int
     workers: int | None = None  # DataLoader worker processes; default: the cores, at most 4
     _loaders: dict = field(default_factory=dict, repr=False, compare=False)
+    _pass: Iterator[np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,32 +116,57 @@ class StreamedImages:
             return self
         return StreamedImages([self.paths[i] for i in keep], self.labels[keep], self.image_size, self.workers)
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """uint8 N×3×H×W batches, in order, decoded in worker processes a few batches ahead."""
+    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+        """uint8 N×3×H×W batches, in order (or images ``order[0]``, ``order[1]``, ... : a
+        permutation of them), decoded in worker processes a few batches ahead."""
+        loader = self._loader(batch_size)
+        if order is not None and len(order) != len(self):  # a bug, not bad input
+            raise RuntimeError(f"an order of {len(order)} images for {len(self)} images")
+        loader.sampler.order = None if order is None else order.tolist()
         try:
-            yield from self._loader(batch_size)
+            yield from loader
         except DataError as exc:  # from a worker: re-raised with its traceback in the message
             raise DataError(_worker_message(str(exc))) from None
+
+    def once(self, batch_size: int = 256) -> Iterator[np.ndarray]:
+        """:meth:`batches` for a single pass: its workers are let go at its end."""
+        try:
+            yield from self.batches(batch_size)
+        finally:  # one pass only: its workers need not wait for another
+            self._loaders.pop(batch_size, None)
+
+    def batch(self, start: int, stop: int, batch_size: int) -> np.ndarray:
+        """Images ``start:stop``, the next batch of a pass in order from image 0 in batches of
+        ``batch_size`` (what a backend's accuracy asks for: a pass begins at image 0)."""
+        if start == 0:
+            self._pass = self.batches(batch_size)
+        raw = next(self._pass)
+        if len(raw) != stop - start:  # a bug, not bad input: the loader and the backend disagree on batches
+            raise RuntimeError(f"streamed batch of {len(raw)} images where {stop - start} were expected")
+        return raw
 
     def _loader(self, batch_size: int) -> torch.utils.data.DataLoader:
         # One loader per batch size, its workers kept between passes: a sign-off makes one pass
         # per chip, and starting the workers anew for each would cost more than a small pass.
         if batch_size not in self._loaders:
             workers = self.workers if self.workers is not None else min(4, available_cores())
+            # Its own generator: making an iterator draws a base seed, which must not come from
+            # torch's global one (a training's dropout draws from that, as it does in memory).
             self._loaders[batch_size] = torch.utils.data.DataLoader(
-                _DecodeFiles(self.paths, self.image_size), batch_size=batch_size, shuffle=False, num_workers=workers,
-                collate_fn=_stack, prefetch_factor=2 if workers else None, persistent_workers=workers > 0)  # fmt: skip
+                _DecodeFiles(self.paths, self.image_size), batch_size=batch_size, sampler=_Order(len(self)), num_workers=workers,
+                collate_fn=_stack, prefetch_factor=2 if workers else None, persistent_workers=workers > 0,
+                generator=torch.Generator().manual_seed(0))  # fmt: skip
         return self._loaders[batch_size]
 
     def fingerprint(self, batch_size: int = 256) -> str:
-        """:func:`ftdeploy.data.image_set_fingerprint` of these images, one batch in memory at a time."""
-        digest = ImageSetHash(self.shape)
-        try:
-            for x in self.batches(batch_size):
+        """:func:`ftdeploy.data.image_set_fingerprint` of these images, one batch in memory at a
+        time; computed once (a training records it with every epoch's checkpoint)."""
+        if self._fingerprint is None:
+            digest = ImageSetHash(self.shape)
+            for x in self.once(batch_size):
                 digest.update(x)
-        finally:  # one pass only: its workers need not wait for another
-            self._loaders.pop(batch_size, None)
-        return digest.hexdigest(self.labels)
+            self._fingerprint = digest.hexdigest(self.labels)
+        return self._fingerprint
 
 
 def _worker_message(text: str) -> str:
@@ -122,15 +184,9 @@ class StreamedOnnxBackend(OnnxBackend):
                  device: str | None = None):  # fmt: skip
         super().__init__(export, None, images.labels, threads, batch_size, device)
         self.images = images
-        self._pass: Iterator[np.ndarray] | None = None
 
     def _correct(self, start: int, stop: int) -> int:
-        # Backend.accuracy asks for the batches in order from image 0: a pass begins there.
-        if start == 0:
-            self._pass = self.images.batches(self.batch_size)
-        raw = next(self._pass)
-        if len(raw) != stop - start:  # a bug, not bad input: the loader and the backend disagree on batches
-            raise RuntimeError(f"streamed batch of {len(raw)} images where {stop - start} were expected")
+        raw = self.images.batch(start, stop, self.batch_size)
         norm = self.export.meta["normalization"]
         x = normalize_numpy(raw, norm["mean"], norm["std"])
         logits = self._session.run([OUTPUT_NAME], {INPUT_NAME: x, **self._feeds})[0]

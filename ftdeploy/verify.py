@@ -94,6 +94,7 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     into memory (:mod:`ftdeploy.streaming`; the same images, in the same order); None: when the
     decoded images would exceed :data:`ftdeploy.streaming.STREAM_ABOVE_BYTES`."""
     from .data import SPLIT_SEED, image_set_fingerprint, validation_part
+    from .streaming import streamed_part
 
     _, height, width = export.image_shape
     if height != width:  # data.load_data resizes to square images only
@@ -101,7 +102,7 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     spec, source, val_idx, description = validation_part(spec, val_split, height, all_images)  # training images stay undecoded
     _check_classes(export, spec, source.classes)
     available = len(val_idx)
-    images = _streamed(spec, source, val_idx, height, stream)
+    images = streamed_part(spec, source, val_idx, height, stream)  # None: decoded into memory
     if images is not None:
         _check_shape(export, spec, images.shape)
         images = images.subset(subset_indices(images.labels, max_images))
@@ -121,21 +122,6 @@ def evaluation_data(export: ExportedModel, spec: str | None = None, val_split: i
     if x is not None:
         data.x = data.normalized_for(export)
     return data
-
-
-def _streamed(spec: str, source, val_idx: np.ndarray, image_size: int, stream: bool | None) -> "StreamedImages | None":
-    """The held-out images as files to stream, where ``stream`` asks for it (None: where they
-    would not fit the memory budget decoded); None to decode them into memory."""
-    from .streaming import STREAM_ABOVE_BYTES, StreamedImages
-
-    if stream is False:
-        return None
-    if source.paths is None:
-        if stream:
-            raise ConfigError(f"--stream: streams the image files of imagefolder:DIR; {spec} is not an image folder")
-        return None
-    images = StreamedImages([source.paths[i] for i in val_idx], source.labels[val_idx].astype(np.int64), image_size)
-    return images if stream or images.nbytes() > STREAM_ABOVE_BYTES else None
 
 
 def _check_shape(export: ExportedModel, spec: str, shape: tuple[int, ...]) -> None:

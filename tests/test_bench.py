@@ -89,6 +89,18 @@ def test_streaming_bench_measures_peak_memory_at_two_folder_sizes(tmp_path, caps
     assert "RATIO peak RSS 400/40 images, streamed" in capsys.readouterr().out
 
 
+def test_streaming_bench_measures_a_training_epoch_at_two_folder_sizes(tmp_path, capsys):
+    """--training --quick: one epoch of a pretraining on 40 and 400 images, streamed, each in a
+    fresh process."""
+    bench = _load_bench(BENCH.with_name("bench_streaming.py"))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--training", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["work"] == "training epoch" and [r["images"] for r in result["rows"]] == [40, 400]
+    assert all(r["peak_rss_mib"] > 0 and len(r["weights_sha256"]) == 16 for r in result["rows"])
+    assert "RATIO peak RSS 400/40 images, streamed training epoch" in capsys.readouterr().out
+
+
 def test_signoff_bench_measures_every_ratio_and_never_fakes_the_gpu_campaign(tmp_path, capsys):
     """--quick: democnn, 64 random images, 4 chips. Each ratio is of real runs; batched chips are
     the one-at-a-time chips; the campaign is run only on a GPU, and says so otherwise."""

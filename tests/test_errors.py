@@ -166,7 +166,7 @@ def embedded(bundle, monkeypatch):
     """load_data as the embedded set, decoded once for the module."""
     import ftdeploy.data
 
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: bundle)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: bundle)
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def small(bundle, monkeypatch):
 
     small = dataclasses.replace(bundle, train_x=bundle.train_x[::50], train_y=bundle.train_y[::50],
                                 val_x=bundle.val_x[::20], val_y=bundle.val_y[::20])  # fmt: skip
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small)
 
 
 def _snapshot(folder: Path) -> dict:

@@ -526,7 +526,7 @@ def test_train_cli_takes_the_recipe_from_the_profile_and_typed_options_over_it(p
     profile = demo_profile_with(tmp_path, training=dict(unbias_faults=True, clean_steps=0.25, progressive_blocks="each", distill=0.5,
                                                         weight_clip=2.5))
     seen = []
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
     retrain = ["train", "--profile", profile, "--from", str(pretrained / "model.pt"), "--method", "progressive"]
     for extra in ([], ["--raw-faults", "--clean-steps", "0", "--progressive-blocks", "split", "--weight-clip", "0"]):
@@ -553,7 +553,7 @@ def test_train_cli_reads_a_config_file_under_the_typed_options(pretrained, small
     from ftdeploy.cli import app
 
     seen = []
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained / "model.pt"))
     partial = tmp_path / "partial.yaml"
     partial.write_text(yaml.safe_dump({"method": "one-shot", "epochs": 3, "clean_steps": 0.25, "momentum": 0.8}))

@@ -184,7 +184,10 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.total_steps, warmup, block))
         self.gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
         self.aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
-        self.train_x, self.train_y = data.train_x.to(device), data.train_y.to(device)
+        # Streamed images (an image folder too large for memory) stay files: batches() reads them
+        # in this same order, batch by batch, and moves each batch here.
+        self.train_x = data.train_x if data.streamed else data.train_x.to(device)
+        self.train_y = data.train_y.to(device)
         # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at the full
         # rate from the first step, a frozen-BN network can diverge in its first epoch. Ramping the
         # rate in over the first epochs lets it adapt.
