@@ -42,3 +42,12 @@ def quick_checkpoint(bundle: DataBundle, target: Target, out: Path, seed: int = 
     path = Path(out) / "model.pt"
     save_atomic(ckpt, path)
     return path
+
+
+def tiny_vit(num_classes: int = 10) -> torch.nn.Module:
+    """torchvision's VisionTransformer, vit_b_16's classes and graph at a ten-thousandth of its
+    size (2 layers of width 32, 16-px patches of 32x32 images): ``_quick_model:tiny_vit``."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                             num_classes=num_classes)  # fmt: skip

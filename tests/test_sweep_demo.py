@@ -229,7 +229,7 @@ def test_the_training_seed_is_the_chip_seed_unless_train_seed_is_typed(pretraine
         seen.append((settings.seed, settings.recipe.seed))
         raise KeyboardInterrupt  # the settings are all this test needs
 
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
     sweep = ["sweep", "--from", str(pretrained), "--profile", "demo", "--out", str(tmp_path / "s")]
     for extra in ([], ["--chip-seed", "4"], ["--train-seed", "2"], ["--chip-seed", "4", "--train-seed", "2"]):
@@ -295,7 +295,7 @@ def test_a_cell_trains_with_the_same_config_in_process_or_in_its_own_process(pre
     assert argv[1:3] == ["-m", "ftdeploy"] and argv[argv.index("--config") + 1] == str(tmp_path / "run" / "cell-config.yaml")
     assert not {"--epochs", "--lr", "--train-seed", "--eval-chips"} & set(argv)
     seen = []
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     monkeypatch.setattr(ftdeploy.training.loop, "train", lambda config, *a, **k: seen.append(config) or load_checkpoint(pretrained))
     result = CliRunner().invoke(app, argv[3:])
     assert result.exit_code == 0, result.output
@@ -313,7 +313,7 @@ def test_the_sweep_retrains_with_the_profiles_recipe_unless_an_option_is_typed(p
         recipes.append(settings.recipe)
         raise KeyboardInterrupt  # the settings are all this test needs
 
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     monkeypatch.setattr(ftdeploy.sweep, "run_sweep", capture)
     sweep = ["sweep", "--from", str(pretrained), "--profile", profile, "--out", str(tmp_path / "s")]
     CliRunner().invoke(app, sweep)
@@ -325,7 +325,7 @@ def test_the_sweep_command_names_the_models_that_pass_the_screen_and_how_to_sign
                                                                                           monkeypatch):  # fmt: skip
     import ftdeploy.data
 
-    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32: small_data)
+    monkeypatch.setattr(ftdeploy.data, "load_data", lambda spec=None, val_split=None, image_size=32, stream=None: small_data)
     def sweep(name, limit):
         profile = demo_profile_with(tmp_path, name, signoff={"rates": [0.02], "acceptance": [{"rate": 0.02, **limit}]})
         result = CliRunner().invoke(app, ["sweep", "--from", str(pretrained), "--profile", profile, "--no-train", "--chips", "2",
