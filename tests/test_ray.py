@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ftdeploy.cli import _record_signature, main
+from ftdeploy.cli import _record_signature
 from ftdeploy.data import load_data
 from ftdeploy.distributed import MISSING_RAY, RayChips, split_range
 from ftdeploy.errors import ConfigError
@@ -24,6 +24,7 @@ from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.verify import verify_onnx
 
 from _quick_model import quick_checkpoint
+from conftest import run_main
 
 #: Read noise too: a per-inference chip draws afresh per batch of images, so a worker must use the
 #: driver's batch size for chip k to stay chip k.
@@ -55,21 +56,12 @@ def test_ranges_are_contiguous_in_order_and_cover_every_chip():
         assert [i for lo, hi in ranges for i in range(lo, hi)] == list(range(start, stop))
 
 
-def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 def test_without_ray_installed_ray_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
     """Before the file is even read: the line names the extra that installs Ray."""
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(ConfigError, match="ftdeploy\\[ray\\]"):
         verify_onnx(tmp_path / "absent.onnx", load_profile("demo"), ray="local")
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", tmp_path / "absent.onnx", "--profile", "demo", "--ray")
+    code, out, err = run_main(monkeypatch, capsys, "verify", tmp_path / "absent.onnx", "--profile", "demo", "--ray")
     assert code == 2 and err.strip() == f"error: {MISSING_RAY}", err
 
 
@@ -129,7 +121,7 @@ def test_ray_report_is_byte_identical_to_one_process(cluster, signed, tmp_path):
 def test_cli_ray_without_an_address_uses_the_running_ray(cluster, signed, tmp_path, monkeypatch, capsys):
     """``--ray`` alone takes no value: the next option is not taken for an address."""
     onnx_path, resolved = signed
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--ray", "--profile", resolved.profile_path,
+    code, out, err = run_main(monkeypatch, capsys, "verify", onnx_path, "--ray", "--profile", resolved.profile_path,
                               "--fixed-chips", "--out", tmp_path / "ray")  # fmt: skip
     assert code == 0, out + err
     alone = verify_onnx(onnx_path, resolved, sequential=False)
@@ -160,13 +152,13 @@ def test_sweep_on_ray_writes_the_results_and_table_of_one_process(cluster, train
     measure, close = RayChips.measure, RayChips.close
     monkeypatch.setattr(RayChips, "measure", lambda self, *a, **k: rounds.append(a[3:5]) or measure(self, *a, **k))
     monkeypatch.setattr(RayChips, "close", lambda self: closed.append(len(self.actors)) or close(self))
-    code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "ray"), "--ray", "--ray-workers", 2)
+    code, out, err = run_main(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "ray"), "--ray", "--ray-workers", 2)
     assert code == 0, out + err
     assert rounds == [(0, 4), (4, 5)] * 3  # every rate's chips went to the workers (rate 0 too: its read noise)
     assert closed == [2]  # the row's two actors, released when it was done
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-        code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "alone"))
+        code, out, err = run_main(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "alone"))
     assert code == 0, out + err
     spread, alone = _sweep_files(tmp_path / "ray"), _sweep_files(tmp_path / "alone")
     assert len(json.loads(alone["results/baseline.json"])["tests"]["0.02"]["chips"]) == 5
@@ -176,10 +168,10 @@ def test_sweep_on_ray_writes_the_results_and_table_of_one_process(cluster, train
 def test_sweep_ray_options_are_refused_in_one_line(trained, tmp_path, monkeypatch, capsys):
     """--ray-workers without --ray, and --ray without Ray installed: one line, exit 2, nothing written."""
     ckpt, resolved = trained
-    code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "s"), "--ray-workers", 2)
+    code, out, err = run_main(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "s"), "--ray-workers", 2)
     assert code == 2 and err.strip() == "error: --ray-workers: sets the workers of --ray; give --ray too", err
     monkeypatch.setitem(sys.modules, "ray", None)
-    code, out, err = _run_cli(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "s"), "--ray")
+    code, out, err = run_main(monkeypatch, capsys, *_sweep_args(ckpt, resolved, tmp_path / "s"), "--ray")
     assert code == 2 and err.strip() == f"error: {MISSING_RAY}", err
     assert not (tmp_path / "s").exists()
 

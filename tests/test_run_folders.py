@@ -161,17 +161,23 @@ def test_stale_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tm
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
 
 
-def test_a_folder_lock_refuses_a_second_writer_naming_it_and_dies_with_its_holder(tmp_path):
-    folder = tmp_path / "run"
+def _process_holding(folder) -> subprocess.Popen:
+    """Another process, holding ``folder``'s run-folder lock (for up to two minutes) once this returns."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
+        import time
         from ftdeploy.files import run_folder_lock
         with run_folder_lock({str(folder)!r}):
             print("held", flush=True)
             time.sleep(120)
     """)], env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_folder_lock_refuses_a_second_writer_naming_it_and_dies_with_its_holder(tmp_path):
+    folder = tmp_path / "run"
+    holder = _process_holding(folder)
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert lock_holder(folder) == holder.pid
         with pytest.raises(FtdeployError, match=rf"^{folder}: run folder in use by process {holder.pid}; "):
             with run_folder_lock(folder):
@@ -409,15 +415,8 @@ def test_a_second_sweep_refuses_a_cell_another_process_still_trains(tmp_path, mo
     from ftdeploy.sweep import refuse_runs_in_use
 
     run = tmp_path / "runs" / "one-shot-0.05"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from ftdeploy.files import run_folder_lock
-        with run_folder_lock({str(run)!r}):
-            print("held", flush=True)
-            time.sleep(120)
-    """)], env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = _process_holding(run)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match=rf"^{run}: still being trained by process {holder.pid} "):
             refuse_runs_in_use([run], wait_s=0.5)
     finally:

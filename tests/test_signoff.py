@@ -4,13 +4,11 @@ of chips meeting a chip spec with its exact lower bound, percentile limits, the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from scipy import stats
 
-from ftdeploy.cli import main
 from ftdeploy.data import load_data
 from ftdeploy.errors import ConfigError
 from ftdeploy.export import export_onnx
@@ -20,6 +18,7 @@ from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.verify import verify_chip, verify_onnx
 
 from _quick_model import quick_checkpoint
+from conftest import run_main
 
 IMAGES = 200
 PROFILE = """\
@@ -185,27 +184,18 @@ def test_one_chip_rerun_alone_is_the_reports_chip(report, model, resolved, rate)
     assert f"chip {worst['index']}" in one["line"] and "chip spec" in one["line"]
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 def test_cli_chip_option(report, model, resolved, monkeypatch, capsys):
-    code, out, err = _cli(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--reference", model,
+    code, out, err = run_main(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--reference", model,
                           "--chip", "0.01:3")  # fmt: skip
     assert code == 0, err
     assert f"accuracy {report['figures']['rates'][0]['chip_accuracies'][3]:.2f} %" in out
     for bad in ("0.01", "0.01:x", "0.03:1", "2:1"):
-        code, _, err = _cli(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--chip", bad)
+        code, _, err = run_main(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--chip", bad)
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "--chip" in err, (bad, err)
 
 
 def test_verify_without_out_says_no_report_was_written(model, resolved, monkeypatch, capsys):
-    code, out, _ = _cli(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--reference", model, "--chips", 2)
+    code, out, _ = run_main(monkeypatch, capsys, "verify", model, "--profile", resolved.profile_path, "--reference", model, "--chips", 2)
     assert code == 1 and "no report written (give --out DIR" in out
 
 

@@ -34,6 +34,7 @@ from ftdeploy.training.checkpoint import load_checkpoint, model_from_checkpoint
 from ftdeploy.verify import evaluation_data, subset_indices, subset_size, verify_onnx
 
 from _quick_model import quick_checkpoint
+from conftest import run_main
 
 IMAGES = 200
 CHIPS = 3
@@ -461,22 +462,13 @@ def test_bad_data_spec_is_a_data_error(onnx_path, resolved):
 # --- CLI exit codes -----------------------------------------------------------------------------
 
 
-def _run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["ftdeploy", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-        raise SystemExit(0)  # main returns normally on success
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 #: Fewer images than the profile, same 3 chips: with 2 chips t(0.975, 1) = 12.7 stretches the CI
 #: of a 100-image accuracy below 0 %, and the passing profile's CI limit is 0 %.
 CLI_FAST = ("--max-images", 100)
 
 
 def test_cli_exit_0_when_all_limits_pass(onnx_path, reference_path, profiles, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["pass"], *CLI_FAST,
+    code, out, err = run_main(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["pass"], *CLI_FAST,
                               "--reference", reference_path, "--out", tmp_path / "r")
     assert code == 0, out + err
     assert "PASSED sign-off" in out
@@ -487,7 +479,7 @@ def test_cli_exit_0_when_all_limits_pass(onnx_path, reference_path, profiles, tm
 
 
 def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, reference_path, profiles, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST,
+    code, out, err = run_main(monkeypatch, capsys, "verify", onnx_path, "--profile", profiles["fail"], *CLI_FAST,
                               "--reference", reference_path, "--out", tmp_path / "r")
     assert code == 1, err
     # the profile it extends is part of what was verified: named and hashed in the report
@@ -512,14 +504,14 @@ def test_cli_exit_1_when_a_limit_fails_and_report_is_still_written(onnx_path, re
 ])  # fmt: skip
 def test_cli_exit_2_on_bad_input_leaves_no_report(onnx_path, profiles, tmp_path, monkeypatch, capsys, bad):
     args = [profiles["pass"] if a == "PROFILE" else a for a in bad]
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, *args, "--out", tmp_path / "r")
+    code, out, err = run_main(monkeypatch, capsys, "verify", onnx_path, *args, "--out", tmp_path / "r")
     assert code == 2, (out, err)
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
 
 
 def test_cli_exit_2_for_a_missing_file(tmp_path, profiles, monkeypatch, capsys):
-    code, _, err = _run_cli(monkeypatch, capsys, "verify", tmp_path / "missing.onnx", "--profile", profiles["pass"], "--out", tmp_path / "r")
+    code, _, err = run_main(monkeypatch, capsys, "verify", tmp_path / "missing.onnx", "--profile", profiles["pass"], "--out", tmp_path / "r")
     assert code == 2 and "file not found" in err
     assert not (tmp_path / "r").exists()
 
@@ -670,7 +662,7 @@ def test_sequential_sign_off_stops_decided_rates_at_the_first_batch(onnx_path, s
 
 
 def test_fixed_chips_on_the_command_line_draws_every_chip(onnx_path, folder, sequential_profile, tmp_path, monkeypatch, capsys):
-    code, out, err = _run_cli(monkeypatch, capsys, "verify", onnx_path, "--profile", sequential_profile.profile_path,
+    code, out, err = run_main(monkeypatch, capsys, "verify", onnx_path, "--profile", sequential_profile.profile_path,
                               "--max-images", 50, "--chips", 12, "--fixed-chips", "--out", tmp_path / "r")  # fmt: skip
     assert code == 1, out + err  # the 99 % limit fails
     report = json.loads((tmp_path / "r" / "report.json").read_text())
