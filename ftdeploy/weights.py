@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from .errors import ModelError
 from .files import reason_line, sha256_file
-from .limits import shown
 from .models import deployed_layers, with_layer_names
+from .training.checkpoint import check_state_dict
 
 #: Buffers a weights file may leave out: the model keeps its own (BatchNorm's step counter is
 #: not a weight, and older torchvision files do not store it).
@@ -69,13 +69,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
                          f"{reason_line(exc)}") from None  # fmt: skip
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # an ftdeploy or Lightning checkpoint
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise ModelError(f"{path}: expected a state dict (weight names to tensors), found {shown(type(obj).__name__)}")
-    for name, value in obj.items():
-        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise ModelError(f"{path}: {shown(name)}: expected a tensor under a weight name, found {type(value).__name__}")
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ModelError(f"{path}: {name}: holds NaN or infinite values; expected finite weights")
+    check_state_dict(path, obj, field="", cause="")
     return {key.replace("parametrizations.weight.original", "weight"): value for key, value in obj.items()}
 
 

@@ -69,7 +69,7 @@ def check_checkpoint(path: Path, ckpt: dict) -> None:
             raise ModelError(f"{path}: {field}: expected a mapping, found {shown(ckpt[field])}")
     _check_normalization(path, ckpt.get("normalization"))
     _check_image_size(path, ckpt.get("data"))
-    _check_state_dict(path, ckpt.get("state_dict"))
+    check_state_dict(path, ckpt.get("state_dict"))
     _check_fits_model(path, model, classes, ckpt["state_dict"], checkpoint_image_size(ckpt))
 
 
@@ -91,16 +91,18 @@ def _check_normalization(path: Path, norm: dict | None) -> None:
             raise ModelError(f"{path}: normalization.{field}: expected 1 to 4 {what}, one per channel, found {shown(values)}")
 
 
-def _check_state_dict(path: Path, state) -> None:
-    """Weights are tensors under string names, every floating one finite."""
+def check_state_dict(path: Path, state, field: str = "state_dict", cause: str = " (the run that wrote it diverged)") -> None:
+    """Weights are tensors under string names, every floating one finite: a checkpoint's
+    (``field`` names where they sit in the file) or a weights file's (``field`` empty: the file
+    is the weights). ``cause``: what a NaN says about the file's writer."""
+    at = f"{path}: {field}: " if field else f"{path}: "
     if not isinstance(state, dict) or not state:
-        raise ModelError(f"{path}: state_dict: expected the model's weights (a mapping of names to tensors), found {shown(state)}")
+        raise ModelError(f"{at}expected the model's weights (a mapping of names to tensors), found {shown(state)}")
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise ModelError(f"{path}: state_dict: {shown(name)}: expected a tensor under a name, found {type(value).__name__}")
+            raise ModelError(f"{at}{shown(name)}: expected a tensor under a name, found {type(value).__name__}")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ModelError(f"{path}: state_dict: {name}: holds NaN or infinite values; expected finite weights "
-                             "(the run that wrote it diverged)")  # fmt: skip
+            raise ModelError(f"{at}{name}: holds NaN or infinite values; expected finite weights{cause}")
 
 
 def _check_fits_model(path: Path, model: str, classes: int, state: dict, image_size: int) -> None:
