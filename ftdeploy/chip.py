@@ -14,6 +14,7 @@ most :meth:`TorchBackend.pairs_per_pass` (chip, image) pairs, so memory stays bo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .data import DataBundle, normalize
 from .mapping import Mapping, make_mapping, quantize_codes, scale_of
@@ -36,6 +38,22 @@ if TYPE_CHECKING:
 
 #: Images per forward pass of the PyTorch backend.
 DEFAULT_BATCH = 1000
+
+
+@contextlib.contextmanager
+def _attention_mapped_over_chips():
+    """Attention in its composite form while a network is mapped over chips: the fused kernels
+    (``MultiheadAttention``'s inference fast path, the flash and memory-efficient
+    ``scaled_dot_product_attention``) have no vmap rule, so vmap would run them chip by chip in
+    a Python loop, warning each time. Their composite form (matmul, softmax) maps over chips in
+    one pass and computes the same products."""
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
 @dataclass
@@ -111,7 +129,8 @@ class DeployedNetwork:
         def one_chip(w: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
             return functional_call(self.model, w, (images,))
 
-        return vmap(one_chip, in_dims=(0, None))(weights, x)
+        with _attention_mapped_over_chips():
+            return vmap(one_chip, in_dims=(0, None))(weights, x)
 
     def activation_bytes(self, image_shape: tuple[int, ...]) -> int:
         """Bytes of float32 activations one image of ``image_shape`` (C, H, W) can hold at once,

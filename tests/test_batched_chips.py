@@ -216,3 +216,31 @@ def test_a_pass_holds_what_memory_allows_between_one_chips_batch_and_every_chip(
     assert pairs_within(10 * per_image, per_image, 4, 8) == 10
     assert pairs_within(per_image, per_image, 4, 8) == 4, "never less than one chip's batch"
     assert pairs_within(10**12, per_image, 4, 8) == 32, "never more than every chip on a whole batch"
+
+
+def test_a_transformers_chips_map_over_a_chip_dimension_in_one_pass(bundle):
+    """Attention's fused kernels have no rule to map them over chips: a vision transformer's
+    batched chips run attention in its composite form, in one pass (no per-chip fallback, which
+    warns), and give the one-at-a-time logits; the fused path is back on afterwards."""
+    import warnings
+
+    from _quick_model import tiny_vit
+
+    from ftdeploy.models import attention_projections_as_layers
+
+    torch.manual_seed(0)
+    net = DeployedNetwork(attention_projections_as_layers(tiny_vit()), load_profile("demo").target)
+    x, y = bundle.val_x[:16], bundle.val_y[:16]
+    readings = draw_readings(list(SimulatedChips(POPULATIONS["stuck-at"], 0.02, 0, 3)), net.programmed,
+                             net.backend(x, y, (0.5,) * 3, (0.25,) * 3).cells)  # fmt: skip
+    xb = normalize(x, (0.5,) * 3, (0.25,) * 3)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # vmap's "performance drop" fallback warning fails the test
+        batched = net.chips_logits(net.stacked_weights([r.levels() for r in readings]), xb)
+    assert torch.backends.mha.get_fastpath_enabled()
+    with torch.no_grad():
+        for k, reading in enumerate(readings):
+            net.load_levels(reading.levels())
+            alone = net.model(xb)
+            assert torch.allclose(batched[k], alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max())), k
+    net.clear()
