@@ -3,7 +3,7 @@ its tester wrote, every chip judged against the profile's chip spec.
 
 Where :func:`ftdeploy.verify.verify_onnx` simulates a population, :func:`verify_lot` measures the
 chips a production line has: the same file, images, backend and Acc_pretrain (``--reference``)
-as sign-off (:func:`ftdeploy.verify._setup`), with :class:`ftdeploy.measured.MeasuredChips` as the
+as sign-off (:func:`ftdeploy.verify.prepare_signoff`), with :class:`ftdeploy.measured.MeasuredChips` as the
 chip source. Each chip passes or fails ``signoff.chip_spec``; the lot's yield is the share that
 pass, with its Clopper-Pearson bounds at ``signoff.confidence``. The report is a JSON-ready dict
 (schema ``ftdeploy-lot-report/1``) with the sign-off report's sections where they mean the same, and a
@@ -28,7 +28,7 @@ from .programming import ProgrammedChip, ProgrammedChips, check_row_permutation
 from .population import chip_accuracies
 from .profiles import ResolvedProfile
 from .resolve import signoff_settings
-from .verify import _report, _setup, check_chip_counts, load_for_profile
+from .verify import signoff_report, prepare_signoff, check_chip_counts, load_for_profile
 
 
 def verify_lot(
@@ -85,7 +85,7 @@ def verify_lot(
     field = resolved.profile.field_faults
 
     t0 = time.perf_counter()
-    setup = _setup(export, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
+    setup = prepare_signoff(export, _chip_spec_only(resolved), reference, data_spec, val_split, max_images, all_images, threads, batch_size)
     pretrain = setup.pretrain
     threshold = spec.threshold(pretrain.value)
     task = progress.add_task("chips", total=len(chips)) if progress else None
@@ -107,7 +107,7 @@ def verify_lot(
     # its per-rate sign-off and verdict are replaced by the lot's.
     notes = (list(pretrain.notes) + _simulated_on_top(resolved) + ([PROGRAMMED_NOTE] if program else [])
              + ([PERMUTED_NOTE] if permute_rows else []) + ([field_note(field, program)] if field is not None else []))
-    report = _report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
+    report = signoff_report(setup.export, resolved, setup.data, len(chips), None, {**figures, "rates": []}, Verdict(), notes, setup.reference)
     report["figures"] = figures
     chip_records = [_chip_record(chip, acc, threshold) for chip, acc in zip(chips, accs)]
     if unprogrammed is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .report import _chip_spec_row, _image_set, _pct, _reference_row, model_rows, profile_rows
+from .report import chip_spec_row, image_set_text, fmt_pct, reference_row, model_rows, profile_rows
 
 LOT_SCHEMA = "ftdeploy-lot-report/1"
 
@@ -90,17 +90,17 @@ def render_lot_markdown(report: dict) -> str:
         *model_rows(model),
         f"| placement | {place['scheme']}: tiles 0-{place['tiles'] - 1} of {place['tile_rows']} x {place['tile_cols']} cells |",
         *profile_rows(profile),
-        f"| data | {_image_set(data)} |",
+        f"| data | {image_set_text(data)} |",
         f"| fault maps | `{lot['fault_maps']}`: {len(lot['chips'])} chips |",
         f"| simulated on top | {signoff['faults']} |",
-        *_reference_row(report),
-        *_chip_spec_row(signoff),
+        *reference_row(report),
+        *chip_spec_row(signoff),
         f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
         "",
         "## Figures (accuracy, %)",
         "",
-        f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
-        f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — {fig['acc_retrain_source']}",
+        f"- Acc_pretrain: **{fmt_pct(fig['acc_pretrain'])}** — from {fig['acc_pretrain_source']}",
+        f"- Acc_retrain: **{fmt_pct(fig['acc_retrain'])}** — {fig['acc_retrain_source']}",
         f"- Chip spec: {signoff['chip_spec_description']}: a chip meets it with accuracy ≥ **{signoff['threshold_pct']:.2f}**",
         f"- Yield: {y['meeting']}/{y['chips']} = **{y['yield_pct']:.1f} %**, exact one-sided bounds (Clopper-Pearson) at "
         f"{100 * y['confidence']:g} % confidence: ≥ {y['lower_bound_pct']:.1f} %, ≤ {y['upper_bound_pct']:.1f} %",
@@ -164,7 +164,7 @@ def render_lot_junit(report: dict) -> str:
     for name, value in (("model_sha256", report["model"]["sha256"]), ("profile", report["profile"]["name"]),
                         ("target", report["profile"]["target"]), ("fault_maps", report["lot"]["fault_maps"]),
                         ("chip_spec", signoff["chip_spec_description"]), ("threshold_pct", f"{signoff['threshold_pct']:.2f}"),
-                        ("acc_pretrain", _pct(report["figures"]["acc_pretrain"])), ("acc_retrain", _pct(report["figures"]["acc_retrain"])),
+                        ("acc_pretrain", fmt_pct(report["figures"]["acc_pretrain"])), ("acc_retrain", fmt_pct(report["figures"]["acc_retrain"])),
                         ("yield_pct", f"{y['yield_pct']:.2f}"), ("yield_lower_bound_pct", f"{y['lower_bound_pct']:.2f}"),
                         ("verdict", lot_line(report))):  # fmt: skip
         ET.SubElement(properties, "property", name=name, value=str(value))

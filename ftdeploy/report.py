@@ -28,7 +28,8 @@ def to_json(report: dict) -> str:
 # --- verdict lines --------------------------------------------------------------------------
 
 
-def _num(value: float | None) -> str:
+def fmt_limit(value: float | None) -> str:
+    """A limit to two decimals; ``inf`` where there is none."""
     return "inf" if value is None else f"{value:.2f}"
 
 
@@ -37,7 +38,7 @@ def check_line(check: dict) -> str:
     status = "PASSED" if check["passed"] else "FAILED"
     where = f"rate={check['rate']:g} " if check["rate"] is not None else ""
     relation = check["comparison"] if check["passed"] else {">=": "<", "<=": ">"}[check["comparison"]]
-    value, limit = _num(check["value"]), _num(check["limit"])
+    value, limit = fmt_limit(check["value"]), fmt_limit(check["limit"])
     if value == limit and not check["passed"]:  # 3.004 > 3.00 must not print as "3.00 > 3.00"
         value = f"{check['value']:.6g}"
     note = f" ({check['note']})" if check.get("note") else ""
@@ -58,7 +59,8 @@ def verdict_lines(report: dict) -> list[str]:
 # --- markdown -------------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
+def fmt_pct(value: float | None) -> str:
+    """A percentage to two decimals; ``n/a`` where it was not measured."""
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -101,28 +103,28 @@ def render_markdown(report: dict) -> str:
         f"| data | {data['spec']}: {data['images']} of {data['val_images']} {'images (every image)' if data.get('all_images') else 'validation images'}"
         f"{' (stratified subset, seed ' + str(data['split_seed']) + ')' if data['images'] < data['val_images'] else ''}"
         f"{'; image set sha256 `' + data['fingerprint'][:16] + '…`' if data.get('fingerprint') else ''} |",
-        f"| chips | {_chips_per_rate(signoff)}, seed {signoff['seed']}, stuck-off : stuck-on = "
+        f"| chips | {chips_per_rate(signoff)}, seed {signoff['seed']}, stuck-off : stuck-on = "
         f"{signoff['split'][0]:g} : {signoff['split'][1]:g} (a rate given as a pair: as given) |",
         f"| faults | {signoff.get('faults', 'stuck-at')} |",
-        *_reference_row(report),
-        *_chip_spec_row(signoff),
+        *reference_row(report),
+        *chip_spec_row(signoff),
         f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
         "",
         "## Figures (accuracy, %)",
         "",
-        f"- Acc_pretrain: **{_pct(fig['acc_pretrain'])}** — {fig['acc_pretrain_source']}",
-        f"- Acc_retrain: **{_pct(fig['acc_retrain'])}** — "
+        f"- Acc_pretrain: **{fmt_pct(fig['acc_pretrain'])}** — {fig['acc_pretrain_source']}",
+        f"- Acc_retrain: **{fmt_pct(fig['acc_retrain'])}** — "
         f"{fig.get('acc_retrain_source', 'fault-free ONNX model on the evaluation images')}",
         *([f"- Acc_defect — {fig['acc_defect_source']}"] if fig.get("acc_defect_source") else []),
-        f"- Images: {_image_set(data)}",
+        f"- Images: {image_set_text(data)}",
         "",
         "| P_sa | stuck-off | stuck-on | Acc_defect | std | 95 % CI | drop (pts) | SS | 5th pct chip | yield (lower bound) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in fig["rates"]:
         p5 = (r.get("percentiles") or {}).get("5")
-        lines.append(f"| {r['rate']:g} | {r['stuck_off']:.3g} | {r['stuck_on']:.3g} | {_pct(r['acc_defect_mean'])} | "
-                     f"{_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {_drop(r)} | {_ss(r)} | {_pct(p5)} | "
+        lines.append(f"| {r['rate']:g} | {r['stuck_off']:.3g} | {r['stuck_on']:.3g} | {fmt_pct(r['acc_defect_mean'])} | "
+                     f"{fmt_pct(r['acc_defect_std'])} | {_ci(r['acc_defect_ci95'])} | {_drop(r)} | {_ss(r)} | {fmt_pct(p5)} | "
                      f"{_yield(r)} |")  # fmt: skip
     lines += [
         *_stopped_lines(fig["rates"]),
@@ -145,7 +147,7 @@ def render_markdown(report: dict) -> str:
         lines += ["| limit | P_sa | measured | limit | result | reason |", "|---|---|---|---|---|---|"]
         for c in verdict["checks"]:
             rate = "—" if c["rate"] is None else f"{c['rate']:g}"
-            lines.append(f"| {c['name']} | {rate} | {_num(c['value'])} | {c['comparison']} {_num(c['limit'])} | "
+            lines.append(f"| {c['name']} | {rate} | {fmt_limit(c['value'])} | {c['comparison']} {fmt_limit(c['limit'])} | "
                          f"{'PASSED' if c['passed'] else 'FAILED'} | {c['reason']} |")  # fmt: skip
         lines.append("")
     if report["notes"]:
@@ -158,7 +160,8 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _chips_per_rate(signoff: dict) -> str:
+def chips_per_rate(signoff: dict) -> str:
+    """How many chips each rate measured: the fixed count, or the sequential plan's range."""
     seq = signoff.get("sequential") or {}
     if not seq.get("sequential"):
         return f"{signoff['chips']} per rate"
@@ -171,7 +174,7 @@ def _stopped_lines(rates: list[dict]) -> list[str]:
     return ["", *[f"- P_sa {rate:g}: {s['chips']} of at most {s['cap']} chips — {s['reason']}" for rate, s in stopped]] if stopped else []
 
 
-def _image_set(data: dict) -> str:
+def image_set_text(data: dict) -> str:
     """Which images every figure was measured on."""
     fingerprint = f", image set sha256 {data['fingerprint'][:16]}…" if data.get("fingerprint") else ""
     return f"{data['images']} images of {data['spec']}{fingerprint}"
@@ -184,7 +187,7 @@ def model_rows(model: dict) -> list[str]:
         f"| content hash | `{model['content_sha256']}` |",
         *_signature_row(model),
         f"| model | {model['model']}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
-        f"method {model['method']} (schedule {_schedule(model['schedule'])}) |",
+        f"method {model['method']} (schedule {schedule_text(model['schedule'])}) |",
         f"| mapping | {model['mapping']} |",
     ]
 
@@ -208,12 +211,14 @@ def _signature_row(model: dict) -> list[str]:
     return [f"| signature | Ed25519 by key `{signature['signer']}`, {how} |"]
 
 
-def _reference_row(report: dict) -> list[str]:
+def reference_row(report: dict) -> list[str]:
+    """The model-table row naming the reference Acc_pretrain was measured on, if one was given."""
     ref = report.get("reference")
     return [f"| reference | `{ref['file']}` (sha256 `{ref['sha256'][:16]}…`), Acc_pretrain measured on it |"] if ref else []
 
 
-def _chip_spec_row(signoff: dict) -> list[str]:
+def chip_spec_row(signoff: dict) -> list[str]:
+    """The model-table row stating the per-chip spec, if the profile sets one."""
     spec = signoff.get("chip_spec")
     if not spec:
         return []
@@ -233,7 +238,8 @@ def _worst_chip_lines(rates: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _schedule(schedule: list[float] | None) -> str:
+def schedule_text(schedule: list[float] | None) -> str:
+    """A training schedule as ``N epochs at r1 → r2 …`` (its distinct rates, in order)."""
     if not schedule:
         return "n/a"
     rates = list(dict.fromkeys(schedule))  # distinct, in order
@@ -268,9 +274,9 @@ def render_junit(report: dict) -> str:
     fig = report["figures"]
     for name, value in (("model_sha256", report["model"]["sha256"]), ("profile", report["profile"]["name"]),
                         ("target", report["profile"]["target"]), ("chips", report["signoff"]["chips"]),
-                        ("seed", report["signoff"]["seed"]), ("acc_pretrain", _pct(fig["acc_pretrain"])),
-                        ("acc_retrain", _pct(fig["acc_retrain"])), ("acc_pretrain_source", fig.get("acc_pretrain_source")),
-                        ("images", _image_set(report["data"])), ("verdict", overall_line(report))):  # fmt: skip
+                        ("seed", report["signoff"]["seed"]), ("acc_pretrain", fmt_pct(fig["acc_pretrain"])),
+                        ("acc_retrain", fmt_pct(fig["acc_retrain"])), ("acc_pretrain_source", fig.get("acc_pretrain_source")),
+                        ("images", image_set_text(report["data"])), ("verdict", overall_line(report))):  # fmt: skip
         ET.SubElement(properties, "property", name=name, value=str(value))
     for check in checks:
         case = ET.SubElement(suite, "testcase", classname=f"ftdeploy.signoff.{report['profile']['name']}", name=check_case_name(check))

@@ -21,7 +21,7 @@ import math
 import re
 from pathlib import Path
 
-from .report import _chips_per_rate, _num, _pct, _schedule, overall_line, verdict_lines
+from .report import chips_per_rate, fmt_limit, fmt_pct, schedule_text, overall_line, verdict_lines
 
 # --- small text helpers -------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ def _draw_chip_spec(ax, report: dict, pos: int, rate: dict) -> None:
               label="chip spec (each chip ≥)", zorder=3)  # fmt: skip
     measured = rate.get("yield")
     if measured:
-        text = f"yield {_pct(measured.get('yield_pct'))} %\n({measured.get('meeting')} of {measured.get('chips')})"
+        text = f"yield {fmt_pct(measured.get('yield_pct'))} %\n({measured.get('meeting')} of {measured.get('chips')})"
         if measured.get("lower_bound_pct") is not None:
             text += f"\n≥ {measured['lower_bound_pct']:.2f} % at {_level(measured.get('confidence'))}"
         ax.text(pos, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7, color=_SPEC_COLOUR)
@@ -408,13 +408,13 @@ def _inputs_table(report: dict) -> str:
         ("model file", f"<code>{_e(model['file'])}</code> (sha256 <code>{_e(model['sha256'])}</code>)"),
         ("content hash", f"<code>{_e(model['content_sha256'])}</code>"),
         ("model", f"{_e(model['model'])}, {model['layers']} crossbar layers, {model['cells']:,} cells; "
-                  f"method {_e(model['method'])} (schedule {_e(_schedule(model['schedule']))})"),
+                  f"method {_e(model['method'])} (schedule {_e(schedule_text(model['schedule']))})"),
         ("mapping", _e(model["mapping"])),
         ("profile", f"{_e(profile['name'])} (<code>{_e(profile['file'])}</code>, sha256 <code>{_e(profile['sha256'][:16])}…</code>){extends}"),
         ("target", f"{_e(profile['target'])} (<code>{_e(profile['target_file'])}</code>, sha256 <code>{_e(profile['target_sha256'][:16])}…</code>)"),
         ("data", f"{_e(data['spec'])}: {data['images']} of {data['val_images']} {every}{subset}"),
         ("image set", f"sha256 <code>{_e(fingerprint)}</code>" if fingerprint else "not recorded"),
-        ("chips", f"{_e(_chips_per_rate(signoff))}, seed {signoff['seed']}, stuck-off : stuck-on = "
+        ("chips", f"{_e(chips_per_rate(signoff))}, seed {signoff['seed']}, stuck-off : stuck-on = "
                   f"{signoff['split'][0]:g} : {signoff['split'][1]:g}"),
         ("faults", _e(signoff.get("faults", "stuck-at"))),
     ]  # fmt: skip
@@ -438,8 +438,8 @@ def _chip_spec_text(spec: dict) -> str:
 def _figures_intro(report: dict) -> str:
     fig = report["figures"]
     return ("<ul>\n"
-            f"<li>Acc_pretrain: <b>{_pct(fig.get('acc_pretrain'))}</b> — {_e(fig.get('acc_pretrain_source', 'n/a'))}</li>\n"
-            f"<li>Acc_retrain: <b>{_pct(fig.get('acc_retrain'))}</b> — "
+            f"<li>Acc_pretrain: <b>{fmt_pct(fig.get('acc_pretrain'))}</b> — {_e(fig.get('acc_pretrain_source', 'n/a'))}</li>\n"
+            f"<li>Acc_retrain: <b>{fmt_pct(fig.get('acc_retrain'))}</b> — "
             f"{_e(fig.get('acc_retrain_source', 'fault-free ONNX model on the evaluation images'))}</li>\n"
             + (f"<li>Acc_defect — {_e(fig['acc_defect_source'])}</li>\n" if fig.get("acc_defect_source") else "")
             + "</ul>\n")  # fmt: skip
@@ -463,13 +463,13 @@ def _rates_table(report: dict) -> str:
     for r in rows_in:
         ci = r.get("acc_defect_ci95")
         row = [_td(f"{r['rate']:g}", True), _td(f"{r['stuck_off']:.3g}", True), _td(f"{r['stuck_on']:.3g}", True),
-               _td(str(len(r["chip_accuracies"])), True), _td(_pct(r["acc_defect_mean"]), True), _td(_pct(r.get("acc_defect_std")), True),
-               _td("n/a (1 chip)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]", True), _td(_pct(r["acc_drop"]), True),
+               _td(str(len(r["chip_accuracies"])), True), _td(fmt_pct(r["acc_defect_mean"]), True), _td(fmt_pct(r.get("acc_defect_std")), True),
+               _td("n/a (1 chip)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]", True), _td(fmt_pct(r["acc_drop"]), True),
                _td(_ss(r), True)]  # fmt: skip
         if has_yield:
             row.append(_td(_yield_text(r.get("yield"))))
         if has_pct:
-            row.append(_td(_e(", ".join(f"p{k} {_pct(v)}" for k, v in sorted((r.get("percentiles") or {}).items(), key=lambda kv: float(kv[0]))))))
+            row.append(_td(_e(", ".join(f"p{k} {fmt_pct(v)}" for k, v in sorted((r.get("percentiles") or {}).items(), key=lambda kv: float(kv[0]))))))
         if has_stop:
             stop = r.get("stopped")
             row.append(_td(_e(f"after {stop.get('chips')} of at most {stop.get('cap')} chips: {stop.get('reason', '')}") if stop else "—"))
@@ -482,7 +482,7 @@ def _rates_table(report: dict) -> str:
 def _yield_text(measured: dict | None) -> str:
     if not measured:
         return "—"
-    text = (f"{_pct(measured.get('yield_pct'))} % ({measured.get('meeting')} of {measured.get('chips')} chips meet "
+    text = (f"{fmt_pct(measured.get('yield_pct'))} % ({measured.get('meeting')} of {measured.get('chips')} chips meet "
             f"{measured.get('spec', 'the chip spec')})")  # fmt: skip
     if measured.get("lower_bound_pct") is not None:
         text += f"; ≥ {measured['lower_bound_pct']:.2f} % at {_level(measured.get('confidence'))} confidence"
@@ -513,8 +513,8 @@ def _verdict(report: dict) -> str:
         rows = []
         for c in checks:
             reason = c["reason"] + (f" ({c['note']})" if c.get("note") else "")
-            rows.append([_td(f"<code>{_e(c['name'])}</code>"), _td(_e(_rate(c["rate"])), True), _td(_e(_num(c["value"])), True),
-                         _td(_e(f"{c['comparison']} {_num(c['limit'])}")), _td(_status(c["passed"])), _td(_e(reason))])  # fmt: skip
+            rows.append([_td(f"<code>{_e(c['name'])}</code>"), _td(_e(_rate(c["rate"])), True), _td(_e(fmt_limit(c["value"])), True),
+                         _td(_e(f"{c['comparison']} {fmt_limit(c['limit'])}")), _td(_status(c["passed"])), _td(_e(reason))])  # fmt: skip
         parts.append(_table(["limit", "P_sa", "measured", "limit", "result", "reason"], rows,
                             ["pass" if c["passed"] else "fail" for c in checks]))  # fmt: skip
     return "\n".join(parts)
@@ -522,7 +522,7 @@ def _verdict(report: dict) -> str:
 
 def _worst_chips(report: dict) -> str:
     rows = [[_td(_e(_rate(w.get("rate", r["rate"]))), True), _td(_e(w.get("seed", "—")), True), _td(_e(w.get("index", "—")), True),
-             _td(_pct(w.get("acc")), True)]
+             _td(fmt_pct(w.get("acc")), True)]
             for r in report["figures"]["rates"] for w in r.get("worst_chips") or []]  # fmt: skip
     if not rows:
         return ""

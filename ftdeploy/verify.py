@@ -211,7 +211,7 @@ def verify_onnx(
     plan = Plan(chips, settings.batch_chips, signoff.confidence, settings.sequential)
     device_notes = _device_notes(device, log)  # a device this machine lacks is refused before any work
     t0 = time.perf_counter()
-    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
+    setup = prepare_signoff(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
                    stream, device)  # fmt: skip
     export, ref_export, data, backend = setup.export, setup.reference, setup.data, setup.backend
     acc_retrain, pretrain = setup.acc_retrain, setup.pretrain
@@ -249,7 +249,7 @@ def verify_onnx(
                "acc_defect_source": f"measured here: this file on {_chip_counts(rates, plan)}, on these images",
                "chance_pct": 100.0 / len(export.meta["classes"]), "rates": rates}  # fmt: skip
     verdict = judge(figures, resolved)  # on the chips drawn, however many the sequential rule drew
-    return _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export, plan=plan, chips_used=used)
+    return signoff_report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export, plan=plan, chips_used=used)
 
 
 class _ChipBar:
@@ -279,7 +279,7 @@ def _chip_counts(rates: list[dict], plan: Plan) -> str:
 
 
 @dataclass
-class _Setup:
+class SignoffSetup:
     """What every sign-off measures first: the file, its reference, the images, the backend, and
     the fault-free figures."""
 
@@ -298,8 +298,8 @@ def load_for_profile(onnx_path: str | Path, resolved: ResolvedProfile) -> Export
     return export
 
 
-def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
-           stream: bool | None = False, device: str | None = None) -> _Setup:  # fmt: skip
+def prepare_signoff(export: ExportedModel, resolved, reference, data_spec, val_split, max_images, all_images, threads, batch_size,
+           stream: bool | None = False, device: str | None = None) -> SignoffSetup:  # fmt: skip
     """``export`` as :func:`load_for_profile` returns it; ``stream`` as :func:`evaluation_data` takes it;
     the chips run on ``device`` (the reference's fault-free accuracy stays on the CPU)."""
     ref_export = _load_reference(reference, export, resolved)
@@ -307,10 +307,10 @@ def _setup(export: ExportedModel, resolved, reference, data_spec, val_split, max
     backend = data.backend_for(export, threads, batch_size, device)
     acc_retrain = backend.accuracy()
     pretrain = _acc_pretrain(export, ref_export, data, acc_retrain, resolved, threads, batch_size)
-    return _Setup(export, ref_export, data, backend, acc_retrain, pretrain)
+    return SignoffSetup(export, ref_export, data, backend, acc_retrain, pretrain)
 
 
-def _ray_chips(address: str | None, workers: int | None, setup: "_Setup"):
+def _ray_chips(address: str | None, workers: int | None, setup: "SignoffSetup"):
     """The Ray actors that measure this sign-off's chips (:class:`ftdeploy.distributed.RayChips`),
     or None without ``address``."""
     if address is None:
@@ -343,7 +343,7 @@ def verify_chip(onnx_path: str | Path, resolved: ResolvedProfile, chip: tuple[fl
     settings = signoff_settings(signoff, dict(seed=seed, max_images=max_images))
     _check_run_options(resolved, settings.chips, settings.seed, settings.max_images, None)
     _device_notes(device, None)  # a device this machine lacks is refused before any work
-    setup = _setup(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None,
+    setup = prepare_signoff(load_for_profile(onnx_path, resolved), resolved, reference, data_spec, val_split, settings.max_images, all_images, None, None,
                    stream, device)  # fmt: skip
     one = Chip(ChipId(rate_total(rate), settings.seed, index), resolved.profile.signoff_faults(rate))
     accuracy = setup.backend.accuracy(one.reading(setup.backend.programmed, setup.backend.cells))
@@ -460,7 +460,7 @@ def _check_same_target(export: ExportedModel, resolved: ResolvedProfile) -> None
                           "export with this profile or verify with the export's")  # fmt: skip
 
 
-def _report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export=None, *, plan: Plan | None = None,
+def signoff_report(export, resolved, data, chips, seed, figures, verdict, notes, ref_export=None, *, plan: Plan | None = None,
             chips_used: int | None = None) -> dict:  # fmt: skip
     """The report: everything needed to reproduce and audit the sign-off, no timestamps (same
     inputs and seed give a byte-identical report.json)."""
