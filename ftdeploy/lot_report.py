@@ -1,7 +1,8 @@
 """Lot reports (:func:`ftdeploy.lot.verify_lot`): ``report.md``, ``report.xml`` (JUnit, one test
 case per chip) and the greppable verdict lines, rendered from report.json's dict by pure
-functions, as :mod:`ftdeploy.report` renders a sign-off's. No I/O, no clock: the same report
-gives the same bytes."""
+functions, as :mod:`ftdeploy.report` renders a sign-off's (the page, report.html:
+:func:`ftdeploy.report_html.render_lot_html`). No I/O, no clock: the same report gives the same
+bytes."""
 
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def lot_lines(report: dict) -> list[str]:
 
 def render_lot_markdown(report: dict) -> str:
     """report.md of a lot."""
-    model, profile, data, signoff, fig, lot = (report[k] for k in ("model", "profile", "data", "signoff", "figures", "lot"))
-    verdict, y, place = report["verdict"], lot["yield"], lot["placement"]
+    model, signoff, fig, lot = (report[k] for k in ("model", "signoff", "figures", "lot"))
+    verdict, y = report["verdict"], lot["yield"]
     lines = [
         f"# Measured chips: {Path(model['file']).name} — {'PASSED' if verdict['passed'] else 'FAILED'}",
         "",
@@ -87,15 +88,7 @@ def render_lot_markdown(report: dict) -> str:
         "",
         "| input | |",
         "|---|---|",
-        *model_rows(model),
-        f"| placement | {place['scheme']}: tiles 0-{place['tiles'] - 1} of {place['tile_rows']} x {place['tile_cols']} cells |",
-        *profile_rows(profile),
-        f"| data | {image_set_text(data)} |",
-        f"| fault maps | `{lot['fault_maps']}`: {len(lot['chips'])} chips |",
-        f"| simulated on top | {signoff['faults']} |",
-        *reference_row(report),
-        *chip_spec_row(signoff),
-        f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
+        *lot_input_rows(report),
         "",
         "## Figures (accuracy, %)",
         "",
@@ -114,6 +107,23 @@ def render_lot_markdown(report: dict) -> str:
     if report["notes"]:
         lines += ["## Notes", "", *[f"- {n}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def lot_input_rows(report: dict) -> list[str]:
+    """The inputs of a lot as markdown table rows ``| input | value |`` (report.md's table; the
+    HTML page renders the same rows)."""
+    lot, signoff, place = report["lot"], report["signoff"], report["lot"]["placement"]
+    return [
+        *model_rows(report["model"]),
+        f"| placement | {place['scheme']}: tiles 0-{place['tiles'] - 1} of {place['tile_rows']} x {place['tile_cols']} cells |",
+        *profile_rows(report["profile"]),
+        f"| data | {image_set_text(report['data'])} |",
+        f"| fault maps | `{lot['fault_maps']}`: {len(lot['chips'])} chips |",
+        f"| simulated on top | {signoff['faults']} |",
+        *reference_row(report),
+        *chip_spec_row(signoff),
+        f"| tool | ftdeploy {report['tool']['version']}, onnxruntime {report['tool']['onnxruntime']} |",
+    ]
 
 
 def _unprogrammed_yield(lot: dict) -> list[str]:

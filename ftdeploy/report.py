@@ -291,7 +291,7 @@ def render_junit(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: str | Path, sign=None) -> tuple[Path, ...]:
-    """Write out_dir/report.json, report.md, report.xml and (a sign-off's) report.html together
+    """Write out_dir/report.json, report.md, report.xml and report.html together
     (:func:`ftdeploy.files.replace_together`): all are rendered and written to temporary files
     before any is renamed into place, and a failure (a full disk, a read-only folder) leaves the
     previous report as it was and no temporary file. ``sign``: a :class:`ftdeploy.signing.SigningKey`; report.sig, its signature
@@ -324,8 +324,8 @@ def _renderers(report: dict) -> dict:
     """The files rendered from report.json's dict, by name, for the report's kind: a sign-off's,
     or a lot's (measured chips, :mod:`ftdeploy.lot_report`)."""
     from .lot_report import is_lot_report, render_lot_junit, render_lot_markdown
-    from .report_html import render_html  # imports matplotlib: only when a report is written
+    from .report_html import render_html, render_lot_html  # imports matplotlib: only when a report is written
 
     if is_lot_report(report):
-        return {REPORT_MD: render_lot_markdown, REPORT_XML: render_lot_junit}
+        return {REPORT_MD: render_lot_markdown, REPORT_XML: render_lot_junit, REPORT_HTML: render_lot_html}
     return {REPORT_MD: render_markdown, REPORT_XML: render_junit, REPORT_HTML: render_html}

@@ -1,6 +1,8 @@
-"""report.html: a sign-off as one self-contained page for people. The verdict, the inputs, two
-figures (Acc_defect against the fault rate with the acceptance limits drawn where they bound an
-accuracy, and every chip's accuracy at each rate) and the tables of report.md.
+"""report.html: a report as one self-contained page for people. A sign-off's: the verdict, the
+inputs, two figures (Acc_defect against the fault rate with the acceptance limits drawn where they
+bound an accuracy, and every chip's accuracy at each rate) and the tables of report.md. A lot's
+(measured chips, :func:`render_lot_html`): the lot's verdict and yield, every chip's accuracy
+against the chip spec in each figure the lot measured, and the chip table.
 
 Rendered from report.json's dict by a pure function, like report.md: no clock, no network, no
 scripts; the figures are inline SVG and the styles inline CSS, so the one file can be mailed,
@@ -21,7 +23,8 @@ import math
 import re
 from pathlib import Path
 
-from .report import chips_per_rate, fmt_limit, fmt_pct, schedule_text, overall_line, verdict_lines
+from .lot_report import columns, lot_input_rows, lot_line, lot_lines
+from .report import chips_per_rate, fmt_limit, fmt_pct, image_set_text, overall_line, schedule_text, verdict_lines
 
 # --- small text helpers -------------------------------------------------------------------------
 
@@ -354,6 +357,10 @@ def render_html(report: dict) -> str:
         _notes(report),
         _per_chip(report),
     ]
+    return _page(title, body)
+
+
+def _page(title: str, body: list[str]) -> str:
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -542,3 +549,114 @@ def _per_chip(report: dict) -> str:
             for r in report["figures"]["rates"]]  # fmt: skip
     table = _table(["P_sa", "chips", "accuracy of each chip (%)"], rows)
     return _section("Per-chip accuracy (%)", f"<details>\n<summary>every chip's accuracy, by rate</summary>\n{table}\n</details>")
+
+
+# --- a lot of measured chips ----------------------------------------------------------------------
+
+
+def render_lot_html(report: dict) -> str:
+    """report.html of a lot (:func:`ftdeploy.lot.verify_lot`): the lot's verdict and yield, a
+    figure of every chip's accuracy against the chip spec (in each figure the lot measured: with
+    ``--program`` unprogrammed and programmed, with field faults without and with them), the chip
+    table with the failing chips marked, and the verdict lines. Pure, like :func:`render_html`."""
+    model, passed = report["model"], report["verdict"]["passed"]
+    title = f"Measured chips: {Path(model['file']).name} — {'PASSED' if passed else 'FAILED'}"
+    body = [
+        _lot_header(report),
+        _section("Inputs", _markdown_rows_table(lot_input_rows(report))),
+        _section("Figures (accuracy, %)", _lot_figures(report)),
+        _figure(1, plot_lot_chips(report), _e(f"Accuracy of every chip (points; red: below the chip spec), in each figure "
+                                              f"the lot measured, against the chip spec (dashed line). {image_set_text(report['data'])}.")),
+        _section("Chips", _lot_chip_table(report)),
+        _section("Verdict", "<pre>" + _e("\n".join(lot_lines(report))) + "</pre>"),
+        _notes(report),
+    ]  # fmt: skip
+    return _page(title, body)
+
+
+def _lot_header(report: dict) -> str:
+    model, profile, passed = report["model"], report["profile"], report["verdict"]["passed"]
+    return (f"<header>\n<h1>Measured chips: {_e(Path(model['file']).name)}</h1>\n"
+            f'<p><span class="verdict {"pass" if passed else "fail"}">{"PASSED" if passed else "FAILED"}</span></p>\n'
+            f'<p class="overall">{_e(lot_line(report))}</p>\n'
+            f"<p>model <code>{_e(model['file'])}</code> · profile <b>{_e(profile['name'])}</b> · "
+            f"target <b>{_e(profile['target'])}</b> · fault maps <code>{_e(report['lot']['fault_maps'])}</code></p>\n</header>")  # fmt: skip
+
+
+def _markdown_rows_table(rows: list[str]) -> str:
+    """A two-column table from markdown rows ``| name | value |`` (``code`` spans kept as code):
+    one definition of a lot's inputs, shared with report.md."""
+    cells = []
+    for row in rows:
+        name, value = (part.strip() for part in row.strip().strip("|").split("|", 1))
+        cells.append([_td(_e(name)), _td(re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(value)))])
+    return _table(["input", ""], cells)
+
+
+def _lot_figures(report: dict) -> str:
+    fig, signoff, lot = report["figures"], report["signoff"], report["lot"]
+    items = [f"Acc_pretrain: <b>{fmt_pct(fig['acc_pretrain'])}</b> — from {_e(fig['acc_pretrain_source'])}",
+             f"Acc_retrain: <b>{fmt_pct(fig['acc_retrain'])}</b> — {_e(fig['acc_retrain_source'])}",
+             f"Chip spec: {_e(signoff['chip_spec_description'])}: a chip meets it with accuracy ≥ <b>{signoff['threshold_pct']:.2f}</b>"]
+    for key, label in columns(lot):
+        y = lot[f"yield_{key}" if key else "yield"]
+        what = f"chips {label}" if label else "chips"
+        judged = " (judged: as shipped)" if not key and len(columns(lot)) > 1 else ""
+        items.append(f"Yield, {_e(what)}{judged}: {y['meeting']}/{y['chips']} = <b>{y['yield_pct']:.1f} %</b>, exact one-sided "
+                     f"bounds (Clopper-Pearson) at {_level(y.get('confidence', lot['yield']['confidence']))} confidence: "
+                     f"≥ {y['lower_bound_pct']:.1f} %, ≤ {y['upper_bound_pct']:.1f} %")  # fmt: skip
+    return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in items) + "\n</ul>"
+
+
+def plot_lot_chips(report: dict) -> str:
+    """Every chip's accuracy in each figure the lot measured (box and points, failing chips in
+    red), the chip spec's threshold as a dashed line, each figure's yield above it."""
+    import matplotlib
+    import matplotlib.style
+    from matplotlib.figure import Figure
+
+    lot, threshold = report["lot"], report["signoff"]["threshold_pct"]
+    cols = columns(lot)
+    positions = list(range(1, len(cols) + 1))
+    with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(8.0, 4.2))
+        ax = fig.add_subplot()
+        for pos, (key, label) in zip(positions, cols):
+            suffix = f"_{key}" if key else ""
+            accs = [c["accuracy" + suffix] for c in lot["chips"]]
+            ax.boxplot([accs], positions=[pos], widths=0.45, showfliers=False, medianprops={"color": _MEAN_COLOUR}, zorder=1)
+            xs = [pos + 0.5 * j for j in _jitter(len(accs))]
+            colours = [_CHIP_COLOUR if c["meets_spec" + suffix] else _FAIL_COLOUR for c in lot["chips"]]
+            ax.scatter(xs, accs, s=_chip_size(len(accs)), c=colours, alpha=0.6, linewidths=0, zorder=2)
+            y = lot[f"yield{suffix}"]
+            ax.text(pos, 1.01, f"yield {y['yield_pct']:.1f} %\n({y['meeting']} of {y['chips']})", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=7, color=_SPEC_COLOUR)  # fmt: skip
+        ax.axhline(threshold, color=_SPEC_COLOUR, linestyle="--", linewidth=1.4, label=f"chip spec (each chip ≥ {threshold:.2f})", zorder=3)
+        ax.set_xticks(positions, [(label or "measured").replace(", ", ",\n").replace(" + ", "\n+ ") for _, label in cols])
+        ax.set_xlim(0.4, len(cols) + 0.6)
+        ax.set_ylabel("accuracy of one chip (%)")
+        ax.grid(True, axis="y", alpha=0.3)
+        _legend(fig, ax, top=0.86)
+        return _svg(fig, "lot-")
+
+
+def _lot_chip_table(report: dict) -> str:
+    """report.md's chip table, failing chips marked, with each chip's verdict line."""
+    lot, threshold = report["lot"], report["signoff"]["threshold_pct"]
+    cols, field = columns(lot), "field_rate" in lot
+    header = ["chip", "map", "sha256", "stuck-off", "stuck-on", "in the model (off / on)", "accuracy (%)", "result"]
+    header += [f"{label} (%)" for _, label in cols[:-1]] + ["field faults (off / on)"] * field
+    rows, classes = [], []
+    for c in lot["chips"]:
+        row = [_td(_e(c["id"])), _td(f"<code>{_e(Path(c['file']).name)}</code>"), _td(f"<code>{_e(c['sha256'][:16])}…</code>"),
+               _td(f"{c['stuck_off']:,}", True), _td(f"{c['stuck_on']:,}", True),
+               _td(f"{c['stuck_off_in_model']:,} / {c['stuck_on_in_model']:,}", True), _td(f"{c['accuracy']:.2f}", True),
+               _td(_status(c["meets_spec"]))]  # fmt: skip
+        row += [_td(f"{c['accuracy_' + key]:.2f} " + _status(c["meets_spec_" + key]), True) for key, _ in cols[:-1]]
+        if field:
+            row.append(_td(f"{c['field_stuck_off_in_model']:,} / {c['field_stuck_on_in_model']:,}", True))
+        rows.append(row)
+        classes.append("" if c["meets_spec"] else "fail")
+    failing = sum(not c["meets_spec"] for c in lot["chips"])
+    intro = f"<p>{failing} of {len(lot['chips'])} chips below the chip spec ({threshold:.2f} %), marked.</p>\n" if failing else ""
+    return intro + _table(header, rows, classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import pytest
 import torch
 import torch.nn as nn
@@ -92,3 +94,57 @@ def run_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class Page(HTMLParser):
+    """Reads a page back: its tags (with attributes), its text, its tables (cell texts by row),
+    and whether every opened element was closed (void elements and the SVG's self-closing ones
+    aside)."""
+
+    VOID = frozenset({"meta", "br", "img", "link", "input", "hr", "col", "source", "wbr", "area", "base", "embed", "track"})
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.open: list[str] = []
+        self.mismatched: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+        else:
+            self.mismatched.append(tag)
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def all_text(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+    def table(self, first_header: str) -> list[list[str]]:
+        """The rows (header row first) of the table whose first header cell is ``first_header``."""
+        return next(t for t in self.tables if t and t[0] and t[0][0] == first_header)

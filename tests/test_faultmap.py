@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from _quick_model import quick_checkpoint
-from conftest import SHIPPED_TARGET_NAMES, run_main
+from conftest import SHIPPED_TARGET_NAMES, Page, run_main
 from ftdeploy.data import load_data
 from ftdeploy.errors import DataError, VerifyError
 from ftdeploy.export import export_onnx
@@ -31,6 +31,7 @@ from ftdeploy.onnx_format import HASH_KEY, content_hash
 from ftdeploy.placement import Geometry, Placement, placement_of
 from ftdeploy.profiles import load_profile, load_target
 from ftdeploy.report import to_json, write_report
+from ftdeploy.report_html import render_lot_html
 from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.verify import verify_onnx
 
@@ -420,6 +421,27 @@ def test_the_lot_report_is_byte_identical_for_the_same_inputs(lot, onnx_path, re
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(first, second))
 
 
+def test_the_lot_page_shows_the_verdict_every_chip_and_the_inputs_of_report_md(lot, tmp_path):
+    """report.html of a lot: written with the other files, a well-formed page whose chip table has
+    one row per chip (id, accuracy, result), its figure, its yield and report.md's inputs."""
+    paths = write_report(lot, tmp_path)
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.xml", "report.html"]
+    text = (tmp_path / "report.html").read_text()
+    page = Page(text)
+    assert page.mismatched == [] and page.open == [] and [t for t, _ in page.tags].count("svg") == 1
+    assert not any(t == "script" for t, _ in page.tags)
+    assert f"PASSED lot: {CHIPS} of {CHIPS} chips meet the chip spec" in page.all_text()
+    rows = page.table("chip")
+    assert [r[0] for r in rows[1:]] == [c["id"] for c in lot["lot"]["chips"]]
+    assert [r[6] for r in rows[1:]] == [f"{c['accuracy']:.2f}" for c in lot["lot"]["chips"]]
+    assert all(r[7] == "PASSED" for r in rows[1:])
+    inputs = dict((r[0], r[1]) for r in page.table("input")[1:])
+    md = (tmp_path / "report.md").read_text()
+    assert f"| fault maps | `{lot['lot']['fault_maps']}`: {CHIPS} chips |" in md and inputs["fault maps"] == f"{lot['lot']['fault_maps']}: {CHIPS} chips"
+    assert f"Yield, chips: {CHIPS}/{CHIPS} = 100.0 %" in page.all_text()
+    assert render_lot_html(lot) == text
+
+
 def test_other_kinds_of_the_profile_are_simulated_on_top_and_said_so(onnx_path, csv_maps, folder, lot):
     varied = folder / "varied.yaml"
     varied.write_text(PROFILE.replace("name: maps", "name: varied").replace(
@@ -460,6 +482,9 @@ def test_cli_exit_1_when_a_chip_fails_and_the_report_lists_it(onnx_path, profile
     failures = list(suite.iter("failure"))
     assert suite.get("failures") == str(CHIPS) and len(failures) == CHIPS
     assert "< 100.00" in failures[0].get("message") and "is below 100.00 %" in failures[0].text
+    page = Page((tmp_path / "r" / "report.html").read_text())
+    assert f"{CHIPS} of {CHIPS} chips below the chip spec (100.00 %)" in page.all_text()
+    assert [attrs.get("class") for tag, attrs in page.tags if tag == "tr"].count("fail") == CHIPS
 
 
 @pytest.mark.parametrize("case", ["bad map", "no chip spec", "with --chips", "no maps"])

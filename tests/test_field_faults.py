@@ -11,13 +11,14 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import Page, run_main
 from ftdeploy.errors import ConfigError
 from ftdeploy.lot import verify_lot
 from ftdeploy.lot_report import lot_lines, render_lot_junit, render_lot_markdown
 from ftdeploy.measured import FieldFaults, MeasuredChips
 from ftdeploy.nonideality import CellRange, StuckAt
 from ftdeploy.profiles import load_profile
+from ftdeploy.report_html import render_lot_html
 
 RATE, SEED, CHIPS, IMAGES, FIELD = 0.01, 7, 3, 100, 0.02
 
@@ -153,6 +154,13 @@ def test_the_report_separates_the_three_figures(line, tmp_path):
     assert {"yield_unprogrammed_pct", "yield_without_field_pct", "field_rate"} <= set(props)
     lines = lot_lines(report)
     assert "(unprogrammed " in lines[0] and "; without field faults " in lines[0]
+    page = Page(render_lot_html(report))
+    header = page.table("chip")[0]
+    assert header[-3:] == ["unprogrammed, measured faults (%)", "programmed, measured faults (%)", "field faults (off / on)"]
+    for label, key in (("unprogrammed, measured faults", "yield_unprogrammed"), ("programmed, measured faults", "yield_without_field"),
+                       ("programmed + field faults (judged: as shipped)", "yield")):  # fmt: skip
+        y = lot[key]
+        assert f"Yield, chips {label}: {y['meeting']}/{y['chips']} = {y['yield_pct']:.1f} %" in page.all_text(), label
     assert "with field faults at 0.02" in lines[-1] and "without field faults yield" in lines[-1]
     # without --program: two figures, measured faults and measured + field faults
     unprogrammed = verify_lot(line["onnx"], line["field"], line["maps"])

@@ -12,12 +12,13 @@ import math
 import random
 import shutil
 import subprocess
-from html.parser import HTMLParser
 
 import pytest
 
 from ftdeploy.report import REPORT_HTML, check_line, overall_line, render_markdown, write_report
 from ftdeploy.report_html import chip_threshold, image_set_caption, limit_accuracies, render_html
+
+from conftest import Page
 
 # The verify tests' fixtures: a quick model exported and signed off on 3 chips, 200 images.
 from test_verify import bundle, ckpt, folder, onnx_path, profiles, reference_path, report, resolved  # noqa: F401
@@ -97,60 +98,6 @@ def _check(name, rate, value, limit, comparison) -> dict:
             "reason": f"{name} {'met' if passed else 'not met'}", "note": None}  # fmt: skip
 
 
-class _Page(HTMLParser):
-    """Reads a page back: its tags (with attributes), its text, its tables (cell texts by row),
-    and whether every opened element was closed (void elements and the SVG's self-closing ones
-    aside)."""
-
-    VOID = frozenset({"meta", "br", "img", "link", "input", "hr", "col", "source", "wbr", "area", "base", "embed", "track"})
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.open: list[str] = []
-        self.mismatched: list[str] = []
-        self.tables: list[list[list[str]]] = []
-        self._cell: list[str] | None = None
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in self.VOID:
-            self.open.append(tag)
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_endtag(self, tag):
-        if self.open and self.open[-1] == tag:
-            self.open.pop()
-        else:
-            self.mismatched.append(tag)
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def all_text(self) -> str:
-        return " ".join(" ".join(self.text).split())
-
-    def table(self, first_header: str) -> list[list[str]]:
-        """The rows (header row first) of the table whose first header cell is ``first_header``."""
-        return next(t for t in self.tables if t and t[0] and t[0][0] == first_header)
-
-
 @pytest.fixture(scope="module")
 def synthetic() -> dict:
     return synthetic_report()
@@ -165,14 +112,14 @@ def synthetic_page(synthetic) -> str:
 
 
 def test_page_parses_and_every_element_is_closed(synthetic_page):
-    page = _Page(synthetic_page)
+    page = Page(synthetic_page)
     assert synthetic_page.startswith("<!DOCTYPE html>")
     assert page.mismatched == [] and page.open == [], (page.mismatched, page.open[-5:])
     assert [t for t, _ in page.tags].count("svg") == 2
 
 
 def test_page_fetches_nothing_and_runs_no_script(synthetic_page):
-    page = _Page(synthetic_page)
+    page = Page(synthetic_page)
     assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed", "link")]
     for tag, attrs in page.tags:
         for name, value in attrs.items():
@@ -192,7 +139,7 @@ def _urls(text: str) -> list[str]:
 
 
 def test_figures_are_embedded_with_ids_unique_on_the_page(synthetic_page):
-    page = _Page(synthetic_page)
+    page = Page(synthetic_page)
     assert synthetic_page.count("<svg") + synthetic_page.count("data:image") >= 2
     ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
     assert ids and len(ids) == len(set(ids)), "two figures on one page must not share an id"
@@ -215,12 +162,12 @@ def test_each_figure_is_well_formed_svg(synthetic_page):
 
 
 def test_page_names_the_verdict_every_limit_and_the_image_set(synthetic, synthetic_page):
-    text = _Page(synthetic_page).all_text()
+    text = Page(synthetic_page).all_text()
     assert "FAILED" in text and overall_line(synthetic) in text
     for check in synthetic["verdict"]["checks"]:
         assert check_line(check) in text, check_line(check)
         assert check["name"] in text
-    rows = _Page(synthetic_page).table("limit")[1:]
+    rows = Page(synthetic_page).table("limit")[1:]
     assert [(r[0], r[1]) for r in rows] == [(c["name"], "—" if c["rate"] is None else f"{c['rate']:g}")
                                             for c in synthetic["verdict"]["checks"]]  # fmt: skip
     assert [r[4] for r in rows] == ["PASSED" if c["passed"] else "FAILED" for c in synthetic["verdict"]["checks"]]
@@ -235,11 +182,11 @@ def test_every_figure_caption_names_its_image_set_and_chips(synthetic, synthetic
     caption = image_set_caption(synthetic)
     assert caption == f"Image set: embedded, 500 images, sha256 {FINGERPRINT[:16]}…; 20 to 30 chips per rate, chip seed 0."
     for c in captions:
-        assert _Page(c).all_text().endswith(caption)
+        assert Page(c).all_text().endswith(caption)
 
 
 def test_the_new_fields_are_rendered(synthetic, synthetic_page):
-    text = _Page(synthetic_page).all_text()
+    text = Page(synthetic_page).all_text()
     stopped = synthetic["figures"]["rates"][1]
     assert "every limit decided at 95 % after 20 chips" in text and "after 20 of at most 30 chips" in text
     assert "every chip: accuracy ≥ 80.00 %" in text and "95 % (yield bounds and early stopping)" in text
@@ -257,7 +204,7 @@ def test_the_new_fields_are_rendered(synthetic, synthetic_page):
 
 def test_a_report_without_the_new_fields_renders_without_them():
     old = synthetic_report(new_fields=False)
-    text = _Page(render_html(old)).all_text()
+    text = Page(render_html(old)).all_text()
     assert "yield" not in text and "Worst chips" not in text and "stopped early" not in text and "chip spec" not in text
     assert overall_line(old) in text
 
@@ -312,14 +259,14 @@ def test_text_from_users_is_escaped(synthetic):
     page = render_html(hostile)
     assert "<script>" not in page and "<img" not in page and "<b>mine" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert not [t for t, _ in _Page(page).tags if t in ("script", "img")]
+    assert not [t for t, _ in Page(page).tags if t in ("script", "img")]
 
 
 def test_one_chip_per_rate_has_no_ci_and_still_renders():
     one = synthetic_report(chips=1, new_fields=False)
     for r in one["figures"]["rates"]:
         assert r["acc_defect_ci95"] is None
-    text = _Page(render_html(one)).all_text()
+    text = Page(render_html(one)).all_text()
     assert "n/a (1 chip)" in text and "1 chip per rate" in text
 
 
@@ -346,7 +293,7 @@ def test_written_with_the_other_files_from_a_real_sign_off(report, tmp_path):  #
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md", "report.xml"]
     page = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
     assert page == render_html(json.loads((tmp_path / "report.json").read_text()))
-    text = _Page(page).all_text()
+    text = Page(page).all_text()
     assert overall_line(real) in text and real["data"]["fingerprint"][:16] in text and "200 images" in text
     for check in real["verdict"]["checks"]:
         assert check_line(check) in text
