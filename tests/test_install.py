@@ -149,15 +149,23 @@ def test_export_and_verify_with_a_profile_of_ones_own(venv):
 def test_demo_on_a_short_profile(venv):
     """The demo command from the wheel, its whole path (train, export, sign-off of every model, the
     table) on a profile of one's own that shortens the built-in demo's training and sign-off."""
-    work = venv["work"]
+    work, out = venv["work"], venv["work"] / "short-out"
     (work / "short-demo.yaml").write_text("name: short-demo\nextends: demo\ntraining:\n  pretrain_epochs: 1\n  epochs: 1\n"
                                           "signoff:\n  chips: 2\n  max_images: 200\n")  # fmt: skip
     proc = _run([venv["ftdeploy"], "demo", "--profile", "short-demo.yaml", "--device", "cpu", "--out", "short-out"], work,
                 timeout=1200)  # fmt: skip
     assert "reports in short-out/reports" in proc.stdout, proc.stdout
-    for name in ("baseline", "one-shot", "progressive"):
-        report = yaml.safe_load((work / "short-out" / "reports" / name / "report.json").read_text())
+    for name in ("baseline", "equalized", "one-shot", "progressive"):  # the demo's target keeps BN in the periphery
+        assert (out / f"{name}.onnx").is_file()
+        report = yaml.safe_load((out / "reports" / name / "report.json").read_text())
         assert report["signoff"]["chips"] == 2 and report["profile"]["name"] == "short-demo"
+    lines = proc.stdout.splitlines()
+    for name in ("baseline", "progressive"):  # each model's row ends with the verdict its report.json holds
+        verdict = yaml.safe_load((out / "reports" / name / "report.json").read_text())["verdict"]["passed"]
+        row = next(line for line in lines if line.split() and line.split()[0] == name)
+        assert row.split()[-1] == ("PASS" if verdict else "FAIL"), row
+    assert sum("the baseline under faults" in line for line in lines) == 2, "one line per retrained model"
+    assert any(line.startswith("equalized: the baseline with its channel ranges equalised") for line in lines)
 
 
 # About 90 s on two idle cores, over 15 minutes on a busy shared box (even a 1-epoch demo took 76 s

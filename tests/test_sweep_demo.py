@@ -467,21 +467,3 @@ def test_sweep_cli_bad_input_exits_2(tmp_path, pretrained):
         assert isinstance(result.exception, ConfigError) and not (tmp_path / "s").exists(), result.output
         assert str(result.exception).startswith(f"{option}: ") and "\n" not in str(result.exception)
     assert str(result.exception) == "--ss-rates: 0.03 not among --test-rates (0,0.001,0.005,0.01,0.02,0.05,0.1)"
-
-
-def test_demo_command_end_to_end(tmp_path):
-    """The demo path (train x3, export x3, ONNX Runtime sign-off x3, table) on a 1-epoch profile."""
-    profile = demo_profile_with(tmp_path, training=dict(pretrain_epochs=1, epochs=1), signoff=dict(chips=2, max_images=200))
-    result = CliRunner().invoke(app, ["demo", "--profile", profile, "--out", str(tmp_path / "out"), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    for name in ("baseline", "equalized", "one-shot", "progressive"):  # the demo's target keeps BN in the periphery
-        assert (tmp_path / "out" / f"{name}.onnx").is_file()
-        report = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())
-        assert report["signoff"]["chips"] == 2
-    lines = result.output.splitlines()
-    for name in ("baseline", "progressive"):  # each model's row ends with the verdict its report.json holds
-        verdict = json.loads((tmp_path / "out" / "reports" / name / "report.json").read_text())["verdict"]["passed"]
-        row = next(line for line in lines if line.split() and line.split()[0] == name)
-        assert row.split()[-1] == ("PASS" if verdict else "FAIL"), row
-    assert sum("the baseline under faults" in line for line in lines) == 2, "one line per retrained model"
-    assert any(line.startswith("equalized: the baseline with its channel ranges equalised") for line in lines)
