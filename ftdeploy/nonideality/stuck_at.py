@@ -158,17 +158,17 @@ class StuckAt(NonIdeality):
         return state != HEALTHY
 
 
-def bernoulli_positions(count: int, p: float, device, generator=None):
+def bernoulli_positions(count: int, p: float, device, generator=None, chunk: int | None = None):
     """Ascending positions of the successes among ``count`` independent Bernoulli(``p``) trials
     (0 < p < 1). The gaps between successive successes are independent Geometric(p), so their
     running sum walks from one success to the next: exact, and drawing each trial once (no
-    sampling of positions with replacement, whose collisions would lower the rate)."""
+    sampling of positions with replacement, whose collisions would lower the rate). ``chunk``:
+    gaps drawn at a time; by default enough to pass the end nearly always (6 standard deviations
+    over the expected count), and more are drawn in the rare case they do not."""
     import torch
 
     mean = count * p
-    # Enough gaps to pass the end nearly always (6 standard deviations over the expected
-    # count); the loop draws more in the rare case it does not.
-    chunk = int(mean + 6 * math.sqrt(mean) + 16)
+    chunk = chunk or int(mean + 6 * math.sqrt(mean) + 16)
     parts, last = [], -1
     while last < count - 1:
         gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(p, generator=generator)
