@@ -97,10 +97,10 @@ def _read_stuck_sparse(q, codes, mapping, stuck, generator, block_stuck_grad):
     """What :func:`_read_dense` gives for a stuck-at chip, computed on the weights with a stuck
     cell alone: their codes are encoded, faulted and decoded; every other weight reads its code
     (its delta would be an exact 0)."""
-    flat = codes.reshape(-1)
-    n = flat.numel()
     if stuck is None or stuck.is_identity:
         return q
+    flat = codes.reshape(-1)
+    n = flat.numel()
     positions, stuck_on = stuck.draw_stuck_torch(mapping.cells_per_weight * n, flat.device, generator)
     cell, index = positions // n, positions % n  # levels are laid out (cells, weights)
     hit, slot = torch.unique(index, return_inverse=True)
