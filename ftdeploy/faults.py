@@ -57,7 +57,9 @@ def faulty_weight(
     order; without it one is drawn, by ``draw``: ``dense`` draws every cell's state, ``sparse``
     only the stuck cells (:meth:`StuckAt.draw_stuck_torch`). Both give the same distribution of
     chips, and for the same stuck cells the same values and gradients, but not the same chip
-    from the same generator. ``scale``
+    from the same generator (the sparse draw takes as many numbers as its stuck cells need, so
+    how far it moves the generator depends on the rate; the dense draw takes one per cell even
+    at rate 0). ``scale``
     (broadcastable to ``weight``) replaces ``scale_of(weight)``: the trainer passes it when it
     faults all layers at once as one flat vector.
     """
