@@ -73,6 +73,7 @@ class Result:
     repeats: int
     kinds: tuple[str, ...] = KINDS
     image_size: int = 32
+    fault_draw: str = "sparse"
     wall_s: dict[str, list[float]] = field(default_factory=dict)  # per epoch
     cpu_s: dict[str, list[float]] = field(default_factory=dict)  # this process
 
@@ -108,7 +109,7 @@ class Epochs:
         self.model = create_model(args.model, image_size=args.image_size).to(device)
         resolved = load_profile(args.profile)
         self.injector = FaultInjector(self.model, resolved.target, bn_mode="frozen", seed=0, device=device,
-                                      faults=resolved.profile.fault_model)  # fmt: skip
+                                      faults=resolved.profile.fault_model, fault_draw=args.fault_draw)  # fmt: skip
         self.injector.set_rate(args.rate)
         # Lower learning rate than training: thousands of benchmark steps must not diverge.
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -190,7 +191,7 @@ def measure(args) -> Result:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     kinds = KINDS + ((DISTILL,) if args.distill else ())
     result = Result(args.model, str(device), name, torch.__version__, torch.get_num_threads(), args.batch_size,
-                    args.steps, args.rate, args.profile, args.repeats, kinds, args.image_size)  # fmt: skip
+                    args.steps, args.rate, args.profile, args.repeats, kinds, args.image_size, args.fault_draw)  # fmt: skip
     for kind in kinds:  # warm-up: allocator, kernels, autotuning, first-call overheads
         epochs.run(kind, args.warmup_steps)
     orders = itertools.cycle(itertools.permutations(kinds))  # each kind in each position in turn
@@ -217,6 +218,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup-steps", type=int, default=3, help="Untimed steps of each kind first.")
     p.add_argument("--rate", type=float, default=0.05, help="Stuck-at rate of the fault-injected epochs.")
     p.add_argument("--profile", default="chen2015", help="Deployment profile whose target is simulated.")
+    p.add_argument("--fault-draw", choices=("sparse", "dense"), default="sparse",
+                   help="How the faulty epochs draw each chip (TrainConfig.fault_draw): the stuck cells alone, or every cell.")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N].")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--json", default=None, metavar="PATH", help="Also write the result as JSON.")
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
     verdict = "meets" if s["meets_requirement"] else "EXCEEDS"
     ms = s["ms_per_step"]
     print(f"{s['model']} at {s['image_size']}x{s['image_size']} on {s['device']} ({s['device_name']}, {s['threads']} threads), batch {s['batch_size']}, "
-          f"{s['steps']} steps x {s['repeats']}, rate {s['rate']:g}: ms/step plain {ms['plain']:.1f}, "
+          f"{s['steps']} steps x {s['repeats']}, rate {s['rate']:g}, {s['fault_draw']} draw: ms/step plain {ms['plain']:.1f}, "
           f"faulty {ms['faulty']:.1f}, pretrain {ms['pretrain']:.1f}")  # fmt: skip
     print(f"RATIO faulty/plain {s['ratio']:.3f} ({verdict} the {REQUIREMENT} requirement); "
           f"faulty/pretrain {s['ratio_vs_pretrain']:.3f}; CPU-time ratios {s['cpu_ratio']:.3f} / "

@@ -18,6 +18,8 @@ BatchNormMode = Literal["frozen", "train"]
 StuckGrad = Literal["block", "pass"]
 #: Gradient through the full scale a stuck-on cell injects: learnt, or held constant per step.
 ScaleGrad = Literal["learn", "detach"]
+#: How retraining draws each step's stuck-at chip: only the stuck cells, or a uniform per cell.
+FaultDraw = Literal["sparse", "dense"]
 #: How progressive retraining spends its epochs: split among the rates, or each rate all of them.
 ProgressiveBlocks = Literal["split", "each"]
 #: Pruning: one-shot magnitude (Han et al. 2015) or ADMM (Zhang et al. 2018).

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .choices import FaultDraw
 from .mapping import Mapping, quantize_codes, scale_of
-from .nonideality import CellRange, FaultModel
+from .nonideality import CellRange, FaultModel, StuckAt
 
 
 def code_expectation(mapping: Mapping, faults: FaultModel) -> tuple[float, float]:
@@ -35,6 +36,7 @@ def faulty_weight(
     block_stuck_grad: bool = True,
     scale: torch.Tensor | None = None,
     unbiased: bool = False,
+    draw: FaultDraw = "dense",
 ) -> torch.Tensor:
     """Differentiable weight as a faulty chip computes with it (training and fast evaluation).
 
@@ -52,7 +54,12 @@ def faulty_weight(
     that the weight averaged over chips is the fault-free one, as inverted dropout divides by the
     keep probability (training only: a real chip does not do this).
     ``states`` gives the chip, one state (cells, *weight.shape) per kind of ``faults`` in stage
-    order; without it one is drawn. ``scale``
+    order; without it one is drawn, by ``draw``: ``dense`` draws every cell's state, ``sparse``
+    only the stuck cells (:meth:`StuckAt.draw_stuck_torch`). Both give the same distribution of
+    chips, and for the same stuck cells the same values and gradients, but not the same chip
+    from the same generator (the sparse draw takes as many numbers as its stuck cells need, so
+    how far it moves the generator depends on the rate; the dense draw takes one per cell even
+    at rate 0). ``scale``
     (broadcastable to ``weight``) replaces ``scale_of(weight)``: the trainer passes it when it
     faults all layers at once as one flat vector.
     """
@@ -61,15 +68,53 @@ def faulty_weight(
     u = weight / s
     codes = quantize_codes(weight.detach(), s.detach(), target)
     q = u + (codes.to(u.dtype) - u).detach()  # value: integer codes; gradient: identity
-    levels = mapping.encode(codes)
-    read, frozen = faults.sample_torch(levels, CellRange.of(target), generator, states)
-    delta = (mapping.decode(read) - codes.to(torch.float32)).to(u.dtype)
-    if block_stuck_grad and frozen is not None:
-        q = torch.where(frozen.any(0), q.detach(), q)
+    if states is None and draw == "sparse" and stuck_at_only(faults):
+        read = _read_stuck_sparse(q, codes, mapping, faults.stuck, generator, block_stuck_grad)
+    else:
+        read = _read_dense(q, codes, mapping, faults, generator, states, block_stuck_grad)
     if unbiased:
         a, b = code_expectation(mapping, faults)
-        return (q + delta - b) / a * s
-    return (q + delta) * s
+        return (read - b) / a * s
+    return read * s
+
+
+def stuck_at_only(faults: FaultModel) -> bool:
+    """True when stuck-at is the fault model's only kind that changes cells: the sparse draw can
+    stand for it. Variation, drift and read noise move every cell, so they need a draw per cell
+    anyway and the dense path serves them."""
+    return all(isinstance(kind, StuckAt) for kind in faults.active)
+
+
+def _read_dense(q, codes, mapping, faults, generator, states, block_stuck_grad):
+    """The codes (as ``q``, with its gradient) a chip drawn cell by cell reads back."""
+    levels = mapping.encode(codes)
+    read, frozen = faults.sample_torch(levels, CellRange.of(mapping.target), generator, states)
+    delta = (mapping.decode(read) - codes.to(torch.float32)).to(q.dtype)
+    if block_stuck_grad and frozen is not None:
+        q = torch.where(frozen.any(0), q.detach(), q)
+    return q + delta
+
+
+def _read_stuck_sparse(q, codes, mapping, stuck, generator, block_stuck_grad):
+    """What :func:`_read_dense` gives for a stuck-at chip, computed on the weights with a stuck
+    cell alone: their codes are encoded, faulted and decoded; every other weight reads its code
+    (its delta would be an exact 0)."""
+    if stuck is None or stuck.is_identity:
+        return q
+    flat = codes.reshape(-1)
+    n = flat.numel()
+    positions, stuck_on = stuck.draw_stuck_torch(mapping.cells_per_weight * n, flat.device, generator)
+    cell, index = positions // n, positions % n  # levels are laid out (cells, weights)
+    hit, slot = torch.unique(index, return_inverse=True)
+    hit_codes = flat.index_select(0, hit)
+    levels = mapping.encode(hit_codes)
+    state = stuck.state_of_stuck(cell * hit.numel() + slot, stuck_on, tuple(levels.shape), flat.device)
+    read = stuck.apply(levels, state, CellRange.of(mapping.target))
+    delta = (mapping.decode(read) - hit_codes.to(torch.float32)).to(q.dtype)
+    q_flat = q.reshape(-1)
+    hit_q = q_flat.detach() if block_stuck_grad else q_flat
+    # Out of place: the stuck weights' own gradient is replaced (none when blocked), the others keep theirs.
+    return q_flat.index_put((hit,), hit_q.index_select(0, hit) + delta).reshape(q.shape)
 
 
 def quantized_weight(weight: torch.Tensor, mapping: Mapping) -> torch.Tensor:

@@ -30,7 +30,17 @@ def test_bench_runs_every_kind_and_writes_json(tmp_path, capsys):
     assert all(len(result["wall_s"][kind]) == 2 for kind in bench.KINDS)
     assert result["ratio"] > 0 and isinstance(result["meets_requirement"], bool)
     assert "distill" not in result["wall_s"] and result["distill_ratio"] is None
+    assert result["fault_draw"] == "sparse", "the trainer's default draw"
     assert "RATIO faulty/plain" in capsys.readouterr().out
+
+
+def test_bench_times_the_dense_draw_when_asked(tmp_path):
+    bench = _load_bench()
+    out = tmp_path / "bench.json"
+    args = ["--model", "democnn", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup-steps", "1",
+            "--device", "cpu", "--fault-draw", "dense", "--json", str(out)]  # fmt: skip
+    assert bench.main(args) == 0
+    assert json.loads(out.read_text())["fault_draw"] == "dense"
 
 
 def test_bench_times_distillation_when_asked(tmp_path, capsys):

@@ -3,6 +3,7 @@ schedules, frozen BatchNorm, and torchrun/DDP with the gloo backend on CPU."""
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,12 +43,16 @@ def _randomise_bn(model, seed=0):
             m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.1
 
 
-def _injector_states(model, mapping, nonideality, seed):
+def _injector_states(model, mapping, nonideality, seed, draw="sparse"):
     """(name, layer, cell states) per deployed layer: the chip a FaultInjector seeded ``seed``
-    draws first, one flat draw over all layers, cut back into layers."""
+    draws first (by ``draw``), one flat draw over all layers, cut back into layers."""
     layers = deployed_layers(model)
     total = sum(m.weight.numel() for _, m in layers)
-    states = nonideality.draw_torch((mapping.cells_per_weight, total), "cpu", torch.Generator().manual_seed(seed))
+    shape, generator = (mapping.cells_per_weight, total), torch.Generator().manual_seed(seed)
+    if draw == "dense":
+        states = nonideality.draw_torch(shape, "cpu", generator)
+    else:
+        states = StuckAt.state_of_stuck(*nonideality.draw_stuck_torch(math.prod(shape), "cpu", generator), shape, "cpu")
     start = 0
     for name, module in layers:
         n = module.weight.numel()
@@ -56,7 +61,8 @@ def _injector_states(model, mapping, nonideality, seed):
 
 
 @pytest.mark.parametrize("target_name", SHIPPED_TARGET_NAMES)
-def test_batched_injection_equals_per_layer_fault_model(target_name):
+@pytest.mark.parametrize("draw", ["sparse", "dense"])
+def test_batched_injection_equals_per_layer_fault_model(target_name, draw):
     """The trainer faults all layers as one flat vector for speed; per layer that must be exactly
     faults.faulty_weight on what the cells hold (the BN-folded weight, unfolded again, where the
     target folds BatchNorm; the conv weight where BN is in the periphery), same drawn states."""
@@ -64,7 +70,7 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
     model = create_model("democnn", width=8)
     _randomise_bn(model)
     freeze_batchnorm(model)
-    inj = FaultInjector(model, target, bn_mode="frozen", seed=3)
+    inj = FaultInjector(model, target, bn_mode="frozen", seed=3, fault_draw=draw)
     inj.set_rate(0.05)
     inj.attach()
     try:
@@ -74,7 +80,7 @@ def test_batched_injection_equals_per_layer_fault_model(target_name):
 
     mapping = make_mapping(target)
     pairs, modules = conv_bn_pairs(model), dict(model.named_modules())
-    for (name, module, state), got in zip(_injector_states(model, mapping, StuckAt.from_total(0.05, SPLIT), 3), faulty):
+    for (name, module, state), got in zip(_injector_states(model, mapping, StuckAt.from_total(0.05, SPLIT), 3, draw), faulty):
         k = torch.ones(module.weight.shape[0])
         if name in pairs and target.batchnorm == BatchNormPlacement.fold:
             bn = modules[pairs[name]]
@@ -277,6 +283,49 @@ def test_an_interrupted_run_resumes_exactly_where_it_stopped(method, blocks, epo
         assert rows[2]["lr"] == rows[0]["lr"] and rows[1]["lr"] < rows[0]["lr"] and rows[3]["lr"] == 0.0
     ref = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [(r["lr"], r["rate"], r["train_loss"]) for r in rows] == [(r["lr"], r["rate"], r["train_loss"]) for r in ref]
+
+
+def test_a_run_from_before_fault_draw_resumes_drawing_dense(pretrained, small_data, tmp_path, monkeypatch):
+    """A checkpoint that does not record ``fault_draw`` was written by a run that drew its chips
+    cell by cell: resumed under today's default (sparse) config, it goes on dense and ends
+    bit-identical to the uninterrupted dense run, and records that it drew dense."""
+    from ftdeploy.errors import ModelError
+    from ftdeploy.training.checkpoint import run_differences
+
+    target, _ = load_target("paper-diff8")
+    init = load_checkpoint(pretrained / "model.pt")
+    data = dataclasses.replace(small_data, train_x=small_data.train_x[:128], train_y=small_data.train_y[:128],
+                               val_x=small_data.val_x[:32], val_y=small_data.val_y[:32])  # two steps an epoch
+    cfg = TrainConfig(model="democnn", method="one-shot", target_rate=0.05, epochs=2, lr=0.01, batch_size=64,
+                      eval_chips=0, device="cpu")  # fmt: skip
+    assert cfg.fault_draw == "sparse", "new runs draw sparse"
+    dense = cfg.model_copy(update={"fault_draw": "dense"})
+    straight = train(dense, data, target, tmp_path / "straight", init=init)
+    other = train(cfg, data, target, tmp_path / "sparse", init=init)
+    assert not all(torch.equal(v, other["state_dict"][k]) for k, v in straight["state_dict"].items()), \
+        "the sparse draw gives other chips from the same seed"
+    with monkeypatch.context() as m:
+        _interrupt_after_epochs(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(dense, data, target, tmp_path / "cut", init=init)
+    _edit_recorded_config(tmp_path / "cut", lambda config: config.pop("fault_draw"))
+
+    resumed = train(cfg, data, target, tmp_path / "cut", init=init, resume=True)
+    assert resumed["config"]["fault_draw"] == "dense" and run_differences(resumed, cfg) == ""
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+    _edit_recorded_config(tmp_path / "cut", lambda config: config.update(fault_draw="coarse"))
+    with pytest.raises(ModelError, match=r"resume\.pt: config\.fault_draw: Input should be 'sparse' or 'dense' \(found 'coarse'\)"):
+        train(cfg, data, target, tmp_path / "cut", init=init, resume=True)
+
+
+def _edit_recorded_config(folder, edit) -> None:
+    """``edit`` the run config recorded in ``folder``'s model.pt and resume.pt, in place."""
+    for name in ("model.pt", "resume.pt"):
+        saved = torch.load(folder / name, weights_only=True)
+        edit((saved["checkpoint"] if name == "resume.pt" else saved)["config"])
+        torch.save(saved, folder / name)
 
 
 def test_resuming_a_finished_run_returns_it_and_a_different_run_is_refused(pretrained, small_data, tmp_path):

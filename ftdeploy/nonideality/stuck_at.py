@@ -3,6 +3,7 @@ level) whatever was programmed, independently per cell."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -119,9 +120,60 @@ class StuckAt(NonIdeality):
 
         return self.state_from_uniform(torch.rand(shape, device=device, generator=generator, dtype=torch.float32))
 
+    def draw_stuck_torch(self, count: int, device, generator=None):
+        """The stuck cells among ``count`` cells, drawn without touching the healthy ones:
+        (ascending int64 positions, bool per position: stuck-on, else stuck-off). The same
+        distribution as :meth:`draw_torch` (each cell independently stuck-off or stuck-on at
+        :attr:`pair`'s rates), in work proportional to the stuck cells, which at training's
+        rates of a few per cent is what keeps a fault-injected step close to a plain one."""
+        import torch
+
+        off, on = self.pair
+        if self.total >= 1:
+            positions = torch.arange(count, device=device)
+        elif self.total > 0 and count > 0:
+            positions = bernoulli_positions(count, self.total, device, generator)
+        else:
+            positions = torch.zeros(0, dtype=torch.int64, device=device)
+        # Given that a cell is stuck, it is stuck-off with probability off / (off + on).
+        share_off = off / self.total if self.total > 0 else 1.0
+        u = torch.rand(positions.shape, device=device, generator=generator, dtype=torch.float64)
+        return positions, u >= share_off
+
+    @staticmethod
+    def state_of_stuck(positions, stuck_on, shape, device):
+        """The state :meth:`draw_torch` would hold for the stuck cells of
+        :meth:`draw_stuck_torch` (positions in the flat, row-major layout of ``shape``)."""
+        import torch
+
+        state = torch.full((math.prod(shape),), HEALTHY, dtype=torch.uint8, device=device)
+        stuck = torch.where(stuck_on, STUCK_ON, STUCK_OFF).to(torch.uint8)
+        return state.index_put_((positions,), stuck).view(shape)
+
     def apply(self, levels, state, cells: CellRange):
         xp = array_namespace(levels)
         return xp.where(state == STUCK_OFF, 0, xp.where(state == STUCK_ON, cells.max_level, levels))
 
     def frozen_cells(self, state):
         return state != HEALTHY
+
+
+def bernoulli_positions(count: int, p: float, device, generator=None, chunk: int | None = None):
+    """Ascending positions of the successes among ``count`` independent Bernoulli(``p``) trials
+    (0 < p < 1). The gaps between successive successes are independent Geometric(p), so their
+    running sum walks from one success to the next: exact, and drawing each trial once (no
+    sampling of positions with replacement, whose collisions would lower the rate). ``chunk``:
+    gaps drawn at a time; by default enough to pass the end nearly always (6 standard deviations
+    over the expected count), and more are drawn in the rare case they do not."""
+    import torch
+
+    mean = count * p
+    chunk = chunk or int(mean + 6 * math.sqrt(mean) + 16)
+    parts, last = [], -1
+    while last < count - 1:
+        gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(p, generator=generator)
+        walk = gaps.to(torch.int64).cumsum(0) + last
+        parts.append(walk)
+        last = int(walk[-1])
+    positions = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return positions[: int(torch.searchsorted(positions, count))]

@@ -29,5 +29,8 @@ What retraining does by default, and why (how each choice was measured is in the
   unbiased training chips (``unbias_faults``); ``profiles/chen2015-tuned.yaml`` carries a recipe
   that uses them.
 
-Faults are redrawn at every step; master weights stay clean.
+Faults are redrawn at every step; master weights stay clean. A stuck-at-only population draws
+only its stuck cells (``fault_draw: sparse``): the same distribution of chips as a draw per
+cell, in work proportional to the rate; ``fault_draw: dense`` (a run's config file) draws every
+cell, as runs recorded before the field did.
 """

@@ -18,7 +18,7 @@ from ..files import folder_given, is_onnx_file, reason_line, write_atomic
 from ..limits import MAX_CLASSES, MAX_IMAGE_SIDE, shown
 from ..models import model_from_file_name
 from ..profiles import Target
-from .config import RESUME_MAY_DIFFER, TrainConfig
+from .config import RESUME_KEEPS, RESUME_MAY_DIFFER, TrainConfig
 
 CHECKPOINT_FORMAT = "ftdeploy-checkpoint/1"
 RESUME_FORMAT = "ftdeploy-resume/1"
@@ -244,12 +244,14 @@ class ResumePoint:
     schedule, fault rate and every random stream. A run folder with only ``model.pt`` (written
     by an older ftdeploy, or copied without resume.pt) continues from its weights with the
     schedule advanced to the same step, but with fresh momentum and fresh random streams; the
-    run says so."""
+    run says so. ``config`` is the run's config as it goes on: the one asked for, with the
+    fields it keeps from the checkpoint (RESUME_KEEPS)."""
 
     checkpoint: dict
     epochs_done: int
     log_rows: list[dict]
     saved: dict | None  # the resume.pt contents, None for a model.pt-only resume
+    config: TrainConfig
 
     @property
     def state_dict(self) -> dict:
@@ -266,7 +268,7 @@ class ResumePoint:
         else:
             return None
         _check_resumable(path, ckpt, config, target)
-        return cls(ckpt, int(ckpt.get("epochs_done") or 0), rows, saved)
+        return cls(ckpt, int(ckpt.get("epochs_done") or 0), rows, saved, _continued(path, ckpt, config))
 
     @property
     def how(self) -> str:
@@ -298,6 +300,20 @@ class ResumePoint:
         return step, self.epochs_done
 
 
+def _continued(path: Path, ckpt: dict, config: TrainConfig) -> TrainConfig:
+    """``config`` with the fields a resumed run keeps from its checkpoint ``ckpt``, each that the
+    checkpoint did not record at the value its run had (RESUME_KEEPS)."""
+    from pydantic import ValidationError
+
+    saved = ckpt.get("config") or {}
+    kept = {field: saved.get(field, old) for field, old in RESUME_KEEPS.items()}
+    try:
+        return TrainConfig.model_validate(config.model_dump() | kept)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ModelError(f"{path}: config.{e['loc'][0]}: {e['msg']} (found {shown(e.get('input'))})") from None
+
+
 def _load_resume_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -324,10 +340,12 @@ def _check_resumable(path: Path, ckpt: dict, config: TrainConfig, target: Target
 
 def run_differences(ckpt: dict, config: TrainConfig) -> str:
     """Where the run ``ckpt`` recorded differs from ``config`` ('' where it does not), as
-    'field: old there, new now': every field but where and how closely it is checked. Fields an
-    older checkpoint did not record are not compared."""
+    'field: old there, new now': every field but where and how closely it is checked, and those
+    a resumed run takes from its checkpoint. Fields an older checkpoint did not record are not
+    compared."""
     saved, now = ckpt.get("config") or {}, config.model_dump(mode="json")
-    return _differences(saved, now, [k for k in saved if k in now and k not in RESUME_MAY_DIFFER])
+    ignored = RESUME_MAY_DIFFER | set(RESUME_KEEPS)
+    return _differences(saved, now, [k for k in saved if k in now and k not in ignored])
 
 
 def _differences(before: dict, now: dict, keys: list[str]) -> str:

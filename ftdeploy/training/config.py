@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field, model_validator
 
-from ..choices import TrainMethod
+from ..choices import FaultDraw, TrainMethod
 from ..errors import ConfigError
 from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_CHIPS, MAX_IMAGE_SIDE, MAX_RATES, MAX_SEED, MAX_WARMUP_EPOCHS
 from ..nonideality import FaultModel, StuckAt
@@ -19,6 +19,10 @@ from ..profiles import FaultList, RetrainingRecipe, TrainingDefaults, read_yaml,
 
 #: Config fields a resumed run may change: where it runs and how closely each epoch is checked.
 RESUME_MAY_DIFFER = frozenset({"device", "eval_chips"})
+#: Config fields a resumed run takes from its checkpoint, whatever the new run's config says,
+#: each with the value a checkpoint written before the field existed ran with: what the field
+#: records is how the interrupted run drew, and a resumed run must continue that.
+RESUME_KEEPS = {"fault_draw": "dense"}
 
 
 class TrainConfig(RetrainingRecipe):
@@ -62,6 +66,15 @@ class TrainConfig(RetrainingRecipe):
     grad_clip: float | None = Field(5.0, gt=0, description="Gradient-norm clipping of retraining (None: off).")
     distill_temperature: float = Field(4.0, gt=0, description="Softmax temperature of distillation (distill).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of initialisation, data order and fault draws.")
+    fault_draw: FaultDraw = Field(
+        "sparse",
+        description="How a retraining draws each step's stuck-at chip. sparse: only the stuck cells, in work "
+                    "proportional to the rate; dense: a uniform draw per cell, as every run did before this field "
+                    "existed. Both draw the same distribution of chips, but the same seed gives other chips, so a run "
+                    "resumed from a checkpoint that does not record the field goes on dense. With kinds other than "
+                    "stuck-at in the faults (variation, drift, read noise), which change every cell, the draw is "
+                    "dense either way.",
+    )  # fmt: skip
     eval_chips: int = Field(3, ge=0, le=MAX_EVAL_CHIPS, description="Chips at the target rate for the per-epoch fault check.")
     device: str = Field("auto", description="auto (CUDA if present), cpu or cuda[:N].")
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
+from ..choices import FaultDraw
 from ..faults import faulty_weight
 from ..mapping import Mapping, ScaleGranularity, make_mapping, scale_from_peak
 from ..models import conv_bn_pairs, deployed_layers
@@ -35,17 +36,21 @@ class FaultInjector:
     ``faults.faulty_weight(W·k) / k``: with frozen BN on a target that folds it, ``k = γ/σ``
     folds BatchNorm so faults hit the weight the chip stores, and dividing by ``k`` again lets
     the frozen BN that follows restore it; layers without BN, targets that apply BN in the
-    periphery, and ``bn_mode="train"`` use ``k = 1``."""
+    periphery, and ``bn_mode="train"`` use ``k = 1``. ``fault_draw``: how each chip is drawn
+    (``faulty_weight``'s ``draw``): sparse, the stuck cells alone, unless the fault model has
+    kinds other than stuck-at."""
 
     def __init__(self, model: nn.Module, target: Target, bn_mode: str = "frozen", block_stuck_grad: bool = True,
                  seed: int = 0, device: torch.device | str = "cpu", learn_scale: bool = True, unbiased: bool = False,
-                 prune_masks: dict[str, torch.Tensor] | None = None, faults: FaultModel | None = None):  # fmt: skip
+                 prune_masks: dict[str, torch.Tensor] | None = None, faults: FaultModel | None = None,
+                 fault_draw: FaultDraw = "sparse"):  # fmt: skip
         self.model = model
         self.mapping: Mapping = make_mapping(target)
         self.bn_mode = bn_mode
         self.block = block_stuck_grad
         self.learn_scale = learn_scale
         self.unbiased = unbiased
+        self.fault_draw = fault_draw
         # The population training draws from; set_rate moves its stuck-at rate along the schedule.
         self.population = (faults or FaultModel()).at_rate(0.0)
         self.faults = self.population
@@ -149,7 +154,7 @@ class FaultInjector:
         if not self.learn_scale:
             scale = scale.detach()
         faulty = faulty_weight(folded, self.mapping, self.faults, generator=self.generator,
-                               block_stuck_grad=self.block, scale=scale, unbiased=self.unbiased) / k  # fmt: skip
+                               block_stuck_grad=self.block, scale=scale, unbiased=self.unbiased, draw=self.fault_draw) / k  # fmt: skip
         return [part.view(shape) for part, shape in zip(faulty.split(self._numels), self._shapes)]
 
 

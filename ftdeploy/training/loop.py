@@ -101,6 +101,8 @@ def _train_locked(config: TrainConfig, data: DataBundle, target: Target, out_dir
     # Which weights pruning zeroed: read before a resumed run's weights replace the starting ones.
     prune_masks = _masks_of_pruned(model) if init is not None and init.get("sparsity") else None
     point = ResumePoint.find(out_dir, config, target) if resume else None
+    if point:
+        config = point.config  # with what the run keeps from its checkpoint (how it draws its chips)
     if point and point.epochs_done >= config.run_epochs:
         return point.checkpoint
     if point:
@@ -173,7 +175,8 @@ class _Run:
         if self.retraining:  # every rank its own chips: seed offset by rank
             self.injector = FaultInjector(model, target, config.bn, config.stuck_grad == "block", config.seed + 7919 * dist.rank,
                                           device, learn_scale=config.scale_grad == "learn", unbiased=config.unbias_faults,
-                                          prune_masks=self.prune_masks, faults=config.fault_model)  # fmt: skip
+                                          prune_masks=self.prune_masks, faults=config.fault_model,
+                                          fault_draw=config.fault_draw)  # fmt: skip
             self.injector.attach()
         self.net = dist.wrap(model)
         self.opt = _optimizer(model, config)
