@@ -90,6 +90,26 @@ def test_batched_injection_equals_per_layer_fault_model(target_name, draw):
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {name}")
 
 
+@pytest.mark.parametrize("target_name", ["paper-diff8", "mlc2-bitsliced"])  # a scale per layer, a scale per channel
+def test_the_scale_peaks_are_the_same_flat_or_by_layer(target_name):
+    """The injector takes each scale group's peak by one scatter on a GPU and by each layer's own
+    view on a CPU: the same values and the same gradients, ties at the peak included (a weight
+    clip leaves many weights at the bound)."""
+    target, _ = load_target(target_name)
+    inj = FaultInjector(create_model("democnn", width=8), target)
+    flat = torch.randn(sum(inj._numels), generator=torch.Generator().manual_seed(0)).clamp(-1.5, 1.5)
+    weights = torch.rand(inj._groups, generator=torch.Generator().manual_seed(1))
+    results = []
+    for peaks in (inj._peaks_flat, inj._peaks_by_layer):
+        x = flat.clone().requires_grad_()
+        peak = peaks(x)
+        (peak * weights).sum().backward()
+        results.append((peak.detach(), x.grad))
+    (flat_peak, flat_grad), (layer_peak, layer_grad) = results
+    assert flat_peak.shape == (inj._groups,) and int((flat.abs() == 1.5).sum()) > inj._groups, "ties at the peak"
+    assert torch.equal(flat_peak, layer_peak) and torch.equal(flat_grad, layer_grad)
+
+
 def test_injector_options_reach_the_fault_model():
     """unbiased: each layer is faults.faulty_weight(..., unbiased=True) of the same chip;
     learn_scale=False: no gradient reaches the peak through the stuck-on value, so every weight's
