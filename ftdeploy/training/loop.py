@@ -221,7 +221,8 @@ class _Run:
                 injector.set_rate(config.step_rate(rate, self.step, self.rate_warmup_steps))
             self.step += 1
             logits, loss = self._optimizer_step(normalize(augment(xb, self.aug_gen), self.data.mean, self.data.std), yb)
-            loss_sum += loss.detach() * len(yb)
+            if len(yb):  # a short last batch can leave a rank no image, and the mean of none is NaN
+                loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
             if logger:
