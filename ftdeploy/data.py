@@ -539,12 +539,13 @@ def batches(x: "torch.Tensor | StreamedImages", y: torch.Tensor, batch_size: int
     """Yield (x, y) batches, or under torchrun process ``rank``'s share of each
     (:func:`rank_share`); the last partial batch is kept. Streamed images are read in the same
     order (the shuffle drawn from ``generator`` as for images in memory), only this process's
-    share of each batch decoded, and each batch moved to ``y``'s device."""
+    share of each batch decoded, and each batch moved to ``y``'s device (from pinned memory,
+    without waiting, where that is a GPU)."""
     n = len(y)
     if not isinstance(x, torch.Tensor):  # streamed (ftdeploy.streaming.StreamedImages)
         order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n)
-        for i, xb in enumerate(x.batches(batch_size, order, rank=rank, world=world)):
-            yield torch.from_numpy(xb).to(y.device), y[rank_share(order[i * batch_size : (i + 1) * batch_size], rank, world).to(y.device)]
+        for i, xb in enumerate(x.batches(batch_size, order, rank=rank, world=world, device=y.device)):
+            yield xb, y[rank_share(order[i * batch_size : (i + 1) * batch_size], rank, world).to(y.device)]
         return
     order = torch.randperm(n, generator=generator, device="cpu").to(x.device) if shuffle else torch.arange(n, device=x.device)
     for start in range(0, n, batch_size):

@@ -13,7 +13,9 @@ model's own work on them). A training streams its training images once per epoch
 order the in-memory path visits them (:func:`ftdeploy.data.batches` draws the same shuffle from
 the same generator and hands it to :meth:`StreamedImages.batches`), and its validation images
 once per evaluation; its normalisation statistics take one more pass
-(:func:`ftdeploy.data.channel_stats`).
+(:func:`ftdeploy.data.channel_stats`). Under torchrun each process decodes only its share of
+every batch (:func:`ftdeploy.data.rank_share`). Batches bound for a GPU are decoded into pinned
+memory, so their copies to it need not hold up the host.
 """
 
 from __future__ import annotations
@@ -68,14 +70,16 @@ class _DecodeFiles(torch.utils.data.Dataset):
 
 
 class _Stack:
-    """A loader's collate: its images as one uint8 N×3×H×W numpy array (the ONNX Runtime backend
-    wants arrays). A process's share of a short last batch may hold no image at all."""
+    """A loader's collate: its images as one uint8 N×3×H×W batch. A numpy array (the ONNX Runtime
+    backend wants arrays), or a tensor where the loader pins its batches for a GPU (only tensors
+    are pinned). A process's share of a short last batch may hold no image at all."""
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+    def __init__(self, image_size: int, tensor: bool):
+        self.image_size, self.tensor = image_size, tensor
 
-    def __call__(self, arrays: list[np.ndarray]) -> np.ndarray:
-        return np.stack(arrays) if arrays else np.empty((0, 3, self.image_size, self.image_size), np.uint8)
+    def __call__(self, arrays: list[np.ndarray]) -> "np.ndarray | torch.Tensor":
+        x = np.stack(arrays) if arrays else np.empty((0, 3, self.image_size, self.image_size), np.uint8)
+        return torch.from_numpy(x) if self.tensor else x
 
 
 class _Batches(torch.utils.data.Sampler):
@@ -129,18 +133,22 @@ class StreamedImages:
             return self
         return StreamedImages([self.paths[i] for i in keep], self.labels[keep], self.image_size, self.workers)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None, *, rank: int = 0,
-                world: int = 1) -> Iterator[np.ndarray]:  # fmt: skip
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, *, rank: int = 0, world: int = 1,
+                device: "torch.device | str | None" = None) -> Iterator["np.ndarray | torch.Tensor"]:  # fmt: skip
         """uint8 N×3×H×W batches, in order (or images ``order[0]``, ``order[1]``, ... : a
-        permutation of them), decoded in worker processes a few batches ahead. Under torchrun,
-        process ``rank`` of ``world`` reads only its share of each batch
-        (:func:`ftdeploy.data.rank_share`)."""
-        loader = self._loader(batch_size, rank, world)
+        permutation of them), decoded in worker processes a few batches ahead: numpy arrays, or
+        tensors on ``device`` where one is given. Under torchrun, process ``rank`` of ``world``
+        reads only its share of each batch (:func:`ftdeploy.data.rank_share`)."""
+        device = None if device is None else torch.device(device)
+        pinned = pins_memory(device)
+        loader = self._loader(batch_size, rank, world, pinned)
         if order is not None and len(order) != len(self):  # a bug, not bad input
             raise RuntimeError(f"an order of {len(order)} images for {len(self)} images")
         loader.batch_sampler.order = None if order is None else order.tolist()
         try:
-            yield from loader
+            for xb in loader:
+                # from pinned memory the copy to the GPU need not hold up the next batch
+                yield xb if device is None else torch.as_tensor(xb).to(device, non_blocking=pinned)
         except DataError as exc:  # from a worker: re-raised with its traceback in the message
             raise DataError(_worker_message(str(exc))) from None
 
@@ -149,30 +157,32 @@ class StreamedImages:
         try:
             yield from self.batches(batch_size)
         finally:  # one pass only: its workers need not wait for another
-            self._loaders.pop((batch_size, 0, 1), None)
+            self._loaders.pop((batch_size, 0, 1, False), None)
 
-    def batch(self, start: int, stop: int, batch_size: int) -> np.ndarray:
+    def batch(self, start: int, stop: int, batch_size: int,
+              device: "torch.device | str | None" = None) -> "np.ndarray | torch.Tensor":  # fmt: skip
         """Images ``start:stop``, the next batch of a pass in order from image 0 in batches of
-        ``batch_size`` (what a backend's accuracy asks for: a pass begins at image 0)."""
+        ``batch_size`` (what a backend's accuracy asks for: a pass begins at image 0); on
+        ``device`` as :meth:`batches` puts them."""
         if start == 0:
-            self._pass = self.batches(batch_size)
+            self._pass = self.batches(batch_size, device=device)
         raw = next(self._pass)
         if len(raw) != stop - start:  # a bug, not bad input: the loader and the backend disagree on batches
             raise RuntimeError(f"streamed batch of {len(raw)} images where {stop - start} were expected")
         return raw
 
-    def _loader(self, batch_size: int, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
-        # One loader per batch size (and share), its workers kept between passes: a sign-off makes
-        # one pass per chip, a training one per epoch, and starting the workers anew for each
-        # would cost more than a small pass.
-        key = (batch_size, rank, world)
+    def _loader(self, batch_size: int, rank: int = 0, world: int = 1, pinned: bool = False) -> torch.utils.data.DataLoader:
+        # One loader per batch size (and share, and pinning), its workers kept between passes: a
+        # sign-off makes one pass per chip, a training one per epoch, and starting the workers
+        # anew for each would cost more than a small pass.
+        key = (batch_size, rank, world, pinned)
         if key not in self._loaders:
             workers = self.workers if self.workers is not None else min(4, available_cores())
             # Its own generator: making an iterator draws a base seed, which must not come from
             # torch's global one (a training's dropout draws from that, as it does in memory).
             self._loaders[key] = torch.utils.data.DataLoader(
                 _DecodeFiles(self.paths, self.image_size), batch_sampler=_Batches(len(self), batch_size, rank, world),
-                num_workers=workers, collate_fn=_Stack(self.image_size),
+                num_workers=workers, collate_fn=_Stack(self.image_size, tensor=pinned), pin_memory=pinned,
                 prefetch_factor=2 if workers else None, persistent_workers=workers > 0,
                 generator=torch.Generator().manual_seed(0))  # fmt: skip
         return self._loaders[key]
@@ -186,6 +196,13 @@ class StreamedImages:
                 digest.update(x)
             self._fingerprint = digest.hexdigest(self.labels)
         return self._fingerprint
+
+
+def pins_memory(device: "torch.device | None") -> bool:
+    """Whether batches bound for ``device`` are decoded into pinned (page-locked) memory: only for
+    a GPU, whose copies from pinned memory run without holding up the host. On the CPU, or for
+    the ONNX Runtime backend (numpy arrays, no device), pinning would only cost."""
+    return device is not None and device.type == "cuda"
 
 
 def _worker_message(text: str) -> str:

@@ -20,7 +20,7 @@ from ftdeploy.models import create_model
 from ftdeploy.nonideality import FaultModel
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.profiles import load_target
-from ftdeploy.streaming import StreamedImages
+from ftdeploy.streaming import StreamedImages, pins_memory
 from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.training.config import TrainConfig
 from ftdeploy.training.loop import train
@@ -132,6 +132,32 @@ def test_each_process_decodes_only_its_share_of_every_batch(bundles, monkeypatch
         share = [int(i) for start in range(0, len(order), 8) for i in rank_share(order[start : start + 8], rank, 2)]
         assert decoded == share and len(share) == (17, 16)[rank]
     assert seen[1][-1][0].shape == (0, 3, SIDE, SIDE), "process 1's share of the last batch is empty"
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")  # expected without a GPU
+def test_streamed_batches_are_pinned_for_a_gpu_only(bundles, monkeypatch):
+    """Batches bound for a GPU come from a loader that pins them (then are copied without
+    waiting); on the CPU, and as numpy arrays for the ONNX Runtime backend, they are what they
+    were, unpinned."""
+    memory, streamed = bundles
+    images, _ = _decoding_in_process(streamed.train_x, monkeypatch)
+    built = []
+    original = StreamedImages._loader
+    monkeypatch.setattr(StreamedImages, "_loader", lambda self, *args: built.append(original(self, *args)) or built[-1])
+    arrays = list(images.batches(8))  # no device: the ONNX Runtime backend's arrays
+    tensors = list(images.batches(8, device="cpu"))
+    assert all(isinstance(a, np.ndarray) for a in arrays) and all(t.device.type == "cpu" for t in tensors)
+    assert np.array_equal(np.concatenate(arrays), memory.train_x.numpy())
+    assert torch.equal(torch.cat(tensors), memory.train_x)
+    assert [loader.pin_memory for loader in built] == [False, False]
+    to_gpu = images.batches(8, device=torch.device("cuda", 0))
+    if torch.cuda.is_available():
+        assert next(to_gpu).is_cuda
+    else:  # the loader is chosen first; the copy then finds no GPU
+        with pytest.raises(RuntimeError):
+            next(to_gpu)
+    assert built[-1].pin_memory and isinstance(built[-1].collate_fn([]), torch.Tensor), "only tensors are pinned"
+    assert pins_memory(torch.device("cuda", 0)) and not pins_memory(torch.device("cpu")) and not pins_memory(None)
 
 
 #: Runs under torchrun: the same pretraining of the image folder, in memory and streamed.
