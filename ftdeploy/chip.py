@@ -189,10 +189,11 @@ class TorchBackend(Backend):
     def _images(self, start: int, stop: int) -> torch.Tensor:
         """uint8 images ``start:stop``: held in memory, or the next batch of a pass over images
         streamed from their files (:class:`ftdeploy.streaming.StreamedImages`: every pass of
-        :meth:`accuracy` and :meth:`accuracies` goes through the batches in order from image 0)."""
+        :meth:`accuracy` and :meth:`accuracies` goes through the batches in order from image 0),
+        already on the network's device."""
         if isinstance(self.x, torch.Tensor):
             return self.x[start:stop]
-        return torch.from_numpy(self.x.batch(start, stop, self.batch_size))
+        return self.x.batch(start, stop, self.batch_size, device=self.net.device)
 
     @torch.no_grad()
     def _correct(self, start: int, stop: int) -> int:

@@ -526,18 +526,28 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, pad: int 
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
+def rank_share(batch, rank: int, world: int):
+    """Process ``rank``'s share of a global batch (of images, labels or their indices) when
+    ``world`` processes train together under torchrun: every ``world``-th item from the
+    ``rank``-th on, so the shares together are the batch and each process trains on what it
+    would have taken from the whole batch. A short last batch may leave a process none."""
+    return batch[rank::world]
+
+
 def batches(x: "torch.Tensor | StreamedImages", y: torch.Tensor, batch_size: int, shuffle: bool,
-            generator: torch.Generator | None = None):  # fmt: skip
-    """Yield (x, y) batches; the last partial batch is kept. Streamed images are read in the same
-    order (the shuffle drawn from ``generator`` as for images in memory) and each batch moved to
-    ``y``'s device."""
+            generator: torch.Generator | None = None, *, rank: int = 0, world: int = 1):  # fmt: skip
+    """Yield (x, y) batches, or under torchrun process ``rank``'s share of each
+    (:func:`rank_share`); the last partial batch is kept. Streamed images are read in the same
+    order (the shuffle drawn from ``generator`` as for images in memory), only this process's
+    share of each batch decoded, and each batch moved to ``y``'s device (from pinned memory,
+    without waiting, where that is a GPU)."""
     n = len(y)
     if not isinstance(x, torch.Tensor):  # streamed (ftdeploy.streaming.StreamedImages)
         order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n)
-        for i, xb in enumerate(x.batches(batch_size, order)):
-            yield torch.from_numpy(xb).to(y.device), y[order[i * batch_size : (i + 1) * batch_size].to(y.device)]
+        for i, xb in enumerate(x.batches(batch_size, order, rank=rank, world=world, device=y.device)):
+            yield xb, y[rank_share(order[i * batch_size : (i + 1) * batch_size], rank, world).to(y.device)]
         return
     order = torch.randperm(n, generator=generator, device="cpu").to(x.device) if shuffle else torch.arange(n, device=x.device)
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
+        idx = rank_share(order[start : start + batch_size], rank, world)
         yield x[idx], y[idx]

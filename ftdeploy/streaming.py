@@ -13,7 +13,9 @@ model's own work on them). A training streams its training images once per epoch
 order the in-memory path visits them (:func:`ftdeploy.data.batches` draws the same shuffle from
 the same generator and hands it to :meth:`StreamedImages.batches`), and its validation images
 once per evaluation; its normalisation statistics take one more pass
-(:func:`ftdeploy.data.channel_stats`).
+(:func:`ftdeploy.data.channel_stats`). Under torchrun each process decodes only its share of
+every batch (:func:`ftdeploy.data.rank_share`). Batches bound for a GPU are decoded into pinned
+memory, so their copies to it need not hold up the host.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import ImageSetHash, decode_jpegs, normalize_numpy
+from .data import ImageSetHash, decode_jpegs, normalize_numpy, rank_share
 from .errors import ConfigError, DataError
 from .exported import ExportedModel
 from .onnx_format import INPUT_NAME, OUTPUT_NAME
@@ -67,23 +69,38 @@ class _DecodeFiles(torch.utils.data.Dataset):
         return decode_jpegs([blob], self.image_size, ids=[self.paths[i]])[0].numpy()
 
 
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.stack(arrays)  # numpy, not tensors: the ONNX Runtime backend wants arrays
+class _Stack:
+    """A loader's collate: its images as one uint8 N×3×H×W batch. A numpy array (the ONNX Runtime
+    backend wants arrays), or a tensor where the loader pins its batches for a GPU (only tensors
+    are pinned). A process's share of a short last batch may hold no image at all."""
+
+    def __init__(self, image_size: int, tensor: bool):
+        self.image_size, self.tensor = image_size, tensor
+
+    def __call__(self, arrays: list[np.ndarray]) -> "np.ndarray | torch.Tensor":
+        x = np.stack(arrays) if arrays else np.empty((0, 3, self.image_size, self.image_size), np.uint8)
+        return torch.from_numpy(x) if self.tensor else x
 
 
-class _Order(torch.utils.data.Sampler):
-    """The image indices a loader's next pass reads, in order: 0, 1, ... unless a pass set its
-    own (a training epoch's shuffle). Indices are drawn in the main process at every pass, so one
-    loader with persistent workers serves every epoch's order."""
+class _Batches(torch.utils.data.Sampler):
+    """The image indices a loader's next pass reads, batch by batch: 0, 1, ... unless a pass set
+    its own order (a training epoch's shuffle), and of each batch only the share of process
+    ``rank`` of ``world`` (:func:`ftdeploy.data.rank_share`), so no process decodes an image
+    another trains on. Indices are drawn in the main process at every pass, so one loader with
+    persistent workers serves every epoch's order."""
 
-    def __init__(self, n: int):
-        self.n, self.order = n, None
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.order: list[int] | None = None
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.batch_size)
 
     def __iter__(self):
-        return iter(range(self.n) if self.order is None else self.order)
+        order = range(self.n) if self.order is None else self.order
+        for start in range(0, self.n, self.batch_size):
+            # one entry per global batch, even an empty share: every process takes the same steps
+            yield list(rank_share(order[start : start + self.batch_size], self.rank, self.world))
 
 
 @dataclass
@@ -116,15 +133,22 @@ class StreamedImages:
             return self
         return StreamedImages([self.paths[i] for i in keep], self.labels[keep], self.image_size, self.workers)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, *, rank: int = 0, world: int = 1,
+                device: "torch.device | str | None" = None) -> Iterator["np.ndarray | torch.Tensor"]:  # fmt: skip
         """uint8 N×3×H×W batches, in order (or images ``order[0]``, ``order[1]``, ... : a
-        permutation of them), decoded in worker processes a few batches ahead."""
-        loader = self._loader(batch_size)
+        permutation of them), decoded in worker processes a few batches ahead: numpy arrays, or
+        tensors on ``device`` where one is given. Under torchrun, process ``rank`` of ``world``
+        reads only its share of each batch (:func:`ftdeploy.data.rank_share`)."""
+        device = None if device is None else torch.device(device)
+        pinned = pins_memory(device)
+        loader = self._loader(batch_size, rank, world, pinned)
         if order is not None and len(order) != len(self):  # a bug, not bad input
             raise RuntimeError(f"an order of {len(order)} images for {len(self)} images")
-        loader.sampler.order = None if order is None else order.tolist()
+        loader.batch_sampler.order = None if order is None else order.tolist()
         try:
-            yield from loader
+            for xb in loader:
+                # from pinned memory the copy to the GPU need not hold up the next batch
+                yield xb if device is None else torch.as_tensor(xb).to(device, non_blocking=pinned)
         except DataError as exc:  # from a worker: re-raised with its traceback in the message
             raise DataError(_worker_message(str(exc))) from None
 
@@ -133,30 +157,35 @@ class StreamedImages:
         try:
             yield from self.batches(batch_size)
         finally:  # one pass only: its workers need not wait for another
-            self._loaders.pop(batch_size, None)
+            self._loaders.pop((batch_size, 0, 1, False), None)
 
-    def batch(self, start: int, stop: int, batch_size: int) -> np.ndarray:
+    def batch(self, start: int, stop: int, batch_size: int,
+              device: "torch.device | str | None" = None) -> "np.ndarray | torch.Tensor":  # fmt: skip
         """Images ``start:stop``, the next batch of a pass in order from image 0 in batches of
-        ``batch_size`` (what a backend's accuracy asks for: a pass begins at image 0)."""
+        ``batch_size`` (what a backend's accuracy asks for: a pass begins at image 0); on
+        ``device`` as :meth:`batches` puts them."""
         if start == 0:
-            self._pass = self.batches(batch_size)
+            self._pass = self.batches(batch_size, device=device)
         raw = next(self._pass)
         if len(raw) != stop - start:  # a bug, not bad input: the loader and the backend disagree on batches
             raise RuntimeError(f"streamed batch of {len(raw)} images where {stop - start} were expected")
         return raw
 
-    def _loader(self, batch_size: int) -> torch.utils.data.DataLoader:
-        # One loader per batch size, its workers kept between passes: a sign-off makes one pass
-        # per chip, and starting the workers anew for each would cost more than a small pass.
-        if batch_size not in self._loaders:
+    def _loader(self, batch_size: int, rank: int = 0, world: int = 1, pinned: bool = False) -> torch.utils.data.DataLoader:
+        # One loader per batch size (and share, and pinning), its workers kept between passes: a
+        # sign-off makes one pass per chip, a training one per epoch, and starting the workers
+        # anew for each would cost more than a small pass.
+        key = (batch_size, rank, world, pinned)
+        if key not in self._loaders:
             workers = self.workers if self.workers is not None else min(4, available_cores())
             # Its own generator: making an iterator draws a base seed, which must not come from
             # torch's global one (a training's dropout draws from that, as it does in memory).
-            self._loaders[batch_size] = torch.utils.data.DataLoader(
-                _DecodeFiles(self.paths, self.image_size), batch_size=batch_size, sampler=_Order(len(self)), num_workers=workers,
-                collate_fn=_stack, prefetch_factor=2 if workers else None, persistent_workers=workers > 0,
+            self._loaders[key] = torch.utils.data.DataLoader(
+                _DecodeFiles(self.paths, self.image_size), batch_sampler=_Batches(len(self), batch_size, rank, world),
+                num_workers=workers, collate_fn=_Stack(self.image_size, tensor=pinned), pin_memory=pinned,
+                prefetch_factor=2 if workers else None, persistent_workers=workers > 0,
                 generator=torch.Generator().manual_seed(0))  # fmt: skip
-        return self._loaders[batch_size]
+        return self._loaders[key]
 
     def fingerprint(self, batch_size: int = 256) -> str:
         """:func:`ftdeploy.data.image_set_fingerprint` of these images, one batch in memory at a
@@ -167,6 +196,13 @@ class StreamedImages:
                 digest.update(x)
             self._fingerprint = digest.hexdigest(self.labels)
         return self._fingerprint
+
+
+def pins_memory(device: "torch.device | None") -> bool:
+    """Whether batches bound for ``device`` are decoded into pinned (page-locked) memory: only for
+    a GPU, whose copies from pinned memory run without holding up the host. On the CPU, or for
+    the ONNX Runtime backend (numpy arrays, no device), pinning would only cost."""
+    return device is not None and device.type == "cuda"
 
 
 def _worker_message(text: str) -> str:

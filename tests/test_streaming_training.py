@@ -5,6 +5,8 @@ its weights, its log's accuracies, its normalisation, and an interrupted run res
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -13,12 +15,12 @@ import torch
 from PIL import Image
 
 from ftdeploy.chip import DeployedNetwork
-from ftdeploy.data import channel_stats, load_data
+from ftdeploy.data import batches, channel_stats, load_data, rank_share
 from ftdeploy.models import create_model
 from ftdeploy.nonideality import FaultModel
 from ftdeploy.population import SimulatedChips, chip_accuracies
 from ftdeploy.profiles import load_target
-from ftdeploy.streaming import StreamedImages
+from ftdeploy.streaming import StreamedImages, pins_memory
 from ftdeploy.training.checkpoint import load_checkpoint
 from ftdeploy.training.config import TrainConfig
 from ftdeploy.training.loop import train
@@ -92,8 +94,6 @@ def test_streamed_images_and_statistics_are_the_in_memory_ones(bundles, spec, mo
 
 
 def test_streamed_batches_follow_the_in_memory_shuffle(bundles):
-    from ftdeploy.data import batches
-
     memory, streamed = bundles
     global_rng = torch.get_rng_state()
     seen = [[(x.clone(), y.clone()) for x, y in batches(b.train_x, b.train_y, 5, True, torch.Generator().manual_seed(3))]
@@ -102,6 +102,96 @@ def test_streamed_batches_follow_the_in_memory_shuffle(bundles):
     assert len(seen[0]) == len(seen[1]) == 7
     for (xm, ym), (xs, ys) in zip(*seen):
         assert torch.equal(xm, xs) and torch.equal(ym, ys)
+
+
+def _decoding_in_process(images: StreamedImages, monkeypatch) -> tuple[StreamedImages, list[int]]:
+    """``images`` decoded without worker processes, and the list each decoded image's index is
+    appended to."""
+    import ftdeploy.streaming as streaming
+
+    decoded: list[int] = []
+    original = streaming._DecodeFiles.__getitem__
+    monkeypatch.setattr(streaming._DecodeFiles, "__getitem__", lambda self, i: (decoded.append(i), original(self, i))[1])
+    return StreamedImages(images.paths, images.labels, images.image_size, workers=0), decoded
+
+
+def test_each_process_decodes_only_its_share_of_every_batch(bundles, monkeypatch):
+    """Under torchrun (2 processes here) a process reads from the files only the images it trains
+    on, and gets the very images and labels its share of the in-memory batch holds: the shuffle's
+    33 images in batches of 8 end in a batch of one, which leaves process 1 an empty share."""
+    memory, streamed = bundles
+    images, decoded = _decoding_in_process(streamed.train_x, monkeypatch)
+    order = torch.randperm(len(memory.train_y), generator=torch.Generator().manual_seed(3))
+    for rank in (0, 1):
+        decoded.clear()
+        seen = [list(batches(b, memory.train_y, 8, True, torch.Generator().manual_seed(3), rank=rank, world=2))
+                for b in (memory.train_x, images)]  # fmt: skip
+        assert len(seen[0]) == len(seen[1]) == 5, "every process takes the same number of steps"
+        for (xm, ym), (xs, ys) in zip(*seen):
+            assert torch.equal(xm, xs) and torch.equal(ym, ys)
+        share = [int(i) for start in range(0, len(order), 8) for i in rank_share(order[start : start + 8], rank, 2)]
+        assert decoded == share and len(share) == (17, 16)[rank]
+    assert seen[1][-1][0].shape == (0, 3, SIDE, SIDE), "process 1's share of the last batch is empty"
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")  # expected without a GPU
+def test_streamed_batches_are_pinned_for_a_gpu_only(bundles, monkeypatch):
+    """Batches bound for a GPU come from a loader that pins them (then are copied without
+    waiting); on the CPU, and as numpy arrays for the ONNX Runtime backend, they are what they
+    were, unpinned."""
+    memory, streamed = bundles
+    images, _ = _decoding_in_process(streamed.train_x, monkeypatch)
+    built = []
+    original = StreamedImages._loader
+    monkeypatch.setattr(StreamedImages, "_loader", lambda self, *args: built.append(original(self, *args)) or built[-1])
+    arrays = list(images.batches(8))  # no device: the ONNX Runtime backend's arrays
+    tensors = list(images.batches(8, device="cpu"))
+    assert all(isinstance(a, np.ndarray) for a in arrays) and all(t.device.type == "cpu" for t in tensors)
+    assert np.array_equal(np.concatenate(arrays), memory.train_x.numpy())
+    assert torch.equal(torch.cat(tensors), memory.train_x)
+    assert [loader.pin_memory for loader in built] == [False, False]
+    to_gpu = images.batches(8, device=torch.device("cuda", 0))
+    if torch.cuda.is_available():
+        assert next(to_gpu).is_cuda
+    else:  # the loader is chosen first; the copy then finds no GPU
+        with pytest.raises(RuntimeError):
+            next(to_gpu)
+    assert built[-1].pin_memory and isinstance(built[-1].collate_fn([]), torch.Tensor), "only tensors are pinned"
+    assert pins_memory(torch.device("cuda", 0)) and not pins_memory(torch.device("cpu")) and not pins_memory(None)
+
+
+#: Runs under torchrun: the same pretraining of the image folder, in memory and streamed.
+TORCHRUN_SCRIPT = """
+import sys
+from pathlib import Path
+
+from ftdeploy.data import load_data
+from ftdeploy.profiles import load_target
+from ftdeploy.training.config import TrainConfig
+from ftdeploy.training.loop import train
+
+spec, out = sys.argv[1], Path(sys.argv[2])
+config = TrainConfig(model="democnn", image_size={side}, method="pretrain", epochs=2, lr=0.05, batch_size=8, device="cpu")
+for name, stream in (("memory", False), ("streamed", True)):
+    train(config, load_data(spec, 9, {side}, stream=stream), load_target("paper-diff8")[0], out / name)
+"""
+
+
+def test_a_streamed_torchrun_pretraining_is_the_in_memory_one(spec, tmp_path):
+    """Two processes (gloo on the CPU), each decoding only its share of every batch of 8, over
+    two epochs of one persistent loader: the weights and the log of the in-memory run, to the
+    bit. The last batch, of one image, leaves process 1 none: it still takes the step with the
+    other (its gradient zero), and its loss stays a number."""
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT.format(side=SIDE))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), spec,
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / name / "model.pt") for name in ("memory", "streamed"))
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _log(tmp_path / "memory") == _log(tmp_path / "streamed") and len(_log(tmp_path / "memory")) == 2
 
 
 def test_a_streamed_pretraining_is_the_in_memory_one_to_the_bit(pretrained):

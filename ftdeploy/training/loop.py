@@ -188,7 +188,7 @@ class _Run:
         self.gen = torch.Generator().manual_seed(config.seed)  # same data order on every rank
         self.aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank)
         # Streamed images (an image folder too large for memory) stay files: batches() reads them
-        # in this same order, batch by batch, and moves each batch here.
+        # in this same order, batch by batch (this rank's share of each), and moves each batch here.
         self.train_x = data.train_x if data.streamed else data.train_x.to(device)
         self.train_y = data.train_y.to(device)
         # Frozen BN cannot renormalise the sudden shift of a whole rate of stuck cells: hit at the full
@@ -217,13 +217,15 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for xb, yb in batches(self.train_x, self.train_y, config.batch_size, shuffle=True, generator=self.gen):
+        # every rank draws the same shuffle and takes its own share of each batch of it
+        for xb, yb in batches(self.train_x, self.train_y, config.batch_size, shuffle=True, generator=self.gen,
+                              rank=dist.rank, world=dist.world):  # fmt: skip
             if injector and (self.step < self.rate_warmup_steps or config.clean_steps):
                 injector.set_rate(config.step_rate(rate, self.step, self.rate_warmup_steps))
             self.step += 1
-            xb, yb = xb[dist.rank :: dist.world], yb[dist.rank :: dist.world]
             logits, loss = self._optimizer_step(normalize(augment(xb, self.aug_gen), self.data.mean, self.data.std), yb)
-            loss_sum += loss.detach() * len(yb)
+            if len(yb):  # a short last batch can leave a rank no image, and the mean of none is NaN
+                loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
             if logger:
