@@ -62,6 +62,9 @@ class FaultInjector:
         modules = dict(model.named_modules())
         layers = deployed_layers(model)
         self._layers = [(m, modules[pairs[n]] if n in pairs else None) for n, m in layers]
+        # Without a BN to fold, k is 1 everywhere: W·k and /k would be exact no-ops, each a pass
+        # over every weight (and a gather) forward and backward, so they are skipped.
+        self._folds = any(bn is not None for _, bn in self._layers)
         self._shapes = [tuple(m.weight.shape) for m, _ in self._layers]
         self._numels = [m.weight.numel() for m, _ in self._layers]
         outs = [shape[0] for shape in self._shapes]
@@ -120,10 +123,13 @@ class FaultInjector:
         k = torch.cat(parts)
         return torch.where(k.abs() < 1e-12, torch.full_like(k, 1e-12), k)  # keep the unfold finite
 
-    def _held(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The master weights, and as one flat vector what the cells hold (``W·k``) with ``k``."""
+    def _held(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The master weights, as one flat vector, and ``k`` per element (None where no layer
+        folds a BN: k = 1). What the cells hold is ``flat·k``."""
         originals = [m.parametrizations.weight.original for m, _ in self._layers]
         flat = torch.cat([w.reshape(-1) for w in originals])
+        if not self._folds:
+            return originals, flat, None
         k = self._fold_factors(flat.device).index_select(0, self._channel_of)  # backward: index_add, not index_put
         return originals, flat, k
 
@@ -134,14 +140,15 @@ class FaultInjector:
         model): the peak a stuck-on cell adds is then at most that far out. Weights inside the
         bound are left bit for bit as they are."""
         originals, flat, k = self._held()
-        folded = flat * k
+        folded = flat if k is None else flat * k
         counted = folded if self._kept is None else folded * self._kept
         count = self._spread_sizes.to(folded.dtype)
         total = torch.zeros(self._groups, device=folded.device, dtype=folded.dtype).index_add_(0, self._group_of, counted)
         squares = torch.zeros_like(total).index_add_(0, self._group_of, counted * counted)
         variance = (squares - total * total / count) / (count - 1).clamp(min=1)
         bound = (sigmas * variance.clamp(min=0).sqrt()).index_select(0, self._group_of)
-        clipped = torch.where(folded.abs() > bound, folded.clamp(-bound, bound) / k, flat)
+        inside = folded.clamp(-bound, bound)
+        clipped = torch.where(folded.abs() > bound, inside if k is None else inside / k, flat)
         for w, part in zip(originals, clipped.split(self._numels)):
             w.copy_(part.view_as(w))
 
@@ -162,13 +169,15 @@ class FaultInjector:
 
     def _draw_chip(self) -> list[torch.Tensor]:
         _, flat, k = self._held()
-        folded = flat * k
+        folded = flat if k is None else flat * k
         peak = self._peaks_flat(folded) if folded.is_cuda else self._peaks_by_layer(folded)
         scale = scale_from_peak(peak, self.mapping.target).index_select(0, self._group_of)
         if not self.learn_scale:
             scale = scale.detach()
         faulty = faulty_weight(folded, self.mapping, self.faults, generator=self.generator,
-                               block_stuck_grad=self.block, scale=scale, unbiased=self.unbiased, draw=self.fault_draw) / k  # fmt: skip
+                               block_stuck_grad=self.block, scale=scale, unbiased=self.unbiased, draw=self.fault_draw)  # fmt: skip
+        if k is not None:
+            faulty = faulty / k
         return [part.view(shape) for part, shape in zip(faulty.split(self._numels), self._shapes)]
 
 
