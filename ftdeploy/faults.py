@@ -65,17 +65,43 @@ def faulty_weight(
     """
     target = mapping.target
     s = scale_of(weight, target) if scale is None else scale
-    u = weight / s
     codes = quantize_codes(weight.detach(), s.detach(), target)
-    q = u + (codes.to(u.dtype) - u).detach()  # value: integer codes; gradient: identity
     if states is None and draw == "sparse" and stuck_at_only(faults):
-        read = _read_stuck_sparse(q, codes, mapping, faults.stuck, generator, block_stuck_grad)
+        read, frozen = _read_stuck_sparse(codes, mapping, faults.stuck, generator, weight.dtype)
     else:
-        read = _read_dense(q, codes, mapping, faults, generator, states, block_stuck_grad)
-    if unbiased:
-        a, b = code_expectation(mapping, faults)
-        return (read - b) / a * s
-    return read * s
+        read, frozen = _read_dense(codes, mapping, faults, generator, states, weight.dtype)
+    a, b = code_expectation(mapping, faults) if unbiased else (1.0, 0.0)
+    passes = None if not block_stuck_grad or frozen is None else ~frozen
+    return _ReadBack.apply(weight, s, read, passes, a, b)
+
+
+class _ReadBack(torch.autograd.Function):
+    """``(R − b) / a · s``: the codes ``R`` a chip reads back (no gradient of their own) at the
+    scale ``s``, with the gradients of the straight-through quantiser ``q = W/s`` written out:
+    a weight whose gradient passes (``passes``; None: every weight) gets ``grad / a``, the
+    scale ``grad · (R − b − q·passes) / a``. Autograd through ``W/s``, ``q + (codes − q)``
+    and ``· s`` gives the same in several more passes over every weight, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, weight, scale, read, passes, a: float, b: float):
+        ctx.save_for_backward(weight, scale, read, passes)
+        ctx.a, ctx.b = a, b
+        return read * scale if (a, b) == (1.0, 0.0) else (read - b) / a * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scale, read, passes = ctx.saved_tensors
+        a, b = ctx.a, ctx.b
+        grad_weight = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = grad if passes is None else grad * passes
+            if a != 1.0:
+                grad_weight = grad_weight / a
+        if ctx.needs_input_grad[1]:
+            straight = weight / scale if passes is None else weight / scale * passes
+            slope = read - straight if (a, b) == (1.0, 0.0) else (read - b - straight) / a
+            grad_scale = (grad * slope).sum_to_size(scale.shape)
+        return grad_weight, grad_scale, None, None, None, None
 
 
 def stuck_at_only(faults: FaultModel) -> bool:
@@ -85,36 +111,30 @@ def stuck_at_only(faults: FaultModel) -> bool:
     return all(isinstance(kind, StuckAt) for kind in faults.active)
 
 
-def _read_dense(q, codes, mapping, faults, generator, states, block_stuck_grad):
-    """The codes (as ``q``, with its gradient) a chip drawn cell by cell reads back."""
+def _read_dense(codes, mapping, faults, generator, states, dtype):
+    """(the codes a chip drawn cell by cell reads back, as ``dtype``; which weights have a frozen
+    cell, None where no kind freezes cells)."""
     levels = mapping.encode(codes)
     read, frozen = faults.sample_torch(levels, CellRange.of(mapping.target), generator, states)
-    delta = (mapping.decode(read) - codes.to(torch.float32)).to(q.dtype)
-    if block_stuck_grad and frozen is not None:
-        q = torch.where(frozen.any(0), q.detach(), q)
-    return q + delta
+    return mapping.decode(read).to(dtype), None if frozen is None else frozen.any(0)
 
 
-def _read_stuck_sparse(q, codes, mapping, stuck, generator, block_stuck_grad):
+def _read_stuck_sparse(codes, mapping, stuck, generator, dtype):
     """What :func:`_read_dense` gives for a stuck-at chip, computed on the weights with a stuck
-    cell alone: their codes are encoded, faulted and decoded; every other weight reads its code
-    (its delta would be an exact 0)."""
-    if stuck is None or stuck.is_identity:
-        return q
+    cell alone: their codes are encoded, faulted and decoded; every other weight reads its code."""
     flat = codes.reshape(-1)
+    read = flat.to(dtype)
+    if stuck is None or stuck.is_identity:
+        return read.view(codes.shape), None
+    frozen = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
     n = flat.numel()
     positions, stuck_on = stuck.draw_stuck_torch(mapping.cells_per_weight * n, flat.device, generator)
     cell, index = positions // n, positions % n  # levels are laid out (cells, weights)
     hit, slot = torch.unique(index, return_inverse=True)
-    hit_codes = flat.index_select(0, hit)
-    levels = mapping.encode(hit_codes)
+    levels = mapping.encode(flat.index_select(0, hit))
     state = stuck.state_of_stuck(cell * hit.numel() + slot, stuck_on, tuple(levels.shape), flat.device)
-    read = stuck.apply(levels, state, CellRange.of(mapping.target))
-    delta = (mapping.decode(read) - hit_codes.to(torch.float32)).to(q.dtype)
-    q_flat = q.reshape(-1)
-    hit_q = q_flat.detach() if block_stuck_grad else q_flat
-    # Out of place: the stuck weights' own gradient is replaced (none when blocked), the others keep theirs.
-    return q_flat.index_put((hit,), hit_q.index_select(0, hit) + delta).reshape(q.shape)
+    faulted = mapping.decode(stuck.apply(levels, state, CellRange.of(mapping.target))).to(dtype)
+    return read.index_put_((hit,), faulted).view(codes.shape), frozen.index_fill_(0, hit, True).view(codes.shape)
 
 
 def quantized_weight(weight: torch.Tensor, mapping: Mapping) -> torch.Tensor:
