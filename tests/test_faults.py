@@ -521,3 +521,35 @@ def test_unbiased_faulty_weight_maps_the_chip_back_through_its_expectation(name)
     none = StuckAt.from_pair(0.0, 0.0)
     clean = faulty_weight(w, mapping, none, state=torch.zeros_like(state), unbiased=True)
     assert torch.equal(clean, quantized_weight(w, mapping))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_the_read_back_step_has_the_gradients_of_the_straight_through_quantiser(unbiased, blocked):
+    """faults._ReadBack writes out the gradients autograd gives through ``q = W/s``,
+    ``q + (codes − q)``, the frozen weights detached, and ``(· − b)/a · s``: the same to float
+    rounding, for a scale per output channel (broadcast, its gradient summed per channel)."""
+    from ftdeploy.faults import _ReadBack
+
+    gen = torch.Generator().manual_seed(0)
+    w0, upstream = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    s0 = w0.abs().amax(1, keepdim=True) / 127
+    read = torch.round(w0 / s0) + torch.randint(-3, 4, (6, 5), generator=gen).float()
+    frozen = torch.rand(6, 5, generator=gen) < 0.3
+    a, b = (0.9, 0.4) if unbiased else (1.0, 0.0)
+    grads = []
+    for fused in (True, False):
+        w, s = w0.clone().requires_grad_(), s0.clone().requires_grad_()
+        if fused:
+            out = _ReadBack.apply(w, s, read, ~frozen if blocked else None, a, b)
+        else:
+            u = w / s
+            q = u + (read - u).detach()
+            if blocked:
+                q = torch.where(frozen, q.detach(), q)
+            out = (q - b) / a * s
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), w.grad, s.grad))
+    for fused, composite in zip(*grads):  # the scale's gradient sums terms that cancel: rounding relative to its terms
+        torch.testing.assert_close(fused, composite, rtol=1e-5, atol=1e-5 * float((upstream * read).abs().sum()))
+    assert (grads[0][1][frozen] == 0).all() == blocked
