@@ -244,3 +244,37 @@ def test_a_transformers_chips_map_over_a_chip_dimension_in_one_pass(bundle):
             alone = net.model(xb)
             assert torch.allclose(batched[k], alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max())), k
     net.clear()
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize("chip_batch", [1, 4])
+def test_chips_on_each_device_are_the_cpus_chips_to_one_image(setup, device, chip_batch):
+    """The same network rebuilt on ``device`` measures each chip, one at a time and batched, as
+    the CPU's one-at-a-time chips to one image (a GPU's convolutions sum in another order, which
+    can flip a near tie): the parity the sign-off's GPU path states. The CPU case runs
+    everywhere; the CUDA case where a GPU is."""
+    net, x, y, mean, std, _ = setup
+    chips = SimulatedChips(POPULATIONS["all-kinds"], 0.01, 0, 6)
+    reference = chip_accuracies(net.backend(x, y, mean, std, batch_size=64), chips)
+    rebuilt = DeployedNetwork(net.model, net.target, device=device)
+    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.programmed, net.programmed)), "the same cells"
+    measured = chip_accuracies(rebuilt.backend(x, y, mean, std, batch_size=64, chip_batch=chip_batch), chips)
+    assert max(abs(a - b) for a, b in zip(measured, reference)) <= _one_image(len(y)), (measured, reference)
+
+
+def _onnx_runtime_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(not _onnx_runtime_has_cuda(), reason="needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu and a GPU)")
+def test_onnx_runtime_chips_on_cuda_are_its_cpu_chips_to_one_image(setup):
+    net, x, y, mean, std, onnx_cpu = setup
+    chips = SimulatedChips(POPULATIONS["all-kinds"], 0.01, 0, 6)
+    onnx_cuda = OnnxBackend(onnx_cpu.export, onnx_cpu.x, onnx_cpu.y, batch_size=64, device="cuda")
+    cpu, cuda = chip_accuracies(onnx_cpu, chips), chip_accuracies(onnx_cuda, chips)
+    assert max(abs(a - b) for a, b in zip(cuda, cpu)) <= _one_image(len(y)), (cuda, cpu)
