@@ -542,12 +542,12 @@ def batches(x: "torch.Tensor | StreamedImages", y: torch.Tensor, batch_size: int
     share of each batch decoded, and each batch moved to ``y``'s device (from pinned memory,
     without waiting, where that is a GPU)."""
     n = len(y)
+    order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n)
     if not isinstance(x, torch.Tensor):  # streamed (ftdeploy.streaming.StreamedImages)
-        order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n)
         for i, xb in enumerate(x.batches(batch_size, order, rank=rank, world=world, device=y.device)):
             yield xb, y[rank_share(order[i * batch_size : (i + 1) * batch_size], rank, world).to(y.device)]
         return
-    order = torch.randperm(n, generator=generator, device="cpu").to(x.device) if shuffle else torch.arange(n, device=x.device)
+    order = order.to(x.device)
     for start in range(0, n, batch_size):
         idx = rank_share(order[start : start + batch_size], rank, world)
         yield x[idx], y[idx]

@@ -157,7 +157,7 @@ class StreamedImages:
         try:
             yield from self.batches(batch_size)
         finally:  # one pass only: its workers need not wait for another
-            self._loaders.pop((batch_size, 0, 1, False), None)
+            self._loaders.pop(_loader_key(batch_size), None)
 
     def batch(self, start: int, stop: int, batch_size: int,
               device: "torch.device | str | None" = None) -> "np.ndarray | torch.Tensor":  # fmt: skip
@@ -175,7 +175,7 @@ class StreamedImages:
         # One loader per batch size (and share, and pinning), its workers kept between passes: a
         # sign-off makes one pass per chip, a training one per epoch, and starting the workers
         # anew for each would cost more than a small pass.
-        key = (batch_size, rank, world, pinned)
+        key = _loader_key(batch_size, rank, world, pinned)
         if key not in self._loaders:
             workers = self.workers if self.workers is not None else min(4, available_cores())
             # Its own generator: making an iterator draws a base seed, which must not come from
@@ -196,6 +196,11 @@ class StreamedImages:
                 digest.update(x)
             self._fingerprint = digest.hexdigest(self.labels)
         return self._fingerprint
+
+
+def _loader_key(batch_size: int, rank: int = 0, world: int = 1, pinned: bool = False) -> tuple:
+    """Which of a :class:`StreamedImages`' loaders serves these batches."""
+    return batch_size, rank, world, pinned
 
 
 def pins_memory(device: "torch.device | None") -> bool:
