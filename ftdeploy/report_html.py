@@ -382,14 +382,16 @@ def _section(heading: str, content: str) -> str:
     return f"<section>\n<h2>{_e(heading)}</h2>\n{content}\n</section>"
 
 
-def _header(report: dict) -> str:
+def _header(report: dict, kind: str = "Sign-off", overall: str | None = None, inputs: str = "") -> str:
+    """The page's heading (``kind``: what the report is), its verdict, the overall line (a
+    sign-off's by default) and what it measured (``inputs``: more of that line, HTML)."""
     model, profile = report["model"], report["profile"]
     passed = report["verdict"]["passed"]
-    return (f"<header>\n<h1>Sign-off: {_e(Path(model['file']).name)}</h1>\n"
+    return (f"<header>\n<h1>{_e(kind)}: {_e(Path(model['file']).name)}</h1>\n"
             f'<p><span class="verdict {"pass" if passed else "fail"}">{"PASSED" if passed else "FAILED"}</span></p>\n'
-            f'<p class="overall">{_e(overall_line(report))}</p>\n'
+            f'<p class="overall">{_e(overall if overall is not None else overall_line(report))}</p>\n'
             f"<p>model <code>{_e(model['file'])}</code> · profile <b>{_e(profile['name'])}</b> · "
-            f"target <b>{_e(profile['target'])}</b></p>\n</header>")  # fmt: skip
+            f"target <b>{_e(profile['target'])}</b>{inputs}</p>\n</header>")  # fmt: skip
 
 
 def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
@@ -562,7 +564,7 @@ def render_lot_html(report: dict) -> str:
     model, passed = report["model"], report["verdict"]["passed"]
     title = f"Measured chips: {Path(model['file']).name} — {'PASSED' if passed else 'FAILED'}"
     body = [
-        _lot_header(report),
+        _header(report, "Measured chips", lot_line(report), f" · fault maps <code>{_e(report['lot']['fault_maps'])}</code>"),
         _section("Inputs", _markdown_rows_table(lot_input_rows(report))),
         _section("Figures (accuracy, %)", _lot_figures(report)),
         _figure(1, plot_lot_chips(report), _e(f"Accuracy of every chip (points; red: below the chip spec), in each figure "
@@ -572,15 +574,6 @@ def render_lot_html(report: dict) -> str:
         _notes(report),
     ]  # fmt: skip
     return _page(title, body)
-
-
-def _lot_header(report: dict) -> str:
-    model, profile, passed = report["model"], report["profile"], report["verdict"]["passed"]
-    return (f"<header>\n<h1>Measured chips: {_e(Path(model['file']).name)}</h1>\n"
-            f'<p><span class="verdict {"pass" if passed else "fail"}">{"PASSED" if passed else "FAILED"}</span></p>\n'
-            f'<p class="overall">{_e(lot_line(report))}</p>\n'
-            f"<p>model <code>{_e(model['file'])}</code> · profile <b>{_e(profile['name'])}</b> · "
-            f"target <b>{_e(profile['target'])}</b> · fault maps <code>{_e(report['lot']['fault_maps'])}</code></p>\n</header>")  # fmt: skip
 
 
 def _markdown_rows_table(rows: list[str]) -> str:
@@ -598,14 +591,21 @@ def _lot_figures(report: dict) -> str:
     items = [f"Acc_pretrain: <b>{fmt_pct(fig['acc_pretrain'])}</b> — from {_e(fig['acc_pretrain_source'])}",
              f"Acc_retrain: <b>{fmt_pct(fig['acc_retrain'])}</b> — {_e(fig['acc_retrain_source'])}",
              f"Chip spec: {_e(signoff['chip_spec_description'])}: a chip meets it with accuracy ≥ <b>{signoff['threshold_pct']:.2f}</b>"]
-    for key, label in columns(lot):
-        y = lot[f"yield_{key}" if key else "yield"]
+    cols = columns(lot)
+    for key, label in cols:
+        y = lot["yield" + _suffix(key)]
         what = f"chips {label}" if label else "chips"
-        judged = " (judged: as shipped)" if not key and len(columns(lot)) > 1 else ""
+        judged = " (judged: as shipped)" if not key and len(cols) > 1 else ""
         items.append(f"Yield, {_e(what)}{judged}: {y['meeting']}/{y['chips']} = <b>{y['yield_pct']:.1f} %</b>, exact one-sided "
                      f"bounds (Clopper-Pearson) at {_level(y.get('confidence', lot['yield']['confidence']))} confidence: "
                      f"≥ {y['lower_bound_pct']:.1f} %, ≤ {y['upper_bound_pct']:.1f} %")  # fmt: skip
     return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in items) + "\n</ul>"
+
+
+def _suffix(key: str) -> str:
+    """What a lot column's key adds to ``accuracy``, ``meets_spec`` and ``yield`` (the judged
+    column, key "", adds nothing)."""
+    return f"_{key}" if key else ""
 
 
 def plot_lot_chips(report: dict) -> str:
@@ -622,7 +622,7 @@ def plot_lot_chips(report: dict) -> str:
         fig = Figure(figsize=(8.0, 4.2))
         ax = fig.add_subplot()
         for pos, (key, label) in zip(positions, cols):
-            suffix = f"_{key}" if key else ""
+            suffix = _suffix(key)
             accs = [c["accuracy" + suffix] for c in lot["chips"]]
             ax.boxplot([accs], positions=[pos], widths=0.45, showfliers=False, medianprops={"color": _MEAN_COLOUR}, zorder=1)
             xs = [pos + 0.5 * j for j in _jitter(len(accs))]
